@@ -1,0 +1,230 @@
+"""The one grpc.aio server interceptor that guards and observes every call.
+
+Per call, in order: request id (from ``x-request-id`` or new) echoed in trailing metadata -> API key and
+role check (server/auth.py) -> call rate limit (server/limits.py) -> the handler, with streamed events
+counted against the events limit -> latency histogram and access log line (server/metrics.py,
+server/logging_setup.py). Health checks and reflection need no key and are not rate limited.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from server.auth import AuthError, KeyRing, Principal, required_role
+from server.limits import RETRY_AFTER_MS_HEADER, RateLimited, RateLimiter
+from server.logging_setup import bind_request
+from server.metrics import Metrics
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Methods whose request messages carry events counted by the events/s limit.
+EVENT_METHODS = frozenset({"/onramp.v1.Onramp/IngestEvents", "/onramp.v1.Onramp/IngestEventBatches"})
+
+access_log = logging.getLogger("onramp.access")
+
+
+def event_count(message: Any) -> int:
+    """Events carried by one request message: an EventBatch counts its events, an Event counts one."""
+    events = getattr(message, "events", None)
+    if events is not None:
+        return len(events)
+    return 1 if hasattr(message, "event_id") else 0
+
+
+def request_id_from(metadata: Any) -> str:
+    """The caller's ``x-request-id`` when well-formed (1-128 of [A-Za-z0-9._:-]), else a new random id."""
+    for name, value in metadata or ():
+        if name.lower() == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID_RE.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+def _code_name(code: Any) -> str:
+    if code is None:
+        return "OK"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status.name
+    return str(code)
+
+
+@dataclass(slots=True)
+class _Call:
+    """What the interceptor knows about one call while it runs."""
+
+    method: str
+    request_id: str
+    peer: str
+    started: float
+    principal: Principal | None = None
+    code: str = "OK"
+
+
+class OnrampInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates, rate-limits, times and logs every RPC; see the module docstring for the order."""
+
+    def __init__(self, keyring: KeyRing, limiter: RateLimiter | None = None, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.keyring = keyring
+        self.limiter = limiter if limiter is not None and limiter.active else None
+        self.metrics = metrics
+        self._clock = clock
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._wrap(handler, handler_call_details.method)
+
+    # -- per-call steps -------------------------------------------------------------------------------------
+
+    async def _admit(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
+        """Set the request id trailer, check key/role and the call limit; aborts the call on refusal."""
+        trailer = ((REQUEST_ID_HEADER, call.request_id),)
+        context.set_trailing_metadata(trailer)
+        try:
+            call.principal = self.keyring.authorize(call.method, context.invocation_metadata(), call.peer)
+        except AuthError as err:
+            call.code = err.code.name
+            if self.metrics is not None:
+                self.metrics.auth_failures_total.labels(code=err.code.name).inc()
+            access_log.warning("call refused: %s", err.message, extra={"code": err.code.name})
+            await context.abort(err.code, err.message, trailing_metadata=trailer)
+        if self.limiter is not None and required_role(call.method) is not None:
+            try:
+                self.limiter.check_call(call.principal.name)
+            except RateLimited as limited:
+                await self._refuse(call, context, limited)
+
+    async def _refuse(self, call: _Call, context: grpc.aio.ServicerContext, limited: RateLimited) -> None:
+        call.code = grpc.StatusCode.RESOURCE_EXHAUSTED.name
+        if self.metrics is not None:
+            self.metrics.rate_limited_total.labels(kind=limited.kind).inc()
+        access_log.warning("call refused: %s", limited.message, extra={"code": call.code})
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, limited.message,
+            trailing_metadata=((REQUEST_ID_HEADER, call.request_id),
+                               (RETRY_AFTER_MS_HEADER, str(limited.retry_after_ms))))
+
+    def _requests(self, call: _Call, context: grpc.aio.ServicerContext, requests: Any) -> Any:
+        """The request stream, with each message's events taken from the caller's events bucket."""
+        limiter = self.limiter
+        if limiter is None or limiter.config.events_per_second <= 0 or call.method not in EVENT_METHODS \
+                or not hasattr(requests, "__aiter__"):
+            return requests
+
+        async def counted() -> AsyncIterator[Any]:
+            async for message in requests:
+                try:
+                    limiter.check_events(call.principal.name if call.principal else call.peer, event_count(message))
+                except RateLimited as limited:
+                    await self._refuse(call, context, limited)
+                yield message
+
+        return counted()
+
+    def _start(self, method: str, context: grpc.aio.ServicerContext) -> _Call:
+        call = _Call(method, request_id_from(context.invocation_metadata()), context.peer(), self._clock())
+        if self.metrics is not None:
+            self.metrics.rpc_in_flight.labels(method=method.lstrip("/")).inc()
+        return call
+
+    def _finish(self, call: _Call, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
+        if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+            call.code = "CANCELLED"
+        elif isinstance(error, grpc.aio.AbortError) or error is None:
+            call.code = _code_name(context.code()) if call.code == "OK" else call.code
+        else:
+            call.code = "UNKNOWN"
+        duration = self._clock() - call.started
+        method = call.method.lstrip("/")
+        if self.metrics is not None:
+            self.metrics.rpc_in_flight.labels(method=method).dec()
+            self.metrics.rpc_duration.labels(method=method, code=call.code).observe(duration)
+        extra = {"code": call.code, "duration_ms": round(duration * 1000, 3),
+                 "caller": call.principal.name if call.principal else ""}
+        if error is not None and not isinstance(error, (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)):
+            access_log.error("rpc failed: %s", type(error).__name__, exc_info=error, extra=extra)
+        elif required_role(call.method) is None:
+            access_log.debug("rpc done", extra=extra)
+        else:
+            access_log.info("rpc done", extra=extra)
+
+    # -- handler wrapping -----------------------------------------------------------------------------------
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if handler.response_streaming:
+            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+            wrapped = self._wrap_streaming(behavior, method, handler.request_streaming)
+            factory = grpc.stream_stream_rpc_method_handler if handler.request_streaming \
+                else grpc.unary_stream_rpc_method_handler
+        else:
+            behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
+            wrapped = self._wrap_unary(behavior, method, handler.request_streaming)
+            factory = grpc.stream_unary_rpc_method_handler if handler.request_streaming \
+                else grpc.unary_unary_rpc_method_handler
+        return factory(wrapped, request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+
+    def _wrap_unary(self, behavior: Callable[..., Any], method: str, request_streaming: bool) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = self._start(method, context)
+            error: BaseException | None = None
+            with bind_request(request_id=call.request_id, rpc=method.lstrip("/"), peer=call.peer):
+                try:
+                    await self._admit(call, context)
+                    if request_streaming:
+                        request = self._requests(call, context, request)
+                    result = behavior(request, context)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    return result
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    self._finish(call, context, error)
+
+        return wrapped
+
+    def _wrap_streaming(self, behavior: Callable[..., Any], method: str,
+                        request_streaming: bool) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = self._start(method, context)
+            error: BaseException | None = None
+            with bind_request(request_id=call.request_id, rpc=method.lstrip("/"), peer=call.peer):
+                try:
+                    await self._admit(call, context)
+                    if request_streaming:
+                        request = self._requests(call, context, request)
+                    result = behavior(request, context)
+                    if hasattr(result, "__aiter__"):
+                        async for item in result:
+                            yield item
+                    elif inspect.isawaitable(result):
+                        await result
+                    else:
+                        for item in result or ():
+                            yield item
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    self._finish(call, context, error)
+
+        return wrapped

@@ -1,0 +1,127 @@
+"""Structured logs: one JSON object per line, with the request id, RPC and peer of the call being handled.
+
+The interceptor stores the call's fields in a context variable (:func:`bind_request`); a filter copies them
+onto every record logged while the call runs, so any module's ``logging.getLogger(__name__)`` lines carry
+them without extra work.
+"""
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+REQUEST_FIELDS = ("request_id", "rpc", "peer", "caller", "code", "duration_ms")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+_request: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("onramp_request", default=None)
+
+
+class LoggingConfigError(ValueError):
+    """A bad ``[logging]`` setting; the message starts with the key at fault."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """The ``[logging]`` section: ``level`` and ``format`` ("json" one object per line, or "text")."""
+
+    level: str = "INFO"
+    format: str = "json"
+
+    @classmethod
+    def from_mapping(cls, section: Mapping[str, Any] | None) -> "LoggingConfig":
+        """Validate a ``[logging]`` table; errors name the key, e.g. ``[logging] level``."""
+        section = dict(section or {})
+        unknown = set(section) - {"level", "format"}
+        if unknown:
+            raise LoggingConfigError(f"[logging] {sorted(unknown)[0]}: unknown key (expected level, format)")
+        level = section.get("level", "INFO")
+        if not isinstance(level, str) or level.upper() not in LEVELS:
+            raise LoggingConfigError(f"[logging] level: expected one of {list(LEVELS)} (got {level!r})")
+        fmt = section.get("format", "json")
+        if fmt not in ("json", "text"):
+            raise LoggingConfigError(f"[logging] format: expected 'json' or 'text' (got {fmt!r})")
+        return cls(level.upper(), fmt)
+
+
+@contextmanager
+def bind_request(**fields: Any) -> Iterator[None]:
+    """Attach request fields (request_id, rpc, peer) to every record logged inside the block."""
+    token = _request.set(fields)
+    try:
+        yield
+    finally:
+        _request.reset(token)
+
+
+def current_request_id() -> str:
+    """The request id of the call being handled, or '' outside a call."""
+    fields = _request.get()
+    return str(fields.get("request_id", "")) if fields else ""
+
+
+class RequestContextFilter(logging.Filter):
+    """Copies the bound request fields onto each record (without overwriting fields given via ``extra``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = _request.get()
+        if fields:
+            for key, value in fields.items():
+                if not hasattr(record, key):
+                    setattr(record, key, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON line: ts, level, logger, msg, the request fields present, and exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in REQUEST_FIELDS:
+            value = getattr(record, key, None)
+            if value is not None and value != "":
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines with the request fields appended as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extras = [f"{k}={getattr(record, k)}" for k in REQUEST_FIELDS if getattr(record, k, None) not in (None, "")]
+        return base + (" " + " ".join(extras) if extras else "")
+
+
+_HANDLER_MARK = "_onramp_handler"
+
+
+def configure_logging(config: LoggingConfig = LoggingConfig(), stream: IO[str] | None = None) -> logging.Handler:
+    """Install one handler on the root logger (replacing a previous Onramp handler) and return it."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _HANDLER_MARK, False):
+            root.removeHandler(old)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    setattr(handler, _HANDLER_MARK, True)
+    handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
+    handler.addFilter(RequestContextFilter())
+    root.addHandler(handler)
+    root.setLevel(config.level)
+    return handler

@@ -1,0 +1,155 @@
+"""Prometheus metrics of one server instance and the HTTP endpoint that serves them.
+
+Each :class:`Metrics` owns its own ``CollectorRegistry`` so several servers (e.g. in tests) can live in one
+process. Other modules record through the instance the app hands them, e.g.
+``metrics.events_total.labels(result="accepted").inc(n)``. A ``Metrics()`` is cheap and needs no HTTP port,
+so code paths never need a "no metrics" case.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
+from prometheus_client.exposition import start_http_server
+
+DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9464
+
+# Latency buckets (seconds) from 0.5 ms to 10 s: GetNextStep is expected in the low milliseconds,
+# ingestion streams can last longer.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class MetricsConfigError(ValueError):
+    """A bad ``[metrics]`` setting; the message starts with the key at fault."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The ``[metrics]`` section: the Prometheus endpoint is off unless ``enabled`` (then 127.0.0.1:9464)."""
+
+    enabled: bool = False
+    host: str = DEFAULT_METRICS_HOST
+    port: int = DEFAULT_METRICS_PORT
+
+    @classmethod
+    def from_mapping(cls, section: Mapping[str, Any] | None) -> "MetricsConfig":
+        """Validate a ``[metrics]`` table; errors name the key, e.g. ``[metrics] port``."""
+        section = dict(section or {})
+        unknown = set(section) - {"enabled", "host", "port"}
+        if unknown:
+            raise MetricsConfigError(f"[metrics] {sorted(unknown)[0]}: unknown key (expected enabled, host, port)")
+        enabled = section.get("enabled", False)
+        if not isinstance(enabled, bool):
+            raise MetricsConfigError(f"[metrics] enabled: expected true or false (got {enabled!r})")
+        host = section.get("host", DEFAULT_METRICS_HOST)
+        if not isinstance(host, str) or not host:
+            raise MetricsConfigError(f"[metrics] host: expected an address such as '127.0.0.1' (got {host!r})")
+        port = section.get("port", DEFAULT_METRICS_PORT)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise MetricsConfigError(f"[metrics] port: expected an integer 0-65535, 0 = any free port (got {port!r})")
+        return cls(enabled, host, port)
+
+
+class Metrics:
+    """All Onramp metrics, registered in a registry private to this instance."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.rpc_duration = Histogram(
+            "onramp_rpc_duration_seconds", "Time to handle one RPC, by method and final status code.",
+            ["method", "code"], buckets=LATENCY_BUCKETS, registry=r)
+        self.rpc_in_flight = Gauge(
+            "onramp_rpc_in_flight", "RPCs being handled now, by method.", ["method"], registry=r)
+        self.auth_failures_total = Counter(
+            "onramp_auth_failures_total", "Calls refused by authentication or authorization, by code.",
+            ["code"], registry=r)
+        self.rate_limited_total = Counter(
+            "onramp_rate_limited_total", "Calls refused by a rate limit, by kind (calls, events).",
+            ["kind"], registry=r)
+        self.events_total = Counter(
+            "onramp_events_total",
+            "Events received, by result (accepted, duplicate, dropped, rejected).", ["result"], registry=r)
+        self.events_dropped_total = Counter(
+            "onramp_events_dropped_total",
+            "Events not stored because of consent or erasure, by reason (no_consent, opted_out, erased).",
+            ["reason"], registry=r)
+        self.decisions_total = Counter(
+            "onramp_decisions_total", "GetNextStep decisions, by reason and chosen step ('' = none).",
+            ["reason", "step"], registry=r)
+        self.rewards = Summary(
+            "onramp_reward", "Rewards joined to decisions (count and sum), by source (reported, event, default).",
+            ["source"], registry=r)
+        self.guardrail_blocks_total = Counter(
+            "onramp_guardrail_blocks_total", "Steps withheld by a guardrail, by guardrail name.",
+            ["guardrail"], registry=r)
+        self.queue_depth = Gauge(
+            "onramp_queue_depth", "Items waiting in an internal queue, by queue name.", ["queue"], registry=r)
+
+    def track_queue(self, name: str, depth: Callable[[], float]) -> None:
+        """Report ``depth()`` as ``onramp_queue_depth{queue=name}`` at every scrape."""
+        self.queue_depth.labels(queue=name).set_function(depth)
+
+    def record_events(self, accepted: int = 0, duplicates: int = 0, rejected: int = 0,
+                      dropped: Mapping[str, int] | None = None) -> None:
+        """Count the outcome of an ingest call or batch in one step."""
+        for result, n in (("accepted", accepted), ("duplicate", duplicates), ("rejected", rejected)):
+            if n:
+                self.events_total.labels(result=result).inc(n)
+        for reason, n in (dropped or {}).items():
+            if n:
+                self.events_total.labels(result="dropped").inc(n)
+                self.events_dropped_total.labels(reason=reason).inc(n)
+
+    def record_decision(self, reason: str, step: str) -> None:
+        """Count one GetNextStep answer (``step`` empty when nothing was shown)."""
+        self.decisions_total.labels(reason=reason, step=step).inc()
+
+    def record_reward(self, source: str, reward: float) -> None:
+        """Record one reward joined to a decision."""
+        self.rewards.labels(source=source).observe(reward)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry (what /metrics serves)."""
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """The HTTP endpoint serving one :class:`Metrics` registry at ``/metrics`` (any path works)."""
+
+    def __init__(self, metrics: Metrics, config: MetricsConfig) -> None:
+        self.metrics = metrics
+        self.config = config
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        if self._server is None:
+            raise RuntimeError("metrics server is not started")
+        return int(self._server.server_port)
+
+    def start(self) -> int:
+        """Start serving in a daemon thread; returns the bound port. Raises OSError naming the address."""
+        try:
+            self._server, self._thread = start_http_server(
+                self.config.port, addr=self.config.host, registry=self.metrics.registry)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve metrics on {self.config.host}:{self.config.port}: "
+                                     f"{exc.strerror or exc}") from exc
+        return self.port
+
+    def stop(self) -> None:
+        """Stop serving and free the port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

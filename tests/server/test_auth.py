@@ -1,0 +1,227 @@
+"""API keys and roles: hashing, config validation, and the interceptor over real gRPC on 127.0.0.1."""
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from onramp.v1 import onramp_pb2 as pb
+from onramp.v1 import onramp_pb2_grpc as pb_grpc
+from ops_support import KEYS, auth_config, captured_json_logs, key_md, ops_with, tiny_server
+from server.auth import (
+    AuthConfig, AuthConfigError, InsecureBindError, KeyHash, KeyRing, check_bind_allowed, hash_key,
+    hash_key_main, is_loopback_host, peer_host, presented_key, required_role,
+)
+from server.ops import Operations
+
+
+# -- hashing and config ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", ["sha256", "pbkdf2", "scrypt"])
+def test_hash_round_trip_and_wrong_key(scheme: str) -> None:
+    stored = hash_key("correct horse", scheme)
+    assert "correct horse" not in stored
+    parsed = KeyHash.parse(stored)
+    assert parsed.matches("correct horse")
+    assert not parsed.matches("correct horsE")
+    assert not parsed.matches("")
+
+
+def test_salted_hashes_differ_for_the_same_key() -> None:
+    assert hash_key("k", "pbkdf2") != hash_key("k", "pbkdf2")
+    assert hash_key("k", "sha256") == hash_key("k", "sha256")
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ("plain-text-key", "expected 'sha256:<64 hex>'"),
+    ("sha256:abc", "64 hex"),
+    ("sha256:" + "zz" * 32, "hexadecimal"),
+    ("pbkdf2_sha256:many:00:00", "bad number"),
+])
+def test_bad_hash_is_rejected_naming_the_key(bad: str, fragment: str) -> None:
+    with pytest.raises(AuthConfigError) as err:
+        AuthConfig.from_mapping({"keys": [{"name": "a", "hash": bad, "roles": ["admin"]}]})
+    assert str(err.value).startswith("[auth] keys[0].hash")
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("section, where", [
+    ({"keys": [{"name": "a", "hash": hash_key("x"), "roles": ["root"]}]}, "[auth] keys[0].roles"),
+    ({"keys": [{"name": "a", "hash": hash_key("x"), "roles": []}]}, "[auth] keys[0].roles"),
+    ({"keys": [{"hash": hash_key("x"), "roles": ["admin"]}]}, "[auth] keys[0].name"),
+    ({"keys": [{"name": "a", "hash": hash_key("x"), "roles": ["admin"]},
+               {"name": "a", "hash": hash_key("y"), "roles": ["admin"]}]}, "[auth] keys[1].name"),
+    ({"keys": [{"name": "a", "key": "x", "roles": ["admin"]}]}, "[auth] keys[0].key"),
+    ({"enabled": True}, "[auth] enabled"),
+    ({"enabled": "yes"}, "[auth] enabled"),
+    ({"key": []}, "[auth] key"),
+])
+def test_config_errors_name_the_key(section: dict, where: str) -> None:
+    with pytest.raises(AuthConfigError) as err:
+        AuthConfig.from_mapping(section)
+    assert str(err.value).startswith(where)
+
+
+def test_auth_enabled_by_default_when_keys_are_configured() -> None:
+    assert auth_config().enabled
+    assert not AuthConfig.from_mapping({}).enabled
+    assert not AuthConfig.from_mapping({"keys": auth_keys_raw(), "enabled": False}).enabled
+
+
+def auth_keys_raw() -> list[dict]:
+    return [{"name": "a", "hash": hash_key("x"), "roles": ["admin"]}]
+
+
+def test_role_table() -> None:
+    m = "/onramp.v1.Onramp/"
+    assert [required_role(m + n) for n in ("IngestEvents", "IngestEventBatches", "ReportOutcome", "SetConsent")] \
+        == ["ingest"] * 4
+    assert required_role(m + "GetNextStep") == "decide"
+    assert [required_role(m + n) for n in ("EraseUser", "ExportUserData", "GetUserProfile", "SomeFutureRpc")] \
+        == ["admin"] * 4
+    assert required_role("/other.Service/Method") == "admin"
+    assert required_role("/grpc.health.v1.Health/Check") is None
+    assert required_role("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo") is None
+
+
+def test_presented_key_from_metadata() -> None:
+    assert presented_key((("x-api-key", "abc"),)) == "abc"
+    assert presented_key((("authorization", "Bearer abc"),)) == "abc"
+    assert presented_key((("authorization", "bearer  abc "),)) == "abc"
+    assert presented_key((("authorization", "Basic abc"),)) is None
+    assert presented_key((("authorization", "Bearer xyz"), ("x-api-key", "abc"))) == "abc"
+    assert presented_key(()) is None
+
+
+def test_keyring_verifies_salted_keys_once_then_from_cache() -> None:
+    ring = KeyRing(auth_config(scheme="pbkdf2"))
+    assert ring.lookup(KEYS["ops"][0]).name == "ops"
+    assert ring.lookup(KEYS["ops"][0]).name == "ops"
+    assert ring.lookup("not-a-key") is None
+    assert len(ring._verified) == 1
+
+
+def test_peer_host_and_loopback() -> None:
+    assert peer_host("ipv4:127.0.0.1:5555") == "127.0.0.1"
+    assert peer_host("ipv6:[::1]:5555") == "::1"
+    assert peer_host("unix:/tmp/s") == "unix:/tmp/s"
+    assert all(is_loopback_host(h) for h in ("127.0.0.1", "127.8.9.1", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback_host(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.com"))
+
+
+def test_non_loopback_bind_without_auth_needs_the_flag() -> None:
+    with pytest.raises(InsecureBindError) as err:
+        check_bind_allowed("0.0.0.0:50051", auth_enabled=False, allow_insecure_no_auth=False)
+    assert "--allow-insecure-no-auth" in str(err.value) and "0.0.0.0:50051" in str(err.value)
+    with pytest.raises(InsecureBindError):
+        check_bind_allowed("[::]:50051", auth_enabled=False, allow_insecure_no_auth=False)
+    assert check_bind_allowed("0.0.0.0:50051", auth_enabled=False, allow_insecure_no_auth=True) is True
+    assert check_bind_allowed("127.0.0.1:50051", auth_enabled=False, allow_insecure_no_auth=False) is True
+    assert check_bind_allowed("0.0.0.0:50051", auth_enabled=True, allow_insecure_no_auth=False) is False
+
+
+def test_operations_warn_loudly_when_auth_is_off(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="onramp.ops"):
+        Operations().check_bind("127.0.0.1:50051")
+    assert any(r.levelno == logging.WARNING and "AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onramp.ops"):
+        Operations(ops_with(auth=auth_config()).config).check_bind("0.0.0.0:50051")
+    assert not caplog.records
+    with pytest.raises(InsecureBindError):
+        Operations().check_bind("0.0.0.0:50051")
+
+
+def test_hash_key_command_reads_stdin() -> None:
+    out = io.StringIO()
+    assert hash_key_main([], stdin=io.StringIO("my-key\n"), stdout=out) == 0
+    assert out.getvalue().strip() == hash_key("my-key")
+    out = io.StringIO()
+    assert hash_key_main(["--scheme", "pbkdf2"], stdin=io.StringIO("my-key\n"), stdout=out) == 0
+    assert KeyHash.parse(out.getvalue().strip()).matches("my-key")
+    out = io.StringIO()
+    assert hash_key_main(["--generate"], stdin=io.StringIO(""), stdout=out) == 0
+    key_line, hash_line = out.getvalue().splitlines()
+    assert KeyHash.parse(hash_line.split()[1]).matches(key_line.split()[1])
+    assert hash_key_main([], stdin=io.StringIO("\n"), stdout=io.StringIO()) == 2
+
+
+# -- over gRPC ------------------------------------------------------------------------------------------
+
+async def _auth_scenario() -> dict:
+    results: dict = {}
+    async with tiny_server(ops_with(auth=auth_config())) as port:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.OnrampStub(channel)
+            req = pb.NextStepRequest(user_id="u1")
+            for label, md in [("none", ()), ("wrong", (("x-api-key", "nope"),)),
+                              ("decider_erase", key_md("decider"))]:
+                call = stub.EraseUser(pb.EraseUserRequest(user_id="u1"), metadata=md) if label == "decider_erase" \
+                    else stub.GetNextStep(req, metadata=md)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                results[label] = (err.value.code(), err.value.details(), dict(err.value.trailing_metadata()))
+            results["decide_ok"] = await stub.GetNextStep(req, metadata=key_md("decider"))
+            results["bearer_ok"] = await stub.GetNextStep(
+                req, metadata=(("authorization", "Bearer " + KEYS["backend"][0]),))
+            results["admin_ok"] = await stub.EraseUser(pb.EraseUserRequest(user_id="u1"), metadata=key_md("ops"))
+            results["admin_cannot_decide"] = None
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetNextStep(req, metadata=key_md("ops"))
+            results["admin_cannot_decide"] = (err.value.code(), err.value.details())
+            events = [pb.Event(event_id=f"e{i}", user_id="u1", name="feature_used") for i in range(3)]
+            results["ingest_ok"] = await stub.IngestEvents(iter(events), metadata=key_md("backend"))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.IngestEvents(iter(events))
+            results["ingest_nokey"] = err.value.code()
+            batches = stub.IngestEventBatches(
+                iter([pb.EventBatch(sequence=1, events=events)]), metadata=key_md("decider"))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ack in batches:
+                    pass
+            results["batches_wrong_role"] = (err.value.code(), err.value.details())
+            health = health_pb2_grpc.HealthStub(channel)
+            results["health"] = await health.Check(health_pb2.HealthCheckRequest(service=""))
+    return results
+
+
+def test_keys_and_roles_over_grpc() -> None:
+    with captured_json_logs() as logs:
+        r = asyncio.run(_auth_scenario())
+    code, details, trailers = r["none"]
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert details.startswith("missing API key: send metadata x-api-key")
+    assert trailers.get("x-request-id")
+    assert r["wrong"][:2] == (grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
+    code, details, _ = r["decider_erase"]
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "'admin'" in details and "EraseUser" in details and "'decider'" in details
+    assert r["decide_ok"].decision_id == "d1"
+    assert r["bearer_ok"].decision_id == "d1"
+    assert r["admin_ok"].deleted == {"events": 0}
+    assert r["admin_cannot_decide"][0] == grpc.StatusCode.PERMISSION_DENIED
+    assert "'decide'" in r["admin_cannot_decide"][1]
+    assert r["ingest_ok"].accepted == 3
+    assert r["ingest_nokey"] == grpc.StatusCode.UNAUTHENTICATED
+    assert r["batches_wrong_role"][0] == grpc.StatusCode.PERMISSION_DENIED
+    assert "'ingest'" in r["batches_wrong_role"][1]
+    assert r["health"].status == health_pb2.HealthCheckResponse.SERVING
+    text = logs.getvalue()
+    assert "call refused" in text and '"caller": "decider"' in text
+    for _name, (clear, _roles) in KEYS.items():
+        assert clear not in text
+        assert hash_key(clear).split(":")[1] not in text
+    assert "nope" not in text
+
+
+def test_without_auth_every_role_is_allowed_on_loopback() -> None:
+    async def scenario() -> pb.EraseUserResponse:
+        async with tiny_server(Operations()) as port:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                return await pb_grpc.OnrampStub(channel).EraseUser(pb.EraseUserRequest(user_id="u1"))
+
+    assert asyncio.run(scenario()).deleted == {"events": 0}

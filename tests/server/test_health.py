@@ -1,0 +1,99 @@
+"""gRPC health checking (SERVING after start, NOT_SERVING during shutdown) and server reflection."""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from onramp.v1 import onramp_pb2_grpc as pb_grpc
+from ops_support import TinyOnramp, auth_config, ops_with
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def _check(stub: health_pb2_grpc.HealthStub, service: str) -> int:
+    return (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status
+
+
+def test_health_serving_after_start_and_not_serving_during_shutdown() -> None:
+    ops = ops_with(auth=auth_config())  # health needs no key even with auth on
+
+    async def scenario() -> dict:
+        out: dict = {}
+        server = ops.new_server()
+        pb_grpc.add_OnrampServicer_to_server(TinyOnramp(), server)
+        port = ops.add_port(server, "127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                await ops.started()
+                out["started"] = (await _check(stub, ""), await _check(stub, "onramp.v1.Onramp"))
+                try:
+                    await stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+                except grpc.aio.AioRpcError as err:
+                    out["unknown"] = err.code()
+                await ops.stopping()
+                out["stopping"] = (await _check(stub, ""), await _check(stub, "onramp.v1.Onramp"))
+        finally:
+            await server.stop(None)
+            ops.stopped()
+        return out
+
+    r = asyncio.run(scenario())
+    assert r["started"] == (SERVING, SERVING)
+    assert r["unknown"] == grpc.StatusCode.NOT_FOUND
+    assert r["stopping"] == (NOT_SERVING, NOT_SERVING)
+
+
+def test_health_watch_sees_shutdown() -> None:
+    ops = ops_with()
+
+    async def scenario() -> list[int]:
+        server = ops.new_server()
+        port = ops.add_port(server, "127.0.0.1:0")
+        await server.start()
+        await ops.started()
+        seen: list[int] = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                watch = health_pb2_grpc.HealthStub(channel).Watch(
+                    health_pb2.HealthCheckRequest(service="onramp.v1.Onramp"))
+                seen.append((await watch.read()).status)
+                await ops.stopping()
+                seen.append((await watch.read()).status)
+                watch.cancel()
+        finally:
+            await server.stop(None)
+            ops.stopped()
+        return seen
+
+    assert asyncio.run(scenario()) == [SERVING, NOT_SERVING]
+
+
+def test_reflection_lists_onramp_without_a_key() -> None:
+    ops = ops_with(auth=auth_config())
+
+    async def scenario() -> tuple[list[str], bytes]:
+        server = ops.new_server()
+        pb_grpc.add_OnrampServicer_to_server(TinyOnramp(), server)
+        port = ops.add_port(server, "127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+                requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                            reflection_pb2.ServerReflectionRequest(file_containing_symbol="onramp.v1.Onramp")]
+                responses = [r async for r in stub.ServerReflectionInfo(iter(requests))]
+        finally:
+            await server.stop(None)
+        names = [s.name for s in responses[0].list_services_response.service]
+        return names, responses[1].file_descriptor_response.file_descriptor_proto[0]
+
+    names, descriptor = asyncio.run(scenario())
+    assert "onramp.v1.Onramp" in names
+    assert "grpc.health.v1.Health" in names
+    assert b"GetNextStep" in descriptor

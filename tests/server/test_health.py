@@ -4,11 +4,12 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from ops_support import TinyOnramp, auth_config, ops_with
+from ops_support import TinyOnramp, auth_config, ops_with, tiny_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -97,3 +98,26 @@ def test_reflection_lists_onramp_without_a_key() -> None:
     assert "onramp.v1.Onramp" in names
     assert "grpc.health.v1.Health" in names
     assert b"GetNextStep" in descriptor
+
+
+def test_healthcheck_probe_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from server import healthcheck
+
+    ops = ops_with()
+
+    async def scenario() -> list[int]:
+        async with tiny_server(ops) as port:
+            target = f"127.0.0.1:{port}"
+            codes = [await asyncio.to_thread(healthcheck.main, [target]),
+                     await asyncio.to_thread(healthcheck.main, [target, "--list"]),
+                     await asyncio.to_thread(healthcheck.main, [target, "--service", "no.such.Service"])]
+            await ops.stopping()
+            codes.append(await asyncio.to_thread(healthcheck.main, [target, "--service", "onramp.v1.Onramp"]))
+            return codes
+
+    codes = asyncio.run(scenario())
+    out, err = capsys.readouterr()
+    assert codes == [0, 0, 1, 1]
+    assert out.splitlines()[0] == "SERVING" and "onramp.v1.Onramp" in out.splitlines()
+    assert out.splitlines()[-1] == "NOT_SERVING"
+    assert err.startswith("NOT_FOUND")

@@ -77,8 +77,9 @@ class Operations:
         self.service_names: tuple[str, ...] = (ONRAMP_SERVICE,)
 
     def server_options(self) -> list[tuple[str, Any]]:
-        """grpc server options (message-size limits)."""
-        return server_options(self.config.limits)
+        """grpc server options: message-size limits, and no SO_REUSEPORT so a second server on a busy
+        port fails instead of silently sharing it."""
+        return [*server_options(self.config.limits), ("grpc.so_reuseport", 0)]
 
     def new_server(self, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Server:
         """A grpc.aio server with the interceptor and options installed, plus health and reflection."""
@@ -105,14 +106,15 @@ class Operations:
         """Bind ``address`` with TLS when ``[tls]`` is configured; returns the bound port."""
         self.check_bind(address)
         tls = self.config.tls
-        if tls.enabled:
-            port = server.add_secure_port(address, server_credentials(tls))
-            log.info("listening on %s with %s", address, "mutual TLS" if tls.mutual else "TLS")
-        else:
-            port = server.add_insecure_port(address)
-            log.info("listening on %s without TLS", address)
+        credentials = server_credentials(tls) if tls.enabled else None
+        try:
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
         if port == 0:
             raise OSError(f"cannot listen on {address}: address in use or not available")
+        log.info("listening on %s (port %d) %s", address, port,
+                 ("with mutual TLS" if tls.mutual else "with TLS") if tls.enabled else "without TLS")
         return port
 
     async def started(self) -> None:

@@ -188,7 +188,7 @@ class SegmentsConfig:
     cluster_halflife: float = 0.3
     learn_every_events: int = 10
     activation_event: str = STEP_COMPLETED
-    activation_step: str | None = "first_project"
+    activation_step: str | None = None  # parse_catalog defaults it to the last core step
     activation_feature: str | None = None
     activation_window_hours: float = 168.0
 
@@ -473,10 +473,11 @@ def _check_prerequisites(steps: list[Step]) -> None:
 
     def visit(sid: str, trail: list[str]) -> None:
         state[sid] = 1
-        for p in steps[index[sid]].prerequisites:
+        for j, p in enumerate(steps[index[sid]].prerequisites):
             if state.get(p) == 1:
-                cycle = " -> ".join(trail[trail.index(p):] + [p]) if p in trail else f"{sid} -> {p}"
-                raise CatalogError(f"steps[{index[sid]}].prerequisites", f"cycle {cycle}")
+                cycle = " -> ".join(trail[trail.index(p):] + [p])
+                raise CatalogError(f"steps[{index[sid]}].prerequisites[{j}]",
+                                   f"prerequisites form a cycle: {cycle} (each step requires the next)")
             if p not in state:
                 visit(p, trail + [p])
         state[sid] = 2
@@ -611,15 +612,15 @@ def _parse_experiment(t: _Table) -> Experiment:
     return Experiment(name=name, arms=tuple(arms), salt=salt, enabled=enabled)
 
 
-def _parse_segments(t: _Table, steps: dict[str, Step]) -> SegmentsConfig:
+def _parse_segments(t: _Table, steps: dict[str, Step], core_order: tuple[str, ...]) -> SegmentsConfig:
     d = SegmentsConfig()
     activation_event = t.string("activation_event", d.activation_event, pattern=EVENT_NAME_RE)
-    step_default = d.activation_step if activation_event == STEP_COMPLETED else None
+    step_default = core_order[-1] if activation_event == STEP_COMPLETED and core_order else None
     activation_step = t.string("activation_step", step_default, pattern=ID_RE, allow_empty=True) or None
     activation_feature = t.string("activation_feature", None, pattern=FEATURE_RE, allow_empty=True) or None
     if activation_event == STEP_COMPLETED:
         if activation_step is None:
-            raise CatalogError(t.key("activation_step"), 'is required when activation_event = "step_completed"')
+            raise CatalogError(t.key("activation_step"), 'is required when activation_event = "step_completed" and core.order is empty')
         if activation_step not in steps:
             raise CatalogError(t.key("activation_step"), f"unknown step {activation_step!r}")
     elif activation_step is not None:
@@ -712,7 +713,7 @@ def parse_catalog(raw: Mapping[str, Any]) -> Catalog:
             raise CatalogError(f"experiments[{i}].enabled", "at most one experiment may be enabled at a time")
         experiments.append(exp)
 
-    segments = _parse_segments(root.table("segments"), by_id)
+    segments = _parse_segments(root.table("segments"), by_id, core_order)
     bandit = _parse_bandit(root.table("bandit"), guardrails)
     root.done()
 

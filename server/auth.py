@@ -7,6 +7,7 @@ interceptor that applies these checks lives in ``server/interceptors.py``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -284,20 +285,45 @@ class KeyRing:
                 self._verified[fingerprint] = found
         return found
 
+    @property
+    def has_slow_hashes(self) -> bool:
+        """True when some configured hash is salted (pbkdf2/scrypt) and so costly to verify."""
+        return any(k.hash.scheme != "sha256" for k in self.config.keys)
+
+    def is_cached(self, key: str) -> bool:
+        """True when ``key`` was verified before (its check is then a dictionary lookup)."""
+        with self._lock:
+            return hashlib.sha256(key.encode("utf-8")).digest() in self._verified
+
+    async def lookup_async(self, key: str) -> ApiKey | None:
+        """:meth:`lookup`, moved to a worker thread when a slow salted hash must be computed."""
+        if self.has_slow_hashes and not self.is_cached(key):
+            return await asyncio.to_thread(self.lookup, key)
+        return self.lookup(key)
+
     def authorize(self, method: str, metadata: Iterable[tuple[str, Any]] | None, peer: str = "") -> Principal:
         """The caller of ``method``, or raise :class:`AuthError` (UNAUTHENTICATED / PERMISSION_DENIED)."""
-        role = required_role(method)
+        key = presented_key(metadata)
+        return self._decide(method, key, self.lookup(key) if key and self._needs_key(method) else None, peer)
+
+    async def authorize_async(self, method: str, metadata: Iterable[tuple[str, Any]] | None,
+                              peer: str = "") -> Principal:
+        """:meth:`authorize` without blocking the event loop on salted hashes (used by the interceptor)."""
+        key = presented_key(metadata)
+        api_key = await self.lookup_async(key) if key and self._needs_key(method) else None
+        return self._decide(method, key, api_key, peer)
+
+    def _needs_key(self, method: str) -> bool:
+        return self.enabled and required_role(method) is not None
+
+    def _decide(self, method: str, key: str | None, api_key: ApiKey | None, peer: str) -> Principal:
         if not self.enabled:
             return Principal("peer:" + peer_host(peer), frozenset(ROLES), False)
-        key = presented_key(metadata)
+        role = required_role(method)
         if role is None:
-            api_key = self.lookup(key) if key else None
-            if api_key is not None:
-                return Principal(api_key.name, api_key.roles, True)
             return Principal("peer:" + peer_host(peer), frozenset(), False)
         if not key:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, MSG_MISSING_KEY)
-        api_key = self.lookup(key)
         if api_key is None:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, MSG_UNKNOWN_KEY)
         if role not in api_key.roles:

@@ -4,6 +4,8 @@ Per call, in order: request id (from ``x-request-id`` or new) echoed in trailing
 role check (server/auth.py) -> call rate limit (server/limits.py) -> the handler, with streamed events
 counted against the events limit -> latency histogram and access log line (server/metrics.py,
 server/logging_setup.py). Health checks and reflection need no key and are not rate limited.
+Streamed events are counted as the servicer iterates its ``request_iterator`` (``async for``); a servicer
+that reads with ``context.read()`` instead bypasses the events limit.
 """
 from __future__ import annotations
 
@@ -98,7 +100,7 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
         trailer = ((REQUEST_ID_HEADER, call.request_id),)
         context.set_trailing_metadata(trailer)
         try:
-            call.principal = self.keyring.authorize(call.method, context.invocation_metadata(), call.peer)
+            call.principal = await self.keyring.authorize_async(call.method, context.invocation_metadata(), call.peer)
         except AuthError as err:
             call.code = err.code.name
             if self.metrics is not None:

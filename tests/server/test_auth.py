@@ -225,3 +225,35 @@ def test_without_auth_every_role_is_allowed_on_loopback() -> None:
                 return await pb_grpc.OnrampStub(channel).EraseUser(pb.EraseUserRequest(user_id="u1"))
 
     assert asyncio.run(scenario()).deleted == {"events": 0}
+
+
+def test_salted_keys_over_grpc_are_verified_off_the_event_loop() -> None:
+    ops = ops_with(auth=auth_config(scheme="scrypt"))
+    assert ops.keyring.has_slow_hashes
+
+    async def scenario() -> tuple:
+        async with tiny_server(ops) as port:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.OnrampStub(channel)
+                first = await stub.GetNextStep(pb.NextStepRequest(user_id="u1"), metadata=key_md("decider"))
+                cached = ops.keyring.is_cached(KEYS["decider"][0])
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.GetNextStep(pb.NextStepRequest(user_id="u1"), metadata=(("x-api-key", "guess"),))
+                return first.decision_id, cached, err.value.code()
+
+    assert asyncio.run(scenario()) == ("d1", True, grpc.StatusCode.UNAUTHENTICATED)
+    assert not ops.keyring.is_cached("guess")
+
+
+def test_sync_and_async_authorize_agree() -> None:
+    ring = KeyRing(auth_config(scheme="pbkdf2"))
+    method = "/onramp.v1.Onramp/EraseUser"
+    for md in (key_md("ops"), key_md("decider"), (("x-api-key", "guess"),), ()):
+        outcomes = []
+        for check in (lambda: ring.authorize(method, md), lambda: asyncio.run(ring.authorize_async(method, md))):
+            try:
+                outcomes.append(check().name)
+            except Exception as exc:  # noqa: BLE001 - comparing the refusals of both paths
+                outcomes.append((type(exc).__name__, exc.code, exc.message))
+        assert outcomes[0] == outcomes[1]
+    assert ring.authorize("/grpc.health.v1.Health/Check", (), "ipv4:127.0.0.1:9").name == "peer:127.0.0.1"

@@ -497,7 +497,8 @@ def test_catalog_is_frozen() -> None:
 
 def _documented_keys() -> set[str]:
     text = DOCS.read_text(encoding="utf-8")
-    return set(re.findall(r"`([a-z_]+)`", text))
+    spans = re.findall(r"`([^`\n]+)`", text)
+    return {word for span in spans for word in re.findall(r"[a-z][a-z0-9_]*", span)}
 
 
 def _toml_keys(node: Any, out: set[str]) -> set[str]:

@@ -4,7 +4,8 @@ TOML config file and validated so that every error names the key at fault.
 
 The reference of every key is ``docs/catalog.md``. :func:`load_catalog` reads a TOML file (or the
 shipped demo catalog); :func:`parse_catalog` validates an already-parsed TOML document (the
-``Config.raw`` of ``server/config.py``).
+``Config.raw`` of ``server/config.py``); :func:`catalog_from_config` does the same but falls back to
+the demo catalog when the config file has no catalog section at all.
 
 >>> cat = load_catalog(None)
 >>> cat.core_order
@@ -748,3 +749,11 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         raise CatalogError(where, f"invalid TOML: {exc}") from None
     return parse_catalog(raw)
 
+
+
+def catalog_from_config(raw: Mapping[str, Any]) -> Catalog:
+    """The catalog of a parsed config file: the shipped demo when the file has no catalog section
+    (e.g. only ``[server]``), else :func:`parse_catalog` of it."""
+    if not any(name in raw for name in CATALOG_SECTIONS):
+        return load_catalog(None)
+    return parse_catalog(raw)

@@ -240,31 +240,31 @@ class Segmenter:
 
     # -- prediction ----------------------------------------------------------------------------
 
+    def _predict_models(self, x: dict[str, float]) -> tuple[int | None, float]:
+        with self._lock:
+            k = int(self._m.clusterer.predict_one(x)) if self._m.cluster_learned else None
+            if self._m.activation_learned == 0:
+                return k, 0.5
+            proba = self._m.activation.predict_proba_one(x)
+        return k, float(proba.get(True, 0.0))
+
     def cluster_of(self, profile: Profile, now_ms: int) -> int | None:
         """The user's cluster id, or None before the clustering has learned anything."""
-        with self._lock:
-            if self._m.cluster_learned == 0:
-                return None
-            return int(self._m.clusterer.predict_one(behavior_features(profile, now_ms)))
+        return self._predict_models(behavior_features(profile, now_ms))[0]
 
     def activation_probability(self, profile: Profile, now_ms: int) -> float:
         """Estimated probability that the user reaches first value (0.5 before any label)."""
-        with self._lock:
-            if self._m.activation_learned == 0:
-                return 0.5
-            proba = self._m.activation.predict_proba_one(behavior_features(profile, now_ms))
-        return float(proba.get(True, 0.0))
+        return self._predict_models(behavior_features(profile, now_ms))[1]
 
     def predict_one(self, profile: Profile, now_ms: int,
                     request_context: Mapping[str, str] | None = None) -> SegmentResult:
         """Segments, named context features and the feature vector of a user now (learns nothing)."""
         segments = rule_segments(profile, self.catalog)
-        k = self.cluster_of(profile, now_ms)
+        k, p = self._predict_models(behavior_features(profile, now_ms))
         if k is not None:
             segments.append(f"{CLUSTER_PREFIX}{k}")
         features = context_features(
-            profile, now_ms, request_context, space=self.space, segments=segments, cluster=k,
-            activation_prob=self.activation_probability(profile, now_ms),
+            profile, now_ms, request_context, space=self.space, segments=segments, cluster=k, activation_prob=p,
         )
         return SegmentResult(segments=segments, features=features, vector=self.space.vector(features))
 

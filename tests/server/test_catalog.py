@@ -17,6 +17,7 @@ from server.catalog import (
     CatalogError,
     Experiment,
     Arm,
+    catalog_from_config,
     demo_catalog_text,
     load_catalog,
     parse_catalog,
@@ -109,6 +110,13 @@ def test_config_sections_are_skipped_and_defaults_fill_in() -> None:
     assert cat.segments.engaged_min_features == 3 and cat.segments.engaged_window_hours == 48.0
     assert cat.segments.power_user_window_hours == 168.0
     assert cat.bandit.algorithm == "linucb" and cat.bandit.exploration == "epsilon_greedy"
+
+
+def test_catalog_from_config_falls_back_to_demo_only_without_catalog_sections() -> None:
+    assert catalog_from_config({"server": {"port": 50051}}) == load_catalog(None)
+    assert catalog_from_config(minimal_raw()).step_ids == ("welcome", "tip")
+    with pytest.raises(CatalogError, match=r"^steps: at least one"):
+        catalog_from_config({"server": {}, "guardrails": {}})
 
 
 def test_step_reward_defaults_come_from_rewards_section() -> None:

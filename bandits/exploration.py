@@ -1,0 +1,221 @@
+"""Exploration schemes that turn per-arm scores into an exact probability per eligible arm, the
+sampler that draws from them, and :class:`Decider`, which joins a policy and a scheme.
+
+The probability of the chosen arm is logged as the propensity for off-policy evaluation, so every
+scheme returns probabilities that are non-negative and sum to 1 (within 1e-12), and the sampler
+never returns an arm whose probability is 0. ``max_exploration`` (a catalog guardrail) caps the
+total mass off the greedy arms (the arms tied at the highest score).
+
+>>> EpsilonGreedy(0.2).probabilities(np.array([0.1, 0.5, 0.3, 0.5])).tolist()
+[0.05, 0.45, 0.05, 0.45]
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from bandits.policies import Policy
+
+EXPLORATIONS = ("epsilon_greedy", "squarecb", "softmax")
+
+
+@runtime_checkable
+class Exploration(Protocol):
+    """Maps scores of the eligible arms to the probability of choosing each of them."""
+
+    max_exploration: float
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Non-negative probabilities summing to 1, one per score, the highest score getting the most."""
+        ...
+
+
+def _check_scores(scores: np.ndarray) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"scores must be a non-empty 1-D array (got shape {s.shape})")
+    if not np.isfinite(s).all():
+        raise ValueError("scores must be finite numbers")
+    return s
+
+
+def _check_rate(name: str, value: float) -> float:
+    v = float(value)
+    if not (0.0 <= v <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1] (got {value!r})")
+    return v
+
+
+def _finish(p: np.ndarray, best: np.ndarray, cap: float) -> np.ndarray:
+    """Give the greedy arms (mask ``best``) the mass the others leave, after capping the others'
+    total at ``cap``: the result sums to 1 up to rounding of one subtraction."""
+    p[best] = 0.0
+    off = float(p.sum())
+    if off > cap:
+        p *= cap / off
+        off = float(p.sum())
+    n_best = int(np.count_nonzero(best))
+    p[best] = (1.0 - off) / n_best
+    return p
+
+
+class EpsilonGreedy:
+    """With probability ``epsilon`` a uniformly random arm, else the best (ties share evenly)."""
+
+    def __init__(self, epsilon: float = 0.1, max_exploration: float = 1.0) -> None:
+        self.epsilon = _check_rate("epsilon", epsilon)
+        self.max_exploration = _check_rate("max_exploration", max_exploration)
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        s = _check_scores(scores)
+        best = s == s.max()
+        p = np.full(s.size, self.epsilon / s.size)
+        return _finish(p, best, self.max_exploration)
+
+    def __repr__(self) -> str:
+        return f"EpsilonGreedy(epsilon={self.epsilon:g}, max_exploration={self.max_exploration:g})"
+
+
+class SquareCB:
+    """Inverse gap weighting (Abe & Long 1999; Foster & Rakhlin 2020): an arm with gap
+    ``best - score`` gets ``1 / (K + gamma * gap)``, the best arms share the rest.
+
+    ``gamma`` trades exploration for exploitation (larger = greedier). Scores should be on the
+    reward scale (e.g. success probability) for ``gamma`` to mean the same across catalogs.
+    """
+
+    def __init__(self, gamma: float = 50.0, max_exploration: float = 1.0) -> None:
+        if not (gamma > 0 and math.isfinite(gamma)):
+            raise ValueError(f"gamma must be a finite number > 0 (got {gamma!r})")
+        self.gamma = float(gamma)
+        self.max_exploration = _check_rate("max_exploration", max_exploration)
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        s = _check_scores(scores)
+        top = s.max()
+        best = s == top
+        p = top - s
+        p *= self.gamma
+        p += s.size
+        np.reciprocal(p, out=p)
+        return _finish(p, best, self.max_exploration)
+
+    def __repr__(self) -> str:
+        return f"SquareCB(gamma={self.gamma:g}, max_exploration={self.max_exploration:g})"
+
+
+class Softmax:
+    """Boltzmann exploration: ``p ~ exp(score / tau)`` (then the ``max_exploration`` cap)."""
+
+    def __init__(self, tau: float = 0.1, max_exploration: float = 1.0) -> None:
+        if not (tau > 0 and math.isfinite(tau)):
+            raise ValueError(f"tau must be a finite number > 0 (got {tau!r})")
+        self.tau = float(tau)
+        self.max_exploration = _check_rate("max_exploration", max_exploration)
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        s = _check_scores(scores)
+        top = s.max()
+        best = s == top
+        p = s - top
+        p /= self.tau
+        np.exp(p, out=p)
+        p /= p.sum()
+        return _finish(p, best, self.max_exploration)
+
+    def __repr__(self) -> str:
+        return f"Softmax(tau={self.tau:g}, max_exploration={self.max_exploration:g})"
+
+
+def build_exploration(name: str, *, epsilon: float = 0.1, gamma: float = 50.0, tau: float = 0.1,
+                      max_exploration: float = 1.0) -> Exploration:
+    """An exploration scheme by catalog name (``epsilon_greedy``, ``squarecb``, ``softmax``)."""
+    if name == "epsilon_greedy":
+        return EpsilonGreedy(epsilon, max_exploration)
+    if name == "squarecb":
+        return SquareCB(gamma, max_exploration)
+    if name == "softmax":
+        return Softmax(tau, max_exploration)
+    raise ValueError(f"exploration must be one of {', '.join(EXPLORATIONS)} (got {name!r})")
+
+
+def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
+    """Index drawn with probability ``probs[i]``; never an index whose probability is 0."""
+    c = np.cumsum(probs)
+    i = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+    if i >= c.size:  # rounding at the top end: take the last arm with positive probability
+        i = int(np.flatnonzero(np.asarray(probs) > 0)[-1])
+    return i
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One decision: the chosen arm, its exact probability (the propensity), the probability and
+    score of every eligible arm, and whether it was an exploratory pick."""
+
+    arm: int
+    probability: float
+    probabilities: dict[int, float]
+    scores: dict[int, float]
+    greedy_arm: int
+    policy_version: str
+
+    @property
+    def explored(self) -> bool:
+        """True when the chosen arm is not the (first) highest-scoring one."""
+        return self.arm != self.greedy_arm
+
+
+class Decider:
+    """A contextual bandit: a :class:`~bandits.policies.Policy` scores the eligible arms, an
+    :class:`Exploration` turns scores into probabilities, one arm is sampled from them.
+
+    For Thompson sampling the scores are one posterior draw, so the logged probability is exact
+    conditional on that draw (an independent random input, which is what inverse propensity
+    weighting needs).
+    """
+
+    def __init__(self, policy: Policy, exploration: Exploration, seed: int | None = 0) -> None:
+        self.policy = policy
+        self.exploration = exploration
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def version(self) -> str:
+        """Policy and exploration identity, e.g. ``linucb(...)+EpsilonGreedy(...)``."""
+        return f"{self.policy.version}+{self.exploration!r}"
+
+    def decide(self, x: np.ndarray, eligible_arms: Sequence[int] | np.ndarray,
+               rng: np.random.Generator | None = None) -> Choice:
+        """Choose one of ``eligible_arms`` for context ``x`` (ValueError when none is eligible)."""
+        arms = np.asarray(eligible_arms, dtype=np.intp)
+        if arms.ndim != 1 or arms.size == 0:
+            raise ValueError("eligible_arms must list at least one arm index (got none)")
+        if arms.size > 1 and np.unique(arms).size != arms.size:
+            raise ValueError(f"eligible_arms must not repeat an arm (got {arms.tolist()})")
+        g = self._rng if rng is None else rng
+        scores = self.policy.scores(x, arms, g)
+        if arms.size == 1:
+            probs = np.ones(1)
+            if not math.isfinite(scores[0]):
+                raise ValueError("policy scores must be finite (check the context features)")
+            i = 0
+        else:
+            probs = self.exploration.probabilities(scores)
+            i = sample(probs, g)
+        arm_list = arms.tolist()
+        return Choice(
+            arm=arm_list[i],
+            probability=float(probs[i]),
+            probabilities=dict(zip(arm_list, probs.tolist())),
+            scores=dict(zip(arm_list, scores.tolist())),
+            greedy_arm=arm_list[int(np.argmax(scores))],
+            policy_version=self.version,
+        )
+
+    def learn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
+        """Pass one observed reward to the policy."""
+        self.policy.learn_one(x, arm, reward)

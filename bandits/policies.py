@@ -1,0 +1,306 @@
+"""Linear contextual policies (LinUCB, linear Thompson sampling, ridge-greedy) over a fixed-size
+numpy context vector and ``K`` arms (onboarding steps, indices ``0..K-1``).
+
+Every policy keeps, per arm, the inverse design matrix ``A_a^{-1}`` (``A_a = ridge*I + sum x x^T``)
+and ``b_a = sum r x``; ``learn_one`` updates ``A_a^{-1}`` by a Sherman-Morrison rank-one update,
+so no matrix is ever inverted. ``scores`` returns one number per requested arm (an optimistic
+estimate for LinUCB, a posterior draw for Thompson sampling, the ridge estimate for greedy) and
+``to_state``/``from_state`` turn a policy into plain numpy/python values for checkpoints.
+
+>>> p = LinUCB(n_arms=3, n_features=2, alpha=0.0)
+>>> for _ in range(50):
+...     p.learn_one(np.array([1.0, 0.0]), 2, 1.0)
+>>> int(np.argmax(p.scores(np.array([1.0, 0.0]), [0, 1, 2])))
+2
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+ArmsLike = Sequence[int] | np.ndarray | None
+
+ALGORITHMS = ("linucb", "lints", "ridge")
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the decision engine needs from a scoring model: scores per arm, online learning, a
+    point estimate, a version string and a checkpointable state."""
+
+    n_arms: int
+    n_features: int
+    n_updates: int
+
+    @property
+    def version(self) -> str:
+        """Identity of the algorithm and its configuration (not of the learned weights)."""
+        ...
+
+    def scores(self, x: np.ndarray, arms: ArmsLike = None, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Estimated reward of each arm in ``arms`` (all arms when None) for context ``x``."""
+        ...
+
+    def learn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
+        """Update the model with one observed (context, arm, reward)."""
+        ...
+
+    def predict_one(self, x: np.ndarray, arm: int) -> float:
+        """Point estimate of the expected reward of ``arm`` for context ``x``."""
+        ...
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain numpy/python values that :func:`policy_from_state` turns back into the policy."""
+        ...
+
+
+class _LinearBase:
+    """Per-arm ridge regression with Sherman-Morrison updates: shared state of all linear policies."""
+
+    algorithm = "linear"
+
+    def __init__(self, n_arms: int, n_features: int, ridge: float = 1.0) -> None:
+        if int(n_arms) < 1:
+            raise ValueError(f"n_arms must be >= 1 (got {n_arms})")
+        if int(n_features) < 1:
+            raise ValueError(f"n_features must be >= 1 (got {n_features})")
+        if not (ridge > 0 and math.isfinite(ridge)):
+            raise ValueError(f"ridge must be a finite number > 0 (got {ridge})")
+        self.n_arms = int(n_arms)
+        self.n_features = int(n_features)
+        self.ridge = float(ridge)
+        self.n_updates = 0
+        d, k = self.n_features, self.n_arms
+        self._A_inv = np.broadcast_to(np.eye(d) / self.ridge, (k, d, d)).copy()
+        self._b = np.zeros((k, d))
+        self._theta = np.zeros((k, d))
+        self._counts = np.zeros(k, dtype=np.int64)
+        # scratch buffers of the hot path (no allocation per call for these)
+        self._u = np.empty(d)
+        self._outer = np.empty((d, d))
+        self._kd = np.empty((k, d))
+        self._mean = np.empty(k)
+        self._var = np.empty(k)
+        self._all = np.arange(k, dtype=np.intp)
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def version(self) -> str:
+        """Algorithm and hyper-parameters, e.g. ``linucb(alpha=1,ridge=1,k=10,d=23)``."""
+        params = ",".join(f"{k}={v:g}" for k, v in self._params().items())
+        return f"{self.algorithm}({params},k={self.n_arms},d={self.n_features})"
+
+    def _params(self) -> dict[str, float]:
+        return {"ridge": self.ridge}
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Number of updates of each arm (a copy)."""
+        return self._counts.copy()
+
+    def A_inv(self, arm: int) -> np.ndarray:
+        """A copy of the current inverse design matrix of ``arm``."""
+        return self._A_inv[self._arm(arm)].copy()
+
+    def theta(self, arm: int) -> np.ndarray:
+        """A copy of the ridge estimate ``A^{-1} b`` of ``arm``."""
+        return self._theta[self._arm(arm)].copy()
+
+    # ------------------------------------------------------------------ checks
+    def _arm(self, arm: int) -> int:
+        a = int(arm)
+        if a < 0 or a >= self.n_arms or a != arm:
+            raise ValueError(f"arm must be an integer in [0, {self.n_arms - 1}] (got {arm!r})")
+        return a
+
+    def _x(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.n_features,):
+            raise ValueError(f"x must have shape ({self.n_features},) (got {x.shape})")
+        return x
+
+    def _arms(self, arms: ArmsLike) -> np.ndarray:
+        if arms is None:
+            return self._all
+        idx = np.asarray(arms, dtype=np.intp)
+        if idx.ndim != 1:
+            raise ValueError("arms must be a 1-D sequence of arm indices")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_arms):
+            raise ValueError(f"arms must be indices in [0, {self.n_arms - 1}] (got {idx.tolist()})")
+        return idx
+
+    # ------------------------------------------------------------------ learning
+    def learn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
+        """Add one observation to ``arm``'s ridge regression (Sherman-Morrison, O(d^2))."""
+        x = self._x(x)
+        a = self._arm(arm)
+        r = float(reward)
+        if not math.isfinite(r):
+            raise ValueError(f"reward must be finite (got {reward!r})")
+        if not np.isfinite(x).all():
+            raise ValueError("x must contain only finite numbers")
+        A_inv = self._A_inv[a]
+        u = np.matmul(A_inv, x, out=self._u)
+        denom = 1.0 + float(x @ u)
+        np.multiply.outer(u, u / denom, out=self._outer)
+        A_inv -= self._outer
+        b = self._b[a]
+        b += r * x
+        np.matmul(A_inv, b, out=self._theta[a])
+        self._counts[a] += 1
+        self.n_updates += 1
+
+    def predict_one(self, x: np.ndarray, arm: int) -> float:
+        """Ridge point estimate ``x . theta_arm`` of the expected reward."""
+        return float(self._x(x) @ self._theta[self._arm(arm)])
+
+    def _mean_and_var(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``x.theta_a`` and ``x^T A_a^{-1} x`` for every arm (into scratch buffers)."""
+        np.matmul(self._theta, x, out=self._mean)
+        np.matmul(self._A_inv, x, out=self._kd)
+        np.matmul(self._kd, x, out=self._var)
+        np.maximum(self._var, 0.0, out=self._var)  # guards tiny negative rounding
+        return self._mean, self._var
+
+    # ------------------------------------------------------------------ state
+    def to_state(self) -> dict[str, Any]:
+        """Plain values (numpy arrays, ints, floats, strings) that rebuild this policy exactly."""
+        return {
+            "algorithm": self.algorithm,
+            "n_arms": self.n_arms,
+            "n_features": self.n_features,
+            "params": self._params(),
+            "n_updates": self.n_updates,
+            "A_inv": self._A_inv.copy(),
+            "b": self._b.copy(),
+            "counts": self._counts.copy(),
+        }
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        k, d = self.n_arms, self.n_features
+        A_inv = np.asarray(state["A_inv"], dtype=np.float64)
+        b = np.asarray(state["b"], dtype=np.float64)
+        if A_inv.shape != (k, d, d) or b.shape != (k, d):
+            raise ValueError(f"state arrays must have shapes A_inv ({k}, {d}, {d}) and b ({k}, {d}) "
+                             f"(got {A_inv.shape} and {b.shape})")
+        self._A_inv[...] = A_inv
+        self._b[...] = b
+        np.matmul(self._A_inv, self._b[:, :, None], out=self._theta[:, :, None])
+        self._counts[...] = np.asarray(state.get("counts", np.zeros(k)), dtype=np.int64)
+        self.n_updates = int(state.get("n_updates", 0))
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Any:
+        """Rebuild a policy of this class from :meth:`to_state` output."""
+        if state.get("algorithm") != cls.algorithm:
+            raise ValueError(f"state is for algorithm {state.get('algorithm')!r}, not {cls.algorithm!r}")
+        policy = cls(int(state["n_arms"]), int(state["n_features"]), **dict(state.get("params", {})))
+        policy._load(state)
+        return policy
+
+
+class RidgeGreedy(_LinearBase):
+    """Per-arm ridge regression; score = ``x . theta_a`` (all exploration comes from the
+    exploration scheme on top)."""
+
+    algorithm = "ridge"
+
+    def scores(self, x: np.ndarray, arms: ArmsLike = None, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Ridge estimates of the requested arms (a new array)."""
+        x = self._x(x)
+        np.matmul(self._theta, x, out=self._mean)
+        return self._mean[self._arms(arms)]
+
+
+class LinUCB(_LinearBase):
+    """Disjoint LinUCB (Li et al. 2010): score = ``x.theta_a + alpha * sqrt(x^T A_a^{-1} x)``."""
+
+    algorithm = "linucb"
+
+    def __init__(self, n_arms: int, n_features: int, alpha: float = 1.0, ridge: float = 1.0) -> None:
+        if not (alpha >= 0 and math.isfinite(alpha)):
+            raise ValueError(f"alpha must be a finite number >= 0 (got {alpha})")
+        super().__init__(n_arms, n_features, ridge)
+        self.alpha = float(alpha)
+
+    def _params(self) -> dict[str, float]:
+        return {"alpha": self.alpha, "ridge": self.ridge}
+
+    def scores(self, x: np.ndarray, arms: ArmsLike = None, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Upper confidence bounds of the requested arms (a new array)."""
+        mean, var = self._mean_and_var(self._x(x))
+        np.sqrt(var, out=var)
+        var *= self.alpha
+        var += mean
+        return var[self._arms(arms)]
+
+
+class LinearTS(_LinearBase):
+    """Linear Thompson sampling (Agrawal & Goyal 2013): each arm's score is a draw of
+    ``x.theta~`` with ``theta~ ~ N(theta_a, v^2 A_a^{-1})``.
+
+    Only ``x.theta~`` is needed, so the draw is the exact scalar Gaussian
+    ``N(x.theta_a, v^2 x^T A_a^{-1} x)`` (no Cholesky factor per call). Arms are independent.
+    """
+
+    algorithm = "lints"
+
+    def __init__(self, n_arms: int, n_features: int, v: float = 0.5, ridge: float = 1.0, seed: int | None = 0) -> None:
+        if not (v >= 0 and math.isfinite(v)):
+            raise ValueError(f"v must be a finite number >= 0 (got {v})")
+        super().__init__(n_arms, n_features, ridge)
+        self.v = float(v)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._z = np.empty(self.n_arms)
+
+    def _params(self) -> dict[str, float]:
+        return {"v": self.v, "ridge": self.ridge}
+
+    def scores(self, x: np.ndarray, arms: ArmsLike = None, rng: np.random.Generator | None = None) -> np.ndarray:
+        """One posterior draw per requested arm, from ``rng`` (the policy's own seeded one if None)."""
+        mean, var = self._mean_and_var(self._x(x))
+        g = self._rng if rng is None else rng
+        z = g.standard_normal(self.n_arms, out=self._z)
+        np.sqrt(var, out=var)
+        var *= z
+        var *= self.v
+        var += mean
+        return var[self._arms(arms)]
+
+    def to_state(self) -> dict[str, Any]:
+        state = super().to_state()
+        state["rng_state"] = self._rng.bit_generator.state
+        return state
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        super()._load(state)
+        if "rng_state" in state:
+            self._rng.bit_generator.state = state["rng_state"]
+
+
+_CLASSES: dict[str, type[_LinearBase]] = {c.algorithm: c for c in (LinUCB, LinearTS, RidgeGreedy)}
+
+
+def build_policy(algorithm: str, n_arms: int, n_features: int, *, alpha: float = 1.0, l2: float = 1.0,
+                 seed: int | None = 0) -> Policy:
+    """A policy by catalog name: ``linucb`` (bonus width ``alpha``), ``lints`` (posterior scale
+    ``v = alpha``, draws from ``seed``) or ``ridge`` (greedy); ``l2`` is the ridge of all three."""
+    if algorithm == "linucb":
+        return LinUCB(n_arms, n_features, alpha=alpha, ridge=l2)
+    if algorithm == "lints":
+        return LinearTS(n_arms, n_features, v=alpha, ridge=l2, seed=seed)
+    if algorithm == "ridge":
+        return RidgeGreedy(n_arms, n_features, ridge=l2)
+    raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)} (got {algorithm!r})")
+
+
+def policy_from_state(state: Mapping[str, Any]) -> Policy:
+    """Rebuild any policy of this module from its :meth:`to_state` output."""
+    algorithm = state.get("algorithm")
+    cls = _CLASSES.get(str(algorithm))
+    if cls is None:
+        raise ValueError(f"state algorithm must be one of {', '.join(ALGORITHMS)} (got {algorithm!r})")
+    return cls.from_state(state)

@@ -12,8 +12,12 @@ Each estimate is a ratio of two sums of per-round terms, so the bootstrap resamp
 with numpy only: up to ``max_groups`` rounds are resampled directly; longer logs are first split at
 random into ``max_groups`` groups whose sums are resampled (a group bootstrap, which for
 independent rounds estimates the same sampling distribution; 1e6 rounds x 1000 replicates take
-well under a second per estimator). ``estimated_rewards`` are held fixed in the bootstrap, so DM and
-DR intervals leave out the reward model's own uncertainty (DM's interval is therefore narrow).
+well under a second per estimator). ``estimated_rewards`` are held fixed in that bootstrap, so DM and
+DR intervals leave out the reward model's own uncertainty (DR barely depends on it; DM's interval is
+then too narrow). Pass ``context`` and ``reward_model`` (anything with ``fit(context, action,
+reward)`` and ``predict(context)``) to :meth:`DirectMethod.estimate_interval` or
+:meth:`DoublyRobust.estimate_interval` to refit the model on every replicate instead (one fit per
+replicate: meant for logs up to ~1e5 rounds).
 
 >>> r, a, p = np.array([1.0, 0.0, 1.0]), np.array([0, 1, 1]), np.array([0.5, 0.5, 0.5])
 >>> pi = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
@@ -67,6 +71,8 @@ def _as_dist(action_dist: np.ndarray) -> np.ndarray:
         d = d[:, :, 0]
     if d.ndim not in (1, 2):
         raise ValueError(f"action_dist must be (n, K), (n, K, 1) or (n,) (got shape {d.shape})")
+    if not ((d >= 0) & (d <= 1)).all():
+        raise ValueError("action_dist must hold probabilities in [0, 1]")
     return d
 
 
@@ -106,7 +112,9 @@ def _check_log(reward: np.ndarray, action: np.ndarray, pscore: np.ndarray) -> tu
 def _check_q(estimated_rewards: np.ndarray | None, n: int, name: str) -> np.ndarray:
     if estimated_rewards is None:
         raise ValueError(f"{name} needs estimated_rewards (n_rounds, n_actions) from a reward model")
-    q = _as_dist(estimated_rewards)
+    q = np.asarray(estimated_rewards, dtype=np.float64)
+    if q.ndim == 3 and q.shape[2] == 1:
+        q = q[:, :, 0]
     if q.ndim != 2 or q.shape[0] != n:
         raise ValueError(f"estimated_rewards must be (n_rounds={n}, n_actions) (got {q.shape})")
     return q
@@ -225,7 +233,43 @@ class SNIPS(IPS):
         return w * reward, w
 
 
-class DirectMethod(_Estimator):
+class _ModelBased(_Estimator):
+    """DM and DR: optionally refit the reward model inside the bootstrap."""
+
+    def estimate_interval(self, reward: np.ndarray, action: np.ndarray, pscore: np.ndarray,
+                          action_dist: np.ndarray, estimated_rewards: np.ndarray | None = None,
+                          alpha: float = 0.05, n_bootstrap: int = 1000,
+                          random_state: int | np.random.Generator | None = None,
+                          max_groups: int | None = DEFAULT_MAX_GROUPS, context: np.ndarray | None = None,
+                          reward_model: object | None = None) -> Interval:
+        """As for every estimator; with ``context`` and ``reward_model`` the model is refitted on each
+        bootstrap resample (``estimated_rewards`` defaults to the model fitted on the whole log)."""
+        if reward_model is None and context is None:
+            return super().estimate_interval(reward, action, pscore, action_dist, estimated_rewards, alpha,
+                                             n_bootstrap, random_state, max_groups)
+        if reward_model is None or context is None:
+            raise ValueError("pass both context and reward_model to refit the reward model in the bootstrap")
+        r, a, p = _check_log(reward, action, pscore)
+        x = np.asarray(context, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] != r.shape[0]:
+            raise ValueError(f"context must be (n_rounds={r.shape[0]}, n_features) (got {x.shape})")
+        d = _as_dist(action_dist)
+        if estimated_rewards is None:
+            estimated_rewards = reward_model.fit(x, a, r).predict(x)
+        point = self.estimate_policy_value(r, a, p, d, estimated_rewards)
+        rng = np.random.default_rng(random_state)
+        n = r.shape[0]
+        reps = np.empty(n_bootstrap)
+        for b in range(n_bootstrap):
+            idx = rng.integers(n, size=n)
+            xb, ab, rb = x[idx], a[idx], r[idx]
+            qb = reward_model.fit(xb, ab, rb).predict(xb)
+            num, _ = self._terms(rb, ab, p[idx], d[idx], qb)
+            reps[b] = num.mean()
+        return _interval(point, reps, alpha)
+
+
+class DirectMethod(_ModelBased):
     """Direct method: ``mean(sum_a pi(a|x) q(x, a))`` from a reward model; ignores the logged rewards
     (no variance from weights, biased when the model is wrong)."""
 
@@ -237,7 +281,7 @@ class DirectMethod(_Estimator):
         return np.einsum("ij,ij->i", d, q), None
 
 
-class DoublyRobust(IPS):
+class DoublyRobust(_ModelBased, IPS):
     """Doubly robust: the direct method plus the weighted residual of the logged action,
     ``mean(sum_a pi q + w (r - q(x, a_logged)))`` (unbiased if either the propensities or the model are right)."""
 

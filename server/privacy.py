@@ -1,0 +1,79 @@
+"""Keyed pseudonyms: HMAC-SHA256 of a subject under a secret key, so analysis tables (decisions, outcomes,
+exports, tombstones) never hold a raw user id yet can still be joined per user.
+
+The key comes from ``[privacy] pseudonym_key``; without it one is generated once with :mod:`secrets` and
+kept in the database's ``meta`` table, so pseudonyms stay stable across restarts.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from typing import Protocol
+
+PSEUDONYM_CHARS = 32
+META_KEY = "pseudonym_key"
+META_FINGERPRINT = "pseudonym_key_fingerprint"
+
+log = logging.getLogger(__name__)
+
+
+class MetaStore(Protocol):
+    """Where the generated key is kept (the store's ``meta`` table)."""
+
+    def meta_get(self, key: str) -> str | None: ...
+
+    def meta_set(self, key: str, value: str) -> None: ...
+
+
+class Pseudonymizer:
+    """Maps a subject to its keyed pseudonym (32 hex characters); results are cached per subject."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("pseudonym key: must be at least 16 bytes")
+        self._key = key
+        self._cache: dict[str, str] = {}
+
+    def pseudonymize(self, subject: str) -> str:
+        """HMAC-SHA256(key, subject), first 32 hex characters."""
+        p = self._cache.get(subject)
+        if p is None:
+            p = hmac.new(self._key, subject.encode("utf-8"), hashlib.sha256).hexdigest()[:PSEUDONYM_CHARS]
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[subject] = p
+        return p
+
+    __call__ = pseudonymize
+
+    def forget(self, subject: str) -> None:
+        """Drop a subject from the cache (erasure: no raw id kept in memory)."""
+        self._cache.pop(subject, None)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short non-secret fingerprint of the key (to notice a changed key)."""
+        return hashlib.sha256(b"onramp-key-fingerprint:" + self._key).hexdigest()[:16]
+
+
+def load_pseudonymizer(meta: MetaStore, configured_key: str | None) -> Pseudonymizer:
+    """The pseudonymizer of a database: the configured key, else the key kept in ``meta`` (generated on
+    first use). Warns when the key differs from the one the database was used with before."""
+    if configured_key:
+        p = Pseudonymizer(configured_key.encode("utf-8"))
+    else:
+        stored = meta.meta_get(META_KEY)
+        if stored is None:
+            stored = secrets.token_hex(32)
+            meta.meta_set(META_KEY, stored)
+        p = Pseudonymizer(bytes.fromhex(stored))
+    previous = meta.meta_get(META_FINGERPRINT)
+    if previous is None:
+        meta.meta_set(META_FINGERPRINT, p.fingerprint)
+    elif previous != p.fingerprint:
+        log.warning("the pseudonym key differs from the one this database was used with: pseudonyms of "
+                    "earlier decisions, outcomes and tombstones no longer match new ones")
+        meta.meta_set(META_FINGERPRINT, p.fingerprint)
+    return p

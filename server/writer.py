@@ -1,0 +1,162 @@
+"""The single writer thread: every change to the store runs here, grouped into few transactions.
+
+Callers submit a job (a function of the store) and get a future resolved only after the transaction that
+ran the job has COMMITted (group commit: all jobs waiting in the queue when the thread becomes free share
+one transaction, up to ``max_group_weight`` events). A job that raises is isolated: the group is rolled
+back and its jobs re-run one transaction each, so only the faulty job fails.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from server.store import SqliteStore
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class WriterClosed(RuntimeError):
+    """The writer was stopped; no more jobs are accepted."""
+
+
+@dataclass(slots=True)
+class Job(Generic[T]):
+    """One unit of work: ``run(store)`` inside a transaction, then ``after_commit(result)`` on the writer
+    thread once committed, then the future is resolved with the result."""
+
+    run: Callable[[SqliteStore], T]
+    future: concurrent.futures.Future[T]
+    weight: int = 1
+    after_commit: Callable[[T], None] | None = None
+
+
+_STOP = object()
+
+
+class Writer:
+    """Owns the write connection of a :class:`SqliteStore` and runs submitted jobs on one thread."""
+
+    def __init__(self, store: SqliteStore, *, max_group_weight: int = 20_000,
+                 on_rollback: Callable[[], None] | None = None, name: str = "onramp-writer") -> None:
+        self.store = store
+        self.max_group_weight = max_group_weight
+        self.on_rollback = on_rollback
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._closed = False
+        self._submit_lock = threading.Lock()
+        self.commits = 0  # transactions committed (for stats and tests)
+        self.jobs_done = 0
+
+    # -- public API ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def qsize(self) -> int:
+        """Jobs waiting (for the ``onramp_queue_depth`` gauge)."""
+        return self._queue.qsize()
+
+    def submit(self, run: Callable[[SqliteStore], T], *, weight: int = 1,
+               after_commit: Callable[[T], None] | None = None) -> concurrent.futures.Future[T]:
+        """Queue ``run`` and return a future resolved after its transaction commits."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._submit_lock:
+            if self._closed:
+                raise WriterClosed("the writer is stopped")
+            self._queue.put(Job(run, future, max(1, weight), after_commit))
+        return future
+
+    async def call(self, run: Callable[[SqliteStore], T], *, weight: int = 1,
+                   after_commit: Callable[[T], None] | None = None) -> T:
+        """Submit ``run`` and await its committed result (from a coroutine)."""
+        return await asyncio.wrap_future(self.submit(run, weight=weight, after_commit=after_commit))
+
+    def run_sync(self, run: Callable[[SqliteStore], T], timeout: float | None = None) -> T:
+        """Submit ``run`` and block until committed (for code outside the event loop)."""
+        return self.submit(run).result(timeout)
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Refuse new jobs, finish (commit) every queued one, then end the thread."""
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the thread ----------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            group: list[Job[Any]] = [first]
+            weight = first.weight
+            while weight < self.max_group_weight:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                group.append(item)
+                weight += item.weight
+            self._run_group(group)
+        # Jobs submitted before the stop mark are all taken by now (FIFO); nothing is left behind.
+
+    def _run_group(self, group: list[Job[Any]]) -> None:
+        store = self.store
+        results: list[Any] = []
+        try:
+            store.begin()
+            for job in group:
+                results.append(job.run(store))
+            store.commit()
+        except BaseException as exc:  # noqa: BLE001 - isolate the faulty job below
+            store.rollback()
+            if self.on_rollback is not None:
+                self.on_rollback()
+            if len(group) == 1:
+                self._fail(group[0], exc)
+                return
+            for job in group:  # one transaction each, so only the faulty job fails
+                self._run_group([job])
+            return
+        self.commits += 1
+        self.jobs_done += len(group)
+        for job, result in zip(group, results):
+            if job.after_commit is not None:
+                try:
+                    job.after_commit(result)
+                except Exception:  # noqa: BLE001 - the data is committed; report and go on
+                    log.exception("after-commit hook failed")
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            job.future.set_result(result)
+
+    def _fail(self, job: Job[Any], exc: BaseException) -> None:
+        if not isinstance(exc, Exception):
+            exc = RuntimeError(f"writer job interrupted: {exc!r}")
+        log.error("writer job failed: %s", exc, exc_info=exc)
+        if job.future.set_running_or_notify_cancel():
+            job.future.set_exception(exc)
+
+
+def now_ms() -> int:
+    """The server clock in epoch milliseconds."""
+    return time.time_ns() // 1_000_000

@@ -32,14 +32,20 @@ class Exploration(Protocol):
         """Non-negative probabilities summing to 1, one per score, the highest score getting the most."""
         ...
 
+    def probabilities_list(self, scores: list[float]) -> list[float]:
+        """The same numbers for a list of floats (the fast path of :class:`Decider` for small K)."""
+        ...
 
-def _check_scores(scores: np.ndarray) -> np.ndarray:
-    s = np.asarray(scores, dtype=np.float64)
+
+def _check_scores(scores: np.ndarray) -> tuple[np.ndarray, float]:
+    """The scores as a float array and their maximum; ValueError unless non-empty, 1-D and finite."""
+    s = scores if isinstance(scores, np.ndarray) and scores.dtype == np.float64 else np.asarray(scores, np.float64)
     if s.ndim != 1 or s.size == 0:
         raise ValueError(f"scores must be a non-empty 1-D array (got shape {s.shape})")
-    if not np.isfinite(s).all():
+    top = float(s.max())  # NaN propagates through max
+    if not (math.isfinite(top) and math.isfinite(float(s.min()))):
         raise ValueError("scores must be finite numbers")
-    return s
+    return s, top
 
 
 def _check_rate(name: str, value: float) -> float:
@@ -57,29 +63,55 @@ def _finish(p: np.ndarray, best: np.ndarray, cap: float) -> np.ndarray:
     if off > cap:
         p *= cap / off
         off = float(p.sum())
-    n_best = int(np.count_nonzero(best))
-    p[best] = (1.0 - off) / n_best
+    p[best] = (1.0 - off) / int(np.count_nonzero(best))
     return p
 
 
-class EpsilonGreedy:
+def _check_list(s: list[float]) -> float:
+    """Maximum of a non-empty list of finite scores (ValueError otherwise)."""
+    if not s:
+        raise ValueError("scores must be a non-empty 1-D array (got shape (0,))")
+    if not math.isfinite(sum(s)):  # NaN and inf propagate through the sum
+        raise ValueError("scores must be finite numbers")
+    return max(s)
+
+
+class _ListScheme:
+    """Schemes computed on plain floats: for K of about ten, Python beats numpy's per-call cost."""
+
+    def probabilities_list(self, scores: list[float]) -> list[float]:
+        raise TypeError(f"{type(self).__name__} does not define probabilities_list")
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        s = np.asarray(scores, dtype=np.float64)
+        if s.ndim != 1 or s.size == 0:
+            raise ValueError(f"scores must be a non-empty 1-D array (got shape {s.shape})")
+        return np.array(self.probabilities_list(s.tolist()))
+
+
+class EpsilonGreedy(_ListScheme):
     """With probability ``epsilon`` a uniformly random arm, else the best (ties share evenly)."""
 
     def __init__(self, epsilon: float = 0.1, max_exploration: float = 1.0) -> None:
         self.epsilon = _check_rate("epsilon", epsilon)
         self.max_exploration = _check_rate("max_exploration", max_exploration)
 
-    def probabilities(self, scores: np.ndarray) -> np.ndarray:
-        s = _check_scores(scores)
-        best = s == s.max()
-        p = np.full(s.size, self.epsilon / s.size)
-        return _finish(p, best, self.max_exploration)
+    def probabilities_list(self, scores: list[float]) -> list[float]:
+        top = _check_list(scores)
+        k = len(scores)
+        n_best = scores.count(top)
+        n_off = k - n_best
+        each = self.epsilon / k
+        if each * n_off > self.max_exploration:
+            each = self.max_exploration / n_off
+        share = (1.0 - each * n_off) / n_best
+        return [share if v == top else each for v in scores]
 
     def __repr__(self) -> str:
         return f"EpsilonGreedy(epsilon={self.epsilon:g}, max_exploration={self.max_exploration:g})"
 
 
-class SquareCB:
+class SquareCB(_ListScheme):
     """Inverse gap weighting (Abe & Long 1999; Foster & Rakhlin 2020): an arm with gap
     ``best - score`` gets ``1 / (K + gamma * gap)``, the best arms share the rest.
 
@@ -93,15 +125,18 @@ class SquareCB:
         self.gamma = float(gamma)
         self.max_exploration = _check_rate("max_exploration", max_exploration)
 
-    def probabilities(self, scores: np.ndarray) -> np.ndarray:
-        s = _check_scores(scores)
-        top = s.max()
-        best = s == top
-        p = top - s
-        p *= self.gamma
-        p += s.size
-        np.reciprocal(p, out=p)
-        return _finish(p, best, self.max_exploration)
+    def probabilities_list(self, scores: list[float]) -> list[float]:
+        top = _check_list(scores)
+        k = len(scores)
+        g = self.gamma
+        p = [0.0 if v == top else 1.0 / (k + g * (top - v)) for v in scores]
+        off = sum(p)
+        if off > self.max_exploration:
+            f = self.max_exploration / off
+            p = [v * f for v in p]
+            off = sum(p)
+        share = (1.0 - off) / scores.count(top)
+        return [share if v == top else q for v, q in zip(scores, p)]
 
     def __repr__(self) -> str:
         return f"SquareCB(gamma={self.gamma:g}, max_exploration={self.max_exploration:g})"
@@ -117,14 +152,16 @@ class Softmax:
         self.max_exploration = _check_rate("max_exploration", max_exploration)
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
-        s = _check_scores(scores)
-        top = s.max()
+        s, top = _check_scores(scores)
         best = s == top
         p = s - top
         p /= self.tau
         np.exp(p, out=p)
         p /= p.sum()
         return _finish(p, best, self.max_exploration)
+
+    def probabilities_list(self, scores: list[float]) -> list[float]:
+        return self.probabilities(np.asarray(scores, dtype=np.float64)).tolist()
 
     def __repr__(self) -> str:
         return f"Softmax(tau={self.tau:g}, max_exploration={self.max_exploration:g})"
@@ -142,16 +179,24 @@ def build_exploration(name: str, *, epsilon: float = 0.1, gamma: float = 50.0, t
     raise ValueError(f"exploration must be one of {', '.join(EXPLORATIONS)} (got {name!r})")
 
 
-def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
+def sample(probs: np.ndarray | Sequence[float], rng: np.random.Generator) -> int:
     """Index drawn with probability ``probs[i]``; never an index whose probability is 0."""
-    c = np.cumsum(probs)
-    i = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
-    if i >= c.size:  # rounding at the top end: take the last arm with positive probability
-        i = int(np.flatnonzero(np.asarray(probs) > 0)[-1])
-    return i
+    p = probs.tolist() if isinstance(probs, np.ndarray) else list(probs)
+    u = rng.random() * sum(p)
+    acc = 0.0
+    last = -1
+    for i, q in enumerate(p):
+        if q > 0.0:
+            acc += q
+            last = i
+            if u < acc:
+                return i
+    if last < 0:
+        raise ValueError("probs must have a positive entry")
+    return last  # rounding at the top end: the last arm with positive probability
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Choice:
     """One decision: the chosen arm, its exact probability (the propensity), the probability and
     score of every eligible arm, and whether it was an exploratory pick."""
@@ -182,11 +227,12 @@ class Decider:
         self.policy = policy
         self.exploration = exploration
         self._rng = np.random.default_rng(seed)
+        self._version = f"{policy.version}+{exploration!r}"
 
     @property
     def version(self) -> str:
         """Policy and exploration identity, e.g. ``linucb(...)+EpsilonGreedy(...)``."""
-        return f"{self.policy.version}+{self.exploration!r}"
+        return self._version
 
     def decide(self, x: np.ndarray, eligible_arms: Sequence[int] | np.ndarray,
                rng: np.random.Generator | None = None) -> Choice:
@@ -194,26 +240,26 @@ class Decider:
         arms = np.asarray(eligible_arms, dtype=np.intp)
         if arms.ndim != 1 or arms.size == 0:
             raise ValueError("eligible_arms must list at least one arm index (got none)")
-        if arms.size > 1 and np.unique(arms).size != arms.size:
-            raise ValueError(f"eligible_arms must not repeat an arm (got {arms.tolist()})")
+        arm_list = arms.tolist()
+        if len(set(arm_list)) != len(arm_list):
+            raise ValueError(f"eligible_arms must not repeat an arm (got {arm_list})")
         g = self._rng if rng is None else rng
         scores = self.policy.scores(x, arms, g)
+        score_list = scores.tolist()
         if arms.size == 1:
-            probs = np.ones(1)
-            if not math.isfinite(scores[0]):
-                raise ValueError("policy scores must be finite (check the context features)")
-            i = 0
+            if not math.isfinite(score_list[0]):
+                raise ValueError("scores must be finite numbers (check the context features)")
+            probs = [1.0]
         else:
-            probs = self.exploration.probabilities(scores)
-            i = sample(probs, g)
-        arm_list = arms.tolist()
+            probs = self.exploration.probabilities_list(score_list)
+        i = sample(probs, g) if len(probs) > 1 else 0
         return Choice(
             arm=arm_list[i],
-            probability=float(probs[i]),
-            probabilities=dict(zip(arm_list, probs.tolist())),
-            scores=dict(zip(arm_list, scores.tolist())),
-            greedy_arm=arm_list[int(np.argmax(scores))],
-            policy_version=self.version,
+            probability=probs[i],
+            probabilities=dict(zip(arm_list, probs)),
+            scores=dict(zip(arm_list, score_list)),
+            greedy_arm=arm_list[score_list.index(max(score_list))],
+            policy_version=self._version,
         )
 
     def learn_one(self, x: np.ndarray, arm: int, reward: float) -> None:

@@ -81,6 +81,8 @@ class _LinearBase:
         self._u = np.empty(d)
         self._outer = np.empty((d, d))
         self._kd = np.empty((k, d))
+        self._A_flat = self._A_inv.reshape(k * d, d)  # views kept for one BLAS call per score
+        self._kd_flat = self._kd.reshape(k * d)
         self._mean = np.empty(k)
         self._var = np.empty(k)
         self._all = np.arange(k, dtype=np.intp)
@@ -89,8 +91,11 @@ class _LinearBase:
     @property
     def version(self) -> str:
         """Algorithm and hyper-parameters, e.g. ``linucb(alpha=1,ridge=1,k=10,d=23)``."""
-        params = ",".join(f"{k}={v:g}" for k, v in self._params().items())
-        return f"{self.algorithm}({params},k={self.n_arms},d={self.n_features})"
+        v = self.__dict__.get("_version")
+        if v is None:
+            params = ",".join(f"{k}={v:g}" for k, v in self._params().items())
+            v = self._version = f"{self.algorithm}({params},k={self.n_arms},d={self.n_features})"
+        return v
 
     def _params(self) -> dict[str, float]:
         return {"ridge": self.ridge}
@@ -124,11 +129,15 @@ class _LinearBase:
     def _arms(self, arms: ArmsLike) -> np.ndarray:
         if arms is None:
             return self._all
-        idx = np.asarray(arms, dtype=np.intp)
+        if isinstance(arms, np.ndarray) and arms.dtype == np.intp:
+            idx = arms
+        else:
+            idx = np.asarray(arms, dtype=np.intp)
         if idx.ndim != 1:
             raise ValueError("arms must be a 1-D sequence of arm indices")
-        if idx.size and (idx.min() < 0 or idx.max() >= self.n_arms):
-            raise ValueError(f"arms must be indices in [0, {self.n_arms - 1}] (got {idx.tolist()})")
+        lst = idx.tolist()  # range check in Python: cheaper than two numpy reductions for K ~ 10
+        if lst and (min(lst) < 0 or max(lst) >= self.n_arms):
+            raise ValueError(f"arms must be indices in [0, {self.n_arms - 1}] (got {lst})")
         return idx
 
     # ------------------------------------------------------------------ learning
@@ -139,15 +148,16 @@ class _LinearBase:
         r = float(reward)
         if not math.isfinite(r):
             raise ValueError(f"reward must be finite (got {reward!r})")
-        if not np.isfinite(x).all():
-            raise ValueError("x must contain only finite numbers")
         A_inv = self._A_inv[a]
         u = np.matmul(A_inv, x, out=self._u)
-        denom = 1.0 + float(x @ u)
+        denom = 1.0 + float(x @ u)  # NaN or inf here iff x has a NaN/inf (or overflows): refuse before any change
+        if not math.isfinite(denom):
+            raise ValueError("x must contain only finite numbers")
         np.multiply.outer(u, u / denom, out=self._outer)
         A_inv -= self._outer
         b = self._b[a]
-        b += r * x
+        if r != 0.0:
+            b += r * x
         np.matmul(A_inv, b, out=self._theta[a])
         self._counts[a] += 1
         self.n_updates += 1
@@ -157,12 +167,13 @@ class _LinearBase:
         return float(self._x(x) @ self._theta[self._arm(arm)])
 
     def _mean_and_var(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``x.theta_a`` and ``x^T A_a^{-1} x`` for every arm (into scratch buffers)."""
-        np.matmul(self._theta, x, out=self._mean)
-        np.matmul(self._A_inv, x, out=self._kd)
-        np.matmul(self._kd, x, out=self._var)
-        np.maximum(self._var, 0.0, out=self._var)  # guards tiny negative rounding
-        return self._mean, self._var
+        """``x.theta_a`` and ``x^T A_a^{-1} x`` for every arm (three BLAS products into scratch buffers)."""
+        mean, var = self._mean, self._var
+        np.matmul(self._theta, x, out=mean)
+        np.matmul(self._A_flat, x, out=self._kd_flat)
+        np.matmul(self._kd, x, out=var)
+        np.maximum(var, 0.0, out=var)  # guards tiny negative rounding
+        return mean, var
 
     # ------------------------------------------------------------------ state
     def to_state(self) -> dict[str, Any]:

@@ -94,6 +94,7 @@ def test_version_names_the_configuration():
     assert LinUCB(10, 23, alpha=1.5).version != LinUCB(10, 23, alpha=1.0).version
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_bad_inputs_are_refused():
     p = LinUCB(3, 2)
     with pytest.raises(ValueError, match="shape"):

@@ -1,0 +1,22 @@
+"""bandits/ stays pure: it imports only numpy, river, the standard library and itself."""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import bandits
+
+ALLOWED = {"numpy", "river", "bandits"} | set(sys.stdlib_module_names)
+
+
+def test_bandits_imports_only_numpy_river_and_stdlib():
+    root = Path(bandits.__file__).parent
+    seen = set()
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                seen |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                seen.add(node.module.split(".")[0])
+    assert seen and seen <= ALLOWED, seen - ALLOWED

@@ -76,7 +76,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     raw: dict[str, Any] = field(default_factory=dict)
-    source: str = "<defaults>"
+    source: str = "none (built-in defaults)"
 
     def with_server(self, **changes: Any) -> "Config":
         """A copy with some ``[server]`` settings replaced (e.g. from command-line flags), re-validated."""

@@ -1,0 +1,6 @@
+"""``python -m server`` runs the ``onramp`` command (same as the console script)."""
+import sys
+
+from server.cli import main
+
+sys.exit(main())

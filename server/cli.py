@@ -1,0 +1,122 @@
+"""The ``onramp`` command. ``onramp serve`` runs the gRPC service; more subcommands (replay, export,
+report) register themselves through :func:`add_command`.
+
+SIGINT/SIGTERM stop the server gracefully: health turns NOT_SERVING, no new calls are accepted, in-flight
+calls finish, the writer commits everything queued, and the process exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from server.config import Config, ConfigError, load_config
+from server.logging_setup import LoggingConfig, configure_logging
+
+log = logging.getLogger("onramp.cli")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50051
+DEFAULT_DB = "./onramp.db"
+SHUTDOWN_GRACE_S = 10.0
+
+Command = Callable[[argparse.Namespace], int]
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+
+
+def add_command(register: Callable[[argparse._SubParsersAction], None]) -> None:  # type: ignore[type-arg]
+    """Let another module add a subcommand: ``register(subparsers)`` must call ``subparsers.add_parser(...)``
+    and ``set_defaults(func=...)`` where ``func(args) -> exit code``."""
+    _EXTRA_COMMANDS.append(register)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="onramp",
+        description="Onramp: adaptive onboarding recommender (gRPC service for behavioral events and next-step "
+                    "decisions).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    serve = sub.add_parser(
+        "serve", help="run the gRPC service",
+        description="Run the Onramp gRPC service until SIGINT/SIGTERM (then stop gracefully and exit 0). "
+                    "Flags override the [server] section of the config file.")
+    serve.add_argument("--host", default=None,
+                       help=f"address to listen on; non-loopback addresses need [auth] keys "
+                            f"(default: [server] host, else {DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, default=None,
+                       help=f"TCP port to listen on, 0 = any free port (default: [server] port, else {DEFAULT_PORT})")
+    serve.add_argument("--db", default=None, metavar="PATH",
+                       help=f"SQLite database file, created if missing (default: [server] db_path, else {DEFAULT_DB})")
+    serve.add_argument("--config", default=None, metavar="TOML",
+                       help="config file (server, privacy, ingest, catalog, guardrails, auth, ... sections); "
+                            "default: none = built-in defaults and the shipped demo catalog")
+    serve.set_defaults(func=cmd_serve)
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """The config file (or defaults) with the command-line flags applied."""
+    config = load_config(args.config)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port: must be an integer from 0 to 65535 (got {args.port})")
+    return config.with_server(host=args.host, port=args.port, db_path=args.db)
+
+
+async def serve(config: Config, stop_signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> int:
+    """Run the server until one of ``stop_signals`` arrives, then stop gracefully."""
+    from server.app import build_server
+
+    server = build_server(config)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop(None)
+        raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, stop.set)
+    log.info("onramp serving on %s:%d (db %s, config %s, catalog %s)", config.server.host, server.port,
+             config.server.db_path, config.source, server.runtime.catalog.version)
+    await stop.wait()
+    log.info("stopping: finishing in-flight calls, flushing the writer")
+    for sig in stop_signals:
+        loop.remove_signal_handler(sig)
+    await server.stop(SHUTDOWN_GRACE_S)
+    log.info("stopped")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``onramp serve``."""
+    try:
+        config = resolve_config(args)
+        from server.ops import OpsConfig
+        logging_config = OpsConfig.from_mapping(config.raw).logging
+    except (ConfigError, ValueError) as exc:
+        print(f"onramp: config error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(logging_config if isinstance(logging_config, LoggingConfig) else LoggingConfig())
+    try:
+        return asyncio.run(serve(config))
+    except (ConfigError, OSError) as exc:
+        print(f"onramp: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``onramp``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

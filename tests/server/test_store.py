@@ -1,0 +1,113 @@
+"""SQLite store: schema, WAL, dedupe lookups, re-keying, consent history, tombstones, decisions/outcomes,
+erasure of every row about a person."""
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+
+import pytest
+
+from server.records import StoredEvent
+from server.store import TABLES, ConsentRow, SqliteStore, SubjectKeys
+
+
+@pytest.fixture
+def store(tmp_path: pathlib.Path) -> SqliteStore:
+    s = SqliteStore(tmp_path / "t.db")
+    yield s
+    s.close()
+
+
+def event(eid: str, subject: str = "u1", **kw: object) -> StoredEvent:
+    kw.setdefault("user_id", subject if not subject.startswith("anon:") else "")
+    return StoredEvent(eid, subject, kw.pop("name", "feature_used"), 1_000, 2_000, **kw)  # type: ignore[arg-type]
+
+
+def test_schema_and_wal(store: SqliteStore, tmp_path: pathlib.Path) -> None:
+    names = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert set(TABLES) <= names
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    indexes = {r[0] for r in store.conn.execute("SELECT sql FROM sqlite_master WHERE type='index' AND sql IS NOT NULL")}
+    assert any('"events" ("subject")' in sql for sql in indexes)
+    assert any("UNIQUE" in sql and '"event_id"' in sql for sql in indexes)
+    assert any('"decisions" ("user_pseudo")' in sql for sql in indexes)
+    cols = [r[1] for r in store.conn.execute("PRAGMA table_info(events)")]
+    assert cols[0] == "seq" and "properties" in cols and "decision_id" in cols
+    SqliteStore(tmp_path / "t.db").close()  # reopening an existing database is fine
+
+
+def test_append_lookup_and_iterate(store: SqliteStore) -> None:
+    store.begin()
+    store.append_events([event("a", properties={"plan": "pro"}), event("b"), event("c", "anon:x", anonymous_id="x")])
+    store.commit()
+    assert store.existing_event_ids(["a", "c", "zz"]) == {"a", "c"}
+    assert store.existing_event_ids([f"id{i}" for i in range(12_000)] + ["b"]) == {"b"}  # chunked IN lists
+    seqs, events = zip(*store.iter_events())
+    assert list(seqs) == sorted(seqs) and [e.event_id for e in events] == ["a", "b", "c"]
+    assert events[0].properties == {"plan": "pro"} and events[1].properties == {}
+    assert [e.event_id for _, e in store.iter_events(after_seq=seqs[0])] == ["b", "c"]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.append_events([event("a")])  # event_id is UNIQUE
+
+
+def test_rekey_moves_anonymous_events(store: SqliteStore) -> None:
+    store.append_events([event("a", "anon:x", anonymous_id="x"), event("b", "anon:y", anonymous_id="y"),
+                         event("c", "u1")])
+    assert store.rekey_subjects(["anon:x", "anon:y"], "u1") == 2
+    assert {e.subject for _, e in store.iter_events()} == {"u1"}
+
+
+def test_consent_current_and_history(store: SqliteStore) -> None:
+    store.set_consent(ConsentRow("u1", "tracking", True, "banner", 10), 11)
+    store.set_consent(ConsentRow("u1", "tracking", False, "settings", 20), 21)
+    assert list(store.all_consents()) == [ConsentRow("u1", "tracking", False, "settings", 20)]
+    history = store.consent_history_of(["u1"])
+    assert [(h.granted, h.source) for h in history] == [(True, "banner"), (False, "settings")]
+
+
+def test_tombstones_links_meta(store: SqliteStore) -> None:
+    store.add_tombstone("p1", 5)
+    store.add_tombstone("p1", 6)
+    assert store.all_tombstones() == {"p1"}
+    assert store.remove_tombstone("p1") and not store.remove_tombstone("p1")
+    store.link_alias("anonymous_id", "x", "u1", 5)
+    store.link_alias("anonymous_id", "x", "u2", 6)  # moved
+    assert [(r.alias, r.user_id) for r in store.all_links()] == [("x", "u2")]
+    assert store.meta_get("k") is None
+    store.meta_set("k", "v")
+    store.meta_set("k", "w")
+    assert store.meta_get("k") == "w"
+
+
+def test_decisions_and_outcomes(store: SqliteStore) -> None:
+    store.insert_decisions([{"decision_id": "d1", "user_pseudo": "p1", "timestamp_ms": 5, "step_id": "welcome",
+                             "propensity": 1.0, "reason": "core", "context": {"b": "2", "a": "1"},
+                             "eligible": ["welcome"], "probabilities": {"welcome": 1.0}}])
+    d = store.get_decision("d1")
+    assert d is not None and d["context"] == '{"a":"1","b":"2"}' and d["eligible"] == '["welcome"]'
+    assert store.get_decision("nope") is None
+    row = {"decision_id": "d1", "user_pseudo": "p1", "reward": 1.0, "source": "reported", "outcome": "",
+           "timestamp_ms": 6}
+    assert store.insert_outcome(row) is True
+    assert store.insert_outcome({**row, "reward": 0.0}) is False
+    assert store.get_outcome("d1")["reward"] == 1.0
+    assert [o["decision_id"] for o in store.outcomes_of(["p1"])] == ["d1"]
+
+
+def test_erase_removes_every_row_about_a_person(store: SqliteStore) -> None:
+    store.append_events([event("a", "u1"), event("b", "anon:x", anonymous_id="x"),
+                         event("c", "u2", user_id="u2", device_id="dev1"), event("d", "u2", user_id="u2")])
+    store.link_alias("anonymous_id", "x", "u1", 1)
+    store.link_alias("device_id", "dev1", "u1", 1)
+    for subject in ("u1", "anon:x", "u2"):
+        store.set_consent(ConsentRow(subject, "tracking", True, "t", 1), 1)
+    store.insert_decisions([{"decision_id": "d1", "user_pseudo": "p1"}, {"decision_id": "d2", "user_pseudo": "p2"}])
+    store.insert_outcome({"decision_id": "d1", "user_pseudo": "p1", "reward": 1.0})
+    keys = SubjectKeys(("u1", "anon:x"), ("u1",), ("x",), ("dev1",), ("p1", "px"))
+    assert sum(store.rows_about(keys).values()) > 0
+    deleted = store.erase(keys)
+    assert deleted == {"events": 3, "identities": 2, "consents": 2, "consent_history": 2, "outcomes": 1,
+                       "decisions": 1}
+    assert sum(store.rows_about(keys).values()) == 0
+    assert [e.event_id for _, e in store.iter_events()] == ["d"]  # other users untouched
+    assert store.get_decision("d2") is not None and store.count("consents") == 1

@@ -56,7 +56,12 @@ def bind_request(**fields: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        _request.reset(token)
+        try:
+            _request.reset(token)
+        except ValueError:
+            # An async generator closed from another task (grpc cancelling a stream) runs this in a
+            # different Context; the variable then belongs to a context that is going away anyway.
+            pass
 
 
 def current_request_id() -> str:

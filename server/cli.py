@@ -55,7 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=None, metavar="TOML",
                        help="config file (server, privacy, ingest, catalog, guardrails, auth, ... sections); "
                             "default: none = built-in defaults and the shipped demo catalog")
+    serve.add_argument("--allow-insecure-no-auth", action="store_true",
+                       help="listen on a non-loopback address without [auth] keys (anyone reaching the port "
+                            "can read and erase user data; see docs/security.md)")
     serve.set_defaults(func=cmd_serve)
+    hash_key = sub.add_parser(
+        "hash-key", help="print the [auth] hash of an API key read from stdin (or of a new one: --generate)",
+        description="Print the config hash of an API key read from stdin (first line), for [auth] keys. "
+                    "With --generate, make a new random key and print it once with its hash.")
+    hash_key.add_argument("--scheme", choices=("sha256", "pbkdf2", "scrypt"), default="sha256",
+                          help="sha256 for generated random keys (default); pbkdf2/scrypt for human-chosen keys")
+    hash_key.add_argument("--generate", action="store_true", help="make a new random key instead of reading one")
+    hash_key.set_defaults(func=cmd_hash_key)
     for register in _EXTRA_COMMANDS:
         register(sub)
     return parser
@@ -69,11 +80,12 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return config.with_server(host=args.host, port=args.port, db_path=args.db)
 
 
-async def serve(config: Config, stop_signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> int:
+async def serve(config: Config, stop_signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+                allow_insecure_no_auth: bool = False) -> int:
     """Run the server until one of ``stop_signals`` arrives, then stop gracefully."""
     from server.app import build_server
 
-    server = build_server(config)
+    server = build_server(config, allow_insecure_no_auth=allow_insecure_no_auth)
     try:
         await server.start()
     except BaseException:
@@ -104,11 +116,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"onramp: config error: {exc}", file=sys.stderr)
         return 2
     configure_logging(logging_config if isinstance(logging_config, LoggingConfig) else LoggingConfig())
+    from server.auth import InsecureBindError
+    from server.tls import TlsConfigError
+
     try:
-        return asyncio.run(serve(config))
-    except (ConfigError, OSError) as exc:
+        return asyncio.run(serve(config, allow_insecure_no_auth=args.allow_insecure_no_auth))
+    except (ConfigError, TlsConfigError, InsecureBindError, OSError) as exc:
         print(f"onramp: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        return 1 if isinstance(exc, OSError) else 2
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    """``onramp hash-key``: see :func:`server.auth.hash_key_main`."""
+    from server.auth import hash_key_main
+
+    return hash_key_main(["--scheme", args.scheme, *(["--generate"] if args.generate else [])])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

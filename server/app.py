@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import tempfile
 import threading
@@ -108,7 +109,7 @@ class OnrampServer:
 
     def __init__(self, runtime: Runtime, server: grpc.aio.Server, ops: Operations, service: OnrampService) -> None:
         self.runtime = runtime
-        self.grpc_server = server
+        self.grpc_server: grpc.aio.Server | None = server
         self.ops = ops
         self.service = service
         self.port = 0
@@ -122,6 +123,7 @@ class OnrampServer:
     async def start(self, address: str | None = None) -> int:
         """Bind (``address`` or the config's host:port), start serving, mark healthy; returns the port."""
         self.runtime.pipeline.attach_loop(asyncio.get_running_loop())
+        assert self.grpc_server is not None, "a stopped server cannot start again"
         self.port = self.ops.add_port(self.grpc_server, address or self.runtime.config.server.address)
         await self.grpc_server.start()
         await self.ops.started()
@@ -134,15 +136,21 @@ class OnrampServer:
             return
         self._stopped = True
         await self.ops.stopping()
-        await self.grpc_server.stop(grace)
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace)
         await asyncio.to_thread(self.runtime.writer.stop)
         self.ops.stopped()
         await asyncio.sleep(0)  # let the last post-commit callbacks run
         self.runtime.pipeline.attach_loop(None)
         self.runtime.store.close()
+        # Free the grpc.aio server here, on its own loop: freed later from another thread after the loop
+        # closed, cygrpc may crash.
+        self.grpc_server = None
+        gc.collect()
 
     async def wait_for_termination(self) -> None:
-        await self.grpc_server.wait_for_termination()
+        if self.grpc_server is not None:
+            await self.grpc_server.wait_for_termination()
 
 
 def build_server(config: Config | None = None, *, decision_factory: DecisionFactory | None = None,
@@ -248,6 +256,9 @@ def running_server(config: Config | Mapping[str, Any] | None = None, *, db_path:
 def start_background_server(config: Config, *, decision_factory: DecisionFactory | None = None,
                             enricher_factory: EnricherFactory | None = None) -> ServerHandle:
     """Start a server for ``config`` on a new thread with its own event loop; the caller must ``stop()`` it."""
+    # grpc.aio objects left over from earlier event loops (e.g. a test's asyncio.run) must be collected on
+    # this thread now: collected later on the server's loop thread, cygrpc can crash.
+    gc.collect()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="onramp-server-loop", daemon=True)
     thread.start()

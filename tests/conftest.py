@@ -8,6 +8,14 @@ it, and small helpers to build events and grant consent.
 from __future__ import annotations
 
 import itertools
+import pathlib
+import sys
+
+# This file puts tests/ on sys.path (pytest's default "prepend" import mode), where tests/server/ would shadow
+# the real `server` package as a namespace package; the project root first keeps `import server` right.
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 from collections.abc import Iterator
 from typing import Any
 

@@ -5,11 +5,13 @@ reflection, metrics and TLS can be tested over real gRPC independently of the re
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import io
 import logging
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import Any, TypeVar
 
 import grpc
 
@@ -18,6 +20,27 @@ from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from server.auth import AuthConfig, hash_key
 from server.logging_setup import JsonFormatter, RequestContextFilter
 from server.ops import Operations, OpsConfig
+
+T = TypeVar("T")
+
+
+def run_async(scenario: Awaitable[T]) -> T:
+    """``asyncio.run`` for a test scenario, collecting garbage while its event loop still runs.
+
+    grpc.aio objects left to a later garbage collection, after their loop closed and while another loop
+    (e.g. a ``running_server`` thread) serves, can crash the interpreter; collecting them here avoids that.
+    """
+    async def guarded() -> T:
+        try:
+            return await scenario
+        finally:
+            gc.collect()
+
+    try:
+        return asyncio.run(guarded())
+    finally:
+        gc.collect()
+
 
 KEYS = {
     "backend": ("k-backend-0123456789abcdef", ["ingest", "decide"]),

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from ops_support import KEYS, auth_config, captured_json_logs, key_md, ops_with, tiny_server
+from ops_support import KEYS, auth_config, captured_json_logs, key_md, ops_with, run_async, tiny_server
 from server.auth import (
     AuthConfig, AuthConfigError, InsecureBindError, KeyHash, KeyRing, check_bind_allowed, hash_key,
     hash_key_main, is_loopback_host, peer_host, presented_key, required_role,
@@ -191,7 +191,7 @@ async def _auth_scenario() -> dict:
 
 def test_keys_and_roles_over_grpc() -> None:
     with captured_json_logs() as logs:
-        r = asyncio.run(_auth_scenario())
+        r = run_async(_auth_scenario())
     code, details, trailers = r["none"]
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert details.startswith("missing API key: send metadata x-api-key")
@@ -224,7 +224,7 @@ def test_without_auth_every_role_is_allowed_on_loopback() -> None:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 return await pb_grpc.OnrampStub(channel).EraseUser(pb.EraseUserRequest(user_id="u1"))
 
-    assert asyncio.run(scenario()).deleted == {"events": 0}
+    assert run_async(scenario()).deleted == {"events": 0}
 
 
 def test_salted_keys_over_grpc_are_verified_off_the_event_loop() -> None:
@@ -241,7 +241,7 @@ def test_salted_keys_over_grpc_are_verified_off_the_event_loop() -> None:
                     await stub.GetNextStep(pb.NextStepRequest(user_id="u1"), metadata=(("x-api-key", "guess"),))
                 return first.decision_id, cached, err.value.code()
 
-    assert asyncio.run(scenario()) == ("d1", True, grpc.StatusCode.UNAUTHENTICATED)
+    assert run_async(scenario()) == ("d1", True, grpc.StatusCode.UNAUTHENTICATED)
     assert not ops.keyring.is_cached("guess")
 
 

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from ops_support import TinyOnramp, auth_config, ops_with, tiny_server
+from ops_support import TinyOnramp, auth_config, ops_with, run_async, tiny_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -44,7 +44,7 @@ def test_health_serving_after_start_and_not_serving_during_shutdown() -> None:
             ops.stopped()
         return out
 
-    r = asyncio.run(scenario())
+    r = run_async(scenario())
     assert r["started"] == (SERVING, SERVING)
     assert r["unknown"] == grpc.StatusCode.NOT_FOUND
     assert r["stopping"] == (NOT_SERVING, NOT_SERVING)
@@ -72,7 +72,7 @@ def test_health_watch_sees_shutdown() -> None:
             ops.stopped()
         return seen
 
-    assert asyncio.run(scenario()) == [SERVING, NOT_SERVING]
+    assert run_async(scenario()) == [SERVING, NOT_SERVING]
 
 
 def test_reflection_lists_onramp_without_a_key() -> None:
@@ -94,7 +94,7 @@ def test_reflection_lists_onramp_without_a_key() -> None:
         names = [s.name for s in responses[0].list_services_response.service]
         return names, responses[1].file_descriptor_response.file_descriptor_proto[0]
 
-    names, descriptor = asyncio.run(scenario())
+    names, descriptor = run_async(scenario())
     assert "onramp.v1.Onramp" in names
     assert "grpc.health.v1.Health" in names
     assert b"GetNextStep" in descriptor
@@ -115,7 +115,7 @@ def test_healthcheck_probe_command(capsys: pytest.CaptureFixture[str]) -> None:
             codes.append(await asyncio.to_thread(healthcheck.main, [target, "--service", "onramp.v1.Onramp"]))
             return codes
 
-    codes = asyncio.run(scenario())
+    codes = run_async(scenario())
     out, err = capsys.readouterr()
     assert codes == [0, 0, 1, 1]
     assert out.splitlines()[0] == "SERVING" and "onramp.v1.Onramp" in out.splitlines()

@@ -1,14 +1,13 @@
 """Rate limits (token buckets per caller) and message-size limits, in isolation and over real gRPC."""
 from __future__ import annotations
 
-import asyncio
 
 import grpc
 import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from ops_support import KEYS, auth_config, key_md, ops_with, tiny_server
+from ops_support import KEYS, auth_config, key_md, ops_with, run_async, tiny_server
 from server.limits import LimitsConfig, LimitsConfigError, RateLimited, RateLimiter, TokenBucket, server_options
 
 
@@ -129,7 +128,7 @@ def test_call_limit_per_key_over_grpc() -> None:
         out["limited"] = ops.metrics.rate_limited_total.labels(kind="calls")._value.get()
         return out
 
-    r = asyncio.run(scenario())
+    r = run_async(scenario())
     code, details, trailers = r["refused"]
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "rate limit exceeded for 'decider'" in details and "retry after" in details
@@ -156,7 +155,7 @@ def test_call_limit_per_peer_without_auth_and_health_is_exempt() -> None:
                 statuses = [(await health.Check(health_pb2.HealthCheckRequest())).status for _ in range(3)]
                 return err.value.code(), err.value.details(), statuses
 
-    code, details, statuses = asyncio.run(scenario())
+    code, details, statuses = run_async(scenario())
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "'peer:127.0.0.1'" in details
     assert statuses == [health_pb2.HealthCheckResponse.SERVING] * 3
@@ -186,7 +185,7 @@ def test_event_limit_on_batches_and_streams_over_grpc() -> None:
                 out["other_key"] = await stub.IngestEvents(iter(_events(5, "d")), metadata=key_md("ops"))
         return out
 
-    r = asyncio.run(scenario())
+    r = run_async(scenario())
     assert r["acks"] == [1]
     code, details, trailers = r["batch_err"]
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -209,6 +208,6 @@ def test_max_message_size_over_grpc() -> None:
                     await stub.IngestEvents(iter([big]))
                 return small.accepted, err.value.code()
 
-    accepted, code = asyncio.run(scenario())
+    accepted, code = run_async(scenario())
     assert accepted == 2
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED

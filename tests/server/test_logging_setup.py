@@ -1,7 +1,6 @@
 """Structured JSON logs and request ids: one object per line, request fields on every line of a call."""
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -11,7 +10,7 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from ops_support import auth_config, captured_json_logs, key_md, ops_with, tiny_server
+from ops_support import auth_config, captured_json_logs, key_md, ops_with, run_async, tiny_server
 from server.logging_setup import LoggingConfig, LoggingConfigError, bind_request, configure_logging
 
 
@@ -39,7 +38,7 @@ def test_request_ids_in_logs_and_trailers_over_grpc() -> None:
         return out
 
     with captured_json_logs() as stream:
-        r = asyncio.run(scenario())
+        r = run_async(scenario())
     records = _lines(stream.getvalue())
     assert r["given"]["x-request-id"] == "req-abc.123"
     generated = r["replaced"]["x-request-id"]

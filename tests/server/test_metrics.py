@@ -10,7 +10,7 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from ops_support import auth_config, key_md, ops_with, tiny_server
+from ops_support import auth_config, key_md, ops_with, run_async, tiny_server
 from server.metrics import Metrics, MetricsConfig, MetricsConfigError
 
 
@@ -106,7 +106,7 @@ def test_rpc_histogram_served_over_http_after_calls() -> None:
             still_up = False
         return text, still_up
 
-    text, still_up = asyncio.run(scenario())
+    text, still_up = run_async(scenario())
     method = "onramp.v1.Onramp/GetNextStep"
     assert sample(text, "onramp_rpc_duration_seconds_count", method=method, code="OK") == 2
     assert sample(text, "onramp_rpc_duration_seconds_bucket", method=method, code="OK", le="+Inf") == 2

@@ -1,10 +1,10 @@
 """The assembly of security and operations: config sections, server options, port binding."""
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
+from ops_support import run_async
 from server.auth import AuthConfigError
 from server.ops import Operations, OpsConfig
 
@@ -51,5 +51,5 @@ def test_busy_port_is_a_clear_error() -> None:
         finally:
             await server.stop(None)
 
-    message = asyncio.run(scenario())
+    message = run_async(scenario())
     assert message.startswith("cannot listen on 127.0.0.1:") and "in use" in message

@@ -1,7 +1,6 @@
 """TLS and mutual TLS over real gRPC with certificates made at test time by the openssl CLI."""
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from ops_support import ops_with, tiny_server
+from ops_support import ops_with, run_async, tiny_server
 from server.tls import TlsConfig, TlsConfigError, channel_credentials, server_credentials
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
@@ -66,7 +65,7 @@ def test_tls_server_accepts_tls_clients_only(pki: Path) -> None:
             plain = await _call(port, None)
         return secure, plain
 
-    secure, plain = asyncio.run(scenario())
+    secure, plain = run_async(scenario())
     assert secure == "OK:d1"
     assert plain == "UNAVAILABLE"
 
@@ -87,7 +86,7 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(pki: Path) -> None
                                                                   str(pki / "stranger.key"))),
             }
 
-    r = asyncio.run(scenario())
+    r = run_async(scenario())
     assert r["with_cert"] == "OK:d1"
     assert r["no_cert"] == "UNAVAILABLE"
     assert r["stranger"] == "UNAVAILABLE"

@@ -1,0 +1,122 @@
+"""The decision log: one row per GetNextStep answer in the ``decisions`` table, written through the writer
+thread (group commit) before the answer is sent, plus the reads that rebuild the engine's state at startup.
+
+Row columns: decision_id, user_pseudo (keyed pseudonym, never the raw id), timestamp_ms, surface, step_id
+("" when nothing was shown), propensity, reason, policy_version, experiment, arm, context (JSON
+{feature: float}), eligible (JSON list of the steps the policy chose among), probabilities (JSON
+{step: p} over ``eligible``, summing to 1; empty when nothing was shown) and reward_deadline_ms (0 when
+nothing was shown). JSON encoding happens on the writer thread, off the event loop.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.store import SqliteStore
+from server.writer import Writer
+
+
+@dataclass(slots=True)
+class Decision:
+    """One answered GetNextStep, as logged."""
+
+    decision_id: str
+    user_pseudo: str
+    timestamp_ms: int
+    surface: str
+    step_id: str
+    propensity: float
+    reason: str
+    policy_version: str
+    experiment: str
+    arm: str
+    context: dict[str, float]
+    eligible: list[str]
+    probabilities: dict[str, float]
+    reward_deadline_ms: int
+
+    def row(self) -> dict[str, Any]:
+        """The ``decisions`` row (JSON columns as plain values; the store serialises them)."""
+        return {
+            "decision_id": self.decision_id, "user_pseudo": self.user_pseudo, "timestamp_ms": self.timestamp_ms,
+            "surface": self.surface, "step_id": self.step_id, "propensity": self.propensity,
+            "reason": self.reason, "policy_version": self.policy_version, "experiment": self.experiment,
+            "arm": self.arm, "context": self.context, "eligible": self.eligible,
+            "probabilities": self.probabilities, "reward_deadline_ms": self.reward_deadline_ms,
+        }
+
+
+class DecisionLogger:
+    """Writes decisions through the single writer; :meth:`log` returns once the row is committed."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    async def log(self, decision: Decision) -> None:
+        """Commit ``decision`` (group commit with whatever else is queued)."""
+        row = decision.row()
+        await self.writer.call(lambda store: store.insert_decisions((row,)))
+
+
+# -- startup reads (on a read-only connection) ------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    """A logged decision that showed a step and has no outcome yet."""
+
+    decision_id: str
+    user_pseudo: str
+    timestamp_ms: int
+    step_id: str
+    context: dict[str, float]
+    reward_deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedRow:
+    """A decision with its outcome, in the order the outcomes were committed."""
+
+    decision_id: str
+    step_id: str
+    context: dict[str, float]
+    reward: float
+
+
+def _context(text: str | None) -> dict[str, float]:
+    if not text or text == "{}":
+        return {}
+    value = json.loads(text)
+    return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def iter_shows(store: SqliteStore) -> Iterator[tuple[str, str, int]]:
+    """(user_pseudo, step_id, timestamp_ms) of every decision that showed a step, oldest first."""
+    cur = store.conn.execute("SELECT user_pseudo, step_id, timestamp_ms FROM decisions WHERE step_id != '' "
+                             "ORDER BY timestamp_ms")
+    yield from cur
+
+
+def pending_rows(store: SqliteStore) -> list[PendingRow]:
+    """Decisions that showed a step and have no outcome (their reward is still to be joined)."""
+    cur = store.conn.execute(
+        "SELECT d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.context, d.reward_deadline_ms "
+        "FROM decisions d LEFT JOIN outcomes o ON o.decision_id = d.decision_id "
+        "WHERE o.decision_id IS NULL AND d.step_id != '' ORDER BY d.timestamp_ms")
+    return [PendingRow(i, u, t, s, _context(c), dl) for i, u, t, s, c, dl in cur]
+
+
+def joined_rows(store: SqliteStore, step_ids: Sequence[str]) -> Iterator[JoinedRow]:
+    """Decisions of ``step_ids`` with a context and an outcome, in outcome commit order (the order the
+    bandit learned them online), for replaying the bandit at startup."""
+    if not step_ids:
+        return
+    marks = ",".join("?" * len(step_ids))
+    cur = store.conn.execute(
+        "SELECT d.decision_id, d.step_id, d.context, o.reward FROM outcomes o JOIN decisions d "
+        f"ON d.decision_id = o.decision_id WHERE d.step_id IN ({marks}) AND d.context != '{{}}' "
+        "ORDER BY o.rowid", list(step_ids))
+    for decision_id, step_id, context, reward in cur:
+        ctx = _context(context)
+        if ctx and reward is not None:
+            yield JoinedRow(decision_id, step_id, ctx, float(reward))

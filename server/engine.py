@@ -1,0 +1,402 @@
+"""The decision engine behind GetNextStep and ReportOutcome: guardrails first, then the static core flow,
+the seed's rule triggers, and a contextual bandit with exact propensities; every answer is logged and every
+shown step is rewarded once, and the bandit learns online from the joined rewards.
+
+How one step is chosen (see docs/decisions.md):
+
+1. the guardrails decide which steps may be shown now (never a completed step, prerequisites, surface,
+   cooldowns, per-step / per-channel / total daily caps, min gap) — before any probability;
+2. core steps come first, in their static order, until all are completed (``core``, or ``no_consent``
+   when the user has not granted personalization; such users get core steps only);
+3. after the core flow, per experiment arm: ``holdout`` gets no personalized step (``holdout``), ``generic``
+   gets the generic order (``generic``); ``tailored`` gets, once the user showed consistent behavior (N
+   sessions on M days), the first firing rule (``rule:<name>``) or else the bandit (``bandit``), and
+   the generic order before that;
+4. nothing allowed -> no step (``capped`` when a cap/cooldown/gap blocks, else ``none_eligible``).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bandits.exploration import Decider, build_exploration
+from bandits.guardrails import GuardrailConfig, StepSpec, UserHistory, eligible, personalization_allowed
+from bandits.policies import build_policy, policy_from_state
+from onramp.v1 import onramp_pb2 as pb
+from server.catalog import Catalog, Experiment
+from server.consent import PERSONALIZATION, TRACKING
+from server.decision_log import Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
+from server.engine_api import ServiceError
+from server.history import KEEP_PER_STEP, ShownHistory
+from server.metrics import Metrics
+from server.pipeline import Pipeline
+from server.profiles import Profile
+from server.records import StoredEvent
+from server.rewards import DEFAULT_GRACE_MS, Pending, RewardJoiner
+from server.rules import first_firing
+from server.segments import Segmenter, distinct_days
+from server.writer import now_ms as clock_ms
+
+if TYPE_CHECKING:
+    from server.app import Runtime
+
+log = logging.getLogger(__name__)
+
+HOUR_MS = 3_600_000
+STATE_FORMAT = 1
+
+# Reasons of an answer.
+CORE = "core"
+NO_CONSENT = "no_consent"
+GENERIC = "generic"
+BANDIT = "bandit"
+HOLDOUT = "holdout"
+CAPPED = "capped"
+NONE_ELIGIBLE = "none_eligible"
+RULE_PREFIX = "rule:"
+
+# Arm kinds (catalog experiments); without an experiment every user is served as "tailored".
+TAILORED = "tailored"
+GENERIC_ARM = "generic"
+HOLDOUT_ARM = "holdout"
+
+
+def _temporary(block: str) -> bool:
+    """Whether a guardrail block passes with time (a cap, cooldown, min gap or recent dismissal)."""
+    return block in ("cooldown", "min_gap", "dismissed") or block.startswith("cap:")
+
+
+def guardrail_config(catalog: Catalog) -> GuardrailConfig:
+    """The catalog's ``[guardrails]`` as the bandits package's :class:`GuardrailConfig`."""
+    g = catalog.guardrails
+    return GuardrailConfig(
+        max_per_day_per_channel=dict(g.max_per_day_per_channel), max_per_day_total=g.max_per_day_total,
+        min_gap_ms=int(round(g.min_gap_minutes * 60_000)), never_repeat_completed=g.never_repeat_completed,
+        max_exploration=g.max_exploration, min_sessions_for_personalization=g.min_sessions_for_personalization,
+        min_distinct_days_for_personalization=g.min_distinct_days_for_personalization)
+
+
+def step_specs(catalog: Catalog) -> list[StepSpec]:
+    """The guardrails' view of every catalog step, in catalog order."""
+    return [StepSpec(step_id=s.id, channel=s.channel, kind=s.kind, prerequisites=tuple(s.prerequisites),
+                     cooldown_ms=int(round(s.cooldown_hours * HOUR_MS)), max_per_day=s.max_per_day)
+            for s in catalog.steps]
+
+
+@dataclass(slots=True)
+class Choice:
+    """What the engine decided for one request (before it is logged)."""
+
+    decision: Decision
+    segments: list[str]
+    x: np.ndarray | None
+
+
+class DecisionEngine:
+    """Implements :class:`server.engine_api.DecisionService` (and the ``ProfileEnricher`` hook).
+
+    State lives on the event loop thread: the shown history (for caps), the pending rewards and the bandit.
+    All of it is rebuilt from the database at construction (``rebuild=True``): shows from ``decisions``,
+    pending rewards from decisions without outcome, the bandit by replaying joined outcomes in commit order.
+    """
+
+    def __init__(self, pipeline: Pipeline, catalog: Catalog, *, metrics: Metrics | None = None,
+                 segmenter: Segmenter | None = None, sweep_interval_s: float = 5.0,
+                 reward_grace_ms: int = DEFAULT_GRACE_MS, rebuild: bool = True) -> None:
+        self.pipeline = pipeline
+        self.catalog = catalog
+        self.metrics = metrics
+        self.segmenter = segmenter if segmenter is not None else Segmenter(catalog)
+        self.space = self.segmenter.space
+        self.sweep_interval_s = float(sweep_interval_s)
+        self.specs = step_specs(catalog)
+        self.guardrails = guardrail_config(catalog)
+        # Eligibility is computed without the consistency threshold; personalization_allowed() applies it
+        # to personalized *decisions* (rules, bandit), so generic steps may show before it.
+        self._eligibility = dataclasses.replace(self.guardrails, min_sessions_for_personalization=0,
+                                                min_distinct_days_for_personalization=0)
+        self._steps = {s.id: s for s in catalog.steps}
+        self._messages = {s.id: pb.Step(id=s.id, title=s.title, channel=s.channel, kind=s.kind,
+                                        feature=s.feature or "") for s in catalog.steps}
+        self._core = catalog.core_order
+        self._rules = catalog.rules_by_priority()
+        self._window_ms = {s.id: int(round(s.reward_window_hours * HOUR_MS)) for s in catalog.steps}
+        self.experiment: Experiment | None = catalog.active_experiment
+        self._experiment_name = self.experiment.name if self.experiment is not None else ""
+
+        self.arms: tuple[str, ...] = tuple(s.id for s in catalog.personalized_steps)
+        self.arm_index = {sid: i for i, sid in enumerate(self.arms)}
+        b = catalog.bandit
+        self._rng = np.random.default_rng(b.seed)
+        self.decider: Decider | None = None
+        if self.arms:
+            policy = build_policy(b.algorithm, len(self.arms), self.space.dim, alpha=b.alpha, l2=b.l2, seed=b.seed)
+            exploration = build_exploration(b.exploration, epsilon=b.epsilon, gamma=b.gamma,
+                                            max_exploration=catalog.guardrails.max_exploration)
+            self.decider = Decider(policy, exploration, seed=b.seed)
+        self.policy_version = f"{catalog.version}:{self.decider.version if self.decider else 'no-arms'}"
+        self.learned = 0  # outcomes the bandit learned from
+
+        keep = max([KEEP_PER_STEP, *(s.max_per_day + 1 for s in catalog.steps)])
+        self.history = ShownHistory(keep=keep)
+        self.logger = DecisionLogger(pipeline.writer)
+        self.joiner = RewardJoiner(pipeline.writer, catalog, pipeline.pseudonym, self._learn, metrics,
+                                   grace_ms=reward_grace_ms)
+        self._sweeper: asyncio.Task[None] | None = None
+        pipeline.add_listener(self.on_events)
+        if rebuild:
+            self.rebuild()
+
+    @classmethod
+    def from_runtime(cls, runtime: Runtime, **kwargs: Any) -> DecisionEngine:
+        """The engine of a server (its pipeline, catalog and metrics)."""
+        return cls(runtime.pipeline, runtime.catalog, metrics=runtime.metrics, **kwargs)
+
+    # -- startup -------------------------------------------------------------------------------------------
+    def rebuild(self, replay: bool = True) -> dict[str, int]:
+        """Rebuild shows, pending rewards and (``replay``) the bandit from the database, and let the
+        segmenter learn each profile once. Returns counts of what was loaded."""
+        reader = self.pipeline.store.reader()
+        try:
+            shows = self.history.load(iter_shows(reader))
+            pending = self.joiner.load(
+                Pending(r.decision_id, r.user_pseudo, r.timestamp_ms, r.step_id, r.reward_deadline_ms,
+                        self.space.vector(r.context) if r.context and r.step_id in self.arm_index else None)
+                for r in pending_rows(reader))
+            replayed = 0
+            if replay:
+                for j in joined_rows(reader, self.arms):
+                    self._learn(j.step_id, self.space.vector(j.context), j.reward)
+                    replayed += 1
+        finally:
+            reader.close()
+        if replay:
+            for subject in self.pipeline.profiles.subjects():
+                p = self.pipeline.profile(subject)
+                if p is not None:
+                    self.segmenter.learn_one(p, p.last_seen_ms)
+        counts = {"shows": shows, "pending": pending, "replayed": replayed}
+        if any(counts.values()):
+            log.info("decision engine rebuilt: %d shows, %d pending rewards, %d outcomes replayed",
+                     shows, pending, replayed)
+        return counts
+
+    async def start(self) -> None:
+        """Start the periodic reward sweep (its first run closes windows that passed while down)."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="onramp-reward-sweep")
+
+    async def stop(self) -> None:
+        """Stop the sweep and wait for outcome writes in flight."""
+        task, self._sweeper = self._sweeper, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.joiner.drain()
+
+    async def _sweep_loop(self) -> None:
+        rounds = 0
+        while True:
+            try:
+                now = clock_ms()
+                await self.joiner.sweep(now)
+                if rounds % 12 == 0:
+                    book = self.pipeline.profiles
+                    self.segmenter.label_expired((p for s in book.subjects() if (p := book.get(s)) is not None), now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
+                log.exception("reward sweep failed")
+            rounds += 1
+            await asyncio.sleep(self.sweep_interval_s)
+
+    # -- learning ------------------------------------------------------------------------------------------
+    def _learn(self, step_id: str, x: np.ndarray | None, reward: float) -> None:
+        """Pass one joined outcome to the bandit (only personalized steps with a logged context)."""
+        arm = self.arm_index.get(step_id)
+        if arm is None or x is None or self.decider is None:
+            return
+        self.decider.learn_one(x, arm, reward)
+        self.learned += 1
+
+    def on_events(self, events: list[StoredEvent]) -> None:
+        """Pipeline listener (after each commit): join rewards, and let the segmenter learn each changed
+        profile once."""
+        self.joiner.on_events(events)
+        latest: dict[str, int] = {}
+        for ev in events:
+            if ev.timestamp_ms > latest.get(ev.subject, -1):
+                latest[ev.subject] = ev.timestamp_ms
+        profile = self.pipeline.profile
+        learn = self.segmenter.learn_one
+        for subject, ts in latest.items():
+            p = profile(subject)
+            if p is not None:
+                learn(p, ts)
+
+    def enrich(self, profile: Profile, now_ms: int) -> tuple[list[str], dict[str, float]]:
+        """The ``ProfileEnricher`` hook of GetUserProfile: the segmenter's segments and context features."""
+        return self.segmenter.enrich(profile, now_ms)
+
+    # -- deciding ------------------------------------------------------------------------------------------
+    def assignment(self, subject: str) -> tuple[str, str, str]:
+        """(experiment, arm name, arm kind) of ``subject``; ("", "", "tailored") without an experiment."""
+        exp = self.experiment
+        if exp is None:
+            return "", "", TAILORED
+        arm = exp.assign(subject)
+        return exp.name, arm.name, arm.kind
+
+    def choose(self, subject: str, surface: str, request_context: Mapping[str, str], now_ms: int) -> Choice:
+        """Decide for one request (synchronous, no I/O): the decision to log, the segments and the context
+        vector. The show is not recorded here (see :meth:`next_step`)."""
+        pipeline = self.pipeline
+        pseudo = pipeline.pseudonym(subject)
+        consent = pipeline.consent
+        personal = consent.granted(subject, PERSONALIZATION)
+        profile = pipeline.profile(subject) if consent.granted(subject, TRACKING) else None
+        experiment, arm, arm_kind = self.assignment(subject)
+        shown = self.history.of(pseudo)
+        if profile is None:
+            hist = UserHistory(shown=shown)
+            segments: list[str] = []
+            context: dict[str, float] = {}
+            x = None
+        else:
+            hist = UserHistory(shown=shown, completed=profile.steps_completed, dismissed=profile.steps_dismissed,
+                               sessions=profile.sessions, distinct_days=distinct_days(profile.session_starts_ms))
+            seg = self.segmenter.predict_one(profile, now_ms, request_context)
+            segments, context, x = seg.segments, seg.features, seg.vector
+        el = eligible(self.specs, hist, self._eligibility, now_ms, surface or None)
+        allowed = el.eligible
+
+        def decision(step_id: str, reason: str, candidates: list[str], probabilities: dict[str, float],
+                     propensity: float = 1.0) -> Decision:
+            deadline = now_ms + self._window_ms[step_id] if step_id else 0
+            return Decision(uuid.uuid4().hex, pseudo, now_ms, surface, step_id, propensity, reason,
+                            self.policy_version, experiment, arm, context, candidates, probabilities, deadline)
+
+        def nothing(reason: str) -> Choice:
+            return Choice(decision("", reason, [], {}), segments, x)
+
+        def deterministic(step_id: str, reason: str, candidates: list[str]) -> Choice:
+            probs = {s: (1.0 if s == step_id else 0.0) for s in candidates}
+            return Choice(decision(step_id, reason, candidates, probs), segments, x)
+
+        # 1-2. the static core flow first, in order, until every core step is completed
+        for core_id in self._core:
+            if core_id in hist.completed:
+                continue
+            if core_id in allowed:
+                return deterministic(core_id, CORE if personal else NO_CONSENT, [core_id])
+            return nothing(CAPPED if _temporary(el.blocked.get(core_id, "")) else NONE_ELIGIBLE)
+        if not personal:
+            return nothing(NO_CONSENT)
+        candidates = [s for s in allowed if s in self.arm_index]
+        if not candidates:
+            blocked = el.blocked
+            capped = any(_temporary(blocked.get(s, "")) for s in self.arms)
+            return nothing(CAPPED if capped else NONE_ELIGIBLE)
+        # 3. experiment arms, rules, bandit, generic order
+        if arm_kind == HOLDOUT_ARM:
+            return nothing(HOLDOUT)
+        if arm_kind == TAILORED and profile is not None and personalization_allowed(hist, self.guardrails):
+            fired = first_firing(self._rules, profile, candidates)
+            if fired is not None:
+                return deterministic(fired.step_id, fired.reason, candidates)
+            if self.decider is not None and x is not None:
+                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng)
+                arms = self.arms
+                probs = {arms[a]: p for a, p in c.probabilities.items()}
+                return Choice(decision(arms[c.arm], BANDIT, candidates, probs, c.probability), segments, x)
+        return deterministic(self.generic_pick(candidates, shown), GENERIC, candidates)
+
+    @staticmethod
+    def generic_pick(candidates: list[str], shown: Mapping[str, list[int]]) -> str:
+        """The generic default order: the first candidate (catalog order) never shown, else the first."""
+        for s in candidates:
+            if s not in shown:
+                return s
+        return candidates[0]
+
+    async def next_step(self, request: pb.NextStepRequest, subject: str, now_ms: int) -> pb.NextStepResponse:
+        """Choose, count the show, log the decision (committed before the answer) and answer."""
+        c = self.choose(subject, request.surface, request.context, now_ms)
+        d = c.decision
+        step_id = d.step_id
+        if step_id:
+            # Counted before the write is awaited, so concurrent requests of this user see the show.
+            self.history.record(d.user_pseudo, step_id, now_ms)
+            self.joiner.add(Pending(d.decision_id, d.user_pseudo, now_ms, step_id, d.reward_deadline_ms,
+                                    c.x if step_id in self.arm_index else None))
+        try:
+            await self.logger.log(d)
+        except BaseException:
+            if step_id:
+                self.history.unrecord(d.user_pseudo, step_id, now_ms)
+                self.joiner.discard(d.decision_id)
+            raise
+        if self.metrics is not None:
+            self.metrics.record_decision(reason=d.reason, step=step_id)
+        response = pb.NextStepResponse(decision_id=d.decision_id, has_step=bool(step_id), propensity=d.propensity,
+                                       reason=d.reason, policy_version=d.policy_version,
+                                       experiment=d.experiment, arm=d.arm, segments=c.segments)
+        if step_id:
+            response.step.CopyFrom(self._messages[step_id])
+        return response
+
+    async def report_outcome(self, request: pb.OutcomeRequest, now_ms: int) -> pb.OutcomeResponse:
+        """Record the first outcome of a decision (then the bandit learns); later ones are duplicates."""
+        recorded = await self.joiner.report(request.decision_id, request.reward, request.outcome, now_ms)
+        if recorded is None:
+            raise ServiceError.not_found("decision_id", f"no decision {request.decision_id!r} was logged "
+                                                        "(use the decision_id of a GetNextStep answer)")
+        return pb.OutcomeResponse(recorded=recorded, duplicate=not recorded)
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """The learned state (bandit policy, sampling RNG, segmenter) as plain values for a checkpoint."""
+        return {
+            "format": STATE_FORMAT,
+            "policy_version": self.policy_version,
+            "arms": list(self.arms),
+            "features": list(self.space.names),
+            "policy": self.decider.policy.to_state() if self.decider is not None else None,
+            "rng": self._rng.bit_generator.state,
+            "learned": self.learned,
+            "segmenter": self.segmenter.to_state(),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`to_state` output. ValueError when it was made for another catalog or bandit."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"engine state: unknown format {state.get('format')!r}")
+        if state.get("policy_version") != self.policy_version or list(state.get("arms", ())) != list(self.arms) \
+                or list(state.get("features", ())) != list(self.space.names):
+            raise ValueError(f"engine state was made for policy {state.get('policy_version')!r}, "
+                             f"this engine runs {self.policy_version!r}")
+        if self.decider is not None and state.get("policy") is not None:
+            self.decider.policy = policy_from_state(state["policy"])
+        self._rng.bit_generator.state = state["rng"]
+        self.learned = int(state.get("learned", 0))
+        self.segmenter = Segmenter.from_state(state["segmenter"], self.catalog)
+        self.space = self.segmenter.space
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], pipeline: Pipeline, catalog: Catalog,
+                   **kwargs: Any) -> DecisionEngine:
+        """An engine whose bandit and segmenter come from a checkpoint (shows and pending rewards are still
+        rebuilt from the database; the outcome replay is skipped)."""
+        engine = cls(pipeline, catalog, rebuild=False, **kwargs)
+        engine.load_state(state)
+        engine.rebuild(replay=False)
+        return engine

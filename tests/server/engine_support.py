@@ -1,0 +1,120 @@
+"""An in-process decision engine for tests (no gRPC): a real SQLite store in a temporary directory, the real
+writer thread and pipeline, and a :class:`DecisionEngine` on the running asyncio loop."""
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from onramp.v1 import onramp_pb2 as pb
+from server.catalog import Catalog, load_catalog, parse_catalog
+from server.engine import DecisionEngine
+from server.pipeline import Pipeline
+from server.privacy import load_pseudonymizer
+from server.store import open_store
+from server.writer import Writer
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+MIN_MS = 60_000
+T0 = 1_700_000_000_000 - (1_700_000_000_000 % DAY_MS)  # a UTC midnight (2023-11-14)
+
+
+def demo_raw() -> dict[str, Any]:
+    """The demo catalog as a TOML-like dict (to modify in tests)."""
+    import tomllib
+
+    from server.catalog import demo_catalog_text
+    return tomllib.loads(demo_catalog_text())
+
+
+def catalog_with(**changes: Any) -> Catalog:
+    """The demo catalog with top-level sections replaced or removed (value None removes)."""
+    raw = demo_raw()
+    for k, v in changes.items():
+        if v is None:
+            raw.pop(k, None)
+        else:
+            raw[k] = v
+    return parse_catalog(raw)
+
+
+class Harness:
+    """Store + writer + pipeline + engine. Call :meth:`open` inside the event loop, :meth:`close` at the end."""
+
+    def __init__(self, db_path: Path, catalog: Catalog | None = None, **engine_kw: Any) -> None:
+        self.db_path = db_path
+        self.catalog = catalog if catalog is not None else load_catalog(None)
+        self.engine_kw = engine_kw
+        self._ids = itertools.count()
+
+    def open(self, loop: Any) -> DecisionEngine:
+        self.store = open_store(self.db_path, synchronous="off")
+        self.writer = Writer(self.store)
+        self.pipeline = Pipeline(self.store, self.writer, load_pseudonymizer(self.store, None))
+        self.pipeline.rebuild()
+        self.writer.start()
+        self.pipeline.attach_loop(loop)
+        self.engine = DecisionEngine(self.pipeline, self.catalog, **self.engine_kw)
+        return self.engine
+
+    async def close(self) -> None:
+        await self.engine.stop()
+        self.writer.stop()
+        self.pipeline.attach_loop(None)
+        self.store.close()
+
+    async def consent(self, user: str, *purposes: str, granted: bool = True, ts: int = T0) -> None:
+        for purpose in purposes or ("tracking", "personalization"):
+            await self.pipeline.set_consent(user, purpose, granted, "test", ts)
+
+    async def event(self, user: str, name: str, ts: int, **fields: Any) -> None:
+        ev = pb.Event(event_id=f"e{next(self._ids)}", user_id=user, name=name, timestamp_ms=ts, **fields)
+        await self.pipeline.ingest([ev])
+
+    async def ask(self, user: str, ts: int, surface: str = "", **context: str) -> pb.NextStepResponse:
+        req = pb.NextStepRequest(user_id=user, surface=surface, timestamp_ms=ts, context=context)
+        return await self.engine.next_step(req, self.pipeline.resolve(user, ""), ts)
+
+    async def report(self, decision_id: str, reward: float, ts: int) -> pb.OutcomeResponse:
+        return await self.engine.report_outcome(pb.OutcomeRequest(decision_id=decision_id, reward=reward), ts)
+
+    async def sessions(self, user: str, times: list[int]) -> None:
+        for t in times:
+            await self.event(user, "session_start", t, channel="web", device_type="desktop")
+
+    async def finish_core(self, user: str, ts: int) -> int:
+        """Show and complete every core step (30+ min apart); returns the time after the last one."""
+        t = ts
+        for step in self.catalog.core_order:
+            r = await self.ask(user, t)
+            assert r.step.id == step, (r.reason, r.step.id, step)
+            await self.event(user, "step_completed", t + MIN_MS, step_id=step)
+            t += 31 * MIN_MS
+        return t
+
+    async def consistent_user(self, user: str, day: int = 0) -> int:
+        """Consent, 3 sessions on 2 days, all core steps done; returns a time at which to ask next."""
+        await self.consent(user)
+        start = T0 + day * DAY_MS
+        await self.sessions(user, [start + 9 * HOUR_MS, start + 10 * HOUR_MS, start + DAY_MS + 9 * HOUR_MS])
+        return await self.finish_core(user, start + DAY_MS + 9 * HOUR_MS + MIN_MS)
+
+
+def decision_rows(db_path: Path) -> list[dict[str, Any]]:
+    """Every decision row, oldest first, JSON columns decoded."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = [dict(r) for r in conn.execute("SELECT * FROM decisions ORDER BY timestamp_ms, rowid")]
+    for r in rows:
+        for k in ("context", "eligible", "probabilities"):
+            r[k] = json.loads(r[k])
+    return rows
+
+
+def outcome_rows(db_path: Path) -> dict[str, dict[str, Any]]:
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
+        conn.row_factory = sqlite3.Row
+        return {r["decision_id"]: dict(r) for r in conn.execute("SELECT * FROM outcomes")}

@@ -281,11 +281,10 @@ class BatchSender:
                 log.warning("onramp: ack for unknown batch %d ignored", ack.sequence)
                 return False
             self._pending -= batch.size
-            rejected = self._tally.add(ack)
+            for r in self._tally.add(ack):  # logged before flush() can return (rejections are rare)
+                log.warning("onramp: server rejected %s", r)
             self._total.add(ack)
             self._cond.notify_all()
-        for r in rejected:
-            log.warning("onramp: server rejected %s", r)
         return True
 
     def _run(self) -> None:

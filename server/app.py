@@ -2,7 +2,8 @@
 the operations layer (auth, limits, health, reflection, metrics), and stop it all in the right order.
 
 :func:`build_server` is the one place the parts meet; the decision engine plugs in through
-``decision_factory`` (default: :class:`~server.engine_api.StaticCoreFlow`) and ``enricher_factory``.
+``decision_factory`` (default: :class:`~server.engine.DecisionEngine`, which is also the default profile
+enricher) and ``enricher_factory``.
 :func:`running_server` runs a whole server on a background thread for tests and scripts.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from server.catalog import Catalog, catalog_from_config
 from server.config import Config, ConfigError, parse_config
 from server.consent import ConsentBook
-from server.engine_api import DecisionService, ProfileEnricher, StaticCoreFlow
+from server.engine import DecisionEngine
+from server.engine_api import DecisionService, ProfileEnricher
 from server.identity import IdentityGraph
 from server.metrics import Metrics
 from server.ops import Operations, OpsConfig
@@ -126,6 +128,9 @@ class OnrampServer:
         assert self.grpc_server is not None, "a stopped server cannot start again"
         self.port = self.ops.add_port(self.grpc_server, address or self.runtime.config.server.address)
         await self.grpc_server.start()
+        start = getattr(self.service.decisions, "start", None)  # e.g. the engine's reward sweep
+        if start is not None:
+            await start()
         await self.ops.started()
         return self.port
 
@@ -138,6 +143,9 @@ class OnrampServer:
         await self.ops.stopping()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
+        stop = getattr(self.service.decisions, "stop", None)
+        if stop is not None:
+            await stop()
         await asyncio.to_thread(self.runtime.writer.stop)
         self.ops.stopped()
         await asyncio.sleep(0)  # let the last post-commit callbacks run
@@ -165,8 +173,9 @@ def build_server(config: Config | None = None, *, decision_factory: DecisionFact
     runtime = open_runtime(config, ops.metrics)
     try:
         decisions = decision_factory(runtime) if decision_factory is not None else \
-            StaticCoreFlow(runtime.pipeline, runtime.catalog, runtime.metrics)
-        enricher = enricher_factory(runtime) if enricher_factory is not None else None
+            DecisionEngine.from_runtime(runtime)
+        enricher = enricher_factory(runtime) if enricher_factory is not None else \
+            (decisions if isinstance(decisions, ProfileEnricher) else None)
         service = OnrampService(runtime.pipeline, decisions, config.ingest, enricher, runtime.metrics)
         server = ops.new_server()
         pb_grpc.add_OnrampServicer_to_server(service, server)

@@ -323,6 +323,11 @@ class BatchSender:
                     return
                 if progressed:
                     attempt = 0
+                if not self._pending:  # an idle stream ended or broke: reopen it when there is work again
+                    if error is not None:
+                        log.debug("onramp: idle stream ended: %s", error)
+                    attempt = 0
+                    continue
                 if error is None:
                     if not self._unacked:
                         continue

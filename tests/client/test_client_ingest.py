@@ -285,3 +285,17 @@ def test_track_checks_what_it_can(make_client: MakeClient) -> None:
 def test_bad_settings_are_named(kw: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         OnrampClient("127.0.0.1:1", **kw)  # type: ignore[arg-type]
+
+
+def test_idle_stream_broken_by_a_restart_is_reopened_on_new_work(fake: FakeServer, make_client: MakeClient,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    client = make_client(batch_size=10)
+    first = track_many(client, 3, prefix="a")
+    assert client.flush(timeout=10).accepted == 3
+    with caplog.at_level(logging.WARNING, logger="onramp_client"):
+        fake.restart()  # the open, idle stream breaks (noticed now or when the next batch goes out)
+        second = track_many(client, 4, prefix="b")
+        assert client.flush(timeout=20).accepted == 4
+    assert_stored_exactly_once(fake, first + second)
+    assert fake.servicer.streams >= 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

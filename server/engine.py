@@ -32,7 +32,7 @@ from bandits.guardrails import GuardrailConfig, StepSpec, UserHistory, eligible,
 from bandits.policies import build_policy, policy_from_state
 from onramp.v1 import onramp_pb2 as pb
 from server.catalog import Catalog, Experiment
-from server.consent import PERSONALIZATION, TRACKING
+from server.consent import PERSONALIZATION
 from server.decision_log import Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
 from server.engine_api import ServiceError
 from server.history import KEEP_PER_STEP, ShownHistory
@@ -263,7 +263,7 @@ class DecisionEngine:
         pseudo = pipeline.pseudonym(subject)
         consent = pipeline.consent
         personal = consent.granted(subject, PERSONALIZATION)
-        profile = pipeline.profile(subject) if consent.granted(subject, TRACKING) else None
+        profile = pipeline.profile(subject)  # None without tracking consent: no event of it is stored
         experiment, arm, arm_kind = self.assignment(subject)
         shown = self.history.of(pseudo)
         if profile is None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Union
 
 import grpc
@@ -38,23 +39,44 @@ def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return ((API_KEY_HEADER, api_key),)
 
 
-def make_channel(target: str, *, root_certificates: PemSource | None = None, private_key: PemSource | None = None,
-                 certificate_chain: PemSource | None = None, tls: bool = False,
-                 channel_options: Sequence[tuple[str, Any]] | None = None) -> grpc.Channel:
-    """An insecure channel, or a TLS one when ``tls`` or any certificate is given (mutual TLS with a key and chain).
+@dataclass(frozen=True)
+class ChannelSpec:
+    """Where and how to connect: the target, TLS credentials (None: insecure) and channel options."""
 
-    Options given in ``channel_options`` override the defaults of the same name.
+    target: str
+    credentials: grpc.ChannelCredentials | None
+    options: tuple[tuple[str, Any], ...]
+
+    def sync_channel(self) -> grpc.Channel:
+        """A blocking-API channel."""
+        if self.credentials is None:
+            return grpc.insecure_channel(self.target, options=self.options)
+        return grpc.secure_channel(self.target, self.credentials, options=self.options)
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        """An asyncio channel (create it inside the event loop that uses it)."""
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(self.target, options=self.options)
+        return grpc.aio.secure_channel(self.target, self.credentials, options=self.options)
+
+
+def channel_spec(target: str, *, root_certificates: PemSource | None = None, private_key: PemSource | None = None,
+                 certificate_chain: PemSource | None = None, tls: bool = False,
+                 channel_options: Sequence[tuple[str, Any]] | None = None) -> ChannelSpec:
+    """Insecure, or TLS when ``tls`` or any certificate is given (mutual TLS with a key and chain).
+
+    Certificates are PEM bytes or file paths. Options in ``channel_options`` override defaults of the same name.
     """
     if not target:
         raise ValueError("target: expected 'host:port' of the Onramp server")
     if (private_key is None) != (certificate_chain is None):
         raise ValueError("private_key and certificate_chain: give both for mutual TLS, or neither")
     given = dict(channel_options or ())
-    options = [(k, v) for k, v in DEFAULT_OPTIONS if k not in given] + list(given.items())
+    options = tuple((k, v) for k, v in DEFAULT_OPTIONS if k not in given) + tuple(given.items())
     if not (tls or root_certificates is not None or private_key is not None):
-        return grpc.insecure_channel(target, options=options)
+        return ChannelSpec(target, None, options)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=read_pem(root_certificates, "root_certificates"),
         private_key=read_pem(private_key, "private_key"),
         certificate_chain=read_pem(certificate_chain, "certificate_chain"))
-    return grpc.secure_channel(target, credentials, options=options)
+    return ChannelSpec(target, credentials, options)

@@ -37,10 +37,10 @@ class OnrampError(Exception):
 
     @classmethod
     def from_rpc_error(cls, err: grpc.RpcError, method: str) -> OnrampError:
-        """Wraps a grpc.RpcError (a grpc.Call) into an OnrampError naming the method."""
-        code = err.code() if isinstance(err, grpc.Call) else None
-        details = (err.details() if isinstance(err, grpc.Call) else None) or str(err) or "no details"
-        return cls(code, details, method=method)
+        """Wraps a grpc.RpcError (a grpc.Call, or a grpc.aio.AioRpcError) into an OnrampError naming the method."""
+        code = err.code() if callable(getattr(err, "code", None)) else None  # type: ignore[attr-defined]
+        details = err.details() if callable(getattr(err, "details", None)) else None  # type: ignore[attr-defined]
+        return cls(code, details or str(err) or "no details", method=method)
 
 
 class QueueFull(OnrampError):

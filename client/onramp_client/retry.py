@@ -40,3 +40,16 @@ class Backoff:
         """Seconds to wait before retry number ``attempt`` (0 for the first retry)."""
         d = min(self.maximum, self.initial * (2.0 ** min(attempt, 62)))
         return (rng or random).uniform(d / 2.0, d)
+
+
+def unary_retry_delay(code: grpc.StatusCode | None, attempt: int, max_retries: int, backoff: Backoff,
+                      deadline: float, now: float) -> float | None:
+    """Seconds to wait before retrying a failed unary call, or None when it must not be retried.
+
+    Retried: UNARY_RETRYABLE codes, at most ``max_retries`` times, and only while the wait ends before the
+    call's overall ``deadline`` (monotonic seconds).
+    """
+    if code not in UNARY_RETRYABLE or attempt >= max_retries:
+        return None
+    delay = backoff.delay(attempt)
+    return delay if now + delay < deadline else None

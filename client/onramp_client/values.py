@@ -49,7 +49,8 @@ class Rejection:
     message: str
 
     def __str__(self) -> str:
-        return f"event {self.event_id or '<no id>'} (batch {self.sequence}, #{self.index}): {self.field}: {self.message}"
+        where = f"event {self.event_id or '<no id>'} (batch {self.sequence}, #{self.index})"
+        return f"{where}: {self.field}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ _CHUNK = 5000  # bound parameters per IN (...) query
 
 _INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
+_encode_properties = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,7 @@ class SqliteStore:
             self.db.enable_wal()
         self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self.conn.execute("PRAGMA temp_store=MEMORY")
+        self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps the event_id/subject indexes in memory
         self.create_tables()
 
     # -- schema ------------------------------------------------------------------------------------------
@@ -216,11 +218,11 @@ class SqliteStore:
 
     def append_events(self, events: Sequence[StoredEvent]) -> None:
         """Insert new events (the caller has removed duplicates) with one executemany."""
-        dumps = json.dumps
+        encode = _encode_properties
         self.conn.executemany(_INSERT_EVENT, [
             (e.event_id, e.subject, e.user_id, e.anonymous_id, e.device_id, e.name, e.timestamp_ms, e.received_ms,
              e.channel, e.device_type, e.feature, e.step_id, e.decision_id,
-             dumps(e.properties, separators=(",", ":"), ensure_ascii=False) if e.properties else "{}")
+             encode(e.properties) if e.properties else "{}")
             for e in events])
 
     def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int:

@@ -102,8 +102,16 @@ def _string_map(field: str, entries: Mapping[str, str], max_entries: int, max_va
                                                      f"(got {len(value)})")
 
 
+def _bad_id(value: str, limit: int) -> bool:
+    """Fast test: too long, control characters, or leading/trailing whitespace."""
+    return len(value) > limit or _CONTROL.search(value) is not None or value[0].isspace() or value[-1].isspace()
+
+
 def validate_event(ev: pb.Event, limits: IngestConfig, now_ms: int) -> None:
-    """Check one event against every rule; raises :class:`ValidationError` naming the field."""
+    """Check one event against every rule; raises :class:`ValidationError` naming the field.
+
+    Written as one fast pass for valid events (ingestion runs it for every event); the detailed checks that
+    build the message run only when something is wrong."""
     eid = ev.event_id
     if not eid:
         raise ValidationError("event_id", f"is required ({EVENT_ID_PATTERN})")
@@ -117,11 +125,11 @@ def validate_event(ev: pb.Event, limits: IngestConfig, now_ms: int) -> None:
     if not uid and not aid:
         raise ValidationError("user_id", "one of user_id and anonymous_id is required (both are empty)")
     max_id = limits.max_id_chars
-    if uid:
+    if uid and (_bad_id(uid, max_id) or uid.startswith(r.ANON_PREFIX)):
         _user_id("user_id", uid, max_id)
-    if aid:
+    if aid and _bad_id(aid, max_id):
         _id("anonymous_id", aid, max_id)
-    if did:
+    if did and _bad_id(did, max_id):
         _id("device_id", did, max_id)
     if name == r.IDENTIFY:
         if not uid:
@@ -129,11 +137,15 @@ def validate_event(ev: pb.Event, limits: IngestConfig, now_ms: int) -> None:
         if not aid and not did:
             raise ValidationError("anonymous_id", "an identify event needs anonymous_id or device_id to link "
                                                   "to user_id (both are empty)")
-    validate_timestamp("timestamp_ms", ev.timestamp_ms, now_ms, limits.max_future_skew_ms)
-    if ev.channel:
-        _word("channel", ev.channel)
-    if ev.device_type:
-        _word("device_type", ev.device_type)
+    ts = ev.timestamp_ms
+    if ts and (ts < MIN_TIMESTAMP_MS or ts > now_ms + limits.max_future_skew_ms):
+        validate_timestamp("timestamp_ms", ts, now_ms, limits.max_future_skew_ms)
+    channel = ev.channel
+    if channel and not _WORD.match(channel):
+        _word("channel", channel)
+    device_type = ev.device_type
+    if device_type and not _WORD.match(device_type):
+        _word("device_type", device_type)
     max_f = limits.max_feature_chars
     for fname, value in (("feature", ev.feature), ("step_id", ev.step_id), ("decision_id", ev.decision_id)):
         if value:
@@ -141,8 +153,9 @@ def validate_event(ev: pb.Event, limits: IngestConfig, now_ms: int) -> None:
                 raise ValidationError(fname, f"must be at most {max_f} characters (got {len(value)})")
             if _CONTROL.search(value):
                 raise ValidationError(fname, f"must not contain control characters (got {shown(value)})")
-    if ev.properties:
-        _string_map("properties", ev.properties, limits.max_properties, limits.max_property_value_chars)
+    props = ev.properties
+    if props:
+        _string_map("properties", props, limits.max_properties, limits.max_property_value_chars)
 
 
 def _subject(user_id: str, anonymous_id: str, limits: IngestConfig) -> None:

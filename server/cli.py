@@ -140,5 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.func(args))
 
 
+def _register_builtin_commands() -> None:
+    """The offline tools (replay, export, report) that ship with the server."""
+    from server.offline.commands import register
+
+    add_command(register)
+
+
+_register_builtin_commands()
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,266 @@
+"""``onramp report experiments``: compare the arms of an A/B experiment (e.g. tailored vs generic flows) on
+activation, step completion, D1/D7/D30 retention, survey score and time to first value, each against the
+control arm with an interval and a significance test, and flag guardrail metrics that got worse.
+
+Users belong to the arm logged in their first decision of the experiment (what they were actually served;
+:mod:`server.experiments` assigns it). Proportions use the two-proportion z-test; means (survey score, time
+to first value) a bootstrap interval of the difference and a Welch z p-value. A guardrail metric is flagged
+when a treatment arm is significantly worse than the control (p < alpha): lower retention, completion,
+activation or survey score, or a longer time to first value.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.catalog import Catalog, CatalogError
+from server.config import ConfigError
+from server.offline.analytics import Activity, FirstValue, first_value_ms, load_activity, retained, step_completion, user_arms
+from server.offline.common import HOUR_MS, OfflineError, load_setup, open_readonly
+from server.offline.stats import Comparison, bootstrap_mean_diff, two_proportion_test, wilson_interval
+
+GUARDRAILS = ("activation", "step_completion", "retention_d1", "retention_d7", "retention_d30", "survey_score",
+              "time_to_value_h")
+LOWER_IS_BETTER = ("time_to_value_h",)
+
+
+@dataclass
+class ArmMetric:
+    """One metric of one arm: value, interval and sample size."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+
+@dataclass
+class MetricComparison:
+    """One metric of one treatment arm against the control arm."""
+
+    metric: str
+    arm: str
+    control: str
+    comparison: Comparison
+    significant: bool
+    guardrail_worse: bool
+
+
+@dataclass
+class ExperimentReport:
+    """Per-arm metrics, comparisons against the control and flagged guardrails."""
+
+    experiment: str
+    control: str
+    arms: dict[str, dict[str, ArmMetric]]
+    users: dict[str, int]
+    comparisons: list[MetricComparison]
+    alpha: float
+    first_value: str
+
+    @property
+    def flagged(self) -> list[MetricComparison]:
+        return [c for c in self.comparisons if c.guardrail_worse]
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+        d = asdict(self)
+        d["flagged"] = [f"{c.metric} ({c.arm} vs {c.control})" for c in self.flagged]
+        return clean(d)
+
+    def comparison(self, metric: str, arm: str) -> MetricComparison:
+        return next(c for c in self.comparisons if c.metric == metric and c.arm == arm)
+
+
+def _prop(x: int, n: int, alpha: float) -> ArmMetric:
+    lo, hi = wilson_interval(x, n, alpha)
+    return ArmMetric(x / n if n else math.nan, lo, hi, n)
+
+
+def _mean(v: np.ndarray, alpha: float) -> ArmMetric:
+    from server.offline.stats import bootstrap_mean_interval
+
+    lo, hi = bootstrap_mean_interval(v, alpha)
+    return ArmMetric(float(v.mean()) if v.size else math.nan, lo, hi, int(v.size))
+
+
+def experiment_report(act: Activity, catalog: Catalog, experiment: str | None = None, control: str | None = None,
+                      fv: FirstValue | None = None, alpha: float = 0.05, active_event: str = "session_start",
+                      activation_window_h: float | None = None) -> ExperimentReport:
+    """Compare the arms of ``experiment`` (default: the one most decisions name) against ``control``
+    (default: the catalog's arm of kind generic, else the first arm)."""
+    name, arms = user_arms(act, experiment)
+    if not name:
+        raise OfflineError("report experiments: no decision names an experiment (is one enabled in the catalog?)")
+    names = sorted(set(arms[arms != ""].tolist()))
+    kinds: dict[str, str] = {}
+    for e in catalog.experiments:
+        if e.name == name:
+            kinds = {a.name: a.kind for a in e.arms}
+            names = [a.name for a in e.arms if a.name in names] + [a for a in names if a not in kinds]
+    if control is None:
+        control = next((a for a in names if kinds.get(a) == "generic"), names[0] if names else "")
+    if control not in names:
+        raise OfflineError(f"--control: arm {control!r} has no users in {name} (arms: {', '.join(names)})")
+    fv = fv or FirstValue.from_catalog(catalog)
+    window = (activation_window_h if activation_window_h is not None else catalog.segments.activation_window_hours)
+    first = first_value_ms(act, fv)
+    reached = first >= 0
+    ttv_h = np.where(reached, (first - act.signup_ms) / HOUR_MS, np.nan)
+    activated = reached & (ttv_h <= window)
+    obs_act = act.signup_ms + int(window * HOUR_MS) <= act.end_ms
+    ret = {d: retained(act, d, active_event) for d in (1, 7, 30)}
+    dec_idx, completed = step_completion(act)
+    dec_arm = arms[act.dec_user[dec_idx]]
+    survey_m = (act.name == "survey_response") & np.isfinite(act.score)
+    s_user, s_score = act.user[survey_m], act.score[survey_m]
+
+    per_arm: dict[str, dict[str, ArmMetric]] = {}
+    raw: dict[str, dict[str, Any]] = {}
+    users: dict[str, int] = {}
+    for a in names:
+        m = arms == a
+        users[a] = int(m.sum())
+        na = int((m & obs_act).sum())
+        xa = int((m & obs_act & activated).sum())
+        dm = dec_arm == a
+        metrics = {"activation": (xa, na), "step_completion": (int(completed[dm].sum()), int(dm.sum()))}
+        for d, (observable, kept) in ret.items():
+            metrics[f"retention_d{d}"] = (int((kept & m).sum()), int((observable & m).sum()))
+        survey = s_score[m[s_user]]
+        ttv = ttv_h[m & reached]
+        per_arm[a] = {k: _prop(x, n, alpha) for k, (x, n) in metrics.items()}
+        per_arm[a]["survey_score"] = _mean(survey, alpha)
+        per_arm[a]["time_to_value_h"] = _mean(ttv, alpha)
+        raw[a] = {**metrics, "survey_score": survey, "time_to_value_h": ttv}
+    comparisons: list[MetricComparison] = []
+    for a in names:
+        if a == control:
+            continue
+        for metric in GUARDRAILS:
+            t, c = raw[a][metric], raw[control][metric]
+            if isinstance(t, tuple):
+                cmp = two_proportion_test(t[0], t[1], c[0], c[1], alpha)
+            else:
+                cmp = bootstrap_mean_diff(t, c, alpha)
+            sig = cmp.significant(alpha)
+            worse = sig and ((cmp.diff > 0) if metric in LOWER_IS_BETTER else (cmp.diff < 0))
+            comparisons.append(MetricComparison(metric, a, control, cmp, sig, worse))
+    return ExperimentReport(name, control, per_arm, users, comparisons, alpha, str(fv))
+
+
+def _fmt(metric: str, v: float) -> str:
+    if not math.isfinite(v):
+        return "n/a"
+    return f"{v:.2f}" if metric in ("survey_score", "time_to_value_h") else f"{v:.1%}"
+
+
+def render_experiments(rep: ExperimentReport, console: Any) -> None:
+    """Terminal tables of an experiment report."""
+    from rich.table import Table
+
+    console.print(f"[bold]Experiment {rep.experiment}[/bold]: control arm {rep.control}; users per arm "
+                  + ", ".join(f"{a}: {n}" for a, n in rep.users.items()) + f"; first value = {rep.first_value}")
+    t = Table(title=f"Metrics per arm ({int(round((1 - rep.alpha) * 100))}% intervals)")
+    t.add_column("metric")
+    for a in rep.arms:
+        t.add_column(a, justify="right")
+    for metric in GUARDRAILS:
+        t.add_row(metric, *(f"{_fmt(metric, m[metric].value)} [{_fmt(metric, m[metric].low)}, "
+                            f"{_fmt(metric, m[metric].high)}] n={m[metric].n}" for m in rep.arms.values()))
+    console.print(t)
+    c = Table(title="Treatment - control")
+    for col in ("metric", "arm", "difference", "interval", "p-value", ""):
+        c.add_column(col, justify="left" if col in ("metric", "arm", "") else "right")
+    for x in rep.comparisons:
+        pct = x.metric not in ("survey_score", "time_to_value_h")
+        f = (lambda v: "n/a" if not math.isfinite(v) else (f"{v:+.1%}" if pct else f"{v:+.2f}"))
+        c.add_row(x.metric, x.arm, f(x.comparison.diff), f"[{f(x.comparison.low)}, {f(x.comparison.high)}]",
+                  f"{x.comparison.p_value:.3g}" if math.isfinite(x.comparison.p_value) else "n/a",
+                  "[red]GUARDRAIL WORSE[/red]" if x.guardrail_worse else ("significant" if x.significant else ""))
+    console.print(c)
+    for x in rep.flagged:
+        console.print(f"[red]guardrail:[/red] {x.metric} is significantly worse in {x.arm} than in {x.control} "
+                      f"(p={x.comparison.p_value:.3g})")
+
+
+def experiments_html(rep: ExperimentReport) -> str:
+    """A self-contained HTML page of the experiment report."""
+    import html as h
+
+    from server.offline.reports import _CSS, _table
+
+    rows = [[m] + [f"{_fmt(m, arm[m].value)} [{_fmt(m, arm[m].low)}, {_fmt(m, arm[m].high)}] n={arm[m].n}"
+                   for arm in rep.arms.values()] for m in GUARDRAILS]
+    comp = [[x.metric, x.arm, f"{x.comparison.diff:+.4f}", f"[{x.comparison.low:+.4f}, {x.comparison.high:+.4f}]",
+             f"{x.comparison.p_value:.3g}", "GUARDRAIL WORSE" if x.guardrail_worse else ("significant" if x.significant else "")]
+            for x in rep.comparisons]
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Experiment report</title>"
+            f"<style>{_CSS}</style></head><body><h1>Experiment {h.escape(rep.experiment)}</h1>"
+            f"<p>Control arm: {h.escape(rep.control)}. First value: <code>{h.escape(rep.first_value)}</code>.</p>"
+            + _table(["metric"] + list(rep.arms), rows)
+            + "<h2>Treatment - control</h2>"
+            + _table(["metric", "arm", "difference", "interval", "p-value", ""], comp, [x.guardrail_worse for x in rep.comparisons])
+            + "</body></html>")
+
+
+def add_experiments_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    """Register ``onramp report experiments``."""
+    from server.offline.reports import add_common_report_args
+
+    p = sub.add_parser("experiments", help="compare experiment arms (activation, completion, retention, survey)",
+                       description="Compare the arms of an A/B experiment against the control arm with intervals and "
+                                   "significance tests; flag guardrail metrics that got significantly worse.")
+    add_common_report_args(p)
+    p.add_argument("--experiment", help="experiment name (default: the one most decisions name)")
+    p.add_argument("--control", help="control arm (default: the arm of kind generic)")
+    p.add_argument("--activation-window-hours", type=float, default=None,
+                   help="activation = first value within this many hours of signup (default: the catalog's)")
+    p.set_defaults(func=cmd_experiments)
+    return p
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    """``onramp report experiments``: 0 when no guardrail got worse, 1 when one did, 2 on bad input."""
+    from rich.console import Console
+
+    from server.offline.reports import parse_as_of
+
+    try:
+        if not 0 < args.alpha < 1:
+            raise OfflineError(f"--alpha: must be in (0, 1) (got {args.alpha})")
+        setup = load_setup(args.config)
+        fv = FirstValue.parse(args.first_value) if args.first_value else None
+        conn = open_readonly(args.db)
+        try:
+            act = load_activity(conn, setup.pseudonym_key, parse_as_of(args.as_of))
+        finally:
+            conn.close()
+        rep = experiment_report(act, setup.catalog, args.experiment, args.control, fv, args.alpha, args.active_event,
+                                args.activation_window_hours)
+    except (OfflineError, ConfigError, CatalogError, OSError, ValueError) as exc:
+        Console(stderr=True).print(f"onramp report experiments: {exc}", markup=False, highlight=False)
+        return 2
+    if args.json:
+        sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")
+    else:
+        render_experiments(rep, Console())
+    if args.out_dir:
+        d = Path(args.out_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "experiments.html").write_text(experiments_html(rep), encoding="utf-8")
+    return 1 if rep.flagged else 0

@@ -1,0 +1,122 @@
+"""Small, dependency-free statistics for the reports: proportion intervals, the two-proportion z-test,
+a binomial tail test and bootstrap intervals of means and their differences (numpy only)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+def normal_sf(z: float) -> float:
+    """P(Z > z) for a standard normal Z."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def z_for(alpha: float) -> float:
+    """The two-sided critical value ``z_{1 - alpha/2}`` (bisection on :func:`normal_sf`)."""
+    lo, hi = 0.0, 10.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if normal_sf(mid) > alpha / 2:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval of a proportion (NaNs when ``n`` is 0)."""
+    if n <= 0:
+        return math.nan, math.nan
+    z = z_for(alpha)
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Treatment minus control: the difference, its interval and the two-sided p-value."""
+
+    control: float
+    treatment: float
+    diff: float
+    low: float
+    high: float
+    p_value: float
+
+    def significant(self, alpha: float) -> bool:
+        return math.isfinite(self.p_value) and self.p_value < alpha
+
+
+def two_proportion_test(x_t: int, n_t: int, x_c: int, n_c: int, alpha: float = 0.05) -> Comparison:
+    """Two-proportion z-test (pooled variance for the p-value, unpooled Wald interval for the difference)."""
+    if n_t <= 0 or n_c <= 0:
+        return Comparison(math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+    pt, pc = x_t / n_t, x_c / n_c
+    diff = pt - pc
+    pooled = (x_t + x_c) / (n_t + n_c)
+    se0 = math.sqrt(pooled * (1 - pooled) * (1 / n_t + 1 / n_c))
+    p = 2 * normal_sf(abs(diff) / se0) if se0 > 0 else (1.0 if diff == 0 else 0.0)
+    se = math.sqrt(pt * (1 - pt) / n_t + pc * (1 - pc) / n_c)
+    z = z_for(alpha)
+    return Comparison(pc, pt, diff, diff - z * se, diff + z * se, min(1.0, p))
+
+
+def bootstrap_mean_diff(treatment: np.ndarray, control: np.ndarray, alpha: float = 0.05, n_bootstrap: int = 2000,
+                        seed: int = 0) -> Comparison:
+    """Difference of means with a percentile-bootstrap interval and a Welch (normal) two-sided p-value."""
+    t = np.asarray(treatment, dtype=np.float64)
+    c = np.asarray(control, dtype=np.float64)
+    if t.size < 2 or c.size < 2:
+        mt = float(t.mean()) if t.size else math.nan
+        mc = float(c.mean()) if c.size else math.nan
+        return Comparison(mc, mt, mt - mc, math.nan, math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    bt = t[rng.integers(t.size, size=(n_bootstrap, t.size))].mean(axis=1) if t.size * n_bootstrap <= 2e7 else \
+        rng.normal(t.mean(), t.std(ddof=1) / math.sqrt(t.size), n_bootstrap)
+    bc = c[rng.integers(c.size, size=(n_bootstrap, c.size))].mean(axis=1) if c.size * n_bootstrap <= 2e7 else \
+        rng.normal(c.mean(), c.std(ddof=1) / math.sqrt(c.size), n_bootstrap)
+    lo, hi = np.quantile(bt - bc, [alpha / 2, 1 - alpha / 2])
+    diff = float(t.mean() - c.mean())
+    se = math.sqrt(t.var(ddof=1) / t.size + c.var(ddof=1) / c.size)
+    p = 2 * normal_sf(abs(diff) / se) if se > 0 else (1.0 if diff == 0 else 0.0)
+    return Comparison(float(c.mean()), float(t.mean()), diff, float(lo), float(hi), min(1.0, p))
+
+
+def bootstrap_mean_interval(values: np.ndarray, alpha: float = 0.05, n_bootstrap: int = 2000,
+                            seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of a mean (NaNs for fewer than two values)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    if v.size * n_bootstrap <= 2e7:
+        means = v[rng.integers(v.size, size=(n_bootstrap, v.size))].mean(axis=1)
+    else:
+        means = rng.normal(v.mean(), v.std(ddof=1) / math.sqrt(v.size), n_bootstrap)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def binomial_lower_p(successes: int, n: int, p0: float) -> float:
+    """P(X <= successes) for X ~ Binomial(n, p0): small when a step completes far less often than ``p0``
+    (exact sum for small n, normal approximation with continuity correction otherwise)."""
+    if n <= 0:
+        return 1.0
+    if p0 <= 0:
+        return 1.0
+    if p0 >= 1:
+        return 0.0 if successes < n else 1.0
+    if n <= 2000:
+        logs = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p0)
+                + (n - k) * math.log1p(-p0) for k in range(successes + 1)]
+        top = max(logs)
+        return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+    sd = math.sqrt(n * p0 * (1 - p0))
+    return 1.0 - normal_sf((successes + 0.5 - n * p0) / sd)

@@ -36,6 +36,8 @@ user = st.integers(0, N_USERS - 1)
 action = st.one_of(
     st.tuples(st.just("ask"), user, st.sampled_from(["", "", "in_app", "email", "push"]), delta),
     st.tuples(st.just("ask"), user, st.just(""), delta),
+    st.tuples(st.just("burst"), user, st.sampled_from(["", "in_app"]), delta),
+    st.tuples(st.just("day"), user, st.booleans(), delta),
     st.tuples(st.just("session"), user, delta),
     st.tuples(st.just("complete"), user, st.sampled_from(STEP_IDS), delta),
     st.tuples(st.just("complete_shown"), user, delta),
@@ -78,15 +80,20 @@ def pick_users(engine) -> list[str]:
     return out
 
 
-async def play(h: Harness, warm: list[bool], actions: list[tuple]) -> tuple[list[str], dict[str, Snapshot]]:
+async def asks(h: Harness, uid: str, t: int, surface: str, n: int) -> list:
+    """``n`` requests of one user: at ``t``, then 1 and 10 minutes later (a burst tests the min gap)."""
+    return [await h.ask(uid, t + off, surface=surface) for off in (0, MIN_MS, 10 * MIN_MS)[:n]]
+
+
+async def play(h: Harness, warm: list[int], actions: list[tuple]) -> tuple[list[str], dict[str, Snapshot]]:
     engine = h.engine
     ids = pick_users(engine)
     models = [Model(tracking=i < 3, personal=i < 3) for i in range(N_USERS)]
     t = T0 + 8 * HOUR_MS
     for i, uid in enumerate(ids[:3]):
         await h.consent(uid, ts=t)
-        if warm[i]:  # reach consistency and finish the core flow, so later decisions go past it
-            times = [t, t + HOUR_MS, t + DAY_MS]
+        if warm[i]:  # finish the core flow (2: and reach consistency), so later decisions go past it
+            times = [t, t + HOUR_MS, t + DAY_MS][: 1 if warm[i] == 1 else 3]
             await h.sessions(uid, times)
             models[i].sessions += times
             for k, step in enumerate(CATALOG.core_order):
@@ -100,16 +107,30 @@ async def play(h: Harness, warm: list[bool], actions: list[tuple]) -> tuple[list
             kind, u = act[0], act[1]
             t += act[-1]
             uid, m = ids[u], models[u]
-            if kind == "ask":
-                r = await h.ask(uid, t, surface=act[2])
-                snapshots[r.decision_id] = Snapshot(
-                    u, m.personal, frozenset(s for s, ct in m.completed.items() if ct <= t),
-                    len(m.sessions) >= CATALOG.guardrails.min_sessions_for_personalization
-                    and distinct_days(m.sessions) >= CATALOG.guardrails.min_distinct_days_for_personalization)
-                m.last_decision = r.decision_id
-                m.last_shown = r.step.id if r.has_step else m.last_shown
-                if r.reason == "bandit":
-                    check_bandit_probabilities(engine, reader, r.decision_id)
+            if kind in ("ask", "burst", "day"):
+                if kind == "day":  # a busy day: asks 31 min apart on every surface (caps), completing some
+                    got = [await h.ask(uid, t + k * 31 * MIN_MS, surface=sf)
+                           for k, sf in enumerate(["in_app", "email", "push", "", "in_app", ""])]
+                else:
+                    got = await asks(h, uid, t, act[2], 3 if kind == "burst" else 1)
+                for r in got:
+                    snapshots[r.decision_id] = Snapshot(
+                        u, m.personal, frozenset(m.completed),
+                        len(m.sessions) >= CATALOG.guardrails.min_sessions_for_personalization
+                        and distinct_days(m.sessions) >= CATALOG.guardrails.min_distinct_days_for_personalization)
+                    m.last_decision = r.decision_id
+                    m.last_shown = r.step.id if r.has_step else m.last_shown
+                    if r.reason == "bandit":
+                        check_bandit_probabilities(engine, reader, r.decision_id)
+                if kind == "burst":
+                    t += 10 * MIN_MS  # the clock never goes back
+                if kind == "day":
+                    t += 6 * 31 * MIN_MS
+                    for r in got:
+                        if act[2] and r.has_step:
+                            await h.event(uid, "step_completed", t, step_id=r.step.id)
+                            if m.tracking:
+                                m.completed.setdefault(r.step.id, t)
             elif kind == "session":
                 await h.event(uid, "session_start", t, channel="web")
                 if m.tracking:
@@ -205,8 +226,8 @@ def check_rows(h: Harness, ids: list[str], snapshots: dict[str, Snapshot]) -> No
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(warm=st.lists(st.booleans(), min_size=3, max_size=3), actions=st.lists(action, min_size=1, max_size=45))
-def test_engine_invariants_hold_for_random_histories(warm: list[bool], actions: list[tuple]) -> None:
+@given(warm=st.lists(st.integers(0, 2), min_size=3, max_size=3), actions=st.lists(action, min_size=1, max_size=45))
+def test_engine_invariants_hold_for_random_histories(warm: list[int], actions: list[tuple]) -> None:
     with tempfile.TemporaryDirectory(prefix="onramp-prop-") as tmp:
         h = Harness(Path(tmp) / "onramp.db")
 

@@ -31,10 +31,11 @@ from bandits.exploration import Decider, build_exploration
 from bandits.guardrails import GuardrailConfig, StepSpec, UserHistory, eligible, personalization_allowed
 from bandits.policies import build_policy, policy_from_state
 from onramp.v1 import onramp_pb2 as pb
-from server.catalog import Catalog, Experiment
+from server.catalog import Catalog
 from server.consent import PERSONALIZATION
 from server.decision_log import Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
 from server.engine_api import ServiceError
+from server.experiments import Assigner
 from server.history import KEEP_PER_STEP, ShownHistory
 from server.metrics import Metrics
 from server.pipeline import Pipeline
@@ -129,8 +130,7 @@ class DecisionEngine:
         self._core = catalog.core_order
         self._rules = catalog.rules_by_priority()
         self._window_ms = {s.id: int(round(s.reward_window_hours * HOUR_MS)) for s in catalog.steps}
-        self.experiment: Experiment | None = catalog.active_experiment
-        self._experiment_name = self.experiment.name if self.experiment is not None else ""
+        self.assigner = Assigner(catalog)
 
         self.arms: tuple[str, ...] = tuple(s.id for s in catalog.personalized_steps)
         self.arm_index = {sid: i for i, sid in enumerate(self.arms)}
@@ -249,12 +249,12 @@ class DecisionEngine:
 
     # -- deciding ------------------------------------------------------------------------------------------
     def assignment(self, subject: str) -> tuple[str, str, str]:
-        """(experiment, arm name, arm kind) of ``subject``; ("", "", "tailored") without an experiment."""
-        exp = self.experiment
-        if exp is None:
+        """(experiment, arm name, arm kind) of ``subject`` (server/experiments.py); ("", "", "tailored")
+        without an enabled experiment."""
+        a = self.assigner.assignment(subject)
+        if a is None:
             return "", "", TAILORED
-        arm = exp.assign(subject)
-        return exp.name, arm.name, arm.kind
+        return a.experiment, a.arm, a.kind
 
     def choose(self, subject: str, surface: str, request_context: Mapping[str, str], now_ms: int) -> Choice:
         """Decide for one request (synchronous, no I/O): the decision to log, the segments and the context

@@ -310,7 +310,7 @@ class DecisionEngine:
         if arm_kind == HOLDOUT_ARM:
             return nothing(HOLDOUT)
         if arm_kind == TAILORED and profile is not None and personalization_allowed(hist, self.guardrails):
-            fired = first_firing(self._rules, profile, candidates)
+            fired = first_firing(self._rules, profile, candidates, now_ms)
             if fired is not None:
                 return deterministic(fired.step_id, fired.reason, candidates)
             if self.decider is not None and x is not None:

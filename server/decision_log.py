@@ -9,6 +9,7 @@ nothing was shown). JSON encoding happens on the writer thread, off the event lo
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -49,15 +50,49 @@ class Decision:
 
 
 class DecisionLogger:
-    """Writes decisions through the single writer; :meth:`log` returns once the row is committed."""
+    """Writes decisions through the single writer; :meth:`log` returns once the row is committed.
+
+    Decisions made in the same event-loop iteration are handed to the writer as one job (one queue entry,
+    one future, one wake-up of the loop), on top of the writer's own group commit.
+    """
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
+        self._batch: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self.batches = 0  # writer jobs submitted (for tests and stats)
 
     async def log(self, decision: Decision) -> None:
         """Commit ``decision`` (group commit with whatever else is queued)."""
-        row = decision.row()
-        await self.writer.call(lambda store: store.insert_decisions((row,)))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._flush)
+        self._batch.append((decision.row(), fut))
+        await fut
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        rows = [row for row, _ in batch]
+        try:
+            done = asyncio.wrap_future(self.writer.submit(lambda store: store.insert_decisions(rows),
+                                                          weight=len(rows)))
+        except Exception as exc:  # noqa: BLE001 - e.g. the writer is stopped: every caller gets the error
+            _settle(batch, exc)
+            return
+        self.batches += 1
+        done.add_done_callback(lambda f: _settle(batch, None if f.cancelled() else f.exception()))
+
+
+def _settle(batch: list[tuple[dict[str, Any], asyncio.Future[None]]], exc: BaseException | None) -> None:
+    for _, fut in batch:
+        if fut.done():
+            continue
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
 
 
 # -- startup reads (on a read-only connection) ------------------------------------------------------------

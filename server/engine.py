@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import uuid
+import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,8 @@ from server.profiles import Profile
 from server.records import StoredEvent
 from server.rewards import DEFAULT_GRACE_MS, Pending, RewardJoiner
 from server.rules import first_firing
-from server.segments import Segmenter, distinct_days
+from server.features import request_mobile
+from server.segments import SegmentResult, Segmenter, distinct_days
 from server.writer import now_ms as clock_ms
 
 if TYPE_CHECKING:
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
 STATE_FORMAT = 1
+SEGMENT_CACHE_MS = 60_000  # a user's segments/context are recomputed at least once a minute ...
+SEGMENT_CACHE_SIZE = 100_000  # ... for at most this many recent users
 
 # Reasons of an answer.
 CORE = "core"
@@ -68,6 +72,17 @@ RULE_PREFIX = "rule:"
 TAILORED = "tailored"
 GENERIC_ARM = "generic"
 HOLDOUT_ARM = "holdout"
+
+
+_ID_RANDOM = random.Random(os.urandom(32))  # seeded from the OS; a getrandbits call is ~20x cheaper than uuid4()
+os.register_at_fork(after_in_child=lambda: _ID_RANDOM.seed(os.urandom(32)))  # no shared ids after fork
+_UUID4_CLEAR = ~((0xF << 76) | (0xC << 60))
+_UUID4_SET = (0x4 << 76) | (0x8 << 60)
+
+
+def new_decision_id() -> str:
+    """A random UUID version 4 as 32 hex characters (122 random bits, like ``uuid.uuid4().hex``)."""
+    return f"{(_ID_RANDOM.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
 
 
 def _temporary(block: str) -> bool:
@@ -151,6 +166,7 @@ class DecisionEngine:
         self.joiner = RewardJoiner(pipeline.writer, catalog, pipeline.pseudonym, self._learn, metrics,
                                    grace_ms=reward_grace_ms)
         self._sweeper: asyncio.Task[None] | None = None
+        self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult]] = {}
         pipeline.add_listener(self.on_events)
         if rebuild:
             self.rebuild()
@@ -274,7 +290,7 @@ class DecisionEngine:
         else:
             hist = UserHistory(shown=shown, completed=profile.steps_completed, dismissed=profile.steps_dismissed,
                                sessions=profile.sessions, distinct_days=distinct_days(profile.session_starts_ms))
-            seg = self.segmenter.predict_one(profile, now_ms, request_context)
+            seg = self.segments_of(subject, profile, now_ms, request_context)
             segments, context, x = seg.segments, seg.features, seg.vector
         el = eligible(self.specs, hist, self._eligibility, now_ms, surface or None)
         allowed = el.eligible
@@ -282,11 +298,13 @@ class DecisionEngine:
         def decision(step_id: str, reason: str, candidates: list[str], probabilities: dict[str, float],
                      propensity: float = 1.0) -> Decision:
             deadline = now_ms + self._window_ms[step_id] if step_id else 0
-            return Decision(uuid.uuid4().hex, pseudo, now_ms, surface, step_id, propensity, reason,
+            return Decision(new_decision_id(), pseudo, now_ms, surface, step_id, propensity, reason,
                             self.policy_version, experiment, arm, context, candidates, probabilities, deadline)
 
-        def nothing(reason: str) -> Choice:
-            return Choice(decision("", reason, [], {}), segments, x)
+        def nothing(reason: str) -> Choice:  # no action: no context to learn from or evaluate, none logged
+            d = decision("", reason, [], {})
+            d.context = {}
+            return Choice(d, segments, x)
 
         def deterministic(step_id: str, reason: str, candidates: list[str]) -> Choice:
             probs = {s: (1.0 if s == step_id else 0.0) for s in candidates}
@@ -319,6 +337,21 @@ class DecisionEngine:
                 probs = {arms[a]: p for a, p in c.probabilities.items()}
                 return Choice(decision(arms[c.arm], BANDIT, candidates, probs, c.probability), segments, x)
         return deterministic(self.generic_pick(candidates, shown), GENERIC, candidates)
+
+    def segments_of(self, subject: str, profile: Profile, now_ms: int,
+                    request_context: Mapping[str, str]) -> SegmentResult:
+        """The segmenter's result for a user now, reused while the profile, the minute of ``now_ms`` and the
+        request's device class stay the same (repeated requests within a minute see one context)."""
+        key = (profile.event_count, profile.last_seen_ms, now_ms // SEGMENT_CACHE_MS, request_mobile(request_context))
+        hit = self._segment_cache.get(subject)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        seg = self.segmenter.predict_one(profile, now_ms, request_context)
+        cache = self._segment_cache
+        if len(cache) >= SEGMENT_CACHE_SIZE:
+            cache.clear()
+        cache[subject] = (key, seg)
+        return seg
 
     @staticmethod
     def generic_pick(candidates: list[str], shown: Mapping[str, list[int]]) -> str:
@@ -389,6 +422,7 @@ class DecisionEngine:
         self._rng.bit_generator.state = state["rng"]
         self.learned = int(state.get("learned", 0))
         self.segmenter = Segmenter.from_state(state["segmenter"], self.catalog)
+        self._segment_cache.clear()
         self.space = self.segmenter.space
 
     @classmethod

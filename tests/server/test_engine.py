@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.engine import DecisionEngine
+import uuid
+
+from server.engine import DecisionEngine, new_decision_id
 from server.engine_api import ServiceError
 from tests.server.engine_support import (DAY_MS, HOUR_MS, MIN_MS, T0, Harness, catalog_with, decision_rows,
                                          outcome_rows)
@@ -293,3 +295,45 @@ def test_state_round_trip_restores_the_bandit(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="policy"):
             DecisionEngine.from_state(state, h.pipeline, other)
     run(tmp_path, scenario)
+
+
+def test_decision_ids_are_uuid4_hex() -> None:
+    ids = {new_decision_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for h in list(ids)[:200]:
+        u = uuid.UUID(hex=h)
+        assert (u.version, u.variant, u.hex) == (4, uuid.RFC_4122, h)
+
+
+def test_decisions_of_one_loop_iteration_share_one_writer_job(tmp_path: Path) -> None:
+    async def scenario(h: Harness, engine: DecisionEngine) -> None:
+        users = [f"c{i}" for i in range(20)]
+        before = engine.logger.batches
+        answers = await asyncio.gather(*(h.ask(u, T0) for u in users))
+        assert engine.logger.batches - before <= 2
+        assert {r.decision_id for r in answers} == {row["decision_id"] for row in decision_rows(h.db_path)}
+    run(tmp_path, scenario)
+
+
+def test_rule_conditions() -> None:
+    from server.catalog import load_catalog
+    from server.profiles import Profile
+    from server.rules import first_firing, returned_after_inactive
+    rules = load_catalog(None).rules_by_priority()
+    p = Profile("u", first_seen_ms=T0, features_used={"reports": 5, "automations": 7, "boards": 9})
+    every = {"advanced_tip_reports", "advanced_tip_automations", "core_benefits", "re_engagement"}
+    assert first_firing(rules, p, every, T0).step_id == "advanced_tip_automations"  # most used with a tip
+    assert first_firing(rules, p, every - {"advanced_tip_automations"}, T0).step_id == "advanced_tip_reports"
+    p.features_used = {"reports": 4}
+    assert first_firing(rules, p, every, T0) is None
+    # a return after 24 h: the latest event, or the latest session followed by more events; only while recent
+    p.last_seen_ms, p.previous_seen_ms = T0 + 30 * HOUR_MS, T0
+    assert returned_after_inactive(p, 24 * HOUR_MS, T0 + 31 * HOUR_MS)
+    assert not returned_after_inactive(p, 24 * HOUR_MS, T0 + 60 * HOUR_MS)
+    p.last_seen_ms, p.previous_seen_ms = T0 + 30 * HOUR_MS + 5, T0 + 30 * HOUR_MS
+    p.session_starts_ms = [T0, T0 + 30 * HOUR_MS]
+    assert returned_after_inactive(p, 24 * HOUR_MS, T0 + 31 * HOUR_MS)
+    p.session_starts_ms = [T0 + 20 * HOUR_MS, T0 + 30 * HOUR_MS]
+    assert not returned_after_inactive(p, 24 * HOUR_MS, T0 + 31 * HOUR_MS)
+    p.screens_skipped = 2
+    assert first_firing(rules, p, every, T0 + 31 * HOUR_MS).step_id == "core_benefits"

@@ -1,0 +1,135 @@
+"""The load generator, run in its own process: a grpc.aio client that drives GetNextStep at a fixed rate
+(open loop, latency counted from each request's scheduled time) or closed loop (N workers back to back),
+or streams event batches over IngestEventBatches on S streams. Prints one JSON line. Run:
+``python -m bench.loadgen serving --target HOST:PORT --rate 1000 --duration 5`` or
+``python -m bench.loadgen ingest --target HOST:PORT --streams 4 --duration 5``."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+
+from onramp.v1 import onramp_pb2 as pb
+from onramp.v1 import onramp_pb2_grpc as pb_grpc
+
+
+def latency_stats(lat_s: list[float], ok: int, errors: int, elapsed: float) -> dict:
+    """Throughput and p50/p95/p99 (milliseconds) of the completed calls."""
+    a = np.asarray(lat_s) * 1000.0 if lat_s else np.zeros(1)
+    return {"ok": ok, "errors": errors, "elapsed_s": elapsed, "throughput": ok / elapsed,
+            "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99))}
+
+
+async def serving(target: str, rate: float, duration: float, concurrency: int, users: int, prefix: str) -> dict:
+    """GetNextStep load: fixed ``rate`` (req/s, open loop) or closed loop when ``rate`` is 0."""
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.OnrampStub(ch)
+        lat: list[float] = []
+        counts = {"ok": 0, "err": 0}
+        uid = itertools.count()
+
+        async def call(t0: float) -> None:
+            req = pb.NextStepRequest(user_id=f"{prefix}{next(uid) % users}", timestamp_ms=int(time.time() * 1000))
+            try:
+                await stub.GetNextStep(req, timeout=10)
+                lat.append(time.perf_counter() - t0)
+                counts["ok"] += 1
+            except grpc.aio.AioRpcError:
+                counts["err"] += 1
+
+        await call(time.perf_counter())  # connect
+        lat.clear()
+        counts.update(ok=0, err=0)
+        start = time.perf_counter()
+        end = start + duration
+        if rate > 0:
+            tasks = []
+            n = int(rate * duration)
+            for i in range(n):
+                due = start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.ensure_future(call(due)))
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout=duration + 30)
+        else:
+            async def worker() -> None:
+                while time.perf_counter() < end:
+                    await call(time.perf_counter())
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        out = latency_stats(lat, counts["ok"], counts["err"], elapsed)
+        out.update(mode="serving", rate=rate, concurrency=concurrency)
+        return out
+
+
+async def ingest(target: str, streams: int, duration: float, batch: int, window: int, users: int,
+                 prefix: str) -> dict:
+    """Stream batches of ``batch`` events on ``streams`` IngestEventBatches calls for ``duration`` seconds,
+    at most ``window`` unacked batches per stream; count acknowledged events."""
+    run = f"{time.time_ns():x}"
+    totals = {"accepted": 0, "duplicates": 0, "dropped": 0, "rejected": 0, "sent": 0}
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.OnrampStub(ch)
+        start = time.perf_counter()
+        end = start + duration
+
+        async def one_stream(s: int) -> None:
+            sem = asyncio.Semaphore(window)
+            seq = itertools.count()
+
+            async def batches() -> AsyncIterator[pb.EventBatch]:
+                while time.perf_counter() < end:
+                    await sem.acquire()
+                    q = next(seq)
+                    now = int(time.time() * 1000)
+                    evs = [pb.Event(event_id=f"{run}-{s}-{q}-{j}", user_id=f"{prefix}{(q * batch + j) % users}",
+                                    name="feature_used", timestamp_ms=now, channel="web", device_type="desktop",
+                                    feature="reports") for j in range(batch)]
+                    totals["sent"] += batch
+                    yield pb.EventBatch(sequence=q, events=evs)
+
+            async for ack in stub.IngestEventBatches(batches(), timeout=duration + 60):
+                totals["accepted"] += ack.accepted
+                totals["duplicates"] += ack.duplicates
+                totals["dropped"] += sum(d.count for d in ack.dropped)
+                totals["rejected"] += len(ack.rejected)
+                sem.release()
+
+        await asyncio.gather(*(one_stream(s) for s in range(streams)))
+        elapsed = time.perf_counter() - start
+    acked = totals["accepted"] + totals["duplicates"] + totals["dropped"] + totals["rejected"]
+    return {"mode": "ingest", "streams": streams, "batch": batch, "elapsed_s": elapsed, **totals,
+            "acked": acked, "acked_per_s": acked / elapsed, "accepted_per_s": totals["accepted"] / elapsed}
+
+
+def main() -> None:
+    """Command line entry point; prints one JSON line."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("mode", choices=("serving", "ingest"))
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--rate", type=float, default=0.0, help="req/s; 0 = closed loop")
+    ap.add_argument("--concurrency", type=int, default=32, help="closed-loop workers")
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--prefix", default="u")
+    ap.add_argument("--streams", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--window", type=int, default=4)
+    a = ap.parse_args()
+    if a.mode == "serving":
+        res = asyncio.run(serving(a.target, a.rate, a.duration, a.concurrency, a.users, a.prefix))
+    else:
+        res = asyncio.run(ingest(a.target, a.streams, a.duration, a.batch, a.window, a.users, a.prefix))
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

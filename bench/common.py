@@ -170,4 +170,4 @@ def summarize(values: list[float]) -> Summary:
 
 def load_average() -> str:
     """The 1/5/15-minute load average of the machine."""
-    return " ".join(os.getloadavg().__repr__().strip("()").split(", "))
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -71,9 +71,10 @@ async def serving(target: str, rate: float, duration: float, concurrency: int, u
 
 
 async def ingest(target: str, streams: int, duration: float, batch: int, window: int, users: int,
-                 prefix: str) -> dict:
+                 prefix: str, max_events: int = 0) -> dict:
     """Stream batches of ``batch`` events on ``streams`` IngestEventBatches calls for ``duration`` seconds,
-    at most ``window`` unacked batches per stream; count acknowledged events."""
+    at most ``window`` unacked batches per stream (and at most ``max_events`` events in all when > 0);
+    count acknowledged events."""
     run = f"{time.time_ns():x}"
     totals = {"accepted": 0, "duplicates": 0, "dropped": 0, "rejected": 0, "sent": 0}
     async with grpc.aio.insecure_channel(target) as ch:
@@ -86,7 +87,7 @@ async def ingest(target: str, streams: int, duration: float, batch: int, window:
             seq = itertools.count()
 
             async def batches() -> AsyncIterator[pb.EventBatch]:
-                while time.perf_counter() < end:
+                while time.perf_counter() < end and not (max_events and totals["sent"] >= max_events):
                     await sem.acquire()
                     q = next(seq)
                     now = int(time.time() * 1000)
@@ -123,11 +124,13 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=1)
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--window", type=int, default=4)
+    ap.add_argument("--max-events", type=int, default=0, help="ingest: stop after this many events (0 = no cap)")
     a = ap.parse_args()
     if a.mode == "serving":
         res = asyncio.run(serving(a.target, a.rate, a.duration, a.concurrency, a.users, a.prefix))
     else:
-        res = asyncio.run(ingest(a.target, a.streams, a.duration, a.batch, a.window, a.users, a.prefix))
+        res = asyncio.run(ingest(a.target, a.streams, a.duration, a.batch, a.window, a.users, a.prefix,
+                                 a.max_events))
     print(json.dumps(res))
 
 

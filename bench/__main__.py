@@ -1,0 +1,79 @@
+"""``python -m bench [serving|ingest|learning|memory|replay|all] [--quick] [--repeats N] [--json PATH]``:
+run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import ingest, learning, memory, serving
+from bench.common import ROOT, PY, Summary, load_average
+
+PARTS = ("serving", "ingest", "learning", "memory")
+
+
+def machine() -> str:
+    """nproc, CPU model, Python version, load average and UTC date."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return (f"machine: nproc={os.cpu_count()} cpu={model!r} python={platform.python_version()} "
+            f"load average={load_average()} date={time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
+
+
+def _jsonable(o: object) -> object:
+    if isinstance(o, Summary):
+        return dataclasses.asdict(o)
+    raise TypeError(type(o))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("part", nargs="?", default="all", choices=(*PARTS, "replay", "all"))
+    ap.add_argument("--quick", action="store_true", help="tiny sizes and short runs (smoke test)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 3, quick 1)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds per load run (serving, ingest)")
+    ap.add_argument("--full", action="store_true", help="memory at 100k and 1M users with 1M events (slow)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write all results here")
+    a = ap.parse_args(argv)
+    repeats = a.repeats or (1 if a.quick else 3)
+    print(machine(), flush=True)
+    results: dict[str, object] = {}
+    parts = PARTS if a.part == "all" else (a.part,)
+    for part in parts:
+        t = time.perf_counter()
+        if part == "serving":
+            res = serving.run(a.quick, repeats, duration=a.duration)
+            lines = serving.report(res)
+        elif part == "ingest":
+            res = ingest.run(a.quick, repeats, duration=a.duration)
+            lines = ingest.report(res)
+        elif part == "learning":
+            res = learning.run(a.quick, repeats)
+            lines = learning.report(res)
+        elif part == "memory":
+            sizes = [(100_000, 1_000_000), (1_000_000, 1_000_000)] if a.full else None
+            res = memory.run(a.quick, repeats, sizes=sizes)
+            lines = memory.report(res)
+        else:
+            args = ["--decisions", "20000"] if a.quick else []
+            out = subprocess.run([PY, "bench/replay_speed.py", *args], cwd=ROOT, capture_output=True, text=True,
+                                 check=True)
+            res = {"output": out.stdout}
+            lines = ["replay:"] + ["  " + line for line in out.stdout.splitlines()]
+        results[part] = res
+        print("\n".join(lines), flush=True)
+        print(f"({part} took {time.perf_counter() - t:.1f} s; load average {load_average()})", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, default=_jsonable, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Smoke test of ``python -m bench``: every part runs with tiny sizes (--quick) and prints its figures.
+No timing is asserted; only that the figures are there and are sane numbers."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(part: str, tmp_path: Path) -> tuple[str, dict]:
+    """Run one part with --quick in a subprocess; return its stdout and the JSON results."""
+    out_json = tmp_path / f"{part}.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", part, "--quick", "--json", str(out_json)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("machine: nproc="), proc.stdout
+    return proc.stdout, json.loads(out_json.read_text())[part]
+
+
+@pytest.mark.timeout(150)
+def test_serving_reports_throughput_latency_and_ratios_for_every_load(tmp_path: Path) -> None:
+    out, res = run_bench("serving", tmp_path)
+    assert set(res["table"]) == {"500 rps", "1000 rps", "2000 rps", "closed loop"}
+    for key, row in res["table"].items():
+        assert re.search(rf"{key}\s+ratio\s+throughput onramp/bare \d", out), key
+        for name in ("onramp", "bare"):
+            assert row[f"{name}_throughput"]["median"] > 0
+            assert 0 < row[f"{name}_p50_ms"]["median"] <= row[f"{name}_p95_ms"]["median"] <= row[f"{name}_p99_ms"]["median"]
+            runs = res["raw"][key][name]
+            assert runs and all(r["ok"] > 0 for r in runs)
+        assert row["throughput_ratio"]["median"] > 0 and row["p99_ratio"]["median"] > 0
+
+
+@pytest.mark.timeout(150)
+def test_ingest_reports_acked_events_per_second_on_one_and_four_streams(tmp_path: Path) -> None:
+    out, res = run_bench("ingest", tmp_path)
+    assert set(res["table"]) == {"1 stream", "4 streams"}
+    for row in res["table"].values():
+        assert row["onramp_accepted_per_s"]["median"] > 0 and row["bare_accepted_per_s"]["median"] > 0
+        assert row["onramp_dropped"]["median"] == 0  # consented users: every event accepted
+    assert re.search(r"1 stream\s+onramp accepted [\d,]+ ev/s", out)
+    assert "ratio" in out
+
+
+@pytest.mark.timeout(150)
+def test_learning_compares_all_policies_and_times_the_bandit(tmp_path: Path) -> None:
+    out, res = run_bench("learning", tmp_path)
+    assert set(res["table"]) == {"uniform", "best_fixed", "fixed_order", "bandit", "bayes", "oracle"}
+    assert res["table"]["oracle"]["regret"]["median"] == 0
+    for k, row in res["table"].items():
+        assert 0 <= row["avg"]["median"] <= 1 and 0 <= row["last20"]["median"] <= 1, k
+    assert res["decide_update_per_s"]["median"] > 0
+    for label in ("uniform", "best fixed", "generic order", "our bandit", "context oracle", "type oracle",
+                  "decide+update/s", "bandit / context oracle"):
+        assert label in out
+
+
+@pytest.mark.timeout(150)
+def test_memory_reports_bytes_per_user_and_restart_time(tmp_path: Path) -> None:
+    out, res = run_bench("memory", tmp_path)
+    (row,) = res["rows"]
+    assert row["accepted"]["median"] == row["events"]
+    assert row["rss_loaded"]["median"] > 0 and row["restart_ready_s"]["median"] > 0
+    assert row["restart_first_answer_s"]["median"] >= row["restart_ready_s"]["median"]
+    assert "bytes/user" in out and "restart: ready" in out

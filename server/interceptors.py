@@ -1,7 +1,8 @@
 """The one grpc.aio server interceptor that guards and observes every call.
 
 Per call, in order: request id (from ``x-request-id`` or new) echoed in trailing metadata -> API key and
-role check (server/auth.py) -> call rate limit (server/limits.py) -> the handler, with streamed events
+role check (server/auth.py) -> call rate limit (server/limits.py) -> request decoding (bytes that are not a
+valid request message end the call with INVALID_ARGUMENT, not grpc.aio's UNKNOWN) -> the handler, with streamed events
 counted against the events limit -> latency histogram and access log line (server/metrics.py,
 server/logging_setup.py). Health checks and reflection need no key and are not rate limited.
 Streamed events are counted as the servicer iterates its ``request_iterator`` (``async for``); a servicer
@@ -172,26 +173,62 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.response_streaming:
             behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
-            wrapped = self._wrap_streaming(behavior, method, handler.request_streaming)
+            wrapped = self._wrap_streaming(behavior, method, handler.request_streaming, handler)
             factory = grpc.stream_stream_rpc_method_handler if handler.request_streaming \
                 else grpc.unary_stream_rpc_method_handler
         else:
             behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
-            wrapped = self._wrap_unary(behavior, method, handler.request_streaming)
+            wrapped = self._wrap_unary(behavior, method, handler.request_streaming, handler)
             factory = grpc.stream_unary_rpc_method_handler if handler.request_streaming \
                 else grpc.unary_unary_rpc_method_handler
-        return factory(wrapped, request_deserializer=handler.request_deserializer,
-                       response_serializer=handler.response_serializer)
+        # Requests are decoded inside the call (see _decoded): grpc.aio answers a deserializer failure with
+        # UNKNOWN, while bytes that are not a valid request message are a client mistake (INVALID_ARGUMENT).
+        return factory(wrapped, request_deserializer=None, response_serializer=handler.response_serializer)
 
-    def _wrap_unary(self, behavior: Callable[..., Any], method: str, request_streaming: bool) -> Callable[..., Any]:
+    @staticmethod
+    async def _decode(deserializer: Callable[[bytes], Any] | None, raw: Any, what: str,
+                      context: grpc.aio.ServicerContext) -> Any:
+        """``raw`` decoded by the method's deserializer; aborts with INVALID_ARGUMENT when it is malformed."""
+        if deserializer is None or not isinstance(raw, (bytes, bytearray, memoryview)):
+            return raw
+        try:
+            return deserializer(bytes(raw))
+        except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's malformed message
+            cls = getattr(deserializer, "__self__", None)
+            name = getattr(getattr(cls, "DESCRIPTOR", None), "full_name", "the request message")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{what}: not a valid {name} message ({type(err).__name__}: {err})")
+        raise AssertionError("unreachable")
+
+    def _decoded(self, deserializer: Callable[[bytes], Any] | None, requests: Any,
+                 context: grpc.aio.ServicerContext) -> Any:
+        """The request stream with each message decoded; a malformed one ends the call (INVALID_ARGUMENT)."""
+        if deserializer is None or not hasattr(requests, "__aiter__"):
+            return requests
+
+        async def decoded() -> AsyncIterator[Any]:
+            position = 0
+            async for raw in requests:
+                yield await self._decode(deserializer, raw, f"requests[{position}]", context)
+                position += 1
+
+        return decoded()
+
+    async def _request(self, handler: grpc.RpcMethodHandler, call: _Call, context: grpc.aio.ServicerContext,
+                       request: Any, request_streaming: bool) -> Any:
+        if request_streaming:
+            return self._requests(call, context, self._decoded(handler.request_deserializer, request, context))
+        return await self._decode(handler.request_deserializer, request, "request", context)
+
+    def _wrap_unary(self, behavior: Callable[..., Any], method: str, request_streaming: bool,
+                    handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._start(method, context)
             error: BaseException | None = None
             with bind_request(request_id=call.request_id, rpc=method.lstrip("/"), peer=call.peer):
                 try:
                     await self._admit(call, context)
-                    if request_streaming:
-                        request = self._requests(call, context, request)
+                    request = await self._request(handler, call, context, request, request_streaming)
                     result = behavior(request, context)
                     if inspect.isawaitable(result):
                         result = await result
@@ -204,16 +241,15 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-    def _wrap_streaming(self, behavior: Callable[..., Any], method: str,
-                        request_streaming: bool) -> Callable[..., Any]:
+    def _wrap_streaming(self, behavior: Callable[..., Any], method: str, request_streaming: bool,
+                        handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = self._start(method, context)
             error: BaseException | None = None
             with bind_request(request_id=call.request_id, rpc=method.lstrip("/"), peer=call.peer):
                 try:
                     await self._admit(call, context)
-                    if request_streaming:
-                        request = self._requests(call, context, request)
+                    request = await self._request(handler, call, context, request, request_streaming)
                     result = behavior(request, context)
                     if hasattr(result, "__aiter__"):
                         async for item in result:

@@ -99,11 +99,22 @@ async def serve(config: Config, stop_signals: Sequence[int] = (signal.SIGINT, si
              config.server.db_path, config.source, server.runtime.catalog.version)
     await stop.wait()
     log.info("stopping: finishing in-flight calls, flushing the writer")
-    for sig in stop_signals:
+    for sig in stop_signals:  # a second signal while draining must not interrupt the flush with a traceback
         loop.remove_signal_handler(sig)
-    await server.stop(SHUTDOWN_GRACE_S)
+        loop.add_signal_handler(sig, _already_stopping, sig)
+    try:
+        await server.stop(SHUTDOWN_GRACE_S)
+    finally:
+        for sig in stop_signals:
+            loop.remove_signal_handler(sig)
     log.info("stopped")
     return 0
+
+
+def _already_stopping(sig: int) -> None:
+    """A stop signal received while the server is already stopping: say so, keep draining."""
+    log.warning("%s received while stopping; still finishing in-flight calls and flushing",
+                signal.Signals(sig).name)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

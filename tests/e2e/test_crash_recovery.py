@@ -249,3 +249,47 @@ def test_sigkill_during_ingest_loses_no_acknowledged_write(tmp_path: pathlib.Pat
                                 if not k.startswith("cluster_") and k != "activation_prob"}
             side["segments"] = [s for s in side.get("segments", []) if not s.startswith("cluster:")]
         assert crashed == expected, user
+
+
+def test_sigterm_during_ingest_drains_flushes_and_exits_0(tmp_path: pathlib.Path) -> None:
+    """SIGTERM (and a second SIGINT while stopping) during a busy stream: exit code 0, no traceback, and
+    every acknowledged event is committed."""
+    batches = make_batches(random.Random(SEED))
+    db = tmp_path / "term.db"
+    log = tmp_path / "server.log"
+    log.touch()
+    server = ServerProcess(db, log)
+    acked: set[int] = set()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            grant_all(pb_grpc.OnrampStub(channel))
+        code: list[int] = []
+
+        def stop_soon() -> None:
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.01)
+            server.proc.send_signal(signal.SIGINT)  # impatient operator: must not break the flush
+            code.append(server.proc.wait(60))
+
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.OnrampStub(channel)
+            stopper = None
+            try:
+                for ack in stub.IngestEventBatches(iter(batches)):
+                    acked.add(ack.sequence)
+                    if len(acked) == 5:
+                        stopper = threading.Thread(target=stop_soon)
+                        stopper.start()
+            except grpc.RpcError:
+                pass
+            assert stopper is not None
+            stopper.join()
+        assert code == [0]
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+    text = log.read_text()
+    assert "stopping" in text and "stopped" in text and "Traceback" not in text, text
+    with sqlite3.connect(db) as conn:
+        stored = {r[0] for r in conn.execute("SELECT event_id FROM events")}
+    assert {e.event_id for b in batches if b.sequence in acked for e in b.events} <= stored

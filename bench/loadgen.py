@@ -20,7 +20,7 @@ from onramp.v1 import onramp_pb2_grpc as pb_grpc
 
 
 def latency_stats(lat_s: list[float], ok: int, errors: int, elapsed: float) -> dict:
-    """Throughput and p50/p95/p99 (milliseconds) of the completed calls."""
+    """Throughput and p50/p95/p99 (milliseconds) of the successful calls (failed calls are only counted)."""
     a = np.asarray(lat_s) * 1000.0 if lat_s else np.zeros(1)
     return {"ok": ok, "errors": errors, "elapsed_s": elapsed, "throughput": ok / elapsed,
             "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
@@ -33,6 +33,7 @@ async def serving(target: str, rate: float, duration: float, concurrency: int, u
         stub = pb_grpc.OnrampStub(ch)
         lat: list[float] = []
         counts = {"ok": 0, "err": 0}
+        codes: dict[str, int] = {}
         uid = itertools.count()
 
         async def call(t0: float) -> None:
@@ -41,12 +42,14 @@ async def serving(target: str, rate: float, duration: float, concurrency: int, u
                 await stub.GetNextStep(req, timeout=10)
                 lat.append(time.perf_counter() - t0)
                 counts["ok"] += 1
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
                 counts["err"] += 1
+                codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
 
         await call(time.perf_counter())  # connect
         lat.clear()
         counts.update(ok=0, err=0)
+        codes.clear()
         start = time.perf_counter()
         end = start + duration
         if rate > 0:
@@ -66,7 +69,7 @@ async def serving(target: str, rate: float, duration: float, concurrency: int, u
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
         out = latency_stats(lat, counts["ok"], counts["err"], elapsed)
-        out.update(mode="serving", rate=rate, concurrency=concurrency)
+        out.update(mode="serving", rate=rate, concurrency=concurrency, error_codes=codes)
         return out
 
 

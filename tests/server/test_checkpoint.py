@@ -1,0 +1,43 @@
+"""Checkpoint files: round trip, atomic replace, and every truncated or corrupted file is refused."""
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import pytest
+
+from server.checkpoint import decode_checkpoint, encode_checkpoint, read_checkpoint, write_checkpoint
+
+PAYLOAD = {"events_seq": 1234, "outcomes": 56, "engine": {"learned": 7, "policy": [0.5, 1.25]}}
+
+
+def test_round_trip_and_replace(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "onramp.ckpt"
+    assert read_checkpoint(path) is None
+    write_checkpoint(path, PAYLOAD)
+    assert read_checkpoint(path) == PAYLOAD
+    write_checkpoint(path, {**PAYLOAD, "events_seq": 2000})
+    assert read_checkpoint(path)["events_seq"] == 2000
+    assert [p.name for p in tmp_path.iterdir()] == ["onramp.ckpt"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("cut", [0, 10, 40, -1])
+def test_a_truncated_checkpoint_is_not_loaded(tmp_path: pathlib.Path, cut: int, caplog) -> None:
+    data = encode_checkpoint(PAYLOAD)
+    path = tmp_path / "onramp.ckpt"
+    path.write_bytes(data[:cut] if cut >= 0 else data[:-1])
+    with caplog.at_level(logging.WARNING, logger="server.checkpoint"):
+        assert read_checkpoint(path) is None
+    assert "ignoring checkpoint" in caplog.text
+
+
+def test_a_corrupted_checkpoint_is_not_loaded(tmp_path: pathlib.Path, caplog) -> None:
+    data = bytearray(encode_checkpoint(PAYLOAD))
+    data[-3] ^= 0x01  # one flipped bit in the payload, length unchanged
+    path = tmp_path / "onramp.ckpt"
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="server.checkpoint"):
+        assert read_checkpoint(path) is None
+    assert "checksum mismatch" in caplog.text
+    with pytest.raises(ValueError, match="format"):
+        decode_checkpoint(encode_checkpoint(PAYLOAD).replace(b"CHECKPOINT 1 ", b"CHECKPOINT 9 ", 1))

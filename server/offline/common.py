@@ -3,9 +3,11 @@ tombstones, and the config/catalog a command runs against (so every command reso
 """
 from __future__ import annotations
 
+import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from server.catalog import Catalog, catalog_from_config, load_catalog
 from server.config import load_config
@@ -75,3 +77,14 @@ def generic_order(catalog: Catalog) -> tuple[str, ...]:
     """The generic flow's order: core steps in their static order, then personalized steps in catalog
     order (docs/catalog.md, experiment kind ``generic``). Action indices of the offline tools follow it."""
     return tuple(catalog.core_order) + tuple(s.id for s in catalog.personalized_steps)
+
+
+def json_clean(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, so it serialises as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_clean(x) for k, x in value.items()}
+    if isinstance(value, list):
+        return [json_clean(x) for x in value]
+    return value

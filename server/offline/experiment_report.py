@@ -23,7 +23,7 @@ import numpy as np
 from server.catalog import Catalog, CatalogError
 from server.config import ConfigError
 from server.offline.analytics import Activity, FirstValue, first_value_ms, load_activity, retained, step_completion, user_arms
-from server.offline.common import HOUR_MS, OfflineError, load_setup, open_readonly
+from server.offline.common import HOUR_MS, OfflineError, json_clean, load_setup, open_readonly
 from server.offline.stats import Comparison, bootstrap_mean_diff, two_proportion_test, wilson_interval
 
 GUARDRAILS = ("activation", "step_completion", "retention_d1", "retention_d7", "retention_d30", "survey_score",
@@ -70,17 +70,9 @@ class ExperimentReport:
         return [c for c in self.comparisons if c.guardrail_worse]
 
     def to_dict(self) -> dict[str, Any]:
-        def clean(v: Any) -> Any:
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [clean(x) for x in v]
-            return v
         d = asdict(self)
         d["flagged"] = [f"{c.metric} ({c.arm} vs {c.control})" for c in self.flagged]
-        return clean(d)
+        return json_clean(d)
 
     def comparison(self, metric: str, arm: str) -> MetricComparison:
         return next(c for c in self.comparisons if c.metric == metric and c.arm == arm)

@@ -42,7 +42,7 @@ from bandits.policies import build_policy
 from bandits.reward_models import RidgeRewardModel
 from server.catalog import Catalog, CatalogError, catalog_from_config
 from server.config import ConfigError, load_config
-from server.offline.common import OfflineError, generic_order, load_setup
+from server.offline.common import OfflineError, generic_order, json_clean, load_setup
 from server.offline.logdata import DecisionArrays, load_decisions
 
 ESTIMATOR_NAMES = ("ips", "snips", "dm", "dr", "replay")
@@ -169,15 +169,7 @@ class ReplayReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (NaN becomes None)."""
-        def clean(v: Any) -> Any:
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [clean(x) for x in v]
-            return v
-        return clean(asdict(self))
+        return json_clean(asdict(self))
 
     def policy(self, name: str) -> PolicyResult:
         for p in self.policies:

@@ -62,6 +62,10 @@ def _code_name(code: Any) -> str:
     return str(code)
 
 
+class MalformedRequest(Exception):
+    """A request message whose bytes are not valid protobuf for its type (a client mistake)."""
+
+
 @dataclass(slots=True)
 class _Call:
     """What the interceptor knows about one call while it runs."""
@@ -188,7 +192,11 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
     @staticmethod
     async def _decode(deserializer: Callable[[bytes], Any] | None, raw: Any, what: str,
                       context: grpc.aio.ServicerContext) -> Any:
-        """``raw`` decoded by the method's deserializer; aborts with INVALID_ARGUMENT when it is malformed."""
+        """``raw`` decoded by the method's deserializer; raises MalformedRequest when it is malformed.
+
+        The call is aborted by the wrapper, on the handler's own task: a stream may be read from another
+        task (IngestEventBatches), and aborting there while the handler writes makes grpc.aio fail with
+        GRPC_CALL_ERROR_TOO_MANY_OPERATIONS and leaves the call hanging."""
         if deserializer is None or not isinstance(raw, (bytes, bytearray, memoryview)):
             return raw
         try:
@@ -196,9 +204,7 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
         except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's malformed message
             cls = getattr(deserializer, "__self__", None)
             name = getattr(getattr(cls, "DESCRIPTOR", None), "full_name", "the request message")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"{what}: not a valid {name} message ({type(err).__name__}: {err})")
-        raise AssertionError("unreachable")
+            raise MalformedRequest(f"{what}: not a valid {name} message ({type(err).__name__}: {err})") from None
 
     def _decoded(self, deserializer: Callable[[bytes], Any] | None, requests: Any,
                  context: grpc.aio.ServicerContext) -> Any:
@@ -233,6 +239,9 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
                     if inspect.isawaitable(result):
                         result = await result
                     return result
+                except MalformedRequest as bad:
+                    error = bad
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(bad))
                 except BaseException as exc:
                     error = exc
                     raise
@@ -259,6 +268,9 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
                     else:
                         for item in result or ():
                             yield item
+                except MalformedRequest as bad:
+                    error = bad
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(bad))
                 except BaseException as exc:
                     error = exc
                     raise

@@ -2,9 +2,11 @@
 writer thread and pipeline, and a :class:`DecisionEngine` on the running asyncio loop."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +120,20 @@ def outcome_rows(db_path: Path) -> dict[str, dict[str, Any]]:
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
         conn.row_factory = sqlite3.Row
         return {r["decision_id"]: dict(r) for r in conn.execute("SELECT * FROM outcomes")}
+
+
+Scenario = Callable[[Harness, DecisionEngine], Awaitable[None]]
+
+
+def run(tmp_path: Path, scenario: Scenario, **kw: Any) -> Harness:
+    """Run ``scenario`` against a fresh harness on its own event loop, closing it afterwards."""
+    h = Harness(tmp_path / "onramp.db", **kw)
+
+    async def main() -> None:
+        engine = h.open(asyncio.get_running_loop())
+        try:
+            await scenario(h, engine)
+        finally:
+            await h.close()
+    asyncio.run(main())
+    return h

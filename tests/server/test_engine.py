@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,24 +14,9 @@ import uuid
 
 from server.engine import DecisionEngine, new_decision_id
 from server.engine_api import ServiceError
-from tests.server.engine_support import (DAY_MS, HOUR_MS, MIN_MS, T0, Harness, catalog_with, decision_rows,
+from tests.server.engine_support import (DAY_MS, HOUR_MS, MIN_MS, T0, Harness, Scenario, catalog_with,
+                                         decision_rows, run,
                                          outcome_rows)
-
-Scenario = Callable[[Harness, DecisionEngine], Awaitable[None]]
-
-
-def run(tmp_path: Path, scenario: Scenario, **kw) -> Harness:
-    h = Harness(tmp_path / "onramp.db", **kw)
-
-    async def main() -> None:
-        engine = h.open(asyncio.get_running_loop())
-        try:
-            await scenario(h, engine)
-        finally:
-            await h.close()
-    asyncio.run(main())
-    return h
-
 
 def users_in(engine: DecisionEngine, kind: str, n: int = 1, prefix: str = "u") -> list[str]:
     """The first ``n`` user ids ``<prefix><i>`` the experiment puts in an arm of ``kind``."""

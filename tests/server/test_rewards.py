@@ -4,28 +4,11 @@ outcome for an erased user, and the bandit learning from each joined outcome."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from server.engine import DecisionEngine
 from server.rewards import DEFAULT_GRACE_MS
-from tests.server.engine_support import DAY_MS, HOUR_MS, MIN_MS, T0, Harness, decision_rows, outcome_rows
-
-Scenario = Callable[[Harness, DecisionEngine], Awaitable[None]]
-
-
-def run(tmp_path: Path, scenario: Scenario, **kw) -> Harness:
-    h = Harness(tmp_path / "onramp.db", **kw)
-
-    async def main() -> None:
-        engine = h.open(asyncio.get_running_loop())
-        try:
-            await scenario(h, engine)
-        finally:
-            await h.close()
-    asyncio.run(main())
-    return h
-
+from tests.server.engine_support import Scenario, run, DAY_MS, HOUR_MS, MIN_MS, T0, Harness, decision_rows, outcome_rows
 
 def tailored(engine: DecisionEngine, i: int = 0) -> str:
     n = -1

@@ -28,8 +28,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEED = 20261129
 ROUNDS = 11
 USERS = [f"crash-u{i}" for i in range(12)]
-BATCHES = 120
+BATCHES = 200  # more than ROUNDS * (10 + MAX_EXTRA), so no round runs out of unacknowledged batches
 BATCH_SIZE = 40
+MAX_EXTRA = 8  # a killed round sends at most n + MAX_EXTRA batches, n being the ack the kill is timed from
 BASE_MS = 1_790_000_000_000
 
 pytestmark = pytest.mark.timeout(300)
@@ -189,7 +190,11 @@ def test_sigkill_during_ingest_loses_no_acknowledged_write(tmp_path: pathlib.Pat
             if not pending:
                 server.terminate()
                 break
-            stream(server.address, pending, acked, (rng.randint(1, 10), rng.uniform(0.0, 0.03)), server)
+            # at most n + MAX_EXTRA batches per killed round: however fast the machine, the rounds cannot use
+            # up all batches before the tenth kill
+            n = rng.randint(1, 10)
+            stream(server.address, pending[:n + rng.randint(1, MAX_EXTRA)], acked, (n, rng.uniform(0.0, 0.03)),
+                   server)
             kills += 1
         finally:
             if server.proc.poll() is None:

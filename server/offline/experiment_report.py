@@ -6,7 +6,9 @@ Users belong to the arm logged in their first decision of the experiment (what t
 :mod:`server.experiments` assigns it). Proportions use the two-proportion z-test; means (survey score, time
 to first value) a bootstrap interval of the difference and a Welch z p-value. A guardrail metric is flagged
 when a treatment arm is significantly worse than the control (p < alpha): lower retention, completion,
-activation or survey score, or a longer time to first value.
+activation or survey score, or a longer time to first value. A sample-ratio mismatch (users per arm far from
+the catalog's shares, chi-square p < 0.001) is flagged too: it means assignment or logging is broken and the
+comparisons are not to be trusted.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from server.catalog import Catalog, CatalogError
 from server.config import ConfigError
 from server.offline.analytics import Activity, FirstValue, first_value_ms, load_activity, retained, step_completion, user_arms
 from server.offline.common import HOUR_MS, OfflineError, json_clean, load_setup, open_readonly
-from server.offline.stats import Comparison, bootstrap_mean_diff, two_proportion_test, wilson_interval
+from server.offline.stats import (Comparison, SampleRatio, bootstrap_mean_diff, sample_ratio_test,
+                                  two_proportion_test, wilson_interval)
 
 GUARDRAILS = ("activation", "step_completion", "retention_d1", "retention_d7", "retention_d30", "survey_score",
               "time_to_value_h")
@@ -64,14 +67,20 @@ class ExperimentReport:
     comparisons: list[MetricComparison]
     alpha: float
     first_value: str
+    sample_ratio: SampleRatio | None = None  # None when the catalog has no shares for this experiment
 
     @property
     def flagged(self) -> list[MetricComparison]:
         return [c for c in self.comparisons if c.guardrail_worse]
 
+    @property
+    def sample_ratio_mismatch(self) -> bool:
+        return self.sample_ratio is not None and self.sample_ratio.mismatch
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["flagged"] = [f"{c.metric} ({c.arm} vs {c.control})" for c in self.flagged]
+        d["sample_ratio_mismatch"] = self.sample_ratio_mismatch
         return json_clean(d)
 
     def comparison(self, metric: str, arm: str) -> MetricComparison:
@@ -100,9 +109,11 @@ def experiment_report(act: Activity, catalog: Catalog, experiment: str | None = 
         raise OfflineError("report experiments: no decision names an experiment (is one enabled in the catalog?)")
     names = sorted(set(arms[arms != ""].tolist()))
     kinds: dict[str, str] = {}
+    shares: dict[str, float] = {}
     for e in catalog.experiments:
         if e.name == name:
             kinds = {a.name: a.kind for a in e.arms}
+            shares = {a.name: a.share for a in e.arms}
             names = [a.name for a in e.arms if a.name in names] + [a for a in names if a not in kinds]
     if control is None:
         control = next((a for a in names if kinds.get(a) == "generic"), names[0] if names else "")
@@ -152,7 +163,16 @@ def experiment_report(act: Activity, catalog: Catalog, experiment: str | None = 
             sig = cmp.significant(alpha)
             worse = sig and ((cmp.diff > 0) if metric in LOWER_IS_BETTER else (cmp.diff < 0))
             comparisons.append(MetricComparison(metric, a, control, cmp, sig, worse))
-    return ExperimentReport(name, control, per_arm, users, comparisons, alpha, str(fv))
+    srm = sample_ratio_test(users, shares) if shares else None
+    return ExperimentReport(name, control, per_arm, users, comparisons, alpha, str(fv), srm)
+
+
+def _srm_message(rep: ExperimentReport) -> str:
+    srm = rep.sample_ratio
+    assert srm is not None
+    detail = ", ".join(f"{a}: {o} (expected {e:.0f})" for a, o, e in zip(srm.arms, srm.observed, srm.expected))
+    return (f"sample ratio mismatch: users per arm do not match the catalog's shares (chi-square p={srm.p_value:.3g}"
+            f" < {srm.threshold:g}; {detail}); check assignment and decision logging before trusting the comparisons")
 
 
 def _fmt(metric: str, v: float) -> str:
@@ -188,6 +208,8 @@ def render_experiments(rep: ExperimentReport, console: Any) -> None:
     for x in rep.flagged:
         console.print(f"[red]guardrail:[/red] {x.metric} is significantly worse in {x.arm} than in {x.control} "
                       f"(p={x.comparison.p_value:.3g})")
+    if rep.sample_ratio_mismatch:
+        console.print(f"[red]{_srm_message(rep)}[/red]", highlight=False)
 
 
 def experiments_html(rep: ExperimentReport) -> str:
@@ -204,6 +226,7 @@ def experiments_html(rep: ExperimentReport) -> str:
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Experiment report</title>"
             f"<style>{_CSS}</style></head><body><h1>Experiment {h.escape(rep.experiment)}</h1>"
             f"<p>Control arm: {h.escape(rep.control)}. First value: <code>{h.escape(rep.first_value)}</code>.</p>"
+            + (f"<p class='flag'><strong>{h.escape(_srm_message(rep))}</strong></p>" if rep.sample_ratio_mismatch else "")
             + _table(["metric"] + list(rep.arms), rows)
             + "<h2>Treatment - control</h2>"
             + _table(["metric", "arm", "difference", "interval", "p-value", ""], comp, [x.guardrail_worse for x in rep.comparisons])
@@ -227,7 +250,8 @@ def add_experiments_parser(sub: argparse._SubParsersAction) -> argparse.Argument
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    """``onramp report experiments``: 0 when no guardrail got worse, 1 when one did, 2 on bad input."""
+    """``onramp report experiments``: 0 when no guardrail got worse and the arms' sizes match their shares, 1
+    when a guardrail got worse or the sample ratio is off, 2 on bad input."""
     from rich.console import Console
 
     from server.offline.reports import parse_as_of
@@ -255,4 +279,4 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         d = Path(args.out_dir)
         d.mkdir(parents=True, exist_ok=True)
         (d / "experiments.html").write_text(experiments_html(rep), encoding="utf-8")
-    return 1 if rep.flagged else 0
+    return 1 if rep.flagged or rep.sample_ratio_mismatch else 0

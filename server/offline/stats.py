@@ -1,5 +1,6 @@
-"""Small, dependency-free statistics for the reports: proportion intervals, the two-proportion z-test,
-a binomial tail test and bootstrap intervals of means and their differences (numpy only)."""
+"""Small statistics for the reports: proportion intervals, the two-proportion z-test, a binomial tail test,
+bootstrap intervals of means and their differences (numpy), and the chi-square sample-ratio test (scipy's
+chi-square tail)."""
 from __future__ import annotations
 
 import math
@@ -120,3 +121,41 @@ def binomial_lower_p(successes: int, n: int, p0: float) -> float:
         return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
     sd = math.sqrt(n * p0 * (1 - p0))
     return 1.0 - normal_sf((successes + 0.5 - n * p0) / sd)
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRatio:
+    """Sample-ratio check of an experiment: users per arm against the configured shares (chi-square goodness
+    of fit). A tiny p-value means assignment or logging is broken, so arm comparisons cannot be trusted."""
+
+    arms: tuple[str, ...]
+    observed: tuple[int, ...]
+    expected: tuple[float, ...]
+    chi2: float
+    p_value: float
+    threshold: float
+
+    @property
+    def mismatch(self) -> bool:
+        return math.isfinite(self.p_value) and self.p_value < self.threshold
+
+
+def sample_ratio_test(arms: dict[str, int], shares: dict[str, float], threshold: float = 0.001) -> SampleRatio:
+    """Chi-square test of the users per arm (``arms``) against the expected ``shares`` (which need not sum to
+    one; arms with share 0 are left out). ``threshold`` is the p-value below which a mismatch is reported;
+    0.001 is the usual choice, since the test runs on every report and a false alarm stops an experiment.
+
+    >>> round(sample_ratio_test({"a": 500, "b": 500}, {"a": 0.5, "b": 0.5}).p_value, 3)
+    1.0
+    """
+    from scipy.stats import chi2 as chi2_dist
+
+    names = tuple(a for a in shares if shares[a] > 0)
+    observed = tuple(int(arms.get(a, 0)) for a in names)
+    n = sum(observed)
+    total_share = sum(shares[a] for a in names)
+    if n == 0 or len(names) < 2:
+        return SampleRatio(names, observed, tuple(0.0 for _ in names), math.nan, math.nan, threshold)
+    expected = tuple(n * shares[a] / total_share for a in names)
+    stat = sum((o - e) ** 2 / e for o, e in zip(observed, expected))
+    return SampleRatio(names, observed, expected, float(stat), float(chi2_dist.sf(stat, len(names) - 1)), threshold)

@@ -2,16 +2,21 @@
 the experiment report finds a harmed guardrail and stays quiet without one."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
+import numpy as np
 import pytest
+from rich.console import Console
 
 from server.catalog import load_catalog
 from server.cli import main
 from server.experiments import Assigner, assign, bucket, is_anonymous
-from server.offline.analytics import load_activity
+from server.offline.analytics import load_activity, user_arms
 from server.offline.common import open_readonly
-from server.offline.experiment_report import experiment_report
+from server.offline.experiment_report import experiment_report, experiments_html, render_experiments
+from server.offline.stats import sample_ratio_test
 
 CAT = load_catalog(None)
 EXP = CAT.active_experiment
@@ -92,3 +97,44 @@ def test_cli_report_experiments_exit_codes(harmed_population, population, capsys
     assert main(["report", "experiments", "--db", str(population[0]), "--alpha", "0.001"]) == 0
     assert main(["report", "experiments", "--db", str(population[0]), "--control", "nobody"]) == 2
     assert "--control" in capsys.readouterr().err
+
+
+def test_sample_ratio_test_by_hand():
+    # 550/450 against 50/50: chi2 = (50^2 + 50^2) / 500 = 10, one degree of freedom -> p = 0.00157
+    srm = sample_ratio_test({"a": 550, "b": 450}, {"a": 0.5, "b": 0.5})
+    assert srm.chi2 == pytest.approx(10.0)
+    assert srm.p_value == pytest.approx(0.0015654, rel=1e-4)
+    assert not srm.mismatch  # above the 0.001 threshold
+    srm = sample_ratio_test({"a": 600, "b": 400, "c": 0}, {"a": 0.5, "b": 0.5, "c": 0.0})
+    assert srm.arms == ("a", "b") and srm.chi2 == pytest.approx(40.0) and srm.mismatch
+    # a missing arm counts as zero users
+    assert sample_ratio_test({"a": 100}, {"a": 0.5, "b": 0.5}).mismatch
+    assert math.isnan(sample_ratio_test({}, {"a": 0.5, "b": 0.5}).p_value)
+
+
+def test_report_passes_the_sample_ratio_check_on_hash_assignment(population):
+    rep = _report(population[0])
+    assert rep.sample_ratio is not None and not rep.sample_ratio_mismatch
+    assert sum(rep.sample_ratio.observed) == sum(rep.users.values())
+
+
+def test_report_flags_a_sample_ratio_mismatch_when_an_arm_loses_users(population, tmp_path):
+    """Drop the decisions of two thirds of the tailored arm's users, as a broken logging path would."""
+    conn = open_readonly(population[0])
+    try:
+        act = load_activity(conn)
+    finally:
+        conn.close()
+    _, arms = user_arms(act)
+    tailored = np.flatnonzero(arms == "tailored")
+    lost = set(tailored[: 2 * tailored.size // 3].tolist())
+    keep = np.array([u not in lost for u in act.dec_user.tolist()])
+    dec = {f.name: getattr(act, f.name)[keep] for f in dataclasses.fields(act) if f.name.startswith("dec_")}
+    broken = dataclasses.replace(act, **dec)
+    rep = experiment_report(broken, CAT)
+    assert rep.sample_ratio_mismatch and rep.sample_ratio.p_value < 1e-6
+    assert rep.to_dict()["sample_ratio_mismatch"] is True
+    console = Console(record=True, width=200)
+    render_experiments(rep, console)
+    assert "sample ratio mismatch" in console.export_text()
+    assert "sample ratio mismatch" in experiments_html(rep)

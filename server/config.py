@@ -34,6 +34,16 @@ class ServerConfig:
     db_path: str = "./onramp.db"
     # Largest gRPC message accepted or sent; 0 keeps the ``[limits] max_message_bytes`` default (16 MiB).
     max_message_bytes: int = 0
+    # Seconds between checkpoints of the learned state (server/state.py); 0 turns checkpoints off (no
+    # periodic one, none at shutdown, every start rebuilds from the whole log).
+    checkpoint_interval_s: float = 300.0
+    # Where the checkpoint file goes; "" = next to the database, ``<db_path>.checkpoint``.
+    checkpoint_path: str = ""
+
+    @property
+    def checkpoint_file(self) -> str:
+        """The checkpoint file: ``checkpoint_path`` or ``<db_path>.checkpoint``."""
+        return self.checkpoint_path or f"{self.db_path}.checkpoint"
 
     @property
     def address(self) -> str:
@@ -140,7 +150,19 @@ def _parse_server(t: Mapping[str, Any]) -> ServerConfig:
     mmb = _int("server", t, "max_message_bytes", d.max_message_bytes, 0, None)
     if 0 < mmb < 1024:
         raise ConfigError(f"server.max_message_bytes: must be 0 (default) or at least 1024 (got {mmb!r})")
-    return ServerConfig(host=host, port=port, db_path=db_path, max_message_bytes=mmb)
+    interval = t.get("checkpoint_interval_s", d.checkpoint_interval_s)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= 86_400 \
+            or interval != interval:
+        raise ConfigError("server.checkpoint_interval_s: must be a number of seconds from 0 (no checkpoints) "
+                          f"to 86400 (got {interval!r})")
+    if 0 < interval < 1:
+        raise ConfigError(f"server.checkpoint_interval_s: must be 0 (off) or at least 1 second (got {interval!r})")
+    checkpoint_path = t.get("checkpoint_path", d.checkpoint_path)
+    if not isinstance(checkpoint_path, str):
+        raise ConfigError("server.checkpoint_path: must be a file path string (\"\" = <db_path>.checkpoint; got "
+                          f"{_type_name(checkpoint_path)} {checkpoint_path!r})")
+    return ServerConfig(host=host, port=port, db_path=db_path, max_message_bytes=mmb,
+                        checkpoint_interval_s=float(interval), checkpoint_path=checkpoint_path)
 
 
 def _parse_privacy(t: Mapping[str, Any]) -> PrivacyConfig:

@@ -6,7 +6,8 @@ import pathlib
 
 import pytest
 
-from server.checkpoint import decode_checkpoint, encode_checkpoint, read_checkpoint, write_checkpoint
+from server.checkpoint import (FORMAT_VERSION, JSON_FORMAT, decode_checkpoint, encode_checkpoint, read_checkpoint,
+                               write_checkpoint)
 
 PAYLOAD = {"events_seq": 1234, "outcomes": 56, "engine": {"learned": 7, "policy": [0.5, 1.25]}}
 
@@ -40,4 +41,15 @@ def test_a_corrupted_checkpoint_is_not_loaded(tmp_path: pathlib.Path, caplog) ->
         assert read_checkpoint(path) is None
     assert "checksum mismatch" in caplog.text
     with pytest.raises(ValueError, match="format"):
-        decode_checkpoint(encode_checkpoint(PAYLOAD).replace(b"CHECKPOINT 1 ", b"CHECKPOINT 9 ", 1))
+        decode_checkpoint(encode_checkpoint(PAYLOAD).replace(f"CHECKPOINT {FORMAT_VERSION} ".encode(),
+                                                             b"CHECKPOINT 9 ", 1))
+
+
+def test_both_formats_round_trip_and_objects_survive(tmp_path: pathlib.Path) -> None:
+    assert decode_checkpoint(encode_checkpoint(PAYLOAD, JSON_FORMAT)) == PAYLOAD
+    payload = {"blob": b"\x00\xff", "set": {1, 2}, "nested": {"t": (1, 2.5)}}
+    path = tmp_path / "onramp.ckpt"
+    assert write_checkpoint(path, payload) == path.stat().st_size
+    assert read_checkpoint(path) == payload
+    with pytest.raises(ValueError, match="unknown checkpoint format"):
+        encode_checkpoint(PAYLOAD, 7)

@@ -71,7 +71,18 @@ class FeatureSpace:
         return np.fromiter((float(features.get(n, 0.0)) for n in self.names), dtype=np.float64, count=self.dim)
 
 
+_LOG1P_TABLE = tuple(math.log1p(i) for i in range(1024))  # log1p of small counts, looked up (same values)
+_CHANNEL_KEYS = tuple((c, f"channel_{c}") for c in CHANNEL_FEATURES)
+
+# What behavior_features reads of a profile, kept so the vector can be computed later (see behavior_inputs):
+# (sessions, event_count, distinct features, screens skipped, tutorials completed, first seen, last seen,
+#  channel counts, device type counts, now).
+BehaviorInputs = tuple[int, int, int, int, int, int, int, tuple[tuple[str, int], ...], tuple[tuple[str, int], ...], int]
+
+
 def _log_count(n: float) -> float:
+    if n.__class__ is int and 0 <= n < 1024:
+        return _LOG1P_TABLE[n]
     return math.log1p(min(max(float(n), 0.0), COUNT_CAP))
 
 
@@ -80,14 +91,37 @@ def _scaled_hours(delta_ms: float, cap_hours: float) -> float:
     return min(hours, cap_hours) / cap_hours
 
 
-def _shares(counts: Mapping[str, int], keys: tuple[str, ...], groups: Mapping[str, frozenset[str]]) -> dict[str, float]:
-    total = sum(max(v, 0) for v in counts.values())
-    out: dict[str, float] = {}
-    for k in keys:
-        members = groups.get(k, frozenset({k}))
-        part = sum(max(v, 0) for name, v in counts.items() if name in members)
-        out[k] = part / total if total > 0 else 0.0
-    return out
+def _behavior(sessions: int, events: int, distinct_features: int, skipped: int, tutorials: int, first_ms: int,
+              last_ms: int, channels: Mapping[str, int], devices: Mapping[str, int], now_ms: int) -> dict[str, float]:
+    started = first_ms > 0
+    x: dict[str, float] = {
+        "log_sessions": _log_count(sessions),
+        "log_events": _log_count(events),
+        "log_distinct_features": _log_count(distinct_features),
+        "log_screens_skipped": _log_count(skipped),
+        "log_tutorials_completed": _log_count(tutorials),
+        "since_first_seen": _scaled_hours(now_ms - first_ms, FIRST_SEEN_CAP_HOURS) if started else 0.0,
+        "since_last_seen": _scaled_hours(now_ms - last_ms, LAST_SEEN_CAP_HOURS) if started else 0.0,
+    }
+    # Shares of positive counts among channels / device types (mobile counts every MOBILE_DEVICES name).
+    total = 0
+    for v in channels.values():
+        if v > 0:
+            total += v
+    for c, key in _CHANNEL_KEYS:
+        v = channels.get(c, 0)
+        x[key] = (v if v > 0 else 0) / total if total > 0 else 0.0
+    total = desktop = mobile = 0
+    for name, v in devices.items():
+        if v > 0:
+            total += v
+            if name == "desktop":
+                desktop += v
+            elif name in MOBILE_DEVICES:
+                mobile += v
+    x["device_desktop"] = desktop / total if total > 0 else 0.0
+    x["device_mobile"] = mobile / total if total > 0 else 0.0
+    return x
 
 
 def behavior_features(profile: Profile, now_ms: int) -> dict[str, float]:
@@ -96,21 +130,23 @@ def behavior_features(profile: Profile, now_ms: int) -> dict[str, float]:
     These are the inputs of the clustering and the activation model: every value is finite,
     counts are >= 0 and shares and recencies are within [0, 1].
     """
-    started = profile.first_seen_ms > 0
-    x: dict[str, float] = {
-        "log_sessions": _log_count(profile.sessions),
-        "log_events": _log_count(profile.event_count),
-        "log_distinct_features": _log_count(len(profile.features_used)),
-        "log_screens_skipped": _log_count(profile.screens_skipped),
-        "log_tutorials_completed": _log_count(profile.tutorials_completed),
-        "since_first_seen": _scaled_hours(now_ms - profile.first_seen_ms, FIRST_SEEN_CAP_HOURS) if started else 0.0,
-        "since_last_seen": _scaled_hours(now_ms - profile.last_seen_ms, LAST_SEEN_CAP_HOURS) if started else 0.0,
-    }
-    for c, v in _shares(profile.channels, CHANNEL_FEATURES, {}).items():
-        x[f"channel_{c}"] = v
-    for d, v in _shares(profile.device_types, DEVICE_FEATURES, {"mobile": MOBILE_DEVICES}).items():
-        x[f"device_{d}"] = v
-    return x
+    return _behavior(profile.sessions, profile.event_count, len(profile.features_used), profile.screens_skipped,
+                     profile.tutorials_completed, profile.first_seen_ms, profile.last_seen_ms, profile.channels,
+                     profile.device_types, now_ms)
+
+
+def behavior_inputs(profile: Profile, now_ms: int) -> BehaviorInputs:
+    """What :func:`behavior_features` of ``profile`` at ``now_ms`` depends on, as a small tuple: cheaper to take
+    than the features themselves, and :func:`features_of_inputs` gives exactly the same features later."""
+    return (profile.sessions, profile.event_count, len(profile.features_used), profile.screens_skipped,
+            profile.tutorials_completed, profile.first_seen_ms, profile.last_seen_ms,
+            tuple(profile.channels.items()), tuple(profile.device_types.items()), now_ms)
+
+
+def features_of_inputs(inputs: BehaviorInputs) -> dict[str, float]:
+    """The :func:`behavior_features` of a profile as it was when :func:`behavior_inputs` was taken."""
+    s, e, f, sk, t, first, last, channels, devices, now = inputs
+    return _behavior(s, e, f, sk, t, first, last, dict(channels), dict(devices), now)
 
 
 def request_mobile(request_context: Mapping[str, str] | None) -> float:

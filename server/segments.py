@@ -26,7 +26,8 @@ import numpy as np
 from river import cluster, linear_model, preprocessing
 
 from server.catalog import FEATURE_USED, STEP_COMPLETED, Catalog, Guardrails, SegmentsConfig
-from server.features import BEHAVIOR_NAMES, HOUR_MS, FeatureSpace, behavior_features, context_features
+from server.features import (BEHAVIOR_NAMES, HOUR_MS, BehaviorInputs, FeatureSpace, behavior_features,
+                             behavior_inputs, context_features, features_of_inputs)
 from server.profiles import Profile
 from server.records import SCREEN_SKIPPED, SESSION_START, TUTORIAL_COMPLETED
 
@@ -137,7 +138,16 @@ class _Mark:
     events: int = -1
     sessions: int = -1
     labeled: bool = False
-    snapshot: dict[str, float] | None = None
+    snapshot: BehaviorInputs | dict[str, float] | None = None  # a dict in states written before the tuple
+
+
+def _before_label(mark: _Mark, profile: Profile, now_ms: int, x: dict[str, float] | None) -> dict[str, float]:
+    """The vector the activation model learns a label from: the user's last snapshot before the label, else
+    the current vector (``x`` when already computed)."""
+    snap = mark.snapshot
+    if snap:
+        return snap if isinstance(snap, dict) else features_of_inputs(snap)
+    return x if x is not None else behavior_features(profile, now_ms)
 
 
 @dataclass(slots=True)
@@ -183,31 +193,35 @@ class Segmenter:
     # -- learning ------------------------------------------------------------------------------
 
     def learn_one(self, profile: Profile, now_ms: int) -> None:
-        """Learn from a profile that just changed (call after its events are folded in)."""
-        x = behavior_features(profile, now_ms)
+        """Learn from a profile that just changed (call after its events are folded in).
+
+        Runs after every commit for each changed profile, so the behavior vector is computed only when a
+        model learns from it; otherwise only the small :func:`behavior_inputs` snapshot is kept."""
         with self._lock:
             m = self._m
             mark = m.marks.get(profile.subject)
             if mark is None:
                 mark = m.marks[profile.subject] = _Mark()
+            x: dict[str, float] | None = None
             if (
                 mark.events < 0
                 or profile.sessions != mark.sessions
                 or profile.event_count - mark.events >= self.config.learn_every_events
             ):
+                x = behavior_features(profile, now_ms)
                 m.clusterer.learn_one(x)
                 m.cluster_learned += 1
                 mark.events, mark.sessions = profile.event_count, profile.sessions
             if not mark.labeled:
                 self._label(profile, now_ms, x, mark)
 
-    def _label(self, profile: Profile, now_ms: int, x: dict[str, float], mark: _Mark) -> None:
+    def _label(self, profile: Profile, now_ms: int, x: dict[str, float] | None, mark: _Mark) -> None:
         if reached_first_value(profile, self.config):
-            self._learn_activation(mark.snapshot or x, True, mark)
+            self._learn_activation(_before_label(mark, profile, now_ms, x), True, mark)
         elif profile.first_seen_ms > 0 and now_ms - profile.first_seen_ms > self.config.activation_window_hours * HOUR_MS:
-            self._learn_activation(mark.snapshot or x, False, mark)
+            self._learn_activation(_before_label(mark, profile, now_ms, x), False, mark)
         else:
-            mark.snapshot = x
+            mark.snapshot = behavior_inputs(profile, now_ms)
 
     def _learn_activation(self, x: dict[str, float], label: bool, mark: _Mark) -> None:
         self._m.activation.learn_one(x, label)
@@ -227,9 +241,9 @@ class Segmenter:
                 if mark is None or mark.labeled or p.first_seen_ms <= 0 or now_ms - p.first_seen_ms <= limit:
                     continue
                 if reached_first_value(p, self.config):
-                    self._learn_activation(mark.snapshot or behavior_features(p, now_ms), True, mark)
+                    self._learn_activation(_before_label(mark, p, now_ms, None), True, mark)
                 else:
-                    self._learn_activation(mark.snapshot or behavior_features(p, now_ms), False, mark)
+                    self._learn_activation(_before_label(mark, p, now_ms, None), False, mark)
                     n += 1
         return n
 

@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.catalog import Catalog, demo_catalog_text, load_catalog, parse_catalog
-from server.features import BEHAVIOR_NAMES, FeatureSpace, behavior_features, request_mobile
+from server.features import (BEHAVIOR_NAMES, CHANNEL_FEATURES, COUNT_CAP, FIRST_SEEN_CAP_HOURS, LAST_SEEN_CAP_HOURS,
+                             MOBILE_DEVICES, FeatureSpace, behavior_features, behavior_inputs, features_of_inputs,
+                             request_mobile)
 from server.profiles import Profile, ProfileBook
 from server.records import StoredEvent
 from server.segments import Segmenter, distinct_days, is_consistent, rule_segments
@@ -251,6 +253,67 @@ def test_features_are_finite_for_random_profiles(profile: Profile, now: int, ctx
     for name in BEHAVIOR_NAMES:
         assert 0.0 <= x[name] <= (math.log1p(1e9) if name.startswith("log_") else 1.0)
     assert 0.0 <= r.features["activation_prob"] <= 1.0
+
+
+def reference_behavior_features(p: Profile, now_ms: int) -> dict[str, float]:
+    """behavior_features written the plain way (the specification the fast version must equal exactly)."""
+    def log_count(n: float) -> float:
+        return math.log1p(min(max(float(n), 0.0), COUNT_CAP))
+
+    def scaled(delta_ms: float, cap: float) -> float:
+        return min(max(float(delta_ms), 0.0) / H, cap) / cap
+
+    def shares(counts: dict[str, int], keys: tuple[str, ...], groups: dict[str, frozenset[str]]) -> dict[str, float]:
+        total = sum(max(v, 0) for v in counts.values())
+        return {k: (sum(max(v, 0) for n, v in counts.items() if n in groups.get(k, {k})) / total if total > 0 else 0.0)
+                for k in keys}
+
+    started = p.first_seen_ms > 0
+    x = {"log_sessions": log_count(p.sessions), "log_events": log_count(p.event_count),
+         "log_distinct_features": log_count(len(p.features_used)), "log_screens_skipped": log_count(p.screens_skipped),
+         "log_tutorials_completed": log_count(p.tutorials_completed),
+         "since_first_seen": scaled(now_ms - p.first_seen_ms, FIRST_SEEN_CAP_HOURS) if started else 0.0,
+         "since_last_seen": scaled(now_ms - p.last_seen_ms, LAST_SEEN_CAP_HOURS) if started else 0.0}
+    x.update({f"channel_{c}": v for c, v in shares(p.channels, CHANNEL_FEATURES, {}).items()})
+    x.update({f"device_{d}": v for d, v in shares(p.device_types, ("desktop", "mobile"), {"mobile": MOBILE_DEVICES}).items()})
+    return x
+
+
+small_counts = st.one_of(st.integers(min_value=0, max_value=2000), counts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(profile=random_profiles(), now=st.integers(min_value=-10**13, max_value=10**13),
+       sessions=small_counts, events=small_counts)
+def test_behavior_features_equal_the_reference_and_their_inputs(profile: Profile, now: int, sessions: int,
+                                                               events: int) -> None:
+    profile.sessions, profile.event_count = sessions, events
+    x = behavior_features(profile, now)
+    assert list(x.items()) == list(reference_behavior_features(profile, now).items())  # same order, same bits
+    inputs = behavior_inputs(profile, now)
+    assert features_of_inputs(inputs) == x
+    profile.event_count += 1  # the inputs are a copy: later changes of the profile do not reach them
+    profile.channels["web"] = profile.channels.get("web", 0) + 5
+    profile.device_types.clear()
+    assert features_of_inputs(inputs) == x
+
+
+def test_activation_learns_the_snapshot_taken_before_the_label() -> None:
+    """The positive label is learned on the vector of the last learn_one call before first value, not on the
+    profile as it is when the label comes (the snapshot is a copy)."""
+    cat = load_catalog(None)
+    a, b = Segmenter(cat), Segmenter(cat)
+    p = profile_from([("session_start", 0, {"channel": "web"}), ("feature_used", H, {"feature": "reports"})])
+    a.learn_one(p, T0 + H)
+    before = behavior_features(p, T0 + H)
+    p.channels["ios"] = 7
+    p.event_count += 3
+    p.steps_completed["first_project"] = T0 + 2 * H
+    a.learn_one(p, T0 + 2 * H)
+    b._m.activation.learn_one(before, True)
+    probe = behavior_features(p, T0 + 3 * H)
+    assert a.stats["activation_learned"] == 1 and a.stats["activation_positives"] == 1
+    assert a._m.activation.predict_proba_one(probe) == b._m.activation.predict_proba_one(probe)
 
 
 # ---------------------------------------------------------------------------------------------

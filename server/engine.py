@@ -46,6 +46,7 @@ from server.rewards import DEFAULT_GRACE_MS, Pending, RewardJoiner
 from server.rules import first_firing
 from server.features import request_mobile
 from server.segments import SegmentResult, Segmenter, distinct_days
+from server.state import LogMark, bandit_decisions_after, joined_after
 from server.writer import now_ms as clock_ms
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ class DecisionEngine:
                                    grace_ms=reward_grace_ms)
         self._sweeper: asyncio.Task[None] | None = None
         self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult]] = {}
+        self._unsettled_at_checkpoint: frozenset[str] = frozenset()  # see load_state / rebuild(after=...)
         pipeline.add_listener(self.on_events)
         if rebuild:
             self.rebuild()
@@ -177,10 +179,17 @@ class DecisionEngine:
         return cls(runtime.pipeline, runtime.catalog, metrics=runtime.metrics, **kwargs)
 
     # -- startup -------------------------------------------------------------------------------------------
-    def rebuild(self, replay: bool = True) -> dict[str, int]:
+    def rebuild(self, replay: bool = True, after: LogMark | None = None) -> dict[str, int]:
         """Rebuild shows, pending rewards and (``replay``) the bandit from the database, and let the
-        segmenter learn each profile once. Returns counts of what was loaded."""
+        segmenter learn each profile once. Returns counts of what was loaded.
+
+        With ``after`` (resuming from a checkpoint, server/state.py) the bandit and segmenter already hold
+        everything up to that mark: only outcomes committed after it are learned, and each bandit decision
+        logged after it (and not pending in the checkpoint) is decided again on its logged context and
+        eligible set so the sampling RNG advances exactly as it did live (the draws a decision takes
+        depend on the number of eligible arms only, not on the policy's state)."""
         reader = self.pipeline.store.reader()
+        redrawn = 0
         try:
             shows = self.history.load(iter_shows(reader))
             pending = self.joiner.load(
@@ -189,20 +198,35 @@ class DecisionEngine:
                 for r in pending_rows(reader))
             replayed = 0
             if replay:
-                for j in joined_rows(reader, self.arms):
+                rows = joined_rows(reader, self.arms) if after is None else \
+                    joined_after(reader, self.arms, after.outcomes_rowid)
+                for j in rows:
                     self._learn(j.step_id, self.space.vector(j.context), j.reward)
                     replayed += 1
+            if replay and after is not None and self.decider is not None:
+                drawn = self._unsettled_at_checkpoint
+                for decision_id, context, eligible in bandit_decisions_after(reader, after.decisions_rowid, BANDIT):
+                    arms = [self.arm_index[s] for s in eligible if s in self.arm_index]
+                    if decision_id in drawn or not context or not arms or len(arms) != len(eligible):
+                        continue
+                    self.decider.decide(self.space.vector(context), arms, self._rng)
+                    redrawn += 1
         finally:
             reader.close()
-        if replay:
+        self._unsettled_at_checkpoint = frozenset()
+        if replay and after is None:
             for subject in self.pipeline.profiles.subjects():
                 p = self.pipeline.profile(subject)
                 if p is not None:
                     self.segmenter.learn_one(p, p.last_seen_ms)
-        counts = {"shows": shows, "pending": pending, "replayed": replayed}
+        if after is not None:  # users erased after the checkpoint: nothing derived from them stays cached
+            profiles = self.pipeline.profiles
+            for subject in [s for s in self._segment_cache if s not in profiles]:
+                del self._segment_cache[subject]
+        counts = {"shows": shows, "pending": pending, "replayed": replayed, "redrawn": redrawn}
         if any(counts.values()):
-            log.info("decision engine rebuilt: %d shows, %d pending rewards, %d outcomes replayed",
-                     shows, pending, replayed)
+            log.info("decision engine rebuilt: %d shows, %d pending rewards, %d outcomes replayed, %d bandit "
+                     "draws repeated", shows, pending, replayed, redrawn)
         return counts
 
     async def start(self) -> None:
@@ -397,7 +421,9 @@ class DecisionEngine:
 
     # -- state ---------------------------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
-        """The learned state (bandit policy, sampling RNG, segmenter) as plain values for a checkpoint."""
+        """The learned state (bandit policy, sampling RNG, segmenter, segment cache) as plain values for a
+        checkpoint, plus the ids of the step-showing decisions not rewarded yet (a bandit decision among
+        them has drawn from the RNG, maybe before its row was committed: see server/state.py)."""
         return {
             "format": STATE_FORMAT,
             "policy_version": self.policy_version,
@@ -407,22 +433,32 @@ class DecisionEngine:
             "rng": self._rng.bit_generator.state,
             "learned": self.learned,
             "segmenter": self.segmenter.to_state(),
+            "segment_cache": dict(self._segment_cache),
+            # pending decisions with a context: the ones a bandit draw may be behind (the joiner's own index)
+            "unsettled": [d for d, p in self.joiner._pending.items() if p.x is not None],
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`to_state` output. ValueError when it was made for another catalog or bandit."""
+        """Restore :meth:`to_state` output. ValueError (and nothing changed) when it was made for another
+        catalog or bandit."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"engine state: unknown format {state.get('format')!r}")
         if state.get("policy_version") != self.policy_version or list(state.get("arms", ())) != list(self.arms) \
                 or list(state.get("features", ())) != list(self.space.names):
             raise ValueError(f"engine state was made for policy {state.get('policy_version')!r}, "
                              f"this engine runs {self.policy_version!r}")
-        if self.decider is not None and state.get("policy") is not None:
-            self.decider.policy = policy_from_state(state["policy"])
-        self._rng.bit_generator.state = state["rng"]
+        policy = policy_from_state(state["policy"]) if self.decider is not None and state.get("policy") is not None \
+            else None
+        segmenter = Segmenter.from_state(state["segmenter"], self.catalog)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        if policy is not None and self.decider is not None:
+            self.decider.policy = policy
+        self._rng = rng
         self.learned = int(state.get("learned", 0))
-        self.segmenter = Segmenter.from_state(state["segmenter"], self.catalog)
-        self._segment_cache.clear()
+        self.segmenter = segmenter
+        self._segment_cache = dict(state.get("segment_cache", {}))
+        self._unsettled_at_checkpoint = frozenset(state.get("unsettled", ()))
         self.space = self.segmenter.space
 
     @classmethod

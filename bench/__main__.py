@@ -1,4 +1,5 @@
-"""``python -m bench [serving|ingest|learning|memory|replay|all] [--quick] [--repeats N] [--json PATH]``:
+"""``python -m bench [serving|ingest|learning|memory|replay|all] [--quick] [--repeats N] [--json PATH]``
+(memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``):
 run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ def _jsonable(o: object) -> object:
     raise TypeError(type(o))
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``"100000:1000000"`` -> (users, events)."""
+    users, _, events = text.partition(":")
+    try:
+        return int(users.replace("_", "")), int(events.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes: expected USERS:EVENTS pairs, got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -39,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes and short runs (smoke test)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 3, quick 1)")
     ap.add_argument("--duration", type=float, default=None, help="seconds per load run (serving, ingest)")
-    ap.add_argument("--full", action="store_true", help="memory at 100k and 1M users with 1M events (slow)")
+    ap.add_argument("--full", action="store_true", help="memory at 100k and 1M users with 1M events (slow: 1M SetConsent calls)")
+    ap.add_argument("--sizes", default=None, metavar="U:E,...",
+                    help="memory: users:events pairs to measure, e.g. 1000000:1000000 (overrides --full)")
+    ap.add_argument("--restarts", type=int, default=1, help="memory: restarts measured per build")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write all results here")
     a = ap.parse_args(argv)
     repeats = a.repeats or (1 if a.quick else 3)
@@ -59,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             lines = learning.report(res)
         elif part == "memory":
             sizes = [(100_000, 1_000_000), (1_000_000, 1_000_000)] if a.full else None
-            res = memory.run(a.quick, repeats, sizes=sizes)
+            if a.sizes:
+                sizes = [parse_size(x) for x in a.sizes.split(",")]
+            res = memory.run(a.quick, repeats, sizes=sizes, restarts=a.restarts)
             lines = memory.report(res)
         else:
             args = ["--decisions", "20000"] if a.quick else []

@@ -75,8 +75,9 @@ def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout: float = 60.
     raise TimeoutError(f"server on {address} not ready in {timeout}s")
 
 
-def start_onramp(db: Path) -> ServerProc:
-    """Start ``python -m server serve`` on a free port with database ``db``; wait until it accepts."""
+def start_onramp(db: Path, ready_timeout: float = 60.0) -> ServerProc:
+    """Start ``python -m server serve`` on a free port with database ``db``; wait (at most ``ready_timeout``
+    seconds) until it accepts connections."""
     port = free_port()
     t = time.perf_counter()
     proc = subprocess.Popen([PY, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port), "--db",
@@ -84,7 +85,7 @@ def start_onramp(db: Path) -> ServerProc:
                             stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     try:
-        wait_ready(address, proc)
+        wait_ready(address, proc, ready_timeout)
     except BaseException:
         proc.kill()
         proc.wait(5)
@@ -103,11 +104,18 @@ def start_bare() -> ServerProc:
     return ServerProc(proc, address, time.perf_counter() - t)
 
 
+def run_client(module: str, args: list[str], timeout: float = 600.0) -> dict:
+    """Run the client ``python -m module`` in its own process with ``args``; return its last JSON line
+    (a failing client raises with its stderr in the message)."""
+    out = subprocess.run([PY, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{module} exited with {out.returncode}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_loadgen(args: list[str], timeout: float = 600.0) -> dict:
     """Run :mod:`bench.loadgen` in its own process with ``args``; return its JSON result."""
-    out = subprocess.run([PY, "-m", "bench.loadgen", *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_client("bench.loadgen", args, timeout)
 
 
 def warm_users(address: str, n_users: int, prefix: str = "u", requests_per_user: int = 1) -> None:

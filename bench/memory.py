@@ -1,97 +1,145 @@
 """Resident memory of the Onramp server holding N users' profiles (bytes per user) and its restart time
-with E events in the log. Users are given tracking consent, then events are streamed by the separate load
-generator; the server is stopped and started again on the same database."""
+with E events in the log. Profiles are built through the public API only, by :mod:`bench.populate` in its
+own process (tracking consent with one SetConsent per user, hundreds in flight; then the events over several
+IngestEventBatches streams); the server is then stopped and started again on the same database, with and
+without its checkpoint file when one was written."""
 from __future__ import annotations
 
-import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
 
-from bench.common import run_loadgen, start_onramp, summarize
+from bench.common import load_average, run_client, start_onramp, summarize
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 
-
-async def grant_consent(address: str, users: int, prefix: str, in_flight: int = 128) -> None:
-    """Tracking consent for ``users`` users (so their events are accepted and build profiles)."""
-    now = int(time.time() * 1000) - 3_600_000
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = pb_grpc.OnrampStub(ch)
-        nxt = iter(range(users))
-
-        async def worker() -> None:
-            for i in nxt:
-                await stub.SetConsent(pb.ConsentRequest(user_id=f"{prefix}{i}", purpose="tracking", granted=True,
-                                                        source="bench", timestamp_ms=now), timeout=60)
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
+PREFIX = "m"
+RESTART_FIELDS = ("ready_s", "first_answer_s", "rss", "bytes_per_user")
 
 
-def first_answer_s(address: str, timeout: float = 120.0) -> float:
+def first_answer_s(address: str, timeout: float = 600.0) -> float:
     """Seconds until GetNextStep answers on ``address``."""
     t = time.perf_counter()
     with grpc.insecure_channel(address) as ch:
-        pb_grpc.OnrampStub(ch).GetNextStep(pb.NextStepRequest(user_id="m0", timestamp_ms=int(time.time() * 1000)),
-                                           timeout=timeout)
+        pb_grpc.OnrampStub(ch).GetNextStep(pb.NextStepRequest(user_id=f"{PREFIX}0",
+                                                              timestamp_ms=int(time.time() * 1000)), timeout=timeout)
     return time.perf_counter() - t
 
 
-def one(users: int, events: int, tmp: Path) -> dict:
-    """One measurement: RSS before/after ``users`` profiles built from ``events`` events, then restart time."""
+def populate(address: str, users: int, events: int, in_flight: int = 256, streams: int = 4) -> dict:
+    """Build ``users`` profiles from ``events`` events on the server at ``address`` with :mod:`bench.populate`
+    (a separate process); its counts and timings."""
+    return run_client("bench.populate", ["--target", address, "--users", str(users), "--events", str(events),
+                                         "--prefix", PREFIX, "--in-flight", str(in_flight),
+                                         "--streams", str(streams)], timeout=4 * 3600)
+
+
+def checkpoint_of(db: Path) -> Path:
+    """The default checkpoint file of database ``db`` (``[server] checkpoint_path`` unset)."""
+    return Path(f"{db}.checkpoint")
+
+
+def restart(db: Path, rss_empty: int, users: int, with_checkpoint: bool) -> dict:
+    """Start a server on ``db`` (its checkpoint file removed first unless ``with_checkpoint``): seconds to
+    accepting connections and to the first GetNextStep answer, RSS then, bytes per user over ``rss_empty``."""
+    if not with_checkpoint:
+        checkpoint_of(db).unlink(missing_ok=True)
+    load = load_average()
+    t = time.perf_counter()
+    srv = start_onramp(db, ready_timeout=3600)
+    try:
+        ready = time.perf_counter() - t
+        first = ready + first_answer_s(srv.address)
+        rss = srv.rss_bytes()
+    finally:
+        srv.stop(timeout=600)
+    return {"checkpoint": with_checkpoint, "ready_s": ready, "first_answer_s": first, "rss": rss,
+            "bytes_per_user": (rss - rss_empty) / users, "load": load}
+
+
+def one(users: int, events: int, tmp: Path, restarts: int = 1) -> dict:
+    """One measurement on a fresh database: RSS before/after ``users`` profiles built from ``events`` events,
+    then ``restarts`` restarts on that database (each both with and without the checkpoint file, if the
+    server wrote one)."""
     db = tmp / f"memory-{users}-{time.time_ns()}.db"
+    load_start = load_average()
     srv = start_onramp(db)
     try:
+        fresh_start = srv.started_s
         first_answer_s(srv.address)
         rss0 = srv.rss_bytes()
-        asyncio.run(grant_consent(srv.address, users, "m"))
-        ing = run_loadgen(["ingest", "--target", srv.address, "--streams", "1", "--duration", "3600",
-                           "--batch", "500", "--users", str(users), "--prefix", "m", "--max-events", str(events)],
-                          timeout=7200)
+        build = populate(srv.address, users, events)
         time.sleep(1.0)
         rss1 = srv.rss_bytes()
     finally:
-        srv.stop(timeout=120)
-    t = time.perf_counter()
-    again = start_onramp(db)
-    try:
-        ready = time.perf_counter() - t
-        first = ready + first_answer_s(again.address)
-        rss2 = again.rss_bytes()
-    finally:
-        again.stop(timeout=120)
-    return {"users": users, "events": events, "accepted": ing["accepted"], "rss_empty": rss0, "rss_loaded": rss1,
-            "bytes_per_user": (rss1 - rss0) / users, "restart_ready_s": ready, "restart_first_answer_s": first,
-            "rss_after_restart": rss2, "bytes_per_user_after_restart": (rss2 - rss0) / users,
-            "db_bytes": db.stat().st_size}
+        srv.stop(timeout=600)
+    rounds = []
+    for _ in range(restarts):
+        if checkpoint_of(db).exists():
+            rounds.append(restart(db, rss0, users, with_checkpoint=True))
+        rounds.append(restart(db, rss0, users, with_checkpoint=False))
+    size = db.stat().st_size
+    for f in db.parent.glob(f"{db.name}*"):
+        f.unlink()
+    return {"users": users, "events": events, "accepted": build["accepted"], "build": build,
+            "rss_empty": rss0, "rss_loaded": rss1, "bytes_per_user": (rss1 - rss0) / users, "restarts": rounds,
+            "fresh_start_s": fresh_start, "db_bytes": size, "load_start": load_start, "load_end": load_average()}
 
 
-def run(quick: bool = False, repeats: int = 3, sizes: list[tuple[int, int]] | None = None) -> dict:
+def _restart_summary(runs: list[dict], with_checkpoint: bool) -> dict:
+    rows = [r for run in runs for r in run["restarts"] if r["checkpoint"] == with_checkpoint]
+    return {f: summarize([r[f] for r in rows]) for f in RESTART_FIELDS} if rows else {}
+
+
+def run(quick: bool = False, repeats: int = 3, sizes: list[tuple[int, int]] | None = None,
+        restarts: int = 1) -> dict:
     """Measure each (users, events) size ``repeats`` times. Defaults: quick 1,000 users / 5,000 events;
     otherwise 10,000 / 100,000 (the 100k and 1M user runs are asked for with ``--full``)."""
     sizes = sizes or ([(1000, 5000)] if quick else [(10_000, 100_000)])
     rows = []
-    with tempfile.TemporaryDirectory(prefix="onramp-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="onramp-bench-", dir=os.environ.get("ONRAMP_BENCH_TMP")) as tmp:
         for users, events in sizes:
-            runs = [one(users, events, Path(tmp)) for _ in range(repeats)]
-            rows.append({"users": users, "events": events, "accepted": summarize([r["accepted"] for r in runs]),
-                         **{f: summarize([r[f] for r in runs]) for f in (
-                             "rss_empty", "rss_loaded", "bytes_per_user", "restart_ready_s", "restart_first_answer_s",
-                             "rss_after_restart", "bytes_per_user_after_restart", "db_bytes")}})
-    return {"repeats": repeats, "rows": rows}
+            runs = [one(users, events, Path(tmp), restarts) for _ in range(repeats)]
+            plain = _restart_summary(runs, False)
+            rows.append({
+                "users": users, "events": events, "accepted": summarize([r["accepted"] for r in runs]),
+                **{f: summarize([r[f] for r in runs]) for f in ("rss_empty", "rss_loaded", "bytes_per_user",
+                                                               "fresh_start_s", "db_bytes")},
+                **{f"build_{f}": summarize([r["build"][f] for r in runs])
+                   for f in ("consent_s", "consents_per_s", "ingest_s", "accepted_per_s", "total_s")},
+                "restart_ready_s": plain["ready_s"], "restart_first_answer_s": plain["first_answer_s"],
+                "rss_after_restart": plain["rss"], "bytes_per_user_after_restart": plain["bytes_per_user"],
+                "restart_with_checkpoint": _restart_summary(runs, True),
+                "loads": [(r["load_start"], r["load_end"]) for r in runs], "raw": runs})
+    return {"repeats": repeats, "restarts": restarts, "rows": rows}
 
 
 def report(res: dict) -> list[str]:
     """Human-readable lines of a :func:`run` result."""
-    out = [f"memory: server RSS and restart, medians [min..max] of {res['repeats']} repeats"]
+    mb = 1 / 2**20
+    out = [f"memory: server RSS and restart, medians [min..max] of {res['repeats']} builds "
+           f"x {res.get('restarts', 1)} restarts"]
     for r in res["rows"]:
-        mb = 1 / 2**20
         out.append(f"  {r['users']:,} users, {r['events']:,} events (accepted {r['accepted'].median:,.0f}): "
                    f"RSS empty {r['rss_empty'].median * mb:,.1f} MiB -> loaded {r['rss_loaded'].median * mb:,.1f} MiB; "
                    f"bytes/user {r['bytes_per_user'].fmt(',.0f')}")
+        out.append(f"    build through the API: consent {r['build_consent_s'].fmt(',.1f', ' s')} "
+                   f"({r['build_consents_per_s'].median:,.0f} calls/s), ingest {r['build_ingest_s'].fmt(',.1f', ' s')} "
+                   f"({r['build_accepted_per_s'].median:,.0f} ev/s), total {r['build_total_s'].fmt(',.1f', ' s')}")
+        out.append(f"    start of a fresh server on an empty database (baseline): {r['fresh_start_s'].fmt('.2f', ' s')}")
         out.append(f"    restart: ready {r['restart_ready_s'].fmt('.2f', ' s')}, first GetNextStep answer "
                    f"{r['restart_first_answer_s'].fmt('.2f', ' s')}; RSS after restart "
                    f"{r['rss_after_restart'].median * mb:,.1f} MiB (bytes/user {r['bytes_per_user_after_restart'].fmt(',.0f')}); "
                    f"db {r['db_bytes'].median * mb:,.1f} MiB")
+        ck = r["restart_with_checkpoint"]
+        if ck:
+            out.append(f"    restart with the checkpoint file: ready {ck['ready_s'].fmt('.2f', ' s')}, first answer "
+                       f"{ck['first_answer_s'].fmt('.2f', ' s')}; RSS {ck['rss'].median * mb:,.1f} MiB")
+        else:
+            out.append("    (no checkpoint file was written, so every restart rebuilt from the whole log)")
+        out.append("    load average at start/end of each build: "
+                   + "; ".join(f"{a} / {b}" for a, b in r["loads"]))
     return out

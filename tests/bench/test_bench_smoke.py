@@ -68,4 +68,24 @@ def test_memory_reports_bytes_per_user_and_restart_time(tmp_path: Path) -> None:
     assert row["accepted"]["median"] == row["events"]
     assert row["rss_loaded"]["median"] > 0 and row["restart_ready_s"]["median"] > 0
     assert row["restart_first_answer_s"]["median"] >= row["restart_ready_s"]["median"]
-    assert "bytes/user" in out and "restart: ready" in out
+    assert row["build_consent_s"]["median"] > 0 and row["build_ingest_s"]["median"] > 0
+    (build,) = [r["build"] for r in row["raw"]]
+    assert build["consents"] == row["users"] and build["accepted"] == row["events"]
+    assert build["dropped"] == build["rejected"] == build["duplicates"] == 0
+    assert "bytes/user" in out and "restart: ready" in out and "build through the API" in out
+
+
+def test_populate_gives_every_user_events_round_robin() -> None:
+    from bench.populate import event_user
+    users, events = 7, 30
+    counts = [0] * users
+    for k in range(events):
+        counts[event_user(k, users)] += 1
+    assert sorted(set(counts)) == [events // users, events // users + 1]
+
+
+def test_memory_size_option_parses_users_and_events() -> None:
+    from bench.__main__ import parse_size
+    assert parse_size("1_000_000:1000000") == (1_000_000, 1_000_000)
+    with pytest.raises(Exception, match="USERS:EVENTS"):
+        parse_size("lots")

@@ -12,6 +12,7 @@ total mass off the greedy arms (the arms tied at the highest score).
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -196,6 +197,25 @@ def sample(probs: np.ndarray | Sequence[float], rng: np.random.Generator) -> int
     return last  # rounding at the top end: the last arm with positive probability
 
 
+def _arm_list(eligible_arms: Sequence[int] | np.ndarray) -> list[int]:
+    """The eligible arms as a list of distinct ints (ValueError when empty, repeated or not integers)."""
+    if isinstance(eligible_arms, np.ndarray):
+        if eligible_arms.ndim != 1 or not (eligible_arms.size == 0 or np.issubdtype(eligible_arms.dtype, np.integer)):
+            raise ValueError("eligible_arms must be a 1-D sequence of integer arm indices")
+        arms = eligible_arms.tolist()
+    else:
+        try:
+            arms = [operator.index(a) for a in eligible_arms]
+        except TypeError:
+            raise ValueError(f"eligible_arms must be a 1-D sequence of integer arm indices (got {eligible_arms!r})") \
+                from None
+    if not arms:
+        raise ValueError("eligible_arms must list at least one arm index (got none)")
+    if len(set(arms)) != len(arms):
+        raise ValueError(f"eligible_arms must not repeat an arm (got {arms})")
+    return arms
+
+
 @dataclass(slots=True)
 class Choice:
     """One decision: the chosen arm, its exact probability (the propensity), the probability and
@@ -237,16 +257,10 @@ class Decider:
     def decide(self, x: np.ndarray, eligible_arms: Sequence[int] | np.ndarray,
                rng: np.random.Generator | None = None) -> Choice:
         """Choose one of ``eligible_arms`` for context ``x`` (ValueError when none is eligible)."""
-        arms = np.asarray(eligible_arms, dtype=np.intp)
-        if arms.ndim != 1 or arms.size == 0:
-            raise ValueError("eligible_arms must list at least one arm index (got none)")
-        arm_list = arms.tolist()
-        if len(set(arm_list)) != len(arm_list):
-            raise ValueError(f"eligible_arms must not repeat an arm (got {arm_list})")
+        arm_list = _arm_list(eligible_arms)
         g = self._rng if rng is None else rng
-        scores = self.policy.scores(x, arms, g)
-        score_list = scores.tolist()
-        if arms.size == 1:
+        score_list = self.policy.score_list(x, arm_list, g)
+        if len(arm_list) == 1:
             if not math.isfinite(score_list[0]):
                 raise ValueError("scores must be finite numbers (check the context features)")
             probs = [1.0]

@@ -102,9 +102,52 @@ def _string_map(field: str, entries: Mapping[str, str], max_entries: int, max_va
                                                      f"(got {len(value)})")
 
 
+def _no_control(value: str) -> bool:
+    """No control characters (an ASCII printable string has none: checked in C, without the regex)."""
+    return (value.isascii() and value.isprintable()) or _CONTROL.search(value) is None
+
+
 def _bad_id(value: str, limit: int) -> bool:
-    """Fast test: too long, control characters, or leading/trailing whitespace."""
-    return len(value) > limit or _CONTROL.search(value) is not None or value[0].isspace() or value[-1].isspace()
+    """Fast test of a non-empty id: too long, control characters, or leading/trailing whitespace."""
+    if len(value) > limit:
+        return True
+    if value.isascii() and value.isprintable():  # no control characters; the only whitespace left is " "
+        return value[0] == " " or value[-1] == " "
+    return _CONTROL.search(value) is not None or value[0].isspace() or value[-1].isspace()
+
+
+_KNOWN_LIMIT = 4096  # distinct valid names and words remembered (bounded: odd input cannot make it grow)
+_known_names: set[str] = set()
+_known_words: set[str] = set()
+
+
+def _valid_name(name: str) -> bool:
+    """``name`` matches NAME_PATTERN (a set lookup for names seen before: events reuse a few names)."""
+    if name in _known_names:
+        return True
+    if _NAME.match(name) is None:
+        return False
+    if len(_known_names) < _KNOWN_LIMIT:
+        _known_names.add(name)
+    return True
+
+
+def _valid_word(word: str) -> bool:
+    """``word`` matches WORD_PATTERN (a set lookup for words seen before: channel, device_type)."""
+    if word in _known_words:
+        return True
+    if _WORD.match(word) is None:
+        return False
+    if len(_known_words) < _KNOWN_LIMIT:
+        _known_words.add(word)
+    return True
+
+
+def _text(field: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise ValidationError(field, f"must be at most {limit} characters (got {len(value)})")
+    if _CONTROL.search(value):
+        raise ValidationError(field, f"must not contain control characters (got {shown(value)})")
 
 
 def validate_event(ev: pb.Event, limits: IngestConfig, now_ms: int) -> None:
@@ -119,7 +162,7 @@ def validate_event(ev: pb.Event, limits: IngestConfig, now_ms: int) -> None:
         raise ValidationError("event_id", f"must be 1-{limits.max_event_id_chars} characters of [A-Za-z0-9_.:-] "
                                           f"(got {shown(eid)})")
     name = ev.name
-    if not _NAME.match(name):
+    if not _valid_name(name):
         raise ValidationError("name", f"must match {NAME_PATTERN} (got {shown(name)})")
     uid, aid, did = ev.user_id, ev.anonymous_id, ev.device_id
     if not uid and not aid:
@@ -141,18 +184,21 @@ def validate_event(ev: pb.Event, limits: IngestConfig, now_ms: int) -> None:
     if ts and (ts < MIN_TIMESTAMP_MS or ts > now_ms + limits.max_future_skew_ms):
         validate_timestamp("timestamp_ms", ts, now_ms, limits.max_future_skew_ms)
     channel = ev.channel
-    if channel and not _WORD.match(channel):
+    if channel and not _valid_word(channel):
         _word("channel", channel)
     device_type = ev.device_type
-    if device_type and not _WORD.match(device_type):
+    if device_type and not _valid_word(device_type):
         _word("device_type", device_type)
     max_f = limits.max_feature_chars
-    for fname, value in (("feature", ev.feature), ("step_id", ev.step_id), ("decision_id", ev.decision_id)):
-        if value:
-            if len(value) > max_f:
-                raise ValidationError(fname, f"must be at most {max_f} characters (got {len(value)})")
-            if _CONTROL.search(value):
-                raise ValidationError(fname, f"must not contain control characters (got {shown(value)})")
+    value = ev.feature
+    if value and (len(value) > max_f or not _no_control(value)):
+        _text("feature", value, max_f)
+    value = ev.step_id
+    if value and (len(value) > max_f or not _no_control(value)):
+        _text("step_id", value, max_f)
+    value = ev.decision_id
+    if value and (len(value) > max_f or not _no_control(value)):
+        _text("decision_id", value, max_f)
     props = ev.properties
     if props:
         _string_map("properties", props, limits.max_properties, limits.max_property_value_chars)

@@ -4,8 +4,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from onramp.v1 import onramp_pb2 as pb
+from server import validation
 from server.config import IngestConfig
 from server.validation import (MIN_TIMESTAMP_MS, ValidationError, validate_batch_size, validate_consent,
                                validate_event, validate_next_step, validate_outcome, validate_subject_request)
@@ -157,3 +160,33 @@ def test_subject_requests() -> None:
     with pytest.raises(ValidationError) as err:
         validate_subject_request(pb.GetUserProfileRequest(anonymous_id="a" * 300), LIMITS)
     assert err.value.field == "anonymous_id"
+
+
+# The fast paths of validate_event (C string checks, remembered names and words) decide exactly as the regexes.
+_ID_CHARS = st.sampled_from(["u", "A", "1", " ", "\t", "\x00", "\x1f", "\x7f", "\x85", "\xa0", "é", "\u2028", "-"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(_ID_CHARS, min_size=1, max_size=6))
+def test_fast_id_checks_equal_the_regex_definition(value: str) -> None:
+    bad = len(value) > 5 or validation._CONTROL.search(value) is not None or value != value.strip()
+    assert validation._bad_id(value, 5) == bad
+    assert validation._no_control(value) == (validation._CONTROL.search(value) is None)
+    accepted = True
+    try:
+        validate_event(ev(user_id=value, feature=value, step_id=value, decision_id=value), LIMITS, NOW)
+    except ValidationError:
+        accepted = False
+    assert accepted == (validation._CONTROL.search(value) is None and value == value.strip())
+
+
+def test_remembered_names_and_words_are_bounded_and_still_checked() -> None:
+    validate_event(ev(name="feature_used", channel="web"), LIMITS, NOW)
+    assert "feature_used" in validation._known_names and "web" in validation._known_words
+    assert error_of(ev(name="Feature_used")).field == "name"  # a near miss is still refused
+    assert error_of(ev(channel="Web")).field == "channel"
+    for i in range(validation._KNOWN_LIMIT + 10):
+        validate_event(ev(name=f"custom_{i}", device_type=f"d{i}"), LIMITS, NOW)
+    assert len(validation._known_names) <= validation._KNOWN_LIMIT
+    assert len(validation._known_words) <= validation._KNOWN_LIMIT
+    validate_event(ev(name=f"custom_{validation._KNOWN_LIMIT + 20}"), LIMITS, NOW)  # still accepted when full

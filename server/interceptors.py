@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import random
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ import grpc
 from server.auth import AuthError, KeyRing, Principal, required_role
 from server.limits import RETRY_AFTER_MS_HEADER, RateLimited, RateLimiter
 from server.logging_setup import bind_request
-from server.metrics import Metrics
+from server.metrics import MethodMetrics, Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -33,6 +34,14 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 EVENT_METHODS = frozenset({"/onramp.v1.Onramp/IngestEvents", "/onramp.v1.Onramp/IngestEventBatches"})
 
 access_log = logging.getLogger("onramp.access")
+
+_ID_RANDOM = random.Random(os.urandom(32))  # seeded from the OS; getrandbits is far cheaper than uuid4()
+os.register_at_fork(after_in_child=lambda: _ID_RANDOM.seed(os.urandom(32)))  # no shared ids after fork
+
+
+def new_request_id() -> str:
+    """A new random request id: 128 random bits as 32 hex characters (the length of ``uuid4().hex``)."""
+    return f"{_ID_RANDOM.getrandbits(128):032x}"
 
 
 def event_count(message: Any) -> int:
@@ -48,7 +57,7 @@ def request_id_from(metadata: Any) -> str:
     for name, value in metadata or ():
         if name.lower() == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID_RE.match(value):
             return value
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 def _code_name(code: Any) -> str:
@@ -62,8 +71,26 @@ def _code_name(code: Any) -> str:
     return str(code)
 
 
+def _access(level: int, extra: dict[str, Any]) -> None:
+    """Log the "rpc done" access line at ``level`` through the normal handlers, without the caller lookup
+    (``findCaller`` walks the stack on every record; an access line's source is always this module)."""
+    if access_log.isEnabledFor(level):
+        access_log.handle(access_log.makeRecord(access_log.name, level, __file__, 0, "rpc done", (), None,
+                                                "_finish", extra))
+
+
 class MalformedRequest(Exception):
     """A request message whose bytes are not valid protobuf for its type (a client mistake)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What the interceptor needs to know about one method, worked out once per method, not per call."""
+
+    method: str  # the full name, "/onramp.v1.Onramp/GetNextStep"
+    name: str  # without the leading slash, as metrics and logs show it
+    open: bool  # no role needed (health, reflection): no key, no rate limit, access lines at DEBUG
+    metrics: MethodMetrics | None
 
 
 @dataclass(slots=True)
@@ -74,6 +101,7 @@ class _Call:
     request_id: str
     peer: str
     started: float
+    metadata: Any = None
     principal: Principal | None = None
     code: str = "OK"
 
@@ -87,6 +115,9 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
         self.limiter = limiter if limiter is not None and limiter.active else None
         self.metrics = metrics
         self._clock = clock
+        # method -> (the servicer's handler, our wrapped handler): a method's handler object is the same on
+        # every call, so it is wrapped once (bounded by the number of served methods).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -96,23 +127,34 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return self._wrap(handler, handler_call_details.method)
+        method = handler_call_details.method
+        hit = self._wrapped.get(method)
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _route(self, method: str) -> _Route:
+        name = method.lstrip("/")
+        return _Route(method, name, required_role(method) is None,
+                      self.metrics.for_method(name) if self.metrics is not None else None)
 
     # -- per-call steps -------------------------------------------------------------------------------------
 
-    async def _admit(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
+    async def _admit(self, call: _Call, route: _Route, context: grpc.aio.ServicerContext) -> None:
         """Set the request id trailer, check key/role and the call limit; aborts the call on refusal."""
         trailer = ((REQUEST_ID_HEADER, call.request_id),)
         context.set_trailing_metadata(trailer)
         try:
-            call.principal = await self.keyring.authorize_async(call.method, context.invocation_metadata(), call.peer)
+            call.principal = await self.keyring.authorize_async(call.method, call.metadata, call.peer)
         except AuthError as err:
             call.code = err.code.name
             if self.metrics is not None:
                 self.metrics.auth_failures_total.labels(code=err.code.name).inc()
             access_log.warning("call refused: %s", err.message, extra={"code": err.code.name})
             await context.abort(err.code, err.message, trailing_metadata=trailer)
-        if self.limiter is not None and required_role(call.method) is not None:
+        if self.limiter is not None and not route.open:
             try:
                 self.limiter.check_call(call.principal.name)
             except RateLimited as limited:
@@ -145,13 +187,15 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
 
         return counted()
 
-    def _start(self, method: str, context: grpc.aio.ServicerContext) -> _Call:
-        call = _Call(method, request_id_from(context.invocation_metadata()), context.peer(), self._clock())
-        if self.metrics is not None:
-            self.metrics.rpc_in_flight.labels(method=method.lstrip("/")).inc()
+    def _start(self, route: _Route, context: grpc.aio.ServicerContext) -> _Call:
+        metadata = context.invocation_metadata()
+        call = _Call(route.method, request_id_from(metadata), context.peer(), self._clock(), metadata)
+        if route.metrics is not None:
+            route.metrics.in_flight.inc()
         return call
 
-    def _finish(self, call: _Call, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
+    def _finish(self, call: _Call, route: _Route, context: grpc.aio.ServicerContext,
+                error: BaseException | None) -> None:
         if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
             call.code = "CANCELLED"
         elif isinstance(error, grpc.aio.AbortError) or error is None:
@@ -159,18 +203,15 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
         else:
             call.code = "UNKNOWN"
         duration = self._clock() - call.started
-        method = call.method.lstrip("/")
-        if self.metrics is not None:
-            self.metrics.rpc_in_flight.labels(method=method).dec()
-            self.metrics.rpc_duration.labels(method=method, code=call.code).observe(duration)
+        if route.metrics is not None:
+            route.metrics.in_flight.dec()
+            route.metrics.observe(call.code, duration)
         extra = {"code": call.code, "duration_ms": round(duration * 1000, 3),
                  "caller": call.principal.name if call.principal else ""}
         if error is not None and not isinstance(error, (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)):
             access_log.error("rpc failed: %s", type(error).__name__, exc_info=error, extra=extra)
-        elif required_role(call.method) is None:
-            access_log.debug("rpc done", extra=extra)
         else:
-            access_log.info("rpc done", extra=extra)
+            _access(logging.DEBUG if route.open else logging.INFO, extra)
 
     # -- handler wrapping -----------------------------------------------------------------------------------
 
@@ -228,12 +269,14 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_unary(self, behavior: Callable[..., Any], method: str, request_streaming: bool,
                     handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+        route = self._route(method)
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = self._start(method, context)
+            call = self._start(route, context)
             error: BaseException | None = None
-            with bind_request(request_id=call.request_id, rpc=method.lstrip("/"), peer=call.peer):
+            with bind_request(request_id=call.request_id, rpc=route.name, peer=call.peer):
                 try:
-                    await self._admit(call, context)
+                    await self._admit(call, route, context)
                     request = await self._request(handler, call, context, request, request_streaming)
                     result = behavior(request, context)
                     if inspect.isawaitable(result):
@@ -246,18 +289,20 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
                     error = exc
                     raise
                 finally:
-                    self._finish(call, context, error)
+                    self._finish(call, route, context, error)
 
         return wrapped
 
     def _wrap_streaming(self, behavior: Callable[..., Any], method: str, request_streaming: bool,
                         handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+        route = self._route(method)
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = self._start(method, context)
+            call = self._start(route, context)
             error: BaseException | None = None
-            with bind_request(request_id=call.request_id, rpc=method.lstrip("/"), peer=call.peer):
+            with bind_request(request_id=call.request_id, rpc=route.name, peer=call.peer):
                 try:
-                    await self._admit(call, context)
+                    await self._admit(call, route, context)
                     request = await self._request(handler, call, context, request, request_streaming)
                     result = behavior(request, context)
                     if hasattr(result, "__aiter__"):
@@ -275,6 +320,6 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
                     error = exc
                     raise
                 finally:
-                    self._finish(call, context, error)
+                    self._finish(call, route, context, error)
 
         return wrapped

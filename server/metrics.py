@@ -54,6 +54,26 @@ class MetricsConfig:
         return cls(enabled, host, port)
 
 
+class MethodMetrics:
+    """The ``rpc_in_flight`` and ``rpc_duration`` series of one RPC method, with their label children looked
+    up once (``labels()`` costs a lock and a tuple build per call on the serving hot path)."""
+
+    __slots__ = ("in_flight", "_duration", "_method", "_by_code")
+
+    def __init__(self, metrics: "Metrics", method: str) -> None:
+        self.in_flight = metrics.rpc_in_flight.labels(method=method)
+        self._duration = metrics.rpc_duration
+        self._method = method
+        self._by_code: dict[str, Any] = {}
+
+    def observe(self, code: str, seconds: float) -> None:
+        """Record one finished call of this method with final status ``code``."""
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._duration.labels(method=self._method, code=code)
+        child.observe(seconds)
+
+
 class Metrics:
     """All Onramp metrics, registered in a registry private to this instance."""
 
@@ -89,6 +109,15 @@ class Metrics:
             ["guardrail"], registry=r)
         self.queue_depth = Gauge(
             "onramp_queue_depth", "Items waiting in an internal queue, by queue name.", ["queue"], registry=r)
+        self._methods: dict[str, MethodMetrics] = {}
+        self._decisions: dict[tuple[str, str], Any] = {}
+
+    def for_method(self, method: str) -> MethodMetrics:
+        """The RPC series of ``method`` (a name without the leading slash), created on first use."""
+        found = self._methods.get(method)
+        if found is None:
+            found = self._methods[method] = MethodMetrics(self, method)
+        return found
 
     def track_queue(self, name: str, depth: Callable[[], float]) -> None:
         """Report ``depth()`` as ``onramp_queue_depth{queue=name}`` at every scrape."""
@@ -107,7 +136,10 @@ class Metrics:
 
     def record_decision(self, reason: str, step: str) -> None:
         """Count one GetNextStep answer (``step`` empty when nothing was shown)."""
-        self.decisions_total.labels(reason=reason, step=step).inc()
+        child = self._decisions.get((reason, step))
+        if child is None:
+            child = self._decisions[(reason, step)] = self.decisions_total.labels(reason=reason, step=step)
+        child.inc()
 
     def record_reward(self, source: str, reward: float) -> None:
         """Record one reward joined to a decision."""

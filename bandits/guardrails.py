@@ -13,8 +13,8 @@ consistent behavior), ``cooldown``, ``cap:step``, ``cap:channel:<channel>``, ``c
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 DAY_MS = 86_400_000
 STEP_KINDS = ("core", "personalized")
@@ -93,57 +93,92 @@ def _in_window(times: Iterable[int], since: int) -> int:
     return sum(1 for t in times if t > since)
 
 
+_CHANNELS: dict[int, tuple[Sequence[StepSpec], dict[str, str]]] = {}
+
+
+def _channel_of(steps: Sequence[StepSpec]) -> dict[str, str]:
+    """step id -> channel of ``steps``; remembered for tuples (immutable, so the map cannot go stale), which
+    is what a server passes on every request."""
+    if not isinstance(steps, tuple):
+        return {s.step_id: s.channel for s in steps}
+    hit = _CHANNELS.get(id(steps))
+    if hit is not None and hit[0] is steps:
+        return hit[1]
+    if len(_CHANNELS) >= 64:
+        _CHANNELS.clear()
+    channels = {s.step_id: s.channel for s in steps}
+    _CHANNELS[id(steps)] = (steps, channels)
+    return channels
+
+
 def eligible(steps: Sequence[StepSpec], history: UserHistory, config: GuardrailConfig, now_ms: int,
              surface: str | None = None) -> Eligibility:
     """Split ``steps`` into those that may be shown at ``now_ms`` on ``surface`` (a channel; None or
-    "" = any) and those blocked, with the first failing rule as the reason (see the module doc)."""
+    "" = any) and those blocked, with the first failing rule as the reason (see the module doc).
+
+    Runs on every GetNextStep: pass the steps as a tuple (their channel map is then built once)."""
     since = now_ms - DAY_MS
-    channel_of = {s.step_id: s.channel for s in steps}
+    shown = history.shown
     shown_today: dict[str, int] = {}
     per_channel: dict[str, int] = {}
     total = 0
     last_shown = None
-    for step_id, times in history.shown.items():
-        n = _in_window(times, since)
-        shown_today[step_id] = n
-        total += n
-        ch = channel_of.get(step_id)
-        if ch is not None and n:
-            per_channel[ch] = per_channel.get(ch, 0) + n
-        if times:
+    if shown:
+        channel_of = _channel_of(steps)
+        for step_id, times in shown.items():
+            if not times:
+                shown_today[step_id] = 0
+                continue
+            n = 0
+            for t in times:
+                if t > since:
+                    n += 1
+            shown_today[step_id] = n
+            total += n
+            ch = channel_of.get(step_id)
+            if ch is not None and n:
+                per_channel[ch] = per_channel.get(ch, 0) + n
             latest = max(times)
             if last_shown is None or latest > last_shown:
                 last_shown = latest
     personal_ok = personalization_allowed(history, config)
     total_full = total >= config.max_per_day_total
     gap_blocked = last_shown is not None and now_ms - last_shown < config.min_gap_ms
-    dismissed_at = history.dismissed if isinstance(history.dismissed, Mapping) else None
+    completed = history.completed
+    dismissed = history.dismissed
+    dismissed_at = dismissed if type(dismissed) is dict or isinstance(dismissed, Mapping) else None
+    no_repeat = config.never_repeat_completed
+    channel_caps = config.max_per_day_per_channel
+    max_total = config.max_per_day_total
 
     ok: list[str] = []
     blocked: dict[str, str] = {}
     for s in steps:
         sid = s.step_id
         reason = None
-        if sid in history.completed and config.never_repeat_completed and not s.repeatable:
+        if sid in completed and no_repeat and not s.repeatable:
             reason = "completed"
-        elif sid in history.dismissed and (dismissed_at is None or now_ms - dismissed_at[sid] < s.cooldown_ms):
+        elif sid in dismissed and (dismissed_at is None or now_ms - dismissed_at[sid] < s.cooldown_ms):
             reason = "dismissed"
         else:
-            missing = next((p for p in s.prerequisites if p not in history.completed), None)
+            missing = None
+            for p in s.prerequisites:
+                if p not in completed:
+                    missing = p
+                    break
             if missing is not None:
                 reason = f"prerequisite:{missing}"
             elif surface and s.channel != surface:
                 reason = "surface"
-            elif s.kind == "personalized" and not personal_ok:
+            elif not personal_ok and s.kind == "personalized":
                 reason = "min_sessions"
             else:
-                times = history.shown.get(sid, ())
+                times = shown.get(sid, ()) if shown else ()
                 if times and now_ms - max(times) < s.cooldown_ms:
                     reason = "cooldown"
                 elif shown_today.get(sid, 0) >= s.max_per_day:
                     reason = "cap:step"
-                elif per_channel.get(s.channel, 0) >= config.max_per_day_per_channel.get(
-                        s.channel, config.max_per_day_total):
+                elif per_channel.get(s.channel, 0) >= channel_caps.get(s.channel, max_total):
                     reason = f"cap:channel:{s.channel}"
                 elif total_full:
                     reason = "cap:total"

@@ -134,7 +134,7 @@ class DecisionEngine:
         self.segmenter = segmenter if segmenter is not None else Segmenter(catalog)
         self.space = self.segmenter.space
         self.sweep_interval_s = float(sweep_interval_s)
-        self.specs = step_specs(catalog)
+        self.specs = tuple(step_specs(catalog))  # a tuple: eligible() remembers its channel map
         self.guardrails = guardrail_config(catalog)
         # Eligibility is computed without the consistency threshold; personalization_allowed() applies it
         # to personalized *decisions* (rules, bandit), so generic steps may show before it.

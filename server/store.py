@@ -29,7 +29,9 @@ JSON_DECISION_COLUMNS = ("context", "eligible", "probabilities")
 TABLES = ("events", "identities", "consents", "consent_history", "tombstones", "meta", "decisions", "outcomes")
 _CHUNK = 5000  # bound parameters per IN (...) query
 
-_INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+_INSERT_SIZES = (256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT statement (few distinct statements to cache)
+_INSERT_ROWS = {n: f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES "
+                   + ", ".join([f"({', '.join('?' * len(EVENT_COLUMNS))})"] * n) for n in _INSERT_SIZES}
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
 _encode_properties = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -217,13 +219,25 @@ class SqliteStore:
         return found
 
     def append_events(self, events: Sequence[StoredEvent]) -> None:
-        """Insert new events (the caller has removed duplicates) with one executemany."""
+        """Insert new events (the caller has removed duplicates), in order, with few multi-row INSERTs.
+
+        Multi-row statements (256, 128, ... 1 rows) rather than executemany: executemany steps SQLite once per
+        row and gives up and re-takes the GIL at each step, which under load from the event loop thread costs
+        far more than the insert itself."""
         encode = _encode_properties
-        self.conn.executemany(_INSERT_EVENT, [
-            (e.event_id, e.subject, e.user_id, e.anonymous_id, e.device_id, e.name, e.timestamp_ms, e.received_ms,
-             e.channel, e.device_type, e.feature, e.step_id, e.decision_id,
-             encode(e.properties) if e.properties else "{}")
-            for e in events])
+        flat: list[Any] = []
+        add = flat.extend
+        for e in events:
+            add((e.event_id, e.subject, e.user_id, e.anonymous_id, e.device_id, e.name, e.timestamp_ms,
+                 e.received_ms, e.channel, e.device_type, e.feature, e.step_id, e.decision_id,
+                 encode(e.properties) if e.properties else "{}"))
+        execute = self.conn.execute
+        width = len(EVENT_COLUMNS)
+        n, i = len(events), 0
+        for rows in _INSERT_SIZES:
+            while n - i >= rows:
+                execute(_INSERT_ROWS[rows], flat[i * width:(i + rows) * width])
+                i += rows
 
     def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int:
         """Move events of ``old_subjects`` (e.g. ``anon:abc``) to ``new_subject``; returns rows changed."""

@@ -50,6 +50,30 @@ def test_append_lookup_and_iterate(store: SqliteStore) -> None:
         store.append_events([event("a")])  # event_id is UNIQUE
 
 
+@pytest.mark.parametrize("n", [0, 1, 3, 200, 257, 511, 700])
+def test_append_keeps_order_and_every_field_for_any_count(store: SqliteStore, n: int) -> None:
+    events = [StoredEvent(f"e{i}", f"u{i % 7}", "feature_used" if i % 3 else "session_start", 1_000 + i, 2_000,
+                          f"u{i % 7}", f"a{i}", f"d{i}", "web", "desktop", f"f{i}", f"s{i}", f"dec{i}",
+                          {"k": str(i)} if i % 2 else {}) for i in range(n)]
+    store.begin()
+    store.append_events(events)
+    store.commit()
+    assert [ev for _seq, ev in store.iter_events()] == events
+    seqs = [seq for seq, _ev in store.iter_events()]
+    assert seqs == sorted(seqs) and len(set(seqs)) == n
+
+
+def test_append_of_a_stored_event_id_fails_as_a_whole(store: SqliteStore) -> None:
+    store.begin()
+    store.append_events([event("a")])
+    store.commit()
+    store.begin()
+    with pytest.raises(sqlite3.IntegrityError):
+        store.append_events([event(f"n{i}") for i in range(300)] + [event("a")])
+    store.rollback()
+    assert store.count("events") == 1
+
+
 def test_rekey_moves_anonymous_events(store: SqliteStore) -> None:
     store.append_events([event("a", "anon:x", anonymous_id="x"), event("b", "anon:y", anonymous_id="y"),
                          event("c", "u1")])

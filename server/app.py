@@ -35,6 +35,7 @@ from server.pipeline import Pipeline
 from server.privacy import Pseudonymizer, load_pseudonymizer
 from server.profiles import ProfileBook
 from server.service import OnrampService
+from server.state import Checkpointer, Resume, load_checkpoint, resume
 from server.store import SqliteStore, open_store
 from server.writer import Writer
 
@@ -52,6 +53,8 @@ class Runtime:
     pseudonymizer: Pseudonymizer
     catalog: Catalog
     metrics: Metrics
+    # A verified checkpoint whose profiles the pipeline holds; the engine resumes from it (server/state.py).
+    resume: Resume | None = None
 
     @property
     def profiles(self) -> ProfileBook:
@@ -82,35 +85,46 @@ def ops_config_for(config: Config) -> OpsConfig:
     return ops
 
 
-def open_runtime(config: Config, metrics: Metrics | None = None) -> Runtime:
+def open_runtime(config: Config, metrics: Metrics | None = None, *, use_checkpoint: bool = False) -> Runtime:
     """Open the store, load the pseudonym key, rebuild identities/consent/profiles from the database and
-    start the writer thread."""
+    start the writer thread.
+
+    With ``use_checkpoint`` (the default decision engine will resume, see :func:`build_server`) and a usable
+    checkpoint, the profiles come from it instead and ``runtime.resume`` is set; the events after it are
+    replayed once the engine listens (:func:`server.state.resume`)."""
     try:
         catalog = catalog_from_config(config.raw)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     store = open_store(config.server.db_path, synchronous=config.ingest.synchronous)
+    checkpoint: Resume | None = None
     try:
         pseudonymizer = load_pseudonymizer(store, config.privacy.pseudonym_key)
+        if use_checkpoint and config.server.checkpoint_interval_s > 0:
+            checkpoint = load_checkpoint(config.server.checkpoint_file, store, pseudonymizer, catalog)
         writer = Writer(store, max_group_weight=config.ingest.writer_max_events)
-        pipeline = Pipeline(store, writer, pseudonymizer, config.ingest)
-        n = pipeline.rebuild()
+        pipeline = Pipeline(store, writer, pseudonymizer, config.ingest,
+                            profiles=checkpoint.profiles if checkpoint is not None else None)
+        n = pipeline.rebuild() if checkpoint is None else 0
     except BaseException:
         store.close()
         raise
     writer.start()
     metrics = metrics if metrics is not None else Metrics()
     metrics.track_queue("writer", writer.qsize)
-    log.info("database %s: %d events, %d profiles, %d identity links, %d subjects with consent", store.path, n,
-             len(pipeline.profiles), len(pipeline.identity), len(pipeline.consent))
-    return Runtime(config, store, writer, pipeline, pseudonymizer, catalog, metrics)
+    if checkpoint is None:
+        log.info("database %s: %d events, %d profiles, %d identity links, %d subjects with consent", store.path, n,
+                 len(pipeline.profiles), len(pipeline.identity), len(pipeline.consent))
+    return Runtime(config, store, writer, pipeline, pseudonymizer, catalog, metrics, checkpoint)
 
 
 class OnrampServer:
     """A built server: the grpc.aio server, its operations layer and the runtime it serves."""
 
-    def __init__(self, runtime: Runtime, server: grpc.aio.Server, ops: Operations, service: OnrampService) -> None:
+    def __init__(self, runtime: Runtime, server: grpc.aio.Server, ops: Operations, service: OnrampService,
+                 checkpointer: Checkpointer | None = None) -> None:
         self.runtime = runtime
+        self.checkpointer = checkpointer  # periodic and shutdown checkpoints (None: off, or a custom engine)
         self.grpc_server: grpc.aio.Server | None = server
         self.ops = ops
         self.service = service
@@ -131,12 +145,15 @@ class OnrampServer:
         start = getattr(self.service.decisions, "start", None)  # e.g. the engine's reward sweep
         if start is not None:
             await start()
+        if self.checkpointer is not None:
+            # a start that read the whole log checkpoints right away, so the next start is quick
+            self.checkpointer.start(first_delay_s=0.0 if self.runtime.resume is None else None)
         await self.ops.started()
         return self.port
 
     async def stop(self, grace: float | None = 5.0) -> None:
         """Graceful stop: NOT_SERVING, stop accepting and let in-flight calls finish (up to ``grace`` s),
-        flush and stop the writer, close the database."""
+        write the shutdown checkpoint, flush and stop the writer, close the database."""
         if self._stopped:
             return
         self._stopped = True
@@ -146,6 +163,8 @@ class OnrampServer:
         stop = getattr(self.service.decisions, "stop", None)
         if stop is not None:
             await stop()
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()
         await asyncio.to_thread(self.runtime.writer.stop)
         self.ops.stopped()
         await asyncio.sleep(0)  # let the last post-commit callbacks run
@@ -170,10 +189,20 @@ def build_server(config: Config | None = None, *, decision_factory: DecisionFact
     ops_config = ops_config_for(config)
     if ops is None:
         ops = Operations(ops_config, allow_insecure_no_auth=allow_insecure_no_auth)
-    runtime = open_runtime(config, ops.metrics)
+    runtime = open_runtime(config, ops.metrics, use_checkpoint=decision_factory is None)
+    checkpointer: Checkpointer | None = None
     try:
-        decisions = decision_factory(runtime) if decision_factory is not None else \
-            DecisionEngine.from_runtime(runtime)
+        if decision_factory is not None:
+            decisions = decision_factory(runtime)
+        else:
+            engine = DecisionEngine.from_runtime(runtime, rebuild=runtime.resume is None)
+            if runtime.resume is not None:
+                resume(runtime, engine, runtime.resume)
+            if config.server.checkpoint_interval_s > 0:
+                checkpointer = Checkpointer(runtime, engine, config.server.checkpoint_file,
+                                            config.server.checkpoint_interval_s)
+                _checkpoint_after_erasures(runtime, checkpointer)
+            decisions = engine
         enricher = enricher_factory(runtime) if enricher_factory is not None else \
             (decisions if isinstance(decisions, ProfileEnricher) else None)
         service = OnrampService(runtime.pipeline, decisions, config.ingest, enricher, runtime.metrics)
@@ -183,7 +212,19 @@ def build_server(config: Config | None = None, *, decision_factory: DecisionFact
         runtime.writer.stop()
         runtime.store.close()
         raise
-    return OnrampServer(runtime, server, ops, service)
+    return OnrampServer(runtime, server, ops, service, checkpointer)
+
+
+def _checkpoint_after_erasures(runtime: Runtime, checkpointer: Checkpointer) -> None:
+    """Make every committed erasure trigger a checkpoint (server/state.py, ``Checkpointer.erased``): the
+    pipeline's ``erase`` is wrapped on this instance, so the servicer's EraseUser needs no change."""
+    erase = runtime.pipeline.erase
+
+    async def erase_then_checkpoint(subject: str) -> dict[str, int]:
+        counts = await erase(subject)
+        checkpointer.erased()
+        return counts
+    runtime.pipeline.erase = erase_then_checkpoint  # type: ignore[method-assign]
 
 
 # -- a server on a background thread (tests, scripts) ---------------------------------------------------------

@@ -103,10 +103,19 @@ class Pipeline:
         return self.identity.resolve(user_id, anonymous_id, device_id)
 
     # -- startup ---------------------------------------------------------------------------------------------
-    def rebuild(self) -> int:
+    def rebuild(self, after_seq: int | None = None) -> int:
         """Load identities, consent and tombstones, and rebuild every profile by streaming the event log in
-        ``seq`` order. Call before the writer starts; returns the number of events read."""
+        ``seq`` order. Call before the writer starts; returns the number of events read.
+
+        With ``after_seq`` (resuming from a checkpoint whose profiles this pipeline already holds, see
+        server/state.py) only the events after it are read, and they are published as live ingest publishes
+        them: one call of :meth:`_publish` per ingest batch (a run of equal ``received_ms``), so the
+        listeners (the decision engine) see the same batches; before an ``identify`` event the anonymous
+        profiles now linked to its user are merged in, as the identify did live. Call it after the listeners
+        are added."""
         self.reload_caches()
+        if after_seq is not None:
+            return self._replay_after(after_seq)
         n = 0
         apply = self.profiles.apply
         note = self.identity.note_device
@@ -115,6 +124,35 @@ class Pipeline:
             if not ev.user_id and ev.device_id and ev.subject.startswith(ANON_PREFIX):
                 note(ev.device_id, ev.anonymous_id)
             n += 1
+        return n
+
+    def _replay_after(self, after_seq: int) -> int:
+        from server.state import device_hints
+        reader = self.store.reader()
+        try:
+            for device_id, anonymous_id in device_hints(reader):
+                self.identity.note_device(device_id, anonymous_id)
+            n = 0
+            ops: list[ProfileOp] = []
+            stored: list[StoredEvent] = []
+            batch_ms: int | None = None
+            for _seq, ev in reader.iter_events(after_seq):
+                if ev.received_ms != batch_ms and stored:
+                    self._publish(ops, stored)
+                    ops, stored = [], []
+                batch_ms = ev.received_ms
+                if ev.name == r.IDENTIFY and ev.user_id:
+                    for link in self.identity.links_of(ev.user_id):
+                        alias = ANON_PREFIX + link.alias
+                        if link.alias_kind == ANONYMOUS_ID and alias in self.profiles:
+                            ops.append(("link", alias, ev.user_id))
+                ops.append(("apply", ev, None))
+                stored.append(ev)
+                n += 1
+            if stored:
+                self._publish(ops, stored)
+        finally:
+            reader.close()
         return n
 
     def reload_caches(self) -> None:

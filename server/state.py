@@ -261,10 +261,12 @@ class Checkpointer:
         self.path = Path(path)
         self.interval_s = float(interval_s)
         self.at_stop = True  # write one at graceful shutdown (tests turn it off to simulate a crash)
+        self.after_erase = True  # write one right after each erasure (see :meth:`erased`)
         self.written = 0
         self.last: CheckpointInfo | None = None
         self._db_id = database_id(runtime.store)
         self._task: asyncio.Task[None] | None = None
+        self._soon: asyncio.Task[Any] | None = None
         self._lock = asyncio.Lock()
 
     def _snapshot(self) -> bytes:
@@ -322,6 +324,23 @@ class Checkpointer:
                      mark.outcomes_rowid, info.pause_s, info.total_s)
             return info
 
+    def erased(self) -> None:
+        """An erasure was committed: checkpoint now (in the background). The erased user's rows are gone,
+        so no replay could repeat what the models learned from them since the last checkpoint; and the old
+        file, which still holds the user's profile, is replaced."""
+        if not self.after_erase:
+            return
+        if self._soon is not None and not self._soon.done():
+            self._soon.add_done_callback(lambda _t: self.erased())  # one more after the running one
+            return
+        self._soon = asyncio.get_running_loop().create_task(self._checkpoint_logged(), name="onramp-checkpoint-erase")
+
+    async def _checkpoint_logged(self) -> None:
+        try:
+            await self.checkpoint()
+        except Exception:  # noqa: BLE001 - the next periodic one retries
+            log.exception("checkpoint after erasure failed")
+
     async def _run(self, first_delay_s: float) -> None:
         delay = first_delay_s
         while True:
@@ -348,6 +367,9 @@ class Checkpointer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.after_erase = False
+        while self._soon is not None and not self._soon.done():
+            await asyncio.gather(self._soon, return_exceptions=True)
         if self.at_stop:
             try:
                 await self.checkpoint()

@@ -10,6 +10,7 @@ nothing was shown). JSON encoding happens on the writer thread, off the event lo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -75,14 +76,44 @@ class DecisionLogger:
         if not batch:
             return
         rows = [row for row, _ in batch]
+        loop = asyncio.get_running_loop()
         try:
-            done = asyncio.wrap_future(self.writer.submit(lambda store: store.insert_decisions(rows),
-                                                          weight=len(rows)))
+            done = self.writer.submit(lambda store: store.insert_decisions([_encoded(r) for r in rows]),
+                                      weight=len(rows))
         except Exception as exc:  # noqa: BLE001 - e.g. the writer is stopped: every caller gets the error
             _settle(batch, exc)
             return
         self.batches += 1
-        done.add_done_callback(lambda f: _settle(batch, None if f.cancelled() else f.exception()))
+        # Straight back to the loop from the writer thread (no asyncio.wrap_future chain per batch).
+        done.add_done_callback(lambda f: _call_soon_threadsafe(loop, _settle_from, batch, f))
+
+
+# The decisions table's JSON columns, encoded on the writer thread exactly as ``json.dumps(v, sort_keys=True,
+# separators=(",", ":"))`` would (one shared encoder instead of a new one per value; empty values are
+# constants: most answers without a step log "{}" and "[]").
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_JSON_COLUMNS = ("context", "eligible", "probabilities")
+
+
+def _encoded(row: dict[str, Any]) -> dict[str, Any]:
+    for col in _JSON_COLUMNS:
+        v = row.get(col)
+        if v is None or isinstance(v, str):
+            continue
+        row[col] = ("{}" if isinstance(v, dict) else "[]") if not v else _JSON.encode(v)
+    return row
+
+
+def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the loop is closed (server stopped): nobody is waiting any more
+        pass
+
+
+def _settle_from(batch: list[tuple[dict[str, Any], asyncio.Future[None]]],
+                 done: concurrent.futures.Future[None]) -> None:
+    _settle(batch, None if done.cancelled() else done.exception())
 
 
 def _settle(batch: list[tuple[dict[str, Any], asyncio.Future[None]]], exc: BaseException | None) -> None:

@@ -1,0 +1,117 @@
+"""The decision log's writer path: a decision is committed when ``DecisionLogger.log`` returns (rows of one
+loop iteration share one writer job), its JSON columns are exactly ``json.dumps(sort_keys=True,
+separators=(",", ":"))``, and a stopped writer fails every waiting caller."""
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from server.decision_log import Decision, DecisionLogger, _encoded
+from server.store import SqliteStore
+from server.writer import Writer, WriterClosed
+
+
+def _decision(i: int, step: str = "tip", context: dict | None = None) -> Decision:
+    return Decision(f"d{i:04d}", f"p{i % 7}", 1_000 + i, "", step, 0.25 if step else 1.0, "bandit" if step else "capped",
+                    "v1", "", "", context if context is not None else ({"b": 0.5, "a": 1.0} if step else {}),
+                    ["tip", "tour"] if step else [], {"tip": 0.25, "tour": 0.75} if step else {},
+                    5_000 + i if step else 0)
+
+
+def _dumps(v: object) -> str:
+    return json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+
+floats = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(context=st.dictionaries(st.text(max_size=8), floats, max_size=6),
+       eligible=st.lists(st.text(max_size=8), max_size=5),
+       probabilities=st.dictionaries(st.text(max_size=8), floats, max_size=5))
+def test_json_columns_are_encoded_like_json_dumps(context, eligible, probabilities):
+    row = {"decision_id": "d", "context": context, "eligible": eligible, "probabilities": probabilities}
+    out = _encoded(dict(row))
+    assert out["context"] == _dumps(context)
+    assert out["eligible"] == _dumps(eligible)
+    assert out["probabilities"] == _dumps(probabilities)
+    assert _encoded(dict(out)) == out  # already encoded values (a retried job) stay as they are
+
+
+def test_strings_and_missing_values_are_left_alone():
+    assert _encoded({"context": '{"x":1}', "eligible": None}) == {"context": '{"x":1}', "eligible": None}
+
+
+def test_logged_decisions_are_committed_when_log_returns(tmp_path: Path):
+    store = SqliteStore(tmp_path / "d.db")
+    writer = Writer(store)
+    writer.start()
+    reader = SqliteStore(tmp_path / "d.db", readonly=True)
+
+    async def scenario() -> list[bool]:
+        logger = DecisionLogger(writer)
+        decisions = [_decision(i, "tip" if i % 2 else "") for i in range(40)]
+
+        async def one(d: Decision) -> bool:
+            await logger.log(d)
+            return reader.get_decision(d.decision_id) is not None  # visible to another connection: committed
+
+        seen = await asyncio.gather(*(one(d) for d in decisions))
+        assert logger.batches == 1  # one loop iteration, one writer job
+        return seen
+
+    try:
+        assert all(asyncio.run(scenario()))
+        row = reader.get_decision("d0001")
+        assert row is not None
+        assert row["context"] == '{"a":1.0,"b":0.5}' and row["eligible"] == '["tip","tour"]'
+        assert row["probabilities"] == '{"tip":0.25,"tour":0.75}'
+        empty = reader.get_decision("d0000")
+        assert empty is not None and (empty["context"], empty["eligible"], empty["probabilities"]) == ("{}", "[]", "{}")
+    finally:
+        reader.close()
+        writer.stop()
+        store.close()
+
+
+def test_a_stopped_writer_fails_every_waiting_caller(tmp_path: Path):
+    store = SqliteStore(tmp_path / "d.db")
+    writer = Writer(store)
+    writer.start()
+    writer.stop()
+
+    async def scenario() -> list[BaseException | None]:
+        logger = DecisionLogger(writer)
+        return await asyncio.gather(*(logger.log(_decision(i)) for i in range(3)), return_exceptions=True)
+
+    try:
+        results = asyncio.run(scenario())
+        assert all(isinstance(r, WriterClosed) for r in results)
+    finally:
+        store.close()
+
+
+def test_a_failing_insert_fails_the_callers_of_that_job(tmp_path: Path):
+    store = SqliteStore(tmp_path / "d.db")
+    writer = Writer(store)
+    writer.start()
+
+    async def scenario() -> list[BaseException | None]:
+        logger = DecisionLogger(writer)
+        await logger.log(_decision(1))
+        return await asyncio.gather(logger.log(_decision(1)), logger.log(_decision(2)), return_exceptions=True)
+
+    try:
+        results = asyncio.run(scenario())  # d0001 again: primary key violation, the whole job fails
+        assert all(isinstance(r, sqlite3.IntegrityError) for r in results)
+        reader = SqliteStore(tmp_path / "d.db", readonly=True)
+        assert reader.get_decision("d0002") is None  # rolled back with the faulty row of its job
+        reader.close()
+    finally:
+        writer.stop()
+        store.close()

@@ -196,13 +196,17 @@ class SegmentsConfig:
 
 @dataclass(frozen=True, slots=True)
 class BanditConfig:
-    """The contextual bandit: scoring algorithm, its parameters and the exploration scheme."""
+    """The contextual bandit: scoring algorithm, its parameters and the exploration scheme.
+
+    Defaults: LinUCB with a narrow bonus plus a small epsilon-greedy floor. Every probability is exact
+    (a function of the learned state and the context) and every eligible step keeps at least
+    ``epsilon / n_eligible``; chosen on the seeded simulator across seeds and settings (docs/catalog.md)."""
 
     algorithm: str = "linucb"
-    alpha: float = 1.0
+    alpha: float = 0.2
     l2: float = 1.0
     exploration: str = "epsilon_greedy"
-    epsilon: float = 0.1
+    epsilon: float = 0.02
     gamma: float = 50.0
     seed: int = 0
 

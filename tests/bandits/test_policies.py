@@ -70,6 +70,20 @@ def test_scores_subset_in_given_order():
 
 
 @pytest.mark.parametrize("algorithm", ["linucb", "lints", "ridge"])
+def test_score_list_is_scores_as_a_list(algorithm):
+    p = build_policy(algorithm, 5, 3, alpha=0.4, seed=3)
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        p.learn_one(rng.normal(size=3), int(rng.integers(5)), float(rng.random()))
+    x = rng.normal(size=3)
+    q = policy_from_state(p.to_state())  # TS: the same draws from the same rng state
+    assert p.score_list(x, [4, 0, 2]) == q.scores(x, [4, 0, 2]).tolist()
+    assert p.score_list(x, []) == []
+    with pytest.raises(ValueError, match="arms must be indices"):
+        p.score_list(x, [0, 5])
+
+
+@pytest.mark.parametrize("algorithm", ["linucb", "lints", "ridge"])
 def test_state_round_trip_gives_identical_scores(algorithm):
     p = build_policy(algorithm, 6, 4, alpha=0.7, l2=2.0, seed=11)
     assert isinstance(p, Policy)

@@ -17,6 +17,7 @@ Rule segments (thresholds in the catalog's ``[segments]`` and ``[guardrails]``):
 """
 from __future__ import annotations
 
+import math
 import pickle
 import threading
 from dataclasses import asdict, dataclass, field
@@ -172,6 +173,73 @@ def _new_models(cfg: SegmentsConfig) -> _Models:
     return _Models(clusterer=clusterer, activation=activation)
 
 
+_ClusterParts = tuple[preprocessing.StandardScaler, cluster.KMeans]
+
+
+def _cluster_parts(clusterer: object) -> _ClusterParts | None:
+    """The scaler and K-Means of a ``StandardScaler | KMeans`` River pipeline that :func:`_learn_cluster` and
+    :func:`_closest_cluster` can run directly (plain scaler, squared Euclidean distance), else None."""
+    steps = getattr(clusterer, "steps", None)
+    if not isinstance(steps, Mapping) or len(steps) != 2:
+        return None
+    scaler, km = steps.get("StandardScaler"), steps.get("KMeans")
+    if (type(scaler) is not preprocessing.StandardScaler or type(km) is not cluster.KMeans or not scaler.with_std
+            or getattr(scaler, "window_size", None) is not None or km.p != 2):
+        return None
+    return scaler, km
+
+
+def _closest_cluster(km: cluster.KMeans, z: Mapping[str, float]) -> int:
+    """``KMeans.predict_one(z)``: the first centre at the least squared distance, the distance summed in
+    the centre's key order (River sums in set order, which changes with the process's string hashing)."""
+    best, best_d = 0, math.inf
+    for c, center in km.centers.items():
+        d = 0.0
+        for k, ck in center.items():
+            diff = ck - z.get(k, 0)
+            d += diff * diff
+        if not z.keys() <= center.keys():
+            for k in list(z):
+                if k not in center:
+                    diff = center[k] - z[k]  # River draws the missing coordinate the same way
+                    d += diff * diff
+        if d < best_d:
+            best, best_d = c, d
+    return best
+
+
+def _learn_cluster(parts: _ClusterParts, x: Mapping[str, float]) -> None:
+    """``(StandardScaler | KMeans).learn_one(x)`` with River's arithmetic on River's own state (so checkpoints
+    keep their format), without the pipeline's per-call dispatch and per-centre key sets."""
+    scaler, km = parts
+    counts, means, vars_ = scaler.counts, scaler.means, scaler.vars
+    z: dict[str, float] = {}
+    for i, xi in x.items():
+        n = counts[i] + 1
+        counts[i] = n
+        old_mean = means[i]
+        mean = old_mean + (xi - old_mean) / n
+        means[i] = mean
+        var = vars_[i] + ((xi - old_mean) * (xi - mean) - vars_[i]) / n
+        vars_[i] = var
+        z[i] = (xi - mean) / var**0.5 if var else 0.0
+    center = km.centers[_closest_cluster(km, z)]
+    h = km.halflife
+    for i, zi in z.items():
+        center[i] += h * (zi - center[i])
+
+
+def _predict_cluster(parts: _ClusterParts, x: Mapping[str, float]) -> int:
+    """``(StandardScaler | KMeans).predict_one(x)`` (learns nothing)."""
+    scaler, km = parts
+    means, vars_ = scaler.means, scaler.vars
+    z: dict[str, float] = {}
+    for i, xi in x.items():
+        var = vars_[i]
+        z[i] = (xi - means[i]) / var**0.5 if var else 0.0
+    return _closest_cluster(km, z)
+
+
 class Segmenter:
     """Rule segments plus online River models (StandardScaler | KMeans clusters, StandardScaler |
     LogisticRegression activation) over user profiles, with checkpointable state.
@@ -189,6 +257,14 @@ class Segmenter:
         self.space = FeatureSpace(self.config.n_clusters)
         self._m = _new_models(self.config)
         self._lock = threading.Lock()
+        self._parts_of: object = None  # the clusterer that _parts_cache belongs to
+        self._parts_cache: _ClusterParts | None = None
+
+    def _parts(self) -> _ClusterParts | None:
+        clusterer = self._m.clusterer
+        if self._parts_of is not clusterer:  # a new model (e.g. restored from a checkpoint)
+            self._parts_cache, self._parts_of = _cluster_parts(clusterer), clusterer
+        return self._parts_cache
 
     # -- learning ------------------------------------------------------------------------------
 
@@ -209,7 +285,11 @@ class Segmenter:
                 or profile.event_count - mark.events >= self.config.learn_every_events
             ):
                 x = behavior_features(profile, now_ms)
-                m.clusterer.learn_one(x)
+                parts = self._parts()
+                if parts is not None:
+                    _learn_cluster(parts, x)
+                else:
+                    m.clusterer.learn_one(x)
                 m.cluster_learned += 1
                 mark.events, mark.sessions = profile.event_count, profile.sessions
             if not mark.labeled:
@@ -256,7 +336,13 @@ class Segmenter:
 
     def _predict_models(self, x: dict[str, float]) -> tuple[int | None, float]:
         with self._lock:
-            k = int(self._m.clusterer.predict_one(x)) if self._m.cluster_learned else None
+            parts = self._parts()
+            if not self._m.cluster_learned:
+                k = None
+            elif parts is not None:
+                k = _predict_cluster(parts, x)
+            else:
+                k = int(self._m.clusterer.predict_one(x))
             if self._m.activation_learned == 0:
                 return k, 0.5
             proba = self._m.activation.predict_proba_one(x)

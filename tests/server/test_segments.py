@@ -376,6 +376,26 @@ def test_adjusted_rand_index_helper() -> None:
     assert adjusted_rand_index([0, 0, 1, 1], [0, 1, 0, 1]) < 0.0
 
 
+def test_direct_cluster_learning_equals_the_river_pipeline() -> None:
+    """The segmenter runs StandardScaler | KMeans itself on River's state: same predictions, same state."""
+    from server.segments import _cluster_parts, _learn_cluster, _new_models, _predict_cluster
+    cfg = load_catalog(None).segments
+    river, direct = _new_models(cfg), _new_models(cfg)
+    parts = _cluster_parts(direct.clusterer)
+    assert parts is not None
+    rng = random.Random(3)
+    for i in range(600):
+        x = {n: rng.random() * (5.0 if i % 3 else 1.0) for n in BEHAVIOR_NAMES}
+        assert _predict_cluster(parts, x) == river.clusterer.predict_one(x)
+        river.clusterer.learn_one(x)
+        _learn_cluster(parts, x)
+    (a_scaler, a_km), (b_scaler, b_km) = _cluster_parts(river.clusterer), parts
+    assert (a_scaler.counts, a_scaler.means, a_scaler.vars) == (b_scaler.counts, b_scaler.means, b_scaler.vars)
+    for k in a_km.centers:
+        assert dict(b_km.centers[k]) == pytest.approx(dict(a_km.centers[k]), rel=1e-12, abs=1e-12)
+    assert _cluster_parts(river.activation) is None  # anything else goes through River itself
+
+
 def test_no_cluster_before_learning() -> None:
     seg = Segmenter(load_catalog(None))
     p = sessions_at([0])

@@ -402,3 +402,59 @@ def test_checkpoint_interval_zero_writes_none(tmp_path: pathlib.Path, now_ms: in
         assert h.server.checkpointer is None
         Script(pb_grpc.OnrampStub(ch), now_ms).journey(0, asks=1)
     assert not (tmp_path / "onramp.db.checkpoint").exists()
+
+
+# -- SIGKILL between checkpoints (a real server process) ---------------------------------------------------------
+def _process_config(path: pathlib.Path) -> pathlib.Path:
+    path.write_text(f'[server]\ncheckpoint_interval_s = 1\n\n[privacy]\npseudonym_key = "{KEY}"\n\n'
+                    '[ingest]\nsynchronous = "normal"\n')
+    return path
+
+
+def _wait_for(log_path: pathlib.Path, text: str, start: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log_path.read_text()[start:]:
+        assert time.monotonic() < deadline, f"no {text!r} in the server log"
+        time.sleep(0.05)
+
+
+def test_sigkill_between_checkpoints_then_resume_equals_no_crash(tmp_path: pathlib.Path, now_ms: int) -> None:
+    """``python -m server serve`` checkpointing every second is killed with SIGKILL after phase B (some of
+    it after the last checkpoint); restarted, it answers phase C exactly like a server that was not killed."""
+    from test_crash_recovery import ServerProcess
+
+    cfg = _process_config(tmp_path / "onramp.toml")
+    runs: dict[str, tuple[list[dict[str, Any]], list[tuple]]] = {}
+    for name in ("killed", "reference"):
+        db = tmp_path / name / "onramp.db"
+        db.parent.mkdir()
+        log_path = tmp_path / name / "server.log"
+        log_path.touch()
+        server = ServerProcess(db, log_path, ("--config", str(cfg)))
+        try:
+            with grpc.insecure_channel(server.address) as ch:
+                script = Script(pb_grpc.OnrampStub(ch), now_ms)
+                script.phase_a()
+                start = log_path.stat().st_size
+                _wait_for(log_path, "checkpoint ", start)  # a periodic checkpoint after phase A
+                script.phase_b()
+            if name == "killed":
+                server.kill()
+                text = log_path.read_text()
+                assert "checkpoint" in text[start:] and "Traceback" not in text
+                server = ServerProcess(db, log_path, ("--config", str(cfg)))
+                assert "resumed from checkpoint" in log_path.read_text()
+            mark = max_decision(db)
+            with grpc.insecure_channel(server.address) as ch:
+                script = Script(pb_grpc.OnrampStub(ch), now_ms)
+                script._n = 10_000
+                script.phase_c()
+            assert server.terminate() == 0
+        finally:
+            if server.proc.poll() is None:
+                server.kill()
+        runs[name] = (script.answers, logged_after(db, mark))
+    answers, logged = runs["killed"]
+    assert answers == runs["reference"][0]
+    assert logged == runs["reference"][1]  # incl. every logged context feature (cluster_*, activation_prob)
+    assert sum(a.get("reason") == "bandit" for a in answers) >= 5

@@ -210,13 +210,13 @@ class Pipeline:
         ops.clear()
         stored.clear()
         result = IngestResult(received=len(events))
-        existing = store.existing_event_ids([e.event_id for e in events])
+        ids = [e.event_id for e in events]  # each read of a protobuf field makes a new str: read once
+        existing = store.existing_event_ids(ids)
         seen: set[str] = set()
         pending: list[StoredEvent] = []
         identity, gate, pseudo = self.identity, self.consent.tracking_gate, self.pseudonym
         dropped = result.dropped
-        for ev in events:
-            eid = ev.event_id
+        for ev, eid in zip(events, ids):
             if eid in existing or eid in seen:
                 result.duplicates += 1
                 continue
@@ -231,9 +231,10 @@ class Pipeline:
                 dropped[reason] += 1
                 continue
             seen.add(eid)
+            props = ev.properties
             se = StoredEvent(eid, subject, name, ev.timestamp_ms or received_ms, received_ms, uid, aid, did,
                              ev.channel, ev.device_type, ev.feature, ev.step_id, ev.decision_id,
-                             dict(ev.properties) if ev.properties else {})
+                             dict(props) if props else {})
             pending.append(se)
             stored.append(se)
             ops.append(("apply", se, None))

@@ -53,10 +53,14 @@ class Profile:
             self.last_seen_ms = ts
         elif ts > self.previous_seen_ms:
             self.previous_seen_ms = ts
-        if ev.channel:
-            self.channels[ev.channel] = self.channels.get(ev.channel, 0) + 1
-        if ev.device_type:
-            self.device_types[ev.device_type] = self.device_types.get(ev.device_type, 0) + 1
+        key = ev.channel
+        if key:
+            counts = self.channels
+            counts[key] = counts.get(key, 0) + 1
+        key = ev.device_type
+        if key:
+            counts = self.device_types
+            counts[key] = counts.get(key, 0) + 1
         name = ev.name
         if name == r.SESSION_START:
             self.sessions += 1
@@ -159,7 +163,9 @@ class ProfileBook:
 
     def apply(self, ev: StoredEvent) -> Profile:
         """Fold a stored event into its subject's profile and return that profile."""
-        p = self.get_or_create(ev.subject)
+        p = self._profiles.get(ev.subject)
+        if p is None:
+            p = self._profiles[ev.subject] = Profile(ev.subject)
         p.observe(ev)
         return p
 

@@ -140,3 +140,17 @@ def test_decider_is_reproducible_with_a_seed():
 
     assert run(4) == run(4)
     assert run(4) != run(5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scores=scores_st, epsilon=st.floats(0, 1), cap=st.floats(0, 1))
+def test_epsilon_greedy_floor_is_exact_and_positive(scores, epsilon, cap):
+    """Every step off the greedy ones gets exactly ``min(epsilon / K, cap / n_off)``: a positive floor
+    whenever both are positive, so logged data supports evaluating any other policy offline."""
+    p = EpsilonGreedy(epsilon, cap).probabilities(scores)
+    off = scores != scores.max()
+    if off.any():
+        floor = min(epsilon / scores.size, cap / int(off.sum()))
+        assert np.allclose(p[off], floor, rtol=1e-12, atol=0)
+        assert (p[off] > 0).all() == (floor > 0)
+    assert abs(p.sum() - 1.0) <= 1e-12 and p[off].sum() <= cap + 1e-12

@@ -41,7 +41,10 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=23)
     args = ap.parse_args()
     k, d = args.arms, args.features
+    from bench.learning import server_default_decider  # here: bench.learning imports this module
+
     for name, make in [
+        ("server default", lambda: server_default_decider(k, d)),
         ("linucb + epsilon_greedy", lambda: Decider(LinUCB(k, d), EpsilonGreedy(0.1, 0.2))),
         ("linucb + squarecb", lambda: Decider(LinUCB(k, d), SquareCB(50.0, 0.2))),
         ("lints + epsilon_greedy", lambda: Decider(LinearTS(k, d), EpsilonGreedy(0.1, 0.2))),

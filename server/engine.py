@@ -273,10 +273,12 @@ class DecisionEngine:
         profile once."""
         self.joiner.on_events(events)
         latest: dict[str, int] = {}
+        last = latest.get
         for ev in events:
-            if ev.timestamp_ms > latest.get(ev.subject, -1):
-                latest[ev.subject] = ev.timestamp_ms
-        profile = self.pipeline.profile
+            ts, subject = ev.timestamp_ms, ev.subject
+            if ts > last(subject, -1):
+                latest[subject] = ts
+        profile = self.pipeline.profiles.get
         learn = self.segmenter.learn_one
         for subject, ts in latest.items():
             p = profile(subject)

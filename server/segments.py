@@ -257,6 +257,8 @@ class Segmenter:
         self.space = FeatureSpace(self.config.n_clusters)
         self._m = _new_models(self.config)
         self._lock = threading.Lock()
+        self._learn_every = self.config.learn_every_events
+        self._window_ms = self.config.activation_window_hours * HOUR_MS
         self._parts_of: object = None  # the clusterer that _parts_cache belongs to
         self._parts_cache: _ClusterParts | None = None
 
@@ -282,7 +284,7 @@ class Segmenter:
             if (
                 mark.events < 0
                 or profile.sessions != mark.sessions
-                or profile.event_count - mark.events >= self.config.learn_every_events
+                or profile.event_count - mark.events >= self._learn_every
             ):
                 x = behavior_features(profile, now_ms)
                 parts = self._parts()
@@ -298,7 +300,7 @@ class Segmenter:
     def _label(self, profile: Profile, now_ms: int, x: dict[str, float] | None, mark: _Mark) -> None:
         if reached_first_value(profile, self.config):
             self._learn_activation(_before_label(mark, profile, now_ms, x), True, mark)
-        elif profile.first_seen_ms > 0 and now_ms - profile.first_seen_ms > self.config.activation_window_hours * HOUR_MS:
+        elif profile.first_seen_ms > 0 and now_ms - profile.first_seen_ms > self._window_ms:
             self._learn_activation(_before_label(mark, profile, now_ms, x), False, mark)
         else:
             mark.snapshot = behavior_inputs(profile, now_ms)

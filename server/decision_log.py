@@ -53,25 +53,33 @@ class Decision:
 class DecisionLogger:
     """Writes decisions through the single writer; :meth:`log` returns once the row is committed.
 
-    Decisions made in the same event-loop iteration are handed to the writer as one job (one queue entry,
-    one future, one wake-up of the loop), on top of the writer's own group commit.
+    At most one decisions job is with the writer at a time: decisions made while it commits wait in one
+    batch that becomes the next job when it is done (group commit across concurrent calls, and one queue
+    entry, one future and one wake-up of the loop per commit instead of per loop iteration). A decision
+    is still answered only after the transaction holding its row has committed.
     """
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
         self._batch: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._scheduled = False  # a _flush is queued on the loop
+        self._in_flight = False  # a job is with the writer; its completion flushes what waits
         self.batches = 0  # writer jobs submitted (for tests and stats)
 
     async def log(self, decision: Decision) -> None:
         """Commit ``decision`` (group commit with whatever else is queued)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        if not self._batch:
-            loop.call_soon(self._flush)
         self._batch.append((decision.row(), fut))
+        if not self._scheduled and not self._in_flight:
+            self._scheduled = True
+            loop.call_soon(self._flush)
         await fut
 
     def _flush(self) -> None:
+        self._scheduled = False
+        if self._in_flight:
+            return
         batch, self._batch = self._batch, []
         if not batch:
             return
@@ -84,8 +92,16 @@ class DecisionLogger:
             _settle(batch, exc)
             return
         self.batches += 1
-        # Straight back to the loop from the writer thread (no asyncio.wrap_future chain per batch).
-        done.add_done_callback(lambda f: _call_soon_threadsafe(loop, _settle_from, batch, f))
+        self._in_flight = True
+        # Straight back to the loop from the writer thread (no asyncio.wrap_future chain per job).
+        done.add_done_callback(lambda f: _call_soon_threadsafe(loop, self._done, batch, f))
+
+    def _done(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]],
+              done: concurrent.futures.Future[None]) -> None:
+        self._in_flight = False
+        _settle(batch, None if done.cancelled() else done.exception())
+        if self._batch and not self._scheduled:
+            self._flush()
 
 
 # The decisions table's JSON columns, encoded on the writer thread exactly as ``json.dumps(v, sort_keys=True,
@@ -109,11 +125,6 @@ def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) 
         loop.call_soon_threadsafe(fn, *args)
     except RuntimeError:  # the loop is closed (server stopped): nobody is waiting any more
         pass
-
-
-def _settle_from(batch: list[tuple[dict[str, Any], asyncio.Future[None]]],
-                 done: concurrent.futures.Future[None]) -> None:
-    _settle(batch, None if done.cancelled() else done.exception())
 
 
 def _settle(batch: list[tuple[dict[str, Any], asyncio.Future[None]]], exc: BaseException | None) -> None:

@@ -83,12 +83,29 @@ class RequestContextFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON line: ts, level, logger, msg, the request fields present, and exc."""
+    """Formats a record as one JSON line: ts, level, logger, msg, the request fields present, and exc.
+
+    Every call writes an access line, so this is on the serving hot path: the seconds part of ``ts`` is
+    reused while the second is the same, and one encoder serves every record (the output is exactly
+    ``json.dumps(out, ensure_ascii=False, default=str)``)."""
+
+    _encoder = json.JSONEncoder(ensure_ascii=False, default=str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, created: float, msecs: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+            self._second = second
+        return f"{self._second_text}.{int(msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -99,7 +116,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return self._encoder.encode(out)
 
 
 class TextFormatter(logging.Formatter):

@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.decision_log import Decision, DecisionLogger, _encoded
+from server.decision_log import Decision, DecisionLogger, _encoded, insert_rows
 from server.store import SqliteStore
 from server.writer import Writer, WriterClosed
 
@@ -77,6 +77,22 @@ def test_logged_decisions_are_committed_when_log_returns(tmp_path: Path):
         reader.close()
         writer.stop()
         store.close()
+
+
+def test_multi_row_inserts_store_the_same_rows_as_the_store_api(tmp_path: Path):
+    a, b = SqliteStore(tmp_path / "a.db"), SqliteStore(tmp_path / "b.db")
+    decisions = [_decision(i, "tip" if i % 3 else "", {"x": i / 7} if i % 3 else None) for i in range(150)]
+    a.begin()
+    insert_rows(a, [d.row() for d in decisions])  # 64 + 64 + 22 rows
+    a.commit()
+    b.begin()
+    b.insert_decisions([d.row() for d in decisions])
+    b.commit()
+    for d in decisions:
+        assert a.get_decision(d.decision_id) == b.get_decision(d.decision_id) is not None
+    assert a.conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 150
+    a.close()
+    b.close()
 
 
 def test_a_stopped_writer_fails_every_waiting_caller(tmp_path: Path):

@@ -25,6 +25,7 @@ ROLE_INGEST = "ingest"
 ROLE_DECIDE = "decide"
 ROLE_ADMIN = "admin"
 ROLES: tuple[str, ...] = (ROLE_INGEST, ROLE_DECIDE, ROLE_ADMIN)
+_ALL_ROLES = frozenset(ROLES)
 
 SERVICE_PREFIX = "/onramp.v1.Onramp/"
 METHOD_ROLES: dict[str, str] = {
@@ -318,7 +319,7 @@ class KeyRing:
 
     def _decide(self, method: str, key: str | None, api_key: ApiKey | None, peer: str) -> Principal:
         if not self.enabled:
-            return Principal("peer:" + peer_host(peer), frozenset(ROLES), False)
+            return Principal("peer:" + peer_host(peer), _ALL_ROLES, False)
         role = required_role(method)
         if role is None:
             return Principal("peer:" + peer_host(peer), frozenset(), False)

@@ -25,7 +25,7 @@ import grpc
 
 from server.auth import AuthError, KeyRing, Principal, required_role
 from server.limits import RETRY_AFTER_MS_HEADER, RateLimited, RateLimiter
-from server.logging_setup import bind_request
+from server.logging_setup import bind_request, enter_request, leave_request
 from server.metrics import MethodMetrics, Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -274,22 +274,23 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._start(route, context)
             error: BaseException | None = None
-            with bind_request(request_id=call.request_id, rpc=route.name, peer=call.peer):
-                try:
-                    await self._admit(call, route, context)
-                    request = await self._request(handler, call, context, request, request_streaming)
-                    result = behavior(request, context)
-                    if inspect.isawaitable(result):
-                        result = await result
-                    return result
-                except MalformedRequest as bad:
-                    error = bad
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(bad))
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    self._finish(call, route, context, error)
+            token = enter_request({"request_id": call.request_id, "rpc": route.name, "peer": call.peer})
+            try:
+                await self._admit(call, route, context)
+                request = await self._request(handler, call, context, request, request_streaming)
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            except MalformedRequest as bad:
+                error = bad
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(bad))
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._finish(call, route, context, error)
+                leave_request(token)
 
         return wrapped
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import json
 import signal
@@ -35,6 +37,7 @@ LEAF_TYPES: tuple[type, ...] = (type, types.ModuleType, types.FunctionType, type
                                 sqlite3.Connection, asyncio.AbstractEventLoop, asyncio.Task,
                                 types.CoroutineType, asyncio.Future)
 OWN_MODULES = ("server.", "bandits.")
+_FIRST: dict[str, Any] = {}  # the first tracemalloc snapshot (the empty server), later ones are compared to it
 
 
 def _skip(o: object) -> bool:
@@ -104,6 +107,34 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS")
 
 
+def malloc_info() -> dict[str, int]:
+    """glibc ``mallinfo2``: bytes the C heap has handed out (``in_use``: SQLite's page cache, gRPC core,
+    large Python objects) and free bytes it holds (``free_held``: fragmentation); empty if unavailable."""
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    fn.restype = MallInfo2
+    m = fn()
+    return {"in_use": m.uordblks + m.hblkhd, "free_held": m.fordblks, "mmapped": m.hblkhd}
+
+
+def sqlite_memory_bytes() -> int:
+    """Bytes SQLite has allocated in this process (page caches of all connections, schema, statements):
+    ``sqlite3_status64(SQLITE_STATUS_MEMORY_USED)`` of the shared library ``_sqlite3`` is linked to; -1 if
+    that library cannot be found."""
+    name = ctypes.util.find_library("sqlite3")
+    if not name:
+        return -1
+    lib = ctypes.CDLL(name)
+    cur, high = ctypes.c_int64(), ctypes.c_int64()
+    lib.sqlite3_status64(0, ctypes.byref(cur), ctypes.byref(high), 0)
+    return int(cur.value)
+
+
 def snapshot(server: Any, out: Path, top: int) -> None:
     """Write the breakdown (and tracemalloc's top sites, if tracing) of ``server`` to ``out``."""
     gc.collect()
@@ -119,12 +150,16 @@ def snapshot(server: Any, out: Path, top: int) -> None:
     t = time.perf_counter()
     rows = breakdown(parts, depth=1)
     res: dict[str, Any] = {"rss": rss_bytes(), "profiles": len(pipe.profiles), "consent_subjects": len(pipe.consent),
-                           "identity_links": len(pipe.identity), "walk_s": time.perf_counter() - t, "parts": rows}
+                           "identity_links": len(pipe.identity), "walk_s": time.perf_counter() - t, "parts": rows,
+                           "walked_bytes": sum(r["bytes"] for r in rows), "malloc": malloc_info(),
+                           "sqlite_memory_used": sqlite_memory_bytes(), "python_blocks": sys.getallocatedblocks()}
+    gc.collect()  # the walk's seen-set lives in a closure cycle
     if tracemalloc.is_tracing():
-        snap = tracemalloc.take_snapshot()
+        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, __file__)])
         res["traced_bytes"] = tracemalloc.get_traced_memory()[0]
-        res["tracemalloc_top"] = [{"where": str(s.traceback), "bytes": s.size, "count": s.count}
-                                  for s in snap.statistics("lineno")[:top]]
+        first = _FIRST.setdefault("snapshot", snap)
+        res["tracemalloc_top"] = [{"where": str(s.traceback), "bytes": s.size_diff, "count": s.count_diff}
+                                  for s in snap.compare_to(first, "lineno")[:top]]
     out.write_text(json.dumps(res, indent=1))
 
 
@@ -210,15 +245,24 @@ def table(res: dict, key: str, top: int = 25) -> list[str]:
     snap = res[key]
     rows = sorted(snap["parts"], key=lambda r: -(r["bytes"] - base.get(r["part"], 0)))
     grown = sum(r["bytes"] - base.get(r["part"], 0) for r in snap["parts"])
+    mal, base_mal = snap.get("malloc", {}), res["empty"].get("malloc", {})
+    extra = [f"  C heap in use {(mal.get('in_use', 0) - base_mal.get('in_use', 0)) / users:,.0f} B/user, "
+             f"free but held {(mal.get('free_held', 0) - base_mal.get('free_held', 0)) / users:,.0f} B/user; "
+             f"SQLite memory {snap.get('sqlite_memory_used', 0) / 2**20:,.1f} MiB "
+             f"(empty {res['empty'].get('sqlite_memory_used', 0) / 2**20:,.1f} MiB)"]
+    if "traced_bytes" in snap:
+        extra.append(f"  tracemalloc: Python allocations grew "
+                     f"{(snap['traced_bytes'] - res['empty']['traced_bytes']) / users:,.0f} B/user")
     out = [f"{key}: RSS {snap['rss'] / 2**20:,.1f} MiB (empty {res['empty']['rss'] / 2**20:,.1f} MiB, "
            f"{(snap['rss'] - res['empty']['rss']) / users:,.0f} B/user); objects walked grew "
            f"{grown / 2**20:,.1f} MiB = {grown / users:,.0f} B/user"]
+    out += extra
     for r in rows[:top]:
         d = r["bytes"] - base.get(r["part"], 0)
         out.append(f"  {r['part']:<45} {d / users:>8,.0f} B/user  {r['bytes'] / 2**20:>9,.1f} MiB  "
                    f"{r['objects']:>10,} objs  len={r.get('len')}  ({r['type']})")
     for t in snap.get("tracemalloc_top", [])[:15]:
-        out.append(f"  traced {t['bytes'] / users:>8,.0f} B/user  {t['count']:>9,}  {t['where']}")
+        out.append(f"  traced growth {t['bytes'] / users:>8,.0f} B/user  {t['count']:>9,} blocks  {t['where']}")
     return out
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 import grpc
 
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
+from server.aio_servers import release_unstarted
 from server.catalog import Catalog, catalog_from_config
 from server.config import Config, ConfigError, parse_config
 from server.consent import ConsentBook
@@ -129,6 +129,7 @@ class OnrampServer:
         self.ops = ops
         self.service = service
         self.port = 0
+        self._grpc_started = False  # a never-started grpc.aio server needs release_unstarted
         self._stopped = False
 
     @property
@@ -142,6 +143,7 @@ class OnrampServer:
         assert self.grpc_server is not None, "a stopped server cannot start again"
         self.port = self.ops.add_port(self.grpc_server, address or self.runtime.config.server.address)
         await self.grpc_server.start()
+        self._grpc_started = True
         start = getattr(self.service.decisions, "start", None)  # e.g. the engine's reward sweep
         if start is not None:
             await start()
@@ -159,7 +161,10 @@ class OnrampServer:
         self._stopped = True
         await self.ops.stopping()
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace)
+            if self._grpc_started:
+                await self.grpc_server.stop(grace)
+            else:  # the start failed (e.g. busy port): grpc.aio frees its core only after a start
+                await release_unstarted(self.grpc_server)
         stop = getattr(self.service.decisions, "stop", None)
         if stop is not None:
             await stop()
@@ -170,10 +175,6 @@ class OnrampServer:
         await asyncio.sleep(0)  # let the last post-commit callbacks run
         self.runtime.pipeline.attach_loop(None)
         self.runtime.store.close()
-        # Free the grpc.aio server here, on its own loop: freed later from another thread after the loop
-        # closed, cygrpc may crash.
-        self.grpc_server = None
-        gc.collect()
 
     async def wait_for_termination(self) -> None:
         if self.grpc_server is not None:
@@ -306,9 +307,6 @@ def running_server(config: Config | Mapping[str, Any] | None = None, *, db_path:
 def start_background_server(config: Config, *, decision_factory: DecisionFactory | None = None,
                             enricher_factory: EnricherFactory | None = None) -> ServerHandle:
     """Start a server for ``config`` on a new thread with its own event loop; the caller must ``stop()`` it."""
-    # grpc.aio objects left over from earlier event loops (e.g. a test's asyncio.run) must be collected on
-    # this thread now: collected later on the server's loop thread, cygrpc can crash.
-    gc.collect()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="onramp-server-loop", daemon=True)
     thread.start()

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import io
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
+from server.aio_servers import release_unstarted
 from server.auth import AuthConfig, hash_key
 from server.logging_setup import JsonFormatter, RequestContextFilter
 from server.ops import Operations, OpsConfig
@@ -24,22 +24,9 @@ from server.ops import Operations, OpsConfig
 T = TypeVar("T")
 
 
-def run_async(scenario: Awaitable[T]) -> T:
-    """``asyncio.run`` for a test scenario, collecting garbage while its event loop still runs.
-
-    grpc.aio objects left to a later garbage collection, after their loop closed and while another loop
-    (e.g. a ``running_server`` thread) serves, can crash the interpreter; collecting them here avoids that.
-    """
-    async def guarded() -> T:
-        try:
-            return await scenario
-        finally:
-            gc.collect()
-
-    try:
-        return asyncio.run(guarded())
-    finally:
-        gc.collect()
+def run_async(scenario: Coroutine[Any, Any, T]) -> T:
+    """Run an async test scenario on a fresh event loop (``asyncio.run``)."""
+    return asyncio.run(scenario)
 
 
 KEYS = {
@@ -109,7 +96,11 @@ async def tiny_server(ops: Operations, address: str = "127.0.0.1:0") -> AsyncIte
     """Run the tiny servicer behind ``ops`` on a free 127.0.0.1 port; yields the port."""
     server = ops.new_server()
     pb_grpc.add_OnrampServicer_to_server(TinyOnramp(), server)
-    port = ops.add_port(server, address)
+    try:
+        port = ops.add_port(server, address)
+    except BaseException:
+        await release_unstarted(server)
+        raise
     await server.start()
     await ops.started()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ops_support import run_async
+from server.aio_servers import release_unstarted
 from server.auth import AuthConfigError
 from server.ops import Operations, OpsConfig
 
@@ -45,8 +46,12 @@ def test_busy_port_is_a_clear_error() -> None:
         await server.start()
         try:
             second = Operations()
-            with pytest.raises(OSError) as err:
-                second.add_port(second.new_server(), f"127.0.0.1:{port}")
+            refused = second.new_server()
+            try:
+                with pytest.raises(OSError) as err:
+                    second.add_port(refused, f"127.0.0.1:{port}")
+            finally:
+                await release_unstarted(refused)  # never started: dropped as is, it corrupted the heap
             return str(err.value)
         finally:
             await server.stop(None)

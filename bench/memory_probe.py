@@ -57,6 +57,8 @@ def deep_size(root: object, seen: set[int]) -> tuple[int, int]:
         total += sys.getsizeof(o)
         count += 1
         stack.extend(gc.get_referents(o))
+        if type(o) is dict:  # CPython does not traverse a dict's str keys (they cannot form cycles)
+            stack.extend(o)
     return total, count
 
 

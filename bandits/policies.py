@@ -269,6 +269,16 @@ class LinUCB(_LinearBase):
         var *= self.alpha
         return np.add(mean, var, out=self._score)
 
+    def score_list(self, x: np.ndarray, arms: list[int], rng: np.random.Generator | None = None) -> list[float]:
+        """Upper confidence bounds of ``arms`` as floats: the same IEEE operations as :meth:`scores`
+        (sqrt, product, sum), done on Python floats, which for K of about ten beats four numpy calls."""
+        if arms and (min(arms) < 0 or max(arms) >= self.n_arms):
+            raise ValueError(f"arms must be indices in [0, {self.n_arms - 1}] (got {arms})")
+        mean, var = self._mean_and_var(self._x(x))
+        m, v = mean.tolist(), var.tolist()
+        alpha, sqrt = self.alpha, math.sqrt
+        return [m[a] + alpha * sqrt(v[a]) for a in arms]
+
 
 class LinearTS(_LinearBase):
     """Linear Thompson sampling (Agrawal & Goyal 2013): each arm's score is a draw of

@@ -247,12 +247,12 @@ def test_sigkill_during_ingest_loses_no_acknowledged_write(tmp_path: pathlib.Pat
         for side in (crashed, expected):
             for consent in side["consents"]:
                 consent.pop("timestampMs")  # when SetConsent was called, not part of the event log
-            # model-derived values: the online clusterer's assignment depends on the order it saw profiles
-            # in, and the activation model on outcomes; neither is part of the event log (see
-            # docs/operations.md, "Crash safety and checkpoints")
-            side["features"] = {k: v for k, v in side["features"].items()
-                                if not k.startswith("cluster_") and k != "activation_prob"}
-            side["segments"] = [s for s in side.get("segments", []) if not s.startswith("cluster:")]
+            # The cluster values now match (each start resumes from a checkpoint and replays the later events
+            # in their ingest batches). activation_prob cannot: its negative labels are given by the reward
+            # sweep on the wall clock (every minute, and at each start) to users whose activation window
+            # passed -- here all of them, the events are dated weeks ago -- so a server started 12 times
+            # labels at other points of the stream than one that ran for less than a minute.
+            side["features"].pop("activation_prob")
         assert crashed == expected, user
 
 

@@ -53,3 +53,26 @@ def test_both_formats_round_trip_and_objects_survive(tmp_path: pathlib.Path) -> 
     assert read_checkpoint(path) == payload
     with pytest.raises(ValueError, match="unknown checkpoint format"):
         encode_checkpoint(PAYLOAD, 7)
+
+
+@pytest.mark.parametrize("server,message", [
+    ({"checkpoint_interval_s": -1}, "server.checkpoint_interval_s: must be a number of seconds from 0"),
+    ({"checkpoint_interval_s": "300"}, "server.checkpoint_interval_s: must be a number of seconds from 0"),
+    ({"checkpoint_interval_s": True}, "server.checkpoint_interval_s: must be a number of seconds from 0"),
+    ({"checkpoint_interval_s": 0.5}, "server.checkpoint_interval_s: must be 0 (off) or at least 1 second"),
+    ({"checkpoint_interval_s": 90_000}, "server.checkpoint_interval_s: must be a number of seconds from 0"),
+    ({"checkpoint_path": 5}, "server.checkpoint_path: must be a file path string"),
+])
+def test_checkpoint_keys_are_validated_naming_the_key(server: dict, message: str) -> None:
+    from server.config import ConfigError, parse_config
+    with pytest.raises(ConfigError) as err:
+        parse_config({"server": server})
+    assert str(err.value).startswith(message)
+
+
+def test_checkpoint_key_defaults_and_file() -> None:
+    from server.config import parse_config
+    cfg = parse_config({"server": {"db_path": "/data/onramp.db"}}).server
+    assert (cfg.checkpoint_interval_s, cfg.checkpoint_file) == (300.0, "/data/onramp.db.checkpoint")
+    cfg = parse_config({"server": {"checkpoint_interval_s": 0, "checkpoint_path": "/x/state.ckpt"}}).server
+    assert (cfg.checkpoint_interval_s, cfg.checkpoint_file) == (0.0, "/x/state.ckpt")

@@ -231,6 +231,11 @@ class _LinearBase:
         self._counts[...] = np.asarray(state.get("counts", np.zeros(k)), dtype=np.int64)
         self.n_updates = int(state.get("n_updates", 0))
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickle and ``copy.deepcopy`` through :meth:`to_state`: the arrays are views of one block, which
+        copying them one by one would silently unlink."""
+        return policy_from_state, (self.to_state(),)
+
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Any:
         """Rebuild a policy of this class from :meth:`to_state` output."""

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes = [(100_000, 1_000_000), (1_000_000, 1_000_000)] if a.full else None
             if a.sizes:
                 sizes = [parse_size(x) for x in a.sizes.split(",")]
-            res = memory.run(a.quick, repeats, sizes=sizes, restarts=a.restarts)
+            res = memory.run(a.quick, repeats, sizes=sizes, restarts=a.restarts,
+                             partial=Path(f"{a.json}.partial.jsonl") if a.json else None)
             lines = memory.report(res)
         else:
             args = ["--decisions", "20000"] if a.quick else []

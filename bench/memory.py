@@ -5,6 +5,7 @@ IngestEventBatches streams); the server is then stopped and started again on the
 without its checkpoint file when one was written."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -95,14 +96,20 @@ def _restart_summary(runs: list[dict], with_checkpoint: bool) -> dict:
 
 
 def run(quick: bool = False, repeats: int = 3, sizes: list[tuple[int, int]] | None = None,
-        restarts: int = 1) -> dict:
+        restarts: int = 1, partial: Path | None = None) -> dict:
     """Measure each (users, events) size ``repeats`` times. Defaults: quick 1,000 users / 5,000 events;
-    otherwise 10,000 / 100,000 (the 100k and 1M user runs are asked for with ``--full``)."""
+    otherwise 10,000 / 100,000 (the 100k and 1M user runs are asked for with ``--full``). Each finished
+    measurement is also appended as one JSON line to ``partial`` (long runs keep what they measured)."""
     sizes = sizes or ([(1000, 5000)] if quick else [(10_000, 100_000)])
     rows = []
     with tempfile.TemporaryDirectory(prefix="onramp-bench-", dir=os.environ.get("ONRAMP_BENCH_TMP")) as tmp:
         for users, events in sizes:
-            runs = [one(users, events, Path(tmp), restarts) for _ in range(repeats)]
+            runs = []
+            for _ in range(repeats):
+                runs.append(one(users, events, Path(tmp), restarts))
+                if partial is not None:
+                    with partial.open("a") as f:
+                        f.write(json.dumps(runs[-1]) + "\n")
             plain = _restart_summary(runs, False)
             rows.append({
                 "users": users, "events": events, "accepted": summarize([r["accepted"] for r in runs]),

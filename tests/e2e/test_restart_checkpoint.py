@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import logging
 import pathlib
-import pickle
 import shutil
 import sqlite3
 import time
@@ -183,7 +182,9 @@ def model_state(handle: ServerHandle, now_ms: int) -> dict[str, Any]:
 def models_view(state: bytes) -> dict[str, Any]:
     """The segmenter's River models and per-user marks as plain values (pickle bytes of equal models may
     differ in their memo layout)."""
-    m = pickle.loads(state)["models"]
+    from server.catalog import load_catalog
+    from server.segments import Segmenter
+    m = Segmenter.from_state(state, load_catalog(None))._m
     km, scaler = m.clusterer.steps["KMeans"], m.clusterer.steps["StandardScaler"]
     act = m.activation.steps["LogisticRegression"]
     return {"centers": {k: dict(v) for k, v in km.centers.items()}, "scaler": (dict(scaler.counts), dict(scaler.means),

@@ -61,18 +61,23 @@ class ServerProc:
 
 
 def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    """Block until a channel to ``address`` connects (or the process died / timeout)."""
+    """Block until ``address`` accepts TCP connections and one gRPC channel to it connects (or the process
+    died / timeout). Polls with plain sockets first: a new gRPC channel every half second for minutes (a long
+    restart) left the sync client hung in a later call."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    host, _, port = address.rpartition(":")
+    while True:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
-        with grpc.insecure_channel(address) as ch:
-            try:
-                grpc.channel_ready_future(ch).result(timeout=0.5)
-                return
-            except grpc.FutureTimeoutError:
-                continue
-    raise TimeoutError(f"server on {address} not ready in {timeout}s")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server on {address} not ready in {timeout}s")
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.05)
+    with grpc.insecure_channel(address) as ch:
+        grpc.channel_ready_future(ch).result(timeout=max(1.0, deadline - time.monotonic()))
 
 
 def start_onramp(db: Path, ready_timeout: float = 60.0) -> ServerProc:

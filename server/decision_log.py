@@ -201,16 +201,17 @@ def pending_rows(store: SqliteStore) -> list[PendingRow]:
     return [PendingRow(i, u, t, s, _context(c), dl) for i, u, t, s, c, dl in cur]
 
 
-def joined_rows(store: SqliteStore, step_ids: Sequence[str]) -> Iterator[JoinedRow]:
+def joined_rows(store: SqliteStore, step_ids: Sequence[str], after_outcome_rowid: int = 0) -> Iterator[JoinedRow]:
     """Decisions of ``step_ids`` with a context and an outcome, in outcome commit order (the order the
-    bandit learned them online), for replaying the bandit at startup."""
+    bandit learned them online), for replaying the bandit at startup; with ``after_outcome_rowid``, only
+    outcomes committed after that row (the rest is in a checkpoint)."""
     if not step_ids:
         return
     marks = ",".join("?" * len(step_ids))
     cur = store.conn.execute(
         "SELECT d.decision_id, d.step_id, d.context, o.reward FROM outcomes o JOIN decisions d "
-        f"ON d.decision_id = o.decision_id WHERE d.step_id IN ({marks}) AND d.context != '{{}}' "
-        "ORDER BY o.rowid", list(step_ids))
+        f"ON d.decision_id = o.decision_id WHERE o.rowid > ? AND d.step_id IN ({marks}) AND d.context != '{{}}' "
+        "ORDER BY o.rowid", [after_outcome_rowid, *step_ids])
     for decision_id, step_id, context, reward in cur:
         ctx = _context(context)
         if ctx and reward is not None:

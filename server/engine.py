@@ -46,7 +46,7 @@ from server.rewards import DEFAULT_GRACE_MS, Pending, RewardJoiner
 from server.rules import first_firing
 from server.features import request_mobile
 from server.segments import SegmentResult, Segmenter, distinct_days
-from server.state import LogMark, bandit_decisions_after, joined_after
+from server.state import LogMark, bandit_decisions_after
 from server.writer import now_ms as clock_ms
 
 if TYPE_CHECKING:
@@ -198,8 +198,7 @@ class DecisionEngine:
                 for r in pending_rows(reader))
             replayed = 0
             if replay:
-                rows = joined_rows(reader, self.arms) if after is None else \
-                    joined_after(reader, self.arms, after.outcomes_rowid)
+                rows = joined_rows(reader, self.arms, 0 if after is None else after.outcomes_rowid)
                 for j in rows:
                     self._learn(j.step_id, self.space.vector(j.context), j.reward)
                     replayed += 1

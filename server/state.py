@@ -48,13 +48,12 @@ import pickle
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server.checkpoint import encode_checkpoint, read_checkpoint, write_checkpoint
-from server.decision_log import JoinedRow
 from server.profiles import Profile, ProfileBook
 from server.store import SqliteStore, SubjectKeys
 
@@ -106,21 +105,6 @@ def mark_problem(store: SqliteStore, mark: LogMark) -> str | None:
         if row is None or row[0] != ident:
             return f"row {rowid} of {table} changed since the checkpoint (erased?)"
     return None
-
-
-def joined_after(store: SqliteStore, step_ids: Sequence[str], outcomes_rowid: int) -> Iterator[JoinedRow]:
-    """Like :func:`server.decision_log.joined_rows`, for outcomes committed after ``outcomes_rowid`` only."""
-    if not step_ids:
-        return
-    marks = ",".join("?" * len(step_ids))
-    cur = store.conn.execute(
-        "SELECT d.decision_id, d.step_id, d.context, o.reward FROM outcomes o JOIN decisions d "
-        f"ON d.decision_id = o.decision_id WHERE o.rowid > ? AND d.step_id IN ({marks}) AND d.context != '{{}}' "
-        "ORDER BY o.rowid", [outcomes_rowid, *step_ids])
-    for decision_id, step_id, context, reward in cur:
-        ctx = _context(context)
-        if ctx and reward is not None:
-            yield JoinedRow(decision_id, step_id, ctx, float(reward))
 
 
 def bandit_decisions_after(store: SqliteStore, decisions_rowid: int, reason: str

@@ -121,25 +121,15 @@ _known_names: set[str] = set()
 _known_words: set[str] = set()
 
 
-def _valid_name(name: str) -> bool:
-    """``name`` matches NAME_PATTERN (a set lookup for names seen before: events reuse a few names)."""
-    if name in _known_names:
+def _matches(pattern: re.Pattern[str], seen: set[str], value: str) -> bool:
+    """``value`` matches ``pattern``; values seen valid before are a set lookup (events reuse a few names,
+    channels and device types), and at most ``_KNOWN_LIMIT`` of them are remembered."""
+    if value in seen:
         return True
-    if _NAME.match(name) is None:
+    if pattern.match(value) is None:
         return False
-    if len(_known_names) < _KNOWN_LIMIT:
-        _known_names.add(name)
-    return True
-
-
-def _valid_word(word: str) -> bool:
-    """``word`` matches WORD_PATTERN (a set lookup for words seen before: channel, device_type)."""
-    if word in _known_words:
-        return True
-    if _WORD.match(word) is None:
-        return False
-    if len(_known_words) < _KNOWN_LIMIT:
-        _known_words.add(word)
+    if len(seen) < _KNOWN_LIMIT:
+        seen.add(value)
     return True
 
 
@@ -162,7 +152,7 @@ def validate_event(ev: pb.Event, limits: IngestConfig, now_ms: int) -> None:
         raise ValidationError("event_id", f"must be 1-{limits.max_event_id_chars} characters of [A-Za-z0-9_.:-] "
                                           f"(got {shown(eid)})")
     name = ev.name
-    if not _valid_name(name):
+    if not _matches(_NAME, _known_names, name):
         raise ValidationError("name", f"must match {NAME_PATTERN} (got {shown(name)})")
     uid, aid, did = ev.user_id, ev.anonymous_id, ev.device_id
     if not uid and not aid:
@@ -184,10 +174,10 @@ def validate_event(ev: pb.Event, limits: IngestConfig, now_ms: int) -> None:
     if ts and (ts < MIN_TIMESTAMP_MS or ts > now_ms + limits.max_future_skew_ms):
         validate_timestamp("timestamp_ms", ts, now_ms, limits.max_future_skew_ms)
     channel = ev.channel
-    if channel and not _valid_word(channel):
+    if channel and not _matches(_WORD, _known_words, channel):
         _word("channel", channel)
     device_type = ev.device_type
-    if device_type and not _valid_word(device_type):
+    if device_type and not _matches(_WORD, _known_words, device_type):
         _word("device_type", device_type)
     max_f = limits.max_feature_chars
     value = ev.feature

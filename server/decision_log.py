@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.store import DECISION_COLUMNS, SqliteStore
+from server.store import DECISION_COLUMNS, JSON_DECISION_COLUMNS, SqliteStore, insert_flat
 from server.writer import Writer
 
 
@@ -108,11 +107,10 @@ class DecisionLogger:
 # separators=(",", ":"))`` would (one shared encoder instead of a new one per value; empty values are
 # constants: most answers without a step log "{}" and "[]").
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-_JSON_COLUMNS = ("context", "eligible", "probabilities")
 
 
 def _encoded(row: dict[str, Any]) -> dict[str, Any]:
-    for col in _JSON_COLUMNS:
+    for col in JSON_DECISION_COLUMNS:
         v = row.get(col)
         if v is None or isinstance(v, str):
             continue
@@ -120,22 +118,11 @@ def _encoded(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-ROWS_PER_STATEMENT = 64  # 64 x 14 columns = 896 parameters, under SQLite's oldest limit of 999
-
-
-@functools.lru_cache(maxsize=ROWS_PER_STATEMENT)
-def _insert_sql(n_rows: int) -> str:
-    one = "(" + ",".join("?" * len(DECISION_COLUMNS)) + ")"
-    return f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) VALUES " + ",".join([one] * n_rows)
-
-
 def insert_rows(store: SqliteStore, rows: list[dict[str, Any]]) -> None:
-    """Insert decision rows (on the writer thread, inside its transaction) with one multi-row INSERT per 64
-    rows: sqlite3's ``executemany`` gives up and re-takes the GIL around every row, and each re-take can
-    wait for the busy event loop thread, so a batch's commit got slower the more rows it had."""
-    for i in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = [_encoded(r) for r in rows[i:i + ROWS_PER_STATEMENT]]
-        store.conn.execute(_insert_sql(len(chunk)), [r.get(c) for r in chunk for c in DECISION_COLUMNS])
+    """Insert decision rows (on the writer thread, inside its transaction) with multi-row INSERTs
+    (:func:`server.store.insert_flat`: executemany would re-take the GIL per row behind the busy loop)."""
+    insert_flat(store.conn, "decisions", DECISION_COLUMNS,
+                [r.get(c) for r in map(_encoded, rows) for c in DECISION_COLUMNS])
 
 
 def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:

@@ -8,6 +8,7 @@ connection (:meth:`SqliteStore.reader`). The narrow Protocols :class:`EventLog`,
 """
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,8 +31,25 @@ TABLES = ("events", "identities", "consents", "consent_history", "tombstones", "
 _CHUNK = 5000  # bound parameters per IN (...) query
 
 _INSERT_SIZES = (256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT statement (few distinct statements to cache)
-_INSERT_ROWS = {n: f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES "
-                   + ", ".join([f"({', '.join('?' * len(EVENT_COLUMNS))})"] * n) for n in _INSERT_SIZES}
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(table: str, columns: tuple[str, ...], n_rows: int) -> str:
+    one = f"({', '.join('?' * len(columns))})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([one] * n_rows)
+
+
+def insert_flat(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], flat: Sequence[Any]) -> None:
+    """Insert ``len(flat) // len(columns)`` rows (their values one after the other in ``flat``), in order, with
+    few multi-row INSERTs of 256, 128, ... 1 rows. Not executemany: it steps SQLite once per row and gives up
+    and re-takes the GIL at each step, which under load from the event loop thread costs far more than the
+    insert itself (the writer thread then waits behind the loop)."""
+    width = len(columns)
+    n, i = len(flat) // width, 0
+    for rows in _INSERT_SIZES:
+        while n - i >= rows:
+            conn.execute(_insert_sql(table, columns, rows), flat[i * width:(i + rows) * width])
+            i += rows
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
 _encode_properties = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -219,11 +237,8 @@ class SqliteStore:
         return found
 
     def append_events(self, events: Sequence[StoredEvent]) -> None:
-        """Insert new events (the caller has removed duplicates), in order, with few multi-row INSERTs.
-
-        Multi-row statements (256, 128, ... 1 rows) rather than executemany: executemany steps SQLite once per
-        row and gives up and re-takes the GIL at each step, which under load from the event loop thread costs
-        far more than the insert itself."""
+        """Insert new events (the caller has removed duplicates), in order, with few multi-row INSERTs
+        (:func:`insert_flat`)."""
         encode = _encode_properties
         flat: list[Any] = []
         add = flat.extend
@@ -231,13 +246,7 @@ class SqliteStore:
             add((e.event_id, e.subject, e.user_id, e.anonymous_id, e.device_id, e.name, e.timestamp_ms,
                  e.received_ms, e.channel, e.device_type, e.feature, e.step_id, e.decision_id,
                  encode(e.properties) if e.properties else "{}"))
-        execute = self.conn.execute
-        width = len(EVENT_COLUMNS)
-        n, i = len(events), 0
-        for rows in _INSERT_SIZES:
-            while n - i >= rows:
-                execute(_INSERT_ROWS[rows], flat[i * width:(i + rows) * width])
-                i += rows
+        insert_flat(self.conn, "events", EVENT_COLUMNS, flat)
 
     def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int:
         """Move events of ``old_subjects`` (e.g. ``anon:abc``) to ``new_subject``; returns rows changed."""

@@ -31,8 +31,10 @@ from server.writer import Writer, now_ms
 log = logging.getLogger(__name__)
 
 Listener = Callable[[list[StoredEvent]], None]
+ErasureListener = Callable[[SubjectKeys], None]
 # Profile operations published after commit, applied in order on the loop thread.
 ProfileOp = tuple[str, Any, Any]  # ("apply", StoredEvent, None) | ("link", alias_subject, user) | ("drop", subject, None)
+#                                 | ("erased", SubjectKeys, None)
 CARRIED_SOURCE_PREFIX = "carried:"
 
 
@@ -82,6 +84,7 @@ class Pipeline:
         self.identity = identity if identity is not None else IdentityGraph()
         self.consent = consent if consent is not None else ConsentBook()
         self._listeners: list[Listener] = []
+        self._erasure_listeners: list[ErasureListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         writer.on_rollback = self.reload_caches
 
@@ -94,6 +97,12 @@ class Pipeline:
         """Call ``fn(new_events)`` after each commit that stored events (on the event loop thread, in commit
         order). Exceptions are logged and do not affect ingestion."""
         self._listeners.append(fn)
+
+    def add_erasure_listener(self, fn: ErasureListener) -> None:
+        """Call ``fn(keys)`` after each committed erasure (on the event loop thread, in commit order, after
+        the profiles were dropped), so that components drop what they hold about the person (the decision
+        engine's shown history, pending rewards, caches). Exceptions are logged."""
+        self._erasure_listeners.append(fn)
 
     def pseudonym(self, subject: str) -> str:
         return self.pseudonymizer.pseudonymize(subject)
@@ -183,12 +192,23 @@ class Pipeline:
                 book.link(a, b)
             elif kind == "drop":
                 book.drop(a)
+            elif kind == "erased":
+                self._erased(a)
         if stored:
             for fn in self._listeners:
                 try:
                     fn(stored)
                 except Exception:  # noqa: BLE001 - a listener must not break ingestion
                     log.exception("event listener %r failed", fn)
+
+    def _erased(self, keys: SubjectKeys) -> None:
+        for s in keys.subjects:
+            self.pseudonymizer.forget(s)  # no raw id kept in the pseudonym cache
+        for fn in self._erasure_listeners:
+            try:
+                fn(keys)
+            except Exception:  # noqa: BLE001 - the rows are gone; report and let the others forget too
+                log.exception("erasure listener %r failed", fn)
 
     # -- ingestion ---------------------------------------------------------------------------------------------
     def submit_events(self, events: Sequence[pb.Event], received_ms: int | None = None
@@ -332,7 +352,9 @@ class Pipeline:
 
     async def erase(self, subject: str) -> dict[str, int]:
         """Delete every row about ``subject`` and its aliases, drop its profiles, and tombstone its
-        pseudonyms so later events are dropped (reason erased) until tracking consent is granted again."""
+        pseudonyms so later events are dropped (reason erased) until tracking consent is granted again.
+        After the commit the erasure listeners drop what else is held in memory (see
+        :meth:`add_erasure_listener`)."""
         ops: list[ProfileOp] = []
 
         def job(store: SqliteStore) -> dict[str, int]:
@@ -347,6 +369,7 @@ class Pipeline:
             self.identity.forget(keys.user_ids, keys.anonymous_ids, keys.device_ids)
             self.consent.forget(keys.subjects)
             ops.extend(("drop", s, None) for s in keys.subjects)
+            ops.append(("erased", keys, None))
             return counts
         counts = await self.writer.call(job, after_commit=self._published(ops, []))
         return counts

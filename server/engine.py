@@ -47,6 +47,7 @@ from server.rules import first_firing
 from server.features import request_mobile
 from server.segments import SegmentResult, Segmenter, distinct_days
 from server.state import LogMark, bandit_decisions_after
+from server.store import SubjectKeys
 from server.writer import now_ms as clock_ms
 
 if TYPE_CHECKING:
@@ -170,6 +171,7 @@ class DecisionEngine:
         self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult]] = {}
         self._unsettled_at_checkpoint: frozenset[str] = frozenset()  # see load_state / rebuild(after=...)
         pipeline.add_listener(self.on_events)
+        pipeline.add_erasure_listener(self.erased)
         if rebuild:
             self.rebuild()
 
@@ -222,6 +224,7 @@ class DecisionEngine:
             profiles = self.pipeline.profiles
             for subject in [s for s in self._segment_cache if s not in profiles]:
                 del self._segment_cache[subject]
+            self.segmenter.retain(profiles)
         counts = {"shows": shows, "pending": pending, "replayed": replayed, "redrawn": redrawn}
         if any(counts.values()):
             log.info("decision engine rebuilt: %d shows, %d pending rewards, %d outcomes replayed, %d bandit "
@@ -257,6 +260,16 @@ class DecisionEngine:
                 log.exception("reward sweep failed")
             rounds += 1
             await asyncio.sleep(self.sweep_interval_s)
+
+    def erased(self, keys: SubjectKeys) -> None:
+        """Erasure listener (after the erasure committed): drop everything the engine holds about the person
+        -- shows (so caps count from zero), pending rewards, the segment cache and the segmenter's marks."""
+        for pseudo in keys.pseudonyms:
+            self.history.forget(pseudo)
+            self.joiner.forget_user(pseudo)
+        for subject in keys.subjects:
+            self._segment_cache.pop(subject, None)
+            self.segmenter.forget(subject)
 
     # -- learning ------------------------------------------------------------------------------------------
     def _learn(self, step_id: str, x: np.ndarray | None, reward: float) -> None:

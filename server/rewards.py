@@ -134,10 +134,14 @@ class RewardJoiner:
         return self._remove(decision_id) is not None
 
     def forget_user(self, user_pseudo: str) -> int:
-        """Drop the pending decisions of a user (erasure); returns how many."""
+        """Drop the pending decisions of a user, their deadlines included (erasure); returns how many."""
         lst = self._by_user.pop(user_pseudo, [])
-        for p in lst:
-            self._pending.pop(p.decision_id, None)
+        if lst:
+            gone = {p.decision_id for p in lst}
+            for decision_id in gone:
+                self._pending.pop(decision_id, None)
+            self._deadlines = [d for d in self._deadlines if d[1] not in gone]
+            heapq.heapify(self._deadlines)
         return len(lst)
 
     def pending_of(self, user_pseudo: str) -> list[Pending]:

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,13 +41,14 @@ from server.history import KEEP_PER_STEP, ShownHistory
 from server.metrics import Metrics
 from server.pipeline import Pipeline
 from server.profiles import Profile
-from server.records import StoredEvent
+from server.identity import ANONYMOUS_ID
+from server.records import ANON_PREFIX, IDENTIFY, StoredEvent
 from server.rewards import DEFAULT_GRACE_MS, Pending, RewardJoiner
 from server.rules import first_firing
 from server.features import request_mobile
 from server.segments import SegmentResult, Segmenter, distinct_days
 from server.state import LogMark, bandit_decisions_after
-from server.store import SubjectKeys
+from server.store import LinkRow, SubjectKeys
 from server.writer import now_ms as clock_ms
 
 if TYPE_CHECKING:
@@ -166,12 +167,13 @@ class DecisionEngine:
         self.history = ShownHistory(keep=keep)
         self.logger = DecisionLogger(pipeline.writer)
         self.joiner = RewardJoiner(pipeline.writer, catalog, pipeline.pseudonym, self._learn, metrics,
-                                   grace_ms=reward_grace_ms)
+                                   grace_ms=reward_grace_ms, aliases=self._anonymous_subjects)
         self._sweeper: asyncio.Task[None] | None = None
         self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult]] = {}
         self._unsettled_at_checkpoint: frozenset[str] = frozenset()  # see load_state / rebuild(after=...)
         pipeline.add_listener(self.on_events)
         pipeline.add_erasure_listener(self.erased)
+        pipeline.add_listener(self.on_identify)
         if rebuild:
             self.rebuild()
 
@@ -198,6 +200,7 @@ class DecisionEngine:
                 Pending(r.decision_id, r.user_pseudo, r.timestamp_ms, r.step_id, r.reward_deadline_ms,
                         self.space.vector(r.context) if r.context and r.step_id in self.arm_index else None)
                 for r in pending_rows(reader))
+            self._merge_linked(reader.all_links())
             replayed = 0
             if replay:
                 rows = joined_rows(reader, self.arms, 0 if after is None else after.outcomes_rowid)
@@ -270,6 +273,32 @@ class DecisionEngine:
         for subject in keys.subjects:
             self._segment_cache.pop(subject, None)
             self.segmenter.forget(subject)
+
+    def _anonymous_subjects(self, user_id: str) -> list[str]:
+        """The anonymous subjects (``anon:<id>``) linked to ``user_id``."""
+        return [ANON_PREFIX + link.alias for link in self.pipeline.identity.links_of(user_id)
+                if link.alias_kind == ANONYMOUS_ID]
+
+    def on_identify(self, events: list[StoredEvent]) -> None:
+        """Pipeline listener: when visitors are identified, their shows count as the user's (caps, cooldowns,
+        gaps) and what was kept per visitor (segment cache, segmenter mark) goes with their merged profile."""
+        for ev in events:
+            if ev.name == IDENTIFY and ev.user_id:
+                into = self.pipeline.pseudonym(ev.user_id)
+                for subject in self._anonymous_subjects(ev.user_id):
+                    self.history.merge(self.pipeline.pseudonym(subject), into)
+                    self._segment_cache.pop(subject, None)
+                    self.segmenter.forget(subject)
+
+    def _merge_linked(self, links: Iterable[LinkRow]) -> None:
+        """At startup: the shows and pending rewards of each linked visitor (logged under the visitor's
+        pseudonym) go to the user it is linked to now, as :meth:`on_identify` did live."""
+        pseudonym = self.pipeline.pseudonym
+        for link in links:
+            if link.alias_kind == ANONYMOUS_ID:
+                alias, user = pseudonym(ANON_PREFIX + link.alias), pseudonym(link.user_id)
+                self.history.merge(alias, user)
+                self.joiner.merge_user(alias, user)
 
     # -- learning ------------------------------------------------------------------------------------------
     def _learn(self, step_id: str, x: np.ndarray | None, reward: float) -> None:

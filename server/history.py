@@ -3,7 +3,9 @@ guardrails (caps per channel and day, cooldowns, min gap) can be checked without
 
 A decision counts as *shown* when GetNextStep answers it with a step; the engine records the show before
 the decision is written, so concurrent requests of one user see each other's shows. At startup the
-history is rebuilt from the ``decisions`` table (see :func:`server.decision_log.iter_shows`).
+history is rebuilt from the ``decisions`` table (see :func:`server.decision_log.iter_shows`). When an
+anonymous visitor is identified, the visitor's shows move to the user (:meth:`ShownHistory.merge`), so
+caps see the person's whole history; an erasure forgets them (:meth:`ShownHistory.forget`).
 """
 from __future__ import annotations
 
@@ -63,6 +65,21 @@ class ShownHistory:
         for pseudo, step, ts in shows:
             record(pseudo, step, ts)
             n += 1
+        return n
+
+    def merge(self, from_pseudo: str, into_pseudo: str) -> int:
+        """Move every show of ``from_pseudo`` to ``into_pseudo`` (an anonymous visitor identified as a user:
+        the visitor's shows count toward the user's caps); returns how many shows moved."""
+        if from_pseudo == into_pseudo:
+            return 0
+        steps = self._users.pop(from_pseudo, None)
+        if not steps:
+            return 0
+        n = 0
+        for step, times in steps.items():
+            for ts in times:
+                self.record(into_pseudo, step, ts)
+                n += 1
         return n
 
     def forget(self, user_pseudo: str) -> bool:

@@ -7,7 +7,8 @@ An outcome comes from the first of:
 - ``event``: a stored event within the decision's reward window that is the step's success event (the
   catalog's ``success_event``: a ``step_completed`` of that step, a ``feature_used`` of its feature, ...),
   either carrying the decision's id or, without one, from the same user (the latest pending decision of
-  that step gets the credit); a ``step_dismissed`` of the step gets the step's default reward (outcome
+  that step gets the credit; an identified visitor's pending decisions count as the user's from the
+  ``identify`` event on); a ``step_dismissed`` of the step gets the step's default reward (outcome
   ``dismissed``);
 - ``default``: the window closed (deadline + a short grace for reports in flight) with no success; the
   step's ``default_reward`` applies. A periodic sweep closes windows, and the first sweep at startup closes
@@ -31,7 +32,7 @@ import numpy as np
 
 from server.catalog import Catalog, Step
 from server.metrics import Metrics
-from server.records import STEP_COMPLETED, STEP_DISMISSED, StoredEvent
+from server.records import IDENTIFY, STEP_COMPLETED, STEP_DISMISSED, StoredEvent
 from server.store import SqliteStore
 from server.writer import Writer
 
@@ -75,16 +76,19 @@ class RewardJoiner:
     clock; every joined outcome is committed through the writer, then learned."""
 
     def __init__(self, writer: Writer, catalog: Catalog, pseudonym: Callable[[str], str], learn: Learner,
-                 metrics: Metrics | None = None, grace_ms: int = DEFAULT_GRACE_MS) -> None:
+                 metrics: Metrics | None = None, grace_ms: int = DEFAULT_GRACE_MS,
+                 aliases: Callable[[str], Iterable[str]] | None = None) -> None:
         self.writer = writer
         self.catalog = catalog
         self.pseudonym = pseudonym
+        # the anonymous subjects linked to a user: an identify moves their pending decisions to the user
+        self.aliases = aliases
         self.learn = learn
         self.metrics = metrics
         self.grace_ms = int(grace_ms)
         self.success_reward = catalog.rewards.success_reward
         self._steps: dict[str, Step] = {s.id: s for s in catalog.steps}
-        self._names = frozenset({s.success_event for s in catalog.steps} | {STEP_DISMISSED})
+        self._names = frozenset({s.success_event for s in catalog.steps} | {STEP_DISMISSED, IDENTIFY})
         self._pending: dict[str, Pending] = {}
         self._by_user: dict[str, list[Pending]] = {}
         self._deadlines: list[tuple[int, str]] = []
@@ -145,7 +149,29 @@ class RewardJoiner:
         return len(lst)
 
     def pending_of(self, user_pseudo: str) -> list[Pending]:
+        """The pending decisions of a user, oldest first."""
         return list(self._by_user.get(user_pseudo, ()))
+
+    def merge_user(self, from_pseudo: str, into_pseudo: str) -> int:
+        """Move the pending decisions of ``from_pseudo`` to ``into_pseudo`` (an identified visitor: the
+        user's success events may now reward what the visitor was shown); returns how many moved."""
+        if from_pseudo == into_pseudo:
+            return 0
+        moved = self._by_user.pop(from_pseudo, None)
+        if not moved:
+            return 0
+        for p in moved:
+            p.user_pseudo = into_pseudo
+        mine = self._by_user.get(into_pseudo)
+        self._by_user[into_pseudo] = moved if not mine else sorted(mine + moved, key=lambda p: p.timestamp_ms)
+        return len(moved)
+
+    def _identified(self, user_id: str) -> None:
+        if self.aliases is None or not user_id:
+            return
+        into = self.pseudonym(user_id)
+        for subject in self.aliases(user_id):
+            self.merge_user(self.pseudonym(subject), into)
 
     # -- writing and learning -------------------------------------------------------------------------------
     @staticmethod
@@ -247,6 +273,8 @@ class RewardJoiner:
         for ev in events:
             if ev.name not in names:
                 continue
+            if ev.name == IDENTIFY:  # in event order: later events of the batch may reward the visitor's shows
+                self._identified(ev.user_id)
             if ev.decision_id:
                 p = self._pending.get(ev.decision_id)
                 if p is not None and not p.claimed:

@@ -201,7 +201,7 @@ def build_server(config: Config | None = None, *, decision_factory: DecisionFact
                 resume(runtime, engine, runtime.resume)
             if config.server.checkpoint_interval_s > 0:
                 checkpointer = Checkpointer(runtime, engine, config.server.checkpoint_file,
-                                            config.server.checkpoint_interval_s)
+                                            config.server.checkpoint_interval_s, fork=config.server.checkpoint_fork)
                 _checkpoint_after_erasures(runtime, checkpointer)
             decisions = engine
         enricher = enricher_factory(runtime) if enricher_factory is not None else \

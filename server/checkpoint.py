@@ -3,9 +3,12 @@
 A file is one header line ``ONRAMP-CHECKPOINT <format> <sha256> <length>`` followed by the payload: a pickle
 (format 2, what the server writes: profiles and River models are plain Python objects, and pickling them is
 several times faster than any JSON mapping) or JSON (format 1, still read). The SHA-256 over the payload is
-checked before anything is unpickled, so only a complete file this server wrote is ever loaded. It is written to a temporary file in the same directory, fsynced, renamed over the old one with
-:func:`os.replace` and the directory is fsynced. :func:`read_checkpoint` returns ``None`` (with a WARNING)
-for a missing, truncated or corrupted file, so the caller falls back to rebuilding from the log.
+checked before anything is unpickled, so only a complete file this server wrote is ever loaded. It is
+written to a temporary file in the same directory (mode 0600, as :func:`tempfile.mkstemp` creates it: the
+file holds user profiles), fsynced, renamed over the old one with :func:`os.replace` and the directory is
+fsynced. A writer killed before the rename leaves the old file intact and an orphaned temporary file, which
+:func:`remove_temp_files` deletes. :func:`read_checkpoint` returns ``None`` (with a WARNING) for a missing,
+truncated or corrupted file, so the caller falls back to rebuilding from the log.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ MAGIC = "ONRAMP-CHECKPOINT"
 JSON_FORMAT = 1
 FORMAT_VERSION = 2  # pickle body
 READABLE_FORMATS = (JSON_FORMAT, FORMAT_VERSION)
+TEMP_SUFFIX = ".tmp"
 
 
 def encode_checkpoint(payload: dict[str, Any], format_version: int = FORMAT_VERSION) -> bytes:
@@ -69,7 +73,7 @@ def write_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any] | byt
     durably (temp file, fsync, os.replace, fsync dir). Returns the bytes written."""
     target = pathlib.Path(path)
     data = payload if isinstance(payload, bytes) else encode_checkpoint(payload)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -85,6 +89,31 @@ def write_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any] | byt
     finally:
         os.close(dir_fd)
     return len(data)
+
+
+def _temp_prefix(target: pathlib.Path) -> str:
+    return f".{target.name}."
+
+
+def remove_temp_files(path: str | os.PathLike[str]) -> list[str]:
+    """Delete the temporary files :func:`write_checkpoint` left next to ``path`` when its writer was killed
+    before the rename (call only while no checkpoint of ``path`` is being written); their names."""
+    target = pathlib.Path(path)
+    prefix, removed = _temp_prefix(target), []
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(TEMP_SUFFIX)]
+    except OSError:
+        return []
+    for tmp in candidates:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove the orphaned checkpoint temp file %s: %s", tmp, exc)
+            continue
+        removed.append(str(tmp))
+    return removed
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -17,6 +18,12 @@ from server.config import Config, ConfigError, load_config
 from server.logging_setup import LoggingConfig, configure_logging
 
 log = logging.getLogger("onramp.cli")
+
+# grpcio reads this when it is first imported (below, by the subcommands). The child a checkpoint forks never
+# uses gRPC, so gRPC core's fork handlers are not needed; "0" keeps them out of every fork (otherwise they run,
+# find the grpc.aio poller thread inside gRPC, and log "skipping fork() handlers" each time). An operator's
+# "1" is kept, and server/state.py then pickles checkpoints in-process (grpcio's handlers stall a grpc.aio fork).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051

@@ -8,6 +8,7 @@ every setting has a default.
 """
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -39,6 +40,9 @@ class ServerConfig:
     checkpoint_interval_s: float = 300.0
     # Where the checkpoint file goes; "" = next to the database, ``<db_path>.checkpoint``.
     checkpoint_path: str = ""
+    # Write checkpoints from a forked child (copy-on-write snapshot: ingest and decisions pause only for the
+    # fork, not for the pickling); false, or no os.fork (Windows), pickles in the server process instead.
+    checkpoint_fork: bool = hasattr(os, "fork")
 
     @property
     def checkpoint_file(self) -> str:
@@ -161,8 +165,13 @@ def _parse_server(t: Mapping[str, Any]) -> ServerConfig:
     if not isinstance(checkpoint_path, str):
         raise ConfigError("server.checkpoint_path: must be a file path string (\"\" = <db_path>.checkpoint; got "
                           f"{_type_name(checkpoint_path)} {checkpoint_path!r})")
+    checkpoint_fork = t.get("checkpoint_fork", d.checkpoint_fork)
+    if not isinstance(checkpoint_fork, bool):
+        raise ConfigError("server.checkpoint_fork: must be true (write checkpoints from a forked child) or false "
+                          f"(pickle in the server process; got {_type_name(checkpoint_fork)} {checkpoint_fork!r})")
     return ServerConfig(host=host, port=port, db_path=db_path, max_message_bytes=mmb,
-                        checkpoint_interval_s=float(interval), checkpoint_path=checkpoint_path)
+                        checkpoint_interval_s=float(interval), checkpoint_path=checkpoint_path,
+                        checkpoint_fork=checkpoint_fork)
 
 
 def _parse_privacy(t: Mapping[str, Any]) -> PrivacyConfig:

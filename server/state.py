@@ -16,7 +16,16 @@ and outcome at or below the mark (profiles are published, and the reward joiner'
 committed outcome is woken, before the snapshot callback runs) and nothing above it (later commits wait).
 Decisions are the one thing chosen on the loop *before* they are committed: a bandit decision drew from the
 sampling RNG already; it is still pending (unrewarded) at the snapshot, so its id is in the checkpoint and
-is not drawn again on resume. The writer pause is the time to pickle the state (see docs/operations.md).
+is not drawn again on resume.
+
+Copy-on-write snapshot (``[server] checkpoint_fork``, default on where ``os.fork`` exists), the way Redis
+BGSAVE does it: at that same consistent point the event loop forks; the child process pickles the state it
+inherited (a copy-on-write image of the parent's memory, frozen at the fork), writes the file atomically and
+leaves with ``os._exit``; it never touches gRPC, asyncio, SQLite or logging. The writer and the loop resume
+as soon as ``fork()`` returns, so the pause is the fork time, independent of the state size; the loop waits
+for the child in a thread and logs the result. Without fork (no ``os.fork``, the key off, or grpcio's own
+fork support switched on with ``GRPC_ENABLE_FORK_SUPPORT``, see :func:`fork_problem`) the loop pickles the
+state itself and the writer pause is the pickling time (see docs/operations.md).
 
 Resuming (:func:`load_checkpoint` at open, :func:`resume` once the engine exists):
 
@@ -40,20 +49,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import operator
 import os
 import pickle
+import signal
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from server.checkpoint import encode_checkpoint, read_checkpoint, write_checkpoint
+from server.checkpoint import encode_checkpoint, read_checkpoint, remove_temp_files, write_checkpoint
 from server.profiles import Profile, ProfileBook
 from server.store import SqliteStore, SubjectKeys
 
@@ -254,15 +267,70 @@ class CheckpointInfo:
     path: str
     mark: LogMark
     bytes: int
-    pause_s: float  # how long the writer and the event loop waited for the snapshot
+    pause_s: float  # how long the writer and the event loop waited for the snapshot (fork: the fork time)
     total_s: float
+    forked: bool = False  # written by a forked child process (copy-on-write snapshot)
+    child_private_bytes: int = 0  # memory the child held alone at its end (copied pages + its buffers; Linux)
+    child_peak_rss_bytes: int = 0  # the child's peak resident set (incl. pages still shared with the server)
+
+
+def grpc_fork_support_enabled() -> bool:
+    """Whether grpcio's own fork handlers are on (``GRPC_ENABLE_FORK_SUPPORT``, read when grpc is imported)."""
+    try:
+        from grpc._cython import cygrpc  # noqa: PLC0415 - private, but the only place the flag is known
+        return bool(cygrpc.is_fork_support_enabled())
+    except (ImportError, AttributeError):
+        return os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "0").lower() in ("yes", "true", "1")
+
+
+def fork_problem() -> str | None:
+    """Why checkpoints cannot be written by a forked child in this process, or None when they can."""
+    if not hasattr(os, "fork"):
+        return "this platform has no os.fork"
+    if grpc_fork_support_enabled():
+        # grpcio's pre-fork handler then waits up to 5 s for its threads, and a forked grpc.aio server hangs
+        return "GRPC_ENABLE_FORK_SUPPORT is on (grpcio's fork handlers stall and hang a running grpc.aio server)"
+    return None
+
+
+def _death_signal_arm() -> Callable[[], None] | None:
+    """On Linux, a function a forked child calls so that it is killed when the server dies
+    (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); resolved in the parent, so the child only makes the call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes  # noqa: PLC0415
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    return arm
+
+
+def _private_bytes() -> int:
+    """Memory this process holds alone (Private_Clean + Private_Dirty of /proc/self/smaps_rollup), 0 if unknown:
+    in a forked child, the pages copied since the fork plus its own allocations."""
+    try:
+        with open("/proc/self/smaps_rollup", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return 0
+    total = 0
+    for line in text.splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1]) * 1024
+    return total
 
 
 class Checkpointer:
-    """Writes checkpoints of a running server: every ``interval_s`` seconds, on demand, and at shutdown."""
+    """Writes checkpoints of a running server: every ``interval_s`` seconds, on demand, and at shutdown; by a
+    forked child (copy-on-write snapshot, ``fork``) where possible, else by pickling on the event loop."""
 
     def __init__(self, runtime: Runtime, engine: DecisionEngine, path: str | os.PathLike[str],
-                 interval_s: float) -> None:
+                 interval_s: float, *, fork: bool = True) -> None:
         self.runtime = runtime
         self.engine = engine
         self.path = Path(path)
@@ -271,39 +339,65 @@ class Checkpointer:
         self.after_erase = True  # write one right after each erasure (see :meth:`erased`)
         self.written = 0
         self.last: CheckpointInfo | None = None
+        problem = fork_problem() if fork else None
+        if problem is not None:
+            log.warning("server.checkpoint_fork: %s; checkpoints are pickled in the server process instead (ingest "
+                        "and decisions pause for the whole pickling)", problem)
+        self.fork = fork and problem is None
+        self.write_file: Callable[[Path, bytes], int] = write_checkpoint  # the child's writer (tests replace it)
+        self._arm_death_signal = _death_signal_arm() if self.fork else None
         self._db_id = database_id(runtime.store)
         self._task: asyncio.Task[None] | None = None
         self._soon: asyncio.Task[Any] | None = None
+        self._child: asyncio.Task[CheckpointInfo] | None = None  # waits for the running child, if any
         self._lock = asyncio.Lock()
+        removed = remove_temp_files(self.path)  # left by a writer killed before its rename
+        if removed:
+            log.info("removed %d orphaned checkpoint temp file(s): %s", len(removed), ", ".join(removed))
 
     def _snapshot(self) -> bytes:
-        """The state as pickle bytes (on the event loop thread, while the writer waits)."""
+        """The state as pickle bytes (on the event loop thread while the writer waits, or in the forked child)."""
         state = {"profile_fields": list(PROFILE_FIELDS), "profiles": profiles_to_rows(self.runtime.pipeline.profiles),
                  "engine": self.engine.to_state()}
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
+    def _payload(self, mark: LogMark) -> dict[str, Any]:
+        """The checkpoint file's payload without its ``state``."""
+        return {"kind": KIND, "format": STATE_FORMAT, "db_id": self._db_id,
+                "pseudonym": self.runtime.pseudonymizer.fingerprint, "catalog_version": self.runtime.catalog.version,
+                "policy_version": self.engine.policy_version, "created_ms": time.time_ns() // 1_000_000,
+                "mark": dataclasses.asdict(mark)}
+
     async def checkpoint(self) -> CheckpointInfo:
-        """Take a consistent snapshot (module docstring) and write it atomically; returns what was written."""
+        """Take a consistent snapshot (module docstring) and write it atomically; returns what was written.
+        RuntimeError (the previous file kept) when it fails."""
         async with self._lock:
+            if self._child is not None and not self._child.done():  # of a checkpoint() that was cancelled
+                await asyncio.wait({self._child})
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
             taken = threading.Event()
             box: dict[str, Any] = {}
+            fork = self.fork
 
             def take() -> None:
-                if "late" in box:
+                if "late" in box:  # the writer gave up waiting, or checkpoint() was cancelled
+                    taken.set()
                     return
-                t0 = time.perf_counter()
                 try:
-                    box["blob"] = self._snapshot()
+                    if fork:
+                        self._child = box["child"] = self._start_child(loop, self._payload(box["mark"]), box, started)
+                    else:
+                        box["blob"] = self._snapshot()
                 except BaseException as exc:  # noqa: BLE001 - reported to the awaiting coroutine
                     box["error"] = exc
                 finally:
-                    box["snapshot_s"] = time.perf_counter() - t0
+                    box["pause_s"] = time.perf_counter() - box["t0"]
                     taken.set()
 
-            def after_commit(_mark: LogMark) -> None:
-                t0 = time.perf_counter()
+            def after_commit(mark: LogMark) -> None:
+                box["mark"] = mark
+                box["t0"] = time.perf_counter()
                 try:
                     # call_soon from the loop: runs after the callbacks (and task wake-ups) queued before it
                     loop.call_soon_threadsafe(loop.call_soon, take)
@@ -313,24 +407,113 @@ class Checkpointer:
                 if not taken.wait(BARRIER_TIMEOUT_S):
                     box["late"] = True
                     box["error"] = TimeoutError(f"the event loop did not take the snapshot in {BARRIER_TIMEOUT_S} s")
-                box["pause_s"] = time.perf_counter() - t0
 
-            mark = await self.runtime.writer.call(read_mark, after_commit=after_commit)
+            try:
+                mark = await self.runtime.writer.call(read_mark, after_commit=after_commit)
+            except asyncio.CancelledError:
+                box["late"] = True  # no snapshot any more if it was not taken yet
+                if "child" in box:  # forked already: the task still reaps the child
+                    box["child"].add_done_callback(_log_abandoned)
+                raise
             if "error" in box:
                 raise RuntimeError(f"checkpoint failed: {box['error']}") from box["error"]
-            payload = {"kind": KIND, "format": STATE_FORMAT, "db_id": self._db_id,
-                       "pseudonym": self.runtime.pseudonymizer.fingerprint,
-                       "catalog_version": self.runtime.catalog.version,
-                       "policy_version": self.engine.policy_version, "created_ms": time.time_ns() // 1_000_000,
-                       "mark": dataclasses.asdict(mark), "state": box["blob"]}
+            if fork:
+                child = box["child"]
+                try:
+                    return await asyncio.shield(child)
+                except asyncio.CancelledError:
+                    child.add_done_callback(_log_abandoned)
+                    raise
+            payload = {**self._payload(mark), "state": box["blob"]}
             size = await asyncio.to_thread(lambda: write_checkpoint(self.path, encode_checkpoint(payload)))
-            info = CheckpointInfo(str(self.path), mark, size, box.get("pause_s", 0.0), time.perf_counter() - started)
-            self.written += 1
-            self.last = info
-            log.info("checkpoint %s written: %d bytes, mark event %d / decision %d / outcome %d, writer paused "
-                     "%.3f s, %.2f s in all", info.path, size, mark.events_seq, mark.decisions_rowid,
-                     mark.outcomes_rowid, info.pause_s, info.total_s)
-            return info
+            return self._written(CheckpointInfo(str(self.path), mark, size, box.get("pause_s", 0.0),
+                                                time.perf_counter() - started))
+
+    def _written(self, info: CheckpointInfo) -> CheckpointInfo:
+        self.written += 1
+        self.last = info
+        how = (f"; by a forked child: {info.child_private_bytes / 2**20:.1f} MiB private (copied) memory, peak RSS "
+               f"{info.child_peak_rss_bytes / 2**20:.1f} MiB" if info.forked else "")
+        log.info("checkpoint %s written: %d bytes, mark event %d / decision %d / outcome %d, writer paused "
+                 "%.3f s, %.2f s in all%s", info.path, info.bytes, info.mark.events_seq, info.mark.decisions_rowid,
+                 info.mark.outcomes_rowid, info.pause_s, info.total_s, how)
+        return info
+
+    # -- the forked child --------------------------------------------------------------------------------
+    def _start_child(self, loop: asyncio.AbstractEventLoop, payload: dict[str, Any], box: dict[str, Any],
+                     started: float) -> asyncio.Task[CheckpointInfo]:
+        """Fork (on the event loop thread, at the consistent point); the child writes the file, the returned
+        task waits for it. The parent's objects are frozen out of its garbage collector while the child runs,
+        so full collections do not write to (and copy) every page the child still shares."""
+        parent = os.getpid()
+        rfd, wfd = os.pipe()
+        gc.freeze()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "fork() of a multi-threaded process"
+                pid = os.fork()
+        except BaseException:
+            gc.unfreeze()
+            os.close(rfd)
+            os.close(wfd)
+            raise
+        if pid == 0:
+            self._child_main(payload, rfd, wfd, parent)
+        os.close(wfd)
+        return loop.create_task(self._reap(pid, rfd, box, started), name="onramp-checkpoint-child")
+
+    def _child_main(self, payload: dict[str, Any], rfd: int, wfd: int, parent: int) -> NoReturn:
+        """The forked child: pickle the inherited state, write the file, report one line on ``wfd``, _exit.
+        Touches nothing of the server's (no gRPC, asyncio, SQLite, logging) and never returns."""
+        code, report = 1, "error: the child stopped before it could report"
+        try:
+            gc.disable()
+            os.close(rfd)
+            if self._arm_death_signal is not None:
+                self._arm_death_signal()
+                if os.getppid() != parent:  # the server died before the death signal was armed
+                    os._exit(1)
+            with contextlib.suppress(ValueError, OSError):
+                signal.set_wakeup_fd(-1)  # the inherited fd is the server's event loop: never wake it from here
+            for sig in (signal.SIGINT, signal.SIGTERM):  # the server stops gracefully and waits for this child
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(sig, signal.SIG_IGN)
+            t0 = time.perf_counter()
+            payload["state"] = self._snapshot()
+            size = self.write_file(self.path, encode_checkpoint(payload))
+            report = f"ok {size} {time.perf_counter() - t0:.6f} {_private_bytes()}"
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, then _exit
+            report = f"error {type(exc).__name__}: {exc}"
+        finally:
+            try:
+                os.write(wfd, (" ".join(report.split())[:2000] + "\n").encode("utf-8", "replace"))
+            finally:
+                os._exit(code)
+
+    async def _reap(self, pid: int, rfd: int, box: dict[str, Any], started: float) -> CheckpointInfo:
+        """Wait for child ``pid`` without blocking the loop, then record what it wrote or raise why it failed
+        (orphaned temp files removed, the previous checkpoint file kept)."""
+        try:
+            try:
+                _, status, usage = await asyncio.to_thread(os.wait4, pid, 0)
+            finally:
+                gc.unfreeze()
+            report = os.read(rfd, 4096).decode("utf-8", "replace").strip()
+        finally:
+            os.close(rfd)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not report.startswith("ok "):
+            removed = remove_temp_files(self.path)
+            how = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
+            raise RuntimeError(f"checkpoint failed: its child process (pid {pid}) ended with {how}: "
+                               f"{report or 'no report'}; the previous checkpoint file is kept"
+                               + (f", {len(removed)} orphaned temp file(s) removed" if removed else ""))
+        _, size, _child_s, private = report.split()
+        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        return self._written(CheckpointInfo(str(self.path), box["mark"], int(size), box.get("pause_s", 0.0),
+                                            time.perf_counter() - started, forked=True,
+                                            child_private_bytes=int(private), child_peak_rss_bytes=peak))
 
     def erased(self) -> None:
         """An erasure was committed: checkpoint now (in the background). The erased user's rows are gone,
@@ -378,8 +561,23 @@ class Checkpointer:
         self.after_erase = False
         while self._soon is not None and not self._soon.done():
             await asyncio.gather(self._soon, return_exceptions=True)
+        if self._child is not None and not self._child.done():  # a child still writing: let it finish
+            await asyncio.wait({self._child})
         if self.at_stop:
             try:
                 await self.checkpoint()
             except Exception:  # noqa: BLE001 - the log is complete; the next start rebuilds from it
                 log.exception("shutdown checkpoint failed")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _log_abandoned(task: asyncio.Task[CheckpointInfo]) -> None:
+    """Log the outcome of a child whose checkpoint() call was cancelled (nobody else sees it)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s", task.exception())

@@ -138,11 +138,22 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Rewards:
-    """Reward joining defaults: how long to wait for success and what a silent decision earns."""
+    """Reward joining defaults: how long to wait for success and what a silent decision earns; and how
+    often, and how long after a window's end, the sweep gives the default reward (``sweep_interval_seconds``,
+    ``grace_seconds``: timing, not part of :func:`catalog_version`)."""
 
     window_hours: float = 24.0
     default_reward: float = 0.0
     success_reward: float = 1.0
+    sweep_interval_seconds: float = 5.0
+    grace_seconds: float = 60.0
+
+
+# Keys that only time the reward sweep: they change when a default outcome is written, not what any decision
+# is or which rewards exist, so a changed value keeps the catalog version (and the checkpoints made with it).
+UNVERSIONED_KEYS = {"rewards": ("sweep_interval_seconds", "grace_seconds")}
+MAX_SWEEP_INTERVAL_SECONDS = 3600.0
+MAX_GRACE_SECONDS = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,8 +291,12 @@ def _plain(value: Any) -> Any:
 
 
 def catalog_version(catalog: Catalog) -> str:
-    """Short stable hash (12 hex chars) of the normalised catalog: equal catalogs, equal versions."""
-    blob = json.dumps(catalog.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """Short stable hash (12 hex chars) of the normalised catalog: equal catalogs, equal versions (the sweep
+    timing keys of :data:`UNVERSIONED_KEYS` left out)."""
+    d = catalog.to_dict()
+    for section, keys in UNVERSIONED_KEYS.items():
+        d[section] = {k: v for k, v in d[section].items() if k not in keys}
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -439,6 +454,9 @@ def _parse_rewards(t: _Table) -> Rewards:
         window_hours=t.number("window_hours", d.window_hours, min=0.0, min_exclusive=True),
         default_reward=t.number("default_reward", d.default_reward, min=-1000.0, max=1000.0),
         success_reward=t.number("success_reward", d.success_reward, min=-1000.0, max=1000.0),
+        sweep_interval_seconds=t.number("sweep_interval_seconds", d.sweep_interval_seconds, min=0.0,
+                                        max=MAX_SWEEP_INTERVAL_SECONDS, min_exclusive=True),
+        grace_seconds=t.number("grace_seconds", d.grace_seconds, min=0.0, max=MAX_GRACE_SECONDS),
     )
     t.done()
     return r

@@ -43,7 +43,7 @@ from server.pipeline import Pipeline
 from server.profiles import Profile
 from server.identity import ANONYMOUS_ID
 from server.records import ANON_PREFIX, IDENTIFY, StoredEvent
-from server.rewards import DEFAULT_GRACE_MS, Pending, RewardJoiner
+from server.rewards import Pending, RewardJoiner
 from server.rules import first_firing
 from server.features import request_mobile
 from server.segments import SegmentResult, Segmenter, distinct_days
@@ -60,6 +60,7 @@ HOUR_MS = 3_600_000
 STATE_FORMAT = 1
 SEGMENT_CACHE_MS = 60_000  # a user's segments/context are recomputed at least once a minute ...
 SEGMENT_CACHE_SIZE = 100_000  # ... for at most this many recent users
+LABEL_SWEEP_S = 60.0  # how often the reward sweep also gives expired activation windows their label
 
 # Reasons of an answer.
 CORE = "core"
@@ -128,14 +129,16 @@ class DecisionEngine:
     """
 
     def __init__(self, pipeline: Pipeline, catalog: Catalog, *, metrics: Metrics | None = None,
-                 segmenter: Segmenter | None = None, sweep_interval_s: float = 5.0,
-                 reward_grace_ms: int = DEFAULT_GRACE_MS, rebuild: bool = True) -> None:
+                 segmenter: Segmenter | None = None, sweep_interval_s: float | None = None,
+                 reward_grace_ms: int | None = None, rebuild: bool = True) -> None:
         self.pipeline = pipeline
         self.catalog = catalog
         self.metrics = metrics
         self.segmenter = segmenter if segmenter is not None else Segmenter(catalog)
         self.space = self.segmenter.space
-        self.sweep_interval_s = float(sweep_interval_s)
+        # the reward sweep's timing: [rewards] sweep_interval_seconds and grace_seconds unless given here
+        self.sweep_interval_s = float(catalog.rewards.sweep_interval_seconds if sweep_interval_s is None
+                                      else sweep_interval_s)
         self.specs = tuple(step_specs(catalog))  # a tuple: eligible() remembers its channel map
         self.guardrails = guardrail_config(catalog)
         # Eligibility is computed without the consistency threshold; personalization_allowed() applies it
@@ -250,11 +253,12 @@ class DecisionEngine:
 
     async def _sweep_loop(self) -> None:
         rounds = 0
+        label_every = max(1, round(LABEL_SWEEP_S / self.sweep_interval_s))  # activation labels about once a minute
         while True:
             try:
                 now = clock_ms()
                 await self.joiner.sweep(now)
-                if rounds % 12 == 0:
+                if rounds % label_every == 0:
                     book = self.pipeline.profiles
                     self.segmenter.label_expired((p for s in book.subjects() if (p := book.get(s)) is not None), now)
             except asyncio.CancelledError:

@@ -10,9 +10,10 @@ An outcome comes from the first of:
   that step gets the credit; an identified visitor's pending decisions count as the user's from the
   ``identify`` event on); a ``step_dismissed`` of the step gets the step's default reward (outcome
   ``dismissed``);
-- ``default``: the window closed (deadline + a short grace for reports in flight) with no success; the
-  step's ``default_reward`` applies. A periodic sweep closes windows, and the first sweep at startup closes
-  those that passed while the server was down.
+- ``default``: the window closed (deadline + a short grace for reports in flight, ``[rewards]
+  grace_seconds``) with no success; the step's ``default_reward`` applies. A periodic sweep (every
+  ``[rewards] sweep_interval_seconds``) closes windows, and the first sweep at startup closes those that
+  passed while the server was down.
 
 Uniqueness is the ``outcomes`` primary key: whichever outcome commits first wins, a later one is a
 duplicate. Outcomes are written only while their decision row still exists (an erased user's decision is
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from server.catalog import Catalog, Step
+from server.catalog import Catalog, Rewards, Step
 from server.metrics import Metrics
 from server.records import IDENTIFY, STEP_COMPLETED, STEP_DISMISSED, StoredEvent
 from server.store import SqliteStore
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 REPORTED = "reported"
 EVENT = "event"
 DEFAULT = "default"
-DEFAULT_GRACE_MS = 60_000  # a window counts as closed this long after its deadline (reports in flight)
+# A window counts as closed this long after its deadline (reports in flight): ``[rewards] grace_seconds``.
+DEFAULT_GRACE_MS = int(round(Rewards().grace_seconds * 1000))
 
 Learner = Callable[[str, "np.ndarray | None", float], None]  # (step_id, context vector, reward)
 
@@ -76,7 +78,7 @@ class RewardJoiner:
     clock; every joined outcome is committed through the writer, then learned."""
 
     def __init__(self, writer: Writer, catalog: Catalog, pseudonym: Callable[[str], str], learn: Learner,
-                 metrics: Metrics | None = None, grace_ms: int = DEFAULT_GRACE_MS,
+                 metrics: Metrics | None = None, grace_ms: int | None = None,
                  aliases: Callable[[str], Iterable[str]] | None = None) -> None:
         self.writer = writer
         self.catalog = catalog
@@ -85,7 +87,7 @@ class RewardJoiner:
         self.aliases = aliases
         self.learn = learn
         self.metrics = metrics
-        self.grace_ms = int(grace_ms)
+        self.grace_ms = int(round(catalog.rewards.grace_seconds * 1000)) if grace_ms is None else int(grace_ms)
         self.success_reward = catalog.rewards.success_reward
         self._steps: dict[str, Step] = {s.id: s for s in catalog.steps}
         self._names = frozenset({s.success_event for s in catalog.steps} | {STEP_DISMISSED, IDENTIFY})

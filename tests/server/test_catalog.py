@@ -323,6 +323,25 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("rule_unknown_key", _set(["rules", 1, "treshold"], 2), "rules[1].treshold", "did you mean 'threshold'"),
     ("rewards_window", _set(["rewards", "window_hours"], 0), "rewards.window_hours", "must be > 0"),
     ("rewards_unknown_key", _set(["rewards", "window"], 3), "rewards.window", "unknown key"),
+    ("rewards_sweep_zero", _set(["rewards", "sweep_interval_seconds"], 0), "rewards.sweep_interval_seconds",
+     "must be > 0 (got 0)"),
+    ("rewards_sweep_negative", _set(["rewards", "sweep_interval_seconds"], -1), "rewards.sweep_interval_seconds",
+     "must be > 0 (got -1)"),
+    ("rewards_sweep_too_long", _set(["rewards", "sweep_interval_seconds"], 7200), "rewards.sweep_interval_seconds",
+     "must be <= 3600 (got 7200)"),
+    ("rewards_sweep_type", _set(["rewards", "sweep_interval_seconds"], "5s"), "rewards.sweep_interval_seconds",
+     "must be a number (got string)"),
+    ("rewards_sweep_bool", _set(["rewards", "sweep_interval_seconds"], True), "rewards.sweep_interval_seconds",
+     "must be a number (got boolean)"),
+    ("rewards_grace_negative", _set(["rewards", "grace_seconds"], -5), "rewards.grace_seconds",
+     "must be >= 0 (got -5)"),
+    ("rewards_grace_too_long", _set(["rewards", "grace_seconds"], 100_000), "rewards.grace_seconds",
+     "must be <= 86400 (got 100000)"),
+    ("rewards_grace_type", _set(["rewards", "grace_seconds"], "60"), "rewards.grace_seconds",
+     "must be a number (got string)"),
+    ("rewards_grace_nan", _set(["rewards", "grace_seconds"], float("nan")), "rewards.grace_seconds", "must be finite"),
+    ("rewards_grace_typo", _set(["rewards", "grace_second"], 5), "rewards.grace_second",
+     "did you mean 'grace_seconds'"),
     ("exp_shares_sum", _set(["experiments", 0, "arms", 2, "share"], 0.2), "experiments[0].arms",
      "shares must sum to 1 (got 1.1)"),
     ("exp_arm_kind", _set(["experiments", 0, "arms", 0, "kind"], "bandit"), "experiments[0].arms[0].kind",
@@ -446,6 +465,19 @@ def test_version_changes_when_catalog_changes(mutate: Callable[[dict[str, Any]],
     v = parse_catalog(raw).version
     mutate(raw)
     assert parse_catalog(raw).version != v
+
+
+def test_reward_sweep_timing_defaults_and_is_not_part_of_the_version() -> None:
+    raw = demo_raw()
+    del raw["rewards"]["sweep_interval_seconds"], raw["rewards"]["grace_seconds"]
+    cat = parse_catalog(raw)
+    assert (cat.rewards.sweep_interval_seconds, cat.rewards.grace_seconds) == (5.0, 60.0)  # the former constants
+    assert cat.version == load_catalog(None).version
+    raw["rewards"].update(sweep_interval_seconds=0.25, grace_seconds=0)  # zero grace is allowed
+    timed = parse_catalog(raw)
+    assert (timed.rewards.sweep_interval_seconds, timed.rewards.grace_seconds) == (0.25, 0.0)
+    assert timed.version == cat.version  # timing only: decisions, logs and checkpoints keep their version
+    assert timed.to_dict()["rewards"]["grace_seconds"] == 0.0
 
 
 def test_to_dict_is_json_and_excludes_version() -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from server.engine import DecisionEngine
 from server.rewards import DEFAULT_GRACE_MS
-from tests.server.engine_support import Scenario, run, DAY_MS, HOUR_MS, MIN_MS, T0, Harness, decision_rows, outcome_rows
+from tests.server.engine_support import (Scenario, run, DAY_MS, HOUR_MS, MIN_MS, T0, Harness, catalog_with, decision_rows,
+                                         demo_raw, outcome_rows)
 
 def tailored(engine: DecisionEngine, i: int = 0) -> str:
     n = -1
@@ -140,3 +141,22 @@ def test_only_the_latest_show_of_a_step_gets_the_credit(tmp_path: Path) -> None:
         assert second.decision_id in out and first.decision_id not in out
         assert first.decision_id in engine.joiner  # its own window still runs; the sweep settles it
     run(tmp_path, scenario)
+
+
+def test_the_sweep_timing_comes_from_the_catalog(tmp_path: Path) -> None:
+    async def defaults(h: Harness, engine: DecisionEngine) -> None:
+        assert (engine.sweep_interval_s, engine.joiner.grace_ms) == (5.0, DEFAULT_GRACE_MS) == (5.0, 60_000)
+    run(tmp_path / "a", defaults)
+
+    async def short(h: Harness, engine: DecisionEngine) -> None:
+        assert (engine.sweep_interval_s, engine.joiner.grace_ms) == (0.5, 2_000)
+        await h.consent("gil")
+        await h.sessions("gil", [T0])
+        r = await h.ask("gil", T0 + MIN_MS)
+        deadline = T0 + MIN_MS + 24 * HOUR_MS
+        assert await engine.joiner.sweep(deadline + 1_999) == 0  # within the 2 s grace
+        assert await engine.joiner.sweep(deadline + 2_001) == 1  # long before the default 60 s grace ends
+        o = outcome_rows(h.db_path)[r.decision_id]
+        assert (o["source"], o["outcome"], o["timestamp_ms"]) == ("default", "no_success", deadline)
+    rewards = {**demo_raw()["rewards"], "sweep_interval_seconds": 0.5, "grace_seconds": 2}
+    run(tmp_path / "b", short, catalog=catalog_with(rewards=rewards))

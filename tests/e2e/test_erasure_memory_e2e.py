@@ -11,6 +11,7 @@ import gc
 import logging
 import pickle
 import shutil
+import sqlite3
 import threading
 import time
 import types
@@ -28,6 +29,7 @@ from server.app import ServerHandle, running_server
 from server.checkpoint import read_checkpoint
 from server.engine import DecisionEngine
 from server.records import ANON_PREFIX
+from server.store import TABLES
 from tests.conftest import EventFactory
 
 IDS = ("carol", "web-anon", "app-anon", "iphone-9")
@@ -105,6 +107,18 @@ def populate(stub: pb_grpc.OnrampStub, events: EventFactory) -> list[str]:
     return [d for d in (anon.decision_id, first.decision_id) if d]
 
 
+def rows_mentioning(h: ServerHandle, needles: list[str]) -> dict[str, int]:
+    """Rows of every table with a text value containing one of ``needles``."""
+    found: dict[str, int] = {}
+    with sqlite3.connect(f"file:{h.db_path}?mode=ro", uri=True) as conn:
+        for table in TABLES:
+            n = sum(1 for row in conn.execute(f"SELECT * FROM {table}")  # noqa: S608 - fixed table names
+                    if any(isinstance(v, str) and any(x in v for x in needles) for v in row))
+            if n:
+                found[table] = n
+    return found
+
+
 def holds_carol(h: ServerHandle) -> dict[str, bool]:
     engine: DecisionEngine = h.server.service.decisions
     pseudo = h.runtime.pipeline.pseudonym("carol")
@@ -149,6 +163,7 @@ def test_after_erase_the_server_holds_nothing_of_the_person_and_serves_them_as_n
         assert erased.deleted["events"] == 7 and erased.deleted["decisions"] == 3
 
         assert h.call(lambda: held(h, needles)) == []
+        assert rows_mentioning(h, needles) == {"tombstones": 2}  # on disk: only her and her visitor's pseudonyms
         assert h.call(lambda: holds_carol(h)) == dict.fromkeys(
             ("history", "pending", "segment_cache", "marks", "profile"), False)
         assert h.call(lambda: len(h.server.service.decisions.joiner._deadlines))  # noqa: SLF001 - dave's stays

@@ -20,9 +20,9 @@ from server.logging_setup import LoggingConfig, configure_logging
 log = logging.getLogger("onramp.cli")
 
 # grpcio reads this when it is first imported (below, by the subcommands). The child a checkpoint forks never
-# uses gRPC, so gRPC core's fork handlers are not needed; "0" keeps them out of every fork (otherwise they run,
-# find the grpc.aio poller thread inside gRPC, and log "skipping fork() handlers" each time). An operator's
-# "1" is kept, and server/state.py then pickles checkpoints in-process (grpcio's handlers stall a grpc.aio fork).
+# uses gRPC; left unset, gRPC core's own post-fork handler runs in that child and crashes it now and then
+# under load, and "1" makes grpcio's pre-fork handler stall a grpc.aio server (server/state.py, fork_problem).
+# An operator's own value is kept; unless it is "0", checkpoints are then pickled in-process.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 DEFAULT_HOST = "127.0.0.1"

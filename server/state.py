@@ -23,9 +23,9 @@ BGSAVE does it: at that same consistent point the event loop forks; the child pr
 inherited (a copy-on-write image of the parent's memory, frozen at the fork), writes the file atomically and
 leaves with ``os._exit``; it never touches gRPC, asyncio, SQLite or logging. The writer and the loop resume
 as soon as ``fork()`` returns, so the pause is the fork time, independent of the state size; the loop waits
-for the child in a thread and logs the result. Without fork (no ``os.fork``, the key off, or grpcio's own
-fork support switched on with ``GRPC_ENABLE_FORK_SUPPORT``, see :func:`fork_problem`) the loop pickles the
-state itself and the writer pause is the pickling time (see docs/operations.md).
+for the child in a thread and logs the result. gRPC's own fork handlers must be off
+(``GRPC_ENABLE_FORK_SUPPORT=0`` before grpc is imported, as the CLI sets it: see :func:`fork_problem`).
+Without fork (no ``os.fork``, the key off, or that variable not "0") the loop pickles the state itself and the writer pause is the pickling time (see docs/operations.md).
 
 Resuming (:func:`load_checkpoint` at open, :func:`resume` once the engine exists):
 
@@ -274,22 +274,32 @@ class CheckpointInfo:
     child_peak_rss_bytes: int = 0  # the child's peak resident set (incl. pages still shared with the server)
 
 
-def grpc_fork_support_enabled() -> bool:
-    """Whether grpcio's own fork handlers are on (``GRPC_ENABLE_FORK_SUPPORT``, read when grpc is imported)."""
-    try:
-        from grpc._cython import cygrpc  # noqa: PLC0415 - private, but the only place the flag is known
-        return bool(cygrpc.is_fork_support_enabled())
-    except (ImportError, AttributeError):
-        return os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "0").lower() in ("yes", "true", "1")
+GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
+
+
+def grpc_fork_handlers_off() -> bool:
+    """Whether gRPC's own fork handlers are off: ``GRPC_ENABLE_FORK_SUPPORT`` set to a false value (grpcio
+    reads it when it is imported; unset, gRPC core's default in grpcio builds is on)."""
+    value = os.environ.get(GRPC_FORK_ENV)
+    return value is not None and value.strip().lower() in ("0", "false", "no")
 
 
 def fork_problem() -> str | None:
-    """Why checkpoints cannot be written by a forked child in this process, or None when they can."""
+    """Why checkpoints cannot be written by a forked child in this process, or None when they can.
+
+    gRPC's fork handlers must be off: with ``GRPC_ENABLE_FORK_SUPPORT`` unset, gRPC core's post-fork handler
+    restarts its pollers in the child and, with a grpc.aio server busy, crashes it now and then (SIGABRT
+    "ev_epoll1_linux.cc: Check failed: next_worker->state == KICKED", or SIGSEGV: 25 of 150 forks under
+    load with grpcio 1.85); set to 1, grpcio's pre-fork handler waits 5 s for its threads and the server
+    hangs. The child never uses gRPC, so it needs none of them."""
     if not hasattr(os, "fork"):
         return "this platform has no os.fork"
-    if grpc_fork_support_enabled():
-        # grpcio's pre-fork handler then waits up to 5 s for its threads, and a forked grpc.aio server hangs
-        return "GRPC_ENABLE_FORK_SUPPORT is on (grpcio's fork handlers stall and hang a running grpc.aio server)"
+    if not grpc_fork_handlers_off():
+        value = os.environ.get(GRPC_FORK_ENV)
+        shown = "unset" if value is None else repr(value)
+        return (f"{GRPC_FORK_ENV} is {shown}, so gRPC's own fork handlers run at every fork (they crash or hang "
+                f"a child forked from a busy grpc.aio server); set {GRPC_FORK_ENV}=0 in the environment before "
+                "grpc is imported (`python -m server serve` does)")
     return None
 
 

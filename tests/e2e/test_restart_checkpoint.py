@@ -242,13 +242,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory, now_ms: int) -> dict[str
             "logged_c": logged_after(db, mark)}
 
 
+@pytest.mark.parametrize("fork", [True, False], ids=["forked_child", "in_process"])
 def test_a_restart_from_checkpoint_plus_log_decides_exactly_as_without_restart(
-        tmp_path: pathlib.Path, now_ms: int, reference: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: pathlib.Path, now_ms: int, reference: dict[str, Any], caplog: pytest.LogCaptureFixture,
+        fork: bool) -> None:
+    """Both ways of writing a checkpoint ([server] checkpoint_fork): a forked child's copy-on-write snapshot
+    and the in-process pickle."""
     db = tmp_path / "onramp.db"
-    with running_server(config(), db_path=db) as h, grpc.insecure_channel(h.address) as ch:
+    with running_server(config(checkpoint_fork=fork), db_path=db) as h, grpc.insecure_channel(h.address) as ch:
         script = Script(pb_grpc.OnrampStub(ch), now_ms)
         script.phase_a()
         info = checkpoint_now(h)
+        assert info.forked == fork
         assert info.mark.events_seq > 0 and info.mark.outcomes_rowid > 0 and info.mark.decisions_rowid > 0
         script.phase_b()
         before = model_state(h, now_ms)
@@ -257,8 +262,8 @@ def test_a_restart_from_checkpoint_plus_log_decides_exactly_as_without_restart(
     assert script.answers == reference["answers_ab"]
     assert before == reference["state"]
 
-    with caplog.at_level(logging.INFO, logger="server.state"), running_server(config(), db_path=db) as h, \
-            grpc.insecure_channel(h.address) as ch:
+    with caplog.at_level(logging.INFO, logger="server.state"), \
+            running_server(config(checkpoint_fork=fork), db_path=db) as h, grpc.insecure_channel(h.address) as ch:
         # the last checkpoint is the one the erasure of sim-5 wrote; journeys, rewards and the identify
         # after it come from the log
         resumed = h.runtime.resume

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
+import stat
 
 import pytest
 
 from server.checkpoint import (FORMAT_VERSION, JSON_FORMAT, decode_checkpoint, encode_checkpoint, read_checkpoint,
-                               write_checkpoint)
+                               remove_temp_files, write_checkpoint)
 
 PAYLOAD = {"events_seq": 1234, "outcomes": 56, "engine": {"learned": 7, "policy": [0.5, 1.25]}}
 
@@ -62,6 +64,8 @@ def test_both_formats_round_trip_and_objects_survive(tmp_path: pathlib.Path) -> 
     ({"checkpoint_interval_s": 0.5}, "server.checkpoint_interval_s: must be 0 (off) or at least 1 second"),
     ({"checkpoint_interval_s": 90_000}, "server.checkpoint_interval_s: must be a number of seconds from 0"),
     ({"checkpoint_path": 5}, "server.checkpoint_path: must be a file path string"),
+    ({"checkpoint_fork": "yes"}, "server.checkpoint_fork: must be true (write checkpoints from a forked child) or false"),
+    ({"checkpoint_fork": 1}, "server.checkpoint_fork: must be true (write checkpoints from a forked child) or false"),
 ])
 def test_checkpoint_keys_are_validated_naming_the_key(server: dict, message: str) -> None:
     from server.config import ConfigError, parse_config
@@ -76,3 +80,32 @@ def test_checkpoint_key_defaults_and_file() -> None:
     assert (cfg.checkpoint_interval_s, cfg.checkpoint_file) == (300.0, "/data/onramp.db.checkpoint")
     cfg = parse_config({"server": {"checkpoint_interval_s": 0, "checkpoint_path": "/x/state.ckpt"}}).server
     assert (cfg.checkpoint_interval_s, cfg.checkpoint_file) == (0.0, "/x/state.ckpt")
+    assert parse_config({}).server.checkpoint_fork is hasattr(os, "fork")  # on where fork exists
+    assert parse_config({"server": {"checkpoint_fork": False}}).server.checkpoint_fork is False
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_the_checkpoint_file_is_readable_by_its_owner_only(tmp_path: pathlib.Path) -> None:
+    """It holds user profiles (and is a pickle): mode 0600, whatever the umask, also after a replace."""
+    path = tmp_path / "onramp.ckpt"
+    old = os.umask(0o022)
+    try:
+        write_checkpoint(path, PAYLOAD)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        path.chmod(0o644)
+        write_checkpoint(path, PAYLOAD)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_orphaned_temp_files_of_this_checkpoint_only_are_removed(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "onramp[1].ckpt"  # glob characters in the name are taken literally
+    write_checkpoint(path, PAYLOAD)
+    orphans = [tmp_path / ".onramp[1].ckpt.x1y2.tmp", tmp_path / ".onramp[1].ckpt.zz.tmp"]
+    others = [tmp_path / ".onramp1.ckpt.x1y2.tmp", tmp_path / ".other.ckpt.ab.tmp", tmp_path / "onramp[1].ckpt.tmp"]
+    for f in orphans + others:
+        f.write_bytes(b"half")
+    assert sorted(remove_temp_files(path)) == sorted(str(f) for f in orphans)
+    assert all(f.exists() for f in others) and read_checkpoint(path) == PAYLOAD
+    assert remove_temp_files(tmp_path / "missing-dir" / "x.ckpt") == []

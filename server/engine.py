@@ -297,12 +297,14 @@ class DecisionEngine:
     def _merge_linked(self, links: Iterable[LinkRow]) -> None:
         """At startup: the shows and pending rewards of each linked visitor (logged under the visitor's
         pseudonym) go to the user it is linked to now, as :meth:`on_identify` did live."""
-        pseudonym = self.pipeline.pseudonym
+        pseudonym, history, joiner = self.pipeline.pseudonym, self.history, self.joiner
         for link in links:
             if link.alias_kind == ANONYMOUS_ID:
-                alias, user = pseudonym(ANON_PREFIX + link.alias), pseudonym(link.user_id)
-                self.history.merge(alias, user)
-                self.joiner.merge_user(alias, user)
+                alias = pseudonym(ANON_PREFIX + link.alias)
+                if history.of(alias) or joiner.has_user(alias):  # one keyed hash per link when nothing moves
+                    user = pseudonym(link.user_id)
+                    history.merge(alias, user)
+                    joiner.merge_user(alias, user)
 
     # -- learning ------------------------------------------------------------------------------------------
     def _learn(self, step_id: str, x: np.ndarray | None, reward: float) -> None:

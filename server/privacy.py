@@ -7,7 +7,6 @@ kept in the database's ``meta`` table, so pseudonyms stay stable across restarts
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import secrets
 from typing import Protocol
@@ -28,19 +27,34 @@ class MetaStore(Protocol):
 
 
 class Pseudonymizer:
-    """Maps a subject to its keyed pseudonym (32 hex characters); results are cached per subject."""
+    """Maps a subject to its keyed pseudonym (32 hex characters); results are cached per subject.
+
+    The HMAC's inner and outer SHA-256 states are keyed once and copied per subject (RFC 2104, what
+    :func:`hmac.new` recomputes on every call): the same digest at about half the cost, which matters at
+    startup, when the pseudonyms of every linked visitor are computed once."""
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
             raise ValueError("pseudonym key: must be at least 16 bytes")
         self._key = key
         self._cache: dict[str, str] = {}
+        block = hashlib.sha256().block_size
+        padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
+
+    def _hmac(self, data: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()[:PSEUDONYM_CHARS]
 
     def pseudonymize(self, subject: str) -> str:
         """HMAC-SHA256(key, subject), first 32 hex characters."""
         p = self._cache.get(subject)
         if p is None:
-            p = hmac.new(self._key, subject.encode("utf-8"), hashlib.sha256).hexdigest()[:PSEUDONYM_CHARS]
+            p = self._hmac(subject.encode("utf-8"))
             if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[subject] = p

@@ -150,6 +150,10 @@ class RewardJoiner:
             heapq.heapify(self._deadlines)
         return len(lst)
 
+    def has_user(self, user_pseudo: str) -> bool:
+        """Whether a user has pending decisions."""
+        return user_pseudo in self._by_user
+
     def pending_of(self, user_pseudo: str) -> list[Pending]:
         """The pending decisions of a user, oldest first."""
         return list(self._by_user.get(user_pseudo, ()))

@@ -21,6 +21,13 @@ def test_pseudonym_is_truncated_hmac_sha256() -> None:
     assert Pseudonymizer(b"j" * 32)("u1") != expected
 
 
+@pytest.mark.parametrize("key", [b"k" * 16, b"0123456789abcdef" * 4, bytes(range(65)), b"\xff" * 200])
+def test_pseudonym_equals_hmac_sha256_for_every_key_length(key: bytes) -> None:
+    p = Pseudonymizer(key)
+    for subject in ("u1", "anon:visitor", "", "ü" * 100):
+        assert p(subject) == hmac.new(key, subject.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
 def test_short_key_is_refused() -> None:
     with pytest.raises(ValueError):
         Pseudonymizer(b"short")

@@ -139,6 +139,8 @@ class DecisionEngine:
         # the reward sweep's timing: [rewards] sweep_interval_seconds and grace_seconds unless given here
         self.sweep_interval_s = float(catalog.rewards.sweep_interval_seconds if sweep_interval_s is None
                                       else sweep_interval_s)
+        if not self.sweep_interval_s > 0:
+            raise ValueError(f"sweep_interval_s: must be > 0 (got {self.sweep_interval_s:g})")
         self.specs = tuple(step_specs(catalog))  # a tuple: eligible() remembers its channel map
         self.guardrails = guardrail_config(catalog)
         # Eligibility is computed without the consistency threshold; personalization_allowed() applies it

@@ -88,6 +88,8 @@ class RewardJoiner:
         self.learn = learn
         self.metrics = metrics
         self.grace_ms = int(round(catalog.rewards.grace_seconds * 1000)) if grace_ms is None else int(grace_ms)
+        if self.grace_ms < 0:
+            raise ValueError(f"grace_ms: must be >= 0 (got {self.grace_ms})")
         self.success_reward = catalog.rewards.success_reward
         self._steps: dict[str, Step] = {s.id: s for s in catalog.steps}
         self._names = frozenset({s.success_event for s in catalog.steps} | {STEP_DISMISSED, IDENTIFY})

@@ -25,7 +25,7 @@ from server.identity import ANONYMOUS_ID, DEVICE_ID, IdentityGraph, LinkPlan
 from server.privacy import Pseudonymizer
 from server.profiles import Profile, ProfileBook
 from server.records import ANON_PREFIX, StoredEvent
-from server.store import ConsentRow, LinkRow, SqliteStore, SubjectKeys
+from server.store import ConsentRow, LinkRow, SqliteStore, SubjectKeys, encode_properties
 from server.writer import Writer, now_ms
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 Listener = Callable[[list[StoredEvent]], None]
 ErasureListener = Callable[[SubjectKeys], None]
 # Profile operations published after commit, applied in order on the loop thread.
-ProfileOp = tuple[str, Any, Any]  # ("apply", StoredEvent, None) | ("link", alias_subject, user) | ("drop", subject, None)
+ProfileOp = tuple[str, Any, Any]  # ("events", [StoredEvent, ...], None) | ("apply", StoredEvent, None) |
+#                                   ("link", alias_subject, user) | ("drop", subject, None)
 #                                 | ("erased", SubjectKeys, None)
 CARRIED_SOURCE_PREFIX = "carried:"
 
@@ -186,7 +187,11 @@ class Pipeline:
     def _publish(self, ops: list[ProfileOp], stored: list[StoredEvent]) -> None:
         book = self.profiles
         for kind, a, b in ops:
-            if kind == "apply":
+            if kind == "events":
+                apply = book.apply
+                for ev in a:
+                    apply(ev)
+            elif kind == "apply":
                 book.apply(a)
             elif kind == "link":
                 book.link(a, b)
@@ -213,13 +218,16 @@ class Pipeline:
     # -- ingestion ---------------------------------------------------------------------------------------------
     def submit_events(self, events: Sequence[pb.Event], received_ms: int | None = None
                       ) -> concurrent.futures.Future[IngestResult]:
-        """Queue validated events; the future resolves after they are committed (profiles updated first)."""
+        """Queue validated events; the future resolves after they are committed (profiles updated first).
+
+        Batches that wait at the writer together are stored by one :meth:`_ingest_many` call (one duplicate
+        check and one INSERT for all of them); each keeps its own result, publication and future."""
         received = now_ms() if received_ms is None else received_ms
         batch = list(events)
         ops: list[ProfileOp] = []
         stored: list[StoredEvent] = []
-        return self.writer.submit(lambda store: self._ingest_job(store, batch, received, ops, stored),
-                                  weight=len(batch), after_commit=self._published(ops, stored))
+        return self.writer.submit_combined(self._ingest_many, (batch, received, ops, stored), weight=len(batch),
+                                           after_commit=self._published(ops, stored))
 
     async def ingest(self, events: Sequence[pb.Event], received_ms: int | None = None) -> IngestResult:
         """Store validated events and return their committed counts."""
@@ -227,47 +235,81 @@ class Pipeline:
 
     def _ingest_job(self, store: SqliteStore, events: list[pb.Event], received_ms: int,
                     ops: list[ProfileOp], stored: list[StoredEvent]) -> IngestResult:
-        ops.clear()
-        stored.clear()
-        result = IngestResult(received=len(events))
-        ids = [e.event_id for e in events]  # each read of a protobuf field makes a new str: read once
-        existing = store.existing_event_ids(ids)
+        """Store one batch (see :meth:`_ingest_many`)."""
+        return self._ingest_many(store, [(events, received_ms, ops, stored)])[0]
+
+    def _ingest_many(self, store: SqliteStore,
+                     batches: list[tuple[list[pb.Event], int, list[ProfileOp], list[StoredEvent]]]
+                     ) -> list[IngestResult]:
+        """Store batches in order, as if one after the other: dedupe (stored before, or earlier in these
+        batches), resolve identities, gate on consent, insert; fill each batch's ``ops`` and ``stored``.
+
+        Each event's row is built while its fields are read (a protobuf field read makes a new str each time),
+        and all rows go into one multi-row INSERT at the end (or before an identify re-keys earlier events)."""
+        ids_of = [[e.event_id for e in events] for events, _r, _o, _s in batches]
+        existing = store.existing_event_ids([eid for ids in ids_of for eid in ids])
         seen: set[str] = set()
-        pending: list[StoredEvent] = []
+        pending: list[Any] = []  # EVENT_COLUMNS values of the events not inserted yet
+        add_row = pending.extend
         identity, gate, pseudo = self.identity, self.consent.tracking_gate, self.pseudonym
-        dropped = result.dropped
-        for ev, eid in zip(events, ids):
-            if eid in existing or eid in seen:
-                result.duplicates += 1
-                continue
-            uid, aid, did, name = ev.user_id, ev.anonymous_id, ev.device_id, ev.name
-            if name == r.IDENTIFY:
-                reason = self._identify(store, uid, aid, did, ev.timestamp_ms or received_ms, pending, ops)
-                subject = uid
-            else:
-                subject = identity.resolve(uid, aid, did)
-                reason = gate(subject, pseudo)
-            if reason is not None:
-                dropped[reason] += 1
-                continue
-            seen.add(eid)
-            props = ev.properties
-            se = StoredEvent(eid, subject, name, ev.timestamp_ms or received_ms, received_ms, uid, aid, did,
-                             ev.channel, ev.device_type, ev.feature, ev.step_id, ev.decision_id,
-                             dict(props) if props else {})
-            pending.append(se)
-            stored.append(se)
-            ops.append(("apply", se, None))
-            if not uid and did and subject.startswith(ANON_PREFIX):
-                identity.note_device(did, aid)
+        resolve, note_device = identity.resolve, identity.note_device
+        encode = encode_properties
+        results: list[IngestResult] = []
+        for (events, received_ms, ops, stored), ids in zip(batches, ids_of):
+            ops.clear()
+            stored.clear()
+            result = IngestResult(received=len(events))
+            dropped = result.dropped
+            run: list[StoredEvent] = []  # events applied to the profiles one after the other
+            ops.append(("events", run, None))
+            duplicates = 0
+            keep = stored.append
+            for ev, eid in zip(events, ids):
+                if eid in existing or eid in seen:
+                    duplicates += 1
+                    continue
+                uid, aid, did, name = ev.user_id, ev.anonymous_id, ev.device_id, ev.name
+                ts = ev.timestamp_ms or received_ms
+                if name == r.IDENTIFY:
+                    n_ops = len(ops)
+                    reason = self._identify(store, uid, aid, did, ts, pending, ops)
+                    subject = uid
+                    if len(ops) != n_ops:  # profiles merged: later events apply after the merge
+                        run = []
+                        ops.append(("events", run, None))
+                else:
+                    subject = resolve(uid, aid, did)
+                    reason = gate(subject, pseudo)
+                if reason is not None:
+                    dropped[reason] += 1
+                    continue
+                seen.add(eid)
+                channel, device_type, feature, step_id, decision_id = (ev.channel, ev.device_type, ev.feature,
+                                                                       ev.step_id, ev.decision_id)
+                props = ev.properties
+                if props:
+                    properties = dict(props)
+                    text = encode(properties)
+                else:
+                    properties, text = {}, "{}"
+                se = StoredEvent(eid, subject, name, ts, received_ms, uid, aid, did, channel, device_type,
+                                 feature, step_id, decision_id, properties)
+                add_row((eid, subject, uid, aid, did, name, ts, received_ms, channel, device_type, feature,
+                         step_id, decision_id, text))
+                keep(se)
+                run.append(se)
+                if not uid and did and subject.startswith(ANON_PREFIX):
+                    note_device(did, aid)
+            result.duplicates = duplicates
+            result.accepted = len(stored)
+            result.stored = stored
+            results.append(result)
         if pending:
-            store.append_events(pending)
-        result.accepted = len(stored)
-        result.stored = stored
-        return result
+            store.append_event_rows(pending)
+        return results
 
     def _identify(self, store: SqliteStore, user_id: str, anonymous_id: str, device_id: str, ts: int,
-                  pending: list[StoredEvent], ops: list[ProfileOp]) -> str | None:
+                  pending: list[Any], ops: list[ProfileOp]) -> str | None:
         """Handle an identify event: carry consent over from the anonymous subjects, gate on the user's
         tracking consent, then link the aliases, move their events and merge their profiles. Returns the drop
         reason, or None when the identify event is to be stored."""
@@ -285,7 +327,7 @@ class Pipeline:
             self._write_consent(store, row, now)
         if plan.changes_anything:
             if pending:  # earlier events of this job must be in the table before they are re-keyed
-                store.append_events(pending)
+                store.append_event_rows(pending)
                 pending.clear()
             for kind, alias in plan.links:
                 store.link_alias(kind, alias, user_id, ts)

@@ -30,7 +30,7 @@ JSON_DECISION_COLUMNS = ("context", "eligible", "probabilities")
 TABLES = ("events", "identities", "consents", "consent_history", "tombstones", "meta", "decisions", "outcomes")
 _CHUNK = 5000  # bound parameters per IN (...) query
 
-_INSERT_SIZES = (256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT statement (few distinct statements to cache)
+_INSERT_SIZES = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT statement (few distinct statements to cache)
 
 
 @functools.lru_cache(maxsize=64)
@@ -52,6 +52,7 @@ def insert_flat(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], 
             i += rows
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
 _encode_properties = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+encode_properties = _encode_properties  # the JSON text of an event's properties as stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,11 @@ class EventLog(Protocol):
     def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
 
     def append_events(self, events: Sequence[StoredEvent]) -> None: ...
+
+    def append_event_rows(self, flat: Sequence[Any]) -> None:
+        """Insert new events given as their :data:`EVENT_COLUMNS` values one after the other (properties
+        already JSON text), in order; for callers that build the rows while they read the events."""
+        insert_flat(self.conn, "events", EVENT_COLUMNS, flat)
 
     def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int: ...
 
@@ -246,6 +252,11 @@ class SqliteStore:
             add((e.event_id, e.subject, e.user_id, e.anonymous_id, e.device_id, e.name, e.timestamp_ms,
                  e.received_ms, e.channel, e.device_type, e.feature, e.step_id, e.decision_id,
                  encode(e.properties) if e.properties else "{}"))
+        insert_flat(self.conn, "events", EVENT_COLUMNS, flat)
+
+    def append_event_rows(self, flat: Sequence[Any]) -> None:
+        """Insert new events given as their :data:`EVENT_COLUMNS` values one after the other (properties
+        already JSON text), in order; for callers that build the rows while they read the events."""
         insert_flat(self.conn, "events", EVENT_COLUMNS, flat)
 
     def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int:

@@ -4,6 +4,10 @@ Callers submit a job (a function of the store) and get a future resolved only af
 ran the job has COMMITted (group commit: all jobs waiting in the queue when the thread becomes free share
 one transaction, up to ``max_group_weight`` events). A job that raises is isolated: the group is rolled
 back and its jobs re-run one transaction each, so only the faulty job fails.
+
+Jobs submitted with :meth:`Writer.submit_combined` and the same ``run_many`` function that follow one another
+in a group run as one call of ``run_many(store, [arg, ...])`` (e.g. ingest batches: one duplicate check and
+one INSERT for all of them, fewer SQLite calls, each of which gives up and re-takes the GIL).
 """
 from __future__ import annotations
 
@@ -27,15 +31,22 @@ class WriterClosed(RuntimeError):
     """The writer was stopped; no more jobs are accepted."""
 
 
+RunMany = Callable[[SqliteStore, list[Any]], list[Any]]
+
+
 @dataclass(slots=True)
 class Job(Generic[T]):
     """One unit of work: ``run(store)`` inside a transaction, then ``after_commit(result)`` on the writer
-    thread once committed, then the future is resolved with the result."""
+    thread once committed, then the future is resolved with the result. A combinable job has ``many`` and
+    ``arg`` instead of ``run``: consecutive jobs with the same ``many`` run as ``many(store, [arg, ...])``,
+    which returns their results in order."""
 
-    run: Callable[[SqliteStore], T]
+    run: Callable[[SqliteStore], T] | None
     future: concurrent.futures.Future[T]
     weight: int = 1
     after_commit: Callable[[T], None] | None = None
+    many: RunMany | None = None
+    arg: Any = None
 
 
 _STOP = object()
@@ -76,6 +87,19 @@ class Writer:
             if self._closed:
                 raise WriterClosed("the writer is stopped")
             self._queue.put(Job(run, future, max(1, weight), after_commit))
+        return future
+
+    def submit_combined(self, many: RunMany, arg: Any, *, weight: int = 1,
+                        after_commit: Callable[[Any], None] | None = None) -> concurrent.futures.Future[Any]:
+        """Queue ``many(store, [arg])``'s single result as a job that runs together with the jobs of the same
+        ``many`` next to it in a group (``many(store, [arg1, arg2, ...])``, one result per arg, in order);
+        the future resolves after the transaction commits. If the combined call raises, the group is rolled
+        back and every job re-runs alone, as for any job."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._submit_lock:
+            if self._closed:
+                raise WriterClosed("the writer is stopped")
+            self._queue.put(Job(None, future, max(1, weight), after_commit, many, arg))
         return future
 
     async def call(self, run: Callable[[SqliteStore], T], *, weight: int = 1,
@@ -124,8 +148,22 @@ class Writer:
         results: list[Any] = []
         try:
             store.begin()
-            for job in group:
-                results.append(job.run(store))
+            i, n = 0, len(group)
+            while i < n:
+                job = group[i]
+                many = job.many
+                if many is None:
+                    results.append(job.run(store))  # type: ignore[misc]
+                    i += 1
+                    continue
+                j = i + 1
+                while j < n and group[j].many == many:
+                    j += 1
+                out = many(store, [g.arg for g in group[i:j]])
+                if len(out) != j - i:
+                    raise RuntimeError(f"combined writer job returned {len(out)} results for {j - i} jobs")
+                results.extend(out)
+                i = j
             store.commit()
         except BaseException as exc:  # noqa: BLE001 - isolate the faulty job below
             store.rollback()

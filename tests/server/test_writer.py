@@ -99,3 +99,46 @@ def test_call_from_a_coroutine(store: SqliteStore) -> None:
     assert asyncio.run(main()) == 7
     assert writer.run_sync(lambda s: s.existing_event_ids(["x"])) == {"x"}
     writer.stop()
+
+
+def test_combined_jobs_next_to_each_other_run_as_one_call_with_their_own_results(store: SqliteStore) -> None:
+    writer = Writer(store)
+    gate = threading.Event()
+    calls: list[list[str]] = []
+
+    def many(s: SqliteStore, args: list[str]) -> list[str]:
+        calls.append(list(args))
+        s.append_events([ev(a) for a in args])
+        return [a.upper() for a in args]
+    writer.start()
+    writer.submit(lambda s: gate.wait(10))
+    first = [writer.submit_combined(many, f"c{i}") for i in range(3)]
+    plain = writer.submit(lambda s: s.append_events([ev("p")]) or "plain")
+    last = [writer.submit_combined(many, f"d{i}") for i in range(2)]
+    gate.set()
+    assert [f.result(10) for f in first] == ["C0", "C1", "C2"]
+    assert plain.result(10) == "plain"
+    assert [f.result(10) for f in last] == ["D0", "D1"]
+    assert calls == [["c0", "c1", "c2"], ["d0", "d1"]]  # a plain job in between splits the run, order kept
+    assert committed_ids(store.path) == {"c0", "c1", "c2", "p", "d0", "d1"}
+    writer.stop()
+
+
+def test_a_failing_combined_call_is_rerun_job_by_job_so_only_the_faulty_job_fails(store: SqliteStore) -> None:
+    writer = Writer(store)
+    gate = threading.Event()
+
+    def many(s: SqliteStore, args: list[str]) -> list[int]:
+        s.append_events([ev(a) for a in args])  # "g1" twice in one call -> IntegrityError for the whole call
+        return [1] * len(args)
+    writer.start()
+    writer.submit(lambda s: gate.wait(10))
+    good1 = writer.submit_combined(many, "g1")
+    bad = writer.submit_combined(many, "g1")
+    good2 = writer.submit_combined(many, "g2")
+    gate.set()
+    assert good1.result(10) == 1 and good2.result(10) == 1
+    with pytest.raises(Exception, match="UNIQUE"):
+        bad.result(10)
+    assert committed_ids(store.path) == {"g1", "g2"}
+    writer.stop()

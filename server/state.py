@@ -193,7 +193,7 @@ class Resume:
     path: str
     mark: LogMark
     profiles: ProfileBook
-    engine_state: dict[str, Any]
+    engine_state: dict[str, Any]  # emptied by resume() once loaded (it may hold users erased since)
     created_ms: int
 
 
@@ -236,8 +236,9 @@ def resume(runtime: Runtime, engine: DecisionEngine, checkpoint: Resume) -> dict
     docstring. Falls back to a full rebuild (WARNING) when the engine state does not fit this engine."""
     started = time.perf_counter()
     pipeline = runtime.pipeline
+    engine_state, checkpoint.engine_state = checkpoint.engine_state, {}  # not kept: it may hold erased users
     try:
-        engine.load_state(checkpoint.engine_state)
+        engine.load_state(engine_state)
     except ValueError as exc:
         log.warning("ignoring checkpoint %s: %s; rebuilding from the log", checkpoint.path, exc)
         pipeline.profiles = ProfileBook()

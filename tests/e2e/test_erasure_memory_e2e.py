@@ -215,8 +215,6 @@ def test_a_checkpoint_from_before_the_erasure_does_not_bring_the_person_back(tmp
         assert (again.step.id, again.reason) == ("welcome", "no_consent")
 
 
-@pytest.mark.xfail(strict=True, reason="server/state.py (CHECKPOINT) keeps Runtime.resume.engine_state after the "
-                                       "resume; reported on /work/notes/session3_board.md")
 def test_the_loaded_checkpoint_is_not_kept_after_the_resume(tmp_path: Path, events: EventFactory) -> None:
     with resumed_after_erasure(tmp_path, events) as (h, needles):
         assert h.call(lambda: held(h, needles)) == []

@@ -25,7 +25,7 @@ import grpc
 
 from server.auth import AuthError, KeyRing, Principal, required_role
 from server.limits import RETRY_AFTER_MS_HEADER, RateLimited, RateLimiter
-from server.logging_setup import bind_request, enter_request, leave_request
+from server.logging_setup import bind_request, enter_request, leave_request, only_json_handler, write_access
 from server.metrics import MethodMetrics, Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -72,9 +72,14 @@ def _code_name(code: Any) -> str:
 
 
 def _access(level: int, extra: dict[str, Any]) -> None:
-    """Log the "rpc done" access line at ``level`` through the normal handlers, without the caller lookup
-    (``findCaller`` walks the stack on every record; an access line's source is always this module)."""
+    """Log the "rpc done" access line at ``level``: straight to the Onramp JSON handler when it is the only
+    one (:func:`server.logging_setup.only_json_handler`, same line), else through the normal handlers without
+    the caller lookup (``findCaller`` walks the stack on every record; the source is always this module)."""
     if access_log.isEnabledFor(level):
+        handler = only_json_handler(access_log, level)
+        if handler is not None:
+            write_access(handler, access_log, level, "rpc done", extra)
+            return
         access_log.handle(access_log.makeRecord(access_log.name, level, __file__, 0, "rpc done", (), None,
                                                 "_finish", extra))
 

@@ -147,23 +147,43 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
 
     # -- per-call steps -------------------------------------------------------------------------------------
 
-    async def _admit(self, call: _Call, route: _Route, context: grpc.aio.ServicerContext) -> None:
-        """Set the request id trailer, check key/role and the call limit; aborts the call on refusal."""
-        trailer = ((REQUEST_ID_HEADER, call.request_id),)
-        context.set_trailing_metadata(trailer)
+    def _admit(self, call: _Call, route: _Route, context: grpc.aio.ServicerContext) -> Awaitable[None] | None:
+        """Set the request id trailer, check key/role and the call limit. None when the call is admitted
+        right away (no coroutine on the hot path), else the awaitable that finishes the check (a slow key hash
+        on a worker thread) or aborts the call with the refusal."""
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+        try:
+            principal = self.keyring.authorize_now(call.method, call.metadata, call.peer)
+        except AuthError as err:
+            return self._refuse_auth(call, context, err)
+        if principal is None:
+            return self._admit_slow(call, route, context)
+        call.principal = principal
+        return self._limit(call, route, context)
+
+    def _limit(self, call: _Call, route: _Route, context: grpc.aio.ServicerContext) -> Awaitable[None] | None:
+        if self.limiter is not None and not route.open:
+            try:
+                self.limiter.check_call(call.principal.name if call.principal else call.peer)
+            except RateLimited as limited:
+                return self._refuse(call, context, limited)
+        return None
+
+    async def _admit_slow(self, call: _Call, route: _Route, context: grpc.aio.ServicerContext) -> None:
         try:
             call.principal = await self.keyring.authorize_async(call.method, call.metadata, call.peer)
         except AuthError as err:
-            call.code = err.code.name
-            if self.metrics is not None:
-                self.metrics.auth_failures_total.labels(code=err.code.name).inc()
-            access_log.warning("call refused: %s", err.message, extra={"code": err.code.name})
-            await context.abort(err.code, err.message, trailing_metadata=trailer)
-        if self.limiter is not None and not route.open:
-            try:
-                self.limiter.check_call(call.principal.name)
-            except RateLimited as limited:
-                await self._refuse(call, context, limited)
+            await self._refuse_auth(call, context, err)
+        refusal = self._limit(call, route, context)
+        if refusal is not None:
+            await refusal
+
+    async def _refuse_auth(self, call: _Call, context: grpc.aio.ServicerContext, err: AuthError) -> None:
+        call.code = err.code.name
+        if self.metrics is not None:
+            self.metrics.auth_failures_total.labels(code=err.code.name).inc()
+        access_log.warning("call refused: %s", err.message, extra={"code": err.code.name})
+        await context.abort(err.code, err.message, trailing_metadata=((REQUEST_ID_HEADER, call.request_id),))
 
     async def _refuse(self, call: _Call, context: grpc.aio.ServicerContext, limited: RateLimited) -> None:
         call.code = grpc.StatusCode.RESOURCE_EXHAUSTED.name
@@ -236,8 +256,7 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
         return factory(wrapped, request_deserializer=None, response_serializer=handler.response_serializer)
 
     @staticmethod
-    async def _decode(deserializer: Callable[[bytes], Any] | None, raw: Any, what: str,
-                      context: grpc.aio.ServicerContext) -> Any:
+    def _decode(deserializer: Callable[[bytes], Any] | None, raw: Any, what: str) -> Any:
         """``raw`` decoded by the method's deserializer; raises MalformedRequest when it is malformed.
 
         The call is aborted by the wrapper, on the handler's own task: a stream may be read from another
@@ -252,8 +271,7 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
             name = getattr(getattr(cls, "DESCRIPTOR", None), "full_name", "the request message")
             raise MalformedRequest(f"{what}: not a valid {name} message ({type(err).__name__}: {err})") from None
 
-    def _decoded(self, deserializer: Callable[[bytes], Any] | None, requests: Any,
-                 context: grpc.aio.ServicerContext) -> Any:
+    def _decoded(self, deserializer: Callable[[bytes], Any] | None, requests: Any) -> Any:
         """The request stream with each message decoded; a malformed one ends the call (INVALID_ARGUMENT)."""
         if deserializer is None or not hasattr(requests, "__aiter__"):
             return requests
@@ -261,28 +279,33 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
         async def decoded() -> AsyncIterator[Any]:
             position = 0
             async for raw in requests:
-                yield await self._decode(deserializer, raw, f"requests[{position}]", context)
+                yield self._decode(deserializer, raw, f"requests[{position}]")
                 position += 1
 
         return decoded()
 
-    async def _request(self, handler: grpc.RpcMethodHandler, call: _Call, context: grpc.aio.ServicerContext,
-                       request: Any, request_streaming: bool) -> Any:
+    def _request(self, handler: grpc.RpcMethodHandler, call: _Call, context: grpc.aio.ServicerContext,
+                 request: Any, request_streaming: bool) -> Any:
         if request_streaming:
-            return self._requests(call, context, self._decoded(handler.request_deserializer, request, context))
-        return await self._decode(handler.request_deserializer, request, "request", context)
+            return self._requests(call, context, self._decoded(handler.request_deserializer, request))
+        return self._decode(handler.request_deserializer, request, "request")
 
     def _wrap_unary(self, behavior: Callable[..., Any], method: str, request_streaming: bool,
                     handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
         route = self._route(method)
+        coroutine = inspect.iscoroutinefunction(behavior)  # the servicer's methods are; checked once, not per call
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._start(route, context)
             error: BaseException | None = None
             token = enter_request({"request_id": call.request_id, "rpc": route.name, "peer": call.peer})
             try:
-                await self._admit(call, route, context)
-                request = await self._request(handler, call, context, request, request_streaming)
+                pending = self._admit(call, route, context)
+                if pending is not None:
+                    await pending
+                request = self._request(handler, call, context, request, request_streaming)
+                if coroutine:
+                    return await behavior(request, context)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     result = await result
@@ -308,8 +331,10 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
             error: BaseException | None = None
             with bind_request(request_id=call.request_id, rpc=route.name, peer=call.peer):
                 try:
-                    await self._admit(call, route, context)
-                    request = await self._request(handler, call, context, request, request_streaming)
+                    pending = self._admit(call, route, context)
+                    if pending is not None:
+                        await pending
+                    request = self._request(handler, call, context, request, request_streaming)
                     result = behavior(request, context)
                     if hasattr(result, "__aiter__"):
                         async for item in result:

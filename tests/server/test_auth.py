@@ -257,3 +257,18 @@ def test_sync_and_async_authorize_agree() -> None:
                 outcomes.append((type(exc).__name__, exc.code, exc.message))
         assert outcomes[0] == outcomes[1]
     assert ring.authorize("/grpc.health.v1.Health/Check", (), "ipv4:127.0.0.1:9").name == "peer:127.0.0.1"
+
+
+def test_authorize_now_answers_like_authorize_unless_a_slow_hash_is_due() -> None:
+    ring = KeyRing(auth_config(scheme="pbkdf2"))
+    method = "/onramp.v1.Onramp/EraseUser"
+    assert ring.authorize_now(method, key_md("ops")) is None  # not verified yet: the hash goes to a thread
+    assert ring.authorize_now("/grpc.health.v1.Health/Check", (), "ipv4:127.0.0.1:9").name == "peer:127.0.0.1"
+    for md in (key_md("ops"), key_md("decider"), ()):
+        outcomes = []
+        for check in (lambda: ring.authorize(method, md), lambda: ring.authorize_now(method, md)):
+            try:
+                outcomes.append(check().name)
+            except Exception as exc:  # noqa: BLE001 - comparing the refusals of both paths
+                outcomes.append((type(exc).__name__, exc.code, exc.message))
+        assert outcomes[0] == outcomes[1]  # authorize() verified (and cached) the key first

@@ -43,6 +43,21 @@ def test_json_columns_are_encoded_like_json_dumps(context, eligible, probabiliti
     assert _encoded(dict(out)) == out  # already encoded values (a retried job) stay as they are
 
 
+@settings(max_examples=200, deadline=None)
+@given(context=st.dictionaries(st.text(max_size=8), floats, max_size=6),
+       eligible=st.lists(st.text(max_size=8), max_size=5),
+       probabilities=st.dictionaries(st.text(max_size=8), floats, max_size=5),
+       step=st.text(max_size=6), propensity=floats)
+def test_flat_rows_are_the_encoded_rows_in_column_order(context, eligible, probabilities, step, propensity):
+    from server.store import DECISION_COLUMNS
+
+    d = Decision("d1", "p1", 5, "web", step, propensity, "bandit", "v1", "exp", "arm", context, eligible,
+                 probabilities, 9)
+    row = _encoded(d.row())
+    assert d.flat() == tuple(row[c] for c in DECISION_COLUMNS)
+    assert d.flat()[DECISION_COLUMNS.index("context")] == _dumps(context)
+
+
 def test_strings_and_missing_values_are_left_alone():
     assert _encoded({"context": '{"x":1}', "eligible": None}) == {"context": '{"x":1}', "eligible": None}
 

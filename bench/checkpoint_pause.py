@@ -2,7 +2,8 @@
 takes in all, with the copy-on-write snapshot of a forked child (``[server] checkpoint_fork = true``) and
 with the in-process pickle (``false``), A/B interleaved on one server holding N users. Also the memory the
 forked child costs: its private pages at the end (copied since the fork + its own buffers), its peak RSS,
-and the server's own RSS rise while the checkpoint runs (sampled every 10 ms).
+and the server's own RSS rise while the checkpoint runs (sampled every 10 ms); and what a client sees: the
+slowest of the GetNextStep calls one client makes back to back during the checkpoint.
 
 The users are built once through the public API (:mod:`bench.populate` against ``python -m server serve``,
 which writes a checkpoint at its shutdown); the measured server then runs in this process on that database
@@ -24,8 +25,12 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import grpc  # noqa: E402
+
 from bench.common import load_average, start_onramp, summarize  # noqa: E402
-from bench.memory import populate  # noqa: E402
+from bench.memory import PREFIX, populate  # noqa: E402
+from onramp.v1 import onramp_pb2 as pb  # noqa: E402
+from onramp.v1 import onramp_pb2_grpc as pb_grpc  # noqa: E402
 from server.app import running_server  # noqa: E402
 from server.state import CheckpointInfo  # noqa: E402
 
@@ -48,26 +53,43 @@ def build(db: Path, users: int, events: int) -> dict[str, Any]:
 
 
 def one_checkpoint(handle: Any, fork: bool) -> dict[str, Any]:
-    """One checkpoint with ``fork`` on or off: its CheckpointInfo figures and the server's RSS rise."""
+    """One checkpoint with ``fork`` on or off: its CheckpointInfo figures, the server's RSS rise, and the
+    slowest GetNextStep of a client asking one after the other while the checkpoint runs."""
     checkpointer = handle.server.checkpointer
     checkpointer.fork = fork
     base = rss_bytes()
     peak = [base]
+    slowest = [0.0]
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.01):
             peak[0] = max(peak[0], rss_bytes())
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+
+    def ask() -> None:
+        with grpc.insecure_channel(handle.address) as ch:
+            stub = pb_grpc.OnrampStub(ch)
+            n = 0
+            while not done.is_set():
+                n += 1
+                t = time.perf_counter()
+                stub.GetNextStep(pb.NextStepRequest(user_id=f"{PREFIX}{n % 1000}",
+                                                    timestamp_ms=int(time.time() * 1000)), timeout=120)
+                slowest[0] = max(slowest[0], time.perf_counter() - t)
+    threads = [threading.Thread(target=sample, daemon=True), threading.Thread(target=ask, daemon=True)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
     try:
         info: CheckpointInfo = asyncio.run_coroutine_threadsafe(checkpointer.checkpoint(), handle.loop).result(900)
     finally:
         done.set()
-        sampler.join()
+        for t in threads:
+            t.join()
     return {"fork": fork, "pause_s": info.pause_s, "total_s": info.total_s, "bytes": info.bytes,
             "forked": info.forked, "child_private": info.child_private_bytes, "child_peak_rss": info.child_peak_rss_bytes,
-            "server_rss": base, "server_rss_rise": peak[0] - base, "load": load_average()}
+            "server_rss": base, "server_rss_rise": peak[0] - base, "slowest_decision_s": slowest[0],
+            "load": load_average()}
 
 
 def run(db: Path, users: int, events: int, repeats: int) -> dict[str, Any]:
@@ -99,7 +121,8 @@ def report(res: dict[str, Any]) -> list[str]:
                    f"total {summarize([r['total_s'] for r in rows]).fmt('.2f', ' s')}, file "
                    f"{summarize([r['bytes'] * mb for r in rows]).fmt('.1f', ' MiB')}, server RSS rise "
                    f"{summarize([r['server_rss_rise'] * mb for r in rows]).fmt('.1f', ' MiB')} "
-                   f"(server RSS {rows[0]['server_rss'] * mb:,.0f} MiB)")
+                   f"(server RSS {rows[0]['server_rss'] * mb:,.0f} MiB); slowest GetNextStep during it "
+                   f"{summarize([r['slowest_decision_s'] for r in rows]).fmt('.3f', ' s')}")
         if fork:
             out.append(f"    forked child: private memory at its end {summarize([r['child_private'] * mb for r in rows]).fmt('.1f', ' MiB')}, "
                        f"peak RSS {summarize([r['child_peak_rss'] * mb for r in rows]).fmt('.1f', ' MiB')}")

@@ -154,6 +154,7 @@ class DecisionEngine:
         self._rules = catalog.rules_by_priority()
         self._window_ms = {s.id: int(round(s.reward_window_hours * HOUR_MS)) for s in catalog.steps}
         self.assigner = Assigner(catalog)
+        self._assignments: dict[str, tuple[str, str, str]] = {}  # subject -> assignment(), bounded like the segment cache
 
         self.arms: tuple[str, ...] = tuple(s.id for s in catalog.personalized_steps)
         self.arm_index = {sid: i for i, sid in enumerate(self.arms)}
@@ -342,10 +343,15 @@ class DecisionEngine:
     def assignment(self, subject: str) -> tuple[str, str, str]:
         """(experiment, arm name, arm kind) of ``subject`` (server/experiments.py); ("", "", "tailored")
         without an enabled experiment."""
+        hit = self._assignments.get(subject)
+        if hit is not None:
+            return hit
         a = self.assigner.assignment(subject)
-        if a is None:
-            return "", "", TAILORED
-        return a.experiment, a.arm, a.kind
+        found = ("", "", TAILORED) if a is None else (a.experiment, a.arm, a.kind)
+        if len(self._assignments) >= SEGMENT_CACHE_SIZE:
+            self._assignments.clear()
+        self._assignments[subject] = found  # deterministic for a catalog: a SHA-256 per request spared
+        return found
 
     def choose(self, subject: str, surface: str, request_context: Mapping[str, str], now_ms: int) -> Choice:
         """Decide for one request (synchronous, no I/O): the decision to log, the segments and the context

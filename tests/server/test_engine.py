@@ -321,3 +321,15 @@ def test_rule_conditions() -> None:
     assert not returned_after_inactive(p, 24 * HOUR_MS, T0 + 31 * HOUR_MS)
     p.screens_skipped = 2
     assert first_firing(rules, p, every, T0 + 31 * HOUR_MS).step_id == "core_benefits"
+
+
+def test_remembered_assignments_are_the_assigners(tmp_path: Path) -> None:
+    async def scenario(h: Harness, engine: DecisionEngine) -> None:
+        for i in range(300):
+            subject = f"user-{i}"
+            a = engine.assigner.assignment(subject)
+            expected = ("", "", "tailored") if a is None else (a.experiment, a.arm, a.kind)
+            assert engine.assignment(subject) == expected
+            assert engine.assignment(subject) == expected  # the remembered answer
+        assert {engine.assignment(f"user-{i}")[2] for i in range(300)} >= {"tailored", "generic", "holdout"}
+    run(tmp_path, scenario)

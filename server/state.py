@@ -505,15 +505,19 @@ class Checkpointer:
     async def _reap(self, pid: int, rfd: int, box: dict[str, Any], started: float) -> CheckpointInfo:
         """Wait for child ``pid`` without blocking the loop, then record what it wrote or raise why it failed
         (orphaned temp files removed, the previous checkpoint file kept)."""
+        peak = 0
         try:
             try:
                 _, status, usage = await asyncio.to_thread(os.wait4, pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+                peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+            except ChildProcessError:  # reaped by someone else (a wait-for-any child watcher): trust its report
+                code = 0
             finally:
                 gc.unfreeze()
             report = os.read(rfd, 4096).decode("utf-8", "replace").strip()
         finally:
             os.close(rfd)
-        code = os.waitstatus_to_exitcode(status)
         if code != 0 or not report.startswith("ok "):
             removed = remove_temp_files(self.path)
             how = f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}"
@@ -521,7 +525,6 @@ class Checkpointer:
                                f"{report or 'no report'}; the previous checkpoint file is kept"
                                + (f", {len(removed)} orphaned temp file(s) removed" if removed else ""))
         _, size, _child_s, private = report.split()
-        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
         return self._written(CheckpointInfo(str(self.path), box["mark"], int(size), box.get("pause_s", 0.0),
                                             time.perf_counter() - started, forked=True,
                                             child_private_bytes=int(private), child_peak_rss_bytes=peak))

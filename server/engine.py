@@ -273,12 +273,14 @@ class DecisionEngine:
 
     def erased(self, keys: SubjectKeys) -> None:
         """Erasure listener (after the erasure committed): drop everything the engine holds about the person
-        -- shows (so caps count from zero), pending rewards, the segment cache and the segmenter's marks."""
+        -- shows (so caps count from zero), pending rewards, the segment and assignment caches and the
+        segmenter's marks."""
         for pseudo in keys.pseudonyms:
             self.history.forget(pseudo)
             self.joiner.forget_user(pseudo)
         for subject in keys.subjects:
             self._segment_cache.pop(subject, None)
+            self._assignments.pop(subject, None)
             self.segmenter.forget(subject)
 
     def _anonymous_subjects(self, user_id: str) -> list[str]:
@@ -288,13 +290,15 @@ class DecisionEngine:
 
     def on_identify(self, events: list[StoredEvent]) -> None:
         """Pipeline listener: when visitors are identified, their shows count as the user's (caps, cooldowns,
-        gaps) and what was kept per visitor (segment cache, segmenter mark) goes with their merged profile."""
+        gaps) and what was kept per visitor (segment and assignment cache, segmenter mark) goes with their
+        merged profile."""
         for ev in events:
             if ev.name == IDENTIFY and ev.user_id:
                 into = self.pipeline.pseudonym(ev.user_id)
                 for subject in self._anonymous_subjects(ev.user_id):
                     self.history.merge(self.pipeline.pseudonym(subject), into)
                     self._segment_cache.pop(subject, None)
+                    self._assignments.pop(subject, None)
                     self.segmenter.forget(subject)
 
     def _merge_linked(self, links: Iterable[LinkRow]) -> None:

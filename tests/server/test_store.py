@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+import server.store
 from server.records import StoredEvent
 from server.store import TABLES, ConsentRow, SqliteStore, SubjectKeys
 
@@ -61,6 +62,22 @@ def test_append_keeps_order_and_every_field_for_any_count(store: SqliteStore, n:
     assert [ev for _seq, ev in store.iter_events()] == events
     seqs = [seq for seq, _ev in store.iter_events()]
     assert seqs == sorted(seqs) and len(set(seqs)) == n
+
+
+def test_a_recurring_row_count_gets_one_statement_and_rows_stay_in_order(store: SqliteStore,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server.store, "_exact_sizes", server.store._ExactSizes())  # counts start from zero
+    statements: list[str] = []
+    store.conn.set_trace_callback(lambda sql: statements.append(sql) if sql.startswith("INSERT") else None)
+    stored: list[StoredEvent] = []
+    for k in range(6):  # 300 rows six times: 512-256-... pieces (256 + 32 + 8 + 4) until 300 recurred
+        events = [event(f"r{k}-{i}", f"u{i % 5}") for i in range(300)]
+        store.begin()
+        store.append_events(events)
+        store.commit()
+        stored += events
+    assert [len(s.split("), (")) for s in statements] == [256, 32, 8, 4] * 2 + [300] * 4
+    assert [ev for _seq, ev in store.iter_events()] == stored
 
 
 def test_append_of_a_stored_event_id_fails_as_a_whole(store: SqliteStore) -> None:

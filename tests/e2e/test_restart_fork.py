@@ -1,12 +1,16 @@
 """Checkpoints by a forked child while a real server is busy: an ingest stream and decision/outcome calls
 run through every checkpoint without an error, the server keeps serving, and a restart from the last of those
 checkpoints (plus the log after it) has exactly the state of the server that never stopped -- profiles,
-segmenter models and predictions, bandit policy, sampling RNG, pending rewards -- so it decides as before."""
+segmenter models and predictions, bandit policy, sampling RNG, pending rewards -- and then gives the same
+answers and logs the same decisions as that server."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import queue
+import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +21,8 @@ import pytest
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from server.app import running_server
-from test_restart_checkpoint import DEVICES, HOUR_MS, Script, checkpoint_now, config, model_state, reward_of
+from test_restart_checkpoint import (DEVICES, HOUR_MS, Script, checkpoint_now, config, logged_after, max_decision,
+                                     model_state, reward_of)
 
 pytestmark = [pytest.mark.timeout(240),
               pytest.mark.skipif(not hasattr(os, "fork"), reason="checkpoints by a forked child need os.fork")]
@@ -135,9 +140,26 @@ def test_forked_checkpoints_under_load_then_restart_has_the_same_state(tmp_path:
             script.journey(i)
         before = model_state(h, now_ms)
         assert sum(p.startswith("load-") for p in before["profiles"]) == LOAD_USERS
-        h.server.checkpointer.at_stop = False  # like a crash: the last checkpoint is the one taken under load
-    with running_server(config(checkpoint_fork=True), db_path=db) as h:
+        # the restart runs on a copy made here (a consistent SQLite backup + the last checkpoint file), so
+        # this server can go on and give the answers a server that never stopped gives
+        copy = tmp_path / "copy" / "onramp.db"
+        copy.parent.mkdir()
+        with contextlib.closing(sqlite3.connect(db)) as src, contextlib.closing(sqlite3.connect(copy)) as dst:
+            src.backup(dst)
+        shutil.copyfile(f"{db}.checkpoint", f"{copy}.checkpoint")
+        mark = max_decision(db)
+        live = Script(pb_grpc.OnrampStub(ch), now_ms)
+        live._n = 10_000
+        live.phase_c()
+        h.server.checkpointer.at_stop = False
+    with running_server(config(checkpoint_fork=True), db_path=copy) as h, grpc.insecure_channel(h.address) as ch:
         assert h.runtime.resume is not None and h.runtime.resume.mark == infos[-1].mark
         after = model_state(h, now_ms)
+        restarted = Script(pb_grpc.OnrampStub(ch), now_ms)
+        restarted._n = 10_000
+        restarted.phase_c()
     for key in ("profiles", "predictions", "segmenter", "models", "policy", "rng", "learned", "pending"):
         assert after[key] == before[key], key
+    assert restarted.answers == live.answers
+    assert logged_after(copy, mark) == logged_after(db, mark)  # same decisions logged, probabilities included
+    assert sum(a.get("reason") == "bandit" for a in live.answers) >= 3  # RNG draws compared too

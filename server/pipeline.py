@@ -26,6 +26,7 @@ from server.privacy import Pseudonymizer
 from server.profiles import Profile, ProfileBook
 from server.records import ANON_PREFIX, StoredEvent
 from server.store import ConsentRow, LinkRow, SqliteStore, SubjectKeys, encode_properties
+from server.validation import EventValues
 from server.writer import Writer, now_ms
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,12 @@ ProfileOp = tuple[str, Any, Any]  # ("events", [StoredEvent, ...], None) | ("app
 #                                   ("link", alias_subject, user) | ("drop", subject, None)
 #                                 | ("erased", SubjectKeys, None)
 CARRIED_SOURCE_PREFIX = "carried:"
+
+
+def event_values(ev: pb.Event) -> EventValues:
+    """The fields of an event message in the order of :data:`server.validation.EventValues`."""
+    return (ev.event_id, ev.user_id, ev.anonymous_id, ev.device_id, ev.name, ev.timestamp_ms, ev.channel,
+            ev.device_type, ev.feature, ev.step_id, ev.decision_id, ev.properties)
 
 
 @dataclass(slots=True)
@@ -216,38 +223,35 @@ class Pipeline:
                 log.exception("erasure listener %r failed", fn)
 
     # -- ingestion ---------------------------------------------------------------------------------------------
-    def submit_events(self, events: Sequence[pb.Event], received_ms: int | None = None
+    def submit_events(self, events: Sequence[pb.Event] | Sequence[EventValues], received_ms: int | None = None
                       ) -> concurrent.futures.Future[IngestResult]:
-        """Queue validated events; the future resolves after they are committed (profiles updated first).
+        """Queue validated events (messages, or the :data:`EventValues` that ``validate_event`` returned for
+        them); the future resolves after they are committed (profiles updated first).
 
-        Batches that wait at the writer together are stored by one :meth:`_ingest_many` call (one duplicate
-        check and one INSERT for all of them); each keeps its own result, publication and future."""
+        Messages are read here, on the caller's thread, so that the writer thread (which the ingest rate
+        waits on) only dedupes, gates and inserts. Batches that wait at the writer together are stored by one
+        :meth:`_ingest_many` call (one duplicate check and one INSERT for all of them); each keeps its own
+        result, publication and future."""
         received = now_ms() if received_ms is None else received_ms
-        batch = list(events)
+        batch = [e if type(e) is tuple else event_values(e) for e in events]  # type: ignore[arg-type]
         ops: list[ProfileOp] = []
         stored: list[StoredEvent] = []
         return self.writer.submit_combined(self._ingest_many, (batch, received, ops, stored), weight=len(batch),
                                            after_commit=self._published(ops, stored))
 
-    async def ingest(self, events: Sequence[pb.Event], received_ms: int | None = None) -> IngestResult:
+    async def ingest(self, events: Sequence[pb.Event] | Sequence[EventValues], received_ms: int | None = None
+                     ) -> IngestResult:
         """Store validated events and return their committed counts."""
         return await asyncio.wrap_future(self.submit_events(events, received_ms))
 
-    def _ingest_job(self, store: SqliteStore, events: list[pb.Event], received_ms: int,
-                    ops: list[ProfileOp], stored: list[StoredEvent]) -> IngestResult:
-        """Store one batch (see :meth:`_ingest_many`)."""
-        return self._ingest_many(store, [(events, received_ms, ops, stored)])[0]
-
     def _ingest_many(self, store: SqliteStore,
-                     batches: list[tuple[list[pb.Event], int, list[ProfileOp], list[StoredEvent]]]
+                     batches: list[tuple[list[EventValues], int, list[ProfileOp], list[StoredEvent]]]
                      ) -> list[IngestResult]:
         """Store batches in order, as if one after the other: dedupe (stored before, or earlier in these
         batches), resolve identities, gate on consent, insert; fill each batch's ``ops`` and ``stored``.
 
-        Each event's row is built while its fields are read (a protobuf field read makes a new str each time),
-        and all rows go into one multi-row INSERT at the end (or before an identify re-keys earlier events)."""
-        ids_of = [[e.event_id for e in events] for events, _r, _o, _s in batches]
-        existing = store.existing_event_ids([eid for ids in ids_of for eid in ids])
+        All rows go into one multi-row INSERT at the end (or before an identify re-keys earlier events)."""
+        existing = store.existing_event_ids([v[0] for events, _r, _o, _s in batches for v in events])
         seen: set[str] = set()
         pending: list[Any] = []  # EVENT_COLUMNS values of the events not inserted yet
         add_row = pending.extend
@@ -255,7 +259,7 @@ class Pipeline:
         resolve, note_device = identity.resolve, identity.note_device
         encode = encode_properties
         results: list[IngestResult] = []
-        for (events, received_ms, ops, stored), ids in zip(batches, ids_of):
+        for events, received_ms, ops, stored in batches:
             ops.clear()
             stored.clear()
             result = IngestResult(received=len(events))
@@ -264,12 +268,11 @@ class Pipeline:
             ops.append(("events", run, None))
             duplicates = 0
             keep = stored.append
-            for ev, eid in zip(events, ids):
+            for eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props in events:
                 if eid in existing or eid in seen:
                     duplicates += 1
                     continue
-                uid, aid, did, name = ev.user_id, ev.anonymous_id, ev.device_id, ev.name
-                ts = ev.timestamp_ms or received_ms
+                ts = ts or received_ms
                 if name == r.IDENTIFY:
                     n_ops = len(ops)
                     reason = self._identify(store, uid, aid, did, ts, pending, ops)
@@ -284,9 +287,6 @@ class Pipeline:
                     dropped[reason] += 1
                     continue
                 seen.add(eid)
-                channel, device_type, feature, step_id, decision_id = (ev.channel, ev.device_type, ev.feature,
-                                                                       ev.step_id, ev.decision_id)
-                props = ev.properties
                 if props:
                     properties = dict(props)
                     text = encode(properties)

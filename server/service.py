@@ -25,7 +25,7 @@ from server.pipeline import IngestResult, Pipeline, UserData
 from server.profiles import Profile
 from server.records import ANON_PREFIX, StoredEvent
 from server.store import ConsentRow, LinkRow
-from server.validation import (ValidationError, validate_batch_size, validate_consent, validate_event,
+from server.validation import (EventValues, ValidationError, validate_batch_size, validate_consent, validate_event,
                                validate_next_step, validate_outcome, validate_subject_request)
 from server.writer import WriterClosed, now_ms
 
@@ -100,7 +100,7 @@ class OnrampService(pb_grpc.OnrampServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"storing events failed: {type(exc).__name__}")
         raise AssertionError("unreachable")
 
-    def _submit(self, events: list[pb.Event]) -> concurrent.futures.Future[IngestResult]:
+    def _submit(self, events: list[EventValues]) -> concurrent.futures.Future[IngestResult]:
         return self.pipeline.submit_events(events)
 
     def _record(self, result: IngestResult, rejected: int = 0) -> None:
@@ -113,7 +113,7 @@ class OnrampService(pb_grpc.OnrampServicer):
         cfg = self.ingest
         loop = asyncio.get_running_loop()
         total = IngestResult()
-        buffer: list[pb.Event] = []
+        buffer: list[EventValues] = []
         inflight: collections.deque[concurrent.futures.Future[IngestResult]] = collections.deque()
         timer: asyncio.TimerHandle | None = None
         received = 0
@@ -141,14 +141,14 @@ class OnrampService(pb_grpc.OnrampServicer):
         try:
             async for event in request_iterator:
                 try:
-                    validate_event(event, cfg, now_ms())
+                    values = validate_event(event, cfg, now_ms())
                 except ValidationError as err:
                     flush()
                     await settle(True)  # the valid events before the bad one are committed and stay
                     self.metrics.record_events(rejected=1)
                     await self._invalid(context, err.within(f"events[{received}]"))
                 received += 1
-                buffer.append(event)
+                buffer.append(values)  # the fields validation read: the pipeline need not read them again
                 if len(buffer) >= cfg.commit_max_events:
                     flush()
                     await settle(False)
@@ -180,17 +180,17 @@ class OnrampService(pb_grpc.OnrampServicer):
                         pending.put_nowait(err.within(f"batches[{position}]"))
                         return
                     await slots.acquire()
-                    valid: list[pb.Event] = []
+                    valid: list[EventValues] = []
                     rejected: list[pb.RejectedEvent] = []
                     now = now_ms()
                     for i, ev in enumerate(events):
                         try:
-                            validate_event(ev, cfg, now)
+                            values = validate_event(ev, cfg, now)
                         except ValidationError as err:
                             rejected.append(pb.RejectedEvent(index=i, event_id=ev.event_id, field=err.field,
                                                              message=err.message))
                         else:
-                            valid.append(ev)
+                            valid.append(values)
                     future = self._submit(valid) if valid else None
                     pending.put_nowait((batch.sequence, future, rejected))
                     position += 1

@@ -1,0 +1,373 @@
+"""GetNextStep under load from h2load (nghttp2's native HTTP/2 load generator, Debian package
+``nghttp2-client``) posting prebuilt gRPC request bodies: a second serving driver next to the grpc.aio one
+(:mod:`bench.loadgen`), which itself burns a core on a 2-core machine. Fixed rates and a closed-loop maximum
+against Onramp (warm users) and, in the same run, the bare server; ratios of throughput and p99.
+Run: ``python -m bench serving --driver h2load`` (or ``python -m bench.h2load``).
+
+h2load posts the same body for every request of a process, so each run starts several h2load processes side
+by side, each on its own connection asking for one warm user (the next users of the warm set for each load):
+at a fixed rate one process per 100 req/s (h2load's ``--rps`` timer ticks at most every 10 ms, so a faster
+client sends bursts), closed loop ``processes`` processes sharing the in-flight requests. A user asked
+again within the guardrails' minimum gap gets a logged ``capped`` decision: the whole decide path (profile,
+segments, shows, eligibility, decision row committed before the answer) but not the bandit's scoring; the
+grpc.aio driver's users are in the same state after their warm-up decision. h2load counts an HTTP 200 as a
+success whatever the ``grpc-status`` trailer says, so non-OK answers of Onramp are found by counting the
+decision rows logged during each run (one per OK answer); the bare server logs nothing, so its statuses are
+only checked on a sample call.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from bench.common import ServerProc, start_bare, start_onramp, summarize, warm_users
+from onramp.v1 import onramp_pb2 as pb
+
+RATES = (500, 1000, 2000)
+SERVICE = pb.DESCRIPTOR.services_by_name["Onramp"].full_name  # "onramp.v1.Onramp"
+GET_NEXT_STEP_PATH = f"/{SERVICE}/GetNextStep"
+INSTALL_HINT = ("h2load (nghttp2's HTTP/2 load generator) is not on PATH. Install it: Debian/Ubuntu "
+                "`sudo apt-get install -y nghttp2-client`, macOS `brew install nghttp2`; or set H2LOAD=/path/to/h2load. "
+                "Without it, use the default grpc.aio driver: `python -m bench serving`.")
+_COUNTS = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                     r"(\d+) errored, (\d+) timeout")
+_FINISHED = re.compile(r"finished in ([0-9.]+)(ms|s|us)")
+MAX_RPS_PER_PROCESS = 100  # h2load's rps timer repeats every max(10 ms, 1/rps): keep one request per tick
+
+
+class H2loadMissing(RuntimeError):
+    """h2load is not installed; the message says how to get it."""
+
+
+def h2load_path() -> str | None:
+    """The h2load executable (``$H2LOAD`` or ``h2load`` on PATH), or None when it is missing."""
+    return shutil.which(os.environ.get("H2LOAD", "h2load"))
+
+
+def require_h2load() -> str:
+    """The h2load executable; raises :class:`H2loadMissing` with install instructions when absent."""
+    path = h2load_path()
+    if path is None:
+        raise H2loadMissing(INSTALL_HINT)
+    return path
+
+
+def h2load_version(path: str) -> str:
+    """``h2load --version`` (e.g. ``h2load nghttp2/1.52.0``)."""
+    return subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message: flag 0 (not compressed), 4-byte big-endian length, the bytes."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def request_body(user_id: str) -> bytes:
+    """The HTTP/2 body of a GetNextStep call for ``user_id``. No timestamp (0 = the server's now), so a
+    body stays valid however often and late it is sent."""
+    return grpc_frame(pb.NextStepRequest(user_id=user_id).SerializeToString())
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One request of h2load's ``--log-file``: start (µs since the epoch), HTTP status, µs to the end."""
+
+    start_us: int
+    status: int
+    latency_us: int
+
+    @property
+    def end_us(self) -> int:
+        """When the response ended (µs since the epoch)."""
+        return self.start_us + self.latency_us
+
+
+def read_log(path: Path) -> list[LogRow]:
+    """The rows of an h2load log file (tab-separated start, status, latency), in start order."""
+    rows = []
+    for line in path.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            rows.append(LogRow(int(parts[0]), int(parts[1]), int(parts[2])))
+    rows.sort(key=lambda r: r.start_us)
+    return rows
+
+
+def parse_counts(stdout: str) -> dict[str, int]:
+    """h2load's ``requests:`` summary line as numbers (total, started, done, succeeded, failed, errored,
+    timeout) and ``finished in`` as ``elapsed_us``."""
+    m = _COUNTS.search(stdout)
+    if m is None:
+        raise RuntimeError(f"no h2load summary in its output: {stdout[-1000:]!r}")
+    keys = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+    out = dict(zip(keys, (int(g) for g in m.groups())))
+    f = _FINISHED.search(stdout)
+    if f is not None:
+        scale = {"s": 1e6, "ms": 1e3, "us": 1.0}[f.group(2)]
+        out["elapsed_us"] = int(float(f.group(1)) * scale)
+    return out
+
+
+def latency_from_schedule(rows: list[LogRow], rps: float) -> list[float]:
+    """Latencies (µs) counted from when each request was due at ``rps`` (the i-th request started at the
+    first one's start + i/rps), as :mod:`bench.loadgen` counts them: h2load measures from when it sent the
+    request, which hides the time a request waited in h2load for a free stream when the server fell behind."""
+    if not rows:
+        return []
+    first = rows[0].start_us
+    step = 1e6 / rps
+    return [max(float(r.latency_us), r.end_us - (first + i * step)) for i, r in enumerate(rows)]
+
+
+def decision_rows(db: Path) -> int:
+    """Rows in the decisions table of Onramp's database (read-only; the server writes in WAL mode)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return int(conn.execute("SELECT count(*) FROM decisions").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def settled_decision_rows(db: Path, timeout: float = 10.0) -> int:
+    """The decision row count once it stopped growing (answers still being written when h2load ended)."""
+    last = decision_rows(db)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = decision_rows(db)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def reasons_since(db: Path, since_ms: int) -> dict[str, int]:
+    """Decision rows per reason logged at or after ``since_ms``."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return {r: int(n) for r, n in conn.execute(
+            "SELECT reason, count(*) FROM decisions WHERE timestamp_ms >= ? GROUP BY reason ORDER BY 2 DESC",
+            (since_ms,))}
+    finally:
+        conn.close()
+
+
+def sample_call(address: str, body: bytes) -> pb.NextStepResponse:
+    """Send a prebuilt body's message through a gRPC channel (no serializer: the bytes go as they are) and
+    decode the answer: checks the body is a valid request and the server answers it with OK."""
+    with grpc.insecure_channel(address) as ch:
+        call = ch.unary_unary(GET_NEXT_STEP_PATH)
+        raw = call(body[5:], timeout=10)
+    return pb.NextStepResponse.FromString(raw)
+
+
+def nghttp_status(address: str, body_path: Path) -> int | None:
+    """The ``grpc-status`` trailer of one POST of ``body_path`` with h2load's headers, sent by ``nghttp``
+    (same package as h2load); None when nghttp is not installed."""
+    nghttp = shutil.which("nghttp")
+    if nghttp is None:
+        return None
+    out = subprocess.run([nghttp, "-v", "-d", str(body_path), "-H", "content-type: application/grpc",
+                          "-H", "te: trailers", f"http://{address}{GET_NEXT_STEP_PATH}"],
+                         capture_output=True, timeout=30, check=False)
+    m = re.search(rb"grpc-status: (\d+)", out.stdout)
+    if m is None:
+        raise RuntimeError(f"no grpc-status trailer from {address}: {out.stdout[-800:]!r} {out.stderr[-400:]!r}")
+    return int(m.group(1))
+
+
+def h2load_command(h2load: str, address: str, body: Path, log: Path, *, rate: float, requests: int,
+                   duration: float, streams: int, deadline_s: float) -> list[str]:
+    """One h2load process on one connection: ``rate`` req/s for ``requests`` requests (fixed rate) or, when
+    ``rate`` is 0, back to back for ``duration`` s (closed loop); at most ``streams`` in flight. Each call
+    carries a ``grpc-timeout`` deadline like the grpc.aio driver's."""
+    cmd = [h2load, "-c", "1", "-t", "1", "-m", str(streams), "-d", str(body),
+           "-H", "content-type: application/grpc", "-H", "te: trailers",
+           "-H", f"grpc-timeout: {max(1, int(deadline_s * 1000))}m", "--log-file", str(log)]
+    if rate > 0:
+        cmd += ["--rps", f"{rate:g}", "-n", str(requests)]
+    else:
+        cmd += ["-D", f"{max(1, int(duration * 1000))}ms"]
+    return cmd + [f"http://{address}{GET_NEXT_STEP_PATH}"]
+
+
+def processes_for(rate: float, closed_loop_processes: int) -> int:
+    """How many h2load processes (= users, connections) a load uses: one per 100 req/s at a fixed rate,
+    ``closed_loop_processes`` closed loop."""
+    return max(1, math.ceil(rate / MAX_RPS_PER_PROCESS)) if rate > 0 else closed_loop_processes
+
+
+def one_load(h2load: str, server: ServerProc, db: Path | None, users: list[str], rate: float, duration: float,
+             concurrency: int, deadline_s: float, work: Path) -> dict:
+    """One run of ``len(users)`` h2load processes (one per user's body, see :func:`processes_for`) against
+    ``server``: fixed total ``rate`` (req/s) or closed loop (``rate`` 0, ``concurrency`` streams in all,
+    at least one per process). Returns the figures
+    :mod:`bench.loadgen` returns (throughput of OK answers, p50/p95/p99 ms over every request, errors) plus
+    h2load's counts and, for Onramp (``db`` given), the decision rows logged."""
+    n_proc = len(users)
+    per_rate = rate / n_proc
+    per_n = max(1, round(rate * duration / n_proc)) if rate > 0 else 0
+    streams = 64 if rate > 0 else max(1, concurrency // n_proc)
+    procs = []
+    before = decision_rows(db) if db is not None else 0
+    for i, uid in enumerate(users):
+        body = work / f"body-{uid}.bin"
+        body.write_bytes(request_body(uid))
+        log = work / f"log-{i}.tsv"
+        log.unlink(missing_ok=True)  # h2load appends
+        cmd = h2load_command(h2load, server.address, body, log, rate=per_rate, requests=per_n, duration=duration,
+                             streams=streams, deadline_s=deadline_s)
+        procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), log))
+    counts = {k: 0 for k in ("total", "started", "done", "succeeded", "failed", "errored", "timeout")}
+    lat_us: list[float] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    ok_http = 0
+    elapsed_us = 0
+    for proc, log in procs:
+        out, err = proc.communicate(timeout=duration * 6 + deadline_s + 60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"h2load exited with {proc.returncode}: {err[-1000:]} {out[-1000:]}")
+        c = parse_counts(out)
+        for k in counts:
+            counts[k] += c[k]
+        elapsed_us = max(elapsed_us, c.get("elapsed_us", 0))
+        rows = read_log(log) if log.exists() else []
+        ok_http += sum(1 for r in rows if r.status == 200)
+        lat_us += latency_from_schedule(rows, per_rate) if rate > 0 else [float(r.latency_us) for r in rows]
+        starts += [r.start_us for r in rows]
+        ends += [r.end_us for r in rows]
+    http_failed = counts["failed"] + counts["errored"] + counts["timeout"]
+    if rate > 0:
+        http_failed += n_proc * per_n - counts["started"]  # never sent (h2load gave up)
+        elapsed = (max(ends) - min(starts)) / 1e6 if starts else duration
+    else:
+        elapsed = elapsed_us / 1e6 if elapsed_us else duration
+    logged = settled_decision_rows(db) - before if db is not None else None
+    grpc_failed = max(0, ok_http - logged) if logged is not None else 0
+    ok = ok_http - grpc_failed
+    a = np.asarray(lat_us) / 1000.0 if lat_us else np.zeros(1)
+    return {"ok": ok, "errors": http_failed + grpc_failed, "http_failed": http_failed, "grpc_failed": grpc_failed,
+            "http_200": ok_http, "decisions_logged": logged, "in_flight_at_end": counts["started"] - counts["done"],
+            "elapsed_s": elapsed, "throughput": ok / elapsed if elapsed > 0 else 0.0,
+            "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99)), "rate": rate, "processes": n_proc, "users": users,
+            "h2load": counts}
+
+
+def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
+        concurrency: int = 32, processes: int = 4, rates: tuple[int, ...] = RATES,
+        deadline_s: float = 10.0) -> dict:
+    """Measure every load ``repeats`` times on both servers with h2load; return raw runs, medians and the
+    decision reasons Onramp logged under load. Raises :class:`H2loadMissing` when h2load is absent."""
+    h2load = require_h2load()
+    duration = duration if duration is not None else (0.5 if quick else 5.0)
+    users = users if users is not None else (40 if quick else 2000)
+    loads = [("rate", r) for r in rates] + [("closed", 0)]
+    raw: dict[str, dict[str, list[dict]]] = {}
+    checks: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="onramp-h2load-") as tmp:
+        work = Path(tmp)
+        db = work / "serving.db"
+        onramp = start_onramp(db)
+        bare = start_bare()
+        try:
+            warm_users(onramp.address, users)
+            first = work / "body-check.bin"
+            first.write_bytes(request_body("u0"))
+            for name, srv in (("onramp", onramp), ("bare", bare)):
+                resp = sample_call(srv.address, first.read_bytes())
+                checks[f"{name}_sample_reason"] = resp.reason
+                checks[f"{name}_nghttp_grpc_status"] = nghttp_status(srv.address, first)
+            load_start_ms = int(time.time() * 1000)
+            turn = 0
+            for _ in range(repeats):
+                for kind, rate in loads:
+                    key = f"{rate} rps" if kind == "rate" else "closed loop"
+                    n_proc = processes_for(rate, processes)
+                    who = [f"u{(turn + i) % users}" for i in range(n_proc)]
+                    turn += n_proc
+                    for name, srv in (("onramp", onramp), ("bare", bare)):
+                        res = one_load(h2load, srv, db if name == "onramp" else None, who, rate, duration,
+                                       concurrency, deadline_s, work)
+                        raw.setdefault(key, {}).setdefault(name, []).append(res)
+            checks["onramp_reasons_under_load"] = reasons_since(db, load_start_ms)
+        finally:
+            onramp.stop()
+            bare.stop()
+    table = {}
+    for key, by in raw.items():
+        row = {}
+        for name, runs in by.items():
+            for f in ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors"):
+                row[f"{name}_{f}"] = summarize([r[f] for r in runs])
+        row["throughput_ratio"] = summarize([o["throughput"] / b["throughput"]
+                                             for o, b in zip(by["onramp"], by["bare"])])
+        row["p99_ratio"] = summarize([o["p99_ms"] / b["p99_ms"] for o, b in zip(by["onramp"], by["bare"])])
+        table[key] = row
+    return {"driver": h2load_version(h2load), "duration_s": duration, "users": users, "concurrency": concurrency,
+            "processes": processes, "repeats": repeats, "deadline_s": deadline_s, "checks": checks,
+            "table": table, "raw": raw}
+
+
+def report(res: dict) -> list[str]:
+    """Human-readable lines of a :func:`run` result, in :func:`bench.serving.report`'s format plus the
+    checks of what the server answered."""
+    out = [f"serving ({res['driver']}, one process and warm user per 100 req/s, closed loop {res['processes']}): "
+           f"GetNextStep, "
+           f"{res['users']} warm users, {res['duration_s']} s per run, closed loop {res['concurrency']} in-flight, "
+           f"fixed-rate latency from each request's due time, medians [min..max] of {res['repeats']} repeats"]
+    for key, row in res["table"].items():
+        for name in ("onramp", "bare"):
+            out.append(f"  {key:11s} {name:6s} throughput {row[f'{name}_throughput'].fmt(',.0f', ' req/s')}  "
+                       f"p50 {row[f'{name}_p50_ms'].fmt('.2f', ' ms')}  p95 {row[f'{name}_p95_ms'].fmt('.2f', ' ms')}"
+                       f"  p99 {row[f'{name}_p99_ms'].fmt('.2f', ' ms')}  errors {row[f'{name}_errors'].median:.0f}")
+        out.append(f"  {key:11s} ratio  throughput onramp/bare {row['throughput_ratio'].fmt('.2f', 'x')}  "
+                   f"p99 onramp/bare {row['p99_ratio'].fmt('.2f', 'x')}")
+    runs = [r for by in res["raw"].values() for r in by["onramp"]]
+    ok_http = sum(r["http_200"] for r in runs)
+    logged = sum(r["decisions_logged"] for r in runs)
+    c = res["checks"]
+    out.append(f"  checks: onramp HTTP 200 answers {ok_http:,}, decision rows logged {logged:,} "
+               f"(non-OK grpc-status found {sum(r['grpc_failed'] for r in runs)}; rows beyond answers = calls "
+               f"in flight when a closed-loop h2load stopped: {logged - ok_http:,}); sample call reason "
+               f"onramp {c['onramp_sample_reason']!r}, nghttp grpc-status onramp {c['onramp_nghttp_grpc_status']} "
+               f"bare {c['bare_nghttp_grpc_status']}")
+    reasons = ", ".join(f"{k} {v:,}" for k, v in c["onramp_reasons_under_load"].items())
+    out.append(f"  onramp decisions logged under load by reason: {reasons}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point: print the report (exit 2 with install instructions without h2load)."""
+    ap = argparse.ArgumentParser(prog="python -m bench.h2load", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--duration", type=float, default=None)
+    ap.add_argument("--users", type=int, default=None)
+    ap.add_argument("--processes", type=int, default=4, help="closed loop: h2load processes (= users asked)")
+    a = ap.parse_args(argv)
+    try:
+        res = run(a.quick, a.repeats or (1 if a.quick else 3), a.duration, a.users, processes=a.processes)
+    except H2loadMissing as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print("\n".join(report(res)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

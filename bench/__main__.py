@@ -1,5 +1,5 @@
 """``python -m bench [serving|ingest|learning|memory|replay|all] [--quick] [--repeats N] [--json PATH]``
-(memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``):
+(serving also ``--driver aio|h2load``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``):
 run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import ingest, learning, memory, serving
+from bench import h2load, ingest, learning, memory, serving
 from bench.common import ROOT, PY, Summary, load_average
 
 PARTS = ("serving", "ingest", "learning", "memory")
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes and short runs (smoke test)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 3, quick 1)")
     ap.add_argument("--duration", type=float, default=None, help="seconds per load run (serving, ingest)")
+    ap.add_argument("--driver", choices=("aio", "h2load"), default="aio",
+                    help="serving: load generator, the grpc.aio client (bench.loadgen) or h2load (bench.h2load)")
     ap.add_argument("--full", action="store_true", help="memory at 100k and 1M users with 1M events (slow: 1M SetConsent calls)")
     ap.add_argument("--sizes", default=None, metavar="U:E,...",
                     help="memory: users:events pairs to measure, e.g. 1000000:1000000 (overrides --full)")
@@ -61,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parts = PARTS if a.part == "all" else (a.part,)
     for part in parts:
         t = time.perf_counter()
-        if part == "serving":
+        if part == "serving" and a.driver == "h2load":
+            res = h2load.run(a.quick, repeats, duration=a.duration)
+            lines = h2load.report(res)
+        elif part == "serving":
             res = serving.run(a.quick, repeats, duration=a.duration)
             lines = serving.report(res)
         elif part == "ingest":

@@ -117,7 +117,7 @@ def parse_counts(stdout: str) -> dict[str, int]:
     f = _FINISHED.search(stdout)
     if f is not None:
         scale = {"s": 1e6, "ms": 1e3, "us": 1.0}[f.group(2)]
-        out["elapsed_us"] = int(float(f.group(1)) * scale)
+        out["elapsed_us"] = round(float(f.group(1)) * scale)
     return out
 
 

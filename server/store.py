@@ -32,7 +32,7 @@ _CHUNK = 5000  # bound parameters per IN (...) query
 
 _INSERT_SIZES = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT statement (few distinct statements to cache)
 _MAX_EXACT_ROWS = 1024  # a statement of exactly n rows (14 columns: 14,336 parameters, under SQLite's 32,766)
-_MAX_EXACT_SIZES = 8  # distinct exact sizes kept per table
+_MAX_EXACT_SIZES = 6  # distinct exact sizes kept per table (a prepared statement holds ~1.9 KB per row: <= ~11 MiB)
 _EXACT_AFTER = 3  # an exact size gets its own statement once this many inserts had that many rows
 
 

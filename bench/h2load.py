@@ -21,6 +21,7 @@ import argparse
 import math
 import os
 import re
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -223,6 +224,7 @@ def one_load(h2load: str, server: ServerProc, db: Path | None, users: list[str],
     streams = 64 if rate > 0 else max(1, concurrency // n_proc)
     procs = []
     before = decision_rows(db) if db is not None else 0
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     for i, uid in enumerate(users):
         body = work / f"body-{uid}.bin"
         body.write_bytes(request_body(uid))
@@ -250,6 +252,8 @@ def one_load(h2load: str, server: ServerProc, db: Path | None, users: list[str],
         lat_us += latency_from_schedule(rows, per_rate) if rate > 0 else [float(r.latency_us) for r in rows]
         starts += [r.start_us for r in rows]
         ends += [r.end_us for r in rows]
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the h2load processes, reaped above
+    client_cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     http_failed = counts["failed"] + counts["errored"] + counts["timeout"]
     if rate > 0:
         http_failed += n_proc * per_n - counts["started"]  # never sent (h2load gave up)
@@ -265,6 +269,7 @@ def one_load(h2load: str, server: ServerProc, db: Path | None, users: list[str],
             "elapsed_s": elapsed, "throughput": ok / elapsed if elapsed > 0 else 0.0,
             "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
             "p99_ms": float(np.percentile(a, 99)), "rate": rate, "processes": n_proc, "users": users,
+            "client_cpu_s": client_cpu_s, "client_cpu_us_per_request": client_cpu_s * 1e6 / max(1, counts["done"]),
             "h2load": counts}
 
 
@@ -346,6 +351,9 @@ def report(res: dict) -> list[str]:
                f"in flight when a closed-loop h2load stopped: {logged - ok_http:,}); sample call reason "
                f"onramp {c['onramp_sample_reason']!r}, nghttp grpc-status onramp {c['onramp_nghttp_grpc_status']} "
                f"bare {c['bare_nghttp_grpc_status']}")
+    cpu = [r["client_cpu_us_per_request"] for by in res["raw"].values() for rs in by.values() for r in rs]
+    out.append(f"  h2load CPU (user+sys, all processes of a run) per request: {summarize(cpu).fmt('.1f', ' us')} "
+               f"over all runs")
     reasons = ", ".join(f"{k} {v:,}" for k, v in c["onramp_reasons_under_load"].items())
     out.append(f"  onramp decisions logged under load by reason: {reasons}")
     return out

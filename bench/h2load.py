@@ -11,9 +11,10 @@ client sends bursts), closed loop ``processes`` processes sharing the in-flight 
 again within the guardrails' minimum gap gets a logged ``capped`` decision: the whole decide path (profile,
 segments, shows, eligibility, decision row committed before the answer) but not the bandit's scoring; the
 grpc.aio driver's users are in the same state after their warm-up decision. h2load counts an HTTP 200 as a
-success whatever the ``grpc-status`` trailer says, so non-OK answers of Onramp are found by counting the
-decision rows logged during each run (one per OK answer); the bare server logs nothing, so its statuses are
-only checked on a sample call.
+success whatever the ``grpc-status`` says, so the driver counts non-OK statuses itself: h2load runs with ``-v``,
+which prints each answer's first header block, where a gRPC error without a message (trailers-only, e.g.
+CANCELLED from gRPC core, INVALID_ARGUMENT from the interceptor) carries its ``grpc-status``; and for Onramp
+the decision rows logged during each run are counted (one per OK answer, committed before it is sent).
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ INSTALL_HINT = ("h2load (nghttp2's HTTP/2 load generator) is not on PATH. Instal
 _COUNTS = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                      r"(\d+) errored, (\d+) timeout")
 _FINISHED = re.compile(r"finished in ([0-9.]+)(ms|s|us)")
+_GRPC_STATUS = re.compile(r"^\[stream_id=\d+\] grpc-status: (\d+)$", re.MULTILINE)
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+_HTTP_STATUS = re.compile(r"^\[stream_id=\d+\] :status: ", re.MULTILINE)
 MAX_RPS_PER_PROCESS = 100  # h2load's rps timer repeats every max(10 ms, 1/rps): keep one request per tick
 
 
@@ -122,6 +126,19 @@ def parse_counts(stdout: str) -> dict[str, int]:
     return out
 
 
+def trailers_only_statuses(verbose_stdout: str) -> tuple[int, dict[str, int]]:
+    """From ``h2load -v`` output: the number of answers (first header blocks printed) and the count of each
+    non-OK ``grpc-status`` among them (by code name). An OK answer's status comes in trailers h2load does not
+    print, so only errors sent without a message show here."""
+    answers = len(_HTTP_STATUS.findall(verbose_stdout))
+    codes: dict[str, int] = {}
+    for code in _GRPC_STATUS.findall(verbose_stdout):
+        if code != "0":
+            name = _CODE_NAMES.get(int(code), code)
+            codes[name] = codes.get(name, 0) + 1
+    return answers, codes
+
+
 def latency_from_schedule(rows: list[LogRow], rps: float) -> list[float]:
     """Latencies (µs) counted from when each request was due at ``rps`` (the i-th request started at the
     first one's start + i/rps), as :mod:`bench.loadgen` counts them: h2load measures from when it sent the
@@ -191,11 +208,12 @@ def nghttp_status(address: str, body_path: Path) -> int | None:
 
 
 def h2load_command(h2load: str, address: str, body: Path, log: Path, *, rate: float, requests: int,
-                   duration: float, streams: int, deadline_s: float) -> list[str]:
+                   duration: float, streams: int, deadline_s: float, verbose: bool = True) -> list[str]:
     """One h2load process on one connection: ``rate`` req/s for ``requests`` requests (fixed rate) or, when
     ``rate`` is 0, back to back for ``duration`` s (closed loop); at most ``streams`` in flight. Each call
-    carries a ``grpc-timeout`` deadline like the grpc.aio driver's."""
-    cmd = [h2load, "-c", "1", "-t", "1", "-m", str(streams), "-d", str(body),
+    carries a ``grpc-timeout`` deadline like the grpc.aio driver's; ``verbose`` prints the answers' first
+    header blocks (see :func:`trailers_only_statuses`)."""
+    cmd = [h2load, *(["-v"] if verbose else []), "-c", "1", "-t", "1", "-m", str(streams), "-d", str(body),
            "-H", "content-type: application/grpc", "-H", "te: trailers",
            "-H", f"grpc-timeout: {max(1, int(deadline_s * 1000))}m", "--log-file", str(log)]
     if rate > 0:
@@ -232,18 +250,28 @@ def one_load(h2load: str, server: ServerProc, db: Path | None, users: list[str],
         log.unlink(missing_ok=True)  # h2load appends
         cmd = h2load_command(h2load, server.address, body, log, rate=per_rate, requests=per_n, duration=duration,
                              streams=streams, deadline_s=deadline_s)
-        procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), log))
+        out_path = work / f"out-{i}.txt"  # a file, not a pipe: -v output must never block h2load
+        with out_path.open("w") as out_file:
+            proc = subprocess.Popen(cmd, stdout=out_file, stderr=subprocess.STDOUT)
+        procs.append((proc, log, out_path))
     counts = {k: 0 for k in ("total", "started", "done", "succeeded", "failed", "errored", "timeout")}
     lat_us: list[float] = []
     starts: list[int] = []
     ends: list[int] = []
     ok_http = 0
     elapsed_us = 0
-    for proc, log in procs:
-        out, err = proc.communicate(timeout=duration * 6 + deadline_s + 60)
+    answers = 0
+    codes: dict[str, int] = {}
+    for proc, log, out_path in procs:
+        proc.wait(timeout=duration * 6 + deadline_s + 60)
+        out = out_path.read_text(errors="replace")
         if proc.returncode != 0:
-            raise RuntimeError(f"h2load exited with {proc.returncode}: {err[-1000:]} {out[-1000:]}")
+            raise RuntimeError(f"h2load exited with {proc.returncode}: {out[-2000:]}")
         c = parse_counts(out)
+        n_answers, proc_codes = trailers_only_statuses(out)
+        answers += n_answers
+        for k, v in proc_codes.items():
+            codes[k] = codes.get(k, 0) + v
         for k in counts:
             counts[k] += c[k]
         elapsed_us = max(elapsed_us, c.get("elapsed_us", 0))
@@ -261,10 +289,12 @@ def one_load(h2load: str, server: ServerProc, db: Path | None, users: list[str],
     else:
         elapsed = elapsed_us / 1e6 if elapsed_us else duration
     logged = settled_decision_rows(db) - before if db is not None else None
-    grpc_failed = max(0, ok_http - logged) if logged is not None else 0
+    seen_failed = sum(codes.values())
+    grpc_failed = max(seen_failed, ok_http - logged) if logged is not None else seen_failed
     ok = ok_http - grpc_failed
     a = np.asarray(lat_us) / 1000.0 if lat_us else np.zeros(1)
     return {"ok": ok, "errors": http_failed + grpc_failed, "http_failed": http_failed, "grpc_failed": grpc_failed,
+            "error_codes": codes, "answers_seen": answers,
             "http_200": ok_http, "decisions_logged": logged, "in_flight_at_end": counts["started"] - counts["done"],
             "elapsed_s": elapsed, "throughput": ok / elapsed if elapsed > 0 else 0.0,
             "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
@@ -342,15 +372,25 @@ def report(res: dict) -> list[str]:
                        f"  p99 {row[f'{name}_p99_ms'].fmt('.2f', ' ms')}  errors {row[f'{name}_errors'].median:.0f}")
         out.append(f"  {key:11s} ratio  throughput onramp/bare {row['throughput_ratio'].fmt('.2f', 'x')}  "
                    f"p99 onramp/bare {row['p99_ratio'].fmt('.2f', 'x')}")
+    def codes_of(name: str) -> str:
+        total: dict[str, int] = {}
+        for by in res["raw"].values():
+            for r in by[name]:
+                for k, v in r["error_codes"].items():
+                    total[k] = total.get(k, 0) + v
+        return ", ".join(f"{k} {v:,}" for k, v in total.items()) or "none"
+
     runs = [r for by in res["raw"].values() for r in by["onramp"]]
     ok_http = sum(r["http_200"] for r in runs)
     logged = sum(r["decisions_logged"] for r in runs)
+    unlogged = sum(max(0, r["http_200"] - r["decisions_logged"]) for r in runs)
+    beyond = sum(max(0, r["decisions_logged"] - r["http_200"]) for r in runs)
     c = res["checks"]
-    out.append(f"  checks: onramp HTTP 200 answers {ok_http:,}, decision rows logged {logged:,} "
-               f"(non-OK grpc-status found {sum(r['grpc_failed'] for r in runs)}; rows beyond answers = calls "
-               f"in flight when a closed-loop h2load stopped: {logged - ok_http:,}); sample call reason "
-               f"onramp {c['onramp_sample_reason']!r}, nghttp grpc-status onramp {c['onramp_nghttp_grpc_status']} "
-               f"bare {c['bare_nghttp_grpc_status']}")
+    out.append(f"  checks, all runs: non-OK grpc-status seen by h2load -v: onramp {codes_of('onramp')}; bare "
+               f"{codes_of('bare')}. Onramp HTTP 200 answers {ok_http:,}, decision rows logged {logged:,}: "
+               f"answers without a row {unlogged:,}, rows of calls in flight when a closed-loop h2load stopped "
+               f"{beyond:,}. Sample call: onramp reason {c['onramp_sample_reason']!r}; nghttp grpc-status onramp "
+               f"{c['onramp_nghttp_grpc_status']} bare {c['bare_nghttp_grpc_status']}")
     cpu = [r["client_cpu_us_per_request"] for by in res["raw"].values() for rs in by.values() for r in rs]
     out.append(f"  h2load CPU (user+sys, all processes of a run) per request: {summarize(cpu).fmt('.1f', ' us')} "
                f"over all runs")

@@ -51,6 +51,14 @@ def test_h2load_summary_is_parsed() -> None:
         h2load.parse_counts("connect: Connection refused")
 
 
+def test_error_statuses_are_read_from_the_first_header_blocks_h2load_v_prints() -> None:
+    out = ("Application protocol: h2c\n[stream_id=1] :status: 200\n[stream_id=1] content-type: application/grpc\n"
+           "[stream_id=3] :status: 200\n[stream_id=3] content-type: application/grpc\n[stream_id=3] grpc-status: 1\n"
+           "[stream_id=3] grpc-message: CANCELLED\n[stream_id=5] :status: 200\n[stream_id=5] grpc-status: 3\n"
+           "[stream_id=7] :status: 200\n[stream_id=7] grpc-status: 0\nprogress: 100% done\n")
+    assert h2load.trailers_only_statuses(out) == (4, {"CANCELLED": 1, "INVALID_ARGUMENT": 1})
+
+
 def test_log_rows_are_read_in_start_order(tmp_path: Path) -> None:
     log = tmp_path / "log.tsv"
     log.write_text("1000300\t200\t50\n1000000\t200\t400\n1000100\t503\t20\n")
@@ -96,6 +104,7 @@ def test_answers_are_checked_against_the_decision_rows(tmp_path: Path) -> None:
         bad = h2load.one_load(exe, srv, db, [""], 100, 0.3, 32, 10.0, tmp_path)
         assert bad["http_200"] == 30 and bad["h2load"]["succeeded"] == 30
         assert bad["decisions_logged"] == 0 and bad["grpc_failed"] == 30 and bad["errors"] == 30 and bad["ok"] == 0
+        assert bad["error_codes"] == {"INVALID_ARGUMENT": 30} and good["error_codes"] == {}
         closed = h2load.one_load(exe, srv, db, ["visitor-2", "visitor-3"], 0, 0.3, 8, 10.0, tmp_path)
         assert closed["ok"] > 0 and closed["grpc_failed"] == 0
         assert 0 <= closed["decisions_logged"] - closed["http_200"] <= closed["in_flight_at_end"]

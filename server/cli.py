@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -98,6 +99,10 @@ async def serve(config: Config, stop_signals: Sequence[int] = (signal.SIGINT, si
     except BaseException:
         await server.stop(None)
         raise
+    # The startup heap (state rebuilt from the log or a checkpoint, catalog, modules) lives as long as the
+    # server: out of the garbage collector's reach, full collections under load stall the event loop for
+    # ~10-20 ms instead of 90-250 ms (measured with 2,000 users; more with more profiles).
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in stop_signals:

@@ -455,23 +455,27 @@ class Checkpointer:
                      started: float) -> asyncio.Task[CheckpointInfo]:
         """Fork (on the event loop thread, at the consistent point); the child writes the file, the returned
         task waits for it. The parent's objects are frozen out of its garbage collector while the child runs,
-        so full collections do not write to (and copy) every page the child still shares."""
+        so full collections do not write to (and copy) every page the child still shares. When the server
+        already froze its startup heap (``serve`` does, against long full collections under load), they stay
+        frozen afterwards: ``gc.unfreeze()`` would make the startup heap collectable again."""
         parent = os.getpid()
         rfd, wfd = os.pipe()
+        unfreeze = gc.get_freeze_count() == 0
         gc.freeze()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "fork() of a multi-threaded process"
                 pid = os.fork()
         except BaseException:
-            gc.unfreeze()
+            if unfreeze:
+                gc.unfreeze()
             os.close(rfd)
             os.close(wfd)
             raise
         if pid == 0:
             self._child_main(payload, rfd, wfd, parent)
         os.close(wfd)
-        return loop.create_task(self._reap(pid, rfd, box, started), name="onramp-checkpoint-child")
+        return loop.create_task(self._reap(pid, rfd, box, started, unfreeze), name="onramp-checkpoint-child")
 
     def _child_main(self, payload: dict[str, Any], rfd: int, wfd: int, parent: int) -> NoReturn:
         """The forked child: pickle the inherited state, write the file, report one line on ``wfd``, _exit.
@@ -502,7 +506,8 @@ class Checkpointer:
             finally:
                 os._exit(code)
 
-    async def _reap(self, pid: int, rfd: int, box: dict[str, Any], started: float) -> CheckpointInfo:
+    async def _reap(self, pid: int, rfd: int, box: dict[str, Any], started: float,
+                    unfreeze: bool = True) -> CheckpointInfo:
         """Wait for child ``pid`` without blocking the loop, then record what it wrote or raise why it failed
         (orphaned temp files removed, the previous checkpoint file kept)."""
         peak = 0
@@ -514,7 +519,8 @@ class Checkpointer:
             except ChildProcessError:  # reaped by someone else (a wait-for-any child watcher): trust its report
                 code = 0
             finally:
-                gc.unfreeze()
+                if unfreeze:
+                    gc.unfreeze()
             report = os.read(rfd, 4096).decode("utf-8", "replace").strip()
         finally:
             os.close(rfd)

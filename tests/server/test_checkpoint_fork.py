@@ -172,3 +172,20 @@ def test_orphaned_temp_files_are_removed_at_start(tmp_path: pathlib.Path) -> Non
     other.write_bytes(b"not ours")
     with running_server(config(), db_path=db):
         assert not orphan.exists() and other.exists()
+
+
+def test_a_forked_checkpoint_keeps_a_startup_freeze_and_undoes_only_its_own(tmp_path: pathlib.Path) -> None:
+    import gc
+
+    with running_server(config(), db_path=tmp_path / "onramp.db") as h:
+        gc.unfreeze()
+        assert checkpoint_now(h).forked
+        assert gc.get_freeze_count() == 0  # its own freeze is undone once the child is reaped
+        gc.freeze()  # as `serve` does after start
+        try:
+            frozen = gc.get_freeze_count()
+            assert checkpoint_now(h).forked
+            # the startup heap stays out of the collector's reach (less the frozen objects freed meanwhile)
+            assert gc.get_freeze_count() > frozen // 2 > 0
+        finally:
+            gc.unfreeze()

@@ -373,6 +373,7 @@ def report(res: dict) -> list[str]:
         out.append(f"  {key:11s} ratio  throughput onramp/bare {row['throughput_ratio'].fmt('.2f', 'x')}  "
                    f"p99 onramp/bare {row['p99_ratio'].fmt('.2f', 'x')}")
     def codes_of(name: str) -> str:
+        """The non-OK statuses of all runs against server ``name``, e.g. ``CANCELLED 12``."""
         total: dict[str, int] = {}
         for by in res["raw"].values():
             for r in by[name]:

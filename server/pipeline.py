@@ -42,8 +42,9 @@ CARRIED_SOURCE_PREFIX = "carried:"
 
 def event_values(ev: pb.Event) -> EventValues:
     """The fields of an event message in the order of :data:`server.validation.EventValues`."""
+    props = ev.properties
     return (ev.event_id, ev.user_id, ev.anonymous_id, ev.device_id, ev.name, ev.timestamp_ms, ev.channel,
-            ev.device_type, ev.feature, ev.step_id, ev.decision_id, ev.properties)
+            ev.device_type, ev.feature, ev.step_id, ev.decision_id, dict(props) if props else None)
 
 
 @dataclass(slots=True)
@@ -288,7 +289,7 @@ class Pipeline:
                     continue
                 seen.add(eid)
                 if props:
-                    properties = dict(props)
+                    properties = dict(props)  # the event's own copy (the caller's dict may be shared)
                     text = encode(properties)
                 else:
                     properties, text = {}, "{}"

@@ -1,14 +1,24 @@
 """GetNextStep under load from a separate client process (:mod:`bench.loadgen`): fixed rates and a
 closed-loop maximum against Onramp (warm users) and, in the same run, against the bare server; ratios of
-throughput and p99."""
+throughput and p99, and each server's CPU time per finished call (``/proc/PID/stat`` user + system of the
+whole server process over the run / calls), which a machine shared with other work disturbs far less than
+throughput or p99."""
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 from bench.common import run_loadgen, start_bare, start_onramp, summarize, warm_users
 
 RATES = (500, 1000, 2000)
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from ``/proc/PID/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
@@ -27,8 +37,11 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
                 for kind, rate in loads:
                     key = f"{rate} rps" if kind == "rate" else "closed loop"
                     for name, srv in (("onramp", onramp), ("bare", bare)):
+                        cpu0 = process_cpu_s(srv.pid)
                         res = run_loadgen(["serving", "--target", srv.address, "--rate", str(rate), "--duration",
                                            str(duration), "--concurrency", str(concurrency), "--users", str(users)])
+                        calls = res["ok"] + res["errors"] + 1  # + the loadgen's connecting call
+                        res["server_cpu_us_per_call"] = (process_cpu_s(srv.pid) - cpu0) / calls * 1e6
                         raw.setdefault(key, {}).setdefault(name, []).append(res)
         finally:
             onramp.stop()
@@ -37,11 +50,14 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
     for key, by in raw.items():
         row = {}
         for name, runs in by.items():
-            for f in ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors"):
+            for f in ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors", "server_cpu_us_per_call"):
                 row[f"{name}_{f}"] = summarize([r[f] for r in runs])
         row["throughput_ratio"] = summarize([o["throughput"] / b["throughput"]
                                              for o, b in zip(by["onramp"], by["bare"])])
         row["p99_ratio"] = summarize([o["p99_ms"] / b["p99_ms"] for o, b in zip(by["onramp"], by["bare"])])
+        row["cpu_ratio"] = summarize([o["server_cpu_us_per_call"] / b["server_cpu_us_per_call"]
+                                      for o, b in zip(by["onramp"], by["bare"]) if b["server_cpu_us_per_call"] > 0]
+                                     or [float("nan")])  # CPU time counts in 10 ms ticks: a tiny run may show 0
         table[key] = row
     return {"duration_s": duration, "users": users, "concurrency": concurrency, "repeats": repeats,
             "table": table, "raw": raw}
@@ -55,7 +71,9 @@ def report(res: dict) -> list[str]:
         for name in ("onramp", "bare"):
             out.append(f"  {key:11s} {name:6s} throughput {row[f'{name}_throughput'].fmt(',.0f', ' req/s')}  "
                        f"p50 {row[f'{name}_p50_ms'].fmt('.2f', ' ms')}  p95 {row[f'{name}_p95_ms'].fmt('.2f', ' ms')}"
-                       f"  p99 {row[f'{name}_p99_ms'].fmt('.2f', ' ms')}  errors {row[f'{name}_errors'].median:.0f}")
+                       f"  p99 {row[f'{name}_p99_ms'].fmt('.2f', ' ms')}  errors {row[f'{name}_errors'].median:.0f}"
+                       f"  server CPU/call {row[f'{name}_server_cpu_us_per_call'].fmt(',.0f', ' us')}")
         out.append(f"  {key:11s} ratio  throughput onramp/bare {row['throughput_ratio'].fmt('.2f', 'x')}  "
-                   f"p99 onramp/bare {row['p99_ratio'].fmt('.2f', 'x')}")
+                   f"p99 onramp/bare {row['p99_ratio'].fmt('.2f', 'x')}  "
+                   f"CPU/call onramp/bare {row['cpu_ratio'].fmt('.2f', 'x')}")
     return out

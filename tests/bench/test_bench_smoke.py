@@ -35,6 +35,8 @@ def test_serving_reports_throughput_latency_and_ratios_for_every_load(tmp_path: 
             runs = res["raw"][key][name]
             assert runs and all(r["ok"] > 0 for r in runs)
         assert row["throughput_ratio"]["median"] > 0 and row["p99_ratio"]["median"] > 0
+        assert row["onramp_server_cpu_us_per_call"]["median"] > 0 and row["cpu_ratio"]["median"] > 0
+        assert re.search(rf"{key}\s+ratio .* CPU/call onramp/bare \d", out), key
 
 
 @pytest.mark.timeout(150)

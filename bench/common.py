@@ -1,17 +1,28 @@
-"""Shared helpers of the benchmarks: free ports, server subprocesses (Onramp and bare), warm-up of users,
-and median/spread summaries over repeats."""
+"""Shared helpers of the benchmarks: free ports, server subprocesses (Onramp and bare), the serving scenarios
+(bench catalog and warm-up of users), decisions-by-reason counts, and median/spread summaries over repeats.
+
+Serving scenarios (``--scenario``): ``personalized`` (default) runs every GetNextStep through the whole
+personalised path -- guardrails, segments, rules checked, the contextual bandit's scoring, the decision
+logged -- with users past the personalisation threshold and the demo catalog's caps/gaps/cooldowns lifted
+(:func:`bench_catalog`); ``capped`` is the earlier benchmark: demo catalog, users with one session, so under
+load every ask is a logged ``capped`` decision (the minimum gap blocks it) that never reaches the bandit."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import statistics
+import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -80,13 +91,15 @@ def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout: float = 60.
         grpc.channel_ready_future(ch).result(timeout=max(1.0, deadline - time.monotonic()))
 
 
-def start_onramp(db: Path, ready_timeout: float = 60.0) -> ServerProc:
-    """Start ``python -m server serve`` on a free port with database ``db``; wait (at most ``ready_timeout``
+def start_onramp(db: Path, ready_timeout: float = 60.0, config: Path | None = None) -> ServerProc:
+    """Start ``python -m server serve`` on a free port with database ``db`` (and config file ``config``, e.g.
+    :func:`write_scenario_config`'s; None = built-in defaults, demo catalog); wait (at most ``ready_timeout``
     seconds) until it accepts connections."""
     port = free_port()
     t = time.perf_counter()
+    extra = ["--config", str(config)] if config is not None else []
     proc = subprocess.Popen([PY, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port), "--db",
-                             str(db), "--allow-insecure-no-auth"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             str(db), "--allow-insecure-no-auth", *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     try:
@@ -123,10 +136,136 @@ def run_loadgen(args: list[str], timeout: float = 600.0) -> dict:
     return run_client("bench.loadgen", args, timeout)
 
 
-def warm_users(address: str, n_users: int, prefix: str = "u", requests_per_user: int = 1) -> None:
-    """Make ``n_users`` warm as in production: consent granted, a few events ingested (profiles exist),
-    and ``requests_per_user`` GetNextStep decisions logged per user."""
+SCENARIOS = ("personalized", "capped")
+DEMO_CATALOG = ROOT / "server" / "catalog" / "demo.toml"
+HOUR_MS = 3_600_000
+UNCAPPED = 1_000_000  # a per-day cap no benchmark run reaches
+# Feature patterns of warm users (cycled by user index): varied contexts for the segmenter and the bandit,
+# each feature used fewer than 5 times (the demo's feature_explored rule threshold) so no rule fires.
+_FEATURE_MIX = (("reports", "automations", "dashboards"), ("integrations", "reports"), ("templates",),
+                ("dashboards", "api", "reports", "custom_fields"))
+
+
+def bench_catalog(demo: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The demo catalog (parsed TOML) with the limits lifted that would block repeated asks of one user:
+    guardrails ``min_gap_minutes = 0`` and per-day caps (total, per channel) of :data:`UNCAPPED`; every step
+    ``cooldown_hours = 0`` and ``max_per_day`` :data:`UNCAPPED`; and the experiment reduced to its tailored
+    arm (share 1), so every warm user is decided by rules or the bandit rather than 45% generic / 10%
+    holdout. Everything else (steps, core order, rules, personalisation thresholds, segments, rewards,
+    bandit) stays as shipped."""
+    doc = tomllib.loads(DEMO_CATALOG.read_text(encoding="utf-8")) if demo is None else json.loads(json.dumps(demo))
+    g = doc.setdefault("guardrails", {})
+    g["min_gap_minutes"] = 0
+    g["max_per_day_total"] = UNCAPPED
+    g["max_per_day_per_channel"] = {ch: UNCAPPED for ch in ("in_app", "email", "push")}
+    for step in doc.get("steps", []):
+        step["cooldown_hours"] = 0
+        step["max_per_day"] = UNCAPPED
+    for exp in doc.get("experiments", []):
+        tailored = [a for a in exp.get("arms", []) if a.get("kind") == "tailored"][:1]
+        if tailored:
+            exp["arms"] = [{**tailored[0], "share": 1.0}]
+    return doc
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(k: str) -> str:
+    return k if _BARE_KEY.match(k) else json.dumps(k)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"no TOML form for {type(v).__name__}")
+
+
+def to_toml(doc: Mapping[str, Any]) -> str:
+    """TOML text of a parsed document of the catalog's shape: top-level scalars, tables (one level of
+    sub-tables) and arrays of tables; deeper values inline. ``tomllib.loads(to_toml(d)) == d``."""
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in doc.items()
+             if not isinstance(v, dict) and not (isinstance(v, list) and v and all(isinstance(x, dict) for x in v))]
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{_toml_key(k)}]"]
+            lines += [f"{_toml_key(a)} = {_toml_value(b)}" for a, b in v.items() if not isinstance(b, dict)]
+            for a, b in v.items():
+                if isinstance(b, dict):
+                    lines += ["", f"[{_toml_key(k)}.{_toml_key(a)}]"]
+                    lines += [f"{_toml_key(c)} = {_toml_value(d)}" for c, d in b.items()]
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for item in v:
+                lines += ["", f"[[{_toml_key(k)}]]"]
+                lines += [f"{_toml_key(a)} = {_toml_value(b)}" for a, b in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_scenario_config(scenario: str, directory: Path) -> Path | None:
+    """The config file Onramp is started with for ``scenario``: for ``personalized`` :func:`bench_catalog`
+    written to ``directory/bench-catalog.toml`` (validated with the server's own parser first); for
+    ``capped`` None (built-in defaults: the demo catalog as shipped)."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)} (got {scenario!r})")
+    if scenario == "capped":
+        return None
+    from server.catalog import parse_catalog  # the server's validation: a bad override fails here, loudly
+
+    doc = bench_catalog()
+    parse_catalog(doc)
+    path = directory / "bench-catalog.toml"
+    path.write_text("# Onramp benchmark catalog: the demo catalog with caps, gaps and cooldowns lifted "
+                    "(bench/common.py bench_catalog)\n" + to_toml(doc), encoding="utf-8")
+    return path
+
+
+def start_scenario_onramp(scenario: str, db: Path, ready_timeout: float = 60.0) -> ServerProc:
+    """:func:`start_onramp` with ``scenario``'s config (written next to ``db``)."""
+    return start_onramp(db, ready_timeout, write_scenario_config(scenario, db.parent))
+
+
+def warm_events(uid: str, i: int, now_ms: int) -> list[pb.Event]:
+    """The event history of a personalised-scenario warm user: four sessions 30, 20, 8 and 1 hours ago (so
+    at least two UTC days, gaps under the 24 h re-engagement rule), the three core steps completed in the
+    first, and a few feature uses (pattern ``i`` of :data:`_FEATURE_MIX`, under 5 per feature) on web or
+    mobile."""
+    device = "mobile" if i % 3 == 0 else "desktop"
+    channel = "ios" if device == "mobile" else "web"
+    feats = _FEATURE_MIX[i % len(_FEATURE_MIX)]
+    evs: list[pb.Event] = []
+    for s, hours_ago in enumerate((30, 20, 8, 1)):
+        ts = now_ms - hours_ago * HOUR_MS + i % 1000
+
+        def ev(name: str, k: int, **kw: str) -> pb.Event:
+            return pb.Event(event_id=f"w-{uid}-{s}-{k}", user_id=uid, name=name, timestamp_ms=ts + k,
+                            channel=channel, device_type=device, **kw)
+
+        evs.append(ev("session_start", 0))
+        if s == 0:
+            evs += [ev("step_completed", 1 + j, step_id=core) for j, core in
+                    enumerate(("welcome", "profile_setup", "first_project"))]
+        evs += [ev("feature_used", 10 + j, feature=f) for j, f in enumerate(feats)]
+    return evs
+
+
+def warm_users(address: str, n_users: int, prefix: str = "u", requests_per_user: int = 1,
+               scenario: str = "capped") -> None:
+    """Make ``n_users`` warm as in production: consent for tracking and personalization granted, events
+    ingested (profiles exist), and ``requests_per_user`` GetNextStep decisions logged per user. ``capped``
+    (the default, the earlier warm-up): one session of two events 50 minutes ago; ``personalized``: the
+    history of :func:`warm_events`, past the personalisation threshold (>= 3 sessions on >= 2 days)."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)} (got {scenario!r})")
     now = int(time.time() * 1000)
+    consent_ts = now - 3_600_000 if scenario == "capped" else now - 40 * HOUR_MS
     with grpc.insecure_channel(address) as ch:
         stub = pb_grpc.OnrampStub(ch)
         futs = []
@@ -134,7 +273,7 @@ def warm_users(address: str, n_users: int, prefix: str = "u", requests_per_user:
             uid = f"{prefix}{i}"
             for purpose in ("tracking", "personalization"):
                 futs.append(stub.SetConsent.future(pb.ConsentRequest(
-                    user_id=uid, purpose=purpose, granted=True, source="bench", timestamp_ms=now - 3_600_000)))
+                    user_id=uid, purpose=purpose, granted=True, source="bench", timestamp_ms=consent_ts)))
             if len(futs) > 400:
                 [f.result(timeout=60) for f in futs]
                 futs = []
@@ -142,6 +281,9 @@ def warm_users(address: str, n_users: int, prefix: str = "u", requests_per_user:
         batch_events = []
         for i in range(n_users):
             uid = f"{prefix}{i}"
+            if scenario == "personalized":
+                batch_events += warm_events(uid, i, now)
+                continue
             ts = now - 3_000_000 + i % 1000
             batch_events += [pb.Event(event_id=f"w-{uid}-0", user_id=uid, name="session_start", timestamp_ms=ts,
                                       channel="web", device_type="desktop"),
@@ -160,6 +302,42 @@ def warm_users(address: str, n_users: int, prefix: str = "u", requests_per_user:
                     [f.result(timeout=60) for f in futs]
                     futs = []
             [f.result(timeout=60) for f in futs]
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds (the decisions table's ``timestamp_ms`` clock)."""
+    return int(time.time() * 1000)
+
+
+def decisions_by_reason(db: Path, since_ms: int = 0) -> dict[str, int]:
+    """Rows of Onramp's decisions table per ``reason`` logged at or after ``since_ms``, most first (read-only;
+    the server writes in WAL mode, so this works while it runs)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return {r: int(n) for r, n in conn.execute(
+            "SELECT reason, count(*) FROM decisions WHERE timestamp_ms >= ? GROUP BY reason ORDER BY 2 DESC, 1",
+            (since_ms,))}
+    finally:
+        conn.close()
+
+
+def bandit_propensities(db: Path, since_ms: int = 0) -> dict[str, float]:
+    """Among ``bandit`` decisions logged at or after ``since_ms``: how many, the share with a logged
+    propensity below 1 (an exploring policy's true probability) and the min/max propensity."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        n, below, lo, hi = conn.execute(
+            "SELECT count(*), sum(propensity < 1.0), min(propensity), max(propensity) FROM decisions "
+            "WHERE reason = 'bandit' AND timestamp_ms >= ?", (since_ms,)).fetchone()
+    finally:
+        conn.close()
+    return {"n": int(n or 0), "below_1": (below or 0) / n if n else 0.0, "min": lo or 0.0, "max": hi or 0.0}
+
+
+def reasons_line(reasons: Mapping[str, int]) -> str:
+    """``bandit 1,234 (97.1%), capped 12 (0.9%)``: a reasons count for a report."""
+    total = sum(reasons.values()) or 1
+    return ", ".join(f"{k} {v:,} ({100 * v / total:.1f}%)" for k, v in reasons.items()) or "none"
 
 
 @dataclass(frozen=True)

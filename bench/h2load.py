@@ -9,8 +9,9 @@ by side, each on its own connection asking for one warm user (the next users of 
 at a fixed rate one process per 100 req/s (h2load's ``--rps`` timer ticks at most every 10 ms, so a faster
 client sends bursts), closed loop ``processes`` processes sharing the in-flight requests. A user asked
 again within the guardrails' minimum gap gets a logged ``capped`` decision: the whole decide path (profile,
-segments, shows, eligibility, decision row committed before the answer) but not the bandit's scoring; the
-grpc.aio driver's users are in the same state after their warm-up decision. h2load counts an HTTP 200 as a
+segments, shows, eligibility, decision row committed before the answer) but not the bandit's scoring. That is
+``--scenario capped``; the default ``--scenario personalized`` (see :mod:`bench.common`) lifts gaps, caps and
+cooldowns and warms users past the personalisation threshold, so every ask is scored by the bandit. h2load counts an HTTP 200 as a
 success whatever the ``grpc-status`` says, so the driver counts non-OK statuses itself: h2load runs with ``-v``,
 which prints each answer's first header block, where a gRPC error without a message (trailers-only, e.g.
 CANCELLED from gRPC core, INVALID_ARGUMENT from the interceptor) carries its ``grpc-status``; and for Onramp
@@ -35,7 +36,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import ServerProc, start_bare, start_onramp, summarize, warm_users
+from bench.common import SCENARIOS, ServerProc, reasons_line, start_bare, start_scenario_onramp, summarize, warm_users
 from onramp.v1 import onramp_pb2 as pb
 
 RATES = (500, 1000, 2000)
@@ -305,9 +306,10 @@ def one_load(h2load: str, server: ServerProc, db: Path | None, users: list[str],
 
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
         concurrency: int = 32, processes: int = 4, rates: tuple[int, ...] = RATES,
-        deadline_s: float = 10.0) -> dict:
-    """Measure every load ``repeats`` times on both servers with h2load; return raw runs, medians and the
-    decision reasons Onramp logged under load. Raises :class:`H2loadMissing` when h2load is absent."""
+        deadline_s: float = 10.0, scenario: str = "personalized") -> dict:
+    """Measure every load ``repeats`` times on both servers with h2load in ``scenario`` (see
+    :mod:`bench.common`); return raw runs, medians and the decision reasons Onramp logged under load.
+    Raises :class:`H2loadMissing` when h2load is absent."""
     h2load = require_h2load()
     duration = duration if duration is not None else (0.5 if quick else 5.0)
     users = users if users is not None else (40 if quick else 2000)
@@ -317,10 +319,10 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
     with tempfile.TemporaryDirectory(prefix="onramp-h2load-") as tmp:
         work = Path(tmp)
         db = work / "serving.db"
-        onramp = start_onramp(db)
+        onramp = start_scenario_onramp(scenario, db)
         bare = start_bare()
         try:
-            warm_users(onramp.address, users)
+            warm_users(onramp.address, users, scenario=scenario)
             first = work / "body-check.bin"
             first.write_bytes(request_body("u0"))
             for name, srv in (("onramp", onramp), ("bare", bare)):
@@ -353,7 +355,7 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
                                              for o, b in zip(by["onramp"], by["bare"])])
         row["p99_ratio"] = summarize([o["p99_ms"] / b["p99_ms"] for o, b in zip(by["onramp"], by["bare"])])
         table[key] = row
-    return {"driver": h2load_version(h2load), "duration_s": duration, "users": users, "concurrency": concurrency,
+    return {"driver": h2load_version(h2load), "scenario": scenario, "duration_s": duration, "users": users, "concurrency": concurrency,
             "processes": processes, "repeats": repeats, "deadline_s": deadline_s, "checks": checks,
             "table": table, "raw": raw}
 
@@ -362,7 +364,7 @@ def report(res: dict) -> list[str]:
     """Human-readable lines of a :func:`run` result, in :func:`bench.serving.report`'s format plus the
     checks of what the server answered."""
     out = [f"serving ({res['driver']}, one process and warm user per 100 req/s, closed loop {res['processes']}): "
-           f"GetNextStep, "
+           f"GetNextStep, scenario {res.get('scenario', 'capped')}, "
            f"{res['users']} warm users, {res['duration_s']} s per run, closed loop {res['concurrency']} in-flight, "
            f"fixed-rate latency from each request's due time, medians [min..max] of {res['repeats']} repeats"]
     for key, row in res["table"].items():
@@ -395,7 +397,7 @@ def report(res: dict) -> list[str]:
     cpu = [r["client_cpu_us_per_request"] for by in res["raw"].values() for rs in by.values() for r in rs]
     out.append(f"  h2load CPU (user+sys, all processes of a run) per request: {summarize(cpu).fmt('.1f', ' us')} "
                f"over all runs")
-    reasons = ", ".join(f"{k} {v:,}" for k, v in c["onramp_reasons_under_load"].items())
+    reasons = reasons_line(c["onramp_reasons_under_load"])
     out.append(f"  onramp decisions logged under load by reason: {reasons}")
     return out
 
@@ -408,9 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=None)
     ap.add_argument("--users", type=int, default=None)
     ap.add_argument("--processes", type=int, default=4, help="closed loop: h2load processes (= users asked)")
+    ap.add_argument("--scenario", choices=SCENARIOS, default="personalized", help="see bench.common")
     a = ap.parse_args(argv)
     try:
-        res = run(a.quick, a.repeats or (1 if a.quick else 3), a.duration, a.users, processes=a.processes)
+        res = run(a.quick, a.repeats or (1 if a.quick else 3), a.duration, a.users, processes=a.processes,
+                  scenario=a.scenario)
     except H2loadMissing as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -9,7 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench.common import run_loadgen, start_bare, start_onramp, summarize, warm_users
+from bench.common import (bandit_propensities, decisions_by_reason, now_ms, reasons_line, run_loadgen, start_bare,
+                          start_scenario_onramp, summarize, warm_users)
 
 RATES = (500, 1000, 2000)
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -22,17 +23,20 @@ def process_cpu_s(pid: int) -> float:
 
 
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
-        concurrency: int = 32) -> dict:
-    """Measure every load ``repeats`` times on both servers; return raw runs and medians."""
+        concurrency: int = 32, scenario: str = "personalized") -> dict:
+    """Measure every load ``repeats`` times on both servers in ``scenario`` (see :mod:`bench.common`); return
+    raw runs, medians and the decisions Onramp logged under load by reason."""
     duration = duration if duration is not None else (0.5 if quick else 5.0)
     users = users if users is not None else (200 if quick else 2000)
     loads = [("rate", r) for r in RATES] + [("closed", 0)]
     raw: dict[str, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="onramp-bench-") as tmp:
-        onramp = start_onramp(Path(tmp) / "serving.db")
+        db = Path(tmp) / "serving.db"
+        onramp = start_scenario_onramp(scenario, db)
         bare = start_bare()
         try:
-            warm_users(onramp.address, users)
+            warm_users(onramp.address, users, scenario=scenario)
+            load_start_ms = now_ms()
             for _ in range(repeats):
                 for kind, rate in loads:
                     key = f"{rate} rps" if kind == "rate" else "closed loop"
@@ -43,6 +47,8 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
                         calls = res["ok"] + res["errors"] + 1  # + the loadgen's connecting call
                         res["server_cpu_us_per_call"] = (process_cpu_s(srv.pid) - cpu0) / calls * 1e6
                         raw.setdefault(key, {}).setdefault(name, []).append(res)
+            reasons = decisions_by_reason(db, load_start_ms)
+            bandit = bandit_propensities(db, load_start_ms)
         finally:
             onramp.stop()
             bare.stop()
@@ -59,14 +65,15 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
                                       for o, b in zip(by["onramp"], by["bare"]) if b["server_cpu_us_per_call"] > 0]
                                      or [float("nan")])  # CPU time counts in 10 ms ticks: a tiny run may show 0
         table[key] = row
-    return {"duration_s": duration, "users": users, "concurrency": concurrency, "repeats": repeats,
+    return {"scenario": scenario, "reasons_under_load": reasons, "bandit_under_load": bandit,
+            "duration_s": duration, "users": users, "concurrency": concurrency, "repeats": repeats,
             "table": table, "raw": raw}
 
 
 def report(res: dict) -> list[str]:
     """Human-readable lines of a :func:`run` result."""
-    out = [f"serving: GetNextStep, {res['users']} warm users, {res['duration_s']} s per run, closed loop "
-           f"{res['concurrency']} in-flight, medians [min..max] of {res['repeats']} repeats"]
+    out = [f"serving: GetNextStep, scenario {res['scenario']}, {res['users']} warm users, {res['duration_s']} s per run, "
+           f"closed loop {res['concurrency']} in-flight, medians [min..max] of {res['repeats']} repeats"]
     for key, row in res["table"].items():
         for name in ("onramp", "bare"):
             out.append(f"  {key:11s} {name:6s} throughput {row[f'{name}_throughput'].fmt(',.0f', ' req/s')}  "
@@ -76,4 +83,7 @@ def report(res: dict) -> list[str]:
         out.append(f"  {key:11s} ratio  throughput onramp/bare {row['throughput_ratio'].fmt('.2f', 'x')}  "
                    f"p99 onramp/bare {row['p99_ratio'].fmt('.2f', 'x')}  "
                    f"CPU/call onramp/bare {row['cpu_ratio'].fmt('.2f', 'x')}")
+    b = res["bandit_under_load"]
+    out.append(f"  onramp decisions logged under load by reason: {reasons_line(res['reasons_under_load'])}; bandit "
+               f"propensity < 1 in {100 * b['below_1']:.1f}% (range {b['min']:.3f}..{b['max']:.3f})")
     return out

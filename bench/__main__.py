@@ -1,5 +1,5 @@
 """``python -m bench [serving|ingest|learning|memory|replay|all] [--quick] [--repeats N] [--json PATH]``
-(serving also ``--driver aio|h2load``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``):
+(serving also ``--driver aio|h2load``, ``--scenario personalized|capped``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``):
 run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench import h2load, ingest, learning, memory, serving
-from bench.common import ROOT, PY, Summary, load_average
+from bench.common import ROOT, PY, SCENARIOS, Summary, load_average
 
 PARTS = ("serving", "ingest", "learning", "memory")
 
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=None, help="seconds per load run (serving, ingest)")
     ap.add_argument("--driver", choices=("aio", "h2load"), default="aio",
                     help="serving: load generator, the grpc.aio client (bench.loadgen) or h2load (bench.h2load)")
+    ap.add_argument("--scenario", choices=SCENARIOS, default="personalized",
+                    help="serving: personalized = every ask scored by the bandit (caps lifted, users past the "
+                         "personalisation threshold); capped = demo catalog, asks blocked by the min gap (bench.common)")
     ap.add_argument("--full", action="store_true", help="memory at 100k and 1M users with 1M events (slow: 1M SetConsent calls)")
     ap.add_argument("--sizes", default=None, metavar="U:E,...",
                     help="memory: users:events pairs to measure, e.g. 1000000:1000000 (overrides --full)")
@@ -64,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     for part in parts:
         t = time.perf_counter()
         if part == "serving" and a.driver == "h2load":
-            res = h2load.run(a.quick, repeats, duration=a.duration)
+            res = h2load.run(a.quick, repeats, duration=a.duration, scenario=a.scenario)
             lines = h2load.report(res)
         elif part == "serving":
-            res = serving.run(a.quick, repeats, duration=a.duration)
+            res = serving.run(a.quick, repeats, duration=a.duration, scenario=a.scenario)
             lines = serving.report(res)
         elif part == "ingest":
             res = ingest.run(a.quick, repeats, duration=a.duration)

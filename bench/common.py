@@ -359,6 +359,24 @@ def summarize(values: list[float]) -> Summary:
     return Summary(statistics.median(values), min(values), max(values), len(values))
 
 
+def ratio_table(raw: dict[str, dict[str, list[dict]]], fields: tuple[str, ...]) -> dict[str, dict[str, Summary]]:
+    """Per load (``raw[load][server]`` = one result dict per repeat): each server's ``fields`` summarised as
+    ``<server>_<field>``, plus onramp/bare ratios per repeat of throughput and p99 (``throughput_ratio``,
+    ``p99_ratio``) and, when ``server_cpu_us_per_call`` is among the fields, of CPU per call (``cpu_ratio``;
+    repeats where the bare server's CPU time read 0 are left out: it counts in 10 ms ticks)."""
+    table: dict[str, dict[str, Summary]] = {}
+    for key, by in raw.items():
+        row = {f"{name}_{f}": summarize([r[f] for r in runs]) for name, runs in by.items() for f in fields}
+        pairs = list(zip(by["onramp"], by["bare"]))
+        row["throughput_ratio"] = summarize([o["throughput"] / b["throughput"] for o, b in pairs])
+        row["p99_ratio"] = summarize([o["p99_ms"] / b["p99_ms"] for o, b in pairs])
+        if "server_cpu_us_per_call" in fields:
+            row["cpu_ratio"] = summarize([o["server_cpu_us_per_call"] / b["server_cpu_us_per_call"]
+                                          for o, b in pairs if b["server_cpu_us_per_call"] > 0] or [float("nan")])
+        table[key] = row
+    return table
+
+
 def load_average() -> str:
     """The 1/5/15-minute load average of the machine."""
     return " ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -36,7 +36,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import SCENARIOS, ServerProc, reasons_line, start_bare, start_scenario_onramp, summarize, warm_users
+from bench.common import (SCENARIOS, ServerProc, decisions_by_reason, ratio_table, reasons_line, start_bare,
+                          start_scenario_onramp, summarize, warm_users)
 from onramp.v1 import onramp_pb2 as pb
 
 RATES = (500, 1000, 2000)
@@ -171,17 +172,6 @@ def settled_decision_rows(db: Path, timeout: float = 10.0) -> int:
             return now
         last = now
     return last
-
-
-def reasons_since(db: Path, since_ms: int) -> dict[str, int]:
-    """Decision rows per reason logged at or after ``since_ms``."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return {r: int(n) for r, n in conn.execute(
-            "SELECT reason, count(*) FROM decisions WHERE timestamp_ms >= ? GROUP BY reason ORDER BY 2 DESC",
-            (since_ms,))}
-    finally:
-        conn.close()
 
 
 def sample_call(address: str, body: bytes) -> pb.NextStepResponse:
@@ -341,20 +331,11 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
                         res = one_load(h2load, srv, db if name == "onramp" else None, who, rate, duration,
                                        concurrency, deadline_s, work)
                         raw.setdefault(key, {}).setdefault(name, []).append(res)
-            checks["onramp_reasons_under_load"] = reasons_since(db, load_start_ms)
+            checks["onramp_reasons_under_load"] = decisions_by_reason(db, load_start_ms)
         finally:
             onramp.stop()
             bare.stop()
-    table = {}
-    for key, by in raw.items():
-        row = {}
-        for name, runs in by.items():
-            for f in ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors"):
-                row[f"{name}_{f}"] = summarize([r[f] for r in runs])
-        row["throughput_ratio"] = summarize([o["throughput"] / b["throughput"]
-                                             for o, b in zip(by["onramp"], by["bare"])])
-        row["p99_ratio"] = summarize([o["p99_ms"] / b["p99_ms"] for o, b in zip(by["onramp"], by["bare"])])
-        table[key] = row
+    table = ratio_table(raw, ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors"))
     return {"driver": h2load_version(h2load), "scenario": scenario, "duration_s": duration, "users": users, "concurrency": concurrency,
             "processes": processes, "repeats": repeats, "deadline_s": deadline_s, "checks": checks,
             "table": table, "raw": raw}

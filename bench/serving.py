@@ -9,8 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench.common import (bandit_propensities, decisions_by_reason, now_ms, reasons_line, run_loadgen, start_bare,
-                          start_scenario_onramp, summarize, warm_users)
+from bench.common import (bandit_propensities, decisions_by_reason, now_ms, ratio_table, reasons_line, run_loadgen, start_bare,
+                          start_scenario_onramp, warm_users)
 
 RATES = (500, 1000, 2000)
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -52,19 +52,7 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
         finally:
             onramp.stop()
             bare.stop()
-    table = {}
-    for key, by in raw.items():
-        row = {}
-        for name, runs in by.items():
-            for f in ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors", "server_cpu_us_per_call"):
-                row[f"{name}_{f}"] = summarize([r[f] for r in runs])
-        row["throughput_ratio"] = summarize([o["throughput"] / b["throughput"]
-                                             for o, b in zip(by["onramp"], by["bare"])])
-        row["p99_ratio"] = summarize([o["p99_ms"] / b["p99_ms"] for o, b in zip(by["onramp"], by["bare"])])
-        row["cpu_ratio"] = summarize([o["server_cpu_us_per_call"] / b["server_cpu_us_per_call"]
-                                      for o, b in zip(by["onramp"], by["bare"]) if b["server_cpu_us_per_call"] > 0]
-                                     or [float("nan")])  # CPU time counts in 10 ms ticks: a tiny run may show 0
-        table[key] = row
+    table = ratio_table(raw, ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors", "server_cpu_us_per_call"))
     return {"scenario": scenario, "reasons_under_load": reasons, "bandit_under_load": bandit,
             "duration_s": duration, "users": users, "concurrency": concurrency, "repeats": repeats,
             "table": table, "raw": raw}

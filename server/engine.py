@@ -279,9 +279,13 @@ class DecisionEngine:
             self.history.forget(pseudo)
             self.joiner.forget_user(pseudo)
         for subject in keys.subjects:
-            self._segment_cache.pop(subject, None)
-            self._assignments.pop(subject, None)
-            self.segmenter.forget(subject)
+            self._forget_subject(subject)
+
+    def _forget_subject(self, subject: str) -> None:
+        """Drop what is kept per subject outside its profile: segment and assignment cache, segmenter mark."""
+        self._segment_cache.pop(subject, None)
+        self._assignments.pop(subject, None)
+        self.segmenter.forget(subject)
 
     def _anonymous_subjects(self, user_id: str) -> list[str]:
         """The anonymous subjects (``anon:<id>``) linked to ``user_id``."""
@@ -297,9 +301,7 @@ class DecisionEngine:
                 into = self.pipeline.pseudonym(ev.user_id)
                 for subject in self._anonymous_subjects(ev.user_id):
                     self.history.merge(self.pipeline.pseudonym(subject), into)
-                    self._segment_cache.pop(subject, None)
-                    self._assignments.pop(subject, None)
-                    self.segmenter.forget(subject)
+                    self._forget_subject(subject)
 
     def _merge_linked(self, links: Iterable[LinkRow]) -> None:
         """At startup: the shows and pending rewards of each linked visitor (logged under the visitor's

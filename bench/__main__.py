@@ -1,5 +1,5 @@
 """``python -m bench [serving|ingest|learning|memory|replay|all] [--quick] [--repeats N] [--json PATH]``
-(serving also ``--driver aio|h2load``, ``--scenario personalized|capped``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``):
+(serving also ``--driver aio|h2load``, ``--scenario personalized|capped``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``):
 run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, metavar="U:E,...",
                     help="memory: users:events pairs to measure, e.g. 1000000:1000000 (overrides --full)")
     ap.add_argument("--restarts", type=int, default=1, help="memory: restarts measured per build")
+    ap.add_argument("--prefill", type=int, default=None, metavar="N",
+                    help="ingest: events stored through the API before measuring (default 1,000,000; quick 2,000)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write all results here")
     a = ap.parse_args(argv)
     repeats = a.repeats or (1 if a.quick else 3)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             res = serving.run(a.quick, repeats, duration=a.duration, scenario=a.scenario)
             lines = serving.report(res)
         elif part == "ingest":
-            res = ingest.run(a.quick, repeats, duration=a.duration)
+            res = ingest.run(a.quick, repeats, duration=a.duration, prefill=a.prefill)
             lines = ingest.report(res)
         elif part == "learning":
             res = learning.run(a.quick, repeats)

@@ -1,31 +1,69 @@
 """Events per second acknowledged through IngestEventBatches on one and on four streams, from a separate
-client process, against Onramp (consented users) and a bare server that only counts messages."""
+client process, against Onramp (consented users) and a bare server that only counts messages.
+
+The store's cost per event grows with the events already stored (each new event lands at a random place of
+the event_id index, and at its subject's place of the subject index: ``bench/store_scaling.py``), so Onramp
+is first filled with ``prefill`` events through the same API and every figure says how many events were
+stored while it was measured. Event ids are random uuid4 hex, as ``onramp_client`` makes them; the
+``ordered`` runs (counters the index only appends) show the optimistic case earlier figures measured.
+"""
 from __future__ import annotations
 
+import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 from bench.common import run_loadgen, start_bare, start_onramp, summarize, warm_users
 
+# As onramp_client sends: batches of its default batch_size (500), several unacknowledged at once (the
+# client keeps streaming while up to max_queue = 100,000 events wait for their ack; 16 batches here).
+BATCH = 500
+WINDOW = 16
+ID_KINDS = ("uuid", "ordered")
+FULL_PREFILL = 1_000_000
+
+
+def stored_events(db: Path) -> int:
+    """Events in Onramp's log now (the highest ``seq``; read-only, beside the running server)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30.0)
+    try:
+        return int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+    finally:
+        con.close()
+
 
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
-        batch: int = 200) -> dict:
-    """Measure 1 and 4 streams ``repeats`` times on both servers; return raw runs and medians."""
+        batch: int = BATCH, window: int = WINDOW, prefill: int | None = None) -> dict:
+    """Fill Onramp with ``prefill`` events (4 streams, uuid ids), then measure 1 and 4 streams ``repeats``
+    times: Onramp with uuid and with ordered event ids, and the bare server; return raw runs and medians."""
     duration = duration if duration is not None else (0.5 if quick else 5.0)
     users = users if users is not None else (200 if quick else 2000)
+    prefill = prefill if prefill is not None else (2_000 if quick else FULL_PREFILL)
     raw: dict[str, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="onramp-bench-") as tmp:
-        onramp = start_onramp(Path(tmp) / "ingest.db")
+        db = Path(tmp) / "ingest.db"
+        onramp = start_onramp(db)
         bare = start_bare()
         try:
             warm_users(onramp.address, users, requests_per_user=0)
+            t0 = time.perf_counter()
+            fill = run_loadgen(["ingest", "--target", onramp.address, "--streams", "4", "--duration", "3600",
+                                "--batch", str(batch), "--window", str(window), "--users", str(users),
+                                "--max-events", str(prefill)], timeout=7200) if prefill else None
+            prefill_s = time.perf_counter() - t0
             for _ in range(repeats):
                 for streams in (1, 4):
-                    for name, srv in (("onramp", onramp), ("bare", bare)):
+                    key = f"{streams} stream{'s' if streams > 1 else ''}"
+                    for name, srv, ids in (("onramp", onramp, "uuid"), ("onramp_ordered", onramp, "ordered"),
+                                           ("bare", bare, "uuid")):
+                        before = stored_events(db)
                         res = run_loadgen(["ingest", "--target", srv.address, "--streams", str(streams),
-                                           "--duration", str(duration), "--batch", str(batch), "--users", str(users)])
-                        raw.setdefault(f"{streams} stream{'s' if streams > 1 else ''}", {}).setdefault(
-                            name, []).append(res)
+                                           "--duration", str(duration), "--batch", str(batch), "--window",
+                                           str(window), "--users", str(users), "--ids", ids])
+                        res["stored_before"] = before
+                        raw.setdefault(key, {}).setdefault(name, []).append(res)
+            stored_after = stored_events(db)
         finally:
             onramp.stop()
             bare.stop()
@@ -33,17 +71,31 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
     for key, by in raw.items():
         row = {f"{n}_{f}": summarize([r[f] for r in runs]) for n, runs in by.items()
                for f in ("accepted_per_s", "acked_per_s", "dropped")}
-        row["ratio"] = summarize([o["accepted_per_s"] / b["accepted_per_s"] for o, b in zip(by["onramp"], by["bare"])])
+        for n in ("onramp", "onramp_ordered"):
+            suffix = "" if n == "onramp" else "_ordered"
+            row[f"ratio{suffix}"] = summarize([o["accepted_per_s"] / b["accepted_per_s"]
+                                               for o, b in zip(by[n], by["bare"])])
+        stored = [r["stored_before"] for n in ("onramp", "onramp_ordered") for r in by[n]]
+        row["stored_min"], row["stored_max"] = min(stored), max(stored)
         table[key] = row
-    return {"duration_s": duration, "users": users, "batch": batch, "repeats": repeats, "table": table, "raw": raw}
+    return {"duration_s": duration, "users": users, "batch": batch, "window": window, "repeats": repeats,
+            "prefill": prefill, "prefill_s": prefill_s,
+            "prefill_per_s": (fill["accepted"] / fill["elapsed_s"]) if fill else 0.0,
+            "stored_after": stored_after, "table": table, "raw": raw}
 
 
 def report(res: dict) -> list[str]:
     """Human-readable lines of a :func:`run` result."""
-    out = [f"ingest: IngestEventBatches, batches of {res['batch']} events over {res['users']} consented users, "
-           f"{res['duration_s']} s per run, medians [min..max] of {res['repeats']} repeats"]
+    out = [f"ingest: IngestEventBatches, batches of {res['batch']} events, at most {res['window']} unacked per "
+           f"stream, over {res['users']} consented users, {res['duration_s']} s per run, medians [min..max] of "
+           f"{res['repeats']} repeats",
+           f"  prefill: {res['prefill']:,} events (uuid ids, 4 streams) in {res['prefill_s']:.1f} s "
+           f"({res['prefill_per_s']:,.0f} ev/s); {res['stored_after']:,} events stored at the end"]
     for key, row in res["table"].items():
-        out.append(f"  {key:9s} onramp accepted {row['onramp_accepted_per_s'].fmt(',.0f', ' ev/s')} "
-                   f"(dropped {row['onramp_dropped'].median:,.0f})  bare {row['bare_accepted_per_s'].fmt(',.0f', ' ev/s')}"
-                   f"  ratio {row['ratio'].fmt('.3f', 'x')}")
+        out.append(f"  {key:9s} ({row['stored_min']:,}..{row['stored_max']:,} events stored)")
+        out.append(f"    onramp, uuid ids     accepted {row['onramp_accepted_per_s'].fmt(',.0f', ' ev/s')} "
+                   f"(dropped {row['onramp_dropped'].median:,.0f})  ratio {row['ratio'].fmt('.3f', 'x')}")
+        out.append(f"    onramp, ordered ids  accepted {row['onramp_ordered_accepted_per_s'].fmt(',.0f', ' ev/s')} "
+                   f"(dropped {row['onramp_ordered_dropped'].median:,.0f})  ratio {row['ratio_ordered'].fmt('.3f', 'x')}")
+        out.append(f"    bare                 {row['bare_accepted_per_s'].fmt(',.0f', ' ev/s')}")
     return out

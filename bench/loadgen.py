@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -85,11 +86,16 @@ async def serving(target: str, rate: float, duration: float, concurrency: int, u
 
 
 async def ingest(target: str, streams: int, duration: float, batch: int, window: int, users: int,
-                 prefix: str, max_events: int = 0) -> dict:
+                 prefix: str, max_events: int = 0, ids: str = "uuid") -> dict:
     """Stream batches of ``batch`` events on ``streams`` IngestEventBatches calls for ``duration`` seconds,
     at most ``window`` unacked batches per stream (and at most ``max_events`` events in all when > 0);
-    count acknowledged events."""
+    count acknowledged events. Event ids are ``uuid`` (random uuid4 hex, as ``onramp_client`` makes them:
+    each lands at a random place of the server's event_id index) or ``ordered`` (run-prefixed counters,
+    which the index appends: the optimistic case)."""
     run = f"{time.time_ns():x}"
+    if ids not in ("uuid", "ordered"):
+        raise ValueError(f"ids: expected uuid or ordered (got {ids!r})")
+    random_ids = ids == "uuid"
     totals = {"accepted": 0, "duplicates": 0, "dropped": 0, "rejected": 0, "sent": 0}
     async with grpc.aio.insecure_channel(target) as ch:
         stub = pb_grpc.OnrampStub(ch)
@@ -105,7 +111,7 @@ async def ingest(target: str, streams: int, duration: float, batch: int, window:
                     await sem.acquire()
                     q = next(seq)
                     now = int(time.time() * 1000)
-                    evs = [pb.Event(event_id=f"{run}-{s}-{q}-{j}", user_id=f"{prefix}{(q * batch + j) % users}",
+                    evs = [pb.Event(event_id=uuid.uuid4().hex if random_ids else f"{run}-{s}-{q}-{j}", user_id=f"{prefix}{(q * batch + j) % users}",
                                     name="feature_used", timestamp_ms=now, channel="web", device_type="desktop",
                                     feature="reports") for j in range(batch)]
                     totals["sent"] += batch
@@ -140,12 +146,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--window", type=int, default=4)
     ap.add_argument("--max-events", type=int, default=0, help="ingest: stop after this many events (0 = no cap)")
+    ap.add_argument("--ids", choices=("uuid", "ordered"), default="uuid",
+                    help="ingest: event ids, random uuid4 hex as onramp_client makes them, or ordered counters")
     a = ap.parse_args()
     if a.mode == "serving":
         res = asyncio.run(serving(a.target, a.rate, a.duration, a.concurrency, a.users, a.prefix, a.deadline))
     else:
         res = asyncio.run(ingest(a.target, a.streams, a.duration, a.batch, a.window, a.users, a.prefix,
-                                 a.max_events))
+                                 a.max_events, a.ids))
     print(json.dumps(res))
 
 

@@ -43,11 +43,20 @@ def test_serving_reports_throughput_latency_and_ratios_for_every_load(tmp_path: 
 def test_ingest_reports_acked_events_per_second_on_one_and_four_streams(tmp_path: Path) -> None:
     out, res = run_bench("ingest", tmp_path)
     assert set(res["table"]) == {"1 stream", "4 streams"}
+    assert res["prefill"] == 2_000 and res["prefill_per_s"] > 0
     for row in res["table"].values():
-        assert row["onramp_accepted_per_s"]["median"] > 0 and row["bare_accepted_per_s"]["median"] > 0
-        assert row["onramp_dropped"]["median"] == 0  # consented users: every event accepted
-    assert re.search(r"1 stream\s+onramp accepted [\d,]+ ev/s", out)
-    assert "ratio" in out
+        for name in ("onramp", "onramp_ordered", "bare"):
+            assert row[f"{name}_accepted_per_s"]["median"] > 0, name
+        assert row["onramp_dropped"]["median"] == row["onramp_ordered_dropped"]["median"] == 0  # all consented
+        assert row["ratio"]["median"] > 0 and row["ratio_ordered"]["median"] > 0
+        # every measured run saw at least the prefill stored, and the log grew by what was accepted
+        assert res["prefill"] <= row["stored_min"] <= row["stored_max"] < res["stored_after"]
+    ordered = [r for key in res["raw"] for r in res["raw"][key]["onramp_ordered"]]
+    assert all(r["duplicates"] == 0 for r in ordered)
+    assert re.search(r"1 stream\s+\([\d,]+\.\.[\d,]+ events stored\)", out)
+    assert re.search(r"onramp, uuid ids\s+accepted [\d,]+ ev/s", out)
+    assert re.search(r"onramp, ordered ids\s+accepted [\d,]+ ev/s", out)
+    assert "prefill: 2,000 events" in out
 
 
 @pytest.mark.timeout(150)
@@ -91,3 +100,23 @@ def test_memory_size_option_parses_users_and_events() -> None:
     assert parse_size("1_000_000:1000000") == (1_000_000, 1_000_000)
     with pytest.raises(Exception, match="USERS:EVENTS"):
         parse_size("lots")
+
+
+def test_store_scaling_reports_every_slice_of_every_variant(tmp_path: Path) -> None:
+    from bench.store_scaling import VARIANTS, measure
+
+    for variant in VARIANTS:
+        rows = measure(variant, tmp_path, events=3000, group=500, every=1000, users=50)
+        assert [r["stored"] for r in rows] == [1000, 2000, 3000], variant
+        assert all(r["cpu_us_per_event"] > 0 and r["wall_us_per_event"] > 0 and r["db_mb"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="variant: expected one of"):
+        measure("random", tmp_path, events=10)
+    proc = subprocess.run([sys.executable, "-m", "bench.store_scaling", "--events", "2000", "--group", "500",
+                           "--every", "1000", "--variants", "uuid,ordered-no-subject-index"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"uuid\s+1,000 stored\s+CPU\s+[\d.]+ µs/event", proc.stdout), proc.stdout
+    assert "ordered-no-subject-index" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "bench.store_scaling", "--variants", "bogus"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--variants: expected names of" in bad.stderr

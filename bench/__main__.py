@@ -1,5 +1,5 @@
 """``python -m bench [serving|ingest|learning|memory|replay|all] [--quick] [--repeats N] [--json PATH]``
-(serving also ``--driver aio|h2load``, ``--scenario personalized|capped``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``):
+(serving also ``--driver aio|h2load``, ``--scenario personalized|capped``, ``--floor``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``):
 run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
 from __future__ import annotations
 
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", choices=SCENARIOS, default="personalized",
                     help="serving: personalized = every ask scored by the bandit (caps lifted, users past the "
                          "personalisation threshold); capped = demo catalog, asks blocked by the min gap (bench.common)")
+    ap.add_argument("--floor", action="store_true",
+                    help="serving (aio driver): also measure bench.floor_server, Onramp answering a constant "
+                         "without deciding or logging (the cost of the server around the decision)")
     ap.add_argument("--full", action="store_true", help="memory at 100k and 1M users with 1M events (slow: 1M SetConsent calls)")
     ap.add_argument("--sizes", default=None, metavar="U:E,...",
                     help="memory: users:events pairs to measure, e.g. 1000000:1000000 (overrides --full)")
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="ingest: events stored through the API before measuring (default 1,000,000; quick 2,000)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write all results here")
     a = ap.parse_args(argv)
+    if a.floor and a.driver != "aio":
+        ap.error("--floor is measured with the aio driver only")
     repeats = a.repeats or (1 if a.quick else 3)
     print(machine(), flush=True)
     results: dict[str, object] = {}
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             res = h2load.run(a.quick, repeats, duration=a.duration, scenario=a.scenario)
             lines = h2load.report(res)
         elif part == "serving":
-            res = serving.run(a.quick, repeats, duration=a.duration, scenario=a.scenario)
+            res = serving.run(a.quick, repeats, duration=a.duration, scenario=a.scenario, floor=a.floor)
             lines = serving.report(res)
         elif part == "ingest":
             res = ingest.run(a.quick, repeats, duration=a.duration, prefill=a.prefill)

@@ -15,6 +15,15 @@ from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 
 
+def answer(i: int) -> pb.NextStepResponse:
+    """The ``i``-th constant answer, shaped like a real personalised one (also :mod:`bench.floor_server`'s)."""
+    return pb.NextStepResponse(
+        decision_id=f"d-{i:032x}", has_step=True, propensity=0.85, reason="bandit",
+        step=pb.Step(id="checklist", title="Finish your checklist", channel="in_app", kind="tip", feature="boards"),
+        policy_version="linucb(k=10,d=23)+EpsilonGreedy(0.1)", experiment="onboarding", arm="tailored",
+        segments=["new_user", "desktop"])
+
+
 class BareOnramp(pb_grpc.OnrampServicer):
     """No state, no validation, no storage: the floor of what grpc.aio + protobuf cost."""
 
@@ -24,12 +33,7 @@ class BareOnramp(pb_grpc.OnrampServicer):
 
     async def GetNextStep(self, request: pb.NextStepRequest, context: grpc.aio.ServicerContext) -> pb.NextStepResponse:
         """A response shaped like a real personalised answer."""
-        return pb.NextStepResponse(
-            decision_id=f"d-{next(self._ids):032x}", has_step=True, propensity=0.85, reason="bandit",
-            step=pb.Step(id="checklist", title="Finish your checklist", channel="in_app", kind="tip",
-                         feature="boards"),
-            policy_version="linucb(k=10,d=23)+EpsilonGreedy(0.1)", experiment="onboarding", arm="tailored",
-            segments=["new_user", "desktop"])
+        return answer(next(self._ids))
 
     async def IngestEventBatches(self, request_iterator: AsyncIterator[pb.EventBatch],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[pb.BatchAck]:

@@ -91,14 +91,15 @@ def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout: float = 60.
         grpc.channel_ready_future(ch).result(timeout=max(1.0, deadline - time.monotonic()))
 
 
-def start_onramp(db: Path, ready_timeout: float = 60.0, config: Path | None = None) -> ServerProc:
-    """Start ``python -m server serve`` on a free port with database ``db`` (and config file ``config``, e.g.
-    :func:`write_scenario_config`'s; None = built-in defaults, demo catalog); wait (at most ``ready_timeout``
-    seconds) until it accepts connections."""
+def start_onramp(db: Path, ready_timeout: float = 60.0, config: Path | None = None,
+                 module: str = "server") -> ServerProc:
+    """Start ``python -m server serve`` (or ``module``'s, e.g. :mod:`bench.floor_server`) on a free port with
+    database ``db`` (and config file ``config``, e.g. :func:`write_scenario_config`'s; None = built-in
+    defaults, demo catalog); wait (at most ``ready_timeout`` seconds) until it accepts connections."""
     port = free_port()
     t = time.perf_counter()
     extra = ["--config", str(config)] if config is not None else []
-    proc = subprocess.Popen([PY, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port), "--db",
+    proc = subprocess.Popen([PY, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(port), "--db",
                              str(db), "--allow-insecure-no-auth", *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
@@ -227,9 +228,10 @@ def write_scenario_config(scenario: str, directory: Path) -> Path | None:
     return path
 
 
-def start_scenario_onramp(scenario: str, db: Path, ready_timeout: float = 60.0) -> ServerProc:
+def start_scenario_onramp(scenario: str, db: Path, ready_timeout: float = 60.0,
+                          module: str = "server") -> ServerProc:
     """:func:`start_onramp` with ``scenario``'s config (written next to ``db``)."""
-    return start_onramp(db, ready_timeout, write_scenario_config(scenario, db.parent))
+    return start_onramp(db, ready_timeout, write_scenario_config(scenario, db.parent), module)
 
 
 def warm_events(uid: str, i: int, now_ms: int) -> list[pb.Event]:
@@ -363,16 +365,20 @@ def ratio_table(raw: dict[str, dict[str, list[dict]]], fields: tuple[str, ...]) 
     """Per load (``raw[load][server]`` = one result dict per repeat): each server's ``fields`` summarised as
     ``<server>_<field>``, plus onramp/bare ratios per repeat of throughput and p99 (``throughput_ratio``,
     ``p99_ratio``) and, when ``server_cpu_us_per_call`` is among the fields, of CPU per call (``cpu_ratio``;
-    repeats where the bare server's CPU time read 0 are left out: it counts in 10 ms ticks)."""
+    repeats where the bare server's CPU time read 0 are left out: it counts in 10 ms ticks); the same ratios
+    of any other server but bare (e.g. ``floor``) are prefixed with its name (``floor_p99_ratio``)."""
     table: dict[str, dict[str, Summary]] = {}
     for key, by in raw.items():
         row = {f"{name}_{f}": summarize([r[f] for r in runs]) for name, runs in by.items() for f in fields}
-        pairs = list(zip(by["onramp"], by["bare"]))
-        row["throughput_ratio"] = summarize([o["throughput"] / b["throughput"] for o, b in pairs])
-        row["p99_ratio"] = summarize([o["p99_ms"] / b["p99_ms"] for o, b in pairs])
-        if "server_cpu_us_per_call" in fields:
-            row["cpu_ratio"] = summarize([o["server_cpu_us_per_call"] / b["server_cpu_us_per_call"]
-                                          for o, b in pairs if b["server_cpu_us_per_call"] > 0] or [float("nan")])
+        for name in [n for n in by if n != "bare"]:  # onramp, and the floor server when measured
+            prefix = "" if name == "onramp" else f"{name}_"
+            pairs = list(zip(by[name], by["bare"]))
+            row[f"{prefix}throughput_ratio"] = summarize([o["throughput"] / b["throughput"] for o, b in pairs])
+            row[f"{prefix}p99_ratio"] = summarize([o["p99_ms"] / b["p99_ms"] for o, b in pairs])
+            if "server_cpu_us_per_call" in fields:
+                row[f"{prefix}cpu_ratio"] = summarize(
+                    [o["server_cpu_us_per_call"] / b["server_cpu_us_per_call"] for o, b in pairs
+                     if b["server_cpu_us_per_call"] > 0] or [float("nan")])
         table[key] = row
     return table
 

@@ -23,9 +23,10 @@ def process_cpu_s(pid: int) -> float:
 
 
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
-        concurrency: int = 32, scenario: str = "personalized") -> dict:
-    """Measure every load ``repeats`` times on both servers in ``scenario`` (see :mod:`bench.common`); return
-    raw runs, medians and the decisions Onramp logged under load by reason."""
+        concurrency: int = 32, scenario: str = "personalized", floor: bool = False) -> dict:
+    """Measure every load ``repeats`` times on both servers in ``scenario`` (see :mod:`bench.common`), and on
+    :mod:`bench.floor_server` (Onramp answering without deciding) too when ``floor``; return raw runs, medians
+    and the decisions Onramp logged under load by reason."""
     duration = duration if duration is not None else (0.5 if quick else 5.0)
     users = users if users is not None else (200 if quick else 2000)
     loads = [("rate", r) for r in RATES] + [("closed", 0)]
@@ -34,13 +35,17 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
         db = Path(tmp) / "serving.db"
         onramp = start_scenario_onramp(scenario, db)
         bare = start_bare()
+        servers = [("onramp", onramp), ("bare", bare)]
         try:
+            if floor:
+                servers.insert(1, ("floor", start_scenario_onramp(scenario, Path(tmp) / "floor.db",
+                                                                 module="bench.floor_server")))
             warm_users(onramp.address, users, scenario=scenario)
             load_start_ms = now_ms()
             for _ in range(repeats):
                 for kind, rate in loads:
                     key = f"{rate} rps" if kind == "rate" else "closed loop"
-                    for name, srv in (("onramp", onramp), ("bare", bare)):
+                    for name, srv in servers:
                         cpu0 = process_cpu_s(srv.pid)
                         res = run_loadgen(["serving", "--target", srv.address, "--rate", str(rate), "--duration",
                                            str(duration), "--concurrency", str(concurrency), "--users", str(users)])
@@ -50,11 +55,11 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
             reasons = decisions_by_reason(db, load_start_ms)
             bandit = bandit_propensities(db, load_start_ms)
         finally:
-            onramp.stop()
-            bare.stop()
+            for _, srv in servers:
+                srv.stop()
     table = ratio_table(raw, ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors", "server_cpu_us_per_call"))
     return {"scenario": scenario, "reasons_under_load": reasons, "bandit_under_load": bandit,
-            "duration_s": duration, "users": users, "concurrency": concurrency, "repeats": repeats,
+            "floor": floor, "duration_s": duration, "users": users, "concurrency": concurrency, "repeats": repeats,
             "table": table, "raw": raw}
 
 
@@ -62,8 +67,9 @@ def report(res: dict) -> list[str]:
     """Human-readable lines of a :func:`run` result."""
     out = [f"serving: GetNextStep, scenario {res['scenario']}, {res['users']} warm users, {res['duration_s']} s per run, "
            f"closed loop {res['concurrency']} in-flight, medians [min..max] of {res['repeats']} repeats"]
+    names = ("onramp", "floor", "bare") if res.get("floor") else ("onramp", "bare")
     for key, row in res["table"].items():
-        for name in ("onramp", "bare"):
+        for name in names:
             out.append(f"  {key:11s} {name:6s} throughput {row[f'{name}_throughput'].fmt(',.0f', ' req/s')}  "
                        f"p50 {row[f'{name}_p50_ms'].fmt('.2f', ' ms')}  p95 {row[f'{name}_p95_ms'].fmt('.2f', ' ms')}"
                        f"  p99 {row[f'{name}_p99_ms'].fmt('.2f', ' ms')}  errors {row[f'{name}_errors'].median:.0f}"
@@ -71,6 +77,10 @@ def report(res: dict) -> list[str]:
         out.append(f"  {key:11s} ratio  throughput onramp/bare {row['throughput_ratio'].fmt('.2f', 'x')}  "
                    f"p99 onramp/bare {row['p99_ratio'].fmt('.2f', 'x')}  "
                    f"CPU/call onramp/bare {row['cpu_ratio'].fmt('.2f', 'x')}")
+        if res.get("floor"):
+            out.append(f"  {key:11s} ratio  throughput floor/bare {row['floor_throughput_ratio'].fmt('.2f', 'x')}  "
+                       f"p99 floor/bare {row['floor_p99_ratio'].fmt('.2f', 'x')}  "
+                       f"CPU/call floor/bare {row['floor_cpu_ratio'].fmt('.2f', 'x')}")
     b = res["bandit_under_load"]
     out.append(f"  onramp decisions logged under load by reason: {reasons_line(res['reasons_under_load'])}; bandit "
                f"propensity < 1 in {100 * b['below_1']:.1f}% (range {b['min']:.3f}..{b['max']:.3f})")

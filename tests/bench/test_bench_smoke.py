@@ -13,23 +13,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_bench(part: str, tmp_path: Path) -> tuple[str, dict]:
-    """Run one part with --quick in a subprocess; return its stdout and the JSON results."""
+def run_bench(part: str, tmp_path: Path, *extra: str) -> tuple[str, dict]:
+    """Run one part with --quick (and ``extra`` arguments) in a subprocess; return its stdout and the JSON
+    results."""
     out_json = tmp_path / f"{part}.json"
-    proc = subprocess.run([sys.executable, "-m", "bench", part, "--quick", "--json", str(out_json)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "bench", part, "--quick", *extra, "--json", str(out_json)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("machine: nproc="), proc.stdout
     return proc.stdout, json.loads(out_json.read_text())[part]
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(180)
 def test_serving_reports_throughput_latency_and_ratios_for_every_load(tmp_path: Path) -> None:
-    out, res = run_bench("serving", tmp_path)
+    out, res = run_bench("serving", tmp_path, "--floor")
     assert set(res["table"]) == {"500 rps", "1000 rps", "2000 rps", "closed loop"}
     for key, row in res["table"].items():
         assert re.search(rf"{key}\s+ratio\s+throughput onramp/bare \d", out), key
-        for name in ("onramp", "bare"):
+        assert re.search(rf"{key}\s+ratio\s+throughput floor/bare \d", out), key
+        assert row["floor_throughput_ratio"]["median"] > 0 and row["floor_p99_ratio"]["median"] > 0
+        for name in ("onramp", "floor", "bare"):
             assert row[f"{name}_throughput"]["median"] > 0
             assert 0 < row[f"{name}_p50_ms"]["median"] <= row[f"{name}_p95_ms"]["median"] <= row[f"{name}_p99_ms"]["median"]
             runs = res["raw"][key][name]

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,14 +92,15 @@ def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout: float = 60.
 
 
 def start_onramp(db: Path, ready_timeout: float = 60.0, config: Path | None = None,
-                 module: str = "server") -> ServerProc:
-    """Start ``python -m server serve`` (or ``module``'s, e.g. :mod:`bench.floor_server`) on a free port with
-    database ``db`` (and config file ``config``, e.g. :func:`write_scenario_config`'s; None = built-in
-    defaults, demo catalog); wait (at most ``ready_timeout`` seconds) until it accepts connections."""
+                 module: Sequence[str] = ("server",)) -> ServerProc:
+    """Start ``python -m server serve`` (or ``python -m <module...> serve``, e.g. ``("bench.floor_server",
+    "--skip", "log")``) on a free port with database ``db`` (and config file ``config``, e.g.
+    :func:`write_scenario_config`'s; None = built-in defaults, demo catalog); wait (at most ``ready_timeout``
+    seconds) until it accepts connections."""
     port = free_port()
     t = time.perf_counter()
     extra = ["--config", str(config)] if config is not None else []
-    proc = subprocess.Popen([PY, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(port), "--db",
+    proc = subprocess.Popen([PY, "-m", *module, "serve", "--host", "127.0.0.1", "--port", str(port), "--db",
                              str(db), "--allow-insecure-no-auth", *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
@@ -229,7 +230,7 @@ def write_scenario_config(scenario: str, directory: Path) -> Path | None:
 
 
 def start_scenario_onramp(scenario: str, db: Path, ready_timeout: float = 60.0,
-                          module: str = "server") -> ServerProc:
+                          module: Sequence[str] = ("server",)) -> ServerProc:
     """:func:`start_onramp` with ``scenario``'s config (written next to ``db``)."""
     return start_onramp(db, ready_timeout, write_scenario_config(scenario, db.parent), module)
 

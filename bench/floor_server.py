@@ -1,11 +1,20 @@
-"""Onramp without its decision engine, for the serving floor: ``python -m bench.floor_server serve --port P
---db D ...`` (the arguments of ``onramp serve``) runs the real server, whose GetNextStep goes through the same
-gRPC server, interceptor (request id, auth, limits, metrics, access line), validation and identity resolution,
-then answers a constant response of a bandit answer's shape (:func:`bench.bare_server.answer`) without
-deciding, counting the show or logging a decision. Measured beside Onramp and the bare server, it shows how
-much of the gap to the bare server the decision itself (engine and decision log) accounts for."""
+"""Onramp with part of GetNextStep taken out, to split the serving cost: ``python -m bench.floor_server
+--skip decision|log serve --port P --db D ...`` (after ``--skip``, the arguments of ``onramp serve``) runs the
+real server with
+
+- ``decision`` skipped: GetNextStep goes through the same gRPC server, interceptor (request id, auth, limits,
+  metrics, access line), validation and identity resolution, then answers a constant response of a bandit
+  answer's shape (:func:`bench.bare_server.answer`) without deciding, counting the show or logging;
+- ``log`` skipped: the engine decides and counts the show as always, but the decision row is neither encoded
+  nor written (the answer does not wait for a commit).
+
+Measured beside Onramp and the bare server (``python -m bench serving --floor``), the three show what the
+server around the decision, the decision itself and its durable log row each cost.
+"""
 from __future__ import annotations
 
+import argparse
+import asyncio
 import itertools
 import sys
 from typing import Any
@@ -13,8 +22,10 @@ from typing import Any
 import server.cli  # first: sets GRPC_ENABLE_FORK_SUPPORT before grpc is imported
 from bench.bare_server import answer
 from onramp.v1 import onramp_pb2 as pb
+from server.decision_log import Decision, DecisionLogger
 from server.engine import DecisionEngine
 
+SKIPS = ("decision", "log")
 _ids = itertools.count()
 
 
@@ -24,10 +35,23 @@ async def constant_next_step(self: DecisionEngine, request: pb.NextStepRequest, 
     return answer(next(_ids))
 
 
+def unlogged(self: DecisionLogger, decision: Decision) -> asyncio.Future[None]:
+    """Stands in for :meth:`DecisionLogger.log`: an already resolved future, no row encoded or written."""
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fut.set_result(None)
+    return fut
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Patch the engine's answer, then run the ``onramp`` command line with ``argv``."""
-    DecisionEngine.next_step = constant_next_step  # type: ignore[method-assign]
-    return server.cli.main(argv)
+    """Patch what ``--skip`` names out, then run the ``onramp`` command line with the remaining arguments."""
+    ap = argparse.ArgumentParser(prog="python -m bench.floor_server", description=__doc__)
+    ap.add_argument("--skip", choices=SKIPS, default="decision")
+    a, rest = ap.parse_known_args(argv)
+    if a.skip == "decision":
+        DecisionEngine.next_step = constant_next_step  # type: ignore[method-assign]
+    else:
+        DecisionLogger.log = unlogged  # type: ignore[method-assign]
+    return server.cli.main(rest)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ def process_cpu_s(pid: int) -> float:
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
         concurrency: int = 32, scenario: str = "personalized", floor: bool = False) -> dict:
     """Measure every load ``repeats`` times on both servers in ``scenario`` (see :mod:`bench.common`), and on
-    :mod:`bench.floor_server` (Onramp answering without deciding) too when ``floor``; return raw runs, medians
-    and the decisions Onramp logged under load by reason."""
+    :mod:`bench.floor_server` too when ``floor`` (``nolog``: Onramp deciding without writing the decision row;
+    ``floor``: Onramp answering a constant without deciding); return raw runs, medians and the decisions
+    Onramp logged under load by reason."""
     duration = duration if duration is not None else (0.5 if quick else 5.0)
     users = users if users is not None else (200 if quick else 2000)
     loads = [("rate", r) for r in RATES] + [("closed", 0)]
@@ -38,9 +39,13 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
         servers = [("onramp", onramp), ("bare", bare)]
         try:
             if floor:
-                servers.insert(1, ("floor", start_scenario_onramp(scenario, Path(tmp) / "floor.db",
-                                                                 module="bench.floor_server")))
-            warm_users(onramp.address, users, scenario=scenario)
+                for i, (name, skip) in enumerate((("nolog", "log"), ("floor", "decision"))):
+                    srv = start_scenario_onramp(scenario, Path(tmp) / f"{name}.db",
+                                                module=("bench.floor_server", "--skip", skip))
+                    servers.insert(1 + i, (name, srv))
+            for name, srv in servers:
+                if name in ("onramp", "nolog"):  # the two that decide
+                    warm_users(srv.address, users, scenario=scenario)
             load_start_ms = now_ms()
             for _ in range(repeats):
                 for kind, rate in loads:
@@ -67,7 +72,7 @@ def report(res: dict) -> list[str]:
     """Human-readable lines of a :func:`run` result."""
     out = [f"serving: GetNextStep, scenario {res['scenario']}, {res['users']} warm users, {res['duration_s']} s per run, "
            f"closed loop {res['concurrency']} in-flight, medians [min..max] of {res['repeats']} repeats"]
-    names = ("onramp", "floor", "bare") if res.get("floor") else ("onramp", "bare")
+    names = ("onramp", "nolog", "floor", "bare") if res.get("floor") else ("onramp", "bare")
     for key, row in res["table"].items():
         for name in names:
             out.append(f"  {key:11s} {name:6s} throughput {row[f'{name}_throughput'].fmt(',.0f', ' req/s')}  "
@@ -77,10 +82,10 @@ def report(res: dict) -> list[str]:
         out.append(f"  {key:11s} ratio  throughput onramp/bare {row['throughput_ratio'].fmt('.2f', 'x')}  "
                    f"p99 onramp/bare {row['p99_ratio'].fmt('.2f', 'x')}  "
                    f"CPU/call onramp/bare {row['cpu_ratio'].fmt('.2f', 'x')}")
-        if res.get("floor"):
-            out.append(f"  {key:11s} ratio  throughput floor/bare {row['floor_throughput_ratio'].fmt('.2f', 'x')}  "
-                       f"p99 floor/bare {row['floor_p99_ratio'].fmt('.2f', 'x')}  "
-                       f"CPU/call floor/bare {row['floor_cpu_ratio'].fmt('.2f', 'x')}")
+        for name in names[1:-1]:
+            out.append(f"  {key:11s} ratio  throughput {name}/bare {row[f'{name}_throughput_ratio'].fmt('.2f', 'x')}  "
+                       f"p99 {name}/bare {row[f'{name}_p99_ratio'].fmt('.2f', 'x')}  "
+                       f"CPU/call {name}/bare {row[f'{name}_cpu_ratio'].fmt('.2f', 'x')}")
     b = res["bandit_under_load"]
     out.append(f"  onramp decisions logged under load by reason: {reasons_line(res['reasons_under_load'])}; bandit "
                f"propensity < 1 in {100 * b['below_1']:.1f}% (range {b['min']:.3f}..{b['max']:.3f})")

@@ -1,6 +1,6 @@
-"""bench.floor_server: the real Onramp server (interceptor, validation, identity) answering GetNextStep with a
-constant, so the serving benchmark can show the cost of the server around the decision. It must really skip
-the decision (no row logged) and really keep the rest (bad input is still refused)."""
+"""bench.floor_server: the real Onramp server with part of GetNextStep skipped, so the serving benchmark can
+split the cost. ``--skip decision`` must answer a constant without deciding or logging; ``--skip log`` must
+decide as Onramp does but write no decision row; both must keep the rest (bad input is still refused)."""
 from __future__ import annotations
 
 import sqlite3
@@ -16,27 +16,52 @@ from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 
 
-@pytest.mark.timeout(120)
-def test_floor_server_answers_a_constant_without_logging_and_still_validates(tmp_path: Path) -> None:
-    db = tmp_path / "floor.db"
-    srv = start_scenario_onramp("personalized", db, module="bench.floor_server")
-    try:
-        warm_users(srv.address, 3, scenario="personalized")  # consent and events are stored as by Onramp
-        with grpc.insecure_channel(srv.address) as ch:
-            stub = pb_grpc.OnrampStub(ch)
-            got = stub.GetNextStep(pb.NextStepRequest(user_id="u1", timestamp_ms=int(time.time() * 1000)),
-                                   timeout=10)
-            expected = answer(0)
-            assert got.reason == expected.reason == "bandit" and got.step == expected.step
-            assert got.decision_id.startswith("d-") and got.propensity == expected.propensity
-            with pytest.raises(grpc.RpcError) as err:
-                stub.GetNextStep(pb.NextStepRequest(timestamp_ms=int(time.time() * 1000)), timeout=10)
-            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    finally:
-        srv.stop()
+def ask_twice_and_a_bad_one(address: str) -> list[pb.NextStepResponse]:
+    with grpc.insecure_channel(address) as ch:
+        stub = pb_grpc.OnrampStub(ch)
+        got = [stub.GetNextStep(pb.NextStepRequest(user_id=f"u{i}", timestamp_ms=int(time.time() * 1000)),
+                                timeout=10) for i in (1, 2)]
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetNextStep(pb.NextStepRequest(timestamp_ms=int(time.time() * 1000)), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return got
+
+
+def count(db: Path, table: str) -> int:
     con = sqlite3.connect(db)
     try:
-        assert con.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 0
-        assert con.execute("SELECT COUNT(*) FROM events").fetchone()[0] > 0
+        return con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     finally:
         con.close()
+
+
+@pytest.mark.timeout(120)
+def test_skip_decision_answers_a_constant_without_deciding_or_logging(tmp_path: Path) -> None:
+    db = tmp_path / "floor.db"
+    srv = start_scenario_onramp("personalized", db, module=("bench.floor_server", "--skip", "decision"))
+    try:
+        warm_users(srv.address, 3, scenario="personalized")  # consent and events are stored as by Onramp
+        decisions_after_warm = count(db, "decisions")
+        got = ask_twice_and_a_bad_one(srv.address)
+    finally:
+        srv.stop()
+    expected = answer(0)
+    assert all(g.reason == "bandit" and g.step == expected.step and g.propensity == expected.propensity
+               for g in got)
+    assert decisions_after_warm == count(db, "decisions") == 0
+    assert count(db, "events") > 0
+
+
+@pytest.mark.timeout(120)
+def test_skip_log_decides_like_onramp_but_writes_no_decision_row(tmp_path: Path) -> None:
+    db = tmp_path / "nolog.db"
+    srv = start_scenario_onramp("personalized", db, module=("bench.floor_server", "--skip", "log"))
+    try:
+        warm_users(srv.address, 3, scenario="personalized")
+        got = ask_twice_and_a_bad_one(srv.address)
+    finally:
+        srv.stop()
+    # warm users are past the personalisation threshold: the engine's bandit decided, with a real propensity
+    assert [g.reason for g in got] == ["bandit", "bandit"]
+    assert all(0 < g.propensity < 1 and g.has_step and len(g.decision_id) >= 20 for g in got)
+    assert count(db, "decisions") == 0

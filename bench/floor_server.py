@@ -1,15 +1,18 @@
-"""Onramp with part of GetNextStep taken out, to split the serving cost: ``python -m bench.floor_server
---skip decision|log serve --port P --db D ...`` (after ``--skip``, the arguments of ``onramp serve``) runs the
-real server with
+"""Onramp with part of GetNextStep changed, to split the serving cost: ``python -m bench.floor_server
+--variant floor|nolog|offload serve --port P --db D ...`` (after ``--variant``, the arguments of ``onramp
+serve``) runs the real server with
 
-- ``decision`` skipped: GetNextStep goes through the same gRPC server, interceptor (request id, auth, limits,
-  metrics, access line), validation and identity resolution, then answers a constant response of a bandit
-  answer's shape (:func:`bench.bare_server.answer`) without deciding, counting the show or logging;
-- ``log`` skipped: the engine decides and counts the show as always, but the decision row is neither encoded
-  nor written (the answer does not wait for a commit).
+- ``floor``: GetNextStep goes through the same gRPC server, interceptor (request id, auth, limits, metrics,
+  access line), validation and identity resolution, then answers a constant response of a bandit answer's
+  shape (:func:`bench.bare_server.answer`) without deciding, counting the show or logging;
+- ``nolog``: the engine decides and counts the show as always, but the decision row is neither encoded nor
+  written (the answer does not wait for a commit);
+- ``offload``: as Onramp, but the decision row is committed by a separate log process
+  (:mod:`bench.offload_log`) instead of the server's writer thread.
 
-Measured beside Onramp and the bare server (``python -m bench serving --floor``), the three show what the
-server around the decision, the decision itself and its durable log row each cost.
+Measured beside Onramp and the bare server (``python -m bench serving --floor``), they show what the server
+around the decision, the decision itself and its durable log row each cost, and what moving the row's write
+out of the server process would give.
 """
 from __future__ import annotations
 
@@ -20,12 +23,13 @@ import sys
 from typing import Any
 
 import server.cli  # first: sets GRPC_ENABLE_FORK_SUPPORT before grpc is imported
+from bench import offload_log
 from bench.bare_server import answer
 from onramp.v1 import onramp_pb2 as pb
 from server.decision_log import Decision, DecisionLogger
 from server.engine import DecisionEngine
 
-SKIPS = ("decision", "log")
+VARIANTS = ("floor", "nolog", "offload")
 _ids = itertools.count()
 
 
@@ -43,14 +47,16 @@ def unlogged(self: DecisionLogger, decision: Decision) -> asyncio.Future[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Patch what ``--skip`` names out, then run the ``onramp`` command line with the remaining arguments."""
+    """Patch what ``--variant`` names, then run the ``onramp`` command line with the remaining arguments."""
     ap = argparse.ArgumentParser(prog="python -m bench.floor_server", description=__doc__)
-    ap.add_argument("--skip", choices=SKIPS, default="decision")
+    ap.add_argument("--variant", choices=VARIANTS, default="floor")
     a, rest = ap.parse_known_args(argv)
-    if a.skip == "decision":
+    if a.variant == "floor":
         DecisionEngine.next_step = constant_next_step  # type: ignore[method-assign]
-    else:
+    elif a.variant == "nolog":
         DecisionLogger.log = unlogged  # type: ignore[method-assign]
+    else:
+        offload_log.install()
     return server.cli.main(rest)
 
 

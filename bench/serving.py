@@ -13,6 +13,7 @@ from bench.common import (bandit_propensities, decisions_by_reason, now_ms, rati
                           start_scenario_onramp, warm_users)
 
 RATES = (500, 1000, 2000)
+FLOOR_VARIANTS = ("offload", "nolog", "floor")  # bench.floor_server, measured with --floor
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -25,9 +26,10 @@ def process_cpu_s(pid: int) -> float:
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
         concurrency: int = 32, scenario: str = "personalized", floor: bool = False) -> dict:
     """Measure every load ``repeats`` times on both servers in ``scenario`` (see :mod:`bench.common`), and on
-    :mod:`bench.floor_server` too when ``floor`` (``nolog``: Onramp deciding without writing the decision row;
-    ``floor``: Onramp answering a constant without deciding); return raw runs, medians and the decisions
-    Onramp logged under load by reason."""
+    :mod:`bench.floor_server`'s variants too when ``floor`` (``offload``: the decision row committed by a
+    separate log process; ``nolog``: Onramp deciding without writing the decision row; ``floor``: Onramp
+    answering a constant without deciding); return raw runs, medians and the decisions Onramp logged under
+    load by reason."""
     duration = duration if duration is not None else (0.5 if quick else 5.0)
     users = users if users is not None else (200 if quick else 2000)
     loads = [("rate", r) for r in RATES] + [("closed", 0)]
@@ -39,12 +41,12 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
         servers = [("onramp", onramp), ("bare", bare)]
         try:
             if floor:
-                for i, (name, skip) in enumerate((("nolog", "log"), ("floor", "decision"))):
+                for i, name in enumerate(FLOOR_VARIANTS):
                     srv = start_scenario_onramp(scenario, Path(tmp) / f"{name}.db",
-                                                module=("bench.floor_server", "--skip", skip))
+                                                module=("bench.floor_server", "--variant", name))
                     servers.insert(1 + i, (name, srv))
             for name, srv in servers:
-                if name in ("onramp", "nolog"):  # the two that decide
+                if name != "bare" and name != "floor":  # the ones that decide
                     warm_users(srv.address, users, scenario=scenario)
             load_start_ms = now_ms()
             for _ in range(repeats):
@@ -72,7 +74,7 @@ def report(res: dict) -> list[str]:
     """Human-readable lines of a :func:`run` result."""
     out = [f"serving: GetNextStep, scenario {res['scenario']}, {res['users']} warm users, {res['duration_s']} s per run, "
            f"closed loop {res['concurrency']} in-flight, medians [min..max] of {res['repeats']} repeats"]
-    names = ("onramp", "nolog", "floor", "bare") if res.get("floor") else ("onramp", "bare")
+    names = ("onramp", *FLOOR_VARIANTS, "bare") if res.get("floor") else ("onramp", "bare")
     for key, row in res["table"].items():
         for name in names:
             out.append(f"  {key:11s} {name:6s} throughput {row[f'{name}_throughput'].fmt(',.0f', ' req/s')}  "

@@ -94,7 +94,7 @@ def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout: float = 60.
 def start_onramp(db: Path, ready_timeout: float = 60.0, config: Path | None = None,
                  module: Sequence[str] = ("server",)) -> ServerProc:
     """Start ``python -m server serve`` (or ``python -m <module...> serve``, e.g. ``("bench.floor_server",
-    "--skip", "log")``) on a free port with database ``db`` (and config file ``config``, e.g.
+    "--variant", "nolog")``) on a free port with database ``db`` (and config file ``config``, e.g.
     :func:`write_scenario_config`'s; None = built-in defaults, demo catalog); wait (at most ``ready_timeout``
     seconds) until it accepts connections."""
     port = free_port()
@@ -371,7 +371,7 @@ def ratio_table(raw: dict[str, dict[str, list[dict]]], fields: tuple[str, ...]) 
     table: dict[str, dict[str, Summary]] = {}
     for key, by in raw.items():
         row = {f"{name}_{f}": summarize([r[f] for r in runs]) for name, runs in by.items() for f in fields}
-        for name in [n for n in by if n != "bare"]:  # onramp, and the floor server when measured
+        for name in [n for n in by if n != "bare"]:  # onramp, and bench.floor_server's variants when measured
             prefix = "" if name == "onramp" else f"{name}_"
             pairs = list(zip(by[name], by["bare"]))
             row[f"{prefix}throughput_ratio"] = summarize([o["throughput"] / b["throughput"] for o, b in pairs])

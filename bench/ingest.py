@@ -20,7 +20,6 @@ from bench.common import run_loadgen, start_bare, start_onramp, summarize, warm_
 # client keeps streaming while up to max_queue = 100,000 events wait for their ack; 16 batches here).
 BATCH = 500
 WINDOW = 16
-ID_KINDS = ("uuid", "ordered")
 FULL_PREFILL = 1_000_000
 
 

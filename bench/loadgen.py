@@ -19,6 +19,8 @@ import numpy as np
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 
+ID_KINDS = ("uuid", "ordered")  # ingest event ids: random uuid4 hex (as onramp_client) or ordered counters
+
 
 def latency_stats(lat_s: list[float], ok: int, errors: int, elapsed: float,
                   ok_lat_s: list[float] | None = None) -> dict:
@@ -93,8 +95,8 @@ async def ingest(target: str, streams: int, duration: float, batch: int, window:
     each lands at a random place of the server's event_id index) or ``ordered`` (run-prefixed counters,
     which the index appends: the optimistic case)."""
     run = f"{time.time_ns():x}"
-    if ids not in ("uuid", "ordered"):
-        raise ValueError(f"ids: expected uuid or ordered (got {ids!r})")
+    if ids not in ID_KINDS:
+        raise ValueError(f"ids: expected one of {', '.join(ID_KINDS)} (got {ids!r})")
     random_ids = ids == "uuid"
     totals = {"accepted": 0, "duplicates": 0, "dropped": 0, "rejected": 0, "sent": 0}
     async with grpc.aio.insecure_channel(target) as ch:
@@ -111,9 +113,10 @@ async def ingest(target: str, streams: int, duration: float, batch: int, window:
                     await sem.acquire()
                     q = next(seq)
                     now = int(time.time() * 1000)
-                    evs = [pb.Event(event_id=uuid.uuid4().hex if random_ids else f"{run}-{s}-{q}-{j}", user_id=f"{prefix}{(q * batch + j) % users}",
-                                    name="feature_used", timestamp_ms=now, channel="web", device_type="desktop",
-                                    feature="reports") for j in range(batch)]
+                    evs = [pb.Event(event_id=uuid.uuid4().hex if random_ids else f"{run}-{s}-{q}-{j}",
+                                    user_id=f"{prefix}{(q * batch + j) % users}", name="feature_used",
+                                    timestamp_ms=now, channel="web", device_type="desktop", feature="reports")
+                           for j in range(batch)]
                     totals["sent"] += batch
                     yield pb.EventBatch(sequence=q, events=evs)
 
@@ -146,7 +149,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--window", type=int, default=4)
     ap.add_argument("--max-events", type=int, default=0, help="ingest: stop after this many events (0 = no cap)")
-    ap.add_argument("--ids", choices=("uuid", "ordered"), default="uuid",
+    ap.add_argument("--ids", choices=ID_KINDS, default="uuid",
                     help="ingest: event ids, random uuid4 hex as onramp_client makes them, or ordered counters")
     a = ap.parse_args()
     if a.mode == "serving":

@@ -46,7 +46,7 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
                                                 module=("bench.floor_server", "--variant", name))
                     servers.insert(1 + i, (name, srv))
             for name, srv in servers:
-                if name != "bare" and name != "floor":  # the ones that decide
+                if name not in ("bare", "floor"):  # the ones that decide
                     warm_users(srv.address, users, scenario=scenario)
             load_start_ms = now_ms()
             for _ in range(repeats):

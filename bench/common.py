@@ -8,6 +8,7 @@ logged -- with users past the personalisation threshold and the demo catalog's c
 load every ask is a logged ``capped`` decision (the minimum gap blocks it) that never reaches the bandit."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -312,28 +313,33 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@contextlib.contextmanager
+def read_only(db: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to Onramp's database ``db``, closed on exit; usable while the server runs (it
+    writes in WAL mode). sqlite3's own ``with conn`` only ends a transaction, it does not close."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 def decisions_by_reason(db: Path, since_ms: int = 0) -> dict[str, int]:
     """Rows of Onramp's decisions table per ``reason`` logged at or after ``since_ms``, most first (read-only;
     the server writes in WAL mode, so this works while it runs)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
+    with read_only(db) as conn:
         return {r: int(n) for r, n in conn.execute(
             "SELECT reason, count(*) FROM decisions WHERE timestamp_ms >= ? GROUP BY reason ORDER BY 2 DESC, 1",
             (since_ms,))}
-    finally:
-        conn.close()
 
 
 def bandit_propensities(db: Path, since_ms: int = 0) -> dict[str, float]:
     """Among ``bandit`` decisions logged at or after ``since_ms``: how many, the share with a logged
     propensity below 1 (an exploring policy's true probability) and the min/max propensity."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
+    with read_only(db) as conn:
         n, below, lo, hi = conn.execute(
             "SELECT count(*), sum(propensity < 1.0), min(propensity), max(propensity) FROM decisions "
             "WHERE reason = 'bandit' AND timestamp_ms >= ?", (since_ms,)).fetchone()
-    finally:
-        conn.close()
     return {"n": int(n or 0), "below_1": (below or 0) / n if n else 0.0, "min": lo or 0.0, "max": hi or 0.0}
 
 

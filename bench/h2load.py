@@ -25,7 +25,6 @@ import os
 import re
 import resource
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import (SCENARIOS, ServerProc, decisions_by_reason, ratio_table, reasons_line, start_bare,
+from bench.common import (SCENARIOS, ServerProc, decisions_by_reason, ratio_table, read_only, reasons_line, start_bare,
                           start_scenario_onramp, summarize, warm_users)
 from onramp.v1 import onramp_pb2 as pb
 
@@ -154,11 +153,8 @@ def latency_from_schedule(rows: list[LogRow], rps: float) -> list[float]:
 
 def decision_rows(db: Path) -> int:
     """Rows in the decisions table of Onramp's database (read-only; the server writes in WAL mode)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
+    with read_only(db) as conn:
         return int(conn.execute("SELECT count(*) FROM decisions").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def settled_decision_rows(db: Path, timeout: float = 10.0) -> int:

@@ -9,12 +9,11 @@ stored while it was measured. Event ids are random uuid4 hex, as ``onramp_client
 """
 from __future__ import annotations
 
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import run_loadgen, start_bare, start_onramp, summarize, warm_users
+from bench.common import read_only, run_loadgen, start_bare, start_onramp, summarize, warm_users
 
 # As onramp_client sends: batches of its default batch_size (500), several unacknowledged at once (the
 # client keeps streaming while up to max_queue = 100,000 events wait for their ack; 16 batches here).
@@ -25,11 +24,8 @@ FULL_PREFILL = 1_000_000
 
 def stored_events(db: Path) -> int:
     """Events in Onramp's log now (the highest ``seq``; read-only, beside the running server)."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30.0)
-    try:
-        return int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-    finally:
-        con.close()
+    with read_only(db) as conn:
+        return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
 
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,

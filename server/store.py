@@ -313,20 +313,19 @@ class SqliteStore:
                 yield _event_from_row(row)
             last = rows[-1][0]
 
-    def _about_clause(self, keys: SubjectKeys) -> tuple[str, list[Any]]:
-        parts: list[str] = []
-        args: list[Any] = []
-        for column, values in (("subject", keys.subjects), ("user_id", keys.user_ids),
-                               ("anonymous_id", keys.anonymous_ids), ("device_id", keys.device_ids)):
-            values = tuple(v for v in values if v)
-            if values:
-                parts.append(f"{column} IN ({_marks(len(values))})")
-                args.extend(values)
-        return (" OR ".join(parts) or "0"), args
+    @staticmethod
+    def _subjects_clause(keys: SubjectKeys) -> tuple[str, list[Any]]:
+        """Events belong to the subject they were stored under (the person the event was attributed to then),
+        never to whoever else's ids they carry: a shared device or a reused anonymous id links events to
+        several people, and export and erasure must cover exactly one of them (docs/decisions.md)."""
+        subjects = [s for s in keys.subjects if s]
+        if not subjects:
+            return "0", []
+        return f"subject IN ({_marks(len(subjects))})", subjects
 
     def events_about(self, keys: SubjectKeys) -> list[StoredEvent]:
-        """Every stored event of these subjects or carrying one of these ids, in ``seq`` order."""
-        where, args = self._about_clause(keys)
+        """Every event stored under one of ``keys.subjects``, in ``seq`` order."""
+        where, args = self._subjects_clause(keys)
         rows = self.conn.execute(f"{_SELECT_EVENT} WHERE {where} ORDER BY seq", args).fetchall()
         return [_event_from_row(r)[1] for r in rows]
 
@@ -452,17 +451,13 @@ class SqliteStore:
         """Delete every row about ``keys`` from every table; returns rows deleted per table."""
         c = self.conn
         deleted: dict[str, int] = {}
-        where, args = self._about_clause(keys)
+        where, args = self._subjects_clause(keys)
         deleted["events"] = c.execute(f"DELETE FROM events WHERE {where}", args).rowcount
-        n = 0
-        if keys.user_ids:
-            n += c.execute(f"DELETE FROM identities WHERE user_id IN ({_marks(len(keys.user_ids))})",
-                           list(keys.user_ids)).rowcount
-        for kind, aliases in (("anonymous_id", keys.anonymous_ids), ("device_id", keys.device_ids)):
-            if aliases:
-                n += c.execute(f"DELETE FROM identities WHERE alias_kind = ? AND alias IN ({_marks(len(aliases))})",
-                               [kind, *aliases]).rowcount
-        deleted["identities"] = n
+        # The person's aliases are the rows linking to the person's user ids; an alias linked to someone else now
+        # is that person's link and stays.
+        users = list(keys.user_ids)
+        deleted["identities"] = c.execute(
+            f"DELETE FROM identities WHERE user_id IN ({_marks(len(users))})", users).rowcount if users else 0
         subjects = list(keys.subjects)
         for table in ("consents", "consent_history"):
             deleted[table] = c.execute(f"DELETE FROM {table} WHERE subject IN ({_marks(len(subjects))})",
@@ -482,12 +477,11 @@ class SqliteStore:
     def rows_about(self, keys: SubjectKeys) -> dict[str, int]:
         """How many rows of each table are about ``keys`` (used by tests and the erase check)."""
         c = self.conn
-        where, args = self._about_clause(keys)
+        where, args = self._subjects_clause(keys)
         out = {"events": c.execute(f"SELECT COUNT(*) FROM events WHERE {where}", args).fetchone()[0]}
-        ids = [*keys.user_ids, *keys.anonymous_ids, *keys.device_ids]
-        out["identities"] = c.execute(
-            f"SELECT COUNT(*) FROM identities WHERE user_id IN ({_marks(len(ids))}) OR alias IN ({_marks(len(ids))})",
-            [*ids, *ids]).fetchone()[0] if ids else 0
+        users = list(keys.user_ids)
+        out["identities"] = c.execute(f"SELECT COUNT(*) FROM identities WHERE user_id IN ({_marks(len(users))})",
+                                      users).fetchone()[0] if users else 0
         subjects = list(keys.subjects)
         for table in ("consents", "consent_history"):
             out[table] = c.execute(f"SELECT COUNT(*) FROM {table} WHERE subject IN ({_marks(len(subjects))})",

@@ -279,3 +279,7 @@ class Decider:
     def learn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
         """Pass one observed reward to the policy."""
         self.policy.learn_one(x, arm, reward)
+
+    def unlearn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
+        """Remove one observed reward from the policy (erasure)."""
+        self.policy.unlearn_one(x, arm, reward)

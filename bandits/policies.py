@@ -1,9 +1,10 @@
 """Linear contextual policies (LinUCB, linear Thompson sampling, ridge-greedy) over a fixed-size
 numpy context vector and ``K`` arms (onboarding steps, indices ``0..K-1``).
 
-Every policy keeps, per arm, the inverse design matrix ``A_a^{-1}`` (``A_a = ridge*I + sum x x^T``)
-and ``b_a = sum r x``; ``learn_one`` updates ``A_a^{-1}`` by a Sherman-Morrison rank-one update,
-so no matrix is ever inverted. ``scores`` returns one number per requested arm (an optimistic
+Every policy keeps, per arm, the design matrix ``A_a = ridge*I + sum x x^T``, its inverse and
+``b_a = sum r x``; ``learn_one`` updates ``A_a^{-1}`` by a Sherman-Morrison rank-one update, so learning
+never inverts a matrix. ``unlearn_one`` removes one observation exactly (``A_a -= x x^T``, ``b_a -= r x``)
+and re-derives that arm's inverse from ``A_a``: what erasing a person from the model needs. ``scores`` returns one number per requested arm (an optimistic
 estimate for LinUCB, a posterior draw for Thompson sampling, the ridge estimate for greedy) and
 ``to_state``/``from_state`` turn a policy into plain numpy/python values for checkpoints.
 
@@ -51,6 +52,10 @@ class Policy(Protocol):
         """Update the model with one observed (context, arm, reward)."""
         ...
 
+    def unlearn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
+        """Remove one observation that :meth:`learn_one` added (the model then equals one that never saw it)."""
+        ...
+
     def predict_one(self, x: np.ndarray, arm: int) -> float:
         """Point estimate of the expected reward of ``arm`` for context ``x``."""
         ...
@@ -83,6 +88,8 @@ class _LinearBase:
         self._A_inv = self._M[: k * d].reshape(k, d, d)
         self._A_inv[...] = np.eye(d) / self.ridge
         self._theta = self._M[k * d:]
+        self._A = np.zeros((k, d, d))
+        self._A[...] = np.eye(d) * self.ridge
         self._b = np.zeros((k, d))
         self._counts = np.zeros(k, dtype=np.int64)
         # scratch buffers of the hot path (no allocation per call for these)
@@ -114,6 +121,10 @@ class _LinearBase:
     def counts(self) -> np.ndarray:
         """Number of updates of each arm (a copy)."""
         return self._counts.copy()
+
+    def A(self, arm: int) -> np.ndarray:
+        """A copy of the current design matrix of ``arm``."""
+        return self._A[self._arm(arm)].copy()
 
     def A_inv(self, arm: int) -> np.ndarray:
         """A copy of the current inverse design matrix of ``arm``."""
@@ -165,6 +176,7 @@ class _LinearBase:
             raise ValueError("x must contain only finite numbers")
         v = np.divide(u, denom, out=self._v)
         A_inv -= np.multiply(self._u_col, v, out=self._outer)  # u v^T through a kept column view of u
+        self._A[a] += np.multiply(x[:, None], x, out=self._outer)
         b = self._b[a]
         if r == 1.0:
             b += x
@@ -173,6 +185,33 @@ class _LinearBase:
         np.matmul(A_inv, b, out=self._theta[a])
         self._counts[a] += 1
         self.n_updates += 1
+
+    def unlearn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
+        """Remove one observation that :meth:`learn_one` added: ``A -= x x^T`` and ``b -= r x`` exactly, then
+        ``A^{-1}`` and ``theta`` re-derived from them (O(d^3) for that arm). ValueError when the arm has no
+        observation to remove.
+
+        >>> p = LinUCB(n_arms=2, n_features=2)
+        >>> p.learn_one(np.array([1.0, 2.0]), 1, 1.0)
+        >>> p.unlearn_one(np.array([1.0, 2.0]), 1, 1.0)
+        >>> bool(np.allclose(p.A_inv(1), np.eye(2))), p.n_updates
+        (True, 0)
+        """
+        x = self._x(x)
+        a = self._arm(arm)
+        r = float(reward)
+        if not math.isfinite(r):
+            raise ValueError(f"reward must be finite (got {reward!r})")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("x must contain only finite numbers")
+        if self._counts[a] <= 0:
+            raise ValueError(f"arm {a} has no observation to remove")
+        self._A[a] -= np.outer(x, x)
+        self._b[a] -= r * x
+        self._A_inv[a] = np.linalg.inv(self._A[a])
+        np.matmul(self._A_inv[a], self._b[a], out=self._theta[a])
+        self._counts[a] -= 1
+        self.n_updates -= 1
 
     def predict_one(self, x: np.ndarray, arm: int) -> float:
         """Ridge point estimate ``x . theta_arm`` of the expected reward."""
@@ -213,6 +252,7 @@ class _LinearBase:
             "n_features": self.n_features,
             "params": self._params(),
             "n_updates": self.n_updates,
+            "A": self._A.copy(),
             "A_inv": self._A_inv.copy(),
             "b": self._b.copy(),
             "counts": self._counts.copy(),
@@ -226,6 +266,14 @@ class _LinearBase:
             raise ValueError(f"state arrays must have shapes A_inv ({k}, {d}, {d}) and b ({k}, {d}) "
                              f"(got {A_inv.shape} and {b.shape})")
         self._A_inv[...] = A_inv
+        A = state.get("A")
+        if A is None:  # a state written before the design matrix was kept: derive it from the inverse
+            self._A[...] = np.linalg.inv(A_inv)
+        else:
+            A = np.asarray(A, dtype=np.float64)
+            if A.shape != (k, d, d):
+                raise ValueError(f"state array A must have shape ({k}, {d}, {d}) (got {A.shape})")
+            self._A[...] = A
         self._b[...] = b
         np.matmul(self._A_inv, self._b[:, :, None], out=self._theta[:, :, None])
         self._counts[...] = np.asarray(state.get("counts", np.zeros(k)), dtype=np.int64)

@@ -204,6 +204,24 @@ def _context(text: str | None) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
+def rewarded_rows_of(store: SqliteStore, pseudonyms: Sequence[str]) -> list[JoinedRow]:
+    """The decisions logged under ``pseudonyms`` that have an outcome and a context, oldest outcome first:
+    everything the bandit may have learned from one person (read before an erasure deletes them)."""
+    if not pseudonyms:
+        return []
+    marks = ",".join("?" * len(pseudonyms))
+    cur = store.conn.execute(
+        "SELECT d.decision_id, d.step_id, d.context, o.reward FROM decisions d JOIN outcomes o "
+        f"ON o.decision_id = d.decision_id WHERE d.user_pseudo IN ({marks}) AND d.context != '{{}}' "
+        "ORDER BY o.rowid", list(pseudonyms))
+    out = []
+    for decision_id, step_id, context, reward in cur:
+        ctx = _context(context)
+        if ctx and reward is not None:
+            out.append(JoinedRow(decision_id, step_id, ctx, float(reward)))
+    return out
+
+
 def iter_shows(store: SqliteStore) -> Iterator[tuple[str, str, int]]:
     """(user_pseudo, step_id, timestamp_ms) of every decision that showed a step, oldest first."""
     cur = store.conn.execute("SELECT user_pseudo, step_id, timestamp_ms FROM decisions WHERE step_id != '' "

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ from server.engine_api import ServiceError
 from server.experiments import Assigner
 from server.history import KEEP_PER_STEP, ShownHistory
 from server.metrics import Metrics
-from server.pipeline import Pipeline
+from server.pipeline import Erasure, Pipeline
 from server.profiles import Profile
 from server.identity import ANONYMOUS_ID
 from server.records import ANON_PREFIX, IDENTIFY, StoredEvent
@@ -48,7 +48,7 @@ from server.rules import first_firing
 from server.features import request_mobile
 from server.segments import SegmentResult, Segmenter, distinct_days
 from server.state import LogMark, bandit_decisions_after
-from server.store import LinkRow, SubjectKeys
+from server.store import LinkRow
 from server.writer import now_ms as clock_ms
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ STATE_FORMAT = 1
 SEGMENT_CACHE_MS = 60_000  # a user's segments/context are recomputed at least once a minute ...
 SEGMENT_CACHE_SIZE = 100_000  # ... for at most this many recent users
 LABEL_SWEEP_S = 60.0  # how often the reward sweep also gives expired activation windows their label
+RELEARN_CHUNK = 256  # profiles the segmenter relearns between two turns of the event loop (after an erasure)
 
 # Reasons of an answer.
 CORE = "core"
@@ -177,6 +178,13 @@ class DecisionEngine:
         self._sweeper: asyncio.Task[None] | None = None
         self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult]] = {}
         self._unsettled_at_checkpoint: frozenset[str] = frozenset()  # see load_state / rebuild(after=...)
+        # Relearning the segmenter after erasures (see _relearn_segmenter): erasures asked for, erasures whose
+        # relearn finished, and the subjects learned live while a relearn runs (None when none runs).
+        self._erasures_seen = 0
+        self._erasures_relearned = 0
+        self._relearn_lock = asyncio.Lock()
+        self._learned_meanwhile: dict[str, int] | None = None
+        self._relearn_profiles = False  # resumed from a checkpoint taken during a relearn: relearn at rebuild
         pipeline.add_listener(self.on_events)
         pipeline.add_erasure_listener(self.erased)
         pipeline.add_listener(self.on_identify)
@@ -224,12 +232,14 @@ class DecisionEngine:
         finally:
             reader.close()
         self._unsettled_at_checkpoint = frozenset()
-        if replay and after is None:
-            for subject in self.pipeline.profiles.subjects():
-                p = self.pipeline.profile(subject)
+        if replay and (after is None or self._relearn_profiles):
+            self._relearn_profiles = False
+            profile = self.pipeline.profile
+            for subject in sorted(self.pipeline.profiles.subjects()):
+                p = profile(subject)
                 if p is not None:
                     self.segmenter.learn_one(p, p.last_seen_ms)
-        if after is not None:  # users erased after the checkpoint: nothing derived from them stays cached
+        elif after is not None:  # users erased after the checkpoint: nothing derived from them stays cached
             profiles = self.pipeline.profiles
             for subject in [s for s in self._segment_cache if s not in profiles]:
                 del self._segment_cache[subject]
@@ -271,15 +281,72 @@ class DecisionEngine:
             rounds += 1
             await asyncio.sleep(self.sweep_interval_s)
 
-    def erased(self, keys: SubjectKeys) -> None:
+    def erased(self, erasure: Erasure) -> Awaitable[None]:
         """Erasure listener (after the erasure committed): drop everything the engine holds about the person
         -- shows (so caps count from zero), pending rewards, the segment and assignment caches and the
-        segmenter's marks."""
+        segmenter's marks -- and take them out of the models: the bandit unlearns each rewarded decision it
+        learned from them (exactly), and the River models are rebuilt from the remaining profiles (returned
+        awaitable; the pipeline's ``erase`` waits for it)."""
+        keys = erasure.keys
+        self._unlearn(erasure)
         for pseudo in keys.pseudonyms:
             self.history.forget(pseudo)
             self.joiner.forget_user(pseudo)
         for subject in keys.subjects:
             self._forget_subject(subject)
+        self._erasures_seen += 1
+        return self._relearn_segmenter(self._erasures_seen)
+
+    def _unlearn(self, erasure: Erasure) -> int:
+        """Remove from the bandit every rewarded decision of the erased person that it learned. One still
+        pending here had its outcome committed but not learned yet (the joiner learns after commit, on this
+        loop); dropping it from the joiner next means it is never learned. Returns how many were removed."""
+        if self.decider is None:
+            return 0
+        n = 0
+        for row in erasure.rewarded:
+            arm = self.arm_index.get(row.step_id)
+            if arm is None or row.decision_id in self.joiner:
+                continue
+            try:
+                self.decider.unlearn_one(self.space.vector(row.context), arm, row.reward)
+            except ValueError as exc:  # e.g. learning from it had failed: nothing to remove
+                log.warning("could not unlearn an erased decision: %s", exc)
+                continue
+            self.learned -= 1
+            n += 1
+        return n
+
+    async def _relearn_segmenter(self, erasures: int) -> None:
+        """Replace the segmenter by a fresh one that learned each remaining profile once, in subject order (what
+        a start without checkpoint does): River's scaler, K-Means and logistic regression cannot remove one
+        person's updates. Runs on the loop in chunks so requests go on meanwhile (served by the old models);
+        profiles that change meanwhile are learned again by the new models once they replace the old.
+        Returns once a relearn that started after erasure number ``erasures`` committed has finished."""
+        async with self._relearn_lock:
+            if self._erasures_relearned >= erasures:
+                return  # a relearn that started after this erasure has already finished
+            target = self._erasures_seen
+            fresh = Segmenter(self.catalog)
+            self._learned_meanwhile = {}
+            try:
+                profile = self.pipeline.profile
+                for i, subject in enumerate(sorted(self.pipeline.profiles.subjects())):
+                    p = profile(subject)
+                    if p is not None:
+                        fresh.learn_one(p, p.last_seen_ms)
+                    if i % RELEARN_CHUNK == RELEARN_CHUNK - 1:
+                        await asyncio.sleep(0)
+                meanwhile = self._learned_meanwhile
+            finally:
+                self._learned_meanwhile = None
+            for subject, ts in meanwhile.items():
+                p = profile(subject)
+                if p is not None:
+                    fresh.learn_one(p, ts)
+            self.segmenter = fresh
+            self._segment_cache.clear()  # computed with the old models
+            self._erasures_relearned = target
 
     def _forget_subject(self, subject: str) -> None:
         """Drop what is kept per subject outside its profile: segment and assignment cache, segmenter mark."""
@@ -336,10 +403,13 @@ class DecisionEngine:
                 latest[subject] = ts
         profile = self.pipeline.profiles.get
         learn = self.segmenter.learn_one
+        meanwhile = self._learned_meanwhile
         for subject, ts in latest.items():
             p = profile(subject)
             if p is not None:
                 learn(p, ts)
+                if meanwhile is not None:
+                    meanwhile[subject] = ts
 
     def enrich(self, profile: Profile, now_ms: int) -> tuple[list[str], dict[str, float]]:
         """The ``ProfileEnricher`` hook of GetUserProfile: the segmenter's segments and context features."""
@@ -495,7 +565,9 @@ class DecisionEngine:
             "policy": self.decider.policy.to_state() if self.decider is not None else None,
             "rng": self._rng.bit_generator.state,
             "learned": self.learned,
-            "segmenter": self.segmenter.to_state(),
+            # None while a relearn after an erasure runs: the models in use may still hold the erased person,
+            # so a resume from this checkpoint relearns them from the profiles instead
+            "segmenter": None if self._learned_meanwhile is not None else self.segmenter.to_state(),
             "segment_cache": dict(self._segment_cache),
             # pending decisions with a context: the ones a bandit draw may be behind (the joiner's own index)
             "unsettled": [d for d, p in self.joiner._pending.items() if p.x is not None],
@@ -512,7 +584,8 @@ class DecisionEngine:
                              f"this engine runs {self.policy_version!r}")
         policy = policy_from_state(state["policy"]) if self.decider is not None and state.get("policy") is not None \
             else None
-        segmenter = Segmenter.from_state(state["segmenter"], self.catalog)
+        relearn = state.get("segmenter") is None
+        segmenter = Segmenter(self.catalog) if relearn else Segmenter.from_state(state["segmenter"], self.catalog)
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng"]
         if policy is not None and self.decider is not None:
@@ -520,7 +593,8 @@ class DecisionEngine:
         self._rng = rng
         self.learned = int(state.get("learned", 0))
         self.segmenter = segmenter
-        self._segment_cache = dict(state.get("segment_cache", {}))
+        self._relearn_profiles = relearn
+        self._segment_cache = {} if relearn else dict(state.get("segment_cache", {}))
         self._unsettled_at_checkpoint = frozenset(state.get("unsettled", ()))
         self.space = self.segmenter.space
 

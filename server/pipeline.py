@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from onramp.v1 import onramp_pb2 as pb
 from server import records as r
 from server.config import IngestConfig
 from server.consent import PERSONALIZATION, TRACKING, ConsentBook
+from server.decision_log import JoinedRow, rewarded_rows_of
 from server.identity import ANONYMOUS_ID, DEVICE_ID, IdentityGraph, LinkPlan
 from server.privacy import Pseudonymizer
 from server.profiles import Profile, ProfileBook
@@ -31,12 +33,23 @@ from server.writer import Writer, now_ms
 
 log = logging.getLogger(__name__)
 
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """One committed erasure: every key of the person, and their decisions that had an outcome (read before
+    the rows were deleted), so that the models can remove what they learned from them."""
+
+    keys: SubjectKeys
+    rewarded: tuple[JoinedRow, ...] = ()
+
+
 Listener = Callable[[list[StoredEvent]], None]
-ErasureListener = Callable[[SubjectKeys], None]
+ErasureListener = Callable[[Erasure], "Awaitable[None] | None"]
 # Profile operations published after commit, applied in order on the loop thread.
 ProfileOp = tuple[str, Any, Any]  # ("events", [StoredEvent, ...], None) | ("apply", StoredEvent, None) |
 #                                   ("link", alias_subject, user) | ("drop", subject, None)
-#                                 | ("erased", SubjectKeys, None)
+#                                 | ("erased", Erasure, [awaitables of the listeners])
 CARRIED_SOURCE_PREFIX = "carried:"
 
 
@@ -108,9 +121,10 @@ class Pipeline:
         self._listeners.append(fn)
 
     def add_erasure_listener(self, fn: ErasureListener) -> None:
-        """Call ``fn(keys)`` after each committed erasure (on the event loop thread, in commit order, after
+        """Call ``fn(erasure)`` after each committed erasure (on the event loop thread, in commit order, after
         the profiles were dropped), so that components drop what they hold about the person (the decision
-        engine's shown history, pending rewards, caches). Exceptions are logged."""
+        engine's shown history, pending rewards, caches, what its models learned). ``fn`` may return an
+        awaitable: :meth:`erase` returns once it is done. Exceptions are logged."""
         self._erasure_listeners.append(fn)
 
     def pseudonym(self, subject: str) -> str:
@@ -206,7 +220,7 @@ class Pipeline:
             elif kind == "drop":
                 book.drop(a)
             elif kind == "erased":
-                self._erased(a)
+                self._erased(a, b)
         if stored:
             for fn in self._listeners:
                 try:
@@ -214,14 +228,17 @@ class Pipeline:
                 except Exception:  # noqa: BLE001 - a listener must not break ingestion
                     log.exception("event listener %r failed", fn)
 
-    def _erased(self, keys: SubjectKeys) -> None:
-        for s in keys.subjects:
+    def _erased(self, erasure: Erasure, waits: list[Awaitable[None]]) -> None:
+        for s in erasure.keys.subjects:
             self.pseudonymizer.forget(s)  # no raw id kept in the pseudonym cache
         for fn in self._erasure_listeners:
             try:
-                fn(keys)
+                done = fn(erasure)
             except Exception:  # noqa: BLE001 - the rows are gone; report and let the others forget too
                 log.exception("erasure listener %r failed", fn)
+                continue
+            if inspect.isawaitable(done):
+                waits.append(done)
 
     # -- ingestion ---------------------------------------------------------------------------------------------
     def submit_events(self, events: Sequence[pb.Event] | Sequence[EventValues], received_ms: int | None = None
@@ -397,12 +414,14 @@ class Pipeline:
         """Delete every row about ``subject`` and its aliases, drop its profiles, and tombstone its
         pseudonyms so later events are dropped (reason erased) until tracking consent is granted again.
         After the commit the erasure listeners drop what else is held in memory (see
-        :meth:`add_erasure_listener`)."""
+        :meth:`add_erasure_listener`); this returns once they are done."""
         ops: list[ProfileOp] = []
+        waits: list[Awaitable[None]] = []
 
         def job(store: SqliteStore) -> dict[str, int]:
             ops.clear()
             keys = self.keys_for(subject)
+            rewarded = tuple(rewarded_rows_of(store, keys.pseudonyms))
             counts = store.erase(keys)
             counts["profiles"] = sum(1 for s in keys.subjects if s in self.profiles)
             erased_ms = now_ms()
@@ -412,9 +431,14 @@ class Pipeline:
             self.identity.forget(keys.user_ids, keys.anonymous_ids, keys.device_ids)
             self.consent.forget(keys.subjects)
             ops.extend(("drop", s, None) for s in keys.subjects)
-            ops.append(("erased", keys, None))
+            ops.append(("erased", Erasure(keys, rewarded), waits))
             return counts
         counts = await self.writer.call(job, after_commit=self._published(ops, []))
+        for done in waits:  # the listeners ran before this task resumed (published first, in commit order)
+            try:
+                await done
+            except Exception:  # noqa: BLE001 - the rows are gone; report it
+                log.exception("erasure listener failed after the erasure committed")
         return counts
 
     async def export(self, subject: str) -> UserData:

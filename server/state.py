@@ -94,6 +94,7 @@ class LogMark:
     decision_id: str = ""
     outcomes_rowid: int = 0
     outcome_id: str = ""
+    erasures: int = 0  # erasures committed on the database before it (server/store.py, ``erasures``)
 
 
 def read_mark(store: SqliteStore) -> LogMark:
@@ -102,13 +103,16 @@ def read_mark(store: SqliteStore) -> LogMark:
     ev = c.execute("SELECT seq, event_id FROM events ORDER BY seq DESC LIMIT 1").fetchone() or (0, "")
     de = c.execute("SELECT rowid, decision_id FROM decisions ORDER BY rowid DESC LIMIT 1").fetchone() or (0, "")
     oc = c.execute("SELECT rowid, decision_id FROM outcomes ORDER BY rowid DESC LIMIT 1").fetchone() or (0, "")
-    return LogMark(int(ev[0]), ev[1], int(de[0]), de[1], int(oc[0]), oc[1])
+    return LogMark(int(ev[0]), ev[1], int(de[0]), de[1], int(oc[0]), oc[1], store.erasures())
 
 
 def mark_problem(store: SqliteStore, mark: LogMark) -> str | None:
-    """Why the log no longer continues ``mark`` (a marked row is gone: rows after it may reuse rowids), or
-    None when every row after the mark was written after the checkpoint."""
+    """Why the log no longer continues ``mark`` (a marked row is gone: rows after it may reuse rowids; or a
+    person was erased since: the checkpoint's models learned from them), or None when every row after the mark
+    was written after the checkpoint."""
     c = store.conn
+    if store.erasures() != mark.erasures:
+        return "a person was erased since the checkpoint (its models may hold what they learned from them)"
     for table, key, rowid, ident in (("events", "event_id", mark.events_seq, mark.event_id),
                                      ("decisions", "decision_id", mark.decisions_rowid, mark.decision_id),
                                      ("outcomes", "decision_id", mark.outcomes_rowid, mark.outcome_id)):

@@ -29,6 +29,7 @@ OUTCOME_COLUMNS = ("decision_id", "user_pseudo", "reward", "source", "outcome", 
 JSON_DECISION_COLUMNS = ("context", "eligible", "probabilities")
 TABLES = ("events", "identities", "consents", "consent_history", "tombstones", "meta", "decisions", "outcomes")
 _CHUNK = 5000  # bound parameters per IN (...) query
+ERASURES_KEY = "erasures"  # meta: how many erasures ever committed (a checkpoint made before one is stale)
 
 _INSERT_SIZES = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT statement (few distinct statements to cache)
 _MAX_EXACT_ROWS = 1024  # a statement of exactly n rows (14 columns: 14,336 parameters, under SQLite's 32,766)
@@ -447,9 +448,15 @@ class SqliteStore:
         return [dict(zip(OUTCOME_COLUMNS, row)) for row in cur]
 
     # -- erasure --------------------------------------------------------------------------------------------
+    def erasures(self) -> int:
+        """How many erasures were ever committed on this database."""
+        return int(self.meta_get(ERASURES_KEY) or 0)
+
     def erase(self, keys: SubjectKeys) -> dict[str, int]:
-        """Delete every row about ``keys`` from every table; returns rows deleted per table."""
+        """Delete every row about ``keys`` from every table and count the erasure (:meth:`erasures`); returns
+        rows deleted per table."""
         c = self.conn
+        self.meta_set(ERASURES_KEY, str(self.erasures() + 1))
         deleted: dict[str, int] = {}
         where, args = self._subjects_clause(keys)
         deleted["events"] = c.execute(f"DELETE FROM events WHERE {where}", args).rowcount

@@ -7,6 +7,8 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bandits.policies import LinearTS, LinUCB, Policy, RidgeGreedy, build_policy, policy_from_state
 
@@ -143,3 +145,52 @@ def test_pickled_and_deep_copied_policies_stay_consistent(algorithm):
         assert np.array_equal(q.scores(x), rebuilt.scores(x))
         assert q.predict_one(x, 1) == rebuilt.predict_one(x, 1) != policy_from_state(before).predict_one(x, 1)
     assert p.n_updates == 50 and np.array_equal(p.A_inv(1), before["A_inv"][1])  # the original did not move
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), algorithm=st.sampled_from(["linucb", "lints", "ridge"]))
+def test_unlearning_equals_never_learning(data, algorithm):
+    """Learn a random stream, unlearn a random subset of it in any order: the policy scores (to 1e-9) like one
+    that learned only the rest, in the same order (an erased person's rewards leave no trace)."""
+    k, d = 3, 4
+    rows = data.draw(st.lists(st.tuples(
+        st.lists(st.floats(-3, 3, allow_nan=False), min_size=d, max_size=d),
+        st.integers(0, k - 1), st.sampled_from([0.0, 1.0, 0.25, -0.5])), min_size=1, max_size=40))
+    erased = data.draw(st.sets(st.integers(0, len(rows) - 1)))
+    order = data.draw(st.permutations(sorted(erased)))
+    full, kept = build_policy(algorithm, k, d, seed=1), build_policy(algorithm, k, d, seed=1)
+    for i, (x, arm, r) in enumerate(rows):
+        full.learn_one(np.array(x), arm, r)
+        if i not in erased:
+            kept.learn_one(np.array(x), arm, r)
+    for i in order:
+        x, arm, r = rows[i]
+        full.unlearn_one(np.array(x), arm, r)
+    assert full.n_updates == kept.n_updates
+    assert np.array_equal(full.counts, kept.counts)
+    for arm in range(k):
+        assert np.allclose(full.A(arm), kept.A(arm), rtol=0, atol=1e-9)
+        assert np.allclose(full.A_inv(arm), kept.A_inv(arm), rtol=0, atol=1e-9)
+        assert np.allclose(full.theta(arm), kept.theta(arm), rtol=0, atol=1e-9)
+    probe = np.array(data.draw(st.lists(st.floats(-3, 3, allow_nan=False), min_size=d, max_size=d)))
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    assert np.allclose(full.scores(probe, rng=rng_a), kept.scores(probe, rng=rng_b), rtol=0, atol=1e-9)
+
+
+def test_unlearning_refuses_an_arm_without_observations():
+    p = LinUCB(n_arms=2, n_features=2)
+    with pytest.raises(ValueError, match="no observation"):
+        p.unlearn_one(np.array([1.0, 0.0]), 0, 1.0)
+    with pytest.raises(ValueError):
+        p.unlearn_one(np.array([np.nan, 0.0]), 0, 1.0)
+
+
+def test_state_without_design_matrix_derives_it():
+    p = LinUCB(n_arms=2, n_features=3)
+    p.learn_one(np.array([1.0, 2.0, 0.5]), 1, 1.0)
+    state = p.to_state()
+    del state["A"]
+    q = policy_from_state(state)
+    assert np.allclose(q.A(1), p.A(1)) and np.allclose(q.A(0), np.eye(3))
+    q.unlearn_one(np.array([1.0, 2.0, 0.5]), 1, 1.0)
+    assert np.allclose(q.A_inv(1), np.eye(3))

@@ -21,13 +21,17 @@ from typing import Any
 from server.store import DECISION_COLUMNS, JSON_DECISION_COLUMNS, SqliteStore, insert_flat
 from server.writer import Writer
 
+# ``user_pseudo`` of a row that holds no id: a decision without a step for someone without tracking consent,
+# or their show once the caps no longer need it (SqliteStore.forget_untracked_shows)
+ANONYMOUS_ROW = ""
+
 
 @dataclass(slots=True)
 class Decision:
     """One answered GetNextStep, as logged."""
 
     decision_id: str
-    user_pseudo: str
+    user_pseudo: str  # ANONYMOUS_ROW: see there
     timestamp_ms: int
     surface: str
     step_id: str
@@ -223,9 +227,10 @@ def rewarded_rows_of(store: SqliteStore, pseudonyms: Sequence[str]) -> list[Join
 
 
 def iter_shows(store: SqliteStore) -> Iterator[tuple[str, str, int]]:
-    """(user_pseudo, step_id, timestamp_ms) of every decision that showed a step, oldest first."""
+    """(user_pseudo, step_id, timestamp_ms) of every decision that showed a step to a known user, oldest
+    first."""
     cur = store.conn.execute("SELECT user_pseudo, step_id, timestamp_ms FROM decisions WHERE step_id != '' "
-                             "ORDER BY timestamp_ms")
+                             "AND user_pseudo != '' ORDER BY timestamp_ms")
     yield from cur
 
 
@@ -234,7 +239,7 @@ def pending_rows(store: SqliteStore) -> list[PendingRow]:
     cur = store.conn.execute(
         "SELECT d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.context, d.reward_deadline_ms "
         "FROM decisions d LEFT JOIN outcomes o ON o.decision_id = d.decision_id "
-        "WHERE o.decision_id IS NULL AND d.step_id != '' ORDER BY d.timestamp_ms")
+        "WHERE o.decision_id IS NULL AND d.step_id != '' AND d.reward_deadline_ms > 0 ORDER BY d.timestamp_ms")
     return [PendingRow(i, u, t, s, _context(c), dl) for i, u, t, s, c, dl in cur]
 
 

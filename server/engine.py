@@ -34,7 +34,7 @@ from bandits.policies import build_policy, policy_from_state
 from onramp.v1 import onramp_pb2 as pb
 from server.catalog import Catalog
 from server.consent import PERSONALIZATION
-from server.decision_log import Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
+from server.decision_log import ANONYMOUS_ROW, Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
 from server.engine_api import ServiceError
 from server.experiments import Assigner
 from server.history import KEEP_PER_STEP, ShownHistory
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
 STATE_FORMAT = 1
 SEGMENT_CACHE_MS = 60_000  # a user's segments/context are recomputed at least once a minute ...
 SEGMENT_CACHE_SIZE = 100_000  # ... for at most this many recent users
@@ -119,6 +120,7 @@ class Choice:
     decision: Decision
     segments: list[str]
     x: np.ndarray | None
+    pseudo: str  # the user's pseudonym (the shown history's key; the row holds none without tracking consent)
 
 
 class DecisionEngine:
@@ -154,6 +156,8 @@ class DecisionEngine:
         self._core = catalog.core_order
         self._rules = catalog.rules_by_priority()
         self._window_ms = {s.id: int(round(s.reward_window_hours * HOUR_MS)) for s in catalog.steps}
+        # how long a show counts for a cap (24 h), a cooldown or the min gap: untracked shows keep an id that long
+        self.guard_horizon_ms = max([DAY_MS, self.guardrails.min_gap_ms, *(s.cooldown_ms for s in self.specs)])
         self.assigner = Assigner(catalog)
         self._assignments: dict[str, tuple[str, str, str]] = {}  # subject -> assignment(), bounded like the segment cache
 
@@ -272,6 +276,7 @@ class DecisionEngine:
                 now = clock_ms()
                 await self.joiner.sweep(now)
                 if rounds % label_every == 0:
+                    await self.forget_untracked_shows(now)
                     book = self.pipeline.profiles
                     self.segmenter.label_expired((p for s in book.subjects() if (p := book.get(s)) is not None), now)
             except asyncio.CancelledError:
@@ -280,6 +285,12 @@ class DecisionEngine:
                 log.exception("reward sweep failed")
             rounds += 1
             await asyncio.sleep(self.sweep_interval_s)
+
+    async def forget_untracked_shows(self, now_ms: int) -> int:
+        """Take the pseudonym out of the logged shows of people without tracking consent once no cap,
+        cooldown or gap counts them any more (:attr:`guard_horizon_ms`); returns rows changed."""
+        before = now_ms - self.guard_horizon_ms
+        return await self.pipeline.writer.call(lambda store: store.forget_untracked_shows(before))
 
     def erased(self, erasure: Erasure) -> Awaitable[None]:
         """Erasure listener (after the erasure committed): drop everything the engine holds about the person
@@ -436,6 +447,9 @@ class DecisionEngine:
         pseudo = pipeline.pseudonym(subject)
         consent = pipeline.consent
         personal = consent.granted(subject, PERSONALIZATION)
+        # Without tracking consent (never given, withdrawn, or erased since) no reward is waited for, and the
+        # row keeps the pseudonym only if it shows a step, for the caps, until forget_untracked_shows.
+        tracked = consent.tracking_gate(subject, pipeline.pseudonym) is None
         profile = pipeline.profile(subject)  # None without tracking consent: no event of it is stored
         experiment, arm, arm_kind = self.assignment(subject)
         shown = self.history.of(pseudo)
@@ -454,18 +468,19 @@ class DecisionEngine:
 
         def decision(step_id: str, reason: str, candidates: list[str], probabilities: dict[str, float],
                      propensity: float = 1.0) -> Decision:
-            deadline = now_ms + self._window_ms[step_id] if step_id else 0
-            return Decision(new_decision_id(), pseudo, now_ms, surface, step_id, propensity, reason,
+            deadline = now_ms + self._window_ms[step_id] if step_id and tracked else 0
+            return Decision(new_decision_id(), pseudo if tracked or step_id else ANONYMOUS_ROW, now_ms, surface,
+                            step_id, propensity, reason,
                             self.policy_version, experiment, arm, context, candidates, probabilities, deadline)
 
         def nothing(reason: str) -> Choice:  # no action: no context to learn from or evaluate, none logged
             d = decision("", reason, [], {})
             d.context = {}
-            return Choice(d, segments, x)
+            return Choice(d, segments, x, pseudo)
 
         def deterministic(step_id: str, reason: str, candidates: list[str]) -> Choice:
             probs = {s: (1.0 if s == step_id else 0.0) for s in candidates}
-            return Choice(decision(step_id, reason, candidates, probs), segments, x)
+            return Choice(decision(step_id, reason, candidates, probs), segments, x, pseudo)
 
         # 1-2. the static core flow first, in order, until every core step is completed
         for core_id in self._core:
@@ -492,7 +507,7 @@ class DecisionEngine:
                 c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng)
                 arms = self.arms
                 probs = {arms[a]: p for a, p in c.probabilities.items()}
-                return Choice(decision(arms[c.arm], BANDIT, candidates, probs, c.probability), segments, x)
+                return Choice(decision(arms[c.arm], BANDIT, candidates, probs, c.probability), segments, x, pseudo)
         return deterministic(self.generic_pick(candidates, shown), GENERIC, candidates)
 
     def segments_of(self, subject: str, profile: Profile, now_ms: int,
@@ -523,16 +538,18 @@ class DecisionEngine:
         c = self.choose(subject, request.surface, request.context, now_ms)
         d = c.decision
         step_id = d.step_id
+        waits = d.reward_deadline_ms > 0  # a step shown to a user with tracking consent
         if step_id:
             # Counted before the write is awaited, so concurrent requests of this user see the show.
-            self.history.record(d.user_pseudo, step_id, now_ms)
+            self.history.record(c.pseudo, step_id, now_ms)
+        if waits:
             self.joiner.add(Pending(d.decision_id, d.user_pseudo, now_ms, step_id, d.reward_deadline_ms,
                                     c.x if step_id in self.arm_index else None))
         try:
             await self.logger.log(d)
         except BaseException:
             if step_id:
-                self.history.unrecord(d.user_pseudo, step_id, now_ms)
+                self.history.unrecord(c.pseudo, step_id, now_ms)
                 self.joiner.discard(d.decision_id)
             raise
         if self.metrics is not None:

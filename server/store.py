@@ -89,6 +89,9 @@ def insert_flat(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], 
             i += rows
 
 
+# A decision that showed a step to someone without tracking consent (no reward window) and still holds their
+# pseudonym: kept only while the caps need it (SqliteStore.forget_untracked_shows).
+_UNTRACKED_SHOW = "reward_deadline_ms = 0 AND step_id != '' AND user_pseudo != ''"
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
 _encode_properties = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 encode_properties = _encode_properties  # the JSON text of an event's properties as stored
@@ -242,6 +245,8 @@ class SqliteStore:
              "context": str, "eligible": str, "probabilities": str, "reward_deadline_ms": int},
             pk="decision_id", if_not_exists=True)
         db.table("decisions").create_index(["user_pseudo"], if_not_exists=True)
+        self.conn.execute(f"CREATE INDEX IF NOT EXISTS decisions_untracked_shows ON decisions (timestamp_ms) "
+                          f"WHERE {_UNTRACKED_SHOW}")
         db.table("outcomes").create(
             {"decision_id": str, "user_pseudo": str, "reward": float, "source": str, "outcome": str,
              "timestamp_ms": int}, pk="decision_id", if_not_exists=True)
@@ -424,6 +429,12 @@ class SqliteStore:
                                 (decision_id,))
         row = cur.fetchone()
         return None if row is None else dict(zip(DECISION_COLUMNS, row))
+
+    def forget_untracked_shows(self, before_ms: int) -> int:
+        """Remove the pseudonym from the shows of people without tracking consent made before ``before_ms``
+        (the caps no longer need them; the row stays, with no id, for counts); returns rows changed."""
+        return self.conn.execute(f"UPDATE decisions SET user_pseudo = '' WHERE {_UNTRACKED_SHOW} AND "
+                                 "timestamp_ms < ?", (before_ms,)).rowcount
 
     def get_outcome(self, decision_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(f"SELECT {', '.join(OUTCOME_COLUMNS)} FROM outcomes WHERE decision_id = ?",

@@ -182,8 +182,9 @@ def test_after_erase_the_server_holds_nothing_of_the_person_and_serves_them_as_n
 
 @contextlib.contextmanager
 def resumed_after_erasure(tmp_path: Path, events: EventFactory) -> Iterator[tuple[ServerHandle, list[str]]]:
-    """A crash after carol's erasure, before the checkpoint that follows it is written: the restarted server
-    resumes from the older checkpoint, which still holds her profile, marks and segment cache."""
+    """A crash after carol's erasure, before the checkpoint that follows it is written: the older checkpoint
+    still holds her profile, marks, segment cache and models that learned from her, so the restarted server
+    refuses it and rebuilds from the log."""
     db = tmp_path / "onramp.db"
     with running_server(db_path=db, server={"checkpoint_interval_s": 3600}) as h, \
             grpc.insecure_channel(h.address) as ch:
@@ -201,7 +202,7 @@ def resumed_after_erasure(tmp_path: Path, events: EventFactory) -> Iterator[tupl
         path = checkpointer.path
     shutil.copyfile(old, path)
     with running_server(db_path=db, server={"checkpoint_interval_s": 3600}) as h:
-        assert h.runtime.resume is not None  # resumed from the pre-erasure checkpoint (dave's rows mark it)
+        assert h.runtime.resume is None  # the pre-erasure checkpoint is refused
         yield h, needles
 
 

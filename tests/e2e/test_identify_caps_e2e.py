@@ -76,8 +76,10 @@ def outcome_of(h: ServerHandle, decision_id: str) -> tuple[str, float] | None:
 def test_the_users_success_event_rewards_what_the_visitor_was_shown(server: ServerHandle,
                                                                    stub: pb_grpc.OnrampStub,
                                                                    events: EventFactory) -> None:
+    events.grant(stub, anonymous_id="visitor-4")  # the cookie banner: the visitor's show waits for its reward
     shown = ask(stub, anonymous_id="visitor-4")
-    assert shown.step.id == "welcome"
+    untracked = ask(stub, anonymous_id="visitor-5")  # no consent: no reward is waited for (docs/decisions.md)
+    assert shown.step.id == untracked.step.id == "welcome"
     events.grant(stub, "wanda")
     # one batch: the identify, then the user's completion of the step (no decision_id on it)
     stub.IngestEvents(iter([events.make("wanda", name="identify", anonymous_id="visitor-4"),
@@ -86,3 +88,7 @@ def test_the_users_success_event_rewards_what_the_visitor_was_shown(server: Serv
     while outcome_of(server, shown.decision_id) is None and time.monotonic() < end:
         time.sleep(0.02)
     assert outcome_of(server, shown.decision_id) == ("event", 1.0)
+    stub.IngestEvents(iter([events.make("wanda", name="identify", anonymous_id="visitor-5"),
+                            events.make("wanda", name="step_completed", step_id="welcome")]))
+    time.sleep(0.2)
+    assert outcome_of(server, untracked.decision_id) is None

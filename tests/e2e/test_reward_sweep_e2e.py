@@ -24,7 +24,9 @@ def test_a_short_grace_window_applies_in_the_running_server() -> None:
     with running_server(raw) as h, grpc.insecure_channel(h.address) as ch:
         engine = h.server.service.decisions
         assert (engine.sweep_interval_s, engine.joiner.grace_ms) == (0.05, 500)
-        shown = pb_grpc.OnrampStub(ch).GetNextStep(pb.NextStepRequest(anonymous_id="visitor-9"), timeout=30)
+        stub = pb_grpc.OnrampStub(ch)
+        stub.SetConsent(pb.ConsentRequest(anonymous_id="visitor-9", purpose="tracking", granted=True), timeout=30)
+        shown = stub.GetNextStep(pb.NextStepRequest(anonymous_id="visitor-9"), timeout=30)
         assert shown.step.id == "welcome"
         with sqlite3.connect(f"file:{h.db_path}?mode=ro", uri=True) as conn:
             deadline = conn.execute("SELECT reward_deadline_ms FROM decisions WHERE decision_id = ?",

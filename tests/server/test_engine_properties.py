@@ -182,7 +182,11 @@ def check_rows(h: Harness, ids: list[str], snapshots: dict[str, Snapshot]) -> No
     shows: dict[int, list[tuple[int, str]]] = {}
     for row in rows:
         snap = snapshots[row["decision_id"]]
-        assert user_of[row["user_pseudo"]] == snap.user
+        if snap.user == N_USERS - 1:  # no tracking consent: an id only on a shown step (caps), no reward waited
+            assert row["user_pseudo"] == (h.pipeline.pseudonym(ids[snap.user]) if row["step_id"] else "")
+            assert row["reward_deadline_ms"] == 0
+        else:
+            assert user_of[row["user_pseudo"]] == snap.user
         arm_kind = h.engine.assignment(ids[snap.user])[2]
         step, reason, probs = row["step_id"], row["reason"], row["probabilities"]
         event(f"reason {reason.split(':')[0]}")

@@ -414,7 +414,7 @@ class Pipeline:
             ops.extend(("drop", s, None) for s in keys.subjects)
             ops.append(("erased", keys, None))
             return counts
-        counts = await self.writer.call(job, after_commit=self._published(ops, []))
+        counts = await self.writer.call(job, after_commit=self._published(ops, []), scrub_wal=True)
         return counts
 
     async def export(self, subject: str) -> UserData:

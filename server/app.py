@@ -32,8 +32,9 @@ from server.identity import IdentityGraph
 from server.metrics import Metrics
 from server.ops import Operations, OpsConfig
 from server.pipeline import Pipeline
-from server.privacy import Pseudonymizer, load_pseudonymizer
+from server.privacy import Pseudonymizer
 from server.profiles import ProfileBook
+from server.pseudonym_key import open_pseudonymizer
 from server.service import OnrampService
 from server.state import Checkpointer, Resume, load_checkpoint, resume
 from server.store import SqliteStore, open_store
@@ -86,8 +87,8 @@ def ops_config_for(config: Config) -> OpsConfig:
 
 
 def open_runtime(config: Config, metrics: Metrics | None = None, *, use_checkpoint: bool = False) -> Runtime:
-    """Open the store, load the pseudonym key, rebuild identities/consent/profiles from the database and
-    start the writer thread.
+    """Open the store, find the pseudonym key (server/pseudonym_key.py: refused when it does not match the
+    database), rebuild identities/consent/profiles from the database and start the writer thread.
 
     With ``use_checkpoint`` (the default decision engine will resume, see :func:`build_server`) and a usable
     checkpoint, the profiles come from it instead and ``runtime.resume`` is set; the events after it are
@@ -99,7 +100,7 @@ def open_runtime(config: Config, metrics: Metrics | None = None, *, use_checkpoi
     store = open_store(config.server.db_path, synchronous=config.ingest.synchronous)
     checkpoint: Resume | None = None
     try:
-        pseudonymizer = load_pseudonymizer(store, config.privacy.pseudonym_key)
+        pseudonymizer = open_pseudonymizer(store, config.privacy)
         if use_checkpoint and config.server.checkpoint_interval_s > 0:
             checkpoint = load_checkpoint(config.server.checkpoint_file, store, pseudonymizer, catalog)
         writer = Writer(store, max_group_weight=config.ingest.writer_max_events)

@@ -58,9 +58,16 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class PrivacyConfig:
-    """``[privacy]``: the key of the keyed pseudonyms (None: generated once and kept in the database)."""
+    """``[privacy]``: where the key of the keyed pseudonyms comes from (server/pseudonym_key.py): a secret
+    string here, or a key file kept apart from the database (never the database itself)."""
 
     pseudonym_key: str | None = None
+    # The key file; "" = next to the database, ``<db_path>.key`` (generated at the first start).
+    pseudonym_key_file: str = ""
+
+    def key_file(self, db_path: str) -> str:
+        """The key file: ``pseudonym_key_file`` or ``<db_path>.key``."""
+        return self.pseudonym_key_file or f"{db_path}.key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +183,19 @@ def _parse_server(t: Mapping[str, Any]) -> ServerConfig:
 
 def _parse_privacy(t: Mapping[str, Any]) -> PrivacyConfig:
     _check_keys("privacy", t, PrivacyConfig)
+    key_file = t.get("pseudonym_key_file", "")
+    if not isinstance(key_file, str):
+        raise ConfigError("privacy.pseudonym_key_file: must be a file path string (\"\" = <db_path>.key; got "
+                          f"{_type_name(key_file)} {key_file!r})")
     if "pseudonym_key" not in t:
-        return PrivacyConfig()
+        return PrivacyConfig(pseudonym_key_file=key_file)
     key = t["pseudonym_key"]
     if not isinstance(key, str) or len(key) < 16:
         shown = f"{len(key)} characters" if isinstance(key, str) else f"{_type_name(key)}"
         raise ConfigError(f"privacy.pseudonym_key: must be a secret string of at least 16 characters (got {shown})")
+    if key_file:
+        raise ConfigError("privacy.pseudonym_key_file: set either pseudonym_key or pseudonym_key_file, not both "
+                          "(which key would pseudonymise?)")
     return PrivacyConfig(pseudonym_key=key)
 
 

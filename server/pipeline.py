@@ -433,7 +433,7 @@ class Pipeline:
             ops.extend(("drop", s, None) for s in keys.subjects)
             ops.append(("erased", Erasure(keys, rewarded), waits))
             return counts
-        counts = await self.writer.call(job, after_commit=self._published(ops, []))
+        counts = await self.writer.call(job, after_commit=self._published(ops, []), scrub_wal=True)
         for done in waits:  # the listeners ran before this task resumed (published first, in commit order)
             try:
                 await done

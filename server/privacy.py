@@ -1,29 +1,16 @@
 """Keyed pseudonyms: HMAC-SHA256 of a subject under a secret key, so analysis tables (decisions, outcomes,
 exports, tombstones) never hold a raw user id yet can still be joined per user.
 
-The key comes from ``[privacy] pseudonym_key``; without it one is generated once with :mod:`secrets` and
-kept in the database's ``meta`` table, so pseudonyms stay stable across restarts.
+The key is kept apart from the database (a key file, an environment variable or the config; never the
+database, which holds only the key's fingerprint): server/pseudonym_key.py finds it.
 """
 from __future__ import annotations
 
 import hashlib
-import logging
-import secrets
-from typing import Protocol
 
 PSEUDONYM_CHARS = 32
-META_KEY = "pseudonym_key"
+META_KEY = "pseudonym_key"  # where servers before the key file kept the key (moved out at start)
 META_FINGERPRINT = "pseudonym_key_fingerprint"
-
-log = logging.getLogger(__name__)
-
-
-class MetaStore(Protocol):
-    """Where the generated key is kept (the store's ``meta`` table)."""
-
-    def meta_get(self, key: str) -> str | None: ...
-
-    def meta_set(self, key: str, value: str) -> None: ...
 
 
 class Pseudonymizer:
@@ -70,24 +57,3 @@ class Pseudonymizer:
     def fingerprint(self) -> str:
         """A short non-secret fingerprint of the key (to notice a changed key)."""
         return hashlib.sha256(b"onramp-key-fingerprint:" + self._key).hexdigest()[:16]
-
-
-def load_pseudonymizer(meta: MetaStore, configured_key: str | None) -> Pseudonymizer:
-    """The pseudonymizer of a database: the configured key, else the key kept in ``meta`` (generated on
-    first use). Warns when the key differs from the one the database was used with before."""
-    if configured_key:
-        p = Pseudonymizer(configured_key.encode("utf-8"))
-    else:
-        stored = meta.meta_get(META_KEY)
-        if stored is None:
-            stored = secrets.token_hex(32)
-            meta.meta_set(META_KEY, stored)
-        p = Pseudonymizer(bytes.fromhex(stored))
-    previous = meta.meta_get(META_FINGERPRINT)
-    if previous is None:
-        meta.meta_set(META_FINGERPRINT, p.fingerprint)
-    elif previous != p.fingerprint:
-        log.warning("the pseudonym key differs from the one this database was used with: pseudonyms of "
-                    "earlier decisions, outcomes and tombstones no longer match new ones")
-        meta.meta_set(META_FINGERPRINT, p.fingerprint)
-    return p

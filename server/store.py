@@ -30,6 +30,8 @@ JSON_DECISION_COLUMNS = ("context", "eligible", "probabilities")
 TABLES = ("events", "identities", "consents", "consent_history", "tombstones", "meta", "decisions", "outcomes")
 _CHUNK = 5000  # bound parameters per IN (...) query
 ERASURES_KEY = "erasures"  # meta: how many erasures ever committed (a checkpoint made before one is stale)
+BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for a lock held by another connection
+SCRUB_WAIT_MS = 1000  # how long scrub_wal waits for readers of older WAL frames (it holds up the writer)
 
 _INSERT_SIZES = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT statement (few distinct statements to cache)
 _MAX_EXACT_ROWS = 1024  # a statement of exactly n rows (14 columns: 14,336 parameters, under SQLite's 32,766)
@@ -167,6 +169,8 @@ class SubjectStore(Protocol):
 
     def meta_set(self, key: str, value: str) -> None: ...
 
+    def meta_delete(self, key: str) -> bool: ...
+
 
 class DecisionLog(Protocol):
     """Decisions and their outcomes (one outcome per decision)."""
@@ -203,9 +207,12 @@ class SqliteStore:
     def __init__(self, path: str | Path, *, synchronous: str = "full", readonly: bool = False) -> None:
         self.path = str(path)
         self.readonly = readonly
+        self.scrub_pending = False  # a scrub_wal that could not truncate the WAL yet (readers of older frames)
+        self.scrub_wait_ms = SCRUB_WAIT_MS  # how long scrub_wal waits for those readers by default
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                    timeout=BUSY_TIMEOUT_MS / 1000)
         self.db = sqlite_utils.Database(self.conn)
         if readonly:
             self.conn.execute("PRAGMA query_only=ON")
@@ -213,6 +220,9 @@ class SqliteStore:
         if self.path != ":memory:":
             self.db.enable_wal()
         self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        # Deleted rows are overwritten with zeros, not just unlinked, so an erased person's ids do not stay
+        # in free space of the database file (the WAL's older copies go with scrub_wal).
+        self.conn.execute("PRAGMA secure_delete=ON")
         self.conn.execute("PRAGMA temp_store=MEMORY")
         self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps the event_id/subject indexes in memory
         self.create_tables()
@@ -266,6 +276,24 @@ class SqliteStore:
     def close(self) -> None:
         self.rollback()
         self.conn.close()
+
+    def scrub_wal(self, wait_ms: int | None = None) -> bool:
+        """Copy every committed page into the database file and truncate the WAL to zero bytes
+        (``PRAGMA wal_checkpoint(TRUNCATE)``), so the WAL keeps no older copy of rows just deleted (an
+        erasure). Call outside a transaction, after the commit. Readers are never disturbed: the checkpoint
+        waits up to ``wait_ms`` (default :attr:`scrub_wait_ms`) for those still reading older WAL frames and
+        returns False when some still are (:attr:`scrub_pending` then stays set and the writer retries after
+        its next commits); True when the WAL is empty."""
+        if self.path == ":memory:" or self.readonly:
+            return True
+        self.scrub_pending = True
+        self.conn.execute(f"PRAGMA busy_timeout={int(self.scrub_wait_ms if wait_ms is None else wait_ms)}")
+        try:
+            busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self.scrub_pending = busy != 0
+        return not self.scrub_pending
 
     def reader(self) -> "SqliteStore":
         """A new read-only instance on the same file (for exports and checks from other threads)."""
@@ -400,6 +428,9 @@ class SqliteStore:
     def meta_set(self, key: str, value: str) -> None:
         self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
                           "value = excluded.value", (key, value))
+
+    def meta_delete(self, key: str) -> bool:
+        return self.conn.execute("DELETE FROM meta WHERE key = ?", (key,)).rowcount > 0
 
     # -- decisions and outcomes -----------------------------------------------------------------------------
     def insert_decisions(self, rows: Sequence[Mapping[str, Any]]) -> None:

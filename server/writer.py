@@ -8,6 +8,11 @@ back and its jobs re-run one transaction each, so only the faulty job fails.
 Jobs submitted with :meth:`Writer.submit_combined` and the same ``run_many`` function that follow one another
 in a group run as one call of ``run_many(store, [arg, ...])`` (e.g. ingest batches: one duplicate check and
 one INSERT for all of them, fewer SQLite calls, each of which gives up and re-takes the GIL).
+
+A job submitted with ``scrub_wal=True`` (an erasure) has the WAL checkpointed and truncated right after its
+transaction commits, before its future resolves (:meth:`SqliteStore.scrub_wal`): the WAL then holds no older
+copy of the rows it deleted. When readers of older frames keep the WAL busy, the scrub is retried after each
+later commit until it succeeds.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ class Job(Generic[T]):
     after_commit: Callable[[T], None] | None = None
     many: RunMany | None = None
     arg: Any = None
+    scrub_wal: bool = False
 
 
 _STOP = object()
@@ -80,13 +86,15 @@ class Writer:
         return self._queue.qsize()
 
     def submit(self, run: Callable[[SqliteStore], T], *, weight: int = 1,
-               after_commit: Callable[[T], None] | None = None) -> concurrent.futures.Future[T]:
-        """Queue ``run`` and return a future resolved after its transaction commits."""
+               after_commit: Callable[[T], None] | None = None,
+               scrub_wal: bool = False) -> concurrent.futures.Future[T]:
+        """Queue ``run`` and return a future resolved after its transaction commits (and, with
+        ``scrub_wal``, after the WAL was truncated, see the module docstring)."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._submit_lock:
             if self._closed:
                 raise WriterClosed("the writer is stopped")
-            self._queue.put(Job(run, future, max(1, weight), after_commit))
+            self._queue.put(Job(run, future, max(1, weight), after_commit, scrub_wal=scrub_wal))
         return future
 
     def submit_combined(self, many: RunMany, arg: Any, *, weight: int = 1,
@@ -103,9 +111,10 @@ class Writer:
         return future
 
     async def call(self, run: Callable[[SqliteStore], T], *, weight: int = 1,
-                   after_commit: Callable[[T], None] | None = None) -> T:
+                   after_commit: Callable[[T], None] | None = None, scrub_wal: bool = False) -> T:
         """Submit ``run`` and await its committed result (from a coroutine)."""
-        return await asyncio.wrap_future(self.submit(run, weight=weight, after_commit=after_commit))
+        return await asyncio.wrap_future(self.submit(run, weight=weight, after_commit=after_commit,
+                                                     scrub_wal=scrub_wal))
 
     def run_sync(self, run: Callable[[SqliteStore], T], timeout: float | None = None) -> T:
         """Submit ``run`` and block until committed (for code outside the event loop)."""
@@ -177,6 +186,9 @@ class Writer:
             return
         self.commits += 1
         self.jobs_done += len(group)
+        scrub = any(job.scrub_wal for job in group)
+        if scrub or store.scrub_pending:
+            self._scrub_wal(wait=scrub)
         for job, result in zip(group, results):
             if job.after_commit is not None:
                 try:
@@ -186,6 +198,22 @@ class Writer:
             if not job.future.set_running_or_notify_cancel():
                 continue
             job.future.set_result(result)
+
+    def _scrub_wal(self, wait: bool) -> None:
+        """Truncate the WAL after a committed erasure (waiting a little for readers when ``wait``); while it
+        cannot be, the store keeps it pending and each later commit retries without waiting."""
+        store = self.store
+        was_pending = store.scrub_pending
+        try:
+            done = store.scrub_wal() if wait else store.scrub_wal(wait_ms=0)
+        except Exception:  # noqa: BLE001 - the erasure is committed; retry after the next commit
+            log.exception("WAL checkpoint after an erasure failed; retried after the next commit")
+            done = False
+        if done and was_pending:
+            log.info("WAL checkpointed and truncated after an erasure (deferred while readers held it)")
+        elif not done and not was_pending:
+            log.warning("erasure committed, but readers still hold older WAL frames with the erased rows; the WAL "
+                        "is checkpointed and truncated after a later commit, once they are done")
 
     def _fail(self, job: Job[Any], exc: BaseException) -> None:
         if not isinstance(exc, Exception):

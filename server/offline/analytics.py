@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.catalog import Catalog
+from server.config import PrivacyConfig
 from server.offline.common import DAY_MS, pseudonymizer_for, tombstones
 from server.records import SURVEY_RESPONSE
 
@@ -84,9 +85,11 @@ def _score(props: str) -> float:
         return math.nan
 
 
-def load_activity(conn: sqlite3.Connection, pseudonym_key: str | None = None, as_of_ms: int | None = None) -> Activity:
-    """Events and decisions of every non-erased user, up to ``as_of_ms`` (default: the last event)."""
-    pseudo = pseudonymizer_for(conn, pseudonym_key)
+def load_activity(conn: sqlite3.Connection, privacy: PrivacyConfig | None = None,
+                  as_of_ms: int | None = None) -> Activity:
+    """Events and decisions of every non-erased user, up to ``as_of_ms`` (default: the last event); the
+    pseudonym key is found by ``privacy`` (:func:`server.offline.common.pseudonymizer_for`)."""
+    pseudo = pseudonymizer_for(conn, privacy)
     erased = tombstones(conn)
     rows = conn.execute("SELECT subject, name, timestamp_ms, COALESCE(step_id, ''), COALESCE(feature, ''), "
                         f"CASE WHEN name = '{SURVEY_RESPONSE}' THEN properties ELSE NULL END FROM events "

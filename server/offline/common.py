@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from server.catalog import Catalog, catalog_from_config, load_catalog
-from server.config import load_config
-from server.privacy import META_KEY, Pseudonymizer
+from server.config import PrivacyConfig, load_config
+from server.privacy import META_FINGERPRINT, Pseudonymizer
+from server.pseudonym_key import ENV_VAR, check_fingerprint, find_key
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -27,7 +28,7 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
     p = Path(path)
     if not p.is_file():
         raise OfflineError(f"--db: no database file at {p}")
-    conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True, check_same_thread=False)
+    conn = sqlite3.connect(f"file:{p.absolute()}?mode=ro", uri=True, check_same_thread=False)
     conn.execute("PRAGMA query_only=ON")
     return conn
 
@@ -44,33 +45,45 @@ def tombstones(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT user_pseudo FROM tombstones")}
 
 
-def pseudonymizer_for(conn: sqlite3.Connection, configured_key: str | None = None) -> Pseudonymizer:
-    """The database's pseudonymizer (:mod:`server.privacy`): the configured ``[privacy] pseudonym_key``,
-    else the key the server generated and kept in ``meta``. OfflineError when there is neither (a
-    database the server never started on has no key, and a new one would not match its pseudonyms)."""
-    if configured_key:
-        return Pseudonymizer(configured_key.encode("utf-8"))
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (META_KEY,)).fetchone() if has_table(conn, "meta") else None
-    if row is None:
-        raise OfflineError("the database has no pseudonym key in its meta table; pass the server's config "
-                           "(--config) with [privacy] pseudonym_key")
-    return Pseudonymizer(bytes.fromhex(row[0]))
+def database_file(conn: sqlite3.Connection) -> str:
+    """The file of the connection's main database."""
+    return next(row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main")
+
+
+def pseudonymizer_for(conn: sqlite3.Connection, privacy: PrivacyConfig | None = None) -> Pseudonymizer:
+    """The database's pseudonymizer, its key found as the server finds it (server/pseudonym_key.py: the
+    environment, ``privacy``'s key, the key file beside the database), or still in ``meta`` when no server
+    of this version has opened the database yet. OfflineError when there is none (a new key would not match
+    the database's pseudonyms); PseudonymKeyError when the key does not match the database's fingerprint."""
+    privacy = privacy if privacy is not None else PrivacyConfig()
+    db = database_file(conn)
+
+    def meta_get(key: str) -> str | None:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+    meta = meta_get if has_table(conn, "meta") else (lambda _key: None)
+    source = find_key(privacy, db, meta_get=meta)
+    if source is None:
+        raise OfflineError(f"no pseudonym key for {db}: no key file {privacy.key_file(db)}, no {ENV_VAR} and no "
+                           "[privacy] pseudonym_key; put the server's key file beside the database, or pass the "
+                           "server's config (--config)")
+    return check_fingerprint(source, meta(META_FINGERPRINT), db, privacy.key_file(db))
 
 
 @dataclass(frozen=True, slots=True)
 class Setup:
-    """What a command runs against: the catalog and the configured pseudonym key (if any)."""
+    """What a command runs against: the catalog and the ``[privacy]`` section (where the pseudonym key is)."""
 
     catalog: Catalog
-    pseudonym_key: str | None
+    privacy: PrivacyConfig
 
 
 def load_setup(config_path: str | Path | None) -> Setup:
-    """The catalog and privacy key of a config file (None: the shipped demo catalog, no key)."""
+    """The catalog and ``[privacy]`` section of a config file (None: the shipped demo catalog, defaults)."""
     if config_path is None:
-        return Setup(load_catalog(None), None)
+        return Setup(load_catalog(None), PrivacyConfig())
     config = load_config(config_path)
-    return Setup(catalog_from_config(config.raw), config.privacy.pseudonym_key)
+    return Setup(catalog_from_config(config.raw), config.privacy)
 
 
 def generic_order(catalog: Catalog) -> tuple[str, ...]:

@@ -263,7 +263,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         fv = FirstValue.parse(args.first_value) if args.first_value else None
         conn = open_readonly(args.db)
         try:
-            act = load_activity(conn, setup.pseudonym_key, parse_as_of(args.as_of))
+            act = load_activity(conn, setup.privacy, parse_as_of(args.as_of))
         finally:
             conn.close()
         rep = experiment_report(act, setup.catalog, args.experiment, args.control, fv, args.alpha, args.active_event,

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from server.catalog import Catalog, CatalogError
-from server.config import ConfigError
+from server.config import ConfigError, PrivacyConfig
 from server.offline.common import OfflineError, generic_order, load_setup, open_readonly, pseudonymizer_for, tombstones
 from server.offline.logdata import DecisionArrays, decode, read_raw_sqlite
 from server.privacy import Pseudonymizer
@@ -79,15 +79,16 @@ def iter_event_batches(conn: sqlite3.Connection, pseudo: Pseudonymizer, erased: 
         yield pa.record_batch([pa.array(cols[f.name], type=f.type) for f in EVENT_SCHEMA], schema=EVENT_SCHEMA)
 
 
-def export_parquet(db: str | Path, out_dir: str | Path, pseudonym_key: str | None = None) -> dict[str, int]:
-    """Write ``decisions.parquet`` and ``events.parquet`` into ``out_dir``; returns rows written per file."""
+def export_parquet(db: str | Path, out_dir: str | Path, privacy: PrivacyConfig | None = None) -> dict[str, int]:
+    """Write ``decisions.parquet`` and ``events.parquet`` into ``out_dir``; returns rows written per file. The
+    pseudonym key is found by ``privacy`` (:func:`server.offline.common.pseudonymizer_for`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     conn = open_readonly(db)
     try:
+        pseudo = pseudonymizer_for(conn, privacy)
         table = decisions_table(conn)
         pq.write_table(table, out / "decisions.parquet", compression="zstd")
-        pseudo = pseudonymizer_for(conn, pseudonym_key)
         erased = tombstones(conn)
         n_events = 0
         with pq.ParquetWriter(out / "events.parquet", EVENT_SCHEMA, compression="zstd") as writer:
@@ -237,7 +238,8 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--db", required=True, metavar="PATH", help="the server's SQLite database")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, metavar="PATH", help="output directory (parquet) or file (dsjson, obp)")
-    p.add_argument("--config", metavar="TOML", help="the server's config (catalog, [privacy] pseudonym_key)")
+    p.add_argument("--config", metavar="TOML",
+                   help="the server's config (catalog, [privacy]: where the pseudonym key is)")
     p.add_argument("--default-reward", type=float, default=None, metavar="R",
                    help="dsjson/obp: reward of decisions without an outcome (default: leave them out)")
     p.set_defaults(func=cmd_export)
@@ -252,7 +254,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         setup = load_setup(args.config)
         if args.format == "parquet":
-            counts = export_parquet(args.db, args.out, setup.pseudonym_key)
+            counts = export_parquet(args.db, args.out, setup.privacy)
             for name, n in counts.items():
                 out.print(f"{Path(args.out) / name}: {n} rows")
             return 0

@@ -455,7 +455,7 @@ def cmd_funnel(args: argparse.Namespace) -> int:
         fv = FirstValue.parse(args.first_value) if args.first_value else FirstValue.from_catalog(setup.catalog)
         conn = open_readonly(args.db)
         try:
-            act = load_activity(conn, setup.pseudonym_key, parse_as_of(args.as_of))
+            act = load_activity(conn, setup.privacy, parse_as_of(args.as_of))
         finally:
             conn.close()
         rep = funnel_report(act, setup.catalog, fv, args.alpha, args.k_sd, args.active_event)

@@ -7,8 +7,8 @@ writes a whole product's worth of users (events, decisions, outcomes, tombstones
 completion rates, retention, time to first value, survey scores and experiment effects.
 
 Both use the server's own schema (:class:`server.store.SqliteStore`) and pseudonyms
-(:class:`server.privacy.Pseudonymizer` with a key kept in ``meta``), so what they write is what a real
-server writes.
+(:class:`server.privacy.Pseudonymizer` with its key in the key file beside the database, its fingerprint in
+``meta``), so what they write is what a real server writes.
 """
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ from bandits.simulator import OnboardingSimulator
 from server.catalog import Catalog, load_catalog
 from server.experiments import Assigner
 from server.offline.common import DAY_MS, HOUR_MS, generic_order
-from server.privacy import META_KEY, Pseudonymizer
+from server.config import PrivacyConfig
+from server.privacy import META_FINGERPRINT, Pseudonymizer
+from server.pseudonym_key import create_key_file
 from server.records import StoredEvent
 from server.store import DECISION_COLUMNS, OUTCOME_COLUMNS, SqliteStore
 
@@ -37,7 +39,7 @@ _INSERT_OUTCOME = f"INSERT INTO outcomes ({', '.join(OUTCOME_COLUMNS)}) VALUES (
 
 
 def synth_pseudonymizer() -> Pseudonymizer:
-    """The pseudonymizer of every synthetic database (its key is stored in ``meta`` too)."""
+    """The pseudonymizer of every synthetic database (its key is in the key file beside it too)."""
     return Pseudonymizer(bytes.fromhex(SYNTH_KEY_HEX))
 
 
@@ -45,8 +47,9 @@ def _open(path: str | Path) -> SqliteStore:
     p = Path(path)
     if p.exists():
         raise FileExistsError(f"{p}: refusing to overwrite an existing file")
+    create_key_file(Path(PrivacyConfig().key_file(str(p))), bytes.fromhex(SYNTH_KEY_HEX))
     store = SqliteStore(p, synchronous="off")
-    store.meta_set(META_KEY, SYNTH_KEY_HEX)
+    store.meta_set(META_FINGERPRINT, synth_pseudonymizer().fingerprint)
     return store
 
 

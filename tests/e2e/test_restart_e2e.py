@@ -1,5 +1,5 @@
-"""Restart on the same database: profiles, consent, identity links, tombstones and the pseudonym key come
-back from SQLite, and duplicates are still detected."""
+"""Restart on the same database: profiles, consent, identity links and tombstones come back from SQLite, the
+pseudonym key from the key file beside it, and duplicates are still detected."""
 from __future__ import annotations
 
 import pathlib
@@ -58,7 +58,7 @@ def test_state_is_rebuilt_after_a_restart(tmp_path: pathlib.Path, events) -> Non
         assert out.accepted == 2
         profile = stub.GetUserProfile(pb.GetUserProfileRequest(user_id="hana"))
         assert profile.event_count == 6
-        # the pseudonym key is kept in the database: decisions before and after share the pseudonym
+        # the pseudonym key is read from the key file again: decisions before and after share the pseudonym
         assert second.runtime.pipeline.pseudonym("hana") == pseudonym
         nxt = stub.GetNextStep(pb.NextStepRequest(user_id="hana"))
         assert nxt.step.id == "profile_setup", nxt

@@ -12,9 +12,10 @@ from typing import Any
 
 from onramp.v1 import onramp_pb2 as pb
 from server.catalog import Catalog, load_catalog, parse_catalog
+from server.config import PrivacyConfig
 from server.engine import DecisionEngine
 from server.pipeline import Pipeline
-from server.privacy import load_pseudonymizer
+from server.pseudonym_key import open_pseudonymizer
 from server.store import open_store
 from server.writer import Writer
 
@@ -55,7 +56,7 @@ class Harness:
     def open(self, loop: Any) -> DecisionEngine:
         self.store = open_store(self.db_path, synchronous="off")
         self.writer = Writer(self.store)
-        self.pipeline = Pipeline(self.store, self.writer, load_pseudonymizer(self.store, None))
+        self.pipeline = Pipeline(self.store, self.writer, open_pseudonymizer(self.store, PrivacyConfig()))
         self.pipeline.rebuild()
         self.writer.start()
         self.pipeline.attach_loop(loop)

@@ -13,7 +13,8 @@ def test_no_file_gives_defaults() -> None:
     assert config.server.host == "127.0.0.1" and config.server.port == 50051
     assert config.server.db_path == "./onramp.db"
     assert config.ingest.max_properties == 64 and config.ingest.max_future_skew_ms == 300_000
-    assert config.privacy.pseudonym_key is None
+    assert config.privacy.pseudonym_key is None and config.privacy.pseudonym_key_file == ""
+    assert config.privacy.key_file(config.server.db_path) == "./onramp.db.key"
     assert config.raw == {}
 
 
@@ -49,12 +50,23 @@ def test_file_is_read_and_reserved_sections_kept(tmp_path: pathlib.Path) -> None
     ({"server": "x"}, "server: must be a table [server]"),
     ({"privacy": {"pseudonym_key": "short"}}, "privacy.pseudonym_key: must be a secret string of at least 16"),
     ({"privacy": {"pseudonym_key": 12}}, "privacy.pseudonym_key: must be a secret string"),
+    ({"privacy": {"pseudonym_key_file": 3}}, "privacy.pseudonym_key_file: must be a file path string"),
+    ({"privacy": {"pseudonym_key": "0123456789abcdef-secret", "pseudonym_key_file": "/etc/onramp/key"}},
+     "privacy.pseudonym_key_file: set either pseudonym_key or pseudonym_key_file, not both"),
+    ({"privacy": {"pseudonym_keyfile": "x"}}, "privacy.pseudonym_keyfile: unknown key"),
     ({"bogus": {}}, "bogus: unknown top-level key"),
 ])
 def test_errors_name_the_key(document: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(document)
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_the_key_file_goes_beside_the_database_unless_configured() -> None:
+    config = parse_config({"server": {"db_path": "/var/lib/onramp/x.db"}})
+    assert config.privacy.key_file(config.server.db_path) == "/var/lib/onramp/x.db.key"
+    config = parse_config({"server": {"db_path": "x.db"}, "privacy": {"pseudonym_key_file": "/run/keys/onramp"}})
+    assert config.privacy.key_file(config.server.db_path) == "/run/keys/onramp"
 
 
 def test_unreadable_and_invalid_files(tmp_path: pathlib.Path) -> None:

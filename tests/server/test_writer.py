@@ -1,9 +1,11 @@
 """The single writer thread: futures resolve after COMMIT, jobs are grouped, a failing job is isolated,
-stop flushes everything queued."""
+stop flushes everything queued, an erasure's job truncates the WAL (retried while readers hold it)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import pathlib
+import sqlite3
 import threading
 
 import pytest
@@ -141,4 +143,36 @@ def test_a_failing_combined_call_is_rerun_job_by_job_so_only_the_faulty_job_fail
     with pytest.raises(Exception, match="UNIQUE"):
         bad.result(10)
     assert committed_ids(store.path) == {"g1", "g2"}
+    writer.stop()
+
+
+def _wal_bytes(store: SqliteStore) -> bytes:
+    wal = pathlib.Path(f"{store.path}-wal")
+    return wal.read_bytes() if wal.exists() else b""
+
+
+def test_a_scrub_wal_job_truncates_the_wal_and_a_reader_only_defers_it(store: SqliteStore,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    store.scrub_wait_ms = 0  # do not wait for the reader below
+    writer = Writer(store)
+    writer.start()
+    writer.run_sync(lambda s: s.meta_set("who", "raw-id-3141"))
+    writer.submit(lambda s: s.meta_delete("who"), scrub_wal=True).result(30)
+    assert not store.scrub_pending and _wal_bytes(store) == b""  # truncated before the future resolved
+    assert b"raw-id-3141" not in pathlib.Path(store.path).read_bytes()  # secure_delete zeroed the row
+
+    writer.run_sync(lambda s: s.meta_set("who", "raw-id-2718"))
+    reader = sqlite3.connect(store.path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM meta").fetchone()  # a snapshot that reads the WAL
+    with caplog.at_level(logging.WARNING, logger="server.writer"):
+        writer.submit(lambda s: s.meta_delete("who"), scrub_wal=True).result(30)
+    assert store.scrub_pending and "readers still hold older WAL frames" in caplog.text
+    assert b"raw-id-2718" in _wal_bytes(store)  # the reader was not disturbed, the WAL not truncated
+    assert reader.execute("SELECT value FROM meta WHERE key = 'who'").fetchone() == ("raw-id-2718",)
+    reader.rollback()
+    reader.close()
+    writer.run_sync(lambda s: s.meta_set("other", "x"))  # the next commit retries
+    assert not store.scrub_pending and _wal_bytes(store) == b""
+    assert b"raw-id-2718" not in pathlib.Path(store.path).read_bytes()
     writer.stop()

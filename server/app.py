@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -103,6 +104,8 @@ def open_runtime(config: Config, metrics: Metrics | None = None, *, use_checkpoi
         pseudonymizer = open_pseudonymizer(store, config.privacy)
         if use_checkpoint and config.server.checkpoint_interval_s > 0:
             checkpoint = load_checkpoint(config.server.checkpoint_file, store, pseudonymizer, catalog)
+        elif config.server.checkpoint_interval_s == 0:
+            _remove_unused_checkpoint(config.server.checkpoint_file)
         writer = Writer(store, max_group_weight=config.ingest.writer_max_events)
         pipeline = Pipeline(store, writer, pseudonymizer, config.ingest,
                             profiles=checkpoint.profiles if checkpoint is not None else None)
@@ -215,6 +218,14 @@ def build_server(config: Config | None = None, *, decision_factory: DecisionFact
         runtime.store.close()
         raise
     return OnrampServer(runtime, server, ops, service, checkpointer)
+
+
+def _remove_unused_checkpoint(path: str) -> None:
+    """With checkpoints off, a checkpoint file left by an earlier run is never read nor rewritten after an
+    erasure, so it could keep profiles of people erased since: remove it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+        log.info("removed the checkpoint file %s of an earlier run: checkpoints are off", path)
 
 
 def _checkpoint_after_erasures(runtime: Runtime, checkpointer: Checkpointer) -> None:

@@ -465,3 +465,14 @@ def test_sigkill_between_checkpoints_then_resume_equals_no_crash(tmp_path: pathl
     assert answers == runs["reference"][0]
     assert logged == runs["reference"][1]  # incl. every logged context feature (cluster_*, activation_prob)
     assert sum(a.get("reason") == "bandit" for a in answers) >= 5
+
+
+def test_with_checkpoints_off_an_earlier_checkpoint_file_is_removed(tmp_path: pathlib.Path) -> None:
+    """A file that is never read nor rewritten after an erasure could keep profiles of people erased since."""
+    db = tmp_path / "onramp.db"
+    with running_server(config(), db_path=db):
+        pass
+    assert (tmp_path / "onramp.db.checkpoint").exists()  # the shutdown checkpoint
+    with running_server(config(checkpoint_interval_s=0), db_path=db) as h:
+        assert h.runtime.resume is None
+        assert not (tmp_path / "onramp.db.checkpoint").exists()

@@ -221,19 +221,25 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
 
     def _finish(self, call: _Call, route: _Route, context: grpc.aio.ServicerContext,
                 error: BaseException | None) -> None:
+        """Record the status the client got in the histogram and the access line. Only an exception the
+        handler did not turn into a status (a server fault, UNKNOWN) is logged at ERROR with its traceback."""
+        fault = False
         if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
             call.code = "CANCELLED"
+        elif isinstance(error, MalformedRequest):
+            call.code = "INVALID_ARGUMENT"
         elif isinstance(error, grpc.aio.AbortError) or error is None:
             call.code = _code_name(context.code()) if call.code == "OK" else call.code
         else:
             call.code = "UNKNOWN"
+            fault = True
         duration = self._clock() - call.started
         if route.metrics is not None:
             route.metrics.in_flight.dec()
             route.metrics.observe(call.code, duration)
         extra = {"code": call.code, "duration_ms": round(duration * 1000, 3),
                  "caller": call.principal.name if call.principal else ""}
-        if error is not None and not isinstance(error, (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)):
+        if fault:
             access_log.error("rpc failed: %s", type(error).__name__, exc_info=error, extra=extra)
         else:
             _access(logging.DEBUG if route.open else logging.INFO, extra)

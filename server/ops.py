@@ -131,7 +131,8 @@ class Operations:
         await self.health.enter_graceful_shutdown()
 
     def stopped(self) -> None:
-        """Stop the metrics endpoint (call after the server stopped)."""
+        """Stop the metrics endpoint and the key-hashing thread (call after the server stopped)."""
         if self.metrics_server is not None:
             self.metrics_server.stop()
             self.metrics_server = None
+        self.keyring.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 
@@ -13,7 +14,7 @@ from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from ops_support import KEYS, auth_config, captured_json_logs, key_md, ops_with, run_async, tiny_server
 from server.auth import (
-    AuthConfig, AuthConfigError, InsecureBindError, KeyHash, KeyRing, check_bind_allowed, hash_key,
+    AuthConfig, AuthConfigError, AuthError, InsecureBindError, KeyHash, KeyRing, check_bind_allowed, hash_key,
     hash_key_main, is_loopback_host, peer_host, presented_key, required_role,
 )
 from server.ops import Operations
@@ -272,3 +273,76 @@ def test_authorize_now_answers_like_authorize_unless_a_slow_hash_is_due() -> Non
             except Exception as exc:  # noqa: BLE001 - comparing the refusals of both paths
                 outcomes.append((type(exc).__name__, exc.code, exc.message))
         assert outcomes[0] == outcomes[1]  # authorize() verified (and cached) the key first
+
+
+# -- cheap failures: no slow hash for a key that cannot match ----------------------------------------------
+
+@pytest.fixture
+def pbkdf2_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The salt of every PBKDF2 computation from now on (hashlib's real function, counted)."""
+    calls: list[bytes] = []
+    real = hashlib.pbkdf2_hmac
+
+    def counted(name: str, password: bytes, salt: bytes, iterations: int, dklen: int | None = None) -> bytes:
+        calls.append(salt)
+        return real(name, password, salt, iterations, dklen)
+
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", counted)
+    return calls
+
+
+GET_NEXT_STEP = "/onramp.v1.Onramp/GetNextStep"
+
+
+def test_a_refused_key_runs_no_slow_hash_for_a_key_that_cannot_match(pbkdf2_calls: list[bytes]) -> None:
+    ring = KeyRing(auth_config(scheme="pbkdf2"))
+    pbkdf2_calls.clear()
+    assert ring.lookup(KEYS["ops"][0]).name == "ops"
+    assert len(pbkdf2_calls) == 3  # the first check of a key tries every salted hash
+    pbkdf2_calls.clear()
+    assert ring.lookup("guess-1") is None
+    assert len(pbkdf2_calls) == 2  # not against 'ops' any more: that hash's key is known
+    assert ring.lookup("guess-1") is None and not ring.slow_hash_due("guess-1")
+    assert len(pbkdf2_calls) == 2  # refused before: no hash at all
+    assert ring.lookup(KEYS["decider"][0]).name == "decider"
+    assert ring.lookup(KEYS["backend"][0]).name == "backend"
+    pbkdf2_calls.clear()
+    for i in range(50):  # every salted key verified: an unknown key can match none of them
+        assert not ring.slow_hash_due(f"random-{i}")
+        with pytest.raises(AuthError) as err:
+            ring.authorize_now(GET_NEXT_STEP, (("x-api-key", f"random-{i}"),))
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert pbkdf2_calls == []
+    assert ring.lookup(KEYS["ops"][0]).name == "ops" and pbkdf2_calls == []
+
+
+def test_refused_key_cache_is_bounded(pbkdf2_calls: list[bytes]) -> None:
+    salt = b"0123456789abcdef"
+    cheap = hashlib.pbkdf2_hmac("sha256", b"the-key", salt, 1000).hex()  # few iterations: a fast test
+    ring = KeyRing(AuthConfig.from_mapping({"keys": [
+        {"name": "ops", "hash": f"pbkdf2_sha256:1000:{salt.hex()}:{cheap}", "roles": ["admin"]}]}),
+        refused_cache_size=8)
+    for i in range(20):
+        assert ring.lookup(f"wrong-{i}") is None
+    assert ring.refused_count() == 8
+    pbkdf2_calls.clear()
+    assert ring.lookup("wrong-19") is None and pbkdf2_calls == []  # recent: remembered
+    assert ring.lookup("wrong-0") is None and len(pbkdf2_calls) == 1  # forgotten first: hashed again
+    assert ring.refused_count() == 8
+
+
+def test_concurrent_checks_of_one_key_share_one_slow_hash(pbkdf2_calls: list[bytes]) -> None:
+    ring = KeyRing(auth_config(scheme="pbkdf2"))
+    pbkdf2_calls.clear()
+    started: list[int] = []
+
+    async def scenario() -> list[str]:
+        checks = [ring.authorize_async(GET_NEXT_STEP, key_md("decider"), before_hash=lambda: started.append(1))
+                  for _ in range(10)]
+        return [p.name for p in await asyncio.gather(*checks)]
+
+    try:
+        assert run_async(scenario()) == ["decider"] * 10
+    finally:
+        ring.close()
+    assert started == [1] and len(pbkdf2_calls) == 3

@@ -3,7 +3,8 @@
 Keys are never stored or logged in clear: the config holds ``sha256:<hex>`` (for long random keys) or a
 salted ``pbkdf2_sha256:...`` / ``scrypt:...`` hash; presented keys are compared in constant time. A slow
 salted hash is computed only when no cheaper answer exists (see :class:`KeyRing`), so a wrong key is cheap to
-refuse. The gRPC interceptor that applies these checks lives in ``server/interceptors.py``.
+refuse. The gRPC interceptor that applies these checks, and the per-host budget of failures that bounds the
+slow hashes a client can force, live in ``server/interceptors.py`` and ``server/limits.py``.
 """
 from __future__ import annotations
 
@@ -429,6 +430,26 @@ def peer_host(peer: str) -> str:
     return peer or "unknown"
 
 
+def peer_network(peer: str) -> str:
+    """The client host a gRPC peer string stands for, as the failed-authentication budget counts hosts: the
+    IPv4 address, or the /64 network of an IPv6 address (a single host can use any address of its /64).
+
+    >>> peer_network("ipv4:10.1.2.3:555"), peer_network("ipv6:[2001:db8:1:2:a:b:c:d]:5"), peer_network("ipv6:[::1]:5")
+    ('10.1.2.3', '2001:db8:1:2::/64', '::1')
+    """
+    host = peer_host(peer)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        if not address.is_loopback:
+            return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return host
+
+
 def is_loopback_host(host: str) -> bool:
     """True for hosts only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     host = host.strip().strip("[]")
@@ -499,7 +520,7 @@ def hash_key_main(argv: Sequence[str] | None = None, stdin: IO[str] | None = Non
 __all__ = [
     "ApiKey", "AuthConfig", "hash_key_main", "AuthConfigError", "AuthError", "InsecureBindError", "KeyHash", "KeyRing",
     "METHOD_ROLES", "Principal", "ROLES", "check_bind_allowed", "generate_key", "hash_key",
-    "is_loopback_host", "peer_host", "presented_key", "required_role",
+    "is_loopback_host", "peer_host", "peer_network", "presented_key", "required_role",
 ]
 
 

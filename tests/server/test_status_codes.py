@@ -95,6 +95,14 @@ async def _events_limit(ch: grpc.aio.Channel, name: str) -> None:
     await _drain(pb_grpc.OnrampStub(ch).IngestEventBatches(iter([batch, batch]), metadata=_md(name, "backend")))
 
 
+async def _failure_budget(ch: grpc.aio.Channel, name: str) -> None:
+    stub = pb_grpc.OnrampStub(ch)
+    with pytest.raises(grpc.aio.AioRpcError):  # the budget of 1 failed authentication
+        await stub.GetNextStep(pb.NextStepRequest(user_id="u1"), metadata=(("x-api-key", "guess-1"),))
+    md = (("x-api-key", "guess-2"), ("x-request-id", f"case-{name}"))
+    await stub.GetNextStep(pb.NextStepRequest(user_id="u1"), metadata=md)
+
+
 async def _crash(ch: grpc.aio.Channel, name: str) -> None:
     await pb_grpc.OnrampStub(ch).GetNextStep(pb.NextStepRequest(user_id="boom"), metadata=_md(name))
 
@@ -112,6 +120,8 @@ CASES: list[tuple[str, Case, str, str, dict[str, Any]]] = [
     ("wrong_role", _wrong_role, "IngestEvents", "PERMISSION_DENIED", {}),
     ("call_limit", _call_limit, "GetNextStep", "RESOURCE_EXHAUSTED", LIMITS),
     ("events_limit", _events_limit, "IngestEventBatches", "RESOURCE_EXHAUSTED", LIMITS),
+    ("failure_budget", _failure_budget, "GetNextStep", "RESOURCE_EXHAUSTED",
+     {"auth_failures_per_second": 0.001, "auth_failures_burst": 1, "auth_failure_delay_ms": 0}),
 ]
 
 

@@ -6,7 +6,7 @@ could be it and would need a PBKDF2 check). The legitimate client (``legit``, it
 GetNextStep back to back, one call in flight, and reports p50/p99; it is measured alone, then while the flood
 client (``flood``, its own process: grpc.aio, N calls in flight, a new random key per call) runs. Variants:
 ``default`` (the shipped ``[limits]``: a budget of failed authentications per client host, failures answered
-250 ms late) and ``limits-off`` (``auth_failures_per_second = 0``, ``auth_failure_delay_ms = 0``: every
+about 250 ms late) and ``limits-off`` (``auth_failures_per_second = 0``, ``auth_failure_delay_ms = 0``: every
 unknown key is checked with PBKDF2 against ``privacy-desk``, answered at once). Reported per variant: the
 legitimate p50/p99 alone and under the flood, the p99 ratio, the flood's calls and status codes, and the
 server's CPU seconds (``/proc/PID/stat``) while the legitimate client ran.

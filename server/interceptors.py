@@ -3,10 +3,11 @@
 Per call, in order: request id (from ``x-request-id`` or new) echoed in trailing metadata -> API key and
 role check (server/auth.py; each refused key and each slow salted-hash check takes a token from the client
 host's budget of failed authentications, RESOURCE_EXHAUSTED once it is spent, while a key verified before
-never touches it; failed authentications are answered ``[limits] auth_failure_delay_ms`` late) -> call rate
-limit (server/limits.py) -> request decoding (bytes that are not a valid request message end the call with
-INVALID_ARGUMENT, not grpc.aio's UNKNOWN) -> the handler, with streamed events counted against the events limit -> latency histogram and access log line (server/metrics.py,
-server/logging_setup.py). Health checks and reflection need no key and are not rate limited.
+never touches it; failed authentications are answered about ``[limits] auth_failure_delay_ms`` late) ->
+call rate limit (server/limits.py) -> request decoding (bytes that are not a valid request message end the
+call with INVALID_ARGUMENT, not grpc.aio's UNKNOWN) -> the handler, with streamed events counted against the
+events limit -> latency histogram and access log line (server/metrics.py, server/logging_setup.py).
+Health checks and reflection need no key and are not rate limited.
 Streamed events are counted as the servicer iterates its ``request_iterator`` (``async for``); a servicer
 that reads with ``context.read()`` instead bypasses the events limit.
 """
@@ -127,8 +128,8 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
             and keyring.enabled else None
         # The client host a failure is counted for (tests group by connection instead: every peer one host).
         self.failure_key: Callable[[str], str] = peer_network
-        # A failed authentication is answered this late: a client guessing keys with N calls in flight gets
-        # at most N answers per delay, and waiting costs the server no CPU.
+        # A failed authentication is answered about this late: a client guessing keys with N calls in flight
+        # gets about N answers per delay, and waiting costs the server no CPU.
         self.failure_delay_s = auth_failures.config.auth_failure_delay_ms / 1000 if auth_failures is not None \
             else 0.0
         self.max_delayed = MAX_DELAYED_REFUSALS
@@ -234,16 +235,17 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(err.code, err.message, trailing_metadata=((REQUEST_ID_HEADER, call.request_id),))
 
     async def _delay_failure(self) -> float:
-        """Wait ``failure_delay_s`` before answering a failed authentication (unless too many already wait);
-        returns the seconds waited."""
+        """Wait 0.5-1.5 x ``failure_delay_s`` (at random, so answers held together do not come back together)
+        before answering a failed authentication, unless too many already wait; returns the seconds waited."""
         if self.failure_delay_s <= 0 or self._delayed >= self.max_delayed:
             return 0.0
+        delay = self.failure_delay_s * (0.5 + _ID_RANDOM.random())
         self._delayed += 1
         try:
-            await asyncio.sleep(self.failure_delay_s)
+            await asyncio.sleep(delay)
         finally:
             self._delayed -= 1
-        return self.failure_delay_s
+        return delay
 
     async def _refuse(self, call: _Call, context: grpc.aio.ServicerContext, limited: RateLimited) -> None:
         if limited.kind == AUTH_FAILURES:

@@ -1,4 +1,4 @@
-"""``python -m bench [serving|ingest|learning|memory|replay|all] [--quick] [--repeats N] [--json PATH]``
+"""``python -m bench [serving|ingest|learning|memory|auth|replay|all] [--quick] [--repeats N] [--json PATH]``
 (serving also ``--driver aio|h2load``, ``--scenario personalized|capped``, ``--floor``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``):
 run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
 from __future__ import annotations
@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import h2load, ingest, learning, memory, serving
+from bench import auth_flood, h2load, ingest, learning, memory, serving
 from bench.common import ROOT, PY, SCENARIOS, Summary, load_average
 
-PARTS = ("serving", "ingest", "learning", "memory")
+PARTS = ("serving", "ingest", "learning", "memory", "auth")
 
 
 def machine() -> str:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("part", nargs="?", default="all", choices=(*PARTS, "replay", "all"))
     ap.add_argument("--quick", action="store_true", help="tiny sizes and short runs (smoke test)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 3, quick 1)")
-    ap.add_argument("--duration", type=float, default=None, help="seconds per load run (serving, ingest)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds per load run (serving, ingest, auth)")
     ap.add_argument("--driver", choices=("aio", "h2load"), default="aio",
                     help="serving: load generator, the grpc.aio client (bench.loadgen) or h2load (bench.h2load)")
     ap.add_argument("--scenario", choices=SCENARIOS, default="personalized",
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "ingest":
             res = ingest.run(a.quick, repeats, duration=a.duration, prefill=a.prefill)
             lines = ingest.report(res)
+        elif part == "auth":
+            res = auth_flood.run(a.quick, repeats, duration=a.duration)
+            lines = auth_flood.report(res)
         elif part == "learning":
             res = learning.run(a.quick, repeats)
             lines = learning.report(res)

@@ -1,8 +1,10 @@
 """API keys with roles: hashing, configuration, verification and the per-method role table.
 
 Keys are never stored or logged in clear: the config holds ``sha256:<hex>`` (for long random keys) or a
-salted ``pbkdf2_sha256:...`` / ``scrypt:...`` hash; presented keys are compared in constant time. The gRPC
-interceptor that applies these checks lives in ``server/interceptors.py``.
+salted ``pbkdf2_sha256:...`` / ``scrypt:...`` hash; presented keys are compared in constant time. A slow
+salted hash is computed only when no cheaper answer exists (see :class:`KeyRing`), so a wrong key is cheap to
+refuse. The gRPC interceptor that applies these checks, and the per-host budget of failures that bounds the
+slow hashes a client can force, live in ``server/interceptors.py`` and ``server/limits.py``.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import ipaddress
 import secrets
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -53,6 +57,8 @@ MSG_UNKNOWN_KEY = "unknown API key"
 
 PBKDF2_ITERATIONS = 200_000
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+# Refused keys remembered (by SHA-256) so a repeated wrong key costs no slow hash: 32 bytes each, LRU.
+REFUSED_CACHE_SIZE = 4096
 
 
 class AuthConfigError(ValueError):
@@ -155,6 +161,11 @@ class KeyHash:
         """True when ``key`` hashes to this digest (constant-time comparison)."""
         return hmac.compare_digest(self.compute(key), self.digest)
 
+    @property
+    def slow(self) -> bool:
+        """True for the salted schemes (pbkdf2, scrypt): tens of milliseconds of CPU per check."""
+        return self.scheme != "sha256"
+
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
@@ -249,19 +260,30 @@ def presented_key(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return bearer
 
 
+def _fingerprint(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
 class KeyRing:
     """Verifies presented keys against the configured hashes and checks roles.
 
-    Verified keys are remembered by their SHA-256 (in memory only) so salted schemes cost one slow hash per
-    key, not per call; unknown keys are always re-checked.
+    A check runs a slow salted hash only when nothing cheaper can answer: keys are remembered by their
+    SHA-256 (in memory only) once verified and once refused (the last ``refused_cache_size``), and a salted
+    hash whose key was verified is not tried for other keys (a hash has one key), so once every salted key
+    has been presented an unknown key costs a few SHA-256s. Slow hashes run on one thread of their own, one
+    per distinct key at a time (:meth:`authorize_async`).
     """
 
-    _CACHE_LIMIT = 1024
-
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, refused_cache_size: int = REFUSED_CACHE_SIZE) -> None:
         self.config = config
-        self._verified: dict[bytes, ApiKey] = {}
+        # The hashes a new key is checked against, in config order: every fast one, the slow ones not verified.
+        self._candidates: tuple[ApiKey, ...] = config.keys
+        self._verified: dict[bytes, ApiKey] = {}  # at most one entry per configured key
+        self._refused: OrderedDict[bytes, None] = OrderedDict()
+        self._refused_size = refused_cache_size
+        self._pending: dict[bytes, asyncio.Future[ApiKey | None]] = {}  # slow checks running, by fingerprint
         self._lock = threading.Lock()
+        self._hasher: ThreadPoolExecutor | None = None
 
     @property
     def enabled(self) -> bool:
@@ -269,38 +291,88 @@ class KeyRing:
         return self.config.enabled
 
     def lookup(self, key: str) -> ApiKey | None:
-        """The configured key matching ``key``, or None. Every configured hash is tried (constant work)."""
-        fingerprint = hashlib.sha256(key.encode("utf-8")).digest()
+        """The configured key matching ``key``, or None. Every candidate hash is tried (the same work
+        whichever matches); the answer is remembered."""
+        fingerprint = _fingerprint(key)
         with self._lock:
-            cached = self._verified.get(fingerprint)
-        if cached is not None:
-            return cached
+            known = self._verified.get(fingerprint)
+            if known is not None:
+                return known
+            if fingerprint in self._refused:
+                self._refused.move_to_end(fingerprint)
+                return None
+            candidates = self._candidates
         found = None
-        for candidate in self.config.keys:
+        for candidate in candidates:
             if candidate.hash.matches(key) and found is None:
                 found = candidate
-        if found is not None:
-            with self._lock:
-                if len(self._verified) >= self._CACHE_LIMIT:
-                    self._verified.clear()
+        with self._lock:
+            if found is not None:
                 self._verified[fingerprint] = found
+                if found.hash.slow:
+                    self._candidates = tuple(c for c in self._candidates if c is not found)
+            elif self._refused_size > 0:
+                self._refused[fingerprint] = None
+                while len(self._refused) > self._refused_size:
+                    self._refused.popitem(last=False)
         return found
 
     @property
     def has_slow_hashes(self) -> bool:
         """True when some configured hash is salted (pbkdf2/scrypt) and so costly to verify."""
-        return any(k.hash.scheme != "sha256" for k in self.config.keys)
+        return any(k.hash.slow for k in self.config.keys)
 
     def is_cached(self, key: str) -> bool:
         """True when ``key`` was verified before (its check is then a dictionary lookup)."""
         with self._lock:
-            return hashlib.sha256(key.encode("utf-8")).digest() in self._verified
+            return _fingerprint(key) in self._verified
 
-    async def lookup_async(self, key: str) -> ApiKey | None:
-        """:meth:`lookup`, moved to a worker thread when a slow salted hash must be computed."""
-        if self.has_slow_hashes and not self.is_cached(key):
-            return await asyncio.to_thread(self.lookup, key)
-        return self.lookup(key)
+    def refused_count(self) -> int:
+        """Refused keys remembered now (at most ``refused_cache_size``)."""
+        with self._lock:
+            return len(self._refused)
+
+    def slow_hash_due(self, key: str) -> bool:
+        """True when checking ``key`` needs a slow salted hash: neither verified nor refused before, and some
+        salted hash is not verified yet."""
+        fingerprint = _fingerprint(key)
+        with self._lock:
+            return fingerprint not in self._verified and fingerprint not in self._refused \
+                and any(c.hash.slow for c in self._candidates)
+
+    async def lookup_async(self, key: str, before_hash: Callable[[], None] | None = None) -> ApiKey | None:
+        """:meth:`lookup`, with a slow salted hash computed on the key-hashing thread. Concurrent checks of
+        one key share one computation; ``before_hash()`` is called just before a new one starts and may
+        raise to stop it."""
+        if not self.slow_hash_due(key):
+            return self.lookup(key)
+        fingerprint = _fingerprint(key)
+        loop = asyncio.get_running_loop()
+        pending = self._pending.get(fingerprint)
+        if pending is None or pending.get_loop() is not loop:
+            if before_hash is not None:
+                before_hash()
+            pending = loop.run_in_executor(self._executor(), self.lookup, key)
+            self._pending[fingerprint] = pending
+            pending.add_done_callback(lambda done: self._forget_pending(fingerprint, done))
+        return await asyncio.shield(pending)
+
+    def _forget_pending(self, fingerprint: bytes, done: asyncio.Future[ApiKey | None]) -> None:
+        if self._pending.get(fingerprint) is done:
+            del self._pending[fingerprint]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._hasher is None:
+                self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onramp-key-hash")
+            return self._hasher
+
+    def close(self) -> None:
+        """Stop the key-hashing thread; checks still waiting for it are cancelled."""
+        with self._lock:
+            hasher, self._hasher = self._hasher, None
+        if hasher is not None:
+            hasher.shutdown(wait=False, cancel_futures=True)
 
     def authorize(self, method: str, metadata: Iterable[tuple[str, Any]] | None, peer: str = "") -> Principal:
         """The caller of ``method``, or raise :class:`AuthError` (UNAUTHENTICATED / PERMISSION_DENIED)."""
@@ -309,21 +381,21 @@ class KeyRing:
 
     def authorize_now(self, method: str, metadata: Iterable[tuple[str, Any]] | None,
                       peer: str = "") -> Principal | None:
-        """:meth:`authorize` when it needs no slow salted hash (no key needed, or the key's lookup is cached or
-        fast), else None: then use :meth:`authorize_async`. Lets the interceptor admit most calls without a
-        coroutine of its own."""
+        """:meth:`authorize` when it needs no slow salted hash (see :meth:`slow_hash_due`), else None: then use
+        :meth:`authorize_async`. Lets the interceptor answer most calls without a coroutine of its own."""
         key = presented_key(metadata)
         if key and self._needs_key(method):
-            if self.has_slow_hashes and not self.is_cached(key):
+            if self.slow_hash_due(key):
                 return None
             return self._decide(method, key, self.lookup(key), peer)
         return self._decide(method, key, None, peer)
 
-    async def authorize_async(self, method: str, metadata: Iterable[tuple[str, Any]] | None,
-                              peer: str = "") -> Principal:
-        """:meth:`authorize` without blocking the event loop on salted hashes (used by the interceptor)."""
+    async def authorize_async(self, method: str, metadata: Iterable[tuple[str, Any]] | None, peer: str = "",
+                              before_hash: Callable[[], None] | None = None) -> Principal:
+        """:meth:`authorize` without blocking the event loop on salted hashes (used by the interceptor);
+        ``before_hash`` as in :meth:`lookup_async`."""
         key = presented_key(metadata)
-        api_key = await self.lookup_async(key) if key and self._needs_key(method) else None
+        api_key = await self.lookup_async(key, before_hash) if key and self._needs_key(method) else None
         return self._decide(method, key, api_key, peer)
 
     def _needs_key(self, method: str) -> bool:
@@ -356,6 +428,26 @@ def peer_host(peer: str) -> str:
         host, _, _port = rest.rpartition(":")
         return host.strip("[]") or rest
     return peer or "unknown"
+
+
+def peer_network(peer: str) -> str:
+    """The client host a gRPC peer string stands for, as the failed-authentication budget counts hosts: the
+    IPv4 address, or the /64 network of an IPv6 address (a single host can use any address of its /64).
+
+    >>> peer_network("ipv4:10.1.2.3:555"), peer_network("ipv6:[2001:db8:1:2:a:b:c:d]:5"), peer_network("ipv6:[::1]:5")
+    ('10.1.2.3', '2001:db8:1:2::/64', '::1')
+    """
+    host = peer_host(peer)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        if not address.is_loopback:
+            return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return host
 
 
 def is_loopback_host(host: str) -> bool:
@@ -428,7 +520,7 @@ def hash_key_main(argv: Sequence[str] | None = None, stdin: IO[str] | None = Non
 __all__ = [
     "ApiKey", "AuthConfig", "hash_key_main", "AuthConfigError", "AuthError", "InsecureBindError", "KeyHash", "KeyRing",
     "METHOD_ROLES", "Principal", "ROLES", "check_bind_allowed", "generate_key", "hash_key",
-    "is_loopback_host", "peer_host", "presented_key", "required_role",
+    "is_loopback_host", "peer_host", "peer_network", "presented_key", "required_role",
 ]
 
 

@@ -1,10 +1,13 @@
 """The one grpc.aio server interceptor that guards and observes every call.
 
 Per call, in order: request id (from ``x-request-id`` or new) echoed in trailing metadata -> API key and
-role check (server/auth.py) -> call rate limit (server/limits.py) -> request decoding (bytes that are not a
-valid request message end the call with INVALID_ARGUMENT, not grpc.aio's UNKNOWN) -> the handler, with streamed events
-counted against the events limit -> latency histogram and access log line (server/metrics.py,
-server/logging_setup.py). Health checks and reflection need no key and are not rate limited.
+role check (server/auth.py; each refused key and each slow salted-hash check takes a token from the client
+host's budget of failed authentications, RESOURCE_EXHAUSTED once it is spent, while a key verified before
+never touches it; failed authentications are answered about ``[limits] auth_failure_delay_ms`` late) ->
+call rate limit (server/limits.py) -> request decoding (bytes that are not a valid request message end the
+call with INVALID_ARGUMENT, not grpc.aio's UNKNOWN) -> the handler, with streamed events counted against the
+events limit -> latency histogram and access log line (server/metrics.py, server/logging_setup.py).
+Health checks and reflection need no key and are not rate limited.
 Streamed events are counted as the servicer iterates its ``request_iterator`` (``async for``); a servicer
 that reads with ``context.read()`` instead bypasses the events limit.
 """
@@ -23,13 +26,15 @@ from typing import Any
 
 import grpc
 
-from server.auth import AuthError, KeyRing, Principal, required_role
-from server.limits import RETRY_AFTER_MS_HEADER, RateLimited, RateLimiter
+from server.auth import AuthError, KeyRing, Principal, peer_network, required_role
+from server.limits import AUTH_FAILURES, RETRY_AFTER_MS_HEADER, AuthFailureLimiter, RateLimited, RateLimiter
 from server.logging_setup import bind_request, enter_request, leave_request, only_json_handler, write_access
 from server.metrics import MethodMetrics, Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Failed authentications answered late at once, at most; beyond it they are answered right away (memory bound).
+MAX_DELAYED_REFUSALS = 1000
 # Methods whose request messages carry events counted by the events/s limit.
 EVENT_METHODS = frozenset({"/onramp.v1.Onramp/IngestEvents", "/onramp.v1.Onramp/IngestEventBatches"})
 
@@ -115,9 +120,20 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates, rate-limits, times and logs every RPC; see the module docstring for the order."""
 
     def __init__(self, keyring: KeyRing, limiter: RateLimiter | None = None, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 auth_failures: AuthFailureLimiter | None = None) -> None:
         self.keyring = keyring
         self.limiter = limiter if limiter is not None and limiter.active else None
+        self.auth_failures = auth_failures if auth_failures is not None and auth_failures.active \
+            and keyring.enabled else None
+        # The client host a failure is counted for (tests group by connection instead: every peer one host).
+        self.failure_key: Callable[[str], str] = peer_network
+        # A failed authentication is answered about this late: a client guessing keys with N calls in flight
+        # gets about N answers per delay, and waiting costs the server no CPU.
+        self.failure_delay_s = auth_failures.config.auth_failure_delay_ms / 1000 if auth_failures is not None \
+            else 0.0
+        self.max_delayed = MAX_DELAYED_REFUSALS
+        self._delayed = 0
         self.metrics = metrics
         self._clock = clock
         # method -> (the servicer's handler, our wrapped handler): a method's handler object is the same on
@@ -170,22 +186,70 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
         return None
 
     async def _admit_slow(self, call: _Call, route: _Route, context: grpc.aio.ServicerContext) -> None:
+        """Check a key that needs a slow salted hash; the hash is paid for with a token from the client host's
+        failure budget, given back when the key is valid (one computation serves concurrent calls with the
+        same key, and only it takes a token)."""
+        failures = self.auth_failures
+        host = self.failure_key(call.peer) if failures is not None else ""
+        took = False
+
+        def before_hash() -> None:
+            nonlocal took
+            if failures is not None:
+                failures.take(host)
+                took = True
+
+        def give_back() -> None:  # the key was valid: its check is no failure
+            if failures is not None and took:
+                failures.give(host)
+
         try:
-            call.principal = await self.keyring.authorize_async(call.method, call.metadata, call.peer)
+            call.principal = await self.keyring.authorize_async(call.method, call.metadata, call.peer, before_hash)
+        except RateLimited as limited:
+            await self._refuse(call, context, limited)
         except AuthError as err:
-            await self._refuse_auth(call, context, err)
+            if err.code != grpc.StatusCode.UNAUTHENTICATED:
+                give_back()  # a valid key without the role
+            await self._refuse_auth(call, context, err, counted=took)
+        else:
+            give_back()
         refusal = self._limit(call, route, context)
         if refusal is not None:
             await refusal
 
-    async def _refuse_auth(self, call: _Call, context: grpc.aio.ServicerContext, err: AuthError) -> None:
+    async def _refuse_auth(self, call: _Call, context: grpc.aio.ServicerContext, err: AuthError,
+                           counted: bool = False) -> None:
+        """Answer an auth refusal; an UNAUTHENTICATED one takes a token from the client host's failure budget
+        (unless ``counted`` already), and once that is spent the answer is RESOURCE_EXHAUSTED instead."""
+        if err.code == grpc.StatusCode.UNAUTHENTICATED:
+            if self.auth_failures is not None and not counted:
+                try:
+                    self.auth_failures.take(self.failure_key(call.peer))
+                except RateLimited as limited:
+                    await self._refuse(call, context, limited)
+            await self._delay_failure()
         call.code = err.code.name
         if self.metrics is not None:
             self.metrics.auth_failures_total.labels(code=err.code.name).inc()
         access_log.warning("call refused: %s", err.message, extra={"code": err.code.name})
         await context.abort(err.code, err.message, trailing_metadata=((REQUEST_ID_HEADER, call.request_id),))
 
+    async def _delay_failure(self) -> float:
+        """Wait 0.5-1.5 x ``failure_delay_s`` (at random, so answers held together do not come back together)
+        before answering a failed authentication, unless too many already wait; returns the seconds waited."""
+        if self.failure_delay_s <= 0 or self._delayed >= self.max_delayed:
+            return 0.0
+        delay = self.failure_delay_s * (0.5 + _ID_RANDOM.random())
+        self._delayed += 1
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._delayed -= 1
+        return delay
+
     async def _refuse(self, call: _Call, context: grpc.aio.ServicerContext, limited: RateLimited) -> None:
+        if limited.kind == AUTH_FAILURES:
+            limited = limited.after(await self._delay_failure())
         call.code = grpc.StatusCode.RESOURCE_EXHAUSTED.name
         if self.metrics is not None:
             self.metrics.rate_limited_total.labels(kind=limited.kind).inc()
@@ -221,19 +285,25 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
 
     def _finish(self, call: _Call, route: _Route, context: grpc.aio.ServicerContext,
                 error: BaseException | None) -> None:
+        """Record the status the client got in the histogram and the access line. Only an exception the
+        handler did not turn into a status (a server fault, UNKNOWN) is logged at ERROR with its traceback."""
+        fault = False
         if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
             call.code = "CANCELLED"
+        elif isinstance(error, MalformedRequest):
+            call.code = "INVALID_ARGUMENT"
         elif isinstance(error, grpc.aio.AbortError) or error is None:
             call.code = _code_name(context.code()) if call.code == "OK" else call.code
         else:
             call.code = "UNKNOWN"
+            fault = True
         duration = self._clock() - call.started
         if route.metrics is not None:
             route.metrics.in_flight.dec()
             route.metrics.observe(call.code, duration)
         extra = {"code": call.code, "duration_ms": round(duration * 1000, 3),
                  "caller": call.principal.name if call.principal else ""}
-        if error is not None and not isinstance(error, (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)):
+        if fault:
             access_log.error("rpc failed: %s", type(error).__name__, exc_info=error, extra=extra)
         else:
             _access(logging.DEBUG if route.open else logging.INFO, extra)

@@ -89,7 +89,7 @@ class Metrics:
             "onramp_auth_failures_total", "Calls refused by authentication or authorization, by code.",
             ["code"], registry=r)
         self.rate_limited_total = Counter(
-            "onramp_rate_limited_total", "Calls refused by a rate limit, by kind (calls, events).",
+            "onramp_rate_limited_total", "Calls refused by a rate limit, by kind (calls, events, auth_failures).",
             ["kind"], registry=r)
         self.events_total = Counter(
             "onramp_events_total",

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.auth import AuthConfig, KeyRing, check_bind_allowed
 from server.interceptors import OnrampInterceptor
-from server.limits import LimitsConfig, RateLimiter, server_options
+from server.limits import AuthFailureLimiter, LimitsConfig, RateLimiter, server_options
 from server.logging_setup import LoggingConfig
 from server.metrics import Metrics, MetricsConfig, MetricsServer
 from server.tls import TlsConfig, server_credentials
@@ -62,7 +62,7 @@ class OpsConfig:
 
 
 class Operations:
-    """Holds the key ring, rate limiter, metrics, health servicer and metrics endpoint of one server."""
+    """Holds the key ring, rate limiters, metrics, health servicer and metrics endpoint of one server."""
 
     def __init__(self, config: OpsConfig | None = None, metrics: Metrics | None = None,
                  allow_insecure_no_auth: bool = False) -> None:
@@ -71,7 +71,9 @@ class Operations:
         self.metrics = metrics if metrics is not None else Metrics()
         self.keyring = KeyRing(self.config.auth)
         self.limiter = RateLimiter(self.config.limits)
-        self.interceptor = OnrampInterceptor(self.keyring, self.limiter, self.metrics)
+        self.auth_failures = AuthFailureLimiter(self.config.limits)
+        self.interceptor = OnrampInterceptor(self.keyring, self.limiter, self.metrics,
+                                             auth_failures=self.auth_failures)
         self.health = health.aio.HealthServicer()
         self.metrics_server: MetricsServer | None = None
         self.service_names: tuple[str, ...] = (ONRAMP_SERVICE,)
@@ -131,7 +133,8 @@ class Operations:
         await self.health.enter_graceful_shutdown()
 
     def stopped(self) -> None:
-        """Stop the metrics endpoint (call after the server stopped)."""
+        """Stop the metrics endpoint and the key-hashing thread (call after the server stopped)."""
         if self.metrics_server is not None:
             self.metrics_server.stop()
             self.metrics_server = None
+        self.keyring.close()

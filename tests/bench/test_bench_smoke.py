@@ -90,6 +90,19 @@ def test_memory_reports_bytes_per_user_and_restart_time(tmp_path: Path) -> None:
     assert "bytes/user" in out and "restart: ready" in out and "build through the API" in out
 
 
+@pytest.mark.timeout(120)
+def test_auth_reports_legitimate_latency_alone_and_under_a_flood_of_random_keys(tmp_path: Path) -> None:
+    out, res = run_bench("auth", tmp_path)
+    row = res["table"]["default"]
+    for phase in ("alone", "flood"):
+        assert 0 < row[f"{phase}_p50_ms"]["median"] <= row[f"{phase}_p99_ms"]["median"]
+        assert all(not r["errors"] for r in res["raw"]["default"][phase])  # every legitimate call answered OK
+    assert row["p99_ratio"]["median"] > 0 and row["flood_calls_per_s"]["median"] > 0
+    (flood,) = [r["flood"] for r in res["raw"]["default"]["flood"]]
+    assert flood["calls"] > 0 and set(flood["codes"]) <= {"UNAUTHENTICATED", "RESOURCE_EXHAUSTED"}
+    assert re.search(r"default\s+ratio\s+p99 flood/alone [\d.]+x", out), out
+
+
 def test_populate_gives_every_user_events_round_robin() -> None:
     from bench.populate import event_user
     users, events = 7, 30

@@ -2,7 +2,12 @@
 server keeps serving (a valid call right after works)."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import logging
 import math
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +17,7 @@ import pytest
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from server.app import ServerHandle, running_server
+from server.logging_setup import JsonFormatter, RequestContextFilter
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +138,45 @@ def test_ingest_limits_follow_the_config() -> None:
         with pytest.raises(grpc.RpcError) as err:
             stub.IngestEvents(iter([ev(properties={"a": "1", "b": "2", "c": "3"})]))
         assert err.value.details() == "events[0].properties: must have at most 2 entries (got 3)"
+
+
+
+@contextlib.contextmanager
+def _json_logs() -> Iterator[io.StringIO]:
+    """Every record from INFO up, formatted as the server's JSON lines, into a StringIO."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestContextFilter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def test_garbage_bytes_are_counted_and_logged_as_invalid_argument() -> None:
+    """Bytes that are not a valid request message: the client gets INVALID_ARGUMENT, and the server's metric
+    label (scraped from its metrics port) and access line say the same, at INFO without a traceback."""
+    with _json_logs() as logs, running_server(metrics={"enabled": True, "port": 0}) as handle, \
+            grpc.insecure_channel(handle.address) as channel:
+        call = channel.unary_unary("/onramp.v1.Onramp/GetNextStep", request_serializer=None,
+                                   response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"\x0a\xff\xff\xff\xff\x0f", metadata=(("x-request-id", "garbage-1"),), timeout=10)
+        port = handle.server.ops.metrics_server.port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    counts = [line for line in text.splitlines() if line.startswith("onramp_rpc_duration_seconds_count")]
+    assert 'onramp_rpc_duration_seconds_count{code="INVALID_ARGUMENT",method="onramp.v1.Onramp/GetNextStep"} 1.0' \
+        in counts, counts
+    assert not [line for line in counts if 'code="UNKNOWN"' in line], counts
+    lines = [json.loads(x) for x in logs.getvalue().splitlines() if x.strip()]
+    (access,) = [x for x in lines if x.get("request_id") == "garbage-1" and x["logger"] == "onramp.access"]
+    assert (access["level"], access["msg"], access["code"]) == ("INFO", "rpc done", "INVALID_ARGUMENT")
+    assert "exc" not in access and "Traceback" not in logs.getvalue()

@@ -218,7 +218,7 @@ def test_streaming_rpcs_with_raw_bytes(fuzzed: Fuzzed, method: str, kind: str, p
 
 def test_zz_stored_data_unchanged_and_server_still_serves(fuzzed: Fuzzed) -> None:
     """Runs last in this module: every row stored before the fuzz is still there unchanged, nothing was added
-    to the seeded subjects, and a valid call is answered."""
+    to the seeded subjects, no call was counted UNKNOWN, and a valid call is answered."""
     if not fuzzed.codes:
         pytest.skip("checks what the fuzz tests of this module did; run them with it")
     assert fuzzed.codes["OK"] and fuzzed.codes["INVALID_ARGUMENT"], fuzzed.codes
@@ -230,6 +230,9 @@ def test_zz_stored_data_unchanged_and_server_still_serves(fuzzed: Fuzzed) -> Non
     seeded = {r[1] for r in before["decisions"]}
     assert [r for r in after["decisions"] if r[1] in seeded] == before["decisions"]
     assert [r for r in after["outcomes"] if r[1] in seeded] == before["outcomes"]
+    counted = [line for line in fuzzed.handle.server.ops.metrics.render().decode().splitlines()
+               if line.startswith("onramp_rpc_duration_seconds_count")]
+    assert not [line for line in counted if 'code="UNKNOWN"' in line], counted  # the server counts what clients got
     stub = fuzzed.stub
     profile = stub.GetUserProfile(pb.GetUserProfileRequest(user_id="keep-user-1"), timeout=TIMEOUT)
     assert profile.event_count == 5 and profile.sessions == 1

@@ -48,17 +48,22 @@ def key_md(name: str) -> tuple[tuple[str, str], ...]:
 
 
 class TinyOnramp(pb_grpc.OnrampServicer):
-    """Answers every RPC without storage; ``user_id`` "boom" raises and "missing" aborts NOT_FOUND."""
+    """Answers every RPC without storage; ``user_id`` "boom" raises and "missing" aborts NOT_FOUND (also as
+    the user of a streamed event)."""
 
     async def IngestEvents(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> pb.IngestSummary:
         n = 0
-        async for _event in request_iterator:
+        async for event in request_iterator:
+            if event.user_id == "missing":
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"events[{n}].user_id: unknown user 'missing'")
             n += 1
         return pb.IngestSummary(received=n, accepted=n)
 
     async def IngestEventBatches(self, request_iterator: Any, context: grpc.aio.ServicerContext
                                  ) -> AsyncIterator[pb.BatchAck]:
         async for batch in request_iterator:
+            if any(event.user_id == "missing" for event in batch.events):
+                await context.abort(grpc.StatusCode.NOT_FOUND, "user_id: unknown user 'missing'")
             yield pb.BatchAck(sequence=batch.sequence, accepted=len(batch.events))
 
     async def GetNextStep(self, request: pb.NextStepRequest, context: grpc.aio.ServicerContext

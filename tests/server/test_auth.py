@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
+from typing import Any
 
 import grpc
 import pytest
@@ -13,8 +15,8 @@ from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from ops_support import KEYS, auth_config, captured_json_logs, key_md, ops_with, run_async, tiny_server
 from server.auth import (
-    AuthConfig, AuthConfigError, InsecureBindError, KeyHash, KeyRing, check_bind_allowed, hash_key,
-    hash_key_main, is_loopback_host, peer_host, presented_key, required_role,
+    AuthConfig, AuthConfigError, AuthError, InsecureBindError, KeyHash, KeyRing, check_bind_allowed, hash_key,
+    hash_key_main, is_loopback_host, peer_host, peer_network, presented_key, required_role,
 )
 from server.ops import Operations
 
@@ -272,3 +274,201 @@ def test_authorize_now_answers_like_authorize_unless_a_slow_hash_is_due() -> Non
             except Exception as exc:  # noqa: BLE001 - comparing the refusals of both paths
                 outcomes.append((type(exc).__name__, exc.code, exc.message))
         assert outcomes[0] == outcomes[1]  # authorize() verified (and cached) the key first
+
+
+# -- cheap failures: no slow hash for a key that cannot match, a per-host failure budget -------------------
+
+@pytest.fixture
+def pbkdf2_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The salt of every PBKDF2 computation from now on (hashlib's real function, counted)."""
+    calls: list[bytes] = []
+    real = hashlib.pbkdf2_hmac
+
+    def counted(name: str, password: bytes, salt: bytes, iterations: int, dklen: int | None = None) -> bytes:
+        calls.append(salt)
+        return real(name, password, salt, iterations, dklen)
+
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", counted)
+    return calls
+
+
+GET_NEXT_STEP = "/onramp.v1.Onramp/GetNextStep"
+
+
+def test_a_refused_key_runs_no_slow_hash_for_a_key_that_cannot_match(pbkdf2_calls: list[bytes]) -> None:
+    ring = KeyRing(auth_config(scheme="pbkdf2"))
+    pbkdf2_calls.clear()
+    assert ring.lookup(KEYS["ops"][0]).name == "ops"
+    assert len(pbkdf2_calls) == 3  # the first check of a key tries every salted hash
+    pbkdf2_calls.clear()
+    assert ring.lookup("guess-1") is None
+    assert len(pbkdf2_calls) == 2  # not against 'ops' any more: that hash's key is known
+    assert ring.lookup("guess-1") is None and not ring.slow_hash_due("guess-1")
+    assert len(pbkdf2_calls) == 2  # refused before: no hash at all
+    assert ring.lookup(KEYS["decider"][0]).name == "decider"
+    assert ring.lookup(KEYS["backend"][0]).name == "backend"
+    pbkdf2_calls.clear()
+    for i in range(50):  # every salted key verified: an unknown key can match none of them
+        assert not ring.slow_hash_due(f"random-{i}")
+        with pytest.raises(AuthError) as err:
+            ring.authorize_now(GET_NEXT_STEP, (("x-api-key", f"random-{i}"),))
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert pbkdf2_calls == []
+    assert ring.lookup(KEYS["ops"][0]).name == "ops" and pbkdf2_calls == []
+
+
+def test_refused_key_cache_is_bounded(pbkdf2_calls: list[bytes]) -> None:
+    salt = b"0123456789abcdef"
+    cheap = hashlib.pbkdf2_hmac("sha256", b"the-key", salt, 1000).hex()  # few iterations: a fast test
+    ring = KeyRing(AuthConfig.from_mapping({"keys": [
+        {"name": "ops", "hash": f"pbkdf2_sha256:1000:{salt.hex()}:{cheap}", "roles": ["admin"]}]}),
+        refused_cache_size=8)
+    for i in range(20):
+        assert ring.lookup(f"wrong-{i}") is None
+    assert ring.refused_count() == 8
+    pbkdf2_calls.clear()
+    assert ring.lookup("wrong-19") is None and pbkdf2_calls == []  # recent: remembered
+    assert ring.lookup("wrong-0") is None and len(pbkdf2_calls) == 1  # forgotten first: hashed again
+    assert ring.refused_count() == 8
+
+
+def test_concurrent_checks_of_one_key_share_one_slow_hash(pbkdf2_calls: list[bytes]) -> None:
+    ring = KeyRing(auth_config(scheme="pbkdf2"))
+    pbkdf2_calls.clear()
+    started: list[int] = []
+
+    async def scenario() -> list[str]:
+        checks = [ring.authorize_async(GET_NEXT_STEP, key_md("decider"), before_hash=lambda: started.append(1))
+                  for _ in range(10)]
+        return [p.name for p in await asyncio.gather(*checks)]
+
+    try:
+        assert run_async(scenario()) == ["decider"] * 10
+    finally:
+        ring.close()
+    assert started == [1] and len(pbkdf2_calls) == 3
+
+
+def test_peer_network_groups_ipv6_by_64() -> None:
+    assert peer_network("ipv4:192.0.2.7:5000") == "192.0.2.7"
+    assert peer_network("ipv6:[2001:db8:1:2:a:b:c:d]:5000") == peer_network("ipv6:[2001:db8:1:2::9]:1") \
+        == "2001:db8:1:2::/64"
+    assert peer_network("ipv6:[2001:db8:1:3::9]:1") != peer_network("ipv6:[2001:db8:1:2::9]:1")
+    assert peer_network("ipv6:[::ffff:192.0.2.7]:5000") == "192.0.2.7"
+    assert peer_network("ipv6:[::1]:5000") == "::1"
+    assert peer_network("unix:/tmp/s") == "unix:/tmp/s"
+
+
+BUDGET = {"auth_failures_per_second": 0.001, "auth_failures_burst": 3, "auth_failure_delay_ms": 0}
+
+
+async def _code(call: Any) -> tuple[grpc.StatusCode, str, dict]:
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err.code(), err.details(), dict(err.trailing_metadata())
+    return grpc.StatusCode.OK, "", {}
+
+
+def _guess(stub: pb_grpc.OnrampStub, i: int) -> Any:
+    return stub.GetNextStep(pb.NextStepRequest(user_id="u1"), metadata=(("x-api-key", f"guess-{i}"),))
+
+
+def test_failed_authentications_are_limited_per_host_over_grpc(pbkdf2_calls: list[bytes]) -> None:
+    ops = ops_with(auth=auth_config(scheme="pbkdf2"), limits=BUDGET)
+
+    async def scenario() -> dict:
+        out: dict = {}
+        async with tiny_server(ops) as port:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.OnrampStub(channel)
+                req = pb.NextStepRequest(user_id="u1")
+                out["verified"] = await _code(stub.GetNextStep(req, metadata=key_md("decider")))
+                pbkdf2_calls.clear()
+                out["within_budget"] = [(await _code(_guess(stub, i)))[0] for i in range(3)]
+                out["hashes_within"] = len(pbkdf2_calls)
+                pbkdf2_calls.clear()
+                out["over_budget"] = [await _code(_guess(stub, i)) for i in range(3, 8)]
+                out["hashes_over"] = len(pbkdf2_calls)
+                out["verified_after"] = await _code(stub.GetNextStep(req, metadata=key_md("decider")))
+                out["new_key_same_host"] = await _code(stub.GetNextStep(req, metadata=key_md("backend")))
+        out["limited"] = ops.metrics.rate_limited_total.labels(kind="auth_failures")._value.get()
+        out["unauthenticated"] = ops.metrics.auth_failures_total.labels(code="UNAUTHENTICATED")._value.get()
+        return out
+
+    r = run_async(scenario())
+    assert r["verified"][0] == grpc.StatusCode.OK
+    assert r["within_budget"] == [grpc.StatusCode.UNAUTHENTICATED] * 3
+    assert r["hashes_within"] == 3 * 2  # each unknown key against the two salted keys not verified yet
+    code, details, trailers = r["over_budget"][0]
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.startswith("too many failed authentications from '127.0.0.1': 0.001 per second allowed "
+                              "(burst 3); retry after ")
+    assert f"retry after {trailers['retry-after-ms']} ms" in details and trailers["x-request-id"]
+    assert {c for c, _, _ in r["over_budget"]} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert r["hashes_over"] == 0  # a spent budget stops the slow hashes
+    assert r["verified_after"][0] == grpc.StatusCode.OK  # a key verified before never touches the budget
+    assert r["new_key_same_host"][0] == grpc.StatusCode.RESOURCE_EXHAUSTED  # a first check needs a token
+    assert (r["limited"], r["unauthenticated"]) == (6, 3)
+
+
+def test_another_client_host_keeps_its_own_budget_over_grpc() -> None:
+    ops = ops_with(auth=auth_config(scheme="pbkdf2"), limits=BUDGET)
+    ops.interceptor.failure_key = lambda peer: peer  # loopback has one host: count each connection as one
+    separate = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own per channel
+
+    async def scenario() -> tuple:
+        async with tiny_server(ops) as port:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=separate) as attacker, \
+                    grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=separate) as other:
+                stub = pb_grpc.OnrampStub(attacker)
+                codes = [(await _code(_guess(stub, i)))[0] for i in range(5)]
+                ok = await _code(pb_grpc.OnrampStub(other).GetNextStep(pb.NextStepRequest(user_id="u1"),
+                                                                         metadata=key_md("decider")))
+                return codes, ok[0]
+
+    codes, other = run_async(scenario())
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+    assert other == grpc.StatusCode.OK  # a first check of a valid key, from a host with its budget intact
+
+
+def test_concurrent_first_calls_with_one_key_take_one_token_over_grpc(pbkdf2_calls: list[bytes]) -> None:
+    ops = ops_with(auth=auth_config(scheme="pbkdf2"), limits={**BUDGET, "auth_failures_burst": 1})
+
+    async def scenario() -> list[grpc.StatusCode]:
+        async with tiny_server(ops) as port:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.OnrampStub(channel)
+                pbkdf2_calls.clear()
+                calls = [_code(stub.GetNextStep(pb.NextStepRequest(user_id="u1"), metadata=key_md("decider")))
+                         for _ in range(10)]
+                return [c for c, _, _ in await asyncio.gather(*calls)]
+
+    assert run_async(scenario()) == [grpc.StatusCode.OK] * 10
+    assert len(pbkdf2_calls) == 3  # one check of the key, against each salted hash once
+
+
+def test_failed_authentications_are_answered_late_over_grpc() -> None:
+    ops = ops_with(auth=auth_config(), limits={"auth_failure_delay_ms": 60_000})
+    ops.interceptor.max_delayed = 1
+
+    async def scenario() -> tuple:
+        async with tiny_server(ops) as port:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.OnrampStub(channel)
+                req = pb.NextStepRequest(user_id="u1")
+                held = asyncio.ensure_future(_code(stub.GetNextStep(req, metadata=(("x-api-key", "a"),),
+                                                                    timeout=2)))
+                for _ in range(500):
+                    if ops.interceptor._delayed == 1 or held.done():
+                        break
+                    await asyncio.sleep(0.01)
+                # One refusal is held already: the next one is answered at once (memory bound).
+                at_once = await _code(stub.GetNextStep(req, metadata=(("x-api-key", "b"),), timeout=30))
+                valid = await _code(stub.GetNextStep(req, metadata=key_md("decider"), timeout=30))
+                return (await held)[0], at_once[0], valid[0]
+
+    held, at_once, valid = run_async(scenario())
+    assert held == grpc.StatusCode.DEADLINE_EXCEEDED  # held past its 2 s deadline, not refused at once
+    assert at_once == grpc.StatusCode.UNAUTHENTICATED
+    assert valid == grpc.StatusCode.OK

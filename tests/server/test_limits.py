@@ -8,7 +8,9 @@ import pytest
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from ops_support import KEYS, auth_config, key_md, ops_with, run_async, tiny_server
-from server.limits import LimitsConfig, LimitsConfigError, RateLimited, RateLimiter, TokenBucket, server_options
+from server.limits import (
+    AuthFailureLimiter, LimitsConfig, LimitsConfigError, RateLimited, RateLimiter, TokenBucket, server_options,
+)
 
 
 class FakeClock:
@@ -91,11 +93,46 @@ def test_default_burst_is_twice_the_rate() -> None:
     ({"calls_per_second": True}, "[limits] calls_per_second"),
     ({"max_message_bytes": 10}, "[limits] max_message_bytes"),
     ({"calls_per_minute": 5}, "[limits] calls_per_minute"),
+    ({"auth_failures_per_second": -1}, "[limits] auth_failures_per_second"),
+    ({"auth_failures_burst": "ten"}, "[limits] auth_failures_burst"),
+    ({"auth_failure_delay_ms": 0.5}, "[limits] auth_failure_delay_ms"),
+    ({"auth_failure_delay_ms": -1}, "[limits] auth_failure_delay_ms"),
+    ({"auth_failure_delay_ms": 60_001}, "[limits] auth_failure_delay_ms"),
 ])
 def test_limits_config_errors_name_the_key(section: dict, where: str) -> None:
     with pytest.raises(LimitsConfigError) as err:
         LimitsConfig.from_mapping(section)
     assert str(err.value).startswith(where)
+
+
+def test_failed_authentications_are_limited_by_default() -> None:
+    config = LimitsConfig.from_mapping({})
+    assert (config.auth_failures_per_second, config.auth_failures_burst, config.auth_failure_delay_ms) \
+        == (1.0, 10.0, 250)
+    assert AuthFailureLimiter(config).active and not RateLimiter(config).active
+    assert not AuthFailureLimiter(LimitsConfig.from_mapping({"auth_failures_per_second": 0})).active
+
+
+def test_auth_failure_budget_per_host_with_refunds_and_a_bound() -> None:
+    clock = FakeClock()
+    config = LimitsConfig(auth_failures_per_second=0.5, auth_failures_burst=2, max_tracked_callers=2)
+    limiter = AuthFailureLimiter(config, clock=clock)
+    limiter.take("10.0.0.1")
+    limiter.take("10.0.0.1")
+    with pytest.raises(RateLimited) as err:
+        limiter.take("10.0.0.1")
+    assert err.value.kind == "auth_failures" and err.value.retry_after_ms == 2000
+    assert err.value.message == ("too many failed authentications from '10.0.0.1': 0.5 per second allowed "
+                                 "(burst 2); retry after 2000 ms")
+    assert err.value.after(0.25).retry_after_ms == 1750 and err.value.after(5).retry_after_ms == 1
+    limiter.give("10.0.0.1")  # a valid key: its check is given back
+    limiter.take("10.0.0.1")
+    limiter.take("10.0.0.2")  # another host has its own budget
+    limiter.take("10.0.0.3")  # beyond 2 tracked hosts: the least recently seen (10.0.0.1) is forgotten
+    assert len(limiter) == 2
+    limiter.take("10.0.0.1")  # a fresh bucket again
+    clock.now += 2.0
+    limiter.take("10.0.0.2")
 
 
 def test_server_options_carry_message_size() -> None:

@@ -34,7 +34,7 @@ from bench.common import PY, ROOT, Summary, start_onramp, summarize
 from bench.serving import process_cpu_s
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.auth import hash_key
+from server.api.auth import hash_key
 
 VARIANTS = {"default": "", "limits-off": "[limits]\nauth_failures_per_second = 0\nauth_failure_delay_ms = 0\n"}
 FLOOD_CONCURRENCY = 8

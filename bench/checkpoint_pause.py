@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-# as `python -m server serve` (server/cli.py) does, before grpc is imported: no gRPC core fork handlers
+# as `python -m server serve` (server/ops/cli.py) does, before grpc is imported: no gRPC core fork handlers
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import argparse  # noqa: E402
@@ -31,8 +31,8 @@ from bench.common import load_average, start_onramp, summarize  # noqa: E402
 from bench.memory import PREFIX, populate  # noqa: E402
 from onramp.v1 import onramp_pb2 as pb  # noqa: E402
 from onramp.v1 import onramp_pb2_grpc as pb_grpc  # noqa: E402
-from server.app import running_server  # noqa: E402
-from server.state import CheckpointInfo  # noqa: E402
+from server.ops.app import running_server  # noqa: E402
+from server.ops.state import CheckpointInfo  # noqa: E402
 
 
 def rss_bytes() -> int:

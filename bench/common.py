@@ -220,7 +220,7 @@ def write_scenario_config(scenario: str, directory: Path) -> Path | None:
         raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)} (got {scenario!r})")
     if scenario == "capped":
         return None
-    from server.catalog import parse_catalog  # the server's validation: a bad override fails here, loudly
+    from server.base.catalog import parse_catalog  # the server's validation: a bad override fails here, loudly
 
     doc = bench_catalog()
     parse_catalog(doc)

@@ -20,23 +20,29 @@ import argparse
 import asyncio
 import itertools
 import sys
-from typing import Any
 
-import server.cli  # first: sets GRPC_ENABLE_FORK_SUPPORT before grpc is imported
+import server.ops.cli  # first: sets GRPC_ENABLE_FORK_SUPPORT before grpc is imported
+from collections.abc import Mapping
+
 from bench import offload_log
 from bench.bare_server import answer
-from onramp.v1 import onramp_pb2 as pb
-from server.decision_log import Decision, DecisionLogger
-from server.engine import DecisionEngine
+from server.base.catalog import Step
+from server.decide.engine import DecisionEngine
+from server.decide.engine_api import NextStep
+from server.store.decision_log import Decision, DecisionLogger
 
 VARIANTS = ("floor", "nolog", "offload")
 _ids = itertools.count()
 
 
-async def constant_next_step(self: DecisionEngine, request: pb.NextStepRequest, subject: str,
-                             now_ms: int) -> Any:
-    """Stands in for :meth:`DecisionEngine.next_step`: no decision, no show, no log row."""
-    return answer(next(_ids))
+async def constant_next_step(self: DecisionEngine, subject: str, surface: str, context: Mapping[str, str],
+                             now_ms: int) -> NextStep:
+    """Stands in for :meth:`DecisionEngine.next_step`: no decision, no show, no log row; the answer of
+    :func:`bench.bare_server.answer`, which the servicer converts as any other."""
+    a = answer(next(_ids))
+    s = a.step
+    return NextStep(a.decision_id, Step(s.id, s.title, s.channel, s.kind, s.feature), a.propensity, a.reason,
+                    a.policy_version, a.experiment, a.arm, list(a.segments))
 
 
 def unlogged(self: DecisionLogger, decision: Decision) -> asyncio.Future[None]:
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         DecisionLogger.log = unlogged  # type: ignore[method-assign]
     else:
         offload_log.install()
-    return server.cli.main(rest)
+    return server.ops.cli.main(rest)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from bandits.policies import build_policy
 from bandits.simulator import OnboardingSimulator, run_policy
 from bench.bandit_speed import cycles_per_second
 from bench.common import summarize
-from server.catalog import Catalog, load_catalog
+from server.base.catalog import Catalog, load_catalog
 
 NAMES = {"uniform": "uniform", "best_fixed": "best fixed", "fixed_order": "generic order", "bandit": "our bandit",
          "bayes": "context oracle", "oracle": "type oracle"}

@@ -1,4 +1,4 @@
-"""Where a server's memory goes: runs the real server assembly (``server.app.build_server``, as
+"""Where a server's memory goes: runs the real server assembly (``server.ops.app.build_server``, as
 ``onramp serve`` does) and, on SIGUSR1, writes a breakdown of its in-memory state to a JSON file: the deep
 size of every attribute of the pipeline and the decision engine (expanded one level into Onramp's own
 objects, e.g. ``engine.segmenter.*``), plus, when started with ``--tracemalloc``, the top allocation sites.
@@ -141,7 +141,7 @@ def snapshot(server: Any, out: Path, top: int) -> None:
     """Write the breakdown (and tracemalloc's top sites, if tracing) of ``server`` to ``out``."""
     gc.collect()
     rt = server.runtime
-    engine = server.service.decisions
+    engine = server.api.service.decisions
     pipe = rt.pipeline
     parts: list[tuple[str, object]] = [("pipeline.profiles", pipe.profiles), ("pipeline.identity", pipe.identity),
                                        ("pipeline.consent", pipe.consent)]
@@ -167,8 +167,8 @@ def snapshot(server: Any, out: Path, top: int) -> None:
 
 async def serve(port: int, db: Path, out: Path, top: int) -> None:
     """Run the server (default config, no auth, 127.0.0.1:``port``) until SIGTERM; SIGUSR1 writes ``out``."""
-    from server.app import build_server
-    from server.config import load_config
+    from server.ops.app import build_server
+    from server.base.config import load_config
 
     config = load_config(None).with_server(host="127.0.0.1", port=port, db_path=str(db))
     server = build_server(config, allow_insecure_no_auth=True)

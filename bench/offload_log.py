@@ -1,7 +1,7 @@
 """A benchmark-only decision log in a separate process, to measure what moving the decision row off the
 server's GIL would give (docs/benchmarks.md, "What meeting the speed targets would take", way out 1).
 
-:class:`OffloadLogger` replaces :class:`server.decision_log.DecisionLogger` in :mod:`bench.floor_server`
+:class:`OffloadLogger` replaces :class:`server.store.decision_log.DecisionLogger` in :mod:`bench.floor_server`
 (``--variant offload``): the event loop encodes each decision row as Onramp does (:meth:`Decision.flat`),
 sends the rows waiting together down a pipe to a log process (``python -m bench.offload_log --db PATH``), and
 answers once that process has committed them (WAL, ``synchronous=full``) to its own SQLite file and written
@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from server.decision_log import Decision, DecisionLogger
-from server.store import DECISION_COLUMNS, SqliteStore, insert_flat
+from server.store.decision_log import Decision, DecisionLogger
+from server.store.sqlite import DECISION_COLUMNS, SqliteStore, insert_flat
 
 _LEN = struct.Struct("<I")
 

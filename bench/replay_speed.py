@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from server.catalog import load_catalog
+from server.base.catalog import load_catalog
 from server.offline.common import generic_order
 from server.offline.logdata import load_decisions
 from server.offline.replay import Candidate, ReplayOptions, run_replay

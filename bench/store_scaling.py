@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from server.store import SqliteStore
+from server.store.sqlite import SqliteStore
 
 VARIANTS = ("uuid", "ordered", "uuid-no-subject-index", "ordered-no-subject-index")
 SUBJECT_INDEX = "idx_events_subject"

@@ -1,6 +1,6 @@
 """``python -m server`` runs the ``onramp`` command (same as the console script)."""
 import sys
 
-from server.cli import main
+from server.ops.cli import main
 
 sys.exit(main())

@@ -20,8 +20,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-# As `python -m server serve` does (server/cli.py), before grpc is imported: gRPC's fork handlers off, so the
-# servers the tests run write their checkpoints from a forked child (server/state.py, fork_problem).
+# As `python -m server serve` does (server/ops/cli.py), before grpc is imported: gRPC's fork handlers off, so the
+# servers the tests run write their checkpoints from a forked child (server/ops/state.py, fork_problem).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import grpc  # noqa: E402
@@ -29,7 +29,7 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import ServerHandle, running_server
+from server.ops.app import ServerHandle, running_server
 
 
 class EventFactory:

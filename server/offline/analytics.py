@@ -1,7 +1,7 @@
 """The event log and decisions as per-user arrays for the reports: who each user is (subject, pseudonym),
 when they signed up (their first event), which events they sent, and which decisions they got.
 
-Events hold raw subjects; decisions hold pseudonyms. Subjects are pseudonymised here (:mod:`server.privacy`)
+Events hold raw subjects; decisions hold pseudonyms. Subjects are pseudonymised here (:mod:`server.store.privacy`)
 to join the two and to leave erased (tombstoned) users out; the reports never show a raw id.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.catalog import Catalog
-from server.config import PrivacyConfig
+from server.base.catalog import Catalog
+from server.base.config import PrivacyConfig
 from server.offline.common import DAY_MS, pseudonymizer_for, tombstones
-from server.records import SURVEY_RESPONSE
+from server.base.records import SURVEY_RESPONSE
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """Registers the offline subcommands on the ``onramp`` command: ``replay``, ``export`` and
-``report funnel|experiments`` (see :func:`server.cli.add_command`)."""
+``report funnel|experiments`` (see :func:`server.ops.cli.add_command`)."""
 from __future__ import annotations
 
 import argparse

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.catalog import Catalog, catalog_from_config, load_catalog
-from server.config import PrivacyConfig, load_config
-from server.privacy import META_FINGERPRINT, Pseudonymizer
-from server.pseudonym_key import ENV_VAR, check_fingerprint, find_key
+from server.base.catalog import Catalog, catalog_from_config, load_catalog
+from server.base.config import PrivacyConfig, load_config
+from server.store.privacy import META_FINGERPRINT, Pseudonymizer
+from server.store.pseudonym_key import ENV_VAR, check_fingerprint, find_key
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -51,7 +51,7 @@ def database_file(conn: sqlite3.Connection) -> str:
 
 
 def pseudonymizer_for(conn: sqlite3.Connection, privacy: PrivacyConfig | None = None) -> Pseudonymizer:
-    """The database's pseudonymizer, its key found as the server finds it (server/pseudonym_key.py: the
+    """The database's pseudonymizer, its key found as the server finds it (server/store/pseudonym_key.py: the
     environment, ``privacy``'s key, the key file beside the database), or still in ``meta`` when no server
     of this version has opened the database yet. OfflineError when there is none (a new key would not match
     the database's pseudonyms); PseudonymKeyError when the key does not match the database's fingerprint."""

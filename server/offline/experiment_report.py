@@ -3,7 +3,7 @@ activation, step completion, D1/D7/D30 retention, survey score and time to first
 control arm with an interval and a significance test, and flag guardrail metrics that got worse.
 
 Users belong to the arm logged in their first decision of the experiment (what they were actually served;
-:mod:`server.experiments` assigns it). Proportions use the two-proportion z-test; means (survey score, time
+:mod:`server.base.experiments` assigns it). Proportions use the two-proportion z-test; means (survey score, time
 to first value) a bootstrap interval of the difference and a Welch z p-value. A guardrail metric is flagged
 when a treatment arm is significantly worse than the control (p < alpha): lower retention, completion,
 activation or survey score, or a longer time to first value. A sample-ratio mismatch (users per arm far from
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from server.catalog import Catalog, CatalogError
-from server.config import ConfigError
+from server.base.catalog import Catalog, CatalogError
+from server.base.config import ConfigError
 from server.offline.analytics import Activity, FirstValue, first_value_ms, load_activity, retained, step_completion, user_arms
 from server.offline.common import HOUR_MS, OfflineError, json_clean, load_setup, open_readonly
 from server.offline.stats import (Comparison, SampleRatio, bootstrap_mean_diff, sample_ratio_test,

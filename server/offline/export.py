@@ -3,7 +3,7 @@ Parquet (Snowflake, BigQuery, pandas), Vowpal Wabbit DSJSON (one JSON object per
 Bandit Pipeline's bandit-feedback dict (``.npz`` or pickle).
 
 Only pseudonymised ids leave the database: decisions already carry ``user_pseudo``; event subjects, user
-ids, anonymous ids and device ids are replaced by their keyed pseudonyms (:mod:`server.privacy`), and
+ids, anonymous ids and device ids are replaced by their keyed pseudonyms (:mod:`server.store.privacy`), and
 every row of an erased (tombstoned) user is left out.
 """
 from __future__ import annotations
@@ -20,12 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from server.catalog import Catalog, CatalogError
-from server.config import ConfigError, PrivacyConfig
+from server.base.catalog import Catalog, CatalogError
+from server.base.config import ConfigError, PrivacyConfig
 from server.offline.common import OfflineError, generic_order, load_setup, open_readonly, pseudonymizer_for, tombstones
 from server.offline.logdata import DecisionArrays, decode, read_raw_sqlite
-from server.privacy import Pseudonymizer
-from server.records import ANON_PREFIX
+from server.store.privacy import Pseudonymizer
+from server.base.records import ANON_PREFIX
 
 FORMATS = ("parquet", "dsjson", "obp")
 DEVICE_PREFIX = "device:"
@@ -166,7 +166,7 @@ def export_dsjson(log: DecisionArrays, catalog: Catalog, path: str | Path, defau
 def action_context(log: DecisionArrays, catalog: Catalog) -> np.ndarray:
     """Features of every action (OBP ``action_context``): a one-hot of the step, of its channel and of its
     kind (core/personalized)."""
-    from server.catalog import CHANNELS, STEP_KINDS
+    from server.base.catalog import CHANNELS, STEP_KINDS
 
     known = {s.id: s for s in catalog.steps}
     k = log.n_actions

@@ -40,8 +40,8 @@ from bandits.estimators import ESTIMATORS, Diagnostics, Interval, bootstrap_rati
 from bandits.exploration import build_exploration
 from bandits.policies import build_policy
 from bandits.reward_models import RidgeRewardModel
-from server.catalog import Catalog, CatalogError, catalog_from_config
-from server.config import ConfigError, load_config
+from server.base.catalog import Catalog, CatalogError, catalog_from_config
+from server.base.config import ConfigError, load_config
 from server.offline.common import OfflineError, generic_order, json_clean, load_setup
 from server.offline.logdata import DecisionArrays, load_decisions
 
@@ -503,7 +503,7 @@ def _base_raw(config_path: str | None) -> dict[str, Any]:
     """The catalog sections a candidate file is merged onto: the --config file's, else the demo's."""
     import tomllib
 
-    from server.catalog import CATALOG_SECTIONS, demo_catalog_text
+    from server.base.catalog import CATALOG_SECTIONS, demo_catalog_text
 
     raw = load_config(config_path).raw if config_path else {}
     if not any(name in raw for name in CATALOG_SECTIONS):

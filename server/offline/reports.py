@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from server.catalog import Catalog, CatalogError
-from server.config import ConfigError
+from server.base.catalog import Catalog, CatalogError
+from server.base.config import ConfigError
 from server.offline.analytics import Activity, FirstValue, first_value_ms, load_activity, retained
 from server.offline.common import DAY_MS, HOUR_MS, OfflineError, load_setup, open_readonly
 from server.offline.stats import binomial_lower_p, bootstrap_mean_interval, wilson_interval

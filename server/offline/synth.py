@@ -6,8 +6,8 @@ so the true value of any target policy is known (:meth:`LogTruth.value`). :func:
 writes a whole product's worth of users (events, decisions, outcomes, tombstones) with known step
 completion rates, retention, time to first value, survey scores and experiment effects.
 
-Both use the server's own schema (:class:`server.store.SqliteStore`) and pseudonyms
-(:class:`server.privacy.Pseudonymizer` with its key in the key file beside the database, its fingerprint in
+Both use the server's own schema (:class:`server.store.sqlite.SqliteStore`) and pseudonyms
+(:class:`server.store.privacy.Pseudonymizer` with its key in the key file beside the database, its fingerprint in
 ``meta``), so what they write is what a real server writes.
 """
 from __future__ import annotations
@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from bandits.simulator import OnboardingSimulator
-from server.catalog import Catalog, load_catalog
-from server.experiments import Assigner
+from server.base.catalog import Catalog, load_catalog
+from server.base.experiments import Assigner
 from server.offline.common import DAY_MS, HOUR_MS, generic_order
-from server.config import PrivacyConfig
-from server.privacy import META_FINGERPRINT, Pseudonymizer
-from server.pseudonym_key import create_key_file
-from server.records import StoredEvent
-from server.store import DECISION_COLUMNS, OUTCOME_COLUMNS, SqliteStore
+from server.base.config import PrivacyConfig
+from server.store.privacy import META_FINGERPRINT, Pseudonymizer
+from server.store.pseudonym_key import create_key_file
+from server.base.records import StoredEvent
+from server.store.sqlite import DECISION_COLUMNS, OUTCOME_COLUMNS, SqliteStore
 
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 MINUTE_MS = 60_000
@@ -278,7 +278,7 @@ def generate_population(path: str | Path, spec: PopulationSpec | None = None,
     step) ``LogNormal(median=ttfv_median_hours)`` after signup, comes back on day N with the known
     retention probability (a ``session_start`` inside [N, N+1) days), may answer a survey, and - after the
     core flow - gets bandit (tailored arm), generic (generic arm) or no (holdout) personalized decisions
-    with outcomes. Arms come from :class:`server.experiments.Assigner` on the catalog's enabled experiment.
+    with outcomes. Arms come from :class:`server.base.experiments.Assigner` on the catalog's enabled experiment.
     Erased users keep their rows but get a tombstone (exports and reports must drop them).
     """
     spec = spec or PopulationSpec()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.learning import server_default_decider
-from server.catalog import BanditConfig, Guardrails, load_catalog
+from server.base.catalog import BanditConfig, Guardrails, load_catalog
 
 
 def test_shipped_catalog_uses_the_code_defaults() -> None:

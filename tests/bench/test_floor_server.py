@@ -91,7 +91,7 @@ def test_log_process_commits_each_batch_and_acks_it(tmp_path: Path) -> None:
     import marshal
     import struct
 
-    from server.store import DECISION_COLUMNS
+    from server.store.sqlite import DECISION_COLUMNS
 
     row = ["d1", "p", 1, "", "s", 0.5, "bandit", "v", "e", "a", "{}", "[]", "{}", 2]
     assert len(row) == len(DECISION_COLUMNS)

@@ -17,7 +17,7 @@ import pytest
 from bench import h2load
 from bench.common import (DEMO_CATALOG, UNCAPPED, bandit_propensities, bench_catalog, decisions_by_reason, now_ms,
                           run_loadgen, start_scenario_onramp, to_toml, warm_events, warm_users, write_scenario_config)
-from server.catalog import load_catalog, parse_catalog
+from server.base.catalog import load_catalog, parse_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY_MS = 86_400_000

@@ -18,7 +18,7 @@ import numpy as np
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import running_server
+from server.ops.app import running_server
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from onramp_client import OnrampClient
-from server.app import ServerHandle
+from server.ops.app import ServerHandle
 
 
 def test_ten_thousand_events_through_the_client(server: ServerHandle) -> None:

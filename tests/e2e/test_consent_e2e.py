@@ -10,8 +10,8 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import ServerHandle
-from server.store import TABLES
+from server.ops.app import ServerHandle
+from server.store.sqlite import TABLES
 
 
 def rows(handle: ServerHandle, sql: str, *args: object) -> list[tuple]:

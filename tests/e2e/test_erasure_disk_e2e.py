@@ -14,7 +14,7 @@ import grpc
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import running_server
+from server.ops.app import running_server
 from tests.conftest import EventFactory
 
 ERASED = "zelda-erased-4471"

@@ -25,11 +25,11 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import ServerHandle, running_server
-from server.checkpoint import read_checkpoint
-from server.engine import DecisionEngine
-from server.records import ANON_PREFIX
-from server.store import TABLES
+from server.ops.app import ServerHandle, running_server
+from server.store.checkpoint import read_checkpoint
+from server.decide.engine import DecisionEngine
+from server.base.records import ANON_PREFIX
+from server.store.sqlite import TABLES
 from tests.conftest import EventFactory
 
 IDS = ("carol", "web-anon", "app-anon", "iphone-9")

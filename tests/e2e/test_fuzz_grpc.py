@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import ServerHandle, running_server
+from server.ops.app import ServerHandle, running_server
 
 pytestmark = pytest.mark.timeout(300)
 

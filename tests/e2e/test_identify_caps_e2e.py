@@ -12,7 +12,7 @@ import grpc
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import ServerHandle, running_server
+from server.ops.app import ServerHandle, running_server
 from tests.conftest import EventFactory
 from tests.server.engine_support import demo_raw
 

@@ -5,7 +5,7 @@ import sqlite3
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import ServerHandle
+from server.ops.app import ServerHandle
 
 
 def subjects(handle: ServerHandle) -> dict[str, int]:

@@ -23,8 +23,8 @@ from google.protobuf.json_format import MessageToDict
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import ServerHandle, running_server
-from server.state import CheckpointInfo
+from server.ops.app import ServerHandle, running_server
+from server.ops.state import CheckpointInfo
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HOUR_MS = 3_600_000
@@ -182,8 +182,8 @@ def model_state(handle: ServerHandle, now_ms: int) -> dict[str, Any]:
 def models_view(state: bytes) -> dict[str, Any]:
     """The segmenter's River models and per-user marks as plain values (pickle bytes of equal models may
     differ in their memo layout)."""
-    from server.catalog import load_catalog
-    from server.segments import Segmenter
+    from server.base.catalog import load_catalog
+    from server.learn.segments import Segmenter
     m = Segmenter.from_state(state, load_catalog(None))._m
     km, scaler = m.clusterer.steps["KMeans"], m.clusterer.steps["StandardScaler"]
     act = m.activation.steps["LogisticRegression"]
@@ -207,8 +207,8 @@ def logged_after(db: pathlib.Path, rowid: int) -> list[tuple]:
 
 
 def _mark_of(db: pathlib.Path) -> Any:
-    from server.state import read_mark
-    from server.store import SqliteStore
+    from server.store.marks import read_mark
+    from server.store.sqlite import SqliteStore
     store = SqliteStore(db, readonly=True)
     try:
         return read_mark(store)
@@ -262,7 +262,7 @@ def test_a_restart_from_checkpoint_plus_log_decides_exactly_as_without_restart(
     assert script.answers == reference["answers_ab"]
     assert before == reference["state"]
 
-    with caplog.at_level(logging.INFO, logger="server.state"), \
+    with caplog.at_level(logging.INFO, logger="server.ops.state"), \
             running_server(config(checkpoint_fork=fork), db_path=db) as h, grpc.insecure_channel(h.address) as ch:
         # the last checkpoint is the one the erasure of sim-5 wrote; journeys, rewards and the identify
         # after it come from the log
@@ -301,7 +301,7 @@ def test_an_erasure_after_the_last_checkpoint_is_honoured(tmp_path: pathlib.Path
         stub.EraseUser(pb.EraseUserRequest(user_id="sim-2"), timeout=30)
         script.send([script.event("sim-1", "feature_used", now_ms - HOUR_MS, feature="late")])
         expected = model_state(h, now_ms)["profiles"]
-    with caplog.at_level(logging.INFO, logger="server.state"), running_server(config(), db_path=db) as h, \
+    with caplog.at_level(logging.INFO, logger="server.ops.state"), running_server(config(), db_path=db) as h, \
             grpc.insecure_channel(h.address) as ch:
         assert h.runtime.resume is None
         assert "a person was erased since the checkpoint" in caplog.text

@@ -20,7 +20,7 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import running_server
+from server.ops.app import running_server
 from test_restart_checkpoint import (DEVICES, HOUR_MS, Script, checkpoint_now, config, logged_after, max_decision,
                                      model_state, reward_of)
 

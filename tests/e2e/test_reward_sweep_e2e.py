@@ -10,7 +10,7 @@ import grpc
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import running_server
+from server.ops.app import running_server
 from tests.server.engine_support import demo_raw
 
 WINDOW_HOURS = 0.0005  # 1.8 s

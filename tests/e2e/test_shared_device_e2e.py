@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import ServerHandle
+from server.ops.app import ServerHandle
 
 
 def _ids(export: pb.UserDataExport) -> set[str]:

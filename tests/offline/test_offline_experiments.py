@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from server.catalog import load_catalog
-from server.cli import main
-from server.experiments import Assigner, assign, bucket, is_anonymous
+from server.base.catalog import load_catalog
+from server.ops.cli import main
+from server.base.experiments import Assigner, assign, bucket, is_anonymous
 from server.offline.analytics import load_activity, user_arms
 from server.offline.common import open_readonly
 from server.offline.experiment_report import experiment_report, experiments_html, render_experiments

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from server.catalog import load_catalog
-from server.cli import main
+from server.base.catalog import load_catalog
+from server.ops.cli import main
 from server.offline.common import generic_order
 from server.offline.export import export_dsjson, export_parquet, load_obp, obp_feedback, save_obp
 from server.offline.logdata import load_decisions

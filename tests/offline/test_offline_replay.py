@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.catalog import load_catalog
-from server.cli import main
+from server.base.catalog import load_catalog
+from server.ops.cli import main
 from server.offline.common import generic_order
 from server.offline.export import export_parquet
 from server.offline.logdata import load_decisions

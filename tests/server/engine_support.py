@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from onramp.v1 import onramp_pb2 as pb
-from server.catalog import Catalog, load_catalog, parse_catalog
-from server.config import PrivacyConfig
-from server.engine import DecisionEngine
-from server.pipeline import Pipeline
-from server.pseudonym_key import open_pseudonymizer
-from server.store import open_store
-from server.writer import Writer
+from server.api.service import next_step_message
+from server.api.validation import event_values
+from server.base.catalog import Catalog, load_catalog, parse_catalog
+from server.base.config import PrivacyConfig
+from server.decide.engine import DecisionEngine
+from server.ingest.pipeline import Pipeline
+from server.store.pseudonym_key import open_pseudonymizer
+from server.store.sqlite import open_store
+from server.store.writer import Writer
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -29,7 +31,7 @@ def demo_raw() -> dict[str, Any]:
     """The demo catalog as a TOML-like dict (to modify in tests)."""
     import tomllib
 
-    from server.catalog import demo_catalog_text
+    from server.base.catalog import demo_catalog_text
     return tomllib.loads(demo_catalog_text())
 
 
@@ -75,14 +77,15 @@ class Harness:
 
     async def event(self, user: str, name: str, ts: int, **fields: Any) -> None:
         ev = pb.Event(event_id=f"e{next(self._ids)}", user_id=user, name=name, timestamp_ms=ts, **fields)
-        await self.pipeline.ingest([ev])
+        await self.pipeline.ingest([event_values(ev)])
 
     async def ask(self, user: str, ts: int, surface: str = "", **context: str) -> pb.NextStepResponse:
-        req = pb.NextStepRequest(user_id=user, surface=surface, timestamp_ms=ts, context=context)
-        return await self.engine.next_step(req, self.pipeline.resolve(user, ""), ts)
+        """The engine's answer as the servicer sends it."""
+        return next_step_message(await self.engine.next_step(self.pipeline.resolve(user, ""), surface, context, ts))
 
     async def report(self, decision_id: str, reward: float, ts: int) -> pb.OutcomeResponse:
-        return await self.engine.report_outcome(pb.OutcomeRequest(decision_id=decision_id, reward=reward), ts)
+        recorded = await self.engine.report_outcome(decision_id, reward, "", ts)
+        return pb.OutcomeResponse(recorded=recorded, duplicate=not recorded)
 
     async def sessions(self, user: str, times: list[int]) -> None:
         for t in times:

@@ -16,10 +16,10 @@ import grpc
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.aio_servers import release_unstarted
-from server.auth import AuthConfig, hash_key
-from server.logging_setup import JsonFormatter, RequestContextFilter
-from server.ops import Operations, OpsConfig
+from server.api.aio_servers import release_unstarted
+from server.api.auth import AuthConfig, hash_key
+from server.base.logging_setup import JsonFormatter, RequestContextFilter
+from server.api.serving import Operations, OpsConfig
 
 T = TypeVar("T")
 

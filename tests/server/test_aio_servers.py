@@ -1,5 +1,5 @@
 """A grpc.aio server that was built but never started is torn down by grpc only after a start
-(server/aio_servers.py); dropping it as it is corrupted the heap and crashed the test process later."""
+(server/api/aio_servers.py); dropping it as it is corrupted the heap and crashed the test process later."""
 from __future__ import annotations
 
 import asyncio
@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from ops_support import run_async
-from server.aio_servers import release_unstarted
-from server.app import build_server
-from server.config import Config
-from server.ops import Operations
+from server.api.aio_servers import release_unstarted
+from server.ops.app import build_server
+from server.base.config import Config
+from server.api.serving import Operations
 
 
 async def terminated(server, timeout: float = 5.0) -> bool:  # noqa: ANN001 - a grpc.aio.Server

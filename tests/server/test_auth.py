@@ -14,11 +14,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from ops_support import KEYS, auth_config, captured_json_logs, key_md, ops_with, run_async, tiny_server
-from server.auth import (
+from server.api.auth import (
     AuthConfig, AuthConfigError, AuthError, InsecureBindError, KeyHash, KeyRing, check_bind_allowed, hash_key,
     hash_key_main, is_loopback_host, peer_host, peer_network, presented_key, required_role,
 )
-from server.ops import Operations
+from server.api.serving import Operations
 
 
 # -- hashing and config ---------------------------------------------------------------------------------

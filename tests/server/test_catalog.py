@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 
-from server.catalog import (
+from server.base.catalog import (
     Catalog,
     CatalogError,
     Experiment,

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from server.checkpoint import (FORMAT_VERSION, JSON_FORMAT, decode_checkpoint, encode_checkpoint, read_checkpoint,
+from server.store.checkpoint import (FORMAT_VERSION, JSON_FORMAT, decode_checkpoint, encode_checkpoint, read_checkpoint,
                                remove_temp_files, write_checkpoint)
 
 PAYLOAD = {"events_seq": 1234, "outcomes": 56, "engine": {"learned": 7, "policy": [0.5, 1.25]}}
@@ -29,7 +29,7 @@ def test_a_truncated_checkpoint_is_not_loaded(tmp_path: pathlib.Path, cut: int, 
     data = encode_checkpoint(PAYLOAD)
     path = tmp_path / "onramp.ckpt"
     path.write_bytes(data[:cut] if cut >= 0 else data[:-1])
-    with caplog.at_level(logging.WARNING, logger="server.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="server.store.checkpoint"):
         assert read_checkpoint(path) is None
     assert "ignoring checkpoint" in caplog.text
 
@@ -39,7 +39,7 @@ def test_a_corrupted_checkpoint_is_not_loaded(tmp_path: pathlib.Path, caplog) ->
     data[-3] ^= 0x01  # one flipped bit in the payload, length unchanged
     path = tmp_path / "onramp.ckpt"
     path.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="server.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="server.store.checkpoint"):
         assert read_checkpoint(path) is None
     assert "checksum mismatch" in caplog.text
     with pytest.raises(ValueError, match="format"):
@@ -68,14 +68,14 @@ def test_both_formats_round_trip_and_objects_survive(tmp_path: pathlib.Path) -> 
     ({"checkpoint_fork": 1}, "server.checkpoint_fork: must be true (write checkpoints from a forked child) or false"),
 ])
 def test_checkpoint_keys_are_validated_naming_the_key(server: dict, message: str) -> None:
-    from server.config import ConfigError, parse_config
+    from server.base.config import ConfigError, parse_config
     with pytest.raises(ConfigError) as err:
         parse_config({"server": server})
     assert str(err.value).startswith(message)
 
 
 def test_checkpoint_key_defaults_and_file() -> None:
-    from server.config import parse_config
+    from server.base.config import parse_config
     cfg = parse_config({"server": {"db_path": "/data/onramp.db"}}).server
     assert (cfg.checkpoint_interval_s, cfg.checkpoint_file) == (300.0, "/data/onramp.db.checkpoint")
     cfg = parse_config({"server": {"checkpoint_interval_s": 0, "checkpoint_path": "/x/state.ckpt"}}).server

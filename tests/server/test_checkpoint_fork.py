@@ -1,4 +1,4 @@
-"""Checkpoints written by a forked child (server/state.py): a child killed mid-write or failing leaves the
+"""Checkpoints written by a forked child (server/ops/state.py): a child killed mid-write or failing leaves the
 previous checkpoint in place (loaded at the next start), its temp file is removed, the failure is raised and
 logged and the server keeps serving; stop() waits for a running child; without fork (no os.fork, the key
 off, GRPC_ENABLE_FORK_SUPPORT not "0") the in-process pickle writes the same checkpoint."""
@@ -18,9 +18,10 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.app import ServerHandle, running_server
-from server.checkpoint import read_checkpoint, write_checkpoint
-from server.state import CheckpointInfo, LogMark
+from server.ops.app import ServerHandle, running_server
+from server.store.checkpoint import read_checkpoint, write_checkpoint
+from server.ops.state import CheckpointInfo
+from server.store.marks import LogMark
 
 pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(not hasattr(os, "fork"), reason="checkpoints by a forked child need os.fork")]
@@ -147,7 +148,7 @@ def test_without_fork_the_state_is_pickled_in_process(tmp_path: pathlib.Path, ho
         monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "1")
     cfg = config(checkpoint_fork=how != "key_off")
     db = tmp_path / "onramp.db"
-    with caplog.at_level(logging.WARNING, logger="server.state"), running_server(cfg, db_path=db) as h, \
+    with caplog.at_level(logging.WARNING, logger="server.ops.state"), running_server(cfg, db_path=db) as h, \
             grpc.insecure_channel(h.address) as ch:
         ingest(pb_grpc.OnrampStub(ch), range(4), "a")
         info = checkpoint_now(h)

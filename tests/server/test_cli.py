@@ -15,7 +15,7 @@ import grpc
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server import cli
+from server.ops import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

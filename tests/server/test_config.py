@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from server.config import Config, ConfigError, load_config, parse_config
+from server.base.config import Config, ConfigError, load_config, parse_config
 
 
 def test_no_file_gives_defaults() -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.decision_log import Decision, DecisionLogger, _encoded, insert_rows
-from server.store import SqliteStore
-from server.writer import Writer, WriterClosed
+from server.store.decision_log import Decision, DecisionLogger, _encoded, insert_rows
+from server.store.sqlite import SqliteStore
+from server.store.writer import Writer, WriterClosed
 
 
 def _decision(i: int, step: str = "tip", context: dict | None = None) -> Decision:
@@ -49,7 +49,7 @@ def test_json_columns_are_encoded_like_json_dumps(context, eligible, probabiliti
        probabilities=st.dictionaries(st.text(max_size=8), floats, max_size=5),
        step=st.text(max_size=6), propensity=floats)
 def test_flat_rows_are_the_encoded_rows_in_column_order(context, eligible, probabilities, step, propensity):
-    from server.store import DECISION_COLUMNS
+    from server.store.sqlite import DECISION_COLUMNS
 
     d = Decision("d1", "p1", 5, "web", step, propensity, "bandit", "v1", "exp", "arm", context, eligible,
                  probabilities, 9)

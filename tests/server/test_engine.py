@@ -12,8 +12,8 @@ import pytest
 
 import uuid
 
-from server.engine import DecisionEngine, new_decision_id
-from server.engine_api import ServiceError
+from server.decide.engine import DecisionEngine, new_decision_id
+from server.decide.engine_api import ServiceError
 from tests.server.engine_support import (DAY_MS, HOUR_MS, MIN_MS, T0, Harness, Scenario, catalog_with,
                                          decision_rows, run,
                                          outcome_rows)
@@ -300,9 +300,9 @@ def test_decisions_of_one_loop_iteration_share_one_writer_job(tmp_path: Path) ->
 
 
 def test_rule_conditions() -> None:
-    from server.catalog import load_catalog
-    from server.profiles import Profile
-    from server.rules import first_firing, returned_after_inactive
+    from server.base.catalog import load_catalog
+    from server.ingest.profiles import Profile
+    from server.decide.rules import first_firing, returned_after_inactive
     rules = load_catalog(None).rules_by_priority()
     p = Profile("u", first_seen_ms=T0, features_used={"reports": 5, "automations": 7, "boards": 9})
     every = {"advanced_tip_reports", "advanced_tip_automations", "core_benefits", "re_engagement"}

@@ -21,8 +21,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from server.catalog import load_catalog
-from server.segments import distinct_days
+from server.base.catalog import load_catalog
+from server.learn.segments import distinct_days
 from tests.server.engine_support import DAY_MS, HOUR_MS, MIN_MS, T0, Harness, decision_rows
 
 CATALOG = load_catalog(None)

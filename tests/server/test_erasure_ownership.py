@@ -19,10 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onramp.v1 import onramp_pb2 as pb
-from server.pipeline import Pipeline
-from server.privacy import Pseudonymizer
-from server.store import open_store
-from server.writer import Writer
+from server.api.validation import event_values
+from server.ingest.pipeline import Pipeline
+from server.store.privacy import Pseudonymizer
+from server.store.sqlite import open_store
+from server.store.writer import Writer
 
 USERS = ("u0", "u1", "u2", "u3")
 ANONS = ("a0", "a1", "a2")
@@ -105,7 +106,7 @@ async def _run(ops: list[tuple[str, str, str, str]], erase_user: str, db: Path) 
                 ev = pb.Event(event_id=eid, name="feature_used", user_id=user, anonymous_id=anon, device_id=device,
                               feature="f", timestamp_ms=ts)
                 oracle.track(eid, user, anon, device)
-            result = await pipeline.ingest([ev])
+            result = await pipeline.ingest([event_values(ev)])
             assert result.accepted == 1, result.dropped
         everyone = {*USERS, *("anon:" + a for a in ANONS)}
         for subject in everyone:  # export: exactly the person's events, whoever else's ids they carry

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from server.engine import DecisionEngine
-from server.segments import Segmenter
+from server.decide.engine import DecisionEngine
+from server.learn.segments import Segmenter
 from tests.server.engine_support import DAY_MS, HOUR_MS, Harness, catalog_with
 
 OTHERS = ("ann", "cat", "dan")

@@ -101,7 +101,7 @@ def test_reflection_lists_onramp_without_a_key() -> None:
 
 
 def test_healthcheck_probe_command(capsys: pytest.CaptureFixture[str]) -> None:
-    from server import healthcheck
+    from server.ops import healthcheck
 
     ops = ops_with()
 

@@ -2,7 +2,7 @@
 into the user's; forgetting a user (erasure)."""
 from __future__ import annotations
 
-from server.history import ShownHistory
+from server.decide.history import ShownHistory
 
 
 def test_merge_moves_the_visitors_shows_into_the_users_sorted_and_bounded() -> None:

@@ -8,7 +8,7 @@ import pytest
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from ops_support import KEYS, auth_config, key_md, ops_with, run_async, tiny_server
-from server.limits import (
+from server.api.limits import (
     AuthFailureLimiter, LimitsConfig, LimitsConfigError, RateLimited, RateLimiter, TokenBucket, server_options,
 )
 

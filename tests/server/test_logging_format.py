@@ -9,7 +9,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.logging_setup import REQUEST_FIELDS, JsonFormatter
+from server.base.logging_setup import REQUEST_FIELDS, JsonFormatter
 
 
 def _reference(record: logging.LogRecord) -> str:
@@ -54,8 +54,8 @@ def test_non_json_values_are_written_with_str():
 def _access_lines(force_slow: bool) -> list[str]:
     import io
 
-    from server import interceptors
-    from server.logging_setup import bind_request, configure_logging, only_json_handler
+    from server.api import interceptors
+    from server.base.logging_setup import bind_request, configure_logging, only_json_handler
 
     stream = io.StringIO()
     handler = configure_logging(stream=stream)
@@ -77,8 +77,8 @@ def _access_lines(force_slow: bool) -> list[str]:
 
 
 def test_the_fast_access_line_is_the_line_of_the_normal_logging_path(monkeypatch):
-    from server import interceptors
-    from server.logging_setup import configure_logging, only_json_handler
+    from server.api import interceptors
+    from server.base.logging_setup import configure_logging, only_json_handler
 
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])  # without pytest's capture handlers (they force the normal path)

@@ -11,7 +11,7 @@ import pytest
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from ops_support import auth_config, captured_json_logs, key_md, ops_with, run_async, tiny_server
-from server.logging_setup import LoggingConfig, LoggingConfigError, bind_request, configure_logging
+from server.base.logging_setup import LoggingConfig, LoggingConfigError, bind_request, configure_logging
 
 
 def _lines(text: str) -> list[dict]:

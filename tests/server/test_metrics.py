@@ -11,7 +11,7 @@ import pytest
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from ops_support import auth_config, key_md, ops_with, run_async, tiny_server
-from server.metrics import Metrics, MetricsConfig, MetricsConfigError
+from server.base.metrics import Metrics, MetricsConfig, MetricsConfigError
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ops_support import run_async
-from server.aio_servers import release_unstarted
-from server.auth import AuthConfigError
-from server.ops import Operations, OpsConfig
+from server.api.aio_servers import release_unstarted
+from server.api.auth import AuthConfigError
+from server.api.serving import Operations, OpsConfig
 
 
 def test_ops_config_reads_its_sections_and_ignores_others() -> None:

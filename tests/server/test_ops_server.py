@@ -1,4 +1,4 @@
-"""Security and operations on the real Onramp server (server/app.py): keys and roles, health, reflection,
+"""Security and operations on the real Onramp server (server/ops/app.py): keys and roles, health, reflection,
 metrics over HTTP, rate limits, and that keys never reach the logs."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from ops_support import KEYS, captured_json_logs
-from server.app import running_server
-from server.auth import hash_key
+from server.ops.app import running_server
+from server.api.auth import hash_key
 
 AUTH = {"keys": [{"name": name, "hash": hash_key(key), "roles": roles} for name, (key, roles) in KEYS.items()]}
 

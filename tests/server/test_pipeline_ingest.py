@@ -1,4 +1,4 @@
-"""Ingest batches that wait at the writer together are stored by one combined call (server/pipeline.py,
+"""Ingest batches that wait at the writer together are stored by one combined call (server/ingest/pipeline.py,
 ``Pipeline._ingest_many``): the outcome must be exactly that of storing them one after the other."""
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import threading
 from typing import Any
 
 from onramp.v1 import onramp_pb2 as pb
-from server.pipeline import IngestResult, Pipeline
-from server.privacy import Pseudonymizer
-from server.records import StoredEvent
-from server.store import ConsentRow, SqliteStore
-from server.writer import Writer
+from server.api.validation import event_values
+from server.ingest.pipeline import IngestResult, Pipeline
+from server.store.privacy import Pseudonymizer
+from server.base.records import StoredEvent
+from server.store.sqlite import ConsentRow, SqliteStore
+from server.store.writer import Writer
 
 T0 = 1_764_000_000_000
 
@@ -53,11 +54,11 @@ def run(path: pathlib.Path, together: bool) -> tuple[list[IngestResult], list[li
     gate = threading.Event()
     if together:
         writer.submit(lambda s: gate.wait(10))
-        futures = [pipeline.submit_events(b, received_ms=T0 + 100 + i) for i, b in enumerate(batches())]
+        futures = [pipeline.submit_events([event_values(e) for e in b], received_ms=T0 + 100 + i) for i, b in enumerate(batches())]
         gate.set()
         results = [f.result(10) for f in futures]
     else:
-        results = [pipeline.submit_events(b, received_ms=T0 + 100 + i).result(10) for i, b in enumerate(batches())]
+        results = [pipeline.submit_events([event_values(e) for e in b], received_ms=T0 + 100 + i).result(10) for i, b in enumerate(batches())]
     commits = writer.commits
     writer.stop()
     profiles = {s: dataclasses.asdict(pipeline.profiles.get(s)) for s in pipeline.profiles.subjects()}

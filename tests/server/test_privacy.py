@@ -6,7 +6,7 @@ import hmac
 
 import pytest
 
-from server.privacy import Pseudonymizer
+from server.store.privacy import Pseudonymizer
 
 
 def test_pseudonym_is_truncated_hmac_sha256() -> None:

@@ -1,4 +1,4 @@
-"""Where the pseudonym key comes from (server/pseudonym_key.py): a key file kept apart from the database
+"""Where the pseudonym key comes from (server/store/pseudonym_key.py): a key file kept apart from the database
 (generated 0600 at the first start, refused when group/other may read it), the environment or the config,
 in that precedence; the database holds only the fingerprint, and a key that does not match it is refused;
 a key kept in the meta table (older servers) is moved out into the key file and leaves no copy behind."""
@@ -14,12 +14,12 @@ import stat
 
 import pytest
 
-from server import cli
-from server.config import PrivacyConfig
+from server.ops import cli
+from server.base.config import PrivacyConfig
 from server.offline.common import OfflineError, open_readonly, pseudonymizer_for
-from server.privacy import META_FINGERPRINT, META_KEY, Pseudonymizer
-from server.pseudonym_key import ENV_VAR, PseudonymKeyError, create_key_file, find_key, open_pseudonymizer
-from server.store import SqliteStore
+from server.store.privacy import META_FINGERPRINT, META_KEY, Pseudonymizer
+from server.store.pseudonym_key import ENV_VAR, PseudonymKeyError, create_key_file, find_key, open_pseudonymizer
+from server.store.sqlite import SqliteStore
 
 NO_ENV: dict[str, str] = {}
 CONFIGURED = PrivacyConfig(pseudonym_key="a-configured-key-0001")
@@ -191,7 +191,7 @@ def test_a_key_kept_in_the_meta_table_is_moved_into_the_key_file_and_no_copy_sta
     assert key_hex.encode() in files_of(db)
     store = SqliteStore(db)
     try:
-        with caplog.at_level(logging.WARNING, logger="server.pseudonym_key"):
+        with caplog.at_level(logging.WARNING, logger="server.store.pseudonym_key"):
             p = open_pseudonymizer(store, PrivacyConfig(), environ=NO_ENV)
         # while the server runs: the row was deleted with secure_delete and the WAL truncated, so no copy
         # of the key stays in the database's files (closing the store would checkpoint the WAL anyway)

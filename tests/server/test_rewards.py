@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from server.engine import DecisionEngine
-from server.rewards import DEFAULT_GRACE_MS
+from server.decide.engine import DecisionEngine
+from server.learn.rewards import DEFAULT_GRACE_MS
 from tests.server.engine_support import (Scenario, run, DAY_MS, HOUR_MS, MIN_MS, T0, Harness, catalog_with, decision_rows,
                                          demo_raw, outcome_rows)
 

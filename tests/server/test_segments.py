@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.catalog import Catalog, demo_catalog_text, load_catalog, parse_catalog
-from server.features import (BEHAVIOR_NAMES, CHANNEL_FEATURES, COUNT_CAP, FIRST_SEEN_CAP_HOURS, LAST_SEEN_CAP_HOURS,
+from server.base.catalog import Catalog, demo_catalog_text, load_catalog, parse_catalog
+from server.learn.features import (BEHAVIOR_NAMES, CHANNEL_FEATURES, COUNT_CAP, FIRST_SEEN_CAP_HOURS, LAST_SEEN_CAP_HOURS,
                              MOBILE_DEVICES, FeatureSpace, behavior_features, behavior_inputs, features_of_inputs,
                              request_mobile)
-from server.profiles import Profile, ProfileBook
-from server.records import StoredEvent
-from server.segments import Segmenter, distinct_days, is_consistent, rule_segments
+from server.ingest.profiles import Profile, ProfileBook
+from server.base.records import StoredEvent
+from server.learn.segments import Segmenter, distinct_days, is_consistent, rule_segments
 
 H = 3_600_000
 DAY = 24 * H
@@ -378,7 +378,7 @@ def test_adjusted_rand_index_helper() -> None:
 
 def test_direct_cluster_learning_equals_the_river_pipeline() -> None:
     """The segmenter runs StandardScaler | KMeans itself on River's state: same predictions, same state."""
-    from server.segments import _cluster_parts, _learn_cluster, _new_models, _predict_cluster
+    from server.learn.segments import _cluster_parts, _learn_cluster, _new_models, _predict_cluster
     cfg = load_catalog(None).segments
     river, direct = _new_models(cfg), _new_models(cfg)
     parts = _cluster_parts(direct.clusterer)

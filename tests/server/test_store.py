@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-import server.store
-from server.records import StoredEvent
-from server.store import TABLES, ConsentRow, SqliteStore, SubjectKeys
+import server.store.sqlite
+from server.base.records import StoredEvent
+from server.store.sqlite import TABLES, ConsentRow, SqliteStore, SubjectKeys
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_append_keeps_order_and_every_field_for_any_count(store: SqliteStore, n:
 
 def test_a_recurring_row_count_gets_one_statement_and_rows_stay_in_order(store: SqliteStore,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server.store, "_exact_sizes", server.store._ExactSizes())  # counts start from zero
+    monkeypatch.setattr(server.store.sqlite, "_exact_sizes", server.store.sqlite._ExactSizes())  # counts start from zero
     statements: list[str] = []
     store.conn.set_trace_callback(lambda sql: statements.append(sql) if sql.startswith("INSERT") else None)
     stored: list[StoredEvent] = []

@@ -11,7 +11,7 @@ import pytest
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from ops_support import ops_with, run_async, tiny_server
-from server.tls import TlsConfig, TlsConfigError, channel_credentials, server_credentials
+from server.api.tls import TlsConfig, TlsConfigError, channel_credentials, server_credentials
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.engine import DecisionEngine
+from server.decide.engine import DecisionEngine
 from tests.server.engine_support import DAY_MS, MIN_MS, T0, Harness, decision_rows, run
 
 

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onramp.v1 import onramp_pb2 as pb
-from server import validation
-from server.config import IngestConfig
-from server.validation import (MIN_TIMESTAMP_MS, ValidationError, validate_batch_size, validate_consent,
+from server.api import validation
+from server.base.config import IngestConfig
+from server.api.validation import (MIN_TIMESTAMP_MS, ValidationError, validate_batch_size, validate_consent,
                                validate_event, validate_next_step, validate_outcome, validate_subject_request)
 
 NOW = 1_800_000_000_000

@@ -10,9 +10,9 @@ import threading
 
 import pytest
 
-from server.records import StoredEvent
-from server.store import SqliteStore
-from server.writer import Writer, WriterClosed
+from server.base.records import StoredEvent
+from server.store.sqlite import SqliteStore
+from server.store.writer import Writer, WriterClosed
 
 
 def ev(eid: str) -> StoredEvent:
@@ -165,7 +165,7 @@ def test_a_scrub_wal_job_truncates_the_wal_and_a_reader_only_defers_it(store: Sq
     reader = sqlite3.connect(store.path)
     reader.execute("BEGIN")
     reader.execute("SELECT COUNT(*) FROM meta").fetchone()  # a snapshot that reads the WAL
-    with caplog.at_level(logging.WARNING, logger="server.writer"):
+    with caplog.at_level(logging.WARNING, logger="server.store.writer"):
         writer.submit(lambda s: s.meta_delete("who"), scrub_wal=True).result(30)
     assert store.scrub_pending and "readers still hold older WAL frames" in caplog.text
     assert b"raw-id-2718" in _wal_bytes(store)  # the reader was not disturbed, the WAL not truncated

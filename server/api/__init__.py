@@ -1,0 +1,1 @@
+"""The gRPC edge: servicer, interceptor, auth, limits, validation, TLS (protobuf lives here)."""

@@ -1,0 +1,1 @@
+"""Shared words: event records, config and catalog parsing, metrics, logging."""

@@ -1,0 +1,1 @@
+"""GetNextStep: guardrails, core flow, rules, experiments and the bandit."""

@@ -1,0 +1,1 @@
+"""Ingestion and per-user data: identity, consent gate, profiles, erasure and export."""

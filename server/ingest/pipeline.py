@@ -1,0 +1,450 @@
+"""The ingestion pipeline and the per-user data operations: identity resolution -> consent gate -> dedupe ->
+event log, then (after COMMIT) profile updates and listeners; plus SetConsent, erasure and export.
+
+Every change runs as a job of the single writer thread (server/store/writer.py), in submission order, so the
+consent gate of an event sees exactly the SetConsent calls committed before it. In-memory profiles and
+listeners are updated on the event loop thread (one callback per committed job, in commit order), so code
+on the loop (servicer, decision engine) reads profiles without locks and a caller that got its ack sees
+its events in the profiles.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.base import records as r
+from server.base.config import IngestConfig
+from server.ingest.consent import PERSONALIZATION, TRACKING, ConsentBook
+from server.store.decision_log import JoinedRow, rewarded_rows_of
+from server.ingest.identity import ANONYMOUS_ID, DEVICE_ID, IdentityGraph, LinkPlan
+from server.store.privacy import Pseudonymizer
+from server.ingest.profiles import Profile, ProfileBook
+from server.base.records import ANON_PREFIX, EventValues, StoredEvent
+from server.store.marks import device_hints
+from server.store.sqlite import ConsentRow, LinkRow, SqliteStore, SubjectKeys, encode_properties
+from server.store.writer import Writer, now_ms
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """One committed erasure: every key of the person, and their decisions that had an outcome (read before
+    the rows were deleted), so that the models can remove what they learned from them."""
+
+    keys: SubjectKeys
+    rewarded: tuple[JoinedRow, ...] = ()
+
+
+Listener = Callable[[list[StoredEvent]], None]
+ErasureListener = Callable[[Erasure], "Awaitable[None] | None"]
+# Profile operations published after commit, applied in order on the loop thread.
+ProfileOp = tuple[str, Any, Any]  # ("events", [StoredEvent, ...], None) | ("apply", StoredEvent, None) |
+#                                   ("link", alias_subject, user) | ("drop", subject, None)
+#                                 | ("erased", Erasure, [awaitables of the listeners])
+CARRIED_SOURCE_PREFIX = "carried:"
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """Outcome of a group of events, all committed: counts, drop reasons and the newly stored events."""
+
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    stored: list[StoredEvent] = field(default_factory=list)
+
+    def add(self, other: "IngestResult") -> None:
+        self.received += other.received
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.dropped.update(other.dropped)
+
+
+
+@dataclass(slots=True)
+class UserData:
+    """Everything held about one person (for ExportUserData)."""
+
+    subject: str
+    links: list[LinkRow]
+    consents: list[ConsentRow]
+    events: list[StoredEvent]
+    decisions: list[dict[str, Any]]
+    outcomes: list[dict[str, Any]]
+
+
+class Pipeline:
+    """Owns the in-memory state (identities, consent, profiles) and runs every change through the writer."""
+
+    def __init__(self, store: SqliteStore, writer: Writer, pseudonymizer: Pseudonymizer,
+                 ingest: IngestConfig | None = None, profiles: ProfileBook | None = None,
+                 identity: IdentityGraph | None = None, consent: ConsentBook | None = None) -> None:
+        self.store = store
+        self.writer = writer
+        self.pseudonymizer = pseudonymizer
+        self.ingest_config = ingest or IngestConfig()
+        self.profiles = profiles if profiles is not None else ProfileBook()
+        self.identity = identity if identity is not None else IdentityGraph()
+        self.consent = consent if consent is not None else ConsentBook()
+        self._listeners: list[Listener] = []
+        self._erasure_listeners: list[ErasureListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        writer.on_rollback = self.reload_caches
+
+    # -- wiring ----------------------------------------------------------------------------------------------
+    def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Publish profile updates and listener calls on ``loop`` (None: on the writer thread)."""
+        self._loop = loop
+
+    def add_listener(self, fn: Listener) -> None:
+        """Call ``fn(new_events)`` after each commit that stored events (on the event loop thread, in commit
+        order). Exceptions are logged and do not affect ingestion."""
+        self._listeners.append(fn)
+
+    def add_erasure_listener(self, fn: ErasureListener) -> None:
+        """Call ``fn(erasure)`` after each committed erasure (on the event loop thread, in commit order, after
+        the profiles were dropped), so that components drop what they hold about the person (the decision
+        engine's shown history, pending rewards, caches, what its models learned). ``fn`` may return an
+        awaitable: :meth:`erase` returns once it is done. Exceptions are logged."""
+        self._erasure_listeners.append(fn)
+
+    def pseudonym(self, subject: str) -> str:
+        return self.pseudonymizer.pseudonymize(subject)
+
+    def resolve(self, user_id: str, anonymous_id: str, device_id: str = "") -> str:
+        """The canonical subject of ids as given in a request (after identity links)."""
+        return self.identity.resolve(user_id, anonymous_id, device_id)
+
+    # -- startup ---------------------------------------------------------------------------------------------
+    def rebuild(self, after_seq: int | None = None) -> int:
+        """Load identities, consent and tombstones, and rebuild every profile by streaming the event log in
+        ``seq`` order. Call before the writer starts; returns the number of events read.
+
+        With ``after_seq`` (resuming from a checkpoint whose profiles this pipeline already holds, see
+        server/ops/state.py) only the events after it are read, and they are published as live ingest publishes
+        them: one call of :meth:`_publish` per ingest batch (a run of equal ``received_ms``), so the
+        listeners (the decision engine) see the same batches; before an ``identify`` event the anonymous
+        profiles now linked to its user are merged in, as the identify did live. Call it after the listeners
+        are added."""
+        self.reload_caches()
+        if after_seq is not None:
+            return self._replay_after(after_seq)
+        n = 0
+        apply = self.profiles.apply
+        note = self.identity.note_device
+        for _seq, ev in self.store.iter_events():
+            apply(ev)
+            if not ev.user_id and ev.device_id and ev.subject.startswith(ANON_PREFIX):
+                note(ev.device_id, ev.anonymous_id)
+            n += 1
+        return n
+
+    def _replay_after(self, after_seq: int) -> int:
+        reader = self.store.reader()
+        try:
+            for device_id, anonymous_id in device_hints(reader):
+                self.identity.note_device(device_id, anonymous_id)
+            n = 0
+            ops: list[ProfileOp] = []
+            stored: list[StoredEvent] = []
+            batch_ms: int | None = None
+            for _seq, ev in reader.iter_events(after_seq):
+                if ev.received_ms != batch_ms and stored:
+                    self._publish(ops, stored)
+                    ops, stored = [], []
+                batch_ms = ev.received_ms
+                if ev.name == r.IDENTIFY and ev.user_id:
+                    for link in self.identity.links_of(ev.user_id):
+                        alias = ANON_PREFIX + link.alias
+                        if link.alias_kind == ANONYMOUS_ID and alias in self.profiles:
+                            ops.append(("link", alias, ev.user_id))
+                ops.append(("apply", ev, None))
+                stored.append(ev)
+                n += 1
+            if stored:
+                self._publish(ops, stored)
+        finally:
+            reader.close()
+        return n
+
+    def reload_caches(self) -> None:
+        """Re-read identities, consent and tombstones from the store (startup, and after a rolled back
+        transaction so memory matches the database)."""
+        self.identity.load(self.store.all_links())
+        self.consent.load(self.store.all_consents(), self.store.all_tombstones())
+
+    # -- publishing after commit -------------------------------------------------------------------------------
+    def _published(self, ops: list[ProfileOp], stored: list[StoredEvent]) -> Callable[[Any], None]:
+        def after_commit(_result: Any) -> None:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                self._publish(ops, stored)
+                return
+            try:
+                loop.call_soon_threadsafe(self._publish, ops, stored)
+            except RuntimeError:  # loop closed meanwhile
+                self._publish(ops, stored)
+        return after_commit
+
+    def _publish(self, ops: list[ProfileOp], stored: list[StoredEvent]) -> None:
+        book = self.profiles
+        for kind, a, b in ops:
+            if kind == "events":
+                apply = book.apply
+                for ev in a:
+                    apply(ev)
+            elif kind == "apply":
+                book.apply(a)
+            elif kind == "link":
+                book.link(a, b)
+            elif kind == "drop":
+                book.drop(a)
+            elif kind == "erased":
+                self._erased(a, b)
+        if stored:
+            for fn in self._listeners:
+                try:
+                    fn(stored)
+                except Exception:  # noqa: BLE001 - a listener must not break ingestion
+                    log.exception("event listener %r failed", fn)
+
+    def _erased(self, erasure: Erasure, waits: list[Awaitable[None]]) -> None:
+        for s in erasure.keys.subjects:
+            self.pseudonymizer.forget(s)  # no raw id kept in the pseudonym cache
+        for fn in self._erasure_listeners:
+            try:
+                done = fn(erasure)
+            except Exception:  # noqa: BLE001 - the rows are gone; report and let the others forget too
+                log.exception("erasure listener %r failed", fn)
+                continue
+            if inspect.isawaitable(done):
+                waits.append(done)
+
+    # -- ingestion ---------------------------------------------------------------------------------------------
+    def submit_events(self, events: Sequence[EventValues], received_ms: int | None = None
+                      ) -> concurrent.futures.Future[IngestResult]:
+        """Queue validated events (the :data:`EventValues` the API edge read from the messages); the future
+        resolves after they are committed (profiles updated first).
+
+        The writer thread (which the ingest rate waits on) only dedupes, gates and inserts. Batches that wait
+        at the writer together are stored by one
+        :meth:`_ingest_many` call (one duplicate check and one INSERT for all of them); each keeps its own
+        result, publication and future."""
+        received = now_ms() if received_ms is None else received_ms
+        batch = events if isinstance(events, list) else list(events)
+        ops: list[ProfileOp] = []
+        stored: list[StoredEvent] = []
+        return self.writer.submit_combined(self._ingest_many, (batch, received, ops, stored), weight=len(batch),
+                                           after_commit=self._published(ops, stored))
+
+    async def ingest(self, events: Sequence[EventValues], received_ms: int | None = None
+                     ) -> IngestResult:
+        """Store validated events and return their committed counts."""
+        return await asyncio.wrap_future(self.submit_events(events, received_ms))
+
+    def _ingest_many(self, store: SqliteStore,
+                     batches: list[tuple[list[EventValues], int, list[ProfileOp], list[StoredEvent]]]
+                     ) -> list[IngestResult]:
+        """Store batches in order, as if one after the other: dedupe (stored before, or earlier in these
+        batches), resolve identities, gate on consent, insert; fill each batch's ``ops`` and ``stored``.
+
+        All rows go into one multi-row INSERT at the end (or before an identify re-keys earlier events)."""
+        existing = store.existing_event_ids([v[0] for events, _r, _o, _s in batches for v in events])
+        seen: set[str] = set()
+        pending: list[Any] = []  # EVENT_COLUMNS values of the events not inserted yet
+        add_row = pending.extend
+        identity, gate, pseudo = self.identity, self.consent.tracking_gate, self.pseudonym
+        resolve, note_device = identity.resolve, identity.note_device
+        encode = encode_properties
+        results: list[IngestResult] = []
+        for events, received_ms, ops, stored in batches:
+            ops.clear()
+            stored.clear()
+            result = IngestResult(received=len(events))
+            dropped = result.dropped
+            run: list[StoredEvent] = []  # events applied to the profiles one after the other
+            ops.append(("events", run, None))
+            duplicates = 0
+            keep = stored.append
+            for eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props in events:
+                if eid in existing or eid in seen:
+                    duplicates += 1
+                    continue
+                ts = ts or received_ms
+                if name == r.IDENTIFY:
+                    n_ops = len(ops)
+                    reason = self._identify(store, uid, aid, did, ts, pending, ops)
+                    subject = uid
+                    if len(ops) != n_ops:  # profiles merged: later events apply after the merge
+                        run = []
+                        ops.append(("events", run, None))
+                else:
+                    subject = resolve(uid, aid, did)
+                    reason = gate(subject, pseudo)
+                if reason is not None:
+                    dropped[reason] += 1
+                    continue
+                seen.add(eid)
+                if props:
+                    properties = dict(props)  # the event's own copy (the caller's dict may be shared)
+                    text = encode(properties)
+                else:
+                    properties, text = {}, "{}"
+                se = StoredEvent(eid, subject, name, ts, received_ms, uid, aid, did, channel, device_type,
+                                 feature, step_id, decision_id, properties)
+                add_row((eid, subject, uid, aid, did, name, ts, received_ms, channel, device_type, feature,
+                         step_id, decision_id, text))
+                keep(se)
+                run.append(se)
+                if not uid and did and subject.startswith(ANON_PREFIX):
+                    note_device(did, aid)
+            result.duplicates = duplicates
+            result.accepted = len(stored)
+            result.stored = stored
+            results.append(result)
+        if pending:
+            store.append_event_rows(pending)
+        return results
+
+    def _identify(self, store: SqliteStore, user_id: str, anonymous_id: str, device_id: str, ts: int,
+                  pending: list[Any], ops: list[ProfileOp]) -> str | None:
+        """Handle an identify event: carry consent over from the anonymous subjects, gate on the user's
+        tracking consent, then link the aliases, move their events and merge their profiles. Returns the drop
+        reason, or None when the identify event is to be stored."""
+        plan = self.identity.plan_link(user_id, anonymous_id, device_id)
+        carried = self._carried_consent(user_id, plan)
+        tracking = next((c for c in carried if c.purpose == TRACKING), None)
+        if tracking is not None:
+            reason = None if tracking.granted else "opted_out"
+        else:
+            reason = self.consent.tracking_gate(user_id, self.pseudonym)
+        if reason is not None:
+            return reason
+        now = now_ms()
+        for row in carried:
+            self._write_consent(store, row, now)
+        if plan.changes_anything:
+            if pending:  # earlier events of this job must be in the table before they are re-keyed
+                store.append_event_rows(pending)
+                pending.clear()
+            for kind, alias in plan.links:
+                store.link_alias(kind, alias, user_id, ts)
+            if plan.merged_subjects:
+                store.rekey_subjects(plan.merged_subjects, user_id)
+            self.identity.apply(plan, ts)
+            for s in plan.merged_subjects:
+                ops.append(("link", s, user_id))
+        return None
+
+    def _carried_consent(self, user_id: str, plan: LinkPlan) -> list[ConsentRow]:
+        """Consent given on a merged anonymous subject, for purposes the user has no record of."""
+        out: list[ConsentRow] = []
+        for purpose in (TRACKING, PERSONALIZATION):
+            if self.consent.get(user_id, purpose) is not None:
+                continue
+            for s in plan.merged_subjects:
+                row = self.consent.get(s, purpose)
+                if row is not None:
+                    out.append(ConsentRow(user_id, purpose, row.granted, f"{CARRIED_SOURCE_PREFIX}{row.source}",
+                                          row.timestamp_ms))
+                    break
+        return out
+
+    def _write_consent(self, store: SqliteStore, row: ConsentRow, recorded_ms: int) -> None:
+        store.set_consent(row, recorded_ms)
+        self.consent.set(row)
+        if row.purpose == TRACKING and row.granted:
+            p = self.pseudonym(row.subject)
+            if self.consent.remove_tombstone(p):
+                store.remove_tombstone(p)
+
+    # -- consent -----------------------------------------------------------------------------------------------
+    async def set_consent(self, subject: str, purpose: str, granted: bool, source: str, timestamp_ms: int
+                          ) -> list[ConsentRow]:
+        """Record a consent decision (always stored: it is the legal record); a tracking grant clears an
+        erasure tombstone. Returns the subject's current records."""
+        row = ConsentRow(subject, purpose, granted, source, timestamp_ms)
+
+        def job(store: SqliteStore) -> list[ConsentRow]:
+            self._write_consent(store, row, now_ms())
+            return self.consent.records(subject)
+        return await self.writer.call(job)
+
+    # -- erasure and export --------------------------------------------------------------------------------------
+    def keys_for(self, subject: str) -> SubjectKeys:
+        """Every id and subject of one person: the user, its linked aliases and their anonymous subjects."""
+        subjects = [subject]
+        user_ids: list[str] = []
+        anonymous_ids: list[str] = []
+        device_ids: list[str] = []
+        if subject.startswith(ANON_PREFIX):
+            anonymous_ids.append(subject.removeprefix(ANON_PREFIX))
+        else:
+            user_ids.append(subject)
+            for link in self.identity.links_of(subject):
+                if link.alias_kind == ANONYMOUS_ID:
+                    anonymous_ids.append(link.alias)
+                    subjects.append(ANON_PREFIX + link.alias)
+                elif link.alias_kind == DEVICE_ID:
+                    device_ids.append(link.alias)
+        return SubjectKeys(tuple(subjects), tuple(user_ids), tuple(anonymous_ids), tuple(device_ids),
+                           tuple(self.pseudonym(s) for s in subjects))
+
+    async def erase(self, subject: str) -> dict[str, int]:
+        """Delete every row about ``subject`` and its aliases, drop its profiles, and tombstone its
+        pseudonyms so later events are dropped (reason erased) until tracking consent is granted again.
+        After the commit the erasure listeners drop what else is held in memory (see
+        :meth:`add_erasure_listener`); this returns once they are done."""
+        ops: list[ProfileOp] = []
+        waits: list[Awaitable[None]] = []
+
+        def job(store: SqliteStore) -> dict[str, int]:
+            ops.clear()
+            keys = self.keys_for(subject)
+            rewarded = tuple(rewarded_rows_of(store, keys.pseudonyms))
+            counts = store.erase(keys)
+            counts["profiles"] = sum(1 for s in keys.subjects if s in self.profiles)
+            erased_ms = now_ms()
+            for p in keys.pseudonyms:
+                store.add_tombstone(p, erased_ms)
+                self.consent.add_tombstone(p)
+            self.identity.forget(keys.user_ids, keys.anonymous_ids, keys.device_ids)
+            self.consent.forget(keys.subjects)
+            ops.extend(("drop", s, None) for s in keys.subjects)
+            ops.append(("erased", Erasure(keys, rewarded), waits))
+            return counts
+        counts = await self.writer.call(job, after_commit=self._published(ops, []), scrub_wal=True)
+        for done in waits:  # the listeners ran before this task resumed (published first, in commit order)
+            try:
+                await done
+            except Exception:  # noqa: BLE001 - the rows are gone; report it
+                log.exception("erasure listener failed after the erasure committed")
+        return counts
+
+    async def export(self, subject: str) -> UserData:
+        """Everything held about ``subject`` and its aliases, read on a separate read-only connection."""
+        keys = self.keys_for(subject)
+
+        def read() -> UserData:
+            reader = self.store.reader()
+            try:
+                return UserData(subject=subject, links=reader.links_of(keys.user_ids),
+                                consents=reader.consents_of(keys.subjects), events=reader.events_about(keys),
+                                decisions=reader.decisions_of(keys.pseudonyms),
+                                outcomes=reader.outcomes_of(keys.pseudonyms))
+            finally:
+                reader.close()
+        return await asyncio.to_thread(read)
+
+    def profile(self, subject: str) -> Profile | None:
+        """The in-memory profile of a canonical subject."""
+        return self.profiles.get(subject)

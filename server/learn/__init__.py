@@ -1,0 +1,1 @@
+"""Online learning: reward joining, River segments and context features."""

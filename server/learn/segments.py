@@ -1,0 +1,443 @@
+"""Behavioral segments from interaction *sequences* (not static attributes), and the online River
+models over them: K-Means clusters of behavior vectors and an activation ("first value") predictor.
+
+Rule segments (thresholds in the catalog's ``[segments]`` and ``[guardrails]``):
+
+- ``engaged`` / ``at_risk``: at least ``engaged_min_features`` distinct features first used within
+  ``engaged_window_hours`` of first seen (boundary inclusive), else at risk;
+- ``power_user`` / ``new_explorer``: any of ``advanced_features`` first used within
+  ``power_user_window_hours`` of first seen, else new explorer;
+- ``consistent``: at least ``min_sessions_for_personalization`` sessions, started on at least
+  ``min_distinct_days_for_personalization`` distinct UTC days (the engine personalises only then);
+- ``activated``: the user reached first value (the configured activation event);
+- ``cluster:<k>``: the online K-Means cluster of the user's behavior vector.
+
+:class:`Segmenter` satisfies the server's ``ProfileEnricher`` hook (``enrich``); call
+:meth:`Segmenter.learn_one` after a profile changes so the models learn.
+"""
+from __future__ import annotations
+
+import math
+import pickle
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from operator import attrgetter
+from typing import Container, Iterable, Mapping
+
+import numpy as np
+from river import cluster, linear_model, preprocessing
+
+from server.base.catalog import FEATURE_USED, STEP_COMPLETED, Catalog, Guardrails, SegmentsConfig
+from server.learn.features import (BEHAVIOR_NAMES, HOUR_MS, BehaviorInputs, FeatureSpace, behavior_features,
+                             behavior_inputs, context_features, features_of_inputs)
+from server.ingest.profiles import Profile
+from server.base.records import SCREEN_SKIPPED, SESSION_START, TUTORIAL_COMPLETED
+
+DAY_MS = 24 * HOUR_MS
+STATE_FORMAT = 2  # 2: marks as tuples
+
+ENGAGED = "engaged"
+AT_RISK = "at_risk"
+POWER_USER = "power_user"
+NEW_EXPLORER = "new_explorer"
+CONSISTENT = "consistent"
+ACTIVATED = "activated"
+CLUSTER_PREFIX = "cluster:"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule segments (pure functions of a profile)
+
+
+def early_features(profile: Profile, window_hours: float) -> list[str]:
+    """Features first used within ``window_hours`` of the profile's first event (inclusive)."""
+    if profile.first_seen_ms <= 0:
+        return []
+    limit = profile.first_seen_ms + window_hours * HOUR_MS
+    return sorted(f for f, t in profile.feature_first_ms.items() if t <= limit)
+
+
+def is_engaged(profile: Profile, cfg: SegmentsConfig) -> bool:
+    """3+ (``engaged_min_features``) distinct features within 48 h (``engaged_window_hours``) of first seen."""
+    return len(early_features(profile, cfg.engaged_window_hours)) >= cfg.engaged_min_features
+
+
+def is_power_user(profile: Profile, cfg: SegmentsConfig) -> bool:
+    """An advanced feature first used within the first week (``power_user_window_hours``)."""
+    advanced = set(cfg.advanced_features)
+    return any(f in advanced for f in early_features(profile, cfg.power_user_window_hours))
+
+
+def distinct_days(times_ms: Iterable[int]) -> int:
+    """Number of distinct UTC calendar days among epoch-millisecond times."""
+    return len({t // DAY_MS for t in times_ms})
+
+
+def is_consistent(profile: Profile, guardrails: Guardrails) -> bool:
+    """Enough sessions on enough distinct days for personalization (the seed's guardrail)."""
+    return (
+        profile.sessions >= guardrails.min_sessions_for_personalization
+        and distinct_days(profile.session_starts_ms) >= guardrails.min_distinct_days_for_personalization
+    )
+
+
+def reached_first_value(profile: Profile, cfg: SegmentsConfig) -> bool:
+    """Whether the profile holds the activation event (default: ``step_completed`` of ``first_project``).
+
+    ``feature_used`` counts a use of ``activation_feature`` (any feature when none is set);
+    ``session_start``, ``screen_skipped`` and ``tutorial_completed`` count their counters; any
+    other name counts as a custom event.
+    """
+    name = cfg.activation_event
+    if name == STEP_COMPLETED:
+        return cfg.activation_step in profile.steps_completed
+    if name == FEATURE_USED:
+        if cfg.activation_feature:
+            return profile.features_used.get(cfg.activation_feature, 0) > 0
+        return bool(profile.features_used)
+    if name == TUTORIAL_COMPLETED:
+        return profile.tutorials_completed > 0
+    if name == SESSION_START:
+        return profile.sessions > 0
+    if name == SCREEN_SKIPPED:
+        return profile.screens_skipped > 0
+    return profile.custom_events.get(name, 0) > 0
+
+
+def rule_segments(profile: Profile, catalog: Catalog) -> list[str]:
+    """The rule segments of a profile, in a fixed order: engaged|at_risk, power_user|new_explorer,
+    then ``consistent`` and ``activated`` when they hold."""
+    cfg = catalog.segments
+    out = [
+        ENGAGED if is_engaged(profile, cfg) else AT_RISK,
+        POWER_USER if is_power_user(profile, cfg) else NEW_EXPLORER,
+    ]
+    if is_consistent(profile, catalog.guardrails):
+        out.append(CONSISTENT)
+    if reached_first_value(profile, cfg):
+        out.append(ACTIVATED)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Online models
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentResult:
+    """Segments of a user at one moment, with the named context features and their vector."""
+
+    segments: list[str]
+    features: dict[str, float]
+    vector: np.ndarray
+
+
+@dataclass(slots=True)
+class _Mark:
+    """What the segmenter remembers per subject: when it last learned from the user, whether the
+    activation label is known, and the latest pre-activation behavior vector."""
+
+    events: int = -1
+    sessions: int = -1
+    labeled: bool = False
+    snapshot: BehaviorInputs | dict[str, float] | None = None  # a dict in states written before the tuple
+
+
+def _before_label(mark: _Mark, profile: Profile, now_ms: int, x: dict[str, float] | None) -> dict[str, float]:
+    """The vector the activation model learns a label from: the user's last snapshot before the label, else
+    the current vector (``x`` when already computed)."""
+    snap = mark.snapshot
+    if snap:
+        return snap if isinstance(snap, dict) else features_of_inputs(snap)
+    return x if x is not None else behavior_features(profile, now_ms)
+
+
+@dataclass(slots=True)
+class _Models:
+    clusterer: object
+    activation: object
+    cluster_learned: int = 0
+    activation_learned: int = 0
+    positives: int = 0
+    marks: dict[str, _Mark] = field(default_factory=dict)
+
+
+def _new_models(cfg: SegmentsConfig) -> _Models:
+    km = cluster.KMeans(n_clusters=cfg.n_clusters, halflife=cfg.cluster_halflife, seed=cfg.cluster_seed)
+    # Draw every centre coordinate now, in a fixed order, so that predictions never draw random
+    # numbers later (KMeans fills unknown coordinates lazily) and stay pure and reproducible.
+    for k in range(cfg.n_clusters):
+        for name in BEHAVIOR_NAMES:
+            km.centers[k][name]  # noqa: B018 - touching the defaultdict creates the coordinate
+    clusterer = preprocessing.StandardScaler() | km
+    activation = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    return _Models(clusterer=clusterer, activation=activation)
+
+
+_ClusterParts = tuple[preprocessing.StandardScaler, cluster.KMeans]
+
+
+def _cluster_parts(clusterer: object) -> _ClusterParts | None:
+    """The scaler and K-Means of a ``StandardScaler | KMeans`` River pipeline that :func:`_learn_cluster` and
+    :func:`_closest_cluster` can run directly (plain scaler, squared Euclidean distance), else None."""
+    steps = getattr(clusterer, "steps", None)
+    if not isinstance(steps, Mapping) or len(steps) != 2:
+        return None
+    scaler, km = steps.get("StandardScaler"), steps.get("KMeans")
+    if (type(scaler) is not preprocessing.StandardScaler or type(km) is not cluster.KMeans or not scaler.with_std
+            or getattr(scaler, "window_size", None) is not None or km.p != 2):
+        return None
+    return scaler, km
+
+
+def _closest_cluster(km: cluster.KMeans, z: Mapping[str, float]) -> int:
+    """``KMeans.predict_one(z)``: the first centre at the least squared distance, the distance summed in
+    the centre's key order (River sums in set order, which changes with the process's string hashing)."""
+    best, best_d = 0, math.inf
+    for c, center in km.centers.items():
+        d = 0.0
+        for k, ck in center.items():
+            diff = ck - z.get(k, 0)
+            d += diff * diff
+        if not z.keys() <= center.keys():
+            for k in list(z):
+                if k not in center:
+                    diff = center[k] - z[k]  # River draws the missing coordinate the same way
+                    d += diff * diff
+        if d < best_d:
+            best, best_d = c, d
+    return best
+
+
+def _learn_cluster(parts: _ClusterParts, x: Mapping[str, float]) -> None:
+    """``(StandardScaler | KMeans).learn_one(x)`` with River's arithmetic on River's own state (so checkpoints
+    keep their format), without the pipeline's per-call dispatch and per-centre key sets."""
+    scaler, km = parts
+    counts, means, vars_ = scaler.counts, scaler.means, scaler.vars
+    z: dict[str, float] = {}
+    for i, xi in x.items():
+        n = counts[i] + 1
+        counts[i] = n
+        old_mean = means[i]
+        mean = old_mean + (xi - old_mean) / n
+        means[i] = mean
+        var = vars_[i] + ((xi - old_mean) * (xi - mean) - vars_[i]) / n
+        vars_[i] = var
+        z[i] = (xi - mean) / var**0.5 if var else 0.0
+    center = km.centers[_closest_cluster(km, z)]
+    h = km.halflife
+    for i, zi in z.items():
+        center[i] += h * (zi - center[i])
+
+
+def _predict_cluster(parts: _ClusterParts, x: Mapping[str, float]) -> int:
+    """``(StandardScaler | KMeans).predict_one(x)`` (learns nothing)."""
+    scaler, km = parts
+    means, vars_ = scaler.means, scaler.vars
+    z: dict[str, float] = {}
+    for i, xi in x.items():
+        var = vars_[i]
+        z[i] = (xi - means[i]) / var**0.5 if var else 0.0
+    return _closest_cluster(km, z)
+
+
+class Segmenter:
+    """Rule segments plus online River models (StandardScaler | KMeans clusters, StandardScaler |
+    LogisticRegression activation) over user profiles, with checkpointable state.
+
+    Learning is cheap and idempotent per profile state: a user's vector is learned by the
+    clustering at most once per new session or ``learn_every_events`` events, and by the
+    activation model once, when its label becomes known (first value reached: positive, on the
+    user's last vector before it; ``activation_window_hours`` passed without it: negative).
+    Thread-safe.
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.config = catalog.segments
+        self.space = FeatureSpace(self.config.n_clusters)
+        self._m = _new_models(self.config)
+        self._lock = threading.Lock()
+        self._learn_every = self.config.learn_every_events
+        self._window_ms = self.config.activation_window_hours * HOUR_MS
+        self._parts_of: object = None  # the clusterer that _parts_cache belongs to
+        self._parts_cache: _ClusterParts | None = None
+
+    def _parts(self) -> _ClusterParts | None:
+        clusterer = self._m.clusterer
+        if self._parts_of is not clusterer:  # a new model (e.g. restored from a checkpoint)
+            self._parts_cache, self._parts_of = _cluster_parts(clusterer), clusterer
+        return self._parts_cache
+
+    # -- learning ------------------------------------------------------------------------------
+
+    def learn_one(self, profile: Profile, now_ms: int) -> None:
+        """Learn from a profile that just changed (call after its events are folded in).
+
+        Runs after every commit for each changed profile, so the behavior vector is computed only when a
+        model learns from it; otherwise only the small :func:`behavior_inputs` snapshot is kept."""
+        with self._lock:
+            m = self._m
+            mark = m.marks.get(profile.subject)
+            if mark is None:
+                mark = m.marks[profile.subject] = _Mark()
+            x: dict[str, float] | None = None
+            if (
+                mark.events < 0
+                or profile.sessions != mark.sessions
+                or profile.event_count - mark.events >= self._learn_every
+            ):
+                x = behavior_features(profile, now_ms)
+                parts = self._parts()
+                if parts is not None:
+                    _learn_cluster(parts, x)
+                else:
+                    m.clusterer.learn_one(x)
+                m.cluster_learned += 1
+                mark.events, mark.sessions = profile.event_count, profile.sessions
+            if not mark.labeled:
+                self._label(profile, now_ms, x, mark)
+
+    def _label(self, profile: Profile, now_ms: int, x: dict[str, float] | None, mark: _Mark) -> None:
+        if reached_first_value(profile, self.config):
+            self._learn_activation(_before_label(mark, profile, now_ms, x), True, mark)
+        elif profile.first_seen_ms > 0 and now_ms - profile.first_seen_ms > self._window_ms:
+            self._learn_activation(_before_label(mark, profile, now_ms, x), False, mark)
+        else:
+            mark.snapshot = behavior_inputs(profile, now_ms)
+
+    def _learn_activation(self, x: dict[str, float], label: bool, mark: _Mark) -> None:
+        self._m.activation.learn_one(x, label)
+        self._m.activation_learned += 1
+        self._m.positives += int(label)
+        mark.labeled = True
+        mark.snapshot = None
+
+    def label_expired(self, profiles: Iterable[Profile], now_ms: int) -> int:
+        """Give the negative activation label to users whose window passed without first value
+        (users who went silent never call :meth:`learn_one`). Returns how many were labeled."""
+        n = 0
+        limit = self.config.activation_window_hours * HOUR_MS
+        for p in profiles:
+            with self._lock:
+                mark = self._m.marks.get(p.subject)
+                if mark is None or mark.labeled or p.first_seen_ms <= 0 or now_ms - p.first_seen_ms <= limit:
+                    continue
+                if reached_first_value(p, self.config):
+                    self._learn_activation(_before_label(mark, p, now_ms, None), True, mark)
+                else:
+                    self._learn_activation(_before_label(mark, p, now_ms, None), False, mark)
+                    n += 1
+        return n
+
+    def forget(self, subject: str) -> bool:
+        """Drop what is remembered about ``subject`` (erasure, or an alias merged into a user)."""
+        with self._lock:
+            return self._m.marks.pop(subject, None) is not None
+
+    def retain(self, subjects: Container[str]) -> int:
+        """Drop the marks of every subject not in ``subjects`` (e.g. the current profiles, after resuming from
+        a checkpoint taken before an erasure); returns how many were dropped."""
+        with self._lock:
+            marks = self._m.marks
+            gone = [s for s in marks if s not in subjects]
+            for s in gone:
+                del marks[s]
+            return len(gone)
+
+    # -- prediction ----------------------------------------------------------------------------
+
+    def _predict_models(self, x: dict[str, float]) -> tuple[int | None, float]:
+        with self._lock:
+            parts = self._parts()
+            if not self._m.cluster_learned:
+                k = None
+            elif parts is not None:
+                k = _predict_cluster(parts, x)
+            else:
+                k = int(self._m.clusterer.predict_one(x))
+            if self._m.activation_learned == 0:
+                return k, 0.5
+            proba = self._m.activation.predict_proba_one(x)
+        return k, float(proba.get(True, 0.0))
+
+    def cluster_of(self, profile: Profile, now_ms: int) -> int | None:
+        """The user's cluster id, or None before the clustering has learned anything."""
+        return self._predict_models(behavior_features(profile, now_ms))[0]
+
+    def activation_probability(self, profile: Profile, now_ms: int) -> float:
+        """Estimated probability that the user reaches first value (0.5 before any label)."""
+        return self._predict_models(behavior_features(profile, now_ms))[1]
+
+    def predict_one(self, profile: Profile, now_ms: int,
+                    request_context: Mapping[str, str] | None = None) -> SegmentResult:
+        """Segments, named context features and the feature vector of a user now (learns nothing)."""
+        segments = rule_segments(profile, self.catalog)
+        k, p = self._predict_models(behavior_features(profile, now_ms))
+        if k is not None:
+            segments.append(f"{CLUSTER_PREFIX}{k}")
+        features = context_features(
+            profile, now_ms, request_context, space=self.space, segments=segments, cluster=k, activation_prob=p,
+        )
+        return SegmentResult(segments=segments, features=features, vector=self.space.vector(features))
+
+    def context_features(self, profile: Profile, now_ms: int,
+                         request_context: Mapping[str, str] | None = None) -> dict[str, float]:
+        """The named context features of a user for one request (see :class:`FeatureSpace`)."""
+        return self.predict_one(profile, now_ms, request_context).features
+
+    def enrich(self, profile: Profile, now_ms: int) -> tuple[list[str], dict[str, float]]:
+        """The server's ``ProfileEnricher`` hook: (segments, features) of a profile now."""
+        r = self.predict_one(profile, now_ms)
+        return r.segments, r.features
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts of what the models learned: cluster updates, activation labels, positives, users."""
+        with self._lock:
+            return {
+                "cluster_learned": self._m.cluster_learned,
+                "activation_learned": self._m.activation_learned,
+                "activation_positives": self._m.positives,
+                "subjects": len(self._m.marks),
+            }
+
+    def to_state(self) -> bytes:
+        """The models and per-user marks as bytes (pickle), for the server's checkpoint. Marks go as plain
+        tuples: pickling 100k slotted dataclasses one by one is several times slower."""
+        with self._lock:
+            m = self._m
+            row = attrgetter(*(f.name for f in fields(_Mark)))
+            marks = {s: row(k) for s, k in m.marks.items()}
+            return pickle.dumps(
+                {"format": STATE_FORMAT, "segments": asdict(self.config), "clusterer": m.clusterer,
+                 "activation": m.activation, "counts": (m.cluster_learned, m.activation_learned, m.positives),
+                 "marks": marks},
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+
+    @classmethod
+    def from_state(cls, data: bytes, catalog: Catalog) -> Segmenter:
+        """A segmenter restored from :meth:`to_state` bytes (trusted: the server's own checkpoint).
+
+        Raises ValueError when the bytes are not a segmenter state or were made with different
+        ``[segments]`` settings (then start a fresh ``Segmenter(catalog)``).
+        """
+        try:
+            state = pickle.loads(data)
+        except Exception as exc:  # pickle raises many types on garbage
+            raise ValueError(f"not a segmenter state: {exc}") from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or "marks" not in state:
+            raise ValueError("not a segmenter state (unknown format)")
+        if state["segments"] != asdict(catalog.segments):
+            changed = sorted(k for k, v in asdict(catalog.segments).items() if state["segments"].get(k) != v)
+            raise ValueError(f"segmenter state was made with other [segments] settings: {', '.join(changed)}")
+        cluster_learned, activation_learned, positives = state["counts"]
+        models = _Models(clusterer=state["clusterer"], activation=state["activation"],
+                         cluster_learned=cluster_learned, activation_learned=activation_learned, positives=positives,
+                         marks={s: _Mark(*t) for s, t in state["marks"].items()})
+        seg = cls(catalog)
+        seg._m = models
+        return seg

@@ -1,0 +1,1 @@
+"""The process: app wiring, CLI, checkpoints, health check."""

@@ -1,0 +1,1 @@
+"""Durable state: the SQLite store, the single writer, the decision log, pseudonyms, checkpoint files."""

@@ -1,0 +1,548 @@
+"""The SQLite store (created with sqlite-utils, WAL mode): the event log, identity links, consent, tombstones,
+decisions, outcomes and a small meta table.
+
+Writes happen on one connection owned by the writer thread (server/store/writer.py), which wraps groups of calls
+in one transaction; the methods here never commit themselves. Reads for exports use a separate read-only
+connection (:meth:`SqliteStore.reader`). The narrow Protocols :class:`EventLog`, :class:`SubjectStore` and
+:class:`DecisionLog` are what the rest of the server relies on, so another backend can be fitted later.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlite_utils
+
+from server.base.records import StoredEvent
+
+EVENT_COLUMNS = ("event_id", "subject", "user_id", "anonymous_id", "device_id", "name", "timestamp_ms",
+                 "received_ms", "channel", "device_type", "feature", "step_id", "decision_id", "properties")
+DECISION_COLUMNS = ("decision_id", "user_pseudo", "timestamp_ms", "surface", "step_id", "propensity", "reason",
+                    "policy_version", "experiment", "arm", "context", "eligible", "probabilities",
+                    "reward_deadline_ms")
+OUTCOME_COLUMNS = ("decision_id", "user_pseudo", "reward", "source", "outcome", "timestamp_ms")
+JSON_DECISION_COLUMNS = ("context", "eligible", "probabilities")
+TABLES = ("events", "identities", "consents", "consent_history", "tombstones", "meta", "decisions", "outcomes")
+_CHUNK = 5000  # bound parameters per IN (...) query
+ERASURES_KEY = "erasures"  # meta: how many erasures ever committed (a checkpoint made before one is stale)
+BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for a lock held by another connection
+SCRUB_WAIT_MS = 1000  # how long scrub_wal waits for readers of older WAL frames (it holds up the writer)
+
+_INSERT_SIZES = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT statement (few distinct statements to cache)
+_MAX_EXACT_ROWS = 1024  # a statement of exactly n rows (14 columns: 14,336 parameters, under SQLite's 32,766)
+_MAX_EXACT_SIZES = 6  # distinct exact sizes kept per table (a prepared statement holds ~1.9 KB per row: <= ~11 MiB)
+_EXACT_AFTER = 3  # an exact size gets its own statement once this many inserts had that many rows
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(table: str, columns: tuple[str, ...], n_rows: int) -> str:
+    one = f"({', '.join('?' * len(columns))})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([one] * n_rows)
+
+
+class _ExactSizes:
+    """Which row counts recur for a table (a client sending batches of 200 makes groups of 200, 400, ...): those
+    are inserted with one statement of exactly that many rows. Preparing such a statement costs about as much
+    as inserting its rows (~15 us per row), so a count gets one only after it recurred, and few are kept."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, int], int] = {}
+        self.exact: dict[str, set[int]] = {}
+
+    def use(self, table: str, n: int) -> bool:
+        sizes = self.exact.setdefault(table, set())
+        if n in sizes:
+            return True
+        if n > _MAX_EXACT_ROWS or n in _INSERT_SIZES or len(sizes) >= _MAX_EXACT_SIZES:
+            return False
+        key = (table, n)
+        count = self.seen.get(key, 0) + 1
+        if count < _EXACT_AFTER:
+            if len(self.seen) < 4096:
+                self.seen[key] = count
+            return False
+        self.seen.pop(key, None)
+        sizes.add(n)
+        return True
+
+
+_exact_sizes = _ExactSizes()  # used from the writer thread only
+
+
+def insert_flat(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], flat: Sequence[Any]) -> None:
+    """Insert ``len(flat) // len(columns)`` rows (their values one after the other in ``flat``), in order, with
+    one INSERT of exactly that many rows when that count recurs (:class:`_ExactSizes`), else few multi-row
+    INSERTs of 512, 256, ... 1 rows. Each statement gives up and re-takes the GIL, which under load from the
+    event loop thread costs far more than the insert itself (the writer thread then waits behind the loop);
+    that is also why this is not executemany, which steps SQLite once per row."""
+    width = len(columns)
+    n, i = len(flat) // width, 0
+    if n > 1 and _exact_sizes.use(table, n):
+        conn.execute(_insert_sql(table, columns, n), flat)
+        return
+    for rows in _INSERT_SIZES:
+        while n - i >= rows:
+            conn.execute(_insert_sql(table, columns, rows), flat[i * width:(i + rows) * width])
+            i += rows
+
+
+# A decision that showed a step to someone without tracking consent (no reward window) and still holds their
+# pseudonym: kept only while the caps need it (SqliteStore.forget_untracked_shows).
+_UNTRACKED_SHOW = "reward_deadline_ms = 0 AND step_id != '' AND user_pseudo != ''"
+_SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
+_encode_properties = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+encode_properties = _encode_properties  # the JSON text of an event's properties as stored
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRow:
+    """The current consent of one subject for one purpose."""
+
+    subject: str
+    purpose: str
+    granted: bool
+    source: str
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRow:
+    """An identity link: ``alias_kind`` is "anonymous_id" or "device_id"."""
+
+    alias_kind: str
+    alias: str
+    user_id: str
+    linked_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectKeys:
+    """Everything that identifies one person's rows: canonical subjects (user and ``anon:`` aliases), raw ids
+    and pseudonyms."""
+
+    subjects: tuple[str, ...]
+    user_ids: tuple[str, ...]
+    anonymous_ids: tuple[str, ...]
+    device_ids: tuple[str, ...]
+    pseudonyms: tuple[str, ...]
+
+
+class EventLog(Protocol):
+    """The append-only event log (idempotent by event_id)."""
+
+    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+
+    def append_events(self, events: Sequence[StoredEvent]) -> None: ...
+
+    def append_event_rows(self, flat: Sequence[Any]) -> None: ...
+
+    def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int: ...
+
+    def iter_events(self, after_seq: int = 0) -> Iterator[tuple[int, StoredEvent]]: ...
+
+    def events_about(self, keys: SubjectKeys) -> list[StoredEvent]: ...
+
+
+class SubjectStore(Protocol):
+    """Identity links, consent (current + history), tombstones and meta values."""
+
+    def link_alias(self, alias_kind: str, alias: str, user_id: str, linked_ms: int) -> None: ...
+
+    def all_links(self) -> Iterator[LinkRow]: ...
+
+    def set_consent(self, row: ConsentRow, recorded_ms: int) -> None: ...
+
+    def all_consents(self) -> Iterator[ConsentRow]: ...
+
+    def add_tombstone(self, user_pseudo: str, erased_ms: int) -> None: ...
+
+    def remove_tombstone(self, user_pseudo: str) -> bool: ...
+
+    def all_tombstones(self) -> set[str]: ...
+
+    def meta_get(self, key: str) -> str | None: ...
+
+    def meta_set(self, key: str, value: str) -> None: ...
+
+    def meta_delete(self, key: str) -> bool: ...
+
+
+class DecisionLog(Protocol):
+    """Decisions and their outcomes (one outcome per decision)."""
+
+    def insert_decisions(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def insert_outcome(self, row: Mapping[str, Any]) -> bool: ...
+
+    def get_decision(self, decision_id: str) -> dict[str, Any] | None: ...
+
+
+def _event_from_row(row: Sequence[Any]) -> tuple[int, StoredEvent]:
+    seq, eid, subject, uid, aid, did, name, ts, rec, channel, dtype, feature, step, dec, props = row
+    return seq, StoredEvent(eid, subject, name, ts, rec, uid, aid, did, channel, dtype, feature, step, dec,
+                            json.loads(props) if props and props != "{}" else {})
+
+
+def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(values), size):
+        yield values[i:i + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SqliteStore:
+    """The SQLite implementation of :class:`EventLog`, :class:`SubjectStore` and :class:`DecisionLog`.
+
+    One instance = one connection. The writer thread owns the write instance; :meth:`reader` opens another
+    (read-only) instance for exports. Methods do not commit: callers use :meth:`begin`/:meth:`commit`.
+    """
+
+    def __init__(self, path: str | Path, *, synchronous: str = "full", readonly: bool = False) -> None:
+        self.path = str(path)
+        self.readonly = readonly
+        self.scrub_pending = False  # a scrub_wal that could not truncate the WAL yet (readers of older frames)
+        self.scrub_wait_ms = SCRUB_WAIT_MS  # how long scrub_wal waits for those readers by default
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                    timeout=BUSY_TIMEOUT_MS / 1000)
+        self.db = sqlite_utils.Database(self.conn)
+        if readonly:
+            self.conn.execute("PRAGMA query_only=ON")
+            return
+        if self.path != ":memory:":
+            self.db.enable_wal()
+        self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        # Deleted rows are overwritten with zeros, not just unlinked, so an erased person's ids do not stay
+        # in free space of the database file (the WAL's older copies go with scrub_wal).
+        self.conn.execute("PRAGMA secure_delete=ON")
+        self.conn.execute("PRAGMA temp_store=MEMORY")
+        self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps the event_id/subject indexes in memory
+        self.create_tables()
+
+    # -- schema ------------------------------------------------------------------------------------------
+    def create_tables(self) -> None:
+        """Create every table and index (idempotent)."""
+        db = self.db
+        db.table("events").create(
+            {"seq": int, "event_id": str, "subject": str, "user_id": str, "anonymous_id": str, "device_id": str,
+             "name": str, "timestamp_ms": int, "received_ms": int, "channel": str, "device_type": str,
+             "feature": str, "step_id": str, "decision_id": str, "properties": str},
+            pk="seq", not_null=["event_id", "subject", "name"], if_not_exists=True)
+        db.table("events").create_index(["event_id"], unique=True, if_not_exists=True)
+        db.table("events").create_index(["subject"], if_not_exists=True)
+        db.table("identities").create({"alias_kind": str, "alias": str, "user_id": str, "linked_ms": int},
+                                      pk=("alias_kind", "alias"), if_not_exists=True)
+        db.table("identities").create_index(["user_id"], if_not_exists=True)
+        db.table("consents").create({"subject": str, "purpose": str, "granted": int, "source": str,
+                                     "timestamp_ms": int}, pk=("subject", "purpose"), if_not_exists=True)
+        db.table("consent_history").create(
+            {"id": int, "subject": str, "purpose": str, "granted": int, "source": str, "timestamp_ms": int,
+             "recorded_ms": int}, pk="id", if_not_exists=True)
+        db.table("consent_history").create_index(["subject"], if_not_exists=True)
+        db.table("tombstones").create({"user_pseudo": str, "erased_ms": int}, pk="user_pseudo", if_not_exists=True)
+        db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        db.table("decisions").create(
+            {"decision_id": str, "user_pseudo": str, "timestamp_ms": int, "surface": str, "step_id": str,
+             "propensity": float, "reason": str, "policy_version": str, "experiment": str, "arm": str,
+             "context": str, "eligible": str, "probabilities": str, "reward_deadline_ms": int},
+            pk="decision_id", if_not_exists=True)
+        db.table("decisions").create_index(["user_pseudo"], if_not_exists=True)
+        self.conn.execute(f"CREATE INDEX IF NOT EXISTS decisions_untracked_shows ON decisions (timestamp_ms) "
+                          f"WHERE {_UNTRACKED_SHOW}")
+        db.table("outcomes").create(
+            {"decision_id": str, "user_pseudo": str, "reward": float, "source": str, "outcome": str,
+             "timestamp_ms": int}, pk="decision_id", if_not_exists=True)
+        db.table("outcomes").create_index(["user_pseudo"], if_not_exists=True)
+
+    # -- transactions ------------------------------------------------------------------------------------
+    def begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.rollback()
+        self.conn.close()
+
+    def scrub_wal(self, wait_ms: int | None = None) -> bool:
+        """Copy every committed page into the database file and truncate the WAL to zero bytes
+        (``PRAGMA wal_checkpoint(TRUNCATE)``), so the WAL keeps no older copy of rows just deleted (an
+        erasure). Call outside a transaction, after the commit. Readers are never disturbed: the checkpoint
+        waits up to ``wait_ms`` (default :attr:`scrub_wait_ms`) for those still reading older WAL frames and
+        returns False when some still are (:attr:`scrub_pending` then stays set and the writer retries after
+        its next commits); True when the WAL is empty."""
+        if self.path == ":memory:" or self.readonly:
+            return True
+        self.scrub_pending = True
+        self.conn.execute(f"PRAGMA busy_timeout={int(self.scrub_wait_ms if wait_ms is None else wait_ms)}")
+        try:
+            busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self.scrub_pending = busy != 0
+        return not self.scrub_pending
+
+    def reader(self) -> "SqliteStore":
+        """A new read-only instance on the same file (for exports and checks from other threads)."""
+        return SqliteStore(self.path, readonly=True)
+
+    def count(self, table: str) -> int:
+        return self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 (fixed names)
+
+    # -- events --------------------------------------------------------------------------------------------
+    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of ``event_ids`` are already stored (one SELECT ... IN per chunk)."""
+        found: set[str] = set()
+        for part in _chunks(list(event_ids)):
+            cur = self.conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({_marks(len(part))})", part)
+            found.update(row[0] for row in cur)
+        return found
+
+    def append_events(self, events: Sequence[StoredEvent]) -> None:
+        """Insert new events (the caller has removed duplicates), in order, with few multi-row INSERTs
+        (:func:`insert_flat`)."""
+        encode = _encode_properties
+        flat: list[Any] = []
+        add = flat.extend
+        for e in events:
+            add((e.event_id, e.subject, e.user_id, e.anonymous_id, e.device_id, e.name, e.timestamp_ms,
+                 e.received_ms, e.channel, e.device_type, e.feature, e.step_id, e.decision_id,
+                 encode(e.properties) if e.properties else "{}"))
+        insert_flat(self.conn, "events", EVENT_COLUMNS, flat)
+
+    def append_event_rows(self, flat: Sequence[Any]) -> None:
+        """Insert new events given as their :data:`EVENT_COLUMNS` values one after the other (properties
+        already JSON text), in order; for callers that build the rows while they read the events."""
+        insert_flat(self.conn, "events", EVENT_COLUMNS, flat)
+
+    def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int:
+        """Move events of ``old_subjects`` (e.g. ``anon:abc``) to ``new_subject``; returns rows changed."""
+        n = 0
+        for part in _chunks(list(old_subjects)):
+            n += self.conn.execute(f"UPDATE events SET subject = ? WHERE subject IN ({_marks(len(part))})",
+                                   [new_subject, *part]).rowcount
+        return n
+
+    def iter_events(self, after_seq: int = 0) -> Iterator[tuple[int, StoredEvent]]:
+        """Every event in ``seq`` order, streamed in chunks (startup rebuild, replays)."""
+        last = after_seq
+        while True:
+            rows = self.conn.execute(f"{_SELECT_EVENT} WHERE seq > ? ORDER BY seq LIMIT 10000", (last,)).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _event_from_row(row)
+            last = rows[-1][0]
+
+    @staticmethod
+    def _subjects_clause(keys: SubjectKeys) -> tuple[str, list[Any]]:
+        """Events belong to the subject they were stored under (the person the event was attributed to then),
+        never to whoever else's ids they carry: a shared device or a reused anonymous id links events to
+        several people, and export and erasure must cover exactly one of them (docs/decisions.md)."""
+        subjects = [s for s in keys.subjects if s]
+        if not subjects:
+            return "0", []
+        return f"subject IN ({_marks(len(subjects))})", subjects
+
+    def events_about(self, keys: SubjectKeys) -> list[StoredEvent]:
+        """Every event stored under one of ``keys.subjects``, in ``seq`` order."""
+        where, args = self._subjects_clause(keys)
+        rows = self.conn.execute(f"{_SELECT_EVENT} WHERE {where} ORDER BY seq", args).fetchall()
+        return [_event_from_row(r)[1] for r in rows]
+
+    # -- identities -----------------------------------------------------------------------------------------
+    def link_alias(self, alias_kind: str, alias: str, user_id: str, linked_ms: int) -> None:
+        """Insert or move the link of an alias to ``user_id``."""
+        self.conn.execute("INSERT INTO identities (alias_kind, alias, user_id, linked_ms) VALUES (?, ?, ?, ?) "
+                          "ON CONFLICT (alias_kind, alias) DO UPDATE SET user_id = excluded.user_id, "
+                          "linked_ms = excluded.linked_ms", (alias_kind, alias, user_id, linked_ms))
+
+    def all_links(self) -> Iterator[LinkRow]:
+        for row in self.conn.execute("SELECT alias_kind, alias, user_id, linked_ms FROM identities ORDER BY linked_ms"):
+            yield LinkRow(*row)
+
+    def links_of(self, user_ids: Sequence[str]) -> list[LinkRow]:
+        if not user_ids:
+            return []
+        cur = self.conn.execute("SELECT alias_kind, alias, user_id, linked_ms FROM identities WHERE user_id IN "
+                                f"({_marks(len(user_ids))}) ORDER BY linked_ms, alias_kind, alias", list(user_ids))
+        return [LinkRow(*row) for row in cur]
+
+    # -- consent --------------------------------------------------------------------------------------------
+    def set_consent(self, row: ConsentRow, recorded_ms: int) -> None:
+        """Record the current consent of a subject for a purpose, and append it to the audit history."""
+        values = (row.subject, row.purpose, int(row.granted), row.source, row.timestamp_ms)
+        self.conn.execute("INSERT INTO consents (subject, purpose, granted, source, timestamp_ms) VALUES "
+                          "(?, ?, ?, ?, ?) ON CONFLICT (subject, purpose) DO UPDATE SET granted = excluded.granted, "
+                          "source = excluded.source, timestamp_ms = excluded.timestamp_ms", values)
+        self.conn.execute("INSERT INTO consent_history (subject, purpose, granted, source, timestamp_ms, "
+                          "recorded_ms) VALUES (?, ?, ?, ?, ?, ?)", (*values, recorded_ms))
+
+    def all_consents(self) -> Iterator[ConsentRow]:
+        for s, p, g, src, ts in self.conn.execute(
+                "SELECT subject, purpose, granted, source, timestamp_ms FROM consents"):
+            yield ConsentRow(s, p, bool(g), src, ts)
+
+    def consents_of(self, subjects: Sequence[str]) -> list[ConsentRow]:
+        if not subjects:
+            return []
+        cur = self.conn.execute("SELECT subject, purpose, granted, source, timestamp_ms FROM consents WHERE "
+                                f"subject IN ({_marks(len(subjects))}) ORDER BY subject, purpose", list(subjects))
+        return [ConsentRow(s, p, bool(g), src, ts) for s, p, g, src, ts in cur]
+
+    def consent_history_of(self, subjects: Sequence[str]) -> list[ConsentRow]:
+        if not subjects:
+            return []
+        cur = self.conn.execute("SELECT subject, purpose, granted, source, timestamp_ms FROM consent_history "
+                                f"WHERE subject IN ({_marks(len(subjects))}) ORDER BY id", list(subjects))
+        return [ConsentRow(s, p, bool(g), src, ts) for s, p, g, src, ts in cur]
+
+    # -- tombstones and meta --------------------------------------------------------------------------------
+    def add_tombstone(self, user_pseudo: str, erased_ms: int) -> None:
+        self.conn.execute("INSERT INTO tombstones (user_pseudo, erased_ms) VALUES (?, ?) ON CONFLICT (user_pseudo) "
+                          "DO UPDATE SET erased_ms = excluded.erased_ms", (user_pseudo, erased_ms))
+
+    def remove_tombstone(self, user_pseudo: str) -> bool:
+        return self.conn.execute("DELETE FROM tombstones WHERE user_pseudo = ?", (user_pseudo,)).rowcount > 0
+
+    def all_tombstones(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT user_pseudo FROM tombstones")}
+
+    def meta_get(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def meta_set(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                          "value = excluded.value", (key, value))
+
+    def meta_delete(self, key: str) -> bool:
+        return self.conn.execute("DELETE FROM meta WHERE key = ?", (key,)).rowcount > 0
+
+    # -- decisions and outcomes -----------------------------------------------------------------------------
+    def insert_decisions(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Log decisions (dicts with the ``decisions`` columns; context/eligible/probabilities may be JSON
+        strings or plain values, which are serialized)."""
+        values = []
+        for row in rows:
+            vals = []
+            for col in DECISION_COLUMNS:
+                v = row.get(col)
+                if col in JSON_DECISION_COLUMNS and v is not None and not isinstance(v, str):
+                    v = json.dumps(v, sort_keys=True, separators=(",", ":"))
+                vals.append(v)
+            values.append(vals)
+        self.conn.executemany(f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) VALUES "
+                              f"({_marks(len(DECISION_COLUMNS))})", values)
+
+    def insert_outcome(self, row: Mapping[str, Any]) -> bool:
+        """Log the outcome of a decision once; False (nothing changed) when it already has one."""
+        cur = self.conn.execute(f"INSERT OR IGNORE INTO outcomes ({', '.join(OUTCOME_COLUMNS)}) VALUES "
+                                f"({_marks(len(OUTCOME_COLUMNS))})", [row.get(c) for c in OUTCOME_COLUMNS])
+        return cur.rowcount > 0
+
+    def get_decision(self, decision_id: str) -> dict[str, Any] | None:
+        """One logged decision as a dict of its columns (JSON columns still as text), or None."""
+        cur = self.conn.execute(f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions WHERE decision_id = ?",
+                                (decision_id,))
+        row = cur.fetchone()
+        return None if row is None else dict(zip(DECISION_COLUMNS, row))
+
+    def forget_untracked_shows(self, before_ms: int) -> int:
+        """Remove the pseudonym from the shows of people without tracking consent made before ``before_ms``
+        (the caps no longer need them; the row stays, with no id, for counts); returns rows changed."""
+        return self.conn.execute(f"UPDATE decisions SET user_pseudo = '' WHERE {_UNTRACKED_SHOW} AND "
+                                 "timestamp_ms < ?", (before_ms,)).rowcount
+
+    def get_outcome(self, decision_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(f"SELECT {', '.join(OUTCOME_COLUMNS)} FROM outcomes WHERE decision_id = ?",
+                                (decision_id,)).fetchone()
+        return None if row is None else dict(zip(OUTCOME_COLUMNS, row))
+
+    def decisions_of(self, pseudonyms: Sequence[str]) -> list[dict[str, Any]]:
+        if not pseudonyms:
+            return []
+        cur = self.conn.execute(f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions WHERE user_pseudo IN "
+                                f"({_marks(len(pseudonyms))}) ORDER BY timestamp_ms, decision_id", list(pseudonyms))
+        return [dict(zip(DECISION_COLUMNS, row)) for row in cur]
+
+    def outcomes_of(self, pseudonyms: Sequence[str]) -> list[dict[str, Any]]:
+        if not pseudonyms:
+            return []
+        marks = _marks(len(pseudonyms))
+        cur = self.conn.execute(
+            f"SELECT {', '.join(OUTCOME_COLUMNS)} FROM outcomes WHERE user_pseudo IN ({marks}) OR decision_id IN "
+            f"(SELECT decision_id FROM decisions WHERE user_pseudo IN ({marks})) ORDER BY timestamp_ms, decision_id",
+            [*pseudonyms, *pseudonyms])
+        return [dict(zip(OUTCOME_COLUMNS, row)) for row in cur]
+
+    # -- erasure --------------------------------------------------------------------------------------------
+    def erasures(self) -> int:
+        """How many erasures were ever committed on this database."""
+        return int(self.meta_get(ERASURES_KEY) or 0)
+
+    def erase(self, keys: SubjectKeys) -> dict[str, int]:
+        """Delete every row about ``keys`` from every table and count the erasure (:meth:`erasures`); returns
+        rows deleted per table."""
+        c = self.conn
+        self.meta_set(ERASURES_KEY, str(self.erasures() + 1))
+        deleted: dict[str, int] = {}
+        where, args = self._subjects_clause(keys)
+        deleted["events"] = c.execute(f"DELETE FROM events WHERE {where}", args).rowcount
+        # The person's aliases are the rows linking to the person's user ids; an alias linked to someone else now
+        # is that person's link and stays.
+        users = list(keys.user_ids)
+        deleted["identities"] = c.execute(
+            f"DELETE FROM identities WHERE user_id IN ({_marks(len(users))})", users).rowcount if users else 0
+        subjects = list(keys.subjects)
+        for table in ("consents", "consent_history"):
+            deleted[table] = c.execute(f"DELETE FROM {table} WHERE subject IN ({_marks(len(subjects))})",
+                                       subjects).rowcount if subjects else 0
+        pseudos = list(keys.pseudonyms)
+        if pseudos:
+            marks = _marks(len(pseudos))
+            deleted["outcomes"] = c.execute(
+                f"DELETE FROM outcomes WHERE user_pseudo IN ({marks}) OR decision_id IN "
+                f"(SELECT decision_id FROM decisions WHERE user_pseudo IN ({marks}))", [*pseudos, *pseudos]).rowcount
+            deleted["decisions"] = c.execute(f"DELETE FROM decisions WHERE user_pseudo IN ({marks})",
+                                             pseudos).rowcount
+        else:
+            deleted["outcomes"] = deleted["decisions"] = 0
+        return deleted
+
+    def rows_about(self, keys: SubjectKeys) -> dict[str, int]:
+        """How many rows of each table are about ``keys`` (used by tests and the erase check)."""
+        c = self.conn
+        where, args = self._subjects_clause(keys)
+        out = {"events": c.execute(f"SELECT COUNT(*) FROM events WHERE {where}", args).fetchone()[0]}
+        users = list(keys.user_ids)
+        out["identities"] = c.execute(f"SELECT COUNT(*) FROM identities WHERE user_id IN ({_marks(len(users))})",
+                                      users).fetchone()[0] if users else 0
+        subjects = list(keys.subjects)
+        for table in ("consents", "consent_history"):
+            out[table] = c.execute(f"SELECT COUNT(*) FROM {table} WHERE subject IN ({_marks(len(subjects))})",
+                                   subjects).fetchone()[0] if subjects else 0
+        pseudos = list(keys.pseudonyms)
+        for table in ("decisions", "outcomes"):
+            out[table] = c.execute(f"SELECT COUNT(*) FROM {table} WHERE user_pseudo IN ({_marks(len(pseudos))})",
+                                   pseudos).fetchone()[0] if pseudos else 0
+        return out
+
+
+def open_store(path: str | Path, synchronous: str = "full") -> SqliteStore:
+    """Open (creating if needed) the store at ``path`` for writing."""
+    return SqliteStore(path, synchronous=synchronous)
+

@@ -1,0 +1,72 @@
+"""The server's roles import one way: each subpackage of ``server/`` imports only the roles below it, and
+protobuf (``onramp.v1``) only at the API edge and in the process wiring above it."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SERVER = Path(__file__).resolve().parents[2] / "server"
+# Lowest first: a role may import itself and the roles before it, never one after it.
+ORDER = ("base", "store", "ingest", "learn", "decide", "api", "ops")
+OFFLINE_MAY_IMPORT = {"offline", "base", "store"}  # the offline tools read the database, never the live service
+PROTOBUF_ROLES = {"api", "ops"}
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            if node.module == "server":
+                found |= {f"server.{alias.name}" for alias in node.names}
+    return found
+
+
+def _role(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "server" and len(parts) > 1 else None
+
+
+def _modules() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(SERVER.rglob("*.py")):
+        rel = path.relative_to(SERVER)
+        role = rel.parts[0] if len(rel.parts) > 1 else ""
+        out.append((role, path))
+    return out
+
+
+def test_every_module_lives_in_a_role():
+    loose = [p.name for role, p in _modules() if role == "" and p.name not in ("__init__.py", "__main__.py")]
+    assert loose == []
+    roles = {role for role, _ in _modules() if role}
+    assert roles == set(ORDER) | {"offline"}, roles
+
+
+def test_roles_import_only_downwards():
+    wrong = []
+    for role, path in _modules():
+        if not role:
+            continue
+        for module in _imports(path):
+            target = _role(module)
+            if target is None or target == role:
+                continue
+            if role == "offline":
+                ok = target in OFFLINE_MAY_IMPORT
+            elif target == "offline":
+                ok = role == "ops"  # the CLI runs the offline tools
+            else:
+                ok = ORDER.index(target) < ORDER.index(role)
+            if not ok:
+                wrong.append(f"{path.relative_to(SERVER.parent)} imports {module}")
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_protobuf_stays_at_the_api_edge():
+    wrong = [f"{path.relative_to(SERVER.parent)} imports {module}" for role, path in _modules()
+             if role not in PROTOBUF_ROLES for module in _imports(path)
+             if module.startswith("onramp.v1") or module.startswith("google.protobuf")]
+    assert wrong == [], "\n".join(wrong)

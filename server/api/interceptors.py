@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import random
 import re
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from server.base.ids import new_request_id
 from server.api.auth import AuthError, KeyRing, Principal, peer_network, required_role
 from server.api.limits import AUTH_FAILURES, RETRY_AFTER_MS_HEADER, AuthFailureLimiter, RateLimited, RateLimiter
 from server.base.logging_setup import bind_request, enter_request, leave_request, only_json_handler, write_access
@@ -39,14 +39,7 @@ MAX_DELAYED_REFUSALS = 1000
 EVENT_METHODS = frozenset({"/onramp.v1.Onramp/IngestEvents", "/onramp.v1.Onramp/IngestEventBatches"})
 
 access_log = logging.getLogger("onramp.access")
-
-_ID_RANDOM = random.Random(os.urandom(32))  # seeded from the OS; getrandbits is far cheaper than uuid4()
-os.register_at_fork(after_in_child=lambda: _ID_RANDOM.seed(os.urandom(32)))  # no shared ids after fork
-
-
-def new_request_id() -> str:
-    """A new random request id: 128 random bits as 32 hex characters (the length of ``uuid4().hex``)."""
-    return f"{_ID_RANDOM.getrandbits(128):032x}"
+_JITTER = random.Random()  # spreads late answers to failed authentications
 
 
 def event_count(message: Any) -> int:
@@ -239,7 +232,7 @@ class OnrampInterceptor(grpc.aio.ServerInterceptor):
         before answering a failed authentication, unless too many already wait; returns the seconds waited."""
         if self.failure_delay_s <= 0 or self._delayed >= self.max_delayed:
             return 0.0
-        delay = self.failure_delay_s * (0.5 + _ID_RANDOM.random())
+        delay = self.failure_delay_s * (0.5 + _JITTER.random())
         self._delayed += 1
         try:
             await asyncio.sleep(delay)

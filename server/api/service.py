@@ -30,7 +30,8 @@ from server.base.records import ANON_PREFIX, StoredEvent
 from server.store.sqlite import ConsentRow, LinkRow
 from server.api.validation import (EventValues, ValidationError, validate_batch_size, validate_consent, validate_event,
                                validate_next_step, validate_outcome, validate_subject_request)
-from server.store.writer import WriterClosed, now_ms
+from server.base.clock import now_ms
+from server.store.writer import WriterClosed
 
 log = logging.getLogger(__name__)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -20,8 +20,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-import random
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +30,9 @@ from bandits.exploration import Decider, build_exploration
 from bandits.guardrails import GuardrailConfig, StepSpec, UserHistory, eligible, personalization_allowed
 from bandits.policies import build_policy, policy_from_state
 from server.base.catalog import Catalog
+from server.base.clock import DAY_MS, HOUR_MS
+from server.base.ids import new_decision_id
+from server.base.reasons import Reason
 from server.ingest.consent import PERSONALIZATION
 from server.store.decision_log import ANONYMOUS_ROW, Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
 from server.decide.engine_api import NextStep, ServiceError
@@ -48,44 +49,21 @@ from server.learn.features import request_mobile
 from server.learn.segments import SegmentResult, Segmenter, distinct_days
 from server.store.marks import LogMark, bandit_decisions_after
 from server.store.sqlite import LinkRow
-from server.store.writer import now_ms as clock_ms
+from server.base.clock import now_ms as clock_ms
 
 
 log = logging.getLogger(__name__)
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 STATE_FORMAT = 1
 SEGMENT_CACHE_MS = 60_000  # a user's segments/context are recomputed at least once a minute ...
 SEGMENT_CACHE_SIZE = 100_000  # ... for at most this many recent users
 LABEL_SWEEP_S = 60.0  # how often the reward sweep also gives expired activation windows their label
 RELEARN_CHUNK = 256  # profiles the segmenter relearns between two turns of the event loop (after an erasure)
 
-# Reasons of an answer.
-CORE = "core"
-NO_CONSENT = "no_consent"
-GENERIC = "generic"
-BANDIT = "bandit"
-HOLDOUT = "holdout"
-CAPPED = "capped"
-NONE_ELIGIBLE = "none_eligible"
-RULE_PREFIX = "rule:"
-
 # Arm kinds (catalog experiments); without an experiment every user is served as "tailored".
 TAILORED = "tailored"
 GENERIC_ARM = "generic"
 HOLDOUT_ARM = "holdout"
-
-
-_ID_RANDOM = random.Random(os.urandom(32))  # seeded from the OS; a getrandbits call is ~20x cheaper than uuid4()
-os.register_at_fork(after_in_child=lambda: _ID_RANDOM.seed(os.urandom(32)))  # no shared ids after fork
-_UUID4_CLEAR = ~((0xF << 76) | (0xC << 60))
-_UUID4_SET = (0x4 << 76) | (0x8 << 60)
-
-
-def new_decision_id() -> str:
-    """A random UUID version 4 as 32 hex characters (122 random bits, like ``uuid.uuid4().hex``)."""
-    return f"{(_ID_RANDOM.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
 
 
 def _temporary(block: str) -> bool:
@@ -217,7 +195,7 @@ class DecisionEngine:
                     replayed += 1
             if replay and after is not None and self.decider is not None:
                 drawn = self._unsettled_at_checkpoint
-                for decision_id, context, eligible in bandit_decisions_after(reader, after.decisions_rowid, BANDIT):
+                for decision_id, context, eligible in bandit_decisions_after(reader, after.decisions_rowid, Reason.BANDIT):
                     arms = [self.arm_index[s] for s in eligible if s in self.arm_index]
                     if decision_id in drawn or not context or not arms or len(arms) != len(eligible):
                         continue
@@ -460,7 +438,7 @@ class DecisionEngine:
                      propensity: float = 1.0) -> Decision:
             deadline = now_ms + self._window_ms[step_id] if step_id and tracked else 0
             return Decision(new_decision_id(), pseudo if tracked or step_id else ANONYMOUS_ROW, now_ms, surface,
-                            step_id, propensity, reason,
+                            step_id, propensity, str(reason),  # a plain str in the row (Reason is a StrEnum)
                             self.policy_version, experiment, arm, context, candidates, probabilities, deadline)
 
         def nothing(reason: str) -> Choice:  # no action: no context to learn from or evaluate, none logged
@@ -477,18 +455,18 @@ class DecisionEngine:
             if core_id in hist.completed:
                 continue
             if core_id in allowed:
-                return deterministic(core_id, CORE if personal else NO_CONSENT, [core_id])
-            return nothing(CAPPED if _temporary(el.blocked.get(core_id, "")) else NONE_ELIGIBLE)
+                return deterministic(core_id, Reason.CORE if personal else Reason.NO_CONSENT, [core_id])
+            return nothing(Reason.CAPPED if _temporary(el.blocked.get(core_id, "")) else Reason.NONE_ELIGIBLE)
         if not personal:
-            return nothing(NO_CONSENT)
+            return nothing(Reason.NO_CONSENT)
         candidates = [s for s in allowed if s in self.arm_index]
         if not candidates:
             blocked = el.blocked
             capped = any(_temporary(blocked.get(s, "")) for s in self.arms)
-            return nothing(CAPPED if capped else NONE_ELIGIBLE)
+            return nothing(Reason.CAPPED if capped else Reason.NONE_ELIGIBLE)
         # 3. experiment arms, rules, bandit, generic order
         if arm_kind == HOLDOUT_ARM:
-            return nothing(HOLDOUT)
+            return nothing(Reason.HOLDOUT)
         if arm_kind == TAILORED and profile is not None and personalization_allowed(hist, self.guardrails):
             fired = first_firing(self._rules, profile, candidates, now_ms)
             if fired is not None:
@@ -497,8 +475,8 @@ class DecisionEngine:
                 c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng)
                 arms = self.arms
                 probs = {arms[a]: p for a, p in c.probabilities.items()}
-                return Choice(decision(arms[c.arm], BANDIT, candidates, probs, c.probability), segments, x, pseudo)
-        return deterministic(self.generic_pick(candidates, shown), GENERIC, candidates)
+                return Choice(decision(arms[c.arm], Reason.BANDIT, candidates, probs, c.probability), segments, x, pseudo)
+        return deterministic(self.generic_pick(candidates, shown), Reason.GENERIC, candidates)
 
     def segments_of(self, subject: str, profile: Profile, now_ms: int,
                     request_context: Mapping[str, str]) -> SegmentResult:

@@ -5,19 +5,19 @@ alone converts them to and from protobuf), the errors a decision service may rai
 """
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from server.base.catalog import Catalog, Step, load_catalog
+from server.base.clock import HOUR_MS
+from server.base.ids import new_decision_id
+from server.base.reasons import Reason
 from server.ingest.consent import PERSONALIZATION
 from server.base.metrics import Metrics
 from server.ingest.pipeline import Pipeline
 from server.ingest.profiles import Profile
 from server.store.sqlite import SqliteStore
-
-DAY_MS = 24 * 3600 * 1000
 
 
 class ServiceError(Exception):
@@ -98,13 +98,13 @@ class StaticCoreFlow:
         """The first core step ``subject`` has not completed, logged before it is returned."""
         step_id = self._next_core(self.pipeline.profile(subject))
         personalized = self.pipeline.consent.granted(subject, PERSONALIZATION)
-        decision_id = uuid.uuid4().hex
+        decision_id = new_decision_id()
         if step_id is None:
-            reason, eligible, probabilities, deadline = "none_eligible", [], {}, 0
+            reason, eligible, probabilities, deadline = str(Reason.NONE_ELIGIBLE), [], {}, 0
         else:
-            reason = "core" if personalized else "no_consent"
+            reason = str(Reason.CORE if personalized else Reason.NO_CONSENT)
             eligible, probabilities = [step_id], {step_id: 1.0}
-            deadline = now_ms + int(self.catalog.step(step_id).reward_window_hours * 3600 * 1000)
+            deadline = now_ms + int(self.catalog.step(step_id).reward_window_hours * HOUR_MS)
         row: dict[str, Any] = {
             "decision_id": decision_id, "user_pseudo": self.pipeline.pseudonym(subject), "timestamp_ms": now_ms,
             "surface": surface, "step_id": step_id or "", "propensity": 1.0, "reason": reason,

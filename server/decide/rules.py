@@ -10,9 +10,9 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 from server.base.catalog import Rule
+from server.base.clock import HOUR_MS
+from server.base.reasons import rule_reason
 from server.ingest.profiles import Profile
-
-HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class Firing:
     @property
     def reason(self) -> str:
         """The decision reason: ``rule:<name>``."""
-        return f"rule:{self.rule}"
+        return rule_reason(self.rule)
 
 
 def returned_after_inactive(profile: Profile, threshold_ms: float, now_ms: int) -> bool:

@@ -28,7 +28,8 @@ from server.ingest.profiles import Profile, ProfileBook
 from server.base.records import ANON_PREFIX, EventValues, StoredEvent
 from server.store.marks import device_hints
 from server.store.sqlite import ConsentRow, LinkRow, SqliteStore, SubjectKeys, encode_properties
-from server.store.writer import Writer, now_ms
+from server.base.clock import now_ms
+from server.store.writer import Writer
 
 log = logging.getLogger(__name__)
 

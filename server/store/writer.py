@@ -21,7 +21,6 @@ import concurrent.futures
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -223,6 +222,3 @@ class Writer:
             job.future.set_exception(exc)
 
 
-def now_ms() -> int:
-    """The server clock in epoch milliseconds."""
-    return time.time_ns() // 1_000_000

@@ -12,7 +12,8 @@ import pytest
 
 import uuid
 
-from server.decide.engine import DecisionEngine, new_decision_id
+from server.base.ids import new_decision_id
+from server.decide.engine import DecisionEngine
 from server.decide.engine_api import ServiceError
 from tests.server.engine_support import (DAY_MS, HOUR_MS, MIN_MS, T0, Harness, Scenario, catalog_with,
                                          decision_rows, run,

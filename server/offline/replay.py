@@ -65,7 +65,7 @@ class ReplayOptions:
     n_bootstrap: int = 1000
     alpha: float = 0.05
     seed: int = 0
-    reward_model_l2: float = 1.0
+    reward_model_l2: float = 1e-3
     reward_model_folds: int = 2
     refit_reward_model: bool | None = None  # refit DM/DR's model per bootstrap replicate; None = small logs only
 

@@ -234,38 +234,55 @@ class SNIPS(IPS):
 
 
 class _ModelBased(_Estimator):
-    """DM and DR: optionally refit the reward model inside the bootstrap."""
+    """DM and DR: optionally refit the reward model inside the bootstrap, the same way as the point estimate."""
+
+    def _rounds(self, reward: np.ndarray, action: np.ndarray, pscore: np.ndarray, action_dist: np.ndarray,
+                q: np.ndarray) -> np.ndarray:
+        """Per-round terms for reward estimates ``q`` ``(..., n, K)`` (a leading batch axis is allowed)."""
+        raise TypeError(f"{type(self).__name__} does not define its terms")
+
+    def _terms(self, reward, action, pscore, action_dist, estimated_rewards):
+        q = _check_q(estimated_rewards, reward.shape[0], type(self).__name__)
+        d = _full_dist(action_dist, reward.shape[0], q.shape[1], type(self).__name__)
+        return self._rounds(reward, action, pscore, d, q), None
 
     def estimate_interval(self, reward: np.ndarray, action: np.ndarray, pscore: np.ndarray,
                           action_dist: np.ndarray, estimated_rewards: np.ndarray | None = None,
                           alpha: float = 0.05, n_bootstrap: int = 1000,
                           random_state: int | np.random.Generator | None = None,
                           max_groups: int | None = DEFAULT_MAX_GROUPS, context: np.ndarray | None = None,
-                          reward_model: object | None = None) -> Interval:
-        """As for every estimator; with ``context`` and ``reward_model`` the model is refitted on each
-        bootstrap resample (``estimated_rewards`` defaults to the model fitted on the whole log)."""
+                          reward_model: object | None = None, fold: np.ndarray | None = None) -> Interval:
+        """As for every estimator; with ``context`` and ``reward_model`` the model is refitted in every
+        bootstrap replicate, cross-fitted on ``fold`` (default: one fold, in-sample) exactly as the point
+        estimate (``estimated_rewards`` defaults to ``reward_model.cross_fit`` on the whole log): each
+        replicate's multinomial counts weight the rows, and every row keeps its fold."""
         if reward_model is None and context is None:
             return super().estimate_interval(reward, action, pscore, action_dist, estimated_rewards, alpha,
                                              n_bootstrap, random_state, max_groups)
         if reward_model is None or context is None:
             raise ValueError("pass both context and reward_model to refit the reward model in the bootstrap")
         r, a, p = _check_log(reward, action, pscore)
-        x = np.asarray(context, dtype=np.float64)
-        if x.ndim != 2 or x.shape[0] != r.shape[0]:
-            raise ValueError(f"context must be (n_rounds={r.shape[0]}, n_features) (got {x.shape})")
-        d = _as_dist(action_dist)
-        if estimated_rewards is None:
-            estimated_rewards = reward_model.fit(x, a, r).predict(x)
-        point = self.estimate_policy_value(r, a, p, d, estimated_rewards)
-        rng = np.random.default_rng(random_state)
         n = r.shape[0]
+        x = np.asarray(context, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] != n:
+            raise ValueError(f"context must be (n_rounds={n}, n_features) (got {x.shape})")
+        f = np.zeros(n, dtype=np.intp) if fold is None else np.asarray(fold, dtype=np.intp)
+        if f.shape != (n,):
+            raise ValueError(f"fold must be (n_rounds={n},) (got {f.shape})")
+        cross_fit = reward_model.cross_fit  # type: ignore[attr-defined]
+        if estimated_rewards is None:
+            estimated_rewards = cross_fit(x, a, r, f)
+        point = self.estimate_policy_value(r, a, p, action_dist, estimated_rewards)
+        d = _full_dist(action_dist, n, np.shape(estimated_rewards)[-1], type(self).__name__)
+        rng = np.random.default_rng(random_state)
         reps = np.empty(n_bootstrap)
-        for b in range(n_bootstrap):
-            idx = rng.integers(n, size=n)
-            xb, ab, rb = x[idx], a[idx], r[idx]
-            qb = reward_model.fit(xb, ab, rb).predict(xb)
-            num, _ = self._terms(rb, ab, p[idx], d[idx], qb)
-            reps[b] = num.mean()
+        step = max(1, min(n_bootstrap, _CHUNK_CELLS // max(1, n * d.shape[1])))
+        for start in range(0, n_bootstrap, step):
+            m = min(step, n_bootstrap - start)
+            idx = rng.integers(n, size=(m, n)) + n * np.arange(m)[:, None]
+            counts = np.bincount(idx.ravel(), minlength=m * n).reshape(m, n).astype(np.float64)
+            q = cross_fit(x, a, r, f, sample_weight=counts)
+            reps[start:start + m] = (counts * self._rounds(r, a, p, d, q)).sum(axis=1) / n
         return _interval(point, reps, alpha)
 
 
@@ -275,10 +292,8 @@ class DirectMethod(_ModelBased):
 
     name = "dm"
 
-    def _terms(self, reward, action, pscore, action_dist, estimated_rewards):
-        q = _check_q(estimated_rewards, reward.shape[0], "DirectMethod")
-        d = _full_dist(action_dist, reward.shape[0], q.shape[1], "DirectMethod")
-        return np.einsum("ij,ij->i", d, q), None
+    def _rounds(self, reward, action, pscore, action_dist, q):
+        return np.einsum("ij,...ij->...i", action_dist, q)
 
 
 class DoublyRobust(_ModelBased, IPS):
@@ -287,13 +302,11 @@ class DoublyRobust(_ModelBased, IPS):
 
     name = "dr"
 
-    def _terms(self, reward, action, pscore, action_dist, estimated_rewards):
-        n = reward.shape[0]
-        q = _check_q(estimated_rewards, n, "DoublyRobust")
-        d = _full_dist(action_dist, n, q.shape[1], "DoublyRobust")
-        w = self._weights(action, pscore, d)
-        dm = np.einsum("ij,ij->i", d, q)
-        return dm + w * (reward - q[np.arange(n), action]), None
+    def _rounds(self, reward, action, pscore, action_dist, q):
+        w = self._weights(action, pscore, action_dist)
+        dm = np.einsum("ij,...ij->...i", action_dist, q)
+        q_logged = q[..., np.arange(action.shape[0]), action]
+        return dm + w * (reward - q_logged)
 
 
 class Replay(_Estimator):

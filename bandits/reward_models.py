@@ -120,8 +120,9 @@ class RidgeRewardModel:
         out = np.empty((w.shape[0], x.shape[0], self.n_actions))
         for k in range(n_folds):
             rows = np.flatnonzero(f == k)
-            q = np.einsum("nd,bad->bna", x[rows], coef[:, k])
-            q = np.where(empty[:, k, None, :], fallback[:, k, None, None], q)
+            q = np.matmul(x[rows], coef[:, k].transpose(0, 2, 1))  # (B, rows, K)
+            if empty[:, k].any():
+                q = np.where(empty[:, k, None, :], fallback[:, k, None, None], q)
             out[:, rows] = q
         out = self._clip(out)
         return out[0] if sample_weight is None or np.ndim(sample_weight) == 1 else out
@@ -145,9 +146,9 @@ class RidgeRewardModel:
         penalty = np.full(d1, self.l2)
         penalty[-1] = 0.0  # the intercept is free
         empty = count <= 0
-        gram = gram + np.diag(penalty)
-        gram[empty] = np.eye(d1)  # solvable placeholder; predictions of empty steps are replaced
-        coef = np.linalg.solve(gram, rhs[..., None])[..., 0]
+        coef = np.zeros(rhs.shape)
+        full = ~empty  # only steps with training rows are solved; the others get the fallback
+        coef[full] = np.linalg.solve(gram[full] + np.diag(penalty), rhs[full][..., None])[..., 0]
         with np.errstate(invalid="ignore", divide="ignore"):
             fallback = np.where(r_count > 0, r_sum / np.where(r_count > 0, r_count, 1.0), 0.0)
         if self.clip is not None:

@@ -39,7 +39,7 @@ import numpy as np
 from bandits.estimators import ESTIMATORS, Diagnostics, Interval, bootstrap_ratio, diagnose
 from bandits.exploration import build_exploration
 from bandits.policies import build_policy
-from bandits.reward_models import RidgeRewardModel
+from bandits.reward_models import RidgeRewardModel, fold_assignment
 from server.catalog import Catalog, CatalogError, catalog_from_config
 from server.config import ConfigError, load_config
 from server.offline.common import OfflineError, generic_order, json_clean, load_setup
@@ -331,11 +331,23 @@ def on_policy_mean(r: Rounds, options: ReplayOptions) -> EstimateResult:
     return res
 
 
-def reward_estimates(r: Rounds, options: ReplayOptions) -> np.ndarray:
-    """Cross-fitted ridge reward model predictions ``(n, K)`` for DM and DR, clipped to the reward range."""
+@dataclass
+class RewardFit:
+    """DM/DR's reward model on the evaluated rounds: the model, each round's fold and the cross-fitted
+    predictions ``q`` ``(n, K)`` (each round predicted by the model fitted on the other folds)."""
+
+    model: RidgeRewardModel
+    fold: np.ndarray
+    q: np.ndarray
+
+
+def reward_estimates(r: Rounds, options: ReplayOptions) -> RewardFit:
+    """The cross-fitted reward model of DM and DR, clipped to the reward range (one fold, in-sample, on
+    logs of fewer than ten rounds per fold)."""
     folds = options.reward_model_folds if r.n >= 10 * max(1, options.reward_model_folds) else 1
-    return _reward_model(r, options).fit_predict(_context(r), r.action, r.reward, n_folds=folds,
-                                                 random_state=options.seed)
+    model = _reward_model(r, options)
+    fold = fold_assignment(r.n, folds, options.seed)
+    return RewardFit(model, fold, model.cross_fit(_context(r), r.action, r.reward, fold))
 
 
 REFIT_MAX_WORK = 2_000_000  # rounds x replicates up to which DM/DR refit their model by default
@@ -351,12 +363,13 @@ def _context(r: Rounds) -> np.ndarray:
 
 
 def evaluate_policy(name: str, description: str, target: np.ndarray, r: Rounds, options: ReplayOptions,
-                    q: np.ndarray | None, progress: Progress = _no_progress) -> PolicyResult:
+                    fit: RewardFit | None, progress: Progress = _no_progress) -> PolicyResult:
     """Every requested estimator (with bootstrap interval) and the weight diagnostics of one target.
 
     DM and DR intervals refit the reward model in every bootstrap replicate when ``refit_reward_model``
-    (default: when rounds x replicates <= :data:`REFIT_MAX_WORK`); otherwise the model is held fixed and
-    the DM interval leaves out the model's own error (too narrow: a warning says so)."""
+    (default: when rounds x replicates <= :data:`REFIT_MAX_WORK`), cross-fitted on the same folds as the
+    point estimate; otherwise the model is held fixed and the DM interval leaves out the model's own error
+    (too narrow: a warning says so)."""
     diag: Diagnostics = diagnose(r.action, r.pscore, target, logging_dist=r.logging_dist)
     refit = (options.refit_reward_model if options.refit_reward_model is not None
              else r.n * options.n_bootstrap <= REFIT_MAX_WORK)
@@ -364,10 +377,11 @@ def evaluate_policy(name: str, description: str, target: np.ndarray, r: Rounds, 
     for j, est in enumerate(options.estimators):
         rng = np.random.default_rng([options.seed, j, zlib.crc32(name.encode())])
         kwargs: dict[str, Any] = {}
-        if est in ("dm", "dr") and refit:
-            kwargs = {"context": _context(r), "reward_model": _reward_model(r, options)}
+        model_based = est in ("dm", "dr") and fit is not None
+        if model_based and refit:
+            kwargs = {"context": _context(r), "reward_model": fit.model, "fold": fit.fold}  # type: ignore[union-attr]
         iv: Interval = ESTIMATORS[est]().estimate_interval(
-            r.reward, r.action, r.pscore, target, q if est in ("dm", "dr") else None, alpha=options.alpha,
+            r.reward, r.action, r.pscore, target, fit.q if model_based else None, alpha=options.alpha,  # type: ignore[union-attr]
             n_bootstrap=options.n_bootstrap, random_state=rng, **kwargs)
         estimates.append(EstimateResult(est, iv.mean, iv.low, iv.high))
         progress("estimating", 1, 0)
@@ -421,8 +435,8 @@ def run_replay(log: DecisionArrays, catalog: Catalog, candidates: list[Candidate
     for c in candidates:
         dist, learned = target_candidate(r, c, seed=options.seed, progress=progress)
         policies.append((c.name, f"{c.description}; learned from {learned} matched rounds", dist))
-    q = reward_estimates(r, options) if any(e in ("dm", "dr") for e in options.estimators) else None
-    results = [evaluate_policy(name, desc, target, r, options, q, progress) for name, desc, target in policies]
+    fit = reward_estimates(r, options) if any(e in ("dm", "dr") for e in options.estimators) else None
+    results = [evaluate_policy(name, desc, target, r, options, fit, progress) for name, desc, target in policies]
     return ReplayReport(source, options.scope, options.alpha, options.n_bootstrap, counts, on_policy_mean(r, options),
                         results, warnings, time.perf_counter() - t0)
 

@@ -151,3 +151,35 @@ def test_estimate_all_and_grouped_bootstrap_agree_with_row_bootstrap(simulated_l
     groups = IPS().estimate_interval(r, a, p, pi, n_bootstrap=1000, random_state=2, max_groups=3000)
     assert rows.mean == groups.mean
     assert (groups.high - groups.low) == pytest.approx(rows.high - rows.low, rel=0.15)
+
+
+def test_refit_bootstrap_cross_fits_each_replicate_like_the_point_estimate():
+    """Each replicate = the point estimate's computation on multinomial counts: the model refitted on the
+    other folds' rows with the counts as weights (a row drawn twice keeps its fold, so never predicts
+    itself). Checked against a plain loop over replicates."""
+    g = np.random.default_rng(5)
+    n, k, b = 60, 3, 40
+    x = np.eye(6)[g.integers(6, size=n)]
+    a, p = g.integers(k, size=n), np.full(n, 1 / k)
+    r = (g.random(n) < 0.4).astype(float)
+    pi = np.tile([0.6, 0.3, 0.1], (n, 1))
+    fold = g.integers(2, size=n)
+    model = RidgeRewardModel(k, clip=(0.0, 1.0))
+    for est in (DirectMethod(), DoublyRobust()):
+        iv = est.estimate_interval(r, a, p, pi, alpha=0.2, n_bootstrap=b, random_state=9, context=x,
+                                   reward_model=model, fold=fold)
+        counts = np.stack([np.bincount(row, minlength=n) for row in np.random.default_rng(9).integers(n, size=(b, n))])
+        reps = []
+        for c in counts.astype(float):
+            q = np.empty((n, k))
+            for f in (0, 1):
+                train, test = fold != f, fold == f
+                m = RidgeRewardModel(k, clip=(0.0, 1.0)).fit(x[train], a[train], r[train], sample_weight=c[train])
+                q[test] = m.predict(x[test])
+            dm = (pi * q).sum(axis=1)
+            rows = dm if isinstance(est, DirectMethod) else dm + pi[np.arange(n), a] / p * (r - q[np.arange(n), a])
+            reps.append(float((c * rows).sum() / n))
+        low, high = np.quantile(reps, [0.1, 0.9])
+        assert (iv.low, iv.high) == pytest.approx((low, high), abs=1e-9)
+        q_point = RidgeRewardModel(k, clip=(0.0, 1.0)).cross_fit(x, a, r, fold)
+        assert iv.mean == pytest.approx(est.estimate_policy_value(r, a, p, pi, q_point), abs=1e-12)

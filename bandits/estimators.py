@@ -310,25 +310,24 @@ class DoublyRobust(_ModelBased, IPS):
 
 
 class Replay(_Estimator):
-    """Replay (Li et al. 2011): the mean reward of the rounds where the target's choice equals the
-    logged action. For a stochastic target its choice is its most probable action (ties all count);
-    unbiased for a deterministic target and uniform logging. A ``(n,)`` ``action_dist`` must be 0/1."""
+    """Replay (Li et al. 2011): the mean logged reward over the rounds where the target would have taken
+    the logged action. A stochastic target "matches" a round with its probability of the logged action,
+    so each round is weighted by ``pi(a_logged|x)``: ``sum(pi * r) / sum(pi)``, the expected value of
+    replaying the target with its own random draws (for a deterministic target, the classic count of
+    matches). Unbiased for uniform-random logging, where it equals SNIPS; biased otherwise.
+
+    >>> Replay().estimate_policy_value(np.array([0.0, 0.0, 1.0]), np.array([0, 1, 2]), np.full(3, 1 / 3),
+    ...                                np.tile([0.4, 0.4, 0.2], (3, 1)))  # true value 0.2
+    0.2
+    """
 
     name = "replay"
 
     def _terms(self, reward, action, pscore, action_dist, estimated_rewards):
         d = _as_dist(action_dist)
-        if d.ndim == 1:
-            if d.shape != reward.shape:
-                raise ValueError(f"action_dist (n,) must match reward's shape {reward.shape} (got {d.shape})")
-            if not np.isin(d, (0.0, 1.0)).all():
-                raise ValueError("Replay with an (n,) action_dist needs a deterministic target (values 0 or 1); "
-                                 "pass the full (n, K) matrix for a stochastic one")
-            match = d
-        else:
-            pi = target_probability(d, action)
-            match = (pi > 0) & (pi >= d.max(axis=1))
-            match = match.astype(np.float64)
+        if d.ndim == 1 and d.shape != reward.shape:
+            raise ValueError(f"action_dist (n,) must match reward's shape {reward.shape} (got {d.shape})")
+        match = target_probability(d, action)
         return match * reward, match
 
 

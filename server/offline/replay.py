@@ -398,11 +398,9 @@ def evaluate_policy(name: str, description: str, target: np.ndarray, r: Rounds, 
         elif r.bandit.any() and not r.bandit.all() and options.scope == "all":
             warnings.append("replay: forced rounds always match and randomised ones only sometimes, so they are "
                             "over-represented; use --scope randomised for replay")
-        if np.any((target > 0) & (target < 1)):
-            warnings.append("replay: the policy is stochastic; replay scores its most probable step only")
         replay = next(e for e in estimates if e.estimator == "replay")
         if not math.isfinite(replay.value):
-            warnings.append("replay: the policy's choice never matched a logged step")
+            warnings.append("replay: the policy gives probability 0 to every logged step")
     differs = float(np.mean(np.abs(target - r.logging_dist).sum(axis=1) > 1e-9)) if r.n else 0.0
     return PolicyResult(name, description, estimates, diag.ess, diag.max_weight, diag.zero_support_share,
                         diag.missing_support_share, warnings, differs)

@@ -36,8 +36,18 @@ def test_hand_computed_values():
     assert DirectMethod().estimate_policy_value(R, A, P, PI, Q) == pytest.approx(1.37 / 4)
     # DR rows: 0.26+0.4*(1-0.5), 0.57+3.6*(1-0.6), 0.40+0*(0-0.9), 0.14+1.2*(0-0.1)
     assert DoublyRobust().estimate_policy_value(R, A, P, PI, Q) == pytest.approx((0.46 + 2.01 + 0.40 + 0.02) / 4)
-    # target argmax = [1, 1, 0, 0]: rounds 2 and 4 match the logged action, rewards 1 and 0
-    assert Replay().estimate_policy_value(R, A, P, PI) == pytest.approx(0.5)
+    # replay weights each round by the target's probability of the logged action, pi = [0.2, 0.9, 0, 0.6]
+    assert Replay().estimate_policy_value(R, A, P, PI) == pytest.approx((0.2 + 0.9) / (0.2 + 0.9 + 0.6))
+
+
+def test_replay_of_a_stochastic_target_with_tied_maxima():
+    """Uniform logging over 3 actions; only action 2 succeeds. A target 0.4/0.4/0.2 is worth 0.2: counting
+    each tied maximum as a match (and action 2 as none) gave 0."""
+    r, a, p = np.array([0.0, 0.0, 1.0] * 2), np.array([0, 1, 2] * 2), np.full(6, 1 / 3)
+    pi = np.tile([0.4, 0.4, 0.2], (6, 1))
+    assert Replay().estimate_policy_value(r, a, p, pi) == pytest.approx(0.2)
+    assert Replay().estimate_policy_value(r, a, p, target_probability(pi, a)) == pytest.approx(0.2)
+    assert Replay().estimate_policy_value(r, a, p, pi) == pytest.approx(SNIPS().estimate_policy_value(r, a, p, pi))
 
 
 def test_target_probability_of_the_logged_action_is_enough_for_ips():
@@ -46,8 +56,7 @@ def test_target_probability_of_the_logged_action_is_enough_for_ips():
     assert IPS().estimate_policy_value(R, A, P, pi_logged) == IPS().estimate_policy_value(R, A, P, PI)
     assert SNIPS().estimate_policy_value(R, A, P, PI[:, :, None]) == pytest.approx(4.0 / 5.2)  # OBP (n, K, 1)
     assert Replay().estimate_policy_value(R, A, P, np.array([0.0, 1.0, 0.0, 1.0])) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="deterministic"):
-        Replay().estimate_policy_value(R, A, P, pi_logged)
+    assert Replay().estimate_policy_value(R, A, P, pi_logged) == Replay().estimate_policy_value(R, A, P, PI)
     with pytest.raises(ValueError, match="full action_dist"):
         DoublyRobust().estimate_policy_value(R, A, P, pi_logged, Q)
     with pytest.raises(ValueError, match="estimated_rewards"):

@@ -14,15 +14,24 @@ random into ``max_groups`` groups whose sums are resampled (a group bootstrap, w
 independent rounds estimates the same sampling distribution; 1e6 rounds x 1000 replicates take
 well under a second per estimator). ``estimated_rewards`` are held fixed in that bootstrap, so DM and
 DR intervals leave out the reward model's own uncertainty (DR barely depends on it; DM's interval is
-then too narrow). Pass ``context`` and ``reward_model`` (anything with ``fit(context, action,
-reward)`` and ``predict(context)``) to :meth:`DirectMethod.estimate_interval` or
-:meth:`DoublyRobust.estimate_interval` to refit the model on every replicate instead (one fit per
-replicate: meant for logs up to ~1e5 rounds).
+then too narrow). Pass ``context`` and ``reward_model`` (a :class:`bandits.reward_models.RidgeRewardModel`
+or anything with its ``cross_fit``) to :meth:`DirectMethod.estimate_interval` or
+:meth:`DoublyRobust.estimate_interval` to refit the model in every replicate instead, the same way as
+for the point estimate: cross-fitted on ``fold`` (each row keeps its fold in every replicate, so a row
+drawn twice never predicts itself), with the replicate's multinomial counts as row weights, a batch of
+replicates per numpy call (meant for logs up to ~1e5 rounds).
+
+Every full distribution (``action_dist`` ``(n, K)``, ``logging_dist``) must have rows that sum to 1; the
+error names the first row that does not.
 
 >>> r, a, p = np.array([1.0, 0.0, 1.0]), np.array([0, 1, 1]), np.array([0.5, 0.5, 0.5])
 >>> pi = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
 >>> IPS().estimate_policy_value(r, a, p, pi), SNIPS().estimate_policy_value(r, a, p, pi)
 (1.3333333333333333, 0.6666666666666666)
+>>> IPS().estimate_policy_value(r, a, p, np.array([[0.5, 0.4], [0.0, 1.0], [0.0, 1.0]]))
+Traceback (most recent call last):
+...
+ValueError: action_dist row 0 sums to 0.9, not 1 (1 of 3 rows off by more than 1e-06)
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ import numpy as np
 
 DEFAULT_MAX_GROUPS = 20_000
 _CHUNK_CELLS = 4_000_000  # bootstrap index matrix cells generated at once (32 MB of int64)
+ROW_SUM_TOLERANCE = 1e-6  # how far a distribution's row may sum from 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,17 +73,31 @@ class Diagnostics:
 
 
 # ---------------------------------------------------------------------------------------- inputs
-def _as_dist(action_dist: np.ndarray) -> np.ndarray:
+def _as_dist(action_dist: np.ndarray, name: str = "action_dist") -> np.ndarray:
     d = np.asarray(action_dist, dtype=np.float64)
     if d.ndim == 3:
         if d.shape[2] != 1:
-            raise ValueError(f"action_dist with 3 dimensions must be (n, K, 1) (got {d.shape})")
+            raise ValueError(f"{name} with 3 dimensions must be (n, K, 1) (got {d.shape})")
         d = d[:, :, 0]
     if d.ndim not in (1, 2):
-        raise ValueError(f"action_dist must be (n, K), (n, K, 1) or (n,) (got shape {d.shape})")
+        raise ValueError(f"{name} must be (n, K), (n, K, 1) or (n,) (got shape {d.shape})")
     if not ((d >= 0) & (d <= 1)).all():
-        raise ValueError("action_dist must hold probabilities in [0, 1]")
+        raise ValueError(f"{name} must hold probabilities in [0, 1]")
+    if d.ndim == 2:
+        check_rows_sum_to_one(d, name)
     return d
+
+
+def check_rows_sum_to_one(dist: np.ndarray, name: str = "action_dist") -> None:
+    """Raise ``ValueError`` naming the first row of ``dist`` ``(n, K)`` whose probabilities do not sum to 1
+    (within :data:`ROW_SUM_TOLERANCE`): a target or logging policy must put all its mass somewhere, or
+    every weighted estimate is off by that row's missing (or extra) mass."""
+    sums = np.asarray(dist, dtype=np.float64).sum(axis=1)
+    bad = np.flatnonzero(~(np.abs(sums - 1.0) <= ROW_SUM_TOLERANCE))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name} row {i} sums to {sums[i]:.6g}, not 1 ({bad.size} of {sums.size} rows off by "
+                         f"more than {ROW_SUM_TOLERANCE:g})")
 
 
 def target_probability(action_dist: np.ndarray, action: np.ndarray) -> np.ndarray:
@@ -367,7 +391,7 @@ def diagnose(action: np.ndarray, pscore: np.ndarray, action_dist: np.ndarray,
         warnings.append(f"one round carries {max_w / total:.1%} of the total weight (max weight {max_w:.3g})")
     missing = None
     if logging_dist is not None:
-        ld = _as_dist(logging_dist)
+        ld = _as_dist(logging_dist, "logging_dist")
         td = _as_dist(action_dist)
         if ld.ndim != 2 or td.ndim != 2 or ld.shape != td.shape:
             raise ValueError("logging_dist and action_dist must both be (n_rounds, n_actions) to check support")

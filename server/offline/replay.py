@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bandits.estimators import ESTIMATORS, Diagnostics, Interval, bootstrap_ratio, diagnose
+from bandits.estimators import ESTIMATORS, ROW_SUM_TOLERANCE, Diagnostics, Interval, bootstrap_ratio, diagnose
 from bandits.exploration import build_exploration
 from bandits.policies import build_policy
 from bandits.reward_models import RidgeRewardModel, fold_assignment
@@ -207,6 +207,7 @@ def select_rounds(log: DecisionArrays, options: ReplayOptions) -> tuple[Rounds, 
         counts.out_of_scope = int((keep & ~randomised).sum())
         keep &= randomised
     rows = np.flatnonzero(keep)
+    check_distribution(log, rows, log.logging_dist[rows], "decision log: the logged probabilities")
     counts.used = int(rows.size)
     counts.randomised = int(randomised[rows].sum())
     reason = log.reason[rows]
@@ -216,6 +217,18 @@ def select_rounds(log: DecisionArrays, options: ReplayOptions) -> tuple[Rounds, 
         context=log.context[rows], eligible=log.eligible[rows], logging_dist=log.logging_dist[rows],
         bandit=bandit[rows], rule=rule & ~bandit[rows], generic_arm=(reason == "generic") & ~bandit[rows])
     return rounds, counts
+
+
+def check_distribution(log: DecisionArrays, rows: np.ndarray, dist: np.ndarray, what: str) -> None:
+    """OfflineError naming the first decision (of ``log``'s ``rows``) whose row of ``dist`` does not sum
+    to 1: the server logs a full distribution over the eligible steps and every target is one, so anything
+    else is a broken or foreign log (or a broken candidate), and every weight computed from it is off."""
+    sums = dist.sum(axis=1)
+    bad = np.flatnonzero(~(np.abs(sums - 1.0) <= ROW_SUM_TOLERANCE))
+    if bad.size:
+        i = int(rows[bad[0]])
+        raise OfflineError(f"{what} of decision {log.decision_id[i]} (row {i} of the log) sum to {sums[bad[0]]:.6g}, "
+                           f"not 1 ({bad.size} of {rows.size} evaluated decisions are like it)")
 
 
 # ------------------------------------------------------------------------------------------ targets
@@ -370,6 +383,7 @@ def evaluate_policy(name: str, description: str, target: np.ndarray, r: Rounds, 
     (default: when rounds x replicates <= :data:`REFIT_MAX_WORK`), cross-fitted on the same folds as the
     point estimate; otherwise the model is held fixed and the DM interval leaves out the model's own error
     (too narrow: a warning says so)."""
+    check_distribution(r.log, r.rows, target, f"replay: the {name} policy's probabilities")
     diag: Diagnostics = diagnose(r.action, r.pscore, target, logging_dist=r.logging_dist)
     refit = (options.refit_reward_model if options.refit_reward_model is not None
              else r.n * options.n_bootstrap <= REFIT_MAX_WORK)

@@ -76,6 +76,33 @@ def test_input_checks_name_the_argument():
         IPS().estimate_policy_value(np.array([1.0, np.nan, 0, 0]), A, P, PI)
 
 
+BAD_ROWS = PI.copy()
+BAD_ROWS[2] = [0.5, 0.0, 0.0]  # sums to 0.5
+BAD_ROWS[3] = [0.6, 0.4, 0.1]  # sums to 1.1
+
+
+@pytest.mark.parametrize("call", [
+    lambda: IPS().estimate_policy_value(R, A, P, BAD_ROWS),
+    lambda: SNIPS().estimate_interval(R, A, P, BAD_ROWS, n_bootstrap=10),
+    lambda: DirectMethod().estimate_policy_value(R, A, P, BAD_ROWS, Q),
+    lambda: DoublyRobust().estimate_policy_value(R, A, P, BAD_ROWS, Q),
+    lambda: Replay().estimate_policy_value(R, A, P, BAD_ROWS),
+    lambda: diagnose(A, P, BAD_ROWS),
+    lambda: target_probability(BAD_ROWS[:, :, None], A),
+])
+def test_every_distribution_row_must_sum_to_one(call):
+    with pytest.raises(ValueError, match=r"action_dist row 2 sums to 0\.5, not 1 \(2 of 4 rows"):
+        call()
+
+
+def test_the_logging_distribution_rows_must_sum_to_one_too():
+    with pytest.raises(ValueError, match=r"logging_dist row 3 sums to 1\.1, not 1"):
+        diagnose(A, P, PI, logging_dist=np.vstack([PI[:3], [[0.6, 0.4, 0.1]]]))
+    rounded = PI.copy()
+    rounded[0, 0] += 5e-7  # rounding is fine
+    assert diagnose(A, P, PI, logging_dist=rounded).n_rounds == 4
+
+
 def test_effective_sample_size():
     assert effective_sample_size(np.ones(10)) == pytest.approx(10.0)
     assert effective_sample_size(np.array([1.0, 0.0, 0.0, 0.0])) == pytest.approx(1.0)

@@ -138,3 +138,22 @@ def test_cli_replay_table_and_bad_input(noisy_log, tmp_path, capsys):
     bad.write_text('[bandit]\nalgorithm = "nope"\n')
     assert main(["replay", "--db", str(path), "--candidate-config", str(bad)]) == 2
     assert "bandit.algorithm" in capsys.readouterr().err
+
+
+def test_a_logged_distribution_that_does_not_sum_to_one_is_named(tmp_path, capsys):
+    import sqlite3
+
+    from server.offline.synth import generate_decision_log
+
+    path = tmp_path / "broken.db"
+    generate_decision_log(path, 200, seed=8)
+    conn = sqlite3.connect(path)
+    did, probs = conn.execute("SELECT decision_id, probabilities FROM decisions WHERE reason = 'bandit' "
+                              "ORDER BY timestamp_ms LIMIT 1").fetchone()
+    half = {k: v / 2 for k, v in json.loads(probs).items()}
+    conn.execute("UPDATE decisions SET probabilities = ? WHERE decision_id = ?", (json.dumps(half), did))
+    conn.commit()
+    conn.close()
+    assert main(["replay", "--db", str(path), "--no-progress", "--bootstrap", "10"]) == 2
+    err = capsys.readouterr().err
+    assert f"the logged probabilities of decision {did}" in err and "sum to 0.5, not 1" in err

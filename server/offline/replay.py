@@ -68,6 +68,7 @@ class ReplayOptions:
     reward_model_l2: float = 1e-3
     reward_model_folds: int = 2
     refit_reward_model: bool | None = None  # refit DM/DR's model per bootstrap replicate; None = small logs only
+    min_training_share: float = 0.1  # warn when a replay-trained candidate learned from fewer randomised rounds
 
     def check(self) -> None:
         if self.scope not in SCOPES:
@@ -79,6 +80,8 @@ class ReplayOptions:
             raise OfflineError(f"--alpha: must be in (0, 1) (got {self.alpha})")
         if self.n_bootstrap < 10:
             raise OfflineError(f"--bootstrap: must be >= 10 (got {self.n_bootstrap})")
+        if not 0 <= self.min_training_share <= 1:
+            raise OfflineError(f"min_training_share: must be in [0, 1] (got {self.min_training_share})")
         if self.default_reward is not None and not math.isfinite(self.default_reward):
             raise OfflineError("--default-reward: must be a finite number")
 
@@ -371,6 +374,13 @@ def _reward_model(r: Rounds, options: ReplayOptions) -> RidgeRewardModel:
                             clip=(float(r.reward.min()), float(r.reward.max())))
 
 
+def _refits(r: Rounds, options: ReplayOptions) -> bool:
+    """Whether DM/DR refit their reward model in every bootstrap replicate."""
+    if options.refit_reward_model is not None:
+        return options.refit_reward_model
+    return r.n * options.n_bootstrap <= REFIT_MAX_WORK
+
+
 def _context(r: Rounds) -> np.ndarray:
     return r.context if r.context.shape[1] else np.zeros((r.n, 1))
 
@@ -385,8 +395,7 @@ def evaluate_policy(name: str, description: str, target: np.ndarray, r: Rounds, 
     (too narrow: a warning says so)."""
     check_distribution(r.log, r.rows, target, f"replay: the {name} policy's probabilities")
     diag: Diagnostics = diagnose(r.action, r.pscore, target, logging_dist=r.logging_dist)
-    refit = (options.refit_reward_model if options.refit_reward_model is not None
-             else r.n * options.n_bootstrap <= REFIT_MAX_WORK)
+    refit = _refits(r, options)
     estimates = []
     for j, est in enumerate(options.estimators):
         rng = np.random.default_rng([options.seed, j, zlib.crc32(name.encode())])
@@ -400,24 +409,43 @@ def evaluate_policy(name: str, description: str, target: np.ndarray, r: Rounds, 
         estimates.append(EstimateResult(est, iv.mean, iv.low, iv.high))
         progress("estimating", 1, 0)
     warnings = list(diag.warnings)
-    if "dm" in options.estimators and not refit:
-        warnings.append("dm: the interval holds the reward model fixed and is too narrow "
-                        "(--refit-reward-model refits it per replicate, slower)")
     if "replay" in options.estimators:
-        randomised = r.logging_dist[r.bandit]
-        positive = randomised[randomised > 0]
-        if positive.size and np.ptp(positive) > 1e-9:
-            warnings.append("replay: the logging probabilities are not uniform, so the replay estimate is biased "
-                            "(unbiased only for uniform-random logging); prefer IPS/SNIPS/DR")
-        elif r.bandit.any() and not r.bandit.all() and options.scope == "all":
-            warnings.append("replay: forced rounds always match and randomised ones only sometimes, so they are "
-                            "over-represented; use --scope randomised for replay")
         replay = next(e for e in estimates if e.estimator == "replay")
         if not math.isfinite(replay.value):
             warnings.append("replay: the policy gives probability 0 to every logged step")
     differs = float(np.mean(np.abs(target - r.logging_dist).sum(axis=1) > 1e-9)) if r.n else 0.0
     return PolicyResult(name, description, estimates, diag.ess, diag.max_weight, diag.zero_support_share,
                         diag.missing_support_share, warnings, differs)
+
+
+def log_warnings(r: Rounds, options: ReplayOptions) -> list[str]:
+    """Warnings about the log and the options that hold for every policy alike (printed once)."""
+    warnings: list[str] = []
+    if "dm" in options.estimators and not _refits(r, options):
+        warnings.append("dm: the interval holds the reward model fixed and is too narrow "
+                        "(--refit-reward-model refits it per replicate, slower)")
+    if "replay" in options.estimators:
+        randomised = r.logging_dist[r.bandit]
+        positive = randomised[randomised > 0]
+        if positive.size and np.ptp(positive) > 1e-9:
+            warnings.append("replay: the logging probabilities are not uniform, so the replay estimates are biased "
+                            "(unbiased only for uniform-random logging); prefer IPS/SNIPS/DR")
+        elif r.bandit.any() and not r.bandit.all() and options.scope == "all":
+            warnings.append("replay: forced rounds always match and randomised ones only sometimes, so they are "
+                            "over-represented; use --scope randomised for replay")
+    return warnings
+
+
+def training_warning(trained: list[tuple[str, int]], n_rounds: int, min_share: float) -> list[str]:
+    """One warning naming every replay-trained candidate that learned from less than ``min_share`` of the
+    ``n_rounds`` randomised rounds (``trained``: name and rounds learned from)."""
+    few = [(name, k) for name, k in trained if n_rounds and k < min_share * n_rounds]
+    if not few:
+        return []
+    who = ", ".join(f"{name} from {k:,} ({k / n_rounds:.1%})" for name, k in few)
+    return [f"replay training: {who} of the {n_rounds:,} randomised rounds (< {min_share:.0%}); a candidate learns "
+            "only where its own draw matched the logged step, so it is less trained than it would be online and "
+            "its estimates describe that less trained policy"]
 
 
 def run_replay(log: DecisionArrays, catalog: Catalog, candidates: list[Candidate], options: ReplayOptions,
@@ -444,9 +472,13 @@ def run_replay(log: DecisionArrays, catalog: Catalog, candidates: list[Candidate
         ("generic", "first eligible step in the generic order (no rules, no bandit)", target_generic(r)),
         ("rules_only", "rules as logged, generic order instead of the bandit", target_rules_only(r)),
     ]
+    trained: list[tuple[str, int]] = []
     for c in candidates:
         dist, learned = target_candidate(r, c, seed=options.seed, progress=progress)
         policies.append((c.name, f"{c.description}; learned from {learned} matched rounds", dist))
+        trained.append((c.name, learned))
+    warnings += log_warnings(r, options)
+    warnings += training_warning(trained, int(r.bandit.sum()), options.min_training_share)
     fit = reward_estimates(r, options) if any(e in ("dm", "dr") for e in options.estimators) else None
     results = [evaluate_policy(name, desc, target, r, options, fit, progress) for name, desc, target in policies]
     return ReplayReport(source, options.scope, options.alpha, options.n_bootstrap, counts, on_policy_mean(r, options),

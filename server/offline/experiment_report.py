@@ -127,7 +127,7 @@ def experiment_report(act: Activity, catalog: Catalog, experiment: str | None = 
     activated = reached & (ttv_h <= window)
     obs_act = act.signup_ms + int(window * HOUR_MS) <= act.end_ms
     ret = {d: retained(act, d, active_event) for d in (1, 7, 30)}
-    dec_idx, completed = step_completion(act)
+    dec_idx, completed = step_completion(act, catalog)
     dec_arm = arms[act.dec_user[dec_idx]]
     survey_m = (act.name == "survey_response") & np.isfinite(act.score)
     s_user, s_score = act.user[survey_m], act.score[survey_m]

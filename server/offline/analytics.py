@@ -15,7 +15,7 @@ import numpy as np
 
 from server.catalog import Catalog
 from server.config import PrivacyConfig
-from server.offline.common import DAY_MS, HOUR_MS, pseudonymizer_for, tombstones
+from server.offline.common import DAY_MS, HOUR_MS, OfflineError, pseudonymizer_for, tombstones
 from server.records import STEP_COMPLETED, STEP_DISMISSED, SURVEY_RESPONSE
 
 
@@ -183,11 +183,15 @@ def user_arms(act: Activity, experiment: str | None = None) -> tuple[str, np.nda
     """Each user's logged arm in ``experiment`` (default: the experiment most decisions name); '' when
     the user has no decision in it. Returns the experiment name and the arms."""
     exps = act.dec_experiment[act.dec_experiment != ""]
+    values, counts = np.unique(exps, return_counts=True) if exps.size else (np.array([]), np.array([]))
     if experiment is None:
         if exps.size == 0:
             return "", np.full(act.n_users, "", dtype=object)
-        values, counts = np.unique(exps, return_counts=True)
         experiment = str(values[int(np.argmax(counts))])
+    elif experiment not in set(values.tolist()):
+        logged = ", ".join(f"{v} ({c} decisions)" for v, c in zip(values.tolist(), counts.tolist())) or "none"
+        raise OfflineError(f"--experiment: no decision in the log names experiment {experiment!r} "
+                           f"(experiments in the log: {logged})")
     arms = np.full(act.n_users, "", dtype=object)
     sel = np.flatnonzero((act.dec_experiment == experiment) & (act.dec_user >= 0))
     # first decision wins (decisions are in time order): assign in reverse so earlier ones overwrite

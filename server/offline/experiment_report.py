@@ -62,6 +62,7 @@ class ExperimentReport:
 
     experiment: str
     control: str
+    control_reason: str
     arms: dict[str, dict[str, ArmMetric]]
     users: dict[str, int]
     comparisons: list[MetricComparison]
@@ -99,11 +100,33 @@ def _mean(v: np.ndarray, alpha: float) -> ArmMetric:
     return ArmMetric(float(v.mean()) if v.size else math.nan, lo, hi, int(v.size))
 
 
+def choose_control(experiment: str, with_users: list[str], kinds: dict[str, str], control: str | None) -> tuple[str, str]:
+    """The control arm and why it is the control: ``--control``, else the experiment's arm of kind
+    ``generic`` in the catalog. OfflineError naming the arms when that arm is missing or has no users (on a
+    small log the first arm with users is no control: the report would compare the wrong arms)."""
+    listed = ", ".join(with_users) or "none"
+    if control is not None:
+        if control not in with_users:
+            raise OfflineError(f"--control: arm {control!r} has no users in {experiment} (arms with users: {listed})")
+        return control, "chosen with --control"
+    if not kinds:
+        raise OfflineError(f"experiment {experiment!r} is not in the catalog, so no arm is known to be its control; "
+                           f"pass --control ARM (arms with users: {listed})")
+    generic = [a for a, k in kinds.items() if k == "generic"]
+    if not generic:
+        raise OfflineError(f"experiment {experiment!r} has no arm of kind generic to be its control; pass --control ARM "
+                           f"(arms with users: {listed})")
+    if generic[0] not in with_users:
+        raise OfflineError(f"the control arm {generic[0]!r} (the arm of kind generic of {experiment}) has no users in "
+                           f"this log (arms with users: {listed}); pass --control ARM to compare with another arm")
+    return generic[0], "the experiment's arm of kind generic in the catalog"
+
+
 def experiment_report(act: Activity, catalog: Catalog, experiment: str | None = None, control: str | None = None,
                       fv: FirstValue | None = None, alpha: float = 0.05, active_event: str = "session_start",
                       activation_window_h: float | None = None) -> ExperimentReport:
     """Compare the arms of ``experiment`` (default: the one most decisions name) against ``control``
-    (default: the catalog's arm of kind generic, else the first arm)."""
+    (default: the catalog's arm of kind generic; see :func:`choose_control`)."""
     name, arms = user_arms(act, experiment)
     if not name:
         raise OfflineError("report experiments: no decision names an experiment (is one enabled in the catalog?)")
@@ -115,10 +138,7 @@ def experiment_report(act: Activity, catalog: Catalog, experiment: str | None = 
             kinds = {a.name: a.kind for a in e.arms}
             shares = {a.name: a.share for a in e.arms}
             names = [a.name for a in e.arms if a.name in names] + [a for a in names if a not in kinds]
-    if control is None:
-        control = next((a for a in names if kinds.get(a) == "generic"), names[0] if names else "")
-    if control not in names:
-        raise OfflineError(f"--control: arm {control!r} has no users in {name} (arms: {', '.join(names)})")
+    control, why = choose_control(name, names, kinds, control)
     fv = fv or FirstValue.from_catalog(catalog)
     window = (activation_window_h if activation_window_h is not None else catalog.segments.activation_window_hours)
     first = first_value_ms(act, fv)
@@ -164,7 +184,7 @@ def experiment_report(act: Activity, catalog: Catalog, experiment: str | None = 
             worse = sig and ((cmp.diff > 0) if metric in LOWER_IS_BETTER else (cmp.diff < 0))
             comparisons.append(MetricComparison(metric, a, control, cmp, sig, worse))
     srm = sample_ratio_test(users, shares) if shares else None
-    return ExperimentReport(name, control, per_arm, users, comparisons, alpha, str(fv), srm)
+    return ExperimentReport(name, control, why, per_arm, users, comparisons, alpha, str(fv), srm)
 
 
 def _srm_message(rep: ExperimentReport) -> str:
@@ -205,6 +225,7 @@ def render_experiments(rep: ExperimentReport, console: Any) -> None:
                   f"{x.comparison.p_value:.3g}" if math.isfinite(x.comparison.p_value) else "n/a",
                   "[red]GUARDRAIL WORSE[/red]" if x.guardrail_worse else ("significant" if x.significant else ""))
     console.print(c)
+    console.print(f"  control arm {rep.control}: {rep.control_reason}", highlight=False)
     for x in rep.flagged:
         console.print(f"[red]guardrail:[/red] {x.metric} is significantly worse in {x.arm} than in {x.control} "
                       f"(p={x.comparison.p_value:.3g})")
@@ -225,7 +246,7 @@ def experiments_html(rep: ExperimentReport) -> str:
             for x in rep.comparisons]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Experiment report</title>"
             f"<style>{_CSS}</style></head><body><h1>Experiment {h.escape(rep.experiment)}</h1>"
-            f"<p>Control arm: {h.escape(rep.control)}. First value: <code>{h.escape(rep.first_value)}</code>.</p>"
+            f"<p>Control arm: {h.escape(rep.control)} ({h.escape(rep.control_reason)}). First value: <code>{h.escape(rep.first_value)}</code>.</p>"
             + (f"<p class='flag'><strong>{h.escape(_srm_message(rep))}</strong></p>" if rep.sample_ratio_mismatch else "")
             + _table(["metric"] + list(rep.arms), rows)
             + "<h2>Treatment - control</h2>"
@@ -242,7 +263,7 @@ def add_experiments_parser(sub: argparse._SubParsersAction) -> argparse.Argument
                                    "significance tests; flag guardrail metrics that got significantly worse.")
     add_common_report_args(p)
     p.add_argument("--experiment", help="experiment name (default: the one most decisions name)")
-    p.add_argument("--control", help="control arm (default: the arm of kind generic)")
+    p.add_argument("--control", help="control arm (default: the experiment's arm of kind generic in the catalog)")
     p.add_argument("--activation-window-hours", type=float, default=None,
                    help="activation = first value within this many hours of signup (default: the catalog's)")
     p.set_defaults(func=cmd_experiments)

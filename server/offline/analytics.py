@@ -236,3 +236,13 @@ def step_completion(act: Activity, catalog: Catalog | None = None) -> tuple[np.n
                 break
     return idx, out
 
+
+def prior_activity(act: Activity, experiment: str) -> np.ndarray:
+    """Per user, ``log1p`` of the events they sent before their first decision in ``experiment``: what they
+    did before the experiment could change anything, the pre-experiment covariate of CUPED (0 for users
+    without a decision in it). Bursts of early activity are common, hence the log."""
+    first = np.full(act.n_users, np.iinfo(np.int64).max, dtype=np.int64)
+    sel = (act.dec_experiment == experiment) & (act.dec_user >= 0)
+    np.minimum.at(first, act.dec_user[sel], act.dec_ts[sel])
+    before = act.ts < first[act.user]
+    return np.log1p(np.bincount(act.user[before], minlength=act.n_users).astype(np.float64))

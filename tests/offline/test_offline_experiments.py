@@ -161,6 +161,7 @@ def test_the_control_arm_is_never_guessed(population):
     render_experiments(rep, console)
     text = console.export_text()
     assert "control arm generic: the experiment's arm of kind generic in the catalog" in text
+    assert "Holm-Bonferroni" in text and "CUPED" in text
     _, arms = user_arms(act)
     keep = np.array([u >= 0 and arms[u] != "generic" for u in act.dec_user.tolist()])
     dec = {f.name: getattr(act, f.name)[keep] for f in dataclasses.fields(act) if f.name.startswith("dec_")}

@@ -408,11 +408,7 @@ def evaluate_policy(name: str, description: str, target: np.ndarray, r: Rounds, 
             n_bootstrap=options.n_bootstrap, random_state=rng, **kwargs)
         estimates.append(EstimateResult(est, iv.mean, iv.low, iv.high))
         progress("estimating", 1, 0)
-    warnings = list(diag.warnings)
-    if "replay" in options.estimators:
-        replay = next(e for e in estimates if e.estimator == "replay")
-        if not math.isfinite(replay.value):
-            warnings.append("replay: the policy gives probability 0 to every logged step")
+    warnings = list(diag.warnings)  # a replay of NaN is diagnose's "no support" warning
     differs = float(np.mean(np.abs(target - r.logging_dist).sum(axis=1) > 1e-9)) if r.n else 0.0
     return PolicyResult(name, description, estimates, diag.ess, diag.max_weight, diag.zero_support_share,
                         diag.missing_support_share, warnings, differs)

@@ -14,15 +14,24 @@ random into ``max_groups`` groups whose sums are resampled (a group bootstrap, w
 independent rounds estimates the same sampling distribution; 1e6 rounds x 1000 replicates take
 well under a second per estimator). ``estimated_rewards`` are held fixed in that bootstrap, so DM and
 DR intervals leave out the reward model's own uncertainty (DR barely depends on it; DM's interval is
-then too narrow). Pass ``context`` and ``reward_model`` (anything with ``fit(context, action,
-reward)`` and ``predict(context)``) to :meth:`DirectMethod.estimate_interval` or
-:meth:`DoublyRobust.estimate_interval` to refit the model on every replicate instead (one fit per
-replicate: meant for logs up to ~1e5 rounds).
+then too narrow). Pass ``context`` and ``reward_model`` (a :class:`bandits.reward_models.RidgeRewardModel`
+or anything with its ``cross_fit``) to :meth:`DirectMethod.estimate_interval` or
+:meth:`DoublyRobust.estimate_interval` to refit the model in every replicate instead, the same way as
+for the point estimate: cross-fitted on ``fold`` (each row keeps its fold in every replicate, so a row
+drawn twice never predicts itself), with the replicate's multinomial counts as row weights, a batch of
+replicates per numpy call (meant for logs up to ~1e5 rounds).
+
+Every full distribution (``action_dist`` ``(n, K)``, ``logging_dist``) must have rows that sum to 1; the
+error names the first row that does not.
 
 >>> r, a, p = np.array([1.0, 0.0, 1.0]), np.array([0, 1, 1]), np.array([0.5, 0.5, 0.5])
 >>> pi = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
 >>> IPS().estimate_policy_value(r, a, p, pi), SNIPS().estimate_policy_value(r, a, p, pi)
 (1.3333333333333333, 0.6666666666666666)
+>>> IPS().estimate_policy_value(r, a, p, np.array([[0.5, 0.4], [0.0, 1.0], [0.0, 1.0]]))
+Traceback (most recent call last):
+...
+ValueError: action_dist row 0 sums to 0.9, not 1 (1 of 3 rows off by more than 1e-06)
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ import numpy as np
 
 DEFAULT_MAX_GROUPS = 20_000
 _CHUNK_CELLS = 4_000_000  # bootstrap index matrix cells generated at once (32 MB of int64)
+ROW_SUM_TOLERANCE = 1e-6  # how far a distribution's row may sum from 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,17 +73,31 @@ class Diagnostics:
 
 
 # ---------------------------------------------------------------------------------------- inputs
-def _as_dist(action_dist: np.ndarray) -> np.ndarray:
+def _as_dist(action_dist: np.ndarray, name: str = "action_dist") -> np.ndarray:
     d = np.asarray(action_dist, dtype=np.float64)
     if d.ndim == 3:
         if d.shape[2] != 1:
-            raise ValueError(f"action_dist with 3 dimensions must be (n, K, 1) (got {d.shape})")
+            raise ValueError(f"{name} with 3 dimensions must be (n, K, 1) (got {d.shape})")
         d = d[:, :, 0]
     if d.ndim not in (1, 2):
-        raise ValueError(f"action_dist must be (n, K), (n, K, 1) or (n,) (got shape {d.shape})")
+        raise ValueError(f"{name} must be (n, K), (n, K, 1) or (n,) (got shape {d.shape})")
     if not ((d >= 0) & (d <= 1)).all():
-        raise ValueError("action_dist must hold probabilities in [0, 1]")
+        raise ValueError(f"{name} must hold probabilities in [0, 1]")
+    if d.ndim == 2:
+        check_rows_sum_to_one(d, name)
     return d
+
+
+def check_rows_sum_to_one(dist: np.ndarray, name: str = "action_dist") -> None:
+    """Raise ``ValueError`` naming the first row of ``dist`` ``(n, K)`` whose probabilities do not sum to 1
+    (within :data:`ROW_SUM_TOLERANCE`): a target or logging policy must put all its mass somewhere, or
+    every weighted estimate is off by that row's missing (or extra) mass."""
+    sums = np.asarray(dist, dtype=np.float64).sum(axis=1)
+    bad = np.flatnonzero(~(np.abs(sums - 1.0) <= ROW_SUM_TOLERANCE))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name} row {i} sums to {sums[i]:.6g}, not 1 ({bad.size} of {sums.size} rows off by "
+                         f"more than {ROW_SUM_TOLERANCE:g})")
 
 
 def target_probability(action_dist: np.ndarray, action: np.ndarray) -> np.ndarray:
@@ -234,38 +258,55 @@ class SNIPS(IPS):
 
 
 class _ModelBased(_Estimator):
-    """DM and DR: optionally refit the reward model inside the bootstrap."""
+    """DM and DR: optionally refit the reward model inside the bootstrap, the same way as the point estimate."""
+
+    def _rounds(self, reward: np.ndarray, action: np.ndarray, pscore: np.ndarray, action_dist: np.ndarray,
+                q: np.ndarray) -> np.ndarray:
+        """Per-round terms for reward estimates ``q`` ``(..., n, K)`` (a leading batch axis is allowed)."""
+        raise TypeError(f"{type(self).__name__} does not define its terms")
+
+    def _terms(self, reward, action, pscore, action_dist, estimated_rewards):
+        q = _check_q(estimated_rewards, reward.shape[0], type(self).__name__)
+        d = _full_dist(action_dist, reward.shape[0], q.shape[1], type(self).__name__)
+        return self._rounds(reward, action, pscore, d, q), None
 
     def estimate_interval(self, reward: np.ndarray, action: np.ndarray, pscore: np.ndarray,
                           action_dist: np.ndarray, estimated_rewards: np.ndarray | None = None,
                           alpha: float = 0.05, n_bootstrap: int = 1000,
                           random_state: int | np.random.Generator | None = None,
                           max_groups: int | None = DEFAULT_MAX_GROUPS, context: np.ndarray | None = None,
-                          reward_model: object | None = None) -> Interval:
-        """As for every estimator; with ``context`` and ``reward_model`` the model is refitted on each
-        bootstrap resample (``estimated_rewards`` defaults to the model fitted on the whole log)."""
+                          reward_model: object | None = None, fold: np.ndarray | None = None) -> Interval:
+        """As for every estimator; with ``context`` and ``reward_model`` the model is refitted in every
+        bootstrap replicate, cross-fitted on ``fold`` (default: one fold, in-sample) exactly as the point
+        estimate (``estimated_rewards`` defaults to ``reward_model.cross_fit`` on the whole log): each
+        replicate's multinomial counts weight the rows, and every row keeps its fold."""
         if reward_model is None and context is None:
             return super().estimate_interval(reward, action, pscore, action_dist, estimated_rewards, alpha,
                                              n_bootstrap, random_state, max_groups)
         if reward_model is None or context is None:
             raise ValueError("pass both context and reward_model to refit the reward model in the bootstrap")
         r, a, p = _check_log(reward, action, pscore)
-        x = np.asarray(context, dtype=np.float64)
-        if x.ndim != 2 or x.shape[0] != r.shape[0]:
-            raise ValueError(f"context must be (n_rounds={r.shape[0]}, n_features) (got {x.shape})")
-        d = _as_dist(action_dist)
-        if estimated_rewards is None:
-            estimated_rewards = reward_model.fit(x, a, r).predict(x)
-        point = self.estimate_policy_value(r, a, p, d, estimated_rewards)
-        rng = np.random.default_rng(random_state)
         n = r.shape[0]
+        x = np.asarray(context, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] != n:
+            raise ValueError(f"context must be (n_rounds={n}, n_features) (got {x.shape})")
+        f = np.zeros(n, dtype=np.intp) if fold is None else np.asarray(fold, dtype=np.intp)
+        if f.shape != (n,):
+            raise ValueError(f"fold must be (n_rounds={n},) (got {f.shape})")
+        cross_fit = reward_model.cross_fit  # type: ignore[attr-defined]
+        if estimated_rewards is None:
+            estimated_rewards = cross_fit(x, a, r, f)
+        point = self.estimate_policy_value(r, a, p, action_dist, estimated_rewards)
+        d = _full_dist(action_dist, n, np.shape(estimated_rewards)[-1], type(self).__name__)
+        rng = np.random.default_rng(random_state)
         reps = np.empty(n_bootstrap)
-        for b in range(n_bootstrap):
-            idx = rng.integers(n, size=n)
-            xb, ab, rb = x[idx], a[idx], r[idx]
-            qb = reward_model.fit(xb, ab, rb).predict(xb)
-            num, _ = self._terms(rb, ab, p[idx], d[idx], qb)
-            reps[b] = num.mean()
+        step = max(1, min(n_bootstrap, _CHUNK_CELLS // max(1, n * d.shape[1])))
+        for start in range(0, n_bootstrap, step):
+            m = min(step, n_bootstrap - start)
+            idx = rng.integers(n, size=(m, n)) + n * np.arange(m)[:, None]
+            counts = np.bincount(idx.ravel(), minlength=m * n).reshape(m, n).astype(np.float64)
+            q = cross_fit(x, a, r, f, sample_weight=counts)
+            reps[start:start + m] = (counts * self._rounds(r, a, p, d, q)).sum(axis=1) / n
         return _interval(point, reps, alpha)
 
 
@@ -275,10 +316,8 @@ class DirectMethod(_ModelBased):
 
     name = "dm"
 
-    def _terms(self, reward, action, pscore, action_dist, estimated_rewards):
-        q = _check_q(estimated_rewards, reward.shape[0], "DirectMethod")
-        d = _full_dist(action_dist, reward.shape[0], q.shape[1], "DirectMethod")
-        return np.einsum("ij,ij->i", d, q), None
+    def _rounds(self, reward, action, pscore, action_dist, q):
+        return np.einsum("ij,...ij->...i", action_dist, q)
 
 
 class DoublyRobust(_ModelBased, IPS):
@@ -287,35 +326,32 @@ class DoublyRobust(_ModelBased, IPS):
 
     name = "dr"
 
-    def _terms(self, reward, action, pscore, action_dist, estimated_rewards):
-        n = reward.shape[0]
-        q = _check_q(estimated_rewards, n, "DoublyRobust")
-        d = _full_dist(action_dist, n, q.shape[1], "DoublyRobust")
-        w = self._weights(action, pscore, d)
-        dm = np.einsum("ij,ij->i", d, q)
-        return dm + w * (reward - q[np.arange(n), action]), None
+    def _rounds(self, reward, action, pscore, action_dist, q):
+        w = self._weights(action, pscore, action_dist)
+        dm = np.einsum("ij,...ij->...i", action_dist, q)
+        q_logged = q[..., np.arange(action.shape[0]), action]
+        return dm + w * (reward - q_logged)
 
 
 class Replay(_Estimator):
-    """Replay (Li et al. 2011): the mean reward of the rounds where the target's choice equals the
-    logged action. For a stochastic target its choice is its most probable action (ties all count);
-    unbiased for a deterministic target and uniform logging. A ``(n,)`` ``action_dist`` must be 0/1."""
+    """Replay (Li et al. 2011): the mean logged reward over the rounds where the target would have taken
+    the logged action. A stochastic target "matches" a round with its probability of the logged action,
+    so each round is weighted by ``pi(a_logged|x)``: ``sum(pi * r) / sum(pi)``, the expected value of
+    replaying the target with its own random draws (for a deterministic target, the classic count of
+    matches). Unbiased for uniform-random logging, where it equals SNIPS; biased otherwise.
+
+    >>> Replay().estimate_policy_value(np.array([0.0, 0.0, 1.0]), np.array([0, 1, 2]), np.full(3, 1 / 3),
+    ...                                np.tile([0.4, 0.4, 0.2], (3, 1)))  # true value 0.2
+    0.2
+    """
 
     name = "replay"
 
     def _terms(self, reward, action, pscore, action_dist, estimated_rewards):
         d = _as_dist(action_dist)
-        if d.ndim == 1:
-            if d.shape != reward.shape:
-                raise ValueError(f"action_dist (n,) must match reward's shape {reward.shape} (got {d.shape})")
-            if not np.isin(d, (0.0, 1.0)).all():
-                raise ValueError("Replay with an (n,) action_dist needs a deterministic target (values 0 or 1); "
-                                 "pass the full (n, K) matrix for a stochastic one")
-            match = d
-        else:
-            pi = target_probability(d, action)
-            match = (pi > 0) & (pi >= d.max(axis=1))
-            match = match.astype(np.float64)
+        if d.ndim == 1 and d.shape != reward.shape:
+            raise ValueError(f"action_dist (n,) must match reward's shape {reward.shape} (got {d.shape})")
+        match = target_probability(d, action)
         return match * reward, match
 
 
@@ -355,7 +391,7 @@ def diagnose(action: np.ndarray, pscore: np.ndarray, action_dist: np.ndarray,
         warnings.append(f"one round carries {max_w / total:.1%} of the total weight (max weight {max_w:.3g})")
     missing = None
     if logging_dist is not None:
-        ld = _as_dist(logging_dist)
+        ld = _as_dist(logging_dist, "logging_dist")
         td = _as_dist(action_dist)
         if ld.ndim != 2 or td.ndim != 2 or ld.shape != td.shape:
             raise ValueError("logging_dist and action_dist must both be (n_rounds, n_actions) to check support")

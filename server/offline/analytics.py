@@ -15,8 +15,8 @@ import numpy as np
 
 from server.base.catalog import Catalog
 from server.base.config import PrivacyConfig
-from server.offline.common import DAY_MS, pseudonymizer_for, tombstones
-from server.base.records import SURVEY_RESPONSE
+from server.offline.common import DAY_MS, HOUR_MS, OfflineError, pseudonymizer_for, tombstones
+from server.base.records import STEP_COMPLETED, STEP_DISMISSED, SURVEY_RESPONSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +60,13 @@ class Activity:
     step_id: np.ndarray
     feature: np.ndarray
     score: np.ndarray  # survey score (NaN elsewhere)
+    decision_id: np.ndarray  # the decision an event names ('' for none)
     signup_ms: np.ndarray  # per user: first event
     end_ms: int
     dec_user: np.ndarray  # decision -> user index (-1: decision of a user without events)
+    dec_id: np.ndarray
     dec_ts: np.ndarray
+    dec_deadline: np.ndarray  # end of the decision's reward window (0: it waits for none)
     dec_step: np.ndarray
     dec_reason: np.ndarray
     dec_experiment: np.ndarray
@@ -92,7 +95,8 @@ def load_activity(conn: sqlite3.Connection, privacy: PrivacyConfig | None = None
     pseudo = pseudonymizer_for(conn, privacy)
     erased = tombstones(conn)
     rows = conn.execute("SELECT subject, name, timestamp_ms, COALESCE(step_id, ''), COALESCE(feature, ''), "
-                        f"CASE WHEN name = '{SURVEY_RESPONSE}' THEN properties ELSE NULL END FROM events "
+                        f"CASE WHEN name = '{SURVEY_RESPONSE}' THEN properties ELSE NULL END, "
+                        "COALESCE(decision_id, '') FROM events "
                         + ("WHERE timestamp_ms <= ? " if as_of_ms is not None else "")
                         + "ORDER BY timestamp_ms, seq", (as_of_ms,) if as_of_ms is not None else ()).fetchall()
     index: dict[str, int] = {}
@@ -100,8 +104,8 @@ def load_activity(conn: sqlite3.Connection, privacy: PrivacyConfig | None = None
     pseudos: list[str] = []
     skip: set[str] = set()
     n_erased = 0
-    user, names, ts, steps, feats, scores = [], [], [], [], [], []
-    for subject, name, t, step, feat, props in rows:
+    user, names, ts, steps, feats, scores, dids = [], [], [], [], [], [], []
+    for subject, name, t, step, feat, props, did in rows:
         u = index.get(subject)
         if u is None:
             if subject in skip:
@@ -120,22 +124,27 @@ def load_activity(conn: sqlite3.Connection, privacy: PrivacyConfig | None = None
         steps.append(step)
         feats.append(feat)
         scores.append(_score(props) if props is not None else math.nan)
+        dids.append(did)
     user_a = np.array(user, dtype=np.intp)
     ts_a = np.array(ts, dtype=np.int64)
     signup = np.full(len(subjects), np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(signup, user_a, ts_a)
     by_pseudo = {p: i for i, p in enumerate(pseudos)}
     drows = conn.execute("SELECT d.user_pseudo, d.timestamp_ms, COALESCE(d.step_id, ''), d.reason, "
-                         "COALESCE(d.experiment, ''), COALESCE(d.arm, ''), o.reward FROM decisions d "
-                         "LEFT JOIN outcomes o ON o.decision_id = d.decision_id ORDER BY d.timestamp_ms").fetchall()
+                         "COALESCE(d.experiment, ''), COALESCE(d.arm, ''), o.reward, d.decision_id, "
+                         "COALESCE(d.reward_deadline_ms, 0) FROM decisions d "
+                         "LEFT JOIN outcomes o ON o.decision_id = d.decision_id "
+                         "ORDER BY d.timestamp_ms, d.decision_id").fetchall()
     drows = [r for r in drows if r[0] not in erased]
     return Activity(
         subjects=subjects, pseudos=pseudos, user=user_a, name=np.array(names, dtype=object), ts=ts_a,
         step_id=np.array(steps, dtype=object), feature=np.array(feats, dtype=object),
-        score=np.array(scores, dtype=np.float64), signup_ms=signup,
+        score=np.array(scores, dtype=np.float64), decision_id=np.array(dids, dtype=object), signup_ms=signup,
         end_ms=int(as_of_ms if as_of_ms is not None else (ts_a.max() if ts_a.size else 0)),
         dec_user=np.array([by_pseudo.get(r[0], -1) for r in drows], dtype=np.intp),
+        dec_id=np.array([r[7] for r in drows], dtype=object),
         dec_ts=np.array([r[1] for r in drows], dtype=np.int64),
+        dec_deadline=np.array([r[8] for r in drows], dtype=np.int64),
         dec_step=np.array([r[2] for r in drows], dtype=object),
         dec_reason=np.array([r[3] for r in drows], dtype=object),
         dec_experiment=np.array([r[4] for r in drows], dtype=object),
@@ -174,11 +183,15 @@ def user_arms(act: Activity, experiment: str | None = None) -> tuple[str, np.nda
     """Each user's logged arm in ``experiment`` (default: the experiment most decisions name); '' when
     the user has no decision in it. Returns the experiment name and the arms."""
     exps = act.dec_experiment[act.dec_experiment != ""]
+    values, counts = np.unique(exps, return_counts=True) if exps.size else (np.array([]), np.array([]))
     if experiment is None:
         if exps.size == 0:
             return "", np.full(act.n_users, "", dtype=object)
-        values, counts = np.unique(exps, return_counts=True)
         experiment = str(values[int(np.argmax(counts))])
+    elif experiment not in set(values.tolist()):
+        logged = ", ".join(f"{v} ({c} decisions)" for v, c in zip(values.tolist(), counts.tolist())) or "none"
+        raise OfflineError(f"--experiment: no decision in the log names experiment {experiment!r} "
+                           f"(experiments in the log: {logged})")
     arms = np.full(act.n_users, "", dtype=object)
     sel = np.flatnonzero((act.dec_experiment == experiment) & (act.dec_user >= 0))
     # first decision wins (decisions are in time order): assign in reverse so earlier ones overwrite
@@ -187,17 +200,49 @@ def user_arms(act: Activity, experiment: str | None = None) -> tuple[str, np.nda
     return experiment, arms
 
 
-def step_completion(act: Activity) -> tuple[np.ndarray, np.ndarray]:
-    """Per decision that showed a step: (decision index, completed) where completed means the same user
-    sent ``step_completed`` for that step at or after the decision."""
-    m = act.name == "step_completed"
-    done_at: dict[tuple[int, str], list[int]] = {}
-    for u, s, t in zip(act.user[m].tolist(), act.step_id[m].tolist(), act.ts[m].tolist()):
-        done_at.setdefault((u, s), []).append(t)
+def step_completion(act: Activity, catalog: Catalog | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per decision that showed a step: (decision index, completed). A ``step_completed`` of the step
+    counts only inside the decision's reward window ``[decided, reward_deadline_ms]`` (a decision logged
+    without a deadline gets the catalog's ``reward_window_hours`` of the step) and credits one decision
+    only, as the server's reward joiner does (:mod:`server.learn.rewards`): the decision the event names
+    (``decision_id``), else the user's latest decision of that step still waiting. A ``step_dismissed`` of
+    the step closes that decision without success. So a step shown three times and completed once is one
+    success in three decisions, and a completion after the window is none."""
+    window_ms = {st.id: int(round(st.reward_window_hours * HOUR_MS)) for st in catalog.steps} if catalog else {}
+    default_ms = int(round((catalog.rewards.window_hours if catalog else 24.0) * HOUR_MS))
     idx = np.flatnonzero((act.dec_step != "") & (act.dec_user >= 0))
     out = np.zeros(idx.size, dtype=bool)
-    for j, i in enumerate(idx.tolist()):
-        times = done_at.get((int(act.dec_user[i]), act.dec_step[i]))
-        if times is not None and times[-1] >= act.dec_ts[i]:
-            out[j] = True
+    dec_ts = act.dec_ts[idx].tolist()
+    dec_step = act.dec_step[idx].tolist()
+    deadline = [d if d > 0 else t + window_ms.get(st, default_ms)
+                for d, t, st in zip(act.dec_deadline[idx].tolist(), dec_ts, dec_step)]
+    waiting: dict[tuple[int, str], list[int]] = {}  # (user, step) -> positions in idx, in time order
+    for j, key in enumerate(zip(act.dec_user[idx].tolist(), dec_step)):
+        waiting.setdefault(key, []).append(j)
+    by_id = {d: j for j, d in enumerate(act.dec_id[idx].tolist())}
+    closed = np.zeros(idx.size, dtype=bool)
+    m = (act.name == STEP_COMPLETED) | (act.name == STEP_DISMISSED)
+    for u, name, t, step, did in zip(act.user[m].tolist(), act.name[m].tolist(), act.ts[m].tolist(),
+                                     act.step_id[m].tolist(), act.decision_id[m].tolist()):
+        if did:
+            j = by_id.get(did)
+            candidates = [j] if j is not None and step in ("", dec_step[j]) else []
+        else:
+            candidates = reversed(waiting.get((u, step), ()))  # the latest waiting decision gets the credit
+        for j in candidates:
+            if not closed[j] and dec_ts[j] <= t <= deadline[j]:
+                closed[j] = True
+                out[j] = name == STEP_COMPLETED
+                break
     return idx, out
+
+
+def prior_activity(act: Activity, experiment: str) -> np.ndarray:
+    """Per user, ``log1p`` of the events they sent before their first decision in ``experiment``: what they
+    did before the experiment could change anything, the pre-experiment covariate of CUPED (0 for users
+    without a decision in it). Bursts of early activity are common, hence the log."""
+    first = np.full(act.n_users, np.iinfo(np.int64).max, dtype=np.int64)
+    sel = (act.dec_experiment == experiment) & (act.dec_user >= 0)
+    np.minimum.at(first, act.dec_user[sel], act.dec_ts[sel])
+    before = act.ts < first[act.user]
+    return np.log1p(np.bincount(act.user[before], minlength=act.n_users).astype(np.float64))

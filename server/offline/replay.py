@@ -36,10 +36,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bandits.estimators import ESTIMATORS, Diagnostics, Interval, bootstrap_ratio, diagnose
+from bandits.estimators import ESTIMATORS, ROW_SUM_TOLERANCE, Diagnostics, Interval, bootstrap_ratio, diagnose
 from bandits.exploration import build_exploration
 from bandits.policies import build_policy
-from bandits.reward_models import RidgeRewardModel
+from bandits.reward_models import RidgeRewardModel, fold_assignment
 from server.base.catalog import Catalog, CatalogError, catalog_from_config
 from server.base.config import ConfigError, load_config
 from server.offline.common import OfflineError, generic_order, json_clean, load_setup
@@ -65,9 +65,10 @@ class ReplayOptions:
     n_bootstrap: int = 1000
     alpha: float = 0.05
     seed: int = 0
-    reward_model_l2: float = 1.0
+    reward_model_l2: float = 1e-3
     reward_model_folds: int = 2
     refit_reward_model: bool | None = None  # refit DM/DR's model per bootstrap replicate; None = small logs only
+    min_training_share: float = 0.1  # warn when a replay-trained candidate learned from fewer randomised rounds
 
     def check(self) -> None:
         if self.scope not in SCOPES:
@@ -79,6 +80,8 @@ class ReplayOptions:
             raise OfflineError(f"--alpha: must be in (0, 1) (got {self.alpha})")
         if self.n_bootstrap < 10:
             raise OfflineError(f"--bootstrap: must be >= 10 (got {self.n_bootstrap})")
+        if not 0 <= self.min_training_share <= 1:
+            raise OfflineError(f"min_training_share: must be in [0, 1] (got {self.min_training_share})")
         if self.default_reward is not None and not math.isfinite(self.default_reward):
             raise OfflineError("--default-reward: must be a finite number")
 
@@ -207,6 +210,7 @@ def select_rounds(log: DecisionArrays, options: ReplayOptions) -> tuple[Rounds, 
         counts.out_of_scope = int((keep & ~randomised).sum())
         keep &= randomised
     rows = np.flatnonzero(keep)
+    check_distribution(log, rows, log.logging_dist[rows], "decision log: the logged probabilities")
     counts.used = int(rows.size)
     counts.randomised = int(randomised[rows].sum())
     reason = log.reason[rows]
@@ -216,6 +220,18 @@ def select_rounds(log: DecisionArrays, options: ReplayOptions) -> tuple[Rounds, 
         context=log.context[rows], eligible=log.eligible[rows], logging_dist=log.logging_dist[rows],
         bandit=bandit[rows], rule=rule & ~bandit[rows], generic_arm=(reason == "generic") & ~bandit[rows])
     return rounds, counts
+
+
+def check_distribution(log: DecisionArrays, rows: np.ndarray, dist: np.ndarray, what: str) -> None:
+    """OfflineError naming the first decision (of ``log``'s ``rows``) whose row of ``dist`` does not sum
+    to 1: the server logs a full distribution over the eligible steps and every target is one, so anything
+    else is a broken or foreign log (or a broken candidate), and every weight computed from it is off."""
+    sums = dist.sum(axis=1)
+    bad = np.flatnonzero(~(np.abs(sums - 1.0) <= ROW_SUM_TOLERANCE))
+    if bad.size:
+        i = int(rows[bad[0]])
+        raise OfflineError(f"{what} of decision {log.decision_id[i]} (row {i} of the log) sum to {sums[bad[0]]:.6g}, "
+                           f"not 1 ({bad.size} of {rows.size} evaluated decisions are like it)")
 
 
 # ------------------------------------------------------------------------------------------ targets
@@ -331,11 +347,23 @@ def on_policy_mean(r: Rounds, options: ReplayOptions) -> EstimateResult:
     return res
 
 
-def reward_estimates(r: Rounds, options: ReplayOptions) -> np.ndarray:
-    """Cross-fitted ridge reward model predictions ``(n, K)`` for DM and DR, clipped to the reward range."""
+@dataclass
+class RewardFit:
+    """DM/DR's reward model on the evaluated rounds: the model, each round's fold and the cross-fitted
+    predictions ``q`` ``(n, K)`` (each round predicted by the model fitted on the other folds)."""
+
+    model: RidgeRewardModel
+    fold: np.ndarray
+    q: np.ndarray
+
+
+def reward_estimates(r: Rounds, options: ReplayOptions) -> RewardFit:
+    """The cross-fitted reward model of DM and DR, clipped to the reward range (one fold, in-sample, on
+    logs of fewer than ten rounds per fold)."""
     folds = options.reward_model_folds if r.n >= 10 * max(1, options.reward_model_folds) else 1
-    return _reward_model(r, options).fit_predict(_context(r), r.action, r.reward, n_folds=folds,
-                                                 random_state=options.seed)
+    model = _reward_model(r, options)
+    fold = fold_assignment(r.n, folds, options.seed)
+    return RewardFit(model, fold, model.cross_fit(_context(r), r.action, r.reward, fold))
 
 
 REFIT_MAX_WORK = 2_000_000  # rounds x replicates up to which DM/DR refit their model by default
@@ -346,52 +374,74 @@ def _reward_model(r: Rounds, options: ReplayOptions) -> RidgeRewardModel:
                             clip=(float(r.reward.min()), float(r.reward.max())))
 
 
+def _refits(r: Rounds, options: ReplayOptions) -> bool:
+    """Whether DM/DR refit their reward model in every bootstrap replicate."""
+    if options.refit_reward_model is not None:
+        return options.refit_reward_model
+    return r.n * options.n_bootstrap <= REFIT_MAX_WORK
+
+
 def _context(r: Rounds) -> np.ndarray:
     return r.context if r.context.shape[1] else np.zeros((r.n, 1))
 
 
 def evaluate_policy(name: str, description: str, target: np.ndarray, r: Rounds, options: ReplayOptions,
-                    q: np.ndarray | None, progress: Progress = _no_progress) -> PolicyResult:
+                    fit: RewardFit | None, progress: Progress = _no_progress) -> PolicyResult:
     """Every requested estimator (with bootstrap interval) and the weight diagnostics of one target.
 
     DM and DR intervals refit the reward model in every bootstrap replicate when ``refit_reward_model``
-    (default: when rounds x replicates <= :data:`REFIT_MAX_WORK`); otherwise the model is held fixed and
-    the DM interval leaves out the model's own error (too narrow: a warning says so)."""
+    (default: when rounds x replicates <= :data:`REFIT_MAX_WORK`), cross-fitted on the same folds as the
+    point estimate; otherwise the model is held fixed and the DM interval leaves out the model's own error
+    (too narrow: a warning says so)."""
+    check_distribution(r.log, r.rows, target, f"replay: the {name} policy's probabilities")
     diag: Diagnostics = diagnose(r.action, r.pscore, target, logging_dist=r.logging_dist)
-    refit = (options.refit_reward_model if options.refit_reward_model is not None
-             else r.n * options.n_bootstrap <= REFIT_MAX_WORK)
+    refit = _refits(r, options)
     estimates = []
     for j, est in enumerate(options.estimators):
         rng = np.random.default_rng([options.seed, j, zlib.crc32(name.encode())])
         kwargs: dict[str, Any] = {}
-        if est in ("dm", "dr") and refit:
-            kwargs = {"context": _context(r), "reward_model": _reward_model(r, options)}
+        model_based = est in ("dm", "dr") and fit is not None
+        if model_based and refit:
+            kwargs = {"context": _context(r), "reward_model": fit.model, "fold": fit.fold}  # type: ignore[union-attr]
         iv: Interval = ESTIMATORS[est]().estimate_interval(
-            r.reward, r.action, r.pscore, target, q if est in ("dm", "dr") else None, alpha=options.alpha,
+            r.reward, r.action, r.pscore, target, fit.q if model_based else None, alpha=options.alpha,  # type: ignore[union-attr]
             n_bootstrap=options.n_bootstrap, random_state=rng, **kwargs)
         estimates.append(EstimateResult(est, iv.mean, iv.low, iv.high))
         progress("estimating", 1, 0)
-    warnings = list(diag.warnings)
-    if "dm" in options.estimators and not refit:
+    warnings = list(diag.warnings)  # a replay of NaN is diagnose's "no support" warning
+    differs = float(np.mean(np.abs(target - r.logging_dist).sum(axis=1) > 1e-9)) if r.n else 0.0
+    return PolicyResult(name, description, estimates, diag.ess, diag.max_weight, diag.zero_support_share,
+                        diag.missing_support_share, warnings, differs)
+
+
+def log_warnings(r: Rounds, options: ReplayOptions) -> list[str]:
+    """Warnings about the log and the options that hold for every policy alike (printed once)."""
+    warnings: list[str] = []
+    if "dm" in options.estimators and not _refits(r, options):
         warnings.append("dm: the interval holds the reward model fixed and is too narrow "
                         "(--refit-reward-model refits it per replicate, slower)")
     if "replay" in options.estimators:
         randomised = r.logging_dist[r.bandit]
         positive = randomised[randomised > 0]
         if positive.size and np.ptp(positive) > 1e-9:
-            warnings.append("replay: the logging probabilities are not uniform, so the replay estimate is biased "
+            warnings.append("replay: the logging probabilities are not uniform, so the replay estimates are biased "
                             "(unbiased only for uniform-random logging); prefer IPS/SNIPS/DR")
         elif r.bandit.any() and not r.bandit.all() and options.scope == "all":
             warnings.append("replay: forced rounds always match and randomised ones only sometimes, so they are "
                             "over-represented; use --scope randomised for replay")
-        if np.any((target > 0) & (target < 1)):
-            warnings.append("replay: the policy is stochastic; replay scores its most probable step only")
-        replay = next(e for e in estimates if e.estimator == "replay")
-        if not math.isfinite(replay.value):
-            warnings.append("replay: the policy's choice never matched a logged step")
-    differs = float(np.mean(np.abs(target - r.logging_dist).sum(axis=1) > 1e-9)) if r.n else 0.0
-    return PolicyResult(name, description, estimates, diag.ess, diag.max_weight, diag.zero_support_share,
-                        diag.missing_support_share, warnings, differs)
+    return warnings
+
+
+def training_warning(trained: list[tuple[str, int]], n_rounds: int, min_share: float) -> list[str]:
+    """One warning naming every replay-trained candidate that learned from less than ``min_share`` of the
+    ``n_rounds`` randomised rounds (``trained``: name and rounds learned from)."""
+    few = [(name, k) for name, k in trained if n_rounds and k < min_share * n_rounds]
+    if not few:
+        return []
+    who = ", ".join(f"{name} from {k:,} ({k / n_rounds:.1%})" for name, k in few)
+    return [f"replay training: {who} of the {n_rounds:,} randomised rounds (< {min_share:.0%}); a candidate learns "
+            "only where its own draw matched the logged step, so it is less trained than it would be online and "
+            "its estimates describe that less trained policy"]
 
 
 def run_replay(log: DecisionArrays, catalog: Catalog, candidates: list[Candidate], options: ReplayOptions,
@@ -418,11 +468,15 @@ def run_replay(log: DecisionArrays, catalog: Catalog, candidates: list[Candidate
         ("generic", "first eligible step in the generic order (no rules, no bandit)", target_generic(r)),
         ("rules_only", "rules as logged, generic order instead of the bandit", target_rules_only(r)),
     ]
+    trained: list[tuple[str, int]] = []
     for c in candidates:
         dist, learned = target_candidate(r, c, seed=options.seed, progress=progress)
         policies.append((c.name, f"{c.description}; learned from {learned} matched rounds", dist))
-    q = reward_estimates(r, options) if any(e in ("dm", "dr") for e in options.estimators) else None
-    results = [evaluate_policy(name, desc, target, r, options, q, progress) for name, desc, target in policies]
+        trained.append((c.name, learned))
+    warnings += log_warnings(r, options)
+    warnings += training_warning(trained, int(r.bandit.sum()), options.min_training_share)
+    fit = reward_estimates(r, options) if any(e in ("dm", "dr") for e in options.estimators) else None
+    results = [evaluate_policy(name, desc, target, r, options, fit, progress) for name, desc, target in policies]
     return ReplayReport(source, options.scope, options.alpha, options.n_bootstrap, counts, on_policy_mean(r, options),
                         results, warnings, time.perf_counter() - t0)
 

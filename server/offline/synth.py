@@ -223,10 +223,12 @@ def generate_decision_log(path: str | Path, n_decisions: int = 20_000, *, seed: 
 @dataclass(frozen=True)
 class ArmEffect:
     """How an experiment arm changes users: multipliers on the completion probability of the last core
-    step (activation) and on the retention probabilities."""
+    step (activation), on the retention probabilities and on the success probability of personalized
+    steps (completion)."""
 
     activation: float = 1.0
     retention: float = 1.0
+    completion: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,8 @@ class PopulationSpec:
     erased_share: float = 0.02
     bandit_decisions: int = 2
     arm_effects: dict[str, ArmEffect] = field(default_factory=dict)
+    core_reshow_share: float = 0.0  # a core step shown a second time (one minute later) before the user acts on it
+    late_completion_share: float = 0.0  # a failed personalized show completed anyway, after its reward window
 
     @property
     def survey_mean(self) -> float:
@@ -266,6 +270,9 @@ class PopulationTruth:
     erased_pseudos: set[str]
     end_ms: int
     signup_ms: dict[str, int]
+    # per decision that showed a step: (subject, arm, whether the user completed the step inside the
+    # decision's reward window and it was this decision's show that got the credit, the latest show)
+    decision_success: dict[str, tuple[str, str, bool]] = field(default_factory=dict)
 
 
 def generate_population(path: str | Path, spec: PopulationSpec | None = None,
@@ -313,18 +320,23 @@ def generate_population(path: str | Path, spec: PopulationSpec | None = None,
         events.append(StoredEvent(f"e{n_ev:09d}", subject, name, int(ts), int(ts) + 500, user_id=subject,
                                   properties=props, **kw))  # type: ignore[arg-type]
 
+    window_ms = {st.id: int(round(st.reward_window_hours * HOUR_MS)) for st in cat.steps}
+    decision_success: dict[str, tuple[str, str, bool]] = {}
+
     def decide(subject: str, ts: int, step: str, reason: str, probs: dict[str, float], arm: str, ctx: str,
-               reward: float | None) -> str:
+               reward: float | None, success: bool = False) -> str:
         nonlocal n_dec
         n_dec += 1
         did = f"p{n_dec:09d}"
         p = probs.get(step, 1.0) if step else 1.0
         decisions.append((did, pseudo(subject), int(ts), "home", step, p, reason, "synth-population",
                           exp.name if exp else "", arm, ctx, json.dumps(list(probs)),
-                          json.dumps(probs, separators=(",", ":")), int(ts) + DAY_MS if step else 0))
+                          json.dumps(probs, separators=(",", ":")), int(ts) + window_ms[step] if step else 0))
         if reward is not None:
             outcomes.append((did, pseudo(subject), reward, "event" if reward else "default",
                              "success" if reward else "no_success", int(ts) + HOUR_MS))
+        if step:
+            decision_success[did] = (subject, arm, success)
         return did
 
     scorer = np.random.default_rng([spec.seed, 7]).standard_normal((len(pers), 6))
@@ -351,10 +363,19 @@ def generate_population(path: str | Path, spec: PopulationSpec | None = None,
         ttfv = int(math.exp(math.log(spec.ttfv_median_hours) + spec.ttfv_sigma * g.standard_normal()) * HOUR_MS)
         completed_all = True
         for k, step in enumerate(cat.core_order):
-            p = spec.core_completion[k] * (effect.activation if k == n_core - 1 else 1.0)
-            done = g.random() < min(1.0, p)
-            decide(subject, t, step, "core" if consent else "no_consent", {step: 1.0}, arm, ctx, 1.0 if done else 0.0)
+            p = min(1.0, spec.core_completion[k] * (effect.activation if k == n_core - 1 else 1.0))
+            done = g.random() < p
+            reason = "core" if consent else "no_consent"
+            reshow = spec.core_reshow_share > 0 and g.random() < spec.core_reshow_share
+            t_show = t + MINUTE_MS if reshow else t
+            # the completion credits the latest show; the last core step completes at signup + time to value
+            credited = done and (k < n_core - 1 or max(signup + ttfv, t_show + 2000) <= t_show + window_ms[step])
+            decide(subject, t, step, reason, {step: 1.0}, arm, ctx, 1.0 if done else 0.0, credited and not reshow)
             ev(subject, "screen_viewed", t + 1000, step_id=step, channel=channel, device_type=device)
+            if reshow:  # shown again before the user acts on it
+                decide(subject, t_show, step, reason, {step: 1.0}, arm, ctx, 1.0 if done else 0.0, credited)
+                ev(subject, "screen_viewed", t_show + 1000, step_id=step, channel=channel, device_type=device)
+                t = t_show
             if not done:
                 if g.random() < 0.5:
                     ev(subject, "step_dismissed", t + 30_000, step_id=step)
@@ -369,6 +390,7 @@ def generate_population(path: str | Path, spec: PopulationSpec | None = None,
             t = t_done + MINUTE_MS
         # personalized decisions after the core flow
         if completed_all:
+            late: list[str] = []  # failed steps the user completes after every window of this batch closed
             for j in range(spec.bandit_decisions):
                 td = t + (j + 1) * 3 * HOUR_MS
                 elig = [s for s in range(len(pers)) if g.random() < 0.7] or [0]
@@ -386,11 +408,18 @@ def generate_population(path: str | Path, spec: PopulationSpec | None = None,
                     a = elig[int(g.choice(len(elig), p=dist))]
                     probs = {pers[e]: float(q) for e, q in zip(elig, dist)}
                     reason = "bandit"
-                r = 1.0 if g.random() < sim.success_probs[_types[0], a] else 0.0
-                decide(subject, td, pers[a], reason, probs, arm, ctx, r)
-                ev(subject, "screen_viewed", td + 1000, step_id=pers[a])
+                p_success = min(1.0, sim.success_probs[_types[0], a] * effect.completion)
+                r = 1.0 if g.random() < p_success else 0.0
+                step = pers[a]
+                decide(subject, td, step, reason, probs, arm, ctx, r, bool(r))
+                ev(subject, "screen_viewed", td + 1000, step_id=step)
                 if r:
-                    ev(subject, "step_completed", td + 20 * MINUTE_MS, step_id=pers[a])
+                    ev(subject, "step_completed", td + 20 * MINUTE_MS, step_id=step)
+                elif spec.late_completion_share > 0 and g.random() < spec.late_completion_share:
+                    late.append(step)
+            closed = t + spec.bandit_decisions * 3 * HOUR_MS + max(window_ms.values())
+            for step in late:
+                ev(subject, "step_completed", closed + int(g.integers(1, 48)) * HOUR_MS, step_id=step)
         # retention: activity on later days
         for day in range(1, 36):
             p = spec.retention.get(day, spec.other_day_activity) * effect.retention
@@ -418,4 +447,4 @@ def generate_population(path: str | Path, spec: PopulationSpec | None = None,
     finally:
         store.close()
     return PopulationTruth(spec, subjects, arms, erased_subjects, {pseudo(s) for s in erased_subjects}, end_ms,
-                           signups)
+                           signups, decision_success)

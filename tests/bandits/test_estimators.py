@@ -36,8 +36,18 @@ def test_hand_computed_values():
     assert DirectMethod().estimate_policy_value(R, A, P, PI, Q) == pytest.approx(1.37 / 4)
     # DR rows: 0.26+0.4*(1-0.5), 0.57+3.6*(1-0.6), 0.40+0*(0-0.9), 0.14+1.2*(0-0.1)
     assert DoublyRobust().estimate_policy_value(R, A, P, PI, Q) == pytest.approx((0.46 + 2.01 + 0.40 + 0.02) / 4)
-    # target argmax = [1, 1, 0, 0]: rounds 2 and 4 match the logged action, rewards 1 and 0
-    assert Replay().estimate_policy_value(R, A, P, PI) == pytest.approx(0.5)
+    # replay weights each round by the target's probability of the logged action, pi = [0.2, 0.9, 0, 0.6]
+    assert Replay().estimate_policy_value(R, A, P, PI) == pytest.approx((0.2 + 0.9) / (0.2 + 0.9 + 0.6))
+
+
+def test_replay_of_a_stochastic_target_with_tied_maxima():
+    """Uniform logging over 3 actions; only action 2 succeeds. A target 0.4/0.4/0.2 is worth 0.2: counting
+    each tied maximum as a match (and action 2 as none) gave 0."""
+    r, a, p = np.array([0.0, 0.0, 1.0] * 2), np.array([0, 1, 2] * 2), np.full(6, 1 / 3)
+    pi = np.tile([0.4, 0.4, 0.2], (6, 1))
+    assert Replay().estimate_policy_value(r, a, p, pi) == pytest.approx(0.2)
+    assert Replay().estimate_policy_value(r, a, p, target_probability(pi, a)) == pytest.approx(0.2)
+    assert Replay().estimate_policy_value(r, a, p, pi) == pytest.approx(SNIPS().estimate_policy_value(r, a, p, pi))
 
 
 def test_target_probability_of_the_logged_action_is_enough_for_ips():
@@ -46,8 +56,7 @@ def test_target_probability_of_the_logged_action_is_enough_for_ips():
     assert IPS().estimate_policy_value(R, A, P, pi_logged) == IPS().estimate_policy_value(R, A, P, PI)
     assert SNIPS().estimate_policy_value(R, A, P, PI[:, :, None]) == pytest.approx(4.0 / 5.2)  # OBP (n, K, 1)
     assert Replay().estimate_policy_value(R, A, P, np.array([0.0, 1.0, 0.0, 1.0])) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="deterministic"):
-        Replay().estimate_policy_value(R, A, P, pi_logged)
+    assert Replay().estimate_policy_value(R, A, P, pi_logged) == Replay().estimate_policy_value(R, A, P, PI)
     with pytest.raises(ValueError, match="full action_dist"):
         DoublyRobust().estimate_policy_value(R, A, P, pi_logged, Q)
     with pytest.raises(ValueError, match="estimated_rewards"):
@@ -65,6 +74,33 @@ def test_input_checks_name_the_argument():
         IPS().estimate_policy_value(R, A, P, PI * 2)
     with pytest.raises(ValueError, match="reward must be finite"):
         IPS().estimate_policy_value(np.array([1.0, np.nan, 0, 0]), A, P, PI)
+
+
+BAD_ROWS = PI.copy()
+BAD_ROWS[2] = [0.5, 0.0, 0.0]  # sums to 0.5
+BAD_ROWS[3] = [0.6, 0.4, 0.1]  # sums to 1.1
+
+
+@pytest.mark.parametrize("call", [
+    lambda: IPS().estimate_policy_value(R, A, P, BAD_ROWS),
+    lambda: SNIPS().estimate_interval(R, A, P, BAD_ROWS, n_bootstrap=10),
+    lambda: DirectMethod().estimate_policy_value(R, A, P, BAD_ROWS, Q),
+    lambda: DoublyRobust().estimate_policy_value(R, A, P, BAD_ROWS, Q),
+    lambda: Replay().estimate_policy_value(R, A, P, BAD_ROWS),
+    lambda: diagnose(A, P, BAD_ROWS),
+    lambda: target_probability(BAD_ROWS[:, :, None], A),
+])
+def test_every_distribution_row_must_sum_to_one(call):
+    with pytest.raises(ValueError, match=r"action_dist row 2 sums to 0\.5, not 1 \(2 of 4 rows"):
+        call()
+
+
+def test_the_logging_distribution_rows_must_sum_to_one_too():
+    with pytest.raises(ValueError, match=r"logging_dist row 3 sums to 1\.1, not 1"):
+        diagnose(A, P, PI, logging_dist=np.vstack([PI[:3], [[0.6, 0.4, 0.1]]]))
+    rounded = PI.copy()
+    rounded[0, 0] += 5e-7  # rounding is fine
+    assert diagnose(A, P, PI, logging_dist=rounded).n_rounds == 4
 
 
 def test_effective_sample_size():
@@ -151,3 +187,35 @@ def test_estimate_all_and_grouped_bootstrap_agree_with_row_bootstrap(simulated_l
     groups = IPS().estimate_interval(r, a, p, pi, n_bootstrap=1000, random_state=2, max_groups=3000)
     assert rows.mean == groups.mean
     assert (groups.high - groups.low) == pytest.approx(rows.high - rows.low, rel=0.15)
+
+
+def test_refit_bootstrap_cross_fits_each_replicate_like_the_point_estimate():
+    """Each replicate = the point estimate's computation on multinomial counts: the model refitted on the
+    other folds' rows with the counts as weights (a row drawn twice keeps its fold, so never predicts
+    itself). Checked against a plain loop over replicates."""
+    g = np.random.default_rng(5)
+    n, k, b = 60, 3, 40
+    x = np.eye(6)[g.integers(6, size=n)]
+    a, p = g.integers(k, size=n), np.full(n, 1 / k)
+    r = (g.random(n) < 0.4).astype(float)
+    pi = np.tile([0.6, 0.3, 0.1], (n, 1))
+    fold = g.integers(2, size=n)
+    model = RidgeRewardModel(k, clip=(0.0, 1.0))
+    for est in (DirectMethod(), DoublyRobust()):
+        iv = est.estimate_interval(r, a, p, pi, alpha=0.2, n_bootstrap=b, random_state=9, context=x,
+                                   reward_model=model, fold=fold)
+        counts = np.stack([np.bincount(row, minlength=n) for row in np.random.default_rng(9).integers(n, size=(b, n))])
+        reps = []
+        for c in counts.astype(float):
+            q = np.empty((n, k))
+            for f in (0, 1):
+                train, test = fold != f, fold == f
+                m = RidgeRewardModel(k, clip=(0.0, 1.0)).fit(x[train], a[train], r[train], sample_weight=c[train])
+                q[test] = m.predict(x[test])
+            dm = (pi * q).sum(axis=1)
+            rows = dm if isinstance(est, DirectMethod) else dm + pi[np.arange(n), a] / p * (r - q[np.arange(n), a])
+            reps.append(float((c * rows).sum() / n))
+        low, high = np.quantile(reps, [0.1, 0.9])
+        assert (iv.low, iv.high) == pytest.approx((low, high), abs=1e-9)
+        q_point = RidgeRewardModel(k, clip=(0.0, 1.0)).cross_fit(x, a, r, fold)
+        assert iv.mean == pytest.approx(est.estimate_policy_value(r, a, p, pi, q_point), abs=1e-12)

@@ -14,7 +14,7 @@ from server.base.catalog import load_catalog
 from server.ops.cli import main
 from server.base.experiments import Assigner, assign, bucket, is_anonymous
 from server.offline.analytics import load_activity, user_arms
-from server.offline.common import open_readonly
+from server.offline.common import OfflineError, open_readonly
 from server.offline.experiment_report import experiment_report, experiments_html, render_experiments
 from server.offline.stats import sample_ratio_test
 
@@ -138,3 +138,38 @@ def test_report_flags_a_sample_ratio_mismatch_when_an_arm_loses_users(population
     render_experiments(rep, console)
     assert "sample ratio mismatch" in console.export_text()
     assert "sample ratio mismatch" in experiments_html(rep)
+
+
+def test_an_unknown_experiment_is_named_with_the_ones_in_the_log(population, capsys):
+    assert main(["report", "experiments", "--db", str(population[0]), "--experiment", "nope"]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # unwrapped
+    assert "--experiment: no decision in the log names experiment 'nope'" in err
+    assert "experiments in the log: tailored_vs_generic (" in err
+
+
+def test_the_control_arm_is_never_guessed(population):
+    """On a small log where the generic arm has no users, the report refuses and names the arms instead of
+    comparing against whichever arm comes first; it says why the control is the control."""
+    conn = open_readonly(population[0])
+    try:
+        act = load_activity(conn)
+    finally:
+        conn.close()
+    rep = experiment_report(act, CAT)
+    assert rep.control == "generic" and rep.control_reason == "the experiment's arm of kind generic in the catalog"
+    console = Console(record=True, width=200)
+    render_experiments(rep, console)
+    text = console.export_text()
+    assert "control arm generic: the experiment's arm of kind generic in the catalog" in text
+    assert "Holm-Bonferroni" in text and "CUPED" in text
+    _, arms = user_arms(act)
+    keep = np.array([u >= 0 and arms[u] != "generic" for u in act.dec_user.tolist()])
+    dec = {f.name: getattr(act, f.name)[keep] for f in dataclasses.fields(act) if f.name.startswith("dec_")}
+    small = dataclasses.replace(act, **dec)
+    with pytest.raises(OfflineError, match=r"the control arm 'generic' \(the arm of kind generic of "
+                                           r"tailored_vs_generic\) has no users in this log \(arms with users: "
+                                           r"tailored, holdout\); pass --control ARM"):
+        experiment_report(small, CAT)
+    chosen = experiment_report(small, CAT, control="holdout")
+    assert chosen.control == "holdout" and chosen.control_reason == "chosen with --control"
+    assert {c.arm for c in chosen.comparisons} == {"tailored"}

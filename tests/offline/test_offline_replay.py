@@ -42,7 +42,9 @@ def test_ips_snips_dm_dr_cover_the_truth_with_epsilon_greedy_logging(noisy_log, 
             if e.estimator == "replay":
                 continue  # biased under non-uniform logging; the report says so (below)
             assert e.low <= values[p.name] <= e.high, (p.name, e, values[p.name])
-        assert any(w.startswith("replay: the logging probabilities are not uniform") for w in p.warnings)
+    # a warning about the log is said once, not once per policy
+    assert sum(w.startswith("replay: the logging probabilities are not uniform") for w in report.warnings) == 1
+    assert not any(w.startswith("replay: the logging") for p in report.policies for w in p.warnings)
     # the candidate really differs from the log (so covering its value is not covering the log's)
     assert report.policy(cand.name).differs_share > 0.3
     assert abs(values[cand.name] - values["logging"]) > 0.005
@@ -138,3 +140,39 @@ def test_cli_replay_table_and_bad_input(noisy_log, tmp_path, capsys):
     bad.write_text('[bandit]\nalgorithm = "nope"\n')
     assert main(["replay", "--db", str(path), "--candidate-config", str(bad)]) == 2
     assert "bandit.algorithm" in capsys.readouterr().err
+
+
+def test_a_logged_distribution_that_does_not_sum_to_one_is_named(tmp_path, capsys):
+    import sqlite3
+
+    from server.offline.synth import generate_decision_log
+
+    path = tmp_path / "broken.db"
+    generate_decision_log(path, 200, seed=8)
+    conn = sqlite3.connect(path)
+    did, probs = conn.execute("SELECT decision_id, probabilities FROM decisions WHERE reason = 'bandit' "
+                              "ORDER BY timestamp_ms LIMIT 1").fetchone()
+    half = {k: v / 2 for k, v in json.loads(probs).items()}
+    conn.execute("UPDATE decisions SET probabilities = ? WHERE decision_id = ?", (json.dumps(half), did))
+    conn.commit()
+    conn.close()
+    assert main(["replay", "--db", str(path), "--no-progress", "--bootstrap", "10"]) == 2
+    err = capsys.readouterr().err
+    assert f"the logged probabilities of decision {did}" in err and "sum to 0.5, not 1" in err
+
+
+def test_one_warning_names_every_candidate_that_learned_from_few_rounds(noisy_log, candidate_config, tmp_path):
+    path, _ = noisy_log
+    log = load_decisions(path, catalog_actions=ACTIONS)
+    other = tmp_path / "eps.toml"
+    other.write_text('[bandit]\nalgorithm = "linucb"\nexploration = "epsilon_greedy"\nepsilon = 0.1\n')
+    cands = [load_candidate(candidate_config), load_candidate(other)]
+    options = ReplayOptions(n_bootstrap=20, estimators=("ips",), min_training_share=0.9)
+    report = run_replay(log, CAT, cands, options)
+    training = [w for w in report.warnings if w.startswith("replay training:")]
+    assert len(training) == 1 and "bandit:candidate from" in training[0] and "bandit:eps from" in training[0]
+    assert not any("replay training" in w for p in report.policies for w in p.warnings)
+    learned = int(report.policy("bandit:candidate").description.split("learned from ")[1].split()[0])
+    assert f"bandit:candidate from {learned:,} (" in training[0]
+    quiet = run_replay(log, CAT, cands, ReplayOptions(n_bootstrap=20, estimators=("ips",), min_training_share=0.0))
+    assert not any(w.startswith("replay training:") for w in quiet.warnings)

@@ -1,4 +1,4 @@
-"""``python -m bench [serving|ingest|learning|memory|auth|replay|all] [--quick] [--repeats N] [--json PATH]``
+"""``python -m bench [serving|ingest|learning|memory|auth|erasure|replay|all] [--quick] [--repeats N] [--json PATH]``
 (serving also ``--driver aio|h2load``, ``--scenario personalized|capped``, ``--floor``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``):
 run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
 from __future__ import annotations
@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import auth_flood, h2load, ingest, learning, memory, serving
+from bench import auth_flood, erasure, h2load, ingest, learning, memory, serving
 from bench.common import ROOT, PY, SCENARIOS, Summary, load_average
 
-PARTS = ("serving", "ingest", "learning", "memory", "auth")
+PARTS = ("serving", "ingest", "learning", "memory", "auth", "erasure")
 
 
 def machine() -> str:
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "auth":
             res = auth_flood.run(a.quick, repeats, duration=a.duration)
             lines = auth_flood.report(res)
+        elif part == "erasure":
+            res = erasure.run(a.quick, repeats)
+            lines = erasure.report(res)
         elif part == "learning":
             res = learning.run(a.quick, repeats)
             lines = learning.report(res)

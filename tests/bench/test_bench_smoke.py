@@ -77,6 +77,14 @@ def test_learning_compares_all_policies_and_times_the_bandit(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(150)
+def test_erasure_reports_relearn_and_unlearn_costs(tmp_path: Path) -> None:
+    out, res = run_bench("erasure", tmp_path)
+    assert res["users"] == 2000
+    assert res["relearn_us_per_profile"]["median"] > 0 and res["unlearn_us_per_decision"]["median"] > 0
+    assert "River relearn over 2,000 profiles" in out and "at 100,000 users" in out and "bandit unlearn" in out
+
+
+@pytest.mark.timeout(150)
 def test_memory_reports_bytes_per_user_and_restart_time(tmp_path: Path) -> None:
     out, res = run_bench("memory", tmp_path)
     (row,) = res["rows"]

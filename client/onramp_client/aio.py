@@ -7,6 +7,7 @@ thread as in OnrampClient (on a channel of its own), so ``track()`` stays a plai
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Mapping
@@ -35,14 +36,16 @@ class AsyncOnrampClient(EventTracker):
             await client.flush()
     """
 
-    _aio_channel: grpc.aio.Channel | None = None  # made on first use, inside the caller's event loop
-    _aio_stub: pb_grpc.OnrampStub | None = None
+    # asyncio channels (one connection each), made on first use inside the caller's event loop; unary calls
+    # go round-robin over them
+    _aio_channels: list[grpc.aio.Channel] | None = None
+    _aio_next: Any = None
 
     def _unary_stub(self) -> pb_grpc.OnrampStub:
-        if self._aio_stub is None:
-            self._aio_channel = self._spec.aio_channel()
-            self._aio_stub = pb_grpc.OnrampStub(self._aio_channel)
-        return self._aio_stub
+        if self._aio_channels is None:
+            self._aio_channels = [self._spec.aio_channel() for _ in range(self.connections)]
+            self._aio_next = itertools.cycle([pb_grpc.OnrampStub(ch) for ch in self._aio_channels]).__next__
+        return self._aio_next()
 
     async def flush(self, timeout: float | None = None) -> IngestResult:
         """Waits (without blocking the loop) until every buffered event is acknowledged; see OnrampClient.flush."""
@@ -116,9 +119,10 @@ class AsyncOnrampClient(EventTracker):
         try:
             await asyncio.to_thread(self._sender.close, timeout)
         finally:
-            self._channel.close()
-            if self._aio_channel is not None:
-                await self._aio_channel.close()
+            for channel in self._channels:
+                channel.close()
+            for aio_channel in self._aio_channels or ():
+                await aio_channel.close()
 
     async def __aenter__(self) -> AsyncOnrampClient:
         return self

@@ -29,6 +29,8 @@ class OnrampClient(EventTracker):
     backoff on UNAVAILABLE, at most ``max_retries`` times. ``api_key`` travels as ``x-api-key`` metadata.
     TLS is used when ``root_certificates`` (PEM bytes or a file path) or ``tls=True`` is given, mutual TLS
     when ``private_key`` and ``certificate_chain`` are given too; the channel is insecure otherwise.
+    Unary calls go round-robin over ``connections`` connections (default 4), so that a server of several
+    processes sharing its port (which balances connections, not calls) serves them on all of its processes.
     """
 
     def flush(self, timeout: float | None = None) -> IngestResult:
@@ -47,7 +49,7 @@ class OnrampClient(EventTracker):
             raise ClientClosed(method)
         budget = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
-        fn: Callable[..., Any] = getattr(self._stub, method)
+        fn: Callable[..., Any] = getattr(self._next_stub(), method)
         attempt = 0
         while True:
             remaining = deadline - time.monotonic()
@@ -114,7 +116,8 @@ class OnrampClient(EventTracker):
         try:
             self._sender.close(timeout)
         finally:
-            self._channel.close()
+            for channel in self._channels:
+                channel.close()
 
     def __enter__(self) -> OnrampClient:
         return self

@@ -10,10 +10,14 @@ import grpc
 
 API_KEY_HEADER = "x-api-key"
 USER_AGENT = "onramp-client/0.1.0"
+MAX_CONNECTIONS = 64
 # A user export can be large (every event of the user): allow answers up to 64 MiB instead of gRPC's 4 MiB.
+# Each channel keeps its own connection (gRPC otherwise shares one between channels of the same target), so a
+# client's channels reach the server as that many connections.
 DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.primary_user_agent", USER_AGENT),
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 PemSource = Union[bytes, str, "os.PathLike[str]"]
@@ -58,6 +62,13 @@ class ChannelSpec:
         if self.credentials is None:
             return grpc.aio.insecure_channel(self.target, options=self.options)
         return grpc.aio.secure_channel(self.target, self.credentials, options=self.options)
+
+
+def check_connections(connections: int) -> int:
+    """The number of connections a client spreads its calls over (1 to :data:`MAX_CONNECTIONS`)."""
+    if isinstance(connections, bool) or not isinstance(connections, int) or not 1 <= connections <= MAX_CONNECTIONS:
+        raise ValueError(f"connections: expected an integer from 1 to {MAX_CONNECTIONS} (got {connections!r})")
+    return connections
 
 
 def channel_spec(target: str, *, root_certificates: PemSource | None = None, private_key: PemSource | None = None,

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import itertools
+
 import grpc
 
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from onramp_client.connection import ChannelSpec, PemSource, call_metadata, channel_spec
+from onramp_client.connection import ChannelSpec, PemSource, call_metadata, channel_spec, check_connections
 from onramp_client.events import PropertyValue, build_event
 from onramp_client.ingest import BatchSender, SenderConfig
 from onramp_client.retry import Backoff
@@ -23,7 +25,7 @@ class EventTracker:
                  backoff_initial: float = 0.1, backoff_max: float = 5.0,
                  root_certificates: PemSource | None = None, private_key: PemSource | None = None,
                  certificate_chain: PemSource | None = None, tls: bool = False,
-                 channel_options: Sequence[tuple[str, Any]] | None = None) -> None:
+                 channel_options: Sequence[tuple[str, Any]] | None = None, connections: int = 4) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout: expected seconds > 0 (got {timeout!r})")
         self.target = target
@@ -36,9 +38,14 @@ class EventTracker:
         self._spec: ChannelSpec = channel_spec(target, root_certificates=root_certificates, private_key=private_key,
                                                certificate_chain=certificate_chain, tls=tls,
                                                channel_options=channel_options)
-        # The sender thread uses a blocking-API channel of its own (the blocking client shares it).
-        self._channel: grpc.Channel = self._spec.sync_channel()
-        self._stub = pb_grpc.OnrampStub(self._channel)
+        self.connections = check_connections(connections)
+        # Blocking-API channels, one connection each: the sender thread streams events over the first, the
+        # blocking client's unary calls go round-robin over all of them (a server of several processes sharing
+        # one port balances connections, not calls, so one connection would reach one process only).
+        self._channels: list[grpc.Channel] = [self._spec.sync_channel() for _ in range(self.connections)]
+        self._stubs = [pb_grpc.OnrampStub(ch) for ch in self._channels]
+        self._stub = self._stubs[0]
+        self._next_stub = itertools.cycle(self._stubs).__next__
         self._closed = False
         self._sender = BatchSender(self._open_stream, config)
 

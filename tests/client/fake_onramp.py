@@ -42,6 +42,7 @@ class UnaryCall:
     method: str
     request: object
     metadata: dict[str, str]
+    peer: str = ""  # the client connection it came on ("ipv4:127.0.0.1:PORT")
 
 
 class FakeOnramp(pb_grpc.OnrampServicer):
@@ -121,7 +122,7 @@ class FakeOnramp(pb_grpc.OnrampServicer):
     def _unary(self, method: str, request: object, context: grpc.ServicerContext) -> None:
         md = self._auth(context)
         with self.lock:
-            self.unary_calls.append(UnaryCall(method, request, md))
+            self.unary_calls.append(UnaryCall(method, request, md, context.peer()))
             codes = self.unary_failures.get(method)
             code = codes.pop(0) if codes else None
         if self.unary_delay:

@@ -55,3 +55,14 @@ def test_async_deadline_and_retries(fake: FakeServer) -> None:
             assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
     asyncio.run(main())
+
+
+def test_async_unary_calls_go_round_robin_over_the_connections(fake: FakeServer) -> None:
+    async def main() -> None:
+        async with AsyncOnrampClient(fake.address, connections=2) as client:
+            for i in range(6):
+                await client.next_step(f"u{i}")
+
+    asyncio.run(main())
+    peers = [c.peer for c in fake.servicer.calls("GetNextStep")]
+    assert len(set(peers)) == 2 and peers.count(peers[0]) == 3, peers

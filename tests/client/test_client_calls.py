@@ -1,6 +1,7 @@
 """Unary calls of OnrampClient against a fake server: field mapping, API-key metadata, deadlines, retries."""
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 
 import grpc
@@ -138,3 +139,20 @@ def test_server_down_unary_call_fails_within_its_budget(make_client: MakeClient)
     with pytest.raises(OnrampError) as info:
         client.next_step("u1")
     assert info.value.code in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_unary_calls_go_round_robin_over_the_connections(make_client, fake, connections) -> None:
+    """A server of several processes sharing a port balances connections, not calls: the client's calls must
+    come on ``connections`` distinct connections, evenly."""
+    client = make_client(connections=connections)
+    for i in range(4 * connections):
+        client.next_step(f"u{i}")
+    peers = collections.Counter(c.peer for c in fake.servicer.calls("GetNextStep"))
+    assert len(peers) == connections and set(peers.values()) == {4}, peers
+
+
+@pytest.mark.parametrize("bad", [0, 65, 2.5, True, "4"])
+def test_connections_must_be_a_small_positive_integer(fake, bad) -> None:
+    with pytest.raises(ValueError, match="connections: expected an integer from 1 to 64"):
+        OnrampClient(fake.address, connections=bad)

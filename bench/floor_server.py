@@ -20,10 +20,9 @@ import argparse
 import asyncio
 import itertools
 import sys
-
-import server.ops.cli  # first: sets GRPC_ENABLE_FORK_SUPPORT before grpc is imported
 from collections.abc import Mapping
 
+import server.ops.cli  # first: sets GRPC_ENABLE_FORK_SUPPORT before grpc is imported
 from bench import offload_log
 from bench.bare_server import answer
 from server.base.catalog import Step

@@ -25,9 +25,9 @@ from typing import Any
 
 import grpc
 
-from server.base.ids import new_request_id
 from server.api.auth import AuthError, KeyRing, Principal, peer_network, required_role
 from server.api.limits import AUTH_FAILURES, RETRY_AFTER_MS_HEADER, AuthFailureLimiter, RateLimited, RateLimiter
+from server.base.ids import new_request_id
 from server.base.logging_setup import bind_request, enter_request, leave_request, only_json_handler, write_access
 from server.base.metrics import MethodMetrics, Metrics
 

@@ -20,13 +20,13 @@ import grpc
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.base.config import IngestConfig
 from server.base.catalog import Step
-from server.decide.engine_api import DecisionService, NextStep, ProfileEnricher, ServiceError
+from server.base.config import IngestConfig
 from server.base.metrics import Metrics
+from server.base.records import ANON_PREFIX, StoredEvent
+from server.decide.engine_api import DecisionService, NextStep, ProfileEnricher, ServiceError
 from server.ingest.pipeline import IngestResult, Pipeline, UserData
 from server.ingest.profiles import Profile
-from server.base.records import ANON_PREFIX, StoredEvent
 from server.store.sqlite import ConsentRow, LinkRow
 from server.api.validation import (EventValues, ValidationError, validate_batch_size, validate_consent, validate_event,
                                validate_next_step, validate_outcome, validate_subject_request)

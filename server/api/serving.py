@@ -19,9 +19,9 @@ from grpc_reflection.v1alpha import reflection
 from server.api.auth import AuthConfig, KeyRing, check_bind_allowed
 from server.api.interceptors import OnrampInterceptor
 from server.api.limits import AuthFailureLimiter, LimitsConfig, RateLimiter, server_options
+from server.api.tls import TlsConfig, server_credentials
 from server.base.logging_setup import LoggingConfig
 from server.base.metrics import Metrics, MetricsConfig, MetricsServer
-from server.api.tls import TlsConfig, server_credentials
 
 ONRAMP_SERVICE = "onramp.v1.Onramp"
 OPS_SECTIONS = ("auth", "tls", "limits", "metrics", "logging")

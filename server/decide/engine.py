@@ -31,25 +31,25 @@ from bandits.guardrails import GuardrailConfig, StepSpec, UserHistory, eligible,
 from bandits.policies import build_policy, policy_from_state
 from server.base.catalog import Catalog
 from server.base.clock import DAY_MS, HOUR_MS
-from server.base.ids import new_decision_id
-from server.base.reasons import Reason
-from server.ingest.consent import PERSONALIZATION
-from server.store.decision_log import ANONYMOUS_ROW, Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
-from server.decide.engine_api import NextStep, ServiceError
+from server.base.clock import now_ms as clock_ms
 from server.base.experiments import Assigner
-from server.decide.history import KEEP_PER_STEP, ShownHistory
+from server.base.ids import new_decision_id
 from server.base.metrics import Metrics
+from server.base.reasons import Reason
+from server.base.records import ANON_PREFIX, IDENTIFY, StoredEvent
+from server.decide.engine_api import NextStep, ServiceError
+from server.decide.history import KEEP_PER_STEP, ShownHistory
+from server.decide.rules import first_firing
+from server.ingest.consent import PERSONALIZATION
+from server.ingest.identity import ANONYMOUS_ID
 from server.ingest.pipeline import Erasure, Pipeline
 from server.ingest.profiles import Profile
-from server.ingest.identity import ANONYMOUS_ID
-from server.base.records import ANON_PREFIX, IDENTIFY, StoredEvent
-from server.learn.rewards import Pending, RewardJoiner
-from server.decide.rules import first_firing
 from server.learn.features import request_mobile
+from server.learn.rewards import Pending, RewardJoiner
 from server.learn.segments import SegmentResult, Segmenter, distinct_days
+from server.store.decision_log import ANONYMOUS_ROW, Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
 from server.store.marks import LogMark, bandit_decisions_after
 from server.store.sqlite import LinkRow
-from server.base.clock import now_ms as clock_ms
 
 
 log = logging.getLogger(__name__)

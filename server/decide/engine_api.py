@@ -12,9 +12,9 @@ from typing import Any, Protocol, runtime_checkable
 from server.base.catalog import Catalog, Step, load_catalog
 from server.base.clock import HOUR_MS
 from server.base.ids import new_decision_id
+from server.base.metrics import Metrics
 from server.base.reasons import Reason
 from server.ingest.consent import PERSONALIZATION
-from server.base.metrics import Metrics
 from server.ingest.pipeline import Pipeline
 from server.ingest.profiles import Profile
 from server.store.sqlite import SqliteStore

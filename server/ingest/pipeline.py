@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.base import records as r
-from server.base.config import IngestConfig
-from server.ingest.consent import PERSONALIZATION, TRACKING, ConsentBook
-from server.store.decision_log import JoinedRow, rewarded_rows_of
-from server.ingest.identity import ANONYMOUS_ID, DEVICE_ID, IdentityGraph, LinkPlan
-from server.store.privacy import Pseudonymizer
-from server.ingest.profiles import Profile, ProfileBook
-from server.base.records import ANON_PREFIX, EventValues, StoredEvent
-from server.store.marks import device_hints
-from server.store.sqlite import ConsentRow, LinkRow, SqliteStore, SubjectKeys, encode_properties
 from server.base.clock import now_ms
+from server.base.config import IngestConfig
+from server.base.records import ANON_PREFIX, EventValues, StoredEvent
+from server.ingest.consent import PERSONALIZATION, TRACKING, ConsentBook
+from server.ingest.identity import ANONYMOUS_ID, DEVICE_ID, IdentityGraph, LinkPlan
+from server.ingest.profiles import Profile, ProfileBook
+from server.store.decision_log import JoinedRow, rewarded_rows_of
+from server.store.marks import device_hints
+from server.store.privacy import Pseudonymizer
+from server.store.sqlite import ConsentRow, LinkRow, SqliteStore, SubjectKeys, encode_properties
 from server.store.writer import Writer
 
 log = logging.getLogger(__name__)

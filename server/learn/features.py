@@ -15,8 +15,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from server.ingest.profiles import Profile
 from server.base.clock import HOUR_MS
+from server.ingest.profiles import Profile
 
 FIRST_SEEN_CAP_HOURS = 720.0  # 30 days: "hours since first seen" is scaled to [0, 1] by this
 LAST_SEEN_CAP_HOURS = 168.0  # 7 days: "hours since last seen" is scaled to [0, 1] by this

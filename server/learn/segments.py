@@ -27,12 +27,12 @@ from typing import Container, Iterable, Mapping
 import numpy as np
 from river import cluster, linear_model, preprocessing
 
-from server.base.clock import DAY_MS, HOUR_MS
 from server.base.catalog import FEATURE_USED, STEP_COMPLETED, Catalog, Guardrails, SegmentsConfig
+from server.base.clock import DAY_MS, HOUR_MS
 from server.learn.features import (BEHAVIOR_NAMES, BehaviorInputs, FeatureSpace, behavior_features,
                              behavior_inputs, context_features, features_of_inputs)
-from server.ingest.profiles import Profile
 from server.base.records import SCREEN_SKIPPED, SESSION_START, TUTORIAL_COMPLETED
+from server.ingest.profiles import Profile
 
 STATE_FORMAT = 2  # 2: marks as tuples
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from server.base.catalog import Catalog
 from server.base.config import PrivacyConfig
-from server.offline.common import DAY_MS, HOUR_MS, OfflineError, pseudonymizer_for, tombstones
 from server.base.records import STEP_COMPLETED, STEP_DISMISSED, SURVEY_RESPONSE
+from server.offline.common import DAY_MS, HOUR_MS, OfflineError, pseudonymizer_for, tombstones
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 
 from server.base.catalog import Catalog, CatalogError
 from server.base.config import ConfigError, PrivacyConfig
+from server.base.records import ANON_PREFIX
 from server.offline.common import OfflineError, generic_order, load_setup, open_readonly, pseudonymizer_for, tombstones
 from server.offline.logdata import DecisionArrays, decode, read_raw_sqlite
 from server.store.privacy import Pseudonymizer
-from server.base.records import ANON_PREFIX
 
 FORMATS = ("parquet", "dsjson", "obp")
 DEVICE_PREFIX = "device:"

@@ -21,12 +21,12 @@ import numpy as np
 
 from bandits.simulator import OnboardingSimulator
 from server.base.catalog import Catalog, load_catalog
-from server.base.experiments import Assigner
-from server.offline.common import DAY_MS, HOUR_MS, generic_order
 from server.base.config import PrivacyConfig
+from server.base.experiments import Assigner
+from server.base.records import StoredEvent
+from server.offline.common import DAY_MS, HOUR_MS, generic_order
 from server.store.privacy import META_FINGERPRINT, Pseudonymizer
 from server.store.pseudonym_key import create_key_file
-from server.base.records import StoredEvent
 from server.store.sqlite import DECISION_COLUMNS, OUTCOME_COLUMNS, SqliteStore
 
 START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z

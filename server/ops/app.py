@@ -24,20 +24,20 @@ import grpc
 
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from server.api.aio_servers import release_unstarted
+from server.api.service import OnrampService
+from server.api.serving import Operations, OpsConfig
 from server.base.catalog import Catalog, catalog_from_config
 from server.base.config import Config, ConfigError, parse_config
-from server.ingest.consent import ConsentBook
+from server.base.metrics import Metrics
 from server.decide.engine import DecisionEngine
 from server.decide.engine_api import DecisionService, ProfileEnricher
+from server.ingest.consent import ConsentBook
 from server.ingest.identity import IdentityGraph
-from server.base.metrics import Metrics
-from server.api.serving import Operations, OpsConfig
 from server.ingest.pipeline import Pipeline
-from server.store.privacy import Pseudonymizer
 from server.ingest.profiles import ProfileBook
-from server.store.pseudonym_key import open_pseudonymizer
-from server.api.service import OnrampService
 from server.ops.state import Checkpointer, Resume, load_checkpoint, resume
+from server.store.privacy import Pseudonymizer
+from server.store.pseudonym_key import open_pseudonymizer
 from server.store.sqlite import SqliteStore, open_store
 from server.store.writer import Writer
 

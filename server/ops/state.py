@@ -66,8 +66,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from server.store.checkpoint import encode_checkpoint, read_checkpoint, remove_temp_files, write_checkpoint
 from server.ingest.profiles import Profile, ProfileBook
+from server.store.checkpoint import encode_checkpoint, read_checkpoint, remove_temp_files, write_checkpoint
 from server.store.marks import LogMark, mark_problem, read_mark
 from server.store.sqlite import SqliteStore, SubjectKeys
 

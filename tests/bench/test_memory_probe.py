@@ -6,9 +6,9 @@ import sys
 import threading
 
 from bench.memory_probe import breakdown, deep_size, malloc_info
+from server.base.records import StoredEvent
 from server.decide.history import ShownHistory
 from server.ingest.profiles import ProfileBook
-from server.base.records import StoredEvent
 
 
 def test_deep_size_counts_shared_objects_once_and_skips_functions_and_locks() -> None:

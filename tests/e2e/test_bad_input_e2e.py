@@ -16,8 +16,8 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.ops.app import ServerHandle, running_server
 from server.base.logging_setup import JsonFormatter, RequestContextFilter
+from server.ops.app import ServerHandle, running_server
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,10 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
+from server.base.records import ANON_PREFIX
+from server.decide.engine import DecisionEngine
 from server.ops.app import ServerHandle, running_server
 from server.store.checkpoint import read_checkpoint
-from server.decide.engine import DecisionEngine
-from server.base.records import ANON_PREFIX
 from server.store.sqlite import TABLES
 from tests.conftest import EventFactory
 

@@ -11,8 +11,8 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.ops.app import ServerHandle
 from server.base.records import StoredEvent
+from server.ops.app import ServerHandle
 
 
 def db_event_ids(handle: ServerHandle) -> list[str]:

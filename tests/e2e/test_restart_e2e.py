@@ -8,8 +8,8 @@ import grpc
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.ops.app import Runtime, running_server
 from server.decide.engine_api import StaticCoreFlow
+from server.ops.app import Runtime, running_server
 
 
 def static_flow(runtime: Runtime) -> StaticCoreFlow:

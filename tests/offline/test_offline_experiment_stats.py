@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-import server.offline.stats
 from server.offline.experiment_report import GUARDRAILS, verdicts
+import server.offline.stats
 from server.offline.stats import Comparison, cuped_diff, holm, ratio_diff, welch_diff
 
 

@@ -11,12 +11,12 @@ import pytest
 from rich.console import Console
 
 from server.base.catalog import load_catalog
-from server.ops.cli import main
 from server.base.experiments import Assigner, assign, bucket, is_anonymous
 from server.offline.analytics import load_activity, user_arms
 from server.offline.common import OfflineError, open_readonly
 from server.offline.experiment_report import experiment_report, experiments_html, render_experiments
 from server.offline.stats import sample_ratio_test
+from server.ops.cli import main
 
 CAT = load_catalog(None)
 EXP = CAT.active_experiment

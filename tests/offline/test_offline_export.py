@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from server.base.catalog import load_catalog
-from server.ops.cli import main
 from server.offline.common import generic_order
 from server.offline.export import export_dsjson, export_parquet, load_obp, obp_feedback, save_obp
 from server.offline.logdata import load_decisions
 from server.offline.synth import synth_pseudonymizer
+from server.ops.cli import main
 
 CAT = load_catalog(None)
 ACTIONS = generic_order(CAT)

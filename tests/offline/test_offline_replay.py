@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from server.base.catalog import load_catalog
-from server.ops.cli import main
 from server.offline.common import generic_order
 from server.offline.export import export_parquet
 from server.offline.logdata import load_decisions
+from server.ops.cli import main
 from server.offline.replay import (ReplayOptions, load_candidate, run_replay, select_rounds, target_candidate,
                                    target_generic, target_logging, target_rules_only)
 

@@ -9,10 +9,10 @@ import re
 import pytest
 
 from server.base.catalog import load_catalog
-from server.ops.cli import main
 from server.offline.analytics import FirstValue, load_activity
 from server.offline.common import open_readonly
 from server.offline.reports import funnel_charts, funnel_html, funnel_report
+from server.ops.cli import main
 
 CAT = load_catalog(None)
 

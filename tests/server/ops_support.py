@@ -18,8 +18,8 @@ from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from server.api.aio_servers import release_unstarted
 from server.api.auth import AuthConfig, hash_key
-from server.base.logging_setup import JsonFormatter, RequestContextFilter
 from server.api.serving import Operations, OpsConfig
+from server.base.logging_setup import JsonFormatter, RequestContextFilter
 
 T = TypeVar("T")
 

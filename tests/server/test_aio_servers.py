@@ -8,9 +8,9 @@ import pytest
 
 from ops_support import run_async
 from server.api.aio_servers import release_unstarted
-from server.ops.app import build_server
-from server.base.config import Config
 from server.api.serving import Operations
+from server.base.config import Config
+from server.ops.app import build_server
 
 
 async def terminated(server, timeout: float = 5.0) -> bool:  # noqa: ANN001 - a grpc.aio.Server

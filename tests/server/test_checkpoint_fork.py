@@ -19,8 +19,8 @@ import pytest
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from server.ops.app import ServerHandle, running_server
-from server.store.checkpoint import read_checkpoint, write_checkpoint
 from server.ops.state import CheckpointInfo
+from server.store.checkpoint import read_checkpoint, write_checkpoint
 from server.store.marks import LogMark
 
 pytestmark = [pytest.mark.timeout(180),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.ops import cli
 from server.api.auth import KeyHash, hash_key
+from server.ops import cli
 
 
 @pytest.fixture(autouse=True)

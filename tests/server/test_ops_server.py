@@ -14,8 +14,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from ops_support import KEYS, captured_json_logs
-from server.ops.app import running_server
 from server.api.auth import hash_key
+from server.ops.app import running_server
 
 AUTH = {"keys": [{"name": name, "hash": hash_key(key), "roles": roles} for name, (key, roles) in KEYS.items()]}
 

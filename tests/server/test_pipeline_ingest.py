@@ -9,9 +9,9 @@ from typing import Any
 
 from onramp.v1 import onramp_pb2 as pb
 from server.api.validation import event_values
+from server.base.records import StoredEvent
 from server.ingest.pipeline import IngestResult, Pipeline
 from server.store.privacy import Pseudonymizer
-from server.base.records import StoredEvent
 from server.store.sqlite import ConsentRow, SqliteStore
 from server.store.writer import Writer
 

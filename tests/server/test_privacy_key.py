@@ -14,9 +14,9 @@ import stat
 
 import pytest
 
-from server.ops import cli
 from server.base.config import PrivacyConfig
 from server.offline.common import OfflineError, open_readonly, pseudonymizer_for
+from server.ops import cli
 from server.store.privacy import META_FINGERPRINT, META_KEY, Pseudonymizer
 from server.store.pseudonym_key import ENV_VAR, PseudonymKeyError, create_key_file, find_key, open_pseudonymizer
 from server.store.sqlite import SqliteStore

@@ -17,8 +17,8 @@ from server.base.catalog import Catalog, demo_catalog_text, load_catalog, parse_
 from server.learn.features import (BEHAVIOR_NAMES, CHANNEL_FEATURES, COUNT_CAP, FIRST_SEEN_CAP_HOURS, LAST_SEEN_CAP_HOURS,
                              MOBILE_DEVICES, FeatureSpace, behavior_features, behavior_inputs, features_of_inputs,
                              request_mobile)
-from server.ingest.profiles import Profile, ProfileBook
 from server.base.records import StoredEvent
+from server.ingest.profiles import Profile, ProfileBook
 from server.learn.segments import Segmenter, distinct_days, is_consistent, rule_segments
 
 H = 3_600_000

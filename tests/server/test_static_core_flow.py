@@ -10,8 +10,8 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.ops.app import Runtime, running_server
 from server.decide.engine_api import DecisionService, StaticCoreFlow
+from server.ops.app import Runtime, running_server
 
 
 def static_flow(runtime: Runtime) -> StaticCoreFlow:

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-import server.store.sqlite
 from server.base.records import StoredEvent
+import server.store.sqlite
 from server.store.sqlite import TABLES, ConsentRow, SqliteStore, SubjectKeys
 
 

@@ -3,14 +3,15 @@ from a :class:`~server.ingest.profiles.Profile`, and the fixed-order :class:`Fea
 into the numpy vector the bandit sees (so its dimension never changes while the catalog stays).
 
 Two layers: :func:`behavior_features` (counts, recency, channel and device mix — the input of
-the online clustering and the activation model) and :func:`context_features` (behavior plus
-rule-segment flags, the request's device, the cluster one-hot, the activation probability and a
-bias term).
+the online clustering and the activation model) and :func:`context_features` (behavior plus the uses
+of each feature the catalog names, rule-segment flags, the request's device, the cluster one-hot, the
+activation probability and a bias term). Per-feature uses let the bandit tell apart users who differ
+only in which feature they use.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -21,6 +22,7 @@ from server.ingest.profiles import Profile
 FIRST_SEEN_CAP_HOURS = 720.0  # 30 days: "hours since first seen" is scaled to [0, 1] by this
 LAST_SEEN_CAP_HOURS = 168.0  # 7 days: "hours since last seen" is scaled to [0, 1] by this
 COUNT_CAP = 1e9  # counts above this are treated as this (keeps log1p finite and bounded)
+MAX_TRACKED_FEATURES = 16  # product features with a context feature of their own (uses_<feature>), at most
 
 CHANNEL_FEATURES = ("web", "ios", "android", "email")
 DEVICE_FEATURES = ("desktop", "mobile")  # "mobile" counts mobile and tablet
@@ -43,24 +45,27 @@ FLAG_NAMES: tuple[str, ...] = ("engaged", "power_user", "consistent", "request_m
 
 @dataclass(frozen=True, slots=True)
 class FeatureSpace:
-    """The fixed, named order of context features for a catalog with ``n_clusters`` clusters."""
+    """The fixed, named order of context features for a catalog with ``n_clusters`` clusters and the product
+    ``features`` whose uses are tracked (:func:`tracked_features`).
+
+    >>> space = FeatureSpace(2, ("reports",))
+    >>> space.dim, space.index("uses_reports"), space.names[-1]
+    (22, 13, 'bias')
+    """
 
     n_clusters: int
+    features: tuple[str, ...] = ()
+    names: tuple[str, ...] = field(init=False, compare=False, repr=False)
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Feature names in vector order: behavior, flags, cluster one-hot, activation, bias."""
-        return (
-            BEHAVIOR_NAMES
-            + FLAG_NAMES
-            + tuple(f"cluster_{k}" for k in range(self.n_clusters))
-            + ("activation_prob", "bias")
-        )
+    def __post_init__(self) -> None:
+        names = (BEHAVIOR_NAMES + tuple(f"uses_{f}" for f in self.features) + FLAG_NAMES
+                 + tuple(f"cluster_{k}" for k in range(self.n_clusters)) + ("activation_prob", "bias"))
+        object.__setattr__(self, "names", names)  # feature names in vector order, computed once
 
     @property
     def dim(self) -> int:
         """Vector length d (``len(names)``)."""
-        return len(BEHAVIOR_NAMES) + len(FLAG_NAMES) + self.n_clusters + 2
+        return len(self.names)
 
     def index(self, name: str) -> int:
         """Position of ``name`` in the vector (ValueError if it is not a feature)."""
@@ -68,7 +73,21 @@ class FeatureSpace:
 
     def vector(self, features: Mapping[str, float]) -> np.ndarray:
         """The features as a float64 vector in :attr:`names` order (absent names are 0)."""
-        return np.fromiter((float(features.get(n, 0.0)) for n in self.names), dtype=np.float64, count=self.dim)
+        return np.fromiter((float(features.get(n, 0.0)) for n in self.names), dtype=np.float64, count=len(self.names))
+
+
+def tracked_features(step_features: Iterable[str | None], advanced_features: Iterable[str]) -> tuple[str, ...]:
+    """The product features that get a context feature of their own: those the catalog's steps are about, then
+    the advanced features of the power-user segment, each once, at most :data:`MAX_TRACKED_FEATURES`.
+
+    >>> tracked_features(["reports", None, "api"], ["api", "webhooks"])
+    ('reports', 'api', 'webhooks')
+    """
+    out: list[str] = []
+    for f in (*step_features, *advanced_features):
+        if f and f not in out:
+            out.append(f)
+    return tuple(out[:MAX_TRACKED_FEATURES])
 
 
 _LOG1P_TABLE = tuple(math.log1p(i) for i in range(1024))  # log1p of small counts, looked up (same values)
@@ -172,6 +191,10 @@ def context_features(
     and activation probability (computed by :class:`server.learn.segments.Segmenter`)."""
     seg = set(segments)
     x = behavior_features(profile, now_ms)
+    used = profile.features_used
+    for f in space.features:
+        n = used.get(f, 0)
+        x[f"uses_{f}"] = _LOG1P_TABLE[n] if n < 1024 else math.log1p(min(n, COUNT_CAP))
     x["engaged"] = 1.0 if "engaged" in seg else 0.0
     x["power_user"] = 1.0 if "power_user" in seg else 0.0
     x["consistent"] = 1.0 if "consistent" in seg else 0.0

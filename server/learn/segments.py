@@ -29,8 +29,8 @@ from river import cluster, linear_model, preprocessing
 
 from server.base.catalog import FEATURE_USED, STEP_COMPLETED, Catalog, Guardrails, SegmentsConfig
 from server.base.clock import DAY_MS, HOUR_MS
-from server.learn.features import (BEHAVIOR_NAMES, BehaviorInputs, FeatureSpace, behavior_features,
-                             behavior_inputs, context_features, features_of_inputs)
+from server.learn.features import (BEHAVIOR_NAMES, BehaviorInputs, FeatureSpace, behavior_features, behavior_inputs,
+                                   context_features, features_of_inputs, tracked_features)
 from server.base.records import SCREEN_SKIPPED, SESSION_START, TUTORIAL_COMPLETED
 from server.ingest.profiles import Profile
 
@@ -255,7 +255,8 @@ class Segmenter:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.config = catalog.segments
-        self.space = FeatureSpace(self.config.n_clusters)
+        self.space = FeatureSpace(self.config.n_clusters, tracked_features(
+            (s.feature for s in catalog.steps), self.config.advanced_features))
         self._m = _new_models(self.config)
         self._lock = threading.Lock()
         self._learn_every = self.config.learn_every_events

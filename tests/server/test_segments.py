@@ -520,3 +520,36 @@ def test_state_ignores_unrelated_catalog_changes() -> None:
     other = catalog_with(bandit={"epsilon": 0.05})
     restored = Segmenter.from_state(seg.to_state(), other)
     assert restored.cluster_of(users[0], T0 + DAY) == seg.cluster_of(users[0], T0 + DAY)
+
+
+def _type_user(feature: str, i: int) -> Profile:
+    """A user of one hidden type: three sessions, then five uses of ``feature`` (the only difference)."""
+    events = [("session_start", k * 20 * H, {}) for k in range(3)]
+    events += [("feature_used", 50 * H + k * H, {"feature": feature}) for k in range(5)]
+    return profile_from(events, subject=f"{feature}-{i}")
+
+
+def test_two_types_differing_only_in_the_feature_they_use_are_told_apart() -> None:
+    """Users who differ only in which feature they use: behavior features (the River models' input) are the
+    same, the context has each catalog feature's uses, and the server's bandit learns to give each type the
+    step that works for it."""
+    from bandits.policies import build_policy
+
+    catalog = load_catalog(None)
+    seg = Segmenter(catalog)
+    now = T0 + 60 * H
+    a, b = _type_user("reports", 0), _type_user("dashboards", 0)
+    assert behavior_features(a, now) == behavior_features(b, now)
+    xa, xb = (seg.predict_one(p, now).vector for p in (a, b))
+    space = seg.space
+    assert xa[space.index("uses_reports")] > 0 and xb[space.index("uses_reports")] == 0
+    assert xb[space.index("uses_dashboards")] > 0 and xa[space.index("uses_dashboards")] == 0
+    b_cfg = catalog.bandit
+    policy = build_policy(b_cfg.algorithm, 2, space.dim, alpha=b_cfg.alpha, l2=b_cfg.l2)
+    rng = random.Random(3)
+    for i in range(200):  # type "reports" succeeds with step 0, type "dashboards" with step 1
+        feature = rng.choice(("reports", "dashboards"))
+        x = seg.predict_one(_type_user(feature, i), now).vector
+        arm = rng.randrange(2)
+        policy.learn_one(x, arm, float(arm == (0 if feature == "reports" else 1)))
+    assert int(np.argmax(policy.scores(xa))) == 0 and int(np.argmax(policy.scores(xb))) == 1

@@ -159,6 +159,7 @@ class DecisionEngine:
         # relearn finished, and the subjects learned live while a relearn runs (None when none runs).
         self._erasures_seen = 0
         self._erasures_relearned = 0
+        self.relearns = 0  # relearns done (erasures sent together share one)
         self._relearn_lock = asyncio.Lock()
         self._learned_meanwhile: dict[str, int] | None = None
         self._relearn_profiles = False  # resumed from a checkpoint taken during a relearn: relearn at rebuild
@@ -326,6 +327,7 @@ class DecisionEngine:
             self.segmenter = fresh
             self._segment_cache.clear()  # computed with the old models
             self._erasures_relearned = target
+            self.relearns += 1
 
     def _forget_subject(self, subject: str) -> None:
         """Drop what is kept per subject outside its profile: segment and assignment cache, segmenter mark."""

@@ -145,3 +145,13 @@ def test_outcome_committed_but_not_yet_learned_is_not_unlearned(tmp_path: Path) 
     n_now, n_start, out = _run(tmp_path / "race.db", body)
     assert n_now == n_start
     np.testing.assert_allclose(out["now"]["scores"], out["start"]["scores"], rtol=0, atol=1e-9)
+
+
+def test_erasures_sent_together_share_relearns(tmp_path: Path) -> None:
+    async def body(h: Harness, engine: DecisionEngine) -> tuple[int, set[str]]:
+        await _phase(h, OTHERS, 0, seed=1)
+        await asyncio.gather(*(h.pipeline.erase(u) for u in OTHERS))
+        return engine.relearns, set(h.pipeline.profiles.subjects())
+
+    relearns, left = _run(tmp_path / "together.db", body)
+    assert left == set() and 1 <= relearns <= 2

@@ -16,14 +16,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.api.auth import AuthConfig, KeyRing, check_bind_allowed
+from server.api.auth import AuthConfig, KeyRing, check_bind_allowed, is_loopback_host
 from server.api.interceptors import OnrampInterceptor
 from server.api.limits import AuthFailureLimiter, LimitsConfig, RateLimiter, server_options
 from server.api.tls import TlsConfig, server_credentials
 from server.base.logging_setup import LoggingConfig
-from server.base.metrics import Metrics, MetricsConfig, MetricsServer
+from server.base.metrics import Metrics, MetricsConfig, MetricsServer, WsgiApp
 
 ONRAMP_SERVICE = "onramp.v1.Onramp"
+DASHBOARD_PATH = "/dashboard"
 OPS_SECTIONS = ("auth", "tls", "limits", "metrics", "logging")
 
 log = logging.getLogger("onramp.ops")
@@ -52,13 +53,33 @@ class OpsConfig:
             if not isinstance(value, Mapping):
                 raise ValueError(f"[{name}]: expected a table")
             sections[name] = value
-        return cls(
+        config = cls(
             auth=AuthConfig.from_mapping(sections["auth"]),
             tls=TlsConfig.from_mapping(sections["tls"]),
             limits=LimitsConfig.from_mapping(sections["limits"]),
             metrics=MetricsConfig.from_mapping(sections["metrics"]),
             logging=LoggingConfig.from_mapping(sections["logging"]),
         )
+        if config.metrics.dashboard and not config.metrics.enabled:
+            raise ValueError("[metrics] dashboard: true needs [metrics] enabled = true (the dashboard is served on "
+                             "the metrics port)")
+        if config.metrics.dashboard and not config.auth.enabled and not is_loopback_host(config.metrics.host):
+            raise ValueError(
+                f"[metrics] dashboard: true needs [auth] keys when [metrics] host is not loopback "
+                f"(host {config.metrics.host!r}): without keys anyone reaching the port could read the analytics. "
+                "Configure an admin key in [auth] keys, bind [metrics] host to 127.0.0.1, or set dashboard = false.")
+        return config
+
+    @property
+    def dashboard(self) -> bool:
+        """Whether the metrics port serves the operator's dashboard (at ``/dashboard``): ``[metrics] dashboard``
+        when set, else on when API keys are configured (it then asks for an admin key) or the port is on
+        loopback. Never without keys on another address (refused above when asked for)."""
+        if not self.metrics.enabled:
+            return False
+        if self.metrics.dashboard is not None:
+            return self.metrics.dashboard
+        return self.auth.enabled or is_loopback_host(self.metrics.host)
 
 
 class Operations:
@@ -76,7 +97,12 @@ class Operations:
                                              auth_failures=self.auth_failures)
         self.health = health.aio.HealthServicer()
         self.metrics_server: MetricsServer | None = None
+        self.http_apps: dict[str, WsgiApp] = {}  # served beside /metrics, by path prefix
         self.service_names: tuple[str, ...] = (ONRAMP_SERVICE,)
+
+    def add_http_app(self, prefix: str, app: WsgiApp) -> None:
+        """Serve ``app`` at ``prefix`` (and below) on the metrics port; call before :meth:`started`."""
+        self.http_apps[prefix] = app
 
     def server_options(self) -> list[tuple[str, Any]]:
         """grpc server options: message-size limits, and no SO_REUSEPORT so a second server on a busy
@@ -120,11 +146,16 @@ class Operations:
         return port
 
     async def started(self) -> None:
-        """Mark the server SERVING and start the metrics endpoint when ``[metrics] enabled``."""
+        """Mark the server SERVING and start the metrics endpoint (and the apps added beside it) when
+        ``[metrics] enabled``."""
         if self.config.metrics.enabled and self.metrics_server is None:
-            self.metrics_server = MetricsServer(self.metrics, self.config.metrics)
+            self.metrics_server = MetricsServer(self.metrics, self.config.metrics, self.http_apps)
             port = self.metrics_server.start()
-            log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, port)
+            host = self.config.metrics.host
+            host = f"[{host}]" if ":" in host else host
+            log.info("metrics on http://%s:%d/metrics", host, port)
+            for prefix in self.http_apps:
+                log.info("%s on http://%s:%d%s", prefix.strip("/"), host, port, prefix)
         for name in ("", *self.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 

@@ -3,17 +3,20 @@
 Each :class:`Metrics` owns its own ``CollectorRegistry`` so several servers (e.g. in tests) can live in one
 process. Other modules record through the instance the app hands them, e.g.
 ``metrics.events_total.labels(result="accepted").inc(n)``. A ``Metrics()`` is cheap and needs no HTTP port,
-so code paths never need a "no metrics" case.
+so code paths never need a "no metrics" case. The endpoint can serve other WSGI apps under their own path
+prefixes beside ``/metrics`` (the operator's dashboard, ``server/ops/dashboard_http.py``).
 """
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
-from prometheus_client.exposition import start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_METRICS_PORT = 9464
@@ -22,6 +25,9 @@ DEFAULT_METRICS_PORT = 9464
 # ingestion streams can last longer.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+# A WSGI application (PEP 3333): ``app(environ, start_response) -> body chunks``.
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
 
 class MetricsConfigError(ValueError):
     """A bad ``[metrics]`` setting; the message starts with the key at fault."""
@@ -29,19 +35,24 @@ class MetricsConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """The ``[metrics]`` section: the Prometheus endpoint is off unless ``enabled`` (then 127.0.0.1:9464)."""
+    """The ``[metrics]`` section: the Prometheus endpoint is off unless ``enabled`` (then 127.0.0.1:9464).
+
+    ``dashboard`` turns the operator's dashboard on that port on or off; None (not set) leaves the choice to
+    ``server/api/serving.py``, which knows whether API keys are configured (on with keys or on loopback)."""
 
     enabled: bool = False
     host: str = DEFAULT_METRICS_HOST
     port: int = DEFAULT_METRICS_PORT
+    dashboard: bool | None = None
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any] | None) -> "MetricsConfig":
         """Validate a ``[metrics]`` table; errors name the key, e.g. ``[metrics] port``."""
         section = dict(section or {})
-        unknown = set(section) - {"enabled", "host", "port"}
+        unknown = set(section) - {"enabled", "host", "port", "dashboard"}
         if unknown:
-            raise MetricsConfigError(f"[metrics] {sorted(unknown)[0]}: unknown key (expected enabled, host, port)")
+            raise MetricsConfigError(f"[metrics] {sorted(unknown)[0]}: unknown key "
+                                     "(expected enabled, host, port, dashboard)")
         enabled = section.get("enabled", False)
         if not isinstance(enabled, bool):
             raise MetricsConfigError(f"[metrics] enabled: expected true or false (got {enabled!r})")
@@ -51,7 +62,10 @@ class MetricsConfig:
         port = section.get("port", DEFAULT_METRICS_PORT)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise MetricsConfigError(f"[metrics] port: expected an integer 0-65535, 0 = any free port (got {port!r})")
-        return cls(enabled, host, port)
+        dashboard = section.get("dashboard")
+        if dashboard is not None and not isinstance(dashboard, bool):
+            raise MetricsConfigError(f"[metrics] dashboard: expected true or false (got {dashboard!r})")
+        return cls(enabled, host, port, dashboard)
 
 
 class MethodMetrics:
@@ -150,12 +164,22 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MetricsServer:
-    """The HTTP endpoint serving one :class:`Metrics` registry at ``/metrics`` (any path works)."""
+class _QuietHandler(WSGIRequestHandler):
+    """Writes no access line per request to stderr."""
 
-    def __init__(self, metrics: Metrics, config: MetricsConfig) -> None:
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+class MetricsServer:
+    """The HTTP endpoint serving one :class:`Metrics` registry at ``/metrics`` (any path no app claims), and
+    each of ``apps`` at its path prefix (``"/dashboard"`` serves ``/dashboard`` and ``/dashboard/...``)."""
+
+    def __init__(self, metrics: Metrics, config: MetricsConfig, apps: Mapping[str, WsgiApp] | None = None) -> None:
         self.metrics = metrics
         self.config = config
+        self.apps = dict(apps or {})
+        self._metrics_app = make_wsgi_app(metrics.registry)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -166,14 +190,27 @@ class MetricsServer:
             raise RuntimeError("metrics server is not started")
         return int(self._server.server_port)
 
+    def _route(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        for prefix, app in self.apps.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return app(environ, start_response)
+        return self._metrics_app(environ, start_response)
+
     def start(self) -> int:
         """Start serving in a daemon thread; returns the bound port. Raises OSError naming the address."""
+        host, port = self.config.host, self.config.port
         try:
-            self._server, self._thread = start_http_server(
-                self.config.port, addr=self.config.host, registry=self.metrics.registry)
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+            class Server(ThreadingWSGIServer):
+                address_family = family
+
+            self._server = make_server(host, port, self._route, Server, handler_class=_QuietHandler)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot serve metrics on {self.config.host}:{self.config.port}: "
-                                     f"{exc.strerror or exc}") from exc
+            raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
+        self._thread = threading.Thread(target=self._server.serve_forever, name="onramp-metrics-http", daemon=True)
+        self._thread.start()
         return self.port
 
     def stop(self) -> None:

@@ -35,6 +35,8 @@ from server.ingest.consent import ConsentBook
 from server.ingest.identity import IdentityGraph
 from server.ingest.pipeline import Pipeline
 from server.ingest.profiles import ProfileBook
+from server.ops.dashboard_data import DashboardSource, LiveModel, TtlCache, analytics, live_model
+from server.ops.dashboard_http import PREFIX as DASHBOARD_PREFIX, DashboardApp
 from server.ops.state import Checkpointer, Resume, load_checkpoint, resume
 from server.store.privacy import Pseudonymizer
 from server.store.pseudonym_key import open_pseudonymizer
@@ -42,6 +44,7 @@ from server.store.sqlite import SqliteStore, open_store
 from server.store.writer import Writer
 
 log = logging.getLogger("onramp.app")
+LIVE_TIMEOUT_S = 2.0  # how long the dashboard waits for the event loop to read the live model figures
 
 
 @dataclass(slots=True)
@@ -214,11 +217,36 @@ def build_server(config: Config | None = None, *, decision_factory: DecisionFact
         service = OnrampService(runtime.pipeline, decisions, config.ingest, enricher, runtime.metrics)
         server = ops.new_server()
         pb_grpc.add_OnrampServicer_to_server(service, server)
+        if ops.config.dashboard:
+            _install_dashboard(ops, runtime, decisions, checkpointer)
     except BaseException:
         runtime.writer.stop()
         runtime.store.close()
         raise
     return OnrampServer(runtime, server, ops, service, checkpointer)
+
+
+def _install_dashboard(ops: Operations, runtime: Runtime, decisions: DecisionService,
+                       checkpointer: Checkpointer | None) -> None:
+    """Serve the operator's dashboard on the metrics port (server/ops/dashboard_http.py): the reports over a
+    read-only connection to this server's database, and the live model figures read on this event loop."""
+    loop = asyncio.get_running_loop()
+    source = DashboardSource(runtime.config.server.db_path, runtime.catalog, runtime.config.privacy)
+
+    async def read_live() -> LiveModel:
+        return live_model(runtime.catalog, decisions, runtime.writer.qsize, checkpointer)
+
+    def live() -> LiveModel:
+        future = asyncio.run_coroutine_threadsafe(read_live(), loop)
+        try:
+            return future.result(LIVE_TIMEOUT_S)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    ops.add_http_app(DASHBOARD_PREFIX, DashboardApp(
+        TtlCache(lambda: analytics(source)), live, ops.keyring, ops.auth_failures,
+        failure_delay_s=ops.config.limits.auth_failure_delay_ms / 1000))
 
 
 def _remove_unused_checkpoint(path: str) -> None:

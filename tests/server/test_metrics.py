@@ -11,7 +11,7 @@ import pytest
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from ops_support import auth_config, key_md, ops_with, run_async, tiny_server
-from server.base.metrics import Metrics, MetricsConfig, MetricsConfigError
+from server.base.metrics import Metrics, MetricsConfig, MetricsConfigError, MetricsServer
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -65,6 +65,7 @@ def test_recording_helpers() -> None:
     ({"enabled": 1}, "[metrics] enabled"),
     ({"host": ""}, "[metrics] host"),
     ({"path": "/m"}, "[metrics] path"),
+    ({"dashboard": "yes"}, "[metrics] dashboard"),
 ])
 def test_metrics_config_errors_name_the_key(section: dict, where: str) -> None:
     with pytest.raises(MetricsConfigError) as err:
@@ -75,6 +76,27 @@ def test_metrics_config_errors_name_the_key(section: dict, where: str) -> None:
 def test_metrics_default_is_off_on_loopback() -> None:
     config = MetricsConfig.from_mapping({})
     assert (config.enabled, config.host, config.port) == (False, "127.0.0.1", 9464)
+    assert config.dashboard is None  # decided by server/api/serving.py, which knows about [auth]
+
+
+def test_the_endpoint_serves_apps_at_their_prefix_and_metrics_elsewhere() -> None:
+    def hello(environ: dict, start_response: object) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+        return [f"hello {environ['PATH_INFO']}".encode()]
+
+    metrics = Metrics()
+    metrics.record_decision("core", "welcome")
+    server = MetricsServer(metrics, MetricsConfig(enabled=True, port=0), {"/hello": hello})
+    port = server.start()
+    try:
+        def fetch(path: str) -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+                return response.read().decode()
+        assert fetch("/hello") == "hello /hello" and fetch("/hello/there") == "hello /hello/there"
+        for path in ("/metrics", "/", "/hellothere"):
+            assert sample(fetch(path), "onramp_decisions_total", reason="core", step="welcome") == 1
+    finally:
+        server.stop()
 
 
 def _scrape(port: int) -> str:

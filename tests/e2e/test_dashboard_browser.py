@@ -3,7 +3,7 @@
 for a key, refuses one without the admin role, and with the admin key draws its SVG charts with the numbers
 ``onramp report funnel`` and ``onramp report experiments`` print for the same database.
 
-Skipped only when no Chromium is installed (.ci/run installs Debian's ``chromium``). With
+Skipped on a machine without Chromium, except under CI, which installs Debian's ``chromium`` (.ci/run). With
 ``ONRAMP_DASHBOARD_SCREENSHOT=docs/dashboard.png`` the run also writes the screenshot the docs show.
 """
 from __future__ import annotations

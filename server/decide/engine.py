@@ -277,6 +277,11 @@ class DecisionEngine:
         self._erasures_seen += 1
         return self._relearn_segmenter(self._erasures_seen)
 
+    @property
+    def relearn_due(self) -> bool:
+        """Whether an erasure committed whose relearn has not replaced the River models yet."""
+        return self._erasures_seen > self._erasures_relearned
+
     def _unlearn(self, erasure: Erasure) -> int:
         """Remove from the bandit every rewarded decision of the erased person that it learned. One still
         pending here had its outcome committed but not learned yet (the joiner learns after commit, on this
@@ -549,9 +554,9 @@ class DecisionEngine:
             "policy": self.decider.policy.to_state() if self.decider is not None else None,
             "rng": self._rng.bit_generator.state,
             "learned": self.learned,
-            # None while a relearn after an erasure runs: the models in use may still hold the erased person,
-            # so a resume from this checkpoint relearns them from the profiles instead
-            "segmenter": None if self._learned_meanwhile is not None else self.segmenter.to_state(),
+            # None from an erasure's commit until its relearn replaced the models (they may still hold the
+            # erased person), so a resume from this checkpoint relearns them from the profiles instead
+            "segmenter": None if self.relearn_due else self.segmenter.to_state(),
             "segment_cache": dict(self._segment_cache),
             # pending decisions with a context: the ones a bandit draw may be behind (the joiner's own index)
             "unsettled": [d for d, p in self.joiner._pending.items() if p.x is not None],

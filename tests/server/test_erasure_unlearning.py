@@ -156,7 +156,10 @@ def test_erasures_sent_together_share_relearns(tmp_path: Path) -> None:
             erasures = asyncio.gather(*(h.pipeline.erase(u) for u in OTHERS))
             while engine._erasures_seen < len(OTHERS):  # noqa: SLF001 - every erasure committed and waiting
                 await asyncio.sleep(0.01)
+            # a checkpoint now must not keep the models that still hold them
+            assert engine.relearn_due and engine.to_state()["segmenter"] is None
         await erasures
+        assert not engine.relearn_due and engine.to_state()["segmenter"] is not None
         return engine.relearns, set(h.pipeline.profiles.subjects())
 
     relearns, left = _run(tmp_path / "together.db", body)

@@ -8,11 +8,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: serve test protos bench clean
 
+# scripts/make_venv.py holds a lock while it builds, so `make serve` and `make test` may start together.
 $(STAMP): pyproject.toml client/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(PYTHON) scripts/make_venv.py $(VENV)
 
 serve: $(STAMP)
 	$(VENV)/bin/onramp serve $(ARGS)
@@ -27,4 +25,4 @@ bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV).lock build *.egg-info

@@ -42,6 +42,7 @@ from bandits.policies import build_policy
 from bandits.reward_models import RidgeRewardModel, fold_assignment
 from server.base.catalog import Catalog, CatalogError, catalog_from_config
 from server.base.config import ConfigError, load_config
+from server.base.toml_merge import merge_tables
 from server.offline.common import OfflineError, generic_order, json_clean, load_setup
 from server.offline.logdata import DecisionArrays, load_decisions
 
@@ -553,26 +554,14 @@ def plot(report: ReplayReport, path: str | Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def _base_raw(config_path: str | None) -> dict[str, Any]:
-    """The catalog sections a candidate file is merged onto: the --config file's, else the demo's."""
-    import tomllib
-
-    from server.base.catalog import CATALOG_SECTIONS, demo_catalog_text
-
-    raw = load_config(config_path).raw if config_path else {}
-    if not any(name in raw for name in CATALOG_SECTIONS):
-        raw = tomllib.loads(demo_catalog_text())
-    return dict(raw)
-
-
 def load_candidate(path: str | Path, config_path: str | None = None) -> Candidate:
-    """A candidate from a config/catalog file: its sections (typically just ``[bandit]``, maybe
-    ``[guardrails]``) replace those of the --config catalog (or the demo catalog)."""
+    """A candidate from a config/catalog file (typically just ``[bandit]``, maybe ``[guardrails]``): its keys
+    override those of the --config file, which override the demo catalog's, key by key
+    (:func:`server.base.catalog.catalog_from_config`)."""
     p = Path(path)
     try:
-        raw = _base_raw(config_path)
-        raw.update(load_config(p).raw)
-        cat = catalog_from_config(raw)
+        raw = load_config(config_path).raw if config_path else {}
+        cat = catalog_from_config(merge_tables(raw, load_config(p).raw))
     except (ConfigError, CatalogError) as exc:
         raise OfflineError(f"--candidate-config {p}: {exc}") from None
     return Candidate(f"bandit:{p.stem}", cat)

@@ -73,3 +73,41 @@ def test_serve_and_stop_on_sigterm(tmp_path: pathlib.Path) -> None:
             proc.wait()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 100
+
+
+def _serving_lines(proc: subprocess.Popen) -> list[str]:
+    """stderr lines of a starting ``onramp serve`` up to its 'onramp serving on' line (all lines if it exits)."""
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "onramp serving on" in line:
+            break
+    return lines
+
+
+def test_a_config_with_one_catalog_key_overrides_just_that_key_of_the_demo(tmp_path: pathlib.Path) -> None:
+    config = tmp_path / "onramp.toml"
+    config.write_text("[guardrails]\nmax_per_day_total = 2\n")
+    proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", "0", "--db", str(tmp_path / "o.db"),
+                             "--config", str(config)], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = _serving_lines(proc)
+        assert "onramp serving on" in lines[-1], "".join(lines)
+        assert any(f"the demo catalog with these keys from {config}: guardrails.max_per_day_total" in line
+                   for line in lines), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_demo_key_at_fault_is_reported_as_the_demo_s(tmp_path: pathlib.Path, capsys) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[guardrails]\nmax_exploration = 0.01\n")
+    assert cli.main(["serve", "--config", str(config), "--db", str(tmp_path / "x.db")]) == 2
+    assert ("bandit.epsilon: must be <= guardrails.max_exploration = 0.01 (got 0.02) (this is the demo catalog's "
+            "bandit.epsilon: set bandit.epsilon in the config to replace it)") in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists()

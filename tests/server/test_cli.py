@@ -111,3 +111,45 @@ def test_a_demo_key_at_fault_is_reported_as_the_demo_s(tmp_path: pathlib.Path, c
     assert ("bandit.epsilon: must be <= guardrails.max_exploration = 0.01 (got 0.02) (this is the demo catalog's "
             "bandit.epsilon: set bandit.epsilon in the config to replace it)") in capsys.readouterr().err
     assert not (tmp_path / "x.db").exists()
+
+
+def test_serve_logs_readable_lines_on_a_terminal_and_json_lines_into_a_pipe(tmp_path: pathlib.Path) -> None:
+    import json
+    import pty
+
+    command = [sys.executable, "-m", "server", "serve", "--port", "0"]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*command, "--db", str(tmp_path / "tty.db")], cwd=ROOT, stderr=slave,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    os.close(slave)
+    try:
+        seen = b""
+        while b"onramp serving on" not in seen:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the server exited and closed the terminal
+                chunk = b""
+            assert chunk, seen.decode()
+            seen += chunk
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    serving = next(line for line in seen.decode().splitlines() if "onramp serving on" in line)
+    assert re.search(r" INFO onramp\.cli: onramp serving on 127\.0\.0\.1:\d+ \(db ", serving), serving
+    assert not serving.lstrip().startswith("{")
+
+    proc = subprocess.Popen([*command, "--db", str(tmp_path / "pipe.db")], cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = _serving_lines(proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert json.loads(lines[-1])["msg"].startswith("onramp serving on")

@@ -153,3 +153,18 @@ def test_serve_logs_readable_lines_on_a_terminal_and_json_lines_into_a_pipe(tmp_
             proc.kill()
             proc.wait()
     assert json.loads(lines[-1])["msg"].startswith("onramp serving on")
+
+
+def test_a_busy_port_is_one_clear_line_and_leaves_no_files(tmp_path: pathlib.Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "server", "serve", "--port", str(port), "--db",
+                                 str(tmp_path / "x.db")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr == (f"onramp: cannot listen on 127.0.0.1:{port}: the port is in use by another process "
+                             "(another onramp serve? choose a free port with --port)\n")
+    assert list(tmp_path.iterdir()) == []

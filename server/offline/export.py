@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from server.base.catalog import Catalog, CatalogError
 from server.base.config import ConfigError, PrivacyConfig
+from server.offline.console import new_console
 from server.offline.common import OfflineError, generic_order, load_setup, open_readonly, pseudonymizer_for, tombstones
 from server.offline.logdata import DecisionArrays, decode, read_raw_sqlite
 from server.store.privacy import Pseudonymizer
@@ -248,9 +249,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``onramp export``: 0 on success, 2 on bad input."""
-    from rich.console import Console
-
-    out = Console()
+    out = new_console()
     try:
         setup = load_setup(args.config)
         if args.format == "parquet":
@@ -272,6 +271,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             out.print(f"{args.out}: OBP bandit feedback, {fb['n_rounds']} rounds, {fb['n_actions']} actions, "
                       f"{fb['context'].shape[1]} context features")
     except (OfflineError, ConfigError, CatalogError, OSError) as exc:
-        Console(stderr=True).print(f"onramp export: {exc}", markup=False, highlight=False)
+        new_console(stderr=True).print(f"onramp export: {exc}", markup=False, highlight=False)
         return 2
     return 0

@@ -43,6 +43,7 @@ from bandits.reward_models import RidgeRewardModel, fold_assignment
 from server.base.catalog import Catalog, CatalogError, catalog_from_config
 from server.base.config import ConfigError, load_config
 from server.base.toml_merge import merge_tables
+from server.offline.console import ReportTable, new_console
 from server.offline.common import OfflineError, generic_order, json_clean, load_setup
 from server.offline.logdata import DecisionArrays, load_decisions
 
@@ -485,8 +486,6 @@ def run_replay(log: DecisionArrays, catalog: Catalog, candidates: list[Candidate
 # ------------------------------------------------------------------------------------------ output
 def render(report: ReplayReport, console: Any) -> None:
     """The summary table (rich) of a replay."""
-    from rich.table import Table
-
     c = report.counts
     console.print(f"[bold]onramp replay[/bold] {report.source}  scope={report.scope}  "
                   f"{c.used} of {c.logged} decisions evaluated ({c.randomised} randomised); "
@@ -496,7 +495,7 @@ def render(report: ReplayReport, console: Any) -> None:
     pct = int(round((1 - report.alpha) * 100))
     op = report.on_policy
     console.print(f"on-policy mean reward of the log: {op.value:.4f}  [{op.low:.4f}, {op.high:.4f}] ({pct}% bootstrap)")
-    table = Table(title=f"Estimated value per decision ({pct}% bootstrap intervals, {report.n_bootstrap} replicates)")
+    table = ReportTable(title=f"Estimated value per decision ({pct}% bootstrap intervals, {report.n_bootstrap} replicates)")
     table.add_column("policy", style="bold")
     table.add_column("estimator")
     table.add_column("value", justify="right")
@@ -600,11 +599,10 @@ def add_replay_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``onramp replay``: exit 0 on success, 2 on bad input (the message names the option)."""
-    from rich.console import Console
     from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
-    err = Console(stderr=True)
-    out = Console()
+    err = new_console(stderr=True)
+    out = new_console()
     try:
         setup = load_setup(args.config)
         candidates = [load_candidate(c, args.config) for c in args.candidate_config]

@@ -29,6 +29,7 @@ import numpy as np
 from server.base.catalog import Catalog, CatalogError
 from server.base.config import ConfigError
 from server.offline.analytics import Activity, FirstValue, first_value_ms, load_activity, retained
+from server.offline.console import ReportTable, new_console
 from server.offline.common import DAY_MS, HOUR_MS, OfflineError, load_setup, open_readonly
 from server.offline.stats import binomial_lower_p, bootstrap_mean_interval, wilson_interval
 
@@ -239,11 +240,9 @@ def _pct(v: float | None) -> str:
 
 def render_funnel(rep: FunnelReport, console: Any) -> None:
     """Terminal tables of a funnel report."""
-    from rich.table import Table
-
     console.print(f"[bold]Onboarding report[/bold]: {rep.users} users (erased users left out: {rep.erased_left_out}), "
                   f"data up to {rep.end}")
-    t = Table(title="Drop-off per step (shown -> completed)")
+    t = ReportTable(title="Drop-off per step (shown -> completed)")
     for col, just in (("step", "left"), ("group", "left"), ("shown", "right"), ("completed", "right"),
                       ("completion", "right"), ("drop-off", "right"), ("flag", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -259,7 +258,7 @@ def render_funnel(rep: FunnelReport, console: Any) -> None:
     console.print(f"[bold]Time to first value[/bold] ({v.event}): {v.reached} of {v.users} users reached it; "
                   f"median {v.median_h:.1f} h (p25 {v.p25_h:.1f} h, p75 {v.p75_h:.1f} h, p90 {v.p90_h:.1f} h); "
                   + ", ".join(f"within {k}: {_pct(x)}" for k, x in v.within.items()))
-    r = Table(title="Retention by signup week (active = session on day N)")
+    r = ReportTable(title="Retention by signup week (active = session on day N)")
     r.add_column("signup week")
     r.add_column("users", justify="right")
     for d in RETENTION_DAYS:
@@ -445,9 +444,7 @@ def parse_as_of(text: str | None) -> int | None:
 
 def cmd_funnel(args: argparse.Namespace) -> int:
     """``onramp report funnel``."""
-    from rich.console import Console
-
-    out = Console()
+    out = new_console()
     try:
         if not 0 < args.alpha < 1:
             raise OfflineError(f"--alpha: must be in (0, 1) (got {args.alpha})")
@@ -460,7 +457,7 @@ def cmd_funnel(args: argparse.Namespace) -> int:
             conn.close()
         rep = funnel_report(act, setup.catalog, fv, args.alpha, args.k_sd, args.active_event)
     except (OfflineError, ConfigError, CatalogError, OSError, ValueError) as exc:
-        Console(stderr=True).print(f"onramp report funnel: {exc}", markup=False, highlight=False)
+        new_console(stderr=True).print(f"onramp report funnel: {exc}", markup=False, highlight=False)
         return 2
     if args.json:
         sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")
@@ -473,5 +470,5 @@ def cmd_funnel(args: argparse.Namespace) -> int:
         for name, png in charts.items():
             (d / f"{name}.png").write_bytes(png)
         (d / "report.html").write_text(funnel_html(rep, charts), encoding="utf-8")
-        (out if not args.json else Console(stderr=True)).print(f"charts and {d / 'report.html'} written")
+        (out if not args.json else new_console(stderr=True)).print(f"charts and {d / 'report.html'} written")
     return 0

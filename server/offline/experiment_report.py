@@ -40,7 +40,7 @@ from server.base.config import ConfigError
 from server.offline.analytics import (Activity, FirstValue, first_value_ms, load_activity, prior_activity, retained,
                                       step_completion, user_arms)
 from server.offline.console import ReportTable, new_console
-from server.offline.common import HOUR_MS, OfflineError, json_clean, load_setup, open_readonly
+from server.offline.common import HOUR_MS, OfflineError, demo_hint, json_clean, load_setup, open_readonly
 from server.offline.stats import (Comparison, SampleRatio, cuped_diff, holm, ratio_diff, ratio_mean, sample_ratio_test,
                                   wilson_interval, z_for)
 
@@ -146,6 +146,18 @@ def choose_control(experiment: str, with_users: list[str], kinds: dict[str, str]
     return generic[0], "the experiment's arm of kind generic in the catalog"
 
 
+def no_experiment(act: Activity) -> str:
+    """Why no experiment can be reported on: no decisions at all, or none made in an experiment."""
+    hint = demo_hint("onramp report experiments")
+    n = len(act.dec_id)
+    if n == 0:
+        events = "no events" if act.n_users == 0 else f"events of {act.n_users} user{'s' if act.n_users != 1 else ''}"
+        return (f"no decisions to compare: the database holds {events} and no decisions yet (GetNextStep logs one "
+                f"per call); {hint}")
+    return (f"none of the {n} decisions in the database was made in an experiment: the server's catalog had no "
+            f"enabled [[experiments]] entry when it made them (docs/catalog.md); {hint}")
+
+
 def experiment_report(act: Activity, catalog: Catalog, experiment: str | None = None, control: str | None = None,
                       fv: FirstValue | None = None, alpha: float = 0.05, active_event: str = "session_start",
                       activation_window_h: float | None = None) -> ExperimentReport:
@@ -153,8 +165,13 @@ def experiment_report(act: Activity, catalog: Catalog, experiment: str | None = 
     (default: the catalog's arm of kind generic; see :func:`choose_control`)."""
     name, arms = user_arms(act, experiment)
     if not name:
-        raise OfflineError("report experiments: no decision names an experiment (is one enabled in the catalog?)")
+        raise OfflineError(no_experiment(act))
     names = sorted(set(arms[arms != ""].tolist()))
+    if len(names) < 2:
+        n = int((arms != "").sum())
+        users = f"{n} user{'s' if n != 1 else ''}"
+        raise OfflineError(f"only arm {', '.join(names) or 'none'} of {name} has users ({users} in the experiment): "
+                           f"comparing arms needs users in two at least; {demo_hint('onramp report experiments')}")
     kinds: dict[str, str] = {}
     shares: dict[str, float] = {}
     for e in catalog.experiments:

@@ -44,10 +44,11 @@ from server.base.catalog import Catalog, CatalogError, catalog_from_config
 from server.base.config import ConfigError, load_config
 from server.base.toml_merge import merge_tables
 from server.offline.console import ReportTable, new_console
-from server.offline.common import OfflineError, generic_order, json_clean, load_setup
+from server.offline.common import OfflineError, demo_hint, generic_order, json_clean, load_setup
 from server.offline.logdata import DecisionArrays, load_decisions
 
 ESTIMATOR_NAMES = ("ips", "snips", "dm", "dr", "replay")
+FEW_ROUNDS = 100  # below this many evaluated decisions the intervals are too wide to tell policies apart
 SCOPES = ("all", "randomised")
 Progress = Callable[[str, float, float], None]  # (task, done, total)
 
@@ -459,9 +460,10 @@ def run_replay(log: DecisionArrays, catalog: Catalog, candidates: list[Candidate
     if counts.bad_propensity:
         warnings.append(f"{counts.bad_propensity} decisions with a propensity outside (0, 1] were skipped")
     if r.n == 0:
-        raise OfflineError("replay: no logged decision has a step, an outcome and a valid propensity "
-                           f"(logged {counts.logged}, without step {counts.no_step}, without outcome "
-                           f"{counts.no_outcome_skipped})")
+        raise OfflineError(f"nothing to evaluate: {no_rounds(counts)}; {demo_hint('onramp replay')}")
+    if r.n < FEW_ROUNDS:
+        warnings.append(f"only {r.n} decision{'s' if r.n != 1 else ''} evaluated: too few for the estimates to tell "
+                        f"policies apart; {demo_hint('onramp replay')}")
     if counts.randomised == 0:
         warnings.append("no randomised rounds: every logged step was forced (probability 1), so the log tells "
                         "nothing about other steps; estimates of policies that choose differently are unreliable")
@@ -481,6 +483,25 @@ def run_replay(log: DecisionArrays, catalog: Catalog, candidates: list[Candidate
     results = [evaluate_policy(name, desc, target, r, options, fit, progress) for name, desc, target in policies]
     return ReplayReport(source, options.scope, options.alpha, options.n_bootstrap, counts, on_policy_mean(r, options),
                         results, warnings, time.perf_counter() - t0)
+
+
+def no_rounds(counts: Counts) -> str:
+    """Why no decision could be evaluated, and what would give one."""
+    if counts.logged == 0:
+        return ("the log holds no decisions yet (GetNextStep logs one per call; the server writes them to the "
+                "database given to onramp serve --db)")
+    parts = [f"the log holds {counts.logged} decision{'s' if counts.logged != 1 else ''}"]
+    if counts.no_step:
+        parts.append(f"{counts.no_step} without a step")
+    if counts.no_outcome_skipped:
+        parts.append(f"{counts.no_outcome_skipped} without an outcome yet (a decision gets one from ReportOutcome, "
+                     "from its step's success event, or when its reward window closes; --default-reward counts "
+                     "them now)")
+    if counts.bad_propensity:
+        parts.append(f"{counts.bad_propensity} with a propensity outside (0, 1]")
+    if counts.out_of_scope:
+        parts.append(f"{counts.out_of_scope} forced, outside --scope randomised")
+    return ", ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------ output

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test protos bench clean
+.PHONY: serve test protos config-docs bench clean
 
 # scripts/make_venv.py holds a lock while it builds, so `make serve` and `make test` may start together.
 $(STAMP): pyproject.toml client/pyproject.toml
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
+
+config-docs: $(STAMP)
+	$(PY) scripts/gen_config_docs.py
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)

@@ -2,6 +2,7 @@
 gracefully on SIGTERM with exit code 0 and every acknowledged event committed."""
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import re
@@ -107,7 +108,15 @@ def test_a_config_with_one_catalog_key_overrides_just_that_key_of_the_demo(tmp_p
 def test_a_demo_key_at_fault_is_reported_as_the_demo_s(tmp_path: pathlib.Path, capsys) -> None:
     config = tmp_path / "c.toml"
     config.write_text("[guardrails]\nmax_exploration = 0.01\n")
-    assert cli.main(["serve", "--config", str(config), "--db", str(tmp_path / "x.db")]) == 2
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert cli.main(["serve", "--config", str(config), "--db", str(tmp_path / "x.db")]) == 2
+    finally:  # serve logged to this test's captured stderr, which closes with the test
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
     assert ("bandit.epsilon: must be <= guardrails.max_exploration = 0.01 (got 0.02) (this is the demo catalog's "
             "bandit.epsilon: set bandit.epsilon in the config to replace it)") in capsys.readouterr().err
     assert not (tmp_path / "x.db").exists()

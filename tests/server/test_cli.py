@@ -111,7 +111,7 @@ def test_a_demo_key_at_fault_is_reported_as_the_demo_s(tmp_path: pathlib.Path, c
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
-        assert cli.main(["serve", "--config", str(config), "--db", str(tmp_path / "x.db")]) == 2
+        assert cli.main(["serve", "--port", "0", "--config", str(config), "--db", str(tmp_path / "x.db")]) == 2
     finally:  # serve logged to this test's captured stderr, which closes with the test
         for handler in root.handlers[:]:
             if handler not in handlers:

@@ -13,6 +13,7 @@ OUT = ROOT / "docs" / "config-reference.md"
 
 
 def main() -> int:
+    sys.path.insert(0, str(ROOT))  # this checkout's server/, whichever checkout the venv was installed from
     from server.ops.config_reference import ReferenceError, render
 
     try:

@@ -3,6 +3,7 @@ work on (its user is not the one it erases; its step_completed event counts the 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -22,7 +23,10 @@ def readme_tour() -> str:
 
 
 def _run(args: list[str], cwd: pathlib.Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
+    """``args`` run in ``cwd`` with this checkout's server and client first on the path (not another checkout
+    that the venv may have been installed from)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")])}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def _onramp(cwd: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str]:

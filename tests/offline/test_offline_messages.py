@@ -2,6 +2,7 @@
 missing and what to run (tests/e2e/test_readme_tour_e2e.py checks the one-user database of the tour)."""
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -13,8 +14,10 @@ DEMO_HINT = "on synthetic data: onramp demo-data --db demo.db, then onramp"
 
 
 def _onramp(cwd: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``onramp *args`` in ``cwd``, this checkout's server first on the path."""
     return subprocess.run([sys.executable, "-c", "import sys; from server.ops.cli import main; sys.exit(main())",
-                           *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+                           *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_on_an_empty_database_the_offline_tools_say_what_is_missing(tmp_path: pathlib.Path) -> None:

@@ -6,13 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test protos bench clean
+.PHONY: serve test protos config-docs bench clean
 
+# scripts/make_venv.py holds a lock while it builds, so `make serve` and `make test` may start together.
 $(STAMP): pyproject.toml client/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(PYTHON) scripts/make_venv.py $(VENV)
 
 serve: $(STAMP)
 	$(VENV)/bin/onramp serve $(ARGS)
@@ -23,8 +21,11 @@ test: $(STAMP)
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
+config-docs: $(STAMP)
+	$(PY) scripts/gen_config_docs.py
+
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV).lock build *.egg-info

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 from onramp.v1 import onramp_pb2 as pb
 from server.base import records as r
+from server.base.catalog import CHANNELS
 from server.base.config import IngestConfig
 from server.base.records import EventValues
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 NAME_PATTERN = r"^[a-z][a-z0-9_.:-]{0,63}$"
-WORD_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"  # channel, device_type, surface
+WORD_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"  # channel, device_type
 KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 DECISION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 OUTCOME_PATTERN = r"^[a-z][a-z0-9_.:-]{0,63}$"
@@ -220,10 +221,24 @@ def validate_subject_request(req: pb.EraseUserRequest | pb.ExportUserDataRequest
     _subject(req.user_id, req.anonymous_id, limits)
 
 
+def validate_surface(surface: str) -> None:
+    """A GetNextStep surface is a channel of the catalog's steps (``in_app``, ``email``, ``push``) or empty for
+    any: a step is only ever delivered on its channel, so another surface could never get one.
+
+    >>> validate_surface("sms")
+    Traceback (most recent call last):
+    ...
+    server.api.validation.ValidationError: surface: unknown surface 'sms': must be one of the catalog's channels (in_app, email, push), or empty for any
+    """
+    if surface and surface not in CHANNELS:
+        raise ValidationError("surface", f"unknown surface {shown(surface)}: must be one of the catalog's channels "
+                                         f"({', '.join(CHANNELS)}), or empty for any")
+
+
 def validate_next_step(req: pb.NextStepRequest, limits: IngestConfig, now_ms: int) -> None:
-    """GetNextStep: subject, surface word, context map (at most 32 entries), timestamp."""
+    """GetNextStep: subject, surface (a catalog channel or empty), context map (at most 32 entries), timestamp."""
     _subject(req.user_id, req.anonymous_id, limits)
-    _word("surface", req.surface)
+    validate_surface(req.surface)
     _string_map("context", req.context, MAX_CONTEXT_ENTRIES, limits.max_property_value_chars)
     validate_timestamp("timestamp_ms", req.timestamp_ms, now_ms, limits.max_future_skew_ms)
 

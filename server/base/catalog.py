@@ -2,10 +2,10 @@
 experiments, segment thresholds and bandit settings, read from the catalog sections of the one
 TOML config file and validated so that every error names the key at fault.
 
-The reference of every key is ``docs/catalog.md``. :func:`load_catalog` reads a TOML file (or the
-shipped demo catalog); :func:`parse_catalog` validates an already-parsed TOML document (the
-``Config.raw`` of ``server/base/config.py``); :func:`catalog_from_config` does the same but falls back to
-the demo catalog when the config file has no catalog section at all.
+The catalog is explained in ``docs/catalog.md``; every key is listed in ``docs/config-reference.md``.
+:func:`load_catalog` reads a whole catalog file (or the shipped demo catalog); :func:`parse_catalog` validates
+an already-parsed whole catalog; :func:`catalog_from_config` lays the catalog sections of a config file (the
+``Config.raw`` of ``server/base/config.py``) over the demo catalog key by key and validates the result.
 
 >>> cat = load_catalog(None)
 >>> cat.core_order
@@ -26,6 +26,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from server.base.toml_merge import has_key, merge_tables, set_keys
+
 CHANNELS = ("in_app", "email", "push")
 STEP_KINDS = ("core", "personalized")
 RULE_KINDS = ("feature_explored", "screens_skipped", "returned_after_inactive")
@@ -34,6 +36,7 @@ ALGORITHMS = ("linucb", "lints", "ridge")
 EXPLORATIONS = ("epsilon_greedy", "squarecb")
 
 CATALOG_SECTIONS = ("steps", "core", "guardrails", "rules", "rewards", "experiments", "segments", "bandit")
+TABLE_ARRAY_SECTIONS = ("steps", "rules", "experiments")  # [[steps]] etc.: a config's list replaces the demo's
 # Top-level sections that belong to server/base/config.py; parse_catalog skips them.
 CONFIG_SECTIONS = ("server", "privacy", "ingest")
 
@@ -755,8 +758,14 @@ def demo_catalog_text() -> str:
     return resources.files("server").joinpath("catalog", "demo.toml").read_text(encoding="utf-8")
 
 
+def demo_catalog_raw() -> dict[str, Any]:
+    """The shipped demo catalog as a parsed TOML document."""
+    return tomllib.loads(demo_catalog_text())
+
+
 def load_catalog(path: str | Path | None = None) -> Catalog:
-    """Read and validate a catalog TOML file; None loads the shipped demo catalog.
+    """Read and validate a whole catalog TOML file (nothing taken from the demo); None loads the shipped
+    demo catalog.
 
     Raises :class:`CatalogError` (a bad key, or ``<file>: invalid TOML ...``) and ``OSError`` when
     the file cannot be read.
@@ -772,10 +781,40 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     return parse_catalog(raw)
 
 
+def catalog_overrides(raw: Mapping[str, Any]) -> list[str]:
+    """The catalog keys a parsed config file sets (``guardrails.max_per_day_total``; an array such as
+    ``steps`` counts as one key): what :func:`catalog_from_config` takes from it rather than from the demo."""
+    return set_keys({k: v for k, v in raw.items() if k in CATALOG_SECTIONS})
+
 
 def catalog_from_config(raw: Mapping[str, Any]) -> Catalog:
-    """The catalog of a parsed config file: the shipped demo when the file has no catalog section
-    (e.g. only ``[server]``), else :func:`parse_catalog` of it."""
-    if not any(name in raw for name in CATALOG_SECTIONS):
-        return load_catalog(None)
-    return parse_catalog(raw)
+    """The catalog of a parsed config file: its catalog sections laid over the shipped demo catalog key by key.
+
+    Tables merge recursively, so ``[guardrails] max_per_day_total = 2`` alone changes that one key. Any other
+    value replaces the demo's whole: arrays, and so also arrays of tables (``[[steps]]``, ``[[rules]]``,
+    ``[[experiments]]``: a config's steps replace every demo step; ``rules = []`` means no rules). A config
+    without catalog sections runs the demo as it is.
+
+    Raises :class:`CatalogError` naming the key; when the key at fault is the demo's, not the config's, the
+    message says so and how to replace it (e.g. the demo's rules target demo steps a config replaced).
+    """
+    own = {k: v for k, v in raw.items() if k in CATALOG_SECTIONS}
+    try:
+        return parse_catalog(merge_tables(demo_catalog_raw(), own))
+    except CatalogError as exc:
+        note = _demo_note(exc.key, own)
+        if note is None:
+            raise
+        raise CatalogError(exc.key, f"{exc.problem} ({note})") from None
+
+
+def _demo_note(key: str, own: Mapping[str, Any]) -> str | None:
+    """None when the setting at ``key`` is the config's own; else where it came from and how to replace it.
+    The setting is the key up to its first array index: an array comes whole from one document."""
+    setting = key.split("[", 1)[0]
+    if has_key(own, setting):
+        return None
+    if setting in TABLE_ARRAY_SECTIONS:
+        return (f"this is the demo catalog's [[{setting}]], used because the config has none: define your own "
+                f"[[{setting}]], or set {setting} = [] for none")
+    return f"this is the demo catalog's {setting}: set {setting} in the config to replace it"

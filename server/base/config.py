@@ -17,7 +17,7 @@ from typing import Any
 
 OWN_SECTIONS = ("server", "privacy", "ingest")
 # Sections read by other modules (catalog, decision engine, security and operations).
-RESERVED_SECTIONS = ("catalog", "steps", "core", "guardrails", "rules", "rewards", "experiments", "segments",
+RESERVED_SECTIONS = ("steps", "core", "guardrails", "rules", "rewards", "experiments", "segments",
                      "bandit", "auth", "tls", "metrics", "limits", "logging")
 SYNCHRONOUS_MODES = ("normal", "full")
 

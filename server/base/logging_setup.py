@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, with the request id, RPC and peer of the call being handled.
+"""Logs: one JSON object per line for machines, or human-readable lines on a terminal, with the request id, RPC
+and peer of the call being handled.
 
 The interceptor stores the call's fields in a context variable (:func:`bind_request`); a filter copies them
 onto every record logged while the call runs, so any module's ``logging.getLogger(__name__)`` lines carry
@@ -19,6 +20,7 @@ from typing import IO, Any
 
 REQUEST_FIELDS = ("request_id", "rpc", "peer", "caller", "code", "duration_ms")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FORMATS = ("auto", "json", "text")
 
 _request: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("onramp_request", default=None)
 
@@ -29,10 +31,11 @@ class LoggingConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
-    """The ``[logging]`` section: ``level`` and ``format`` ("json" one object per line, or "text")."""
+    """The ``[logging]`` section: ``level`` and ``format`` ("json": one object per line; "text": human-readable
+    lines; "auto": text when the log stream, stderr, is a terminal, else json)."""
 
     level: str = "INFO"
-    format: str = "json"
+    format: str = "auto"
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any] | None) -> "LoggingConfig":
@@ -44,10 +47,21 @@ class LoggingConfig:
         level = section.get("level", "INFO")
         if not isinstance(level, str) or level.upper() not in LEVELS:
             raise LoggingConfigError(f"[logging] level: expected one of {list(LEVELS)} (got {level!r})")
-        fmt = section.get("format", "json")
-        if fmt not in ("json", "text"):
-            raise LoggingConfigError(f"[logging] format: expected 'json' or 'text' (got {fmt!r})")
+        fmt = section.get("format", "auto")
+        if fmt not in FORMATS:
+            raise LoggingConfigError(f"[logging] format: expected one of {list(FORMATS)} (got {fmt!r})")
         return cls(level.upper(), fmt)
+
+
+def resolved_format(fmt: str, stream: IO[str]) -> str:
+    """The format ``fmt`` means on ``stream``: "auto" is "text" on a terminal and "json" anywhere else (a pipe,
+    a file, a log collector); "json" and "text" mean themselves."""
+    if fmt != "auto":
+        return fmt
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return "json"
 
 
 @contextmanager
@@ -227,9 +241,10 @@ def configure_logging(config: LoggingConfig = LoggingConfig(), stream: IO[str] |
     for old in list(root.handlers):
         if getattr(old, _HANDLER_MARK, False):
             root.removeHandler(old)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    stream = stream if stream is not None else sys.stderr
+    handler = logging.StreamHandler(stream)
     setattr(handler, _HANDLER_MARK, True)
-    handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if resolved_format(config.format, stream) == "json" else TextFormatter())
     handler.addFilter(RequestContextFilter())
     root.addHandler(handler)
     root.setLevel(config.level)

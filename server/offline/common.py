@@ -19,8 +19,17 @@ HOUR_MS = 3_600_000
 
 
 class OfflineError(ValueError):
-    """A problem with the offline tools' input (missing file, missing table, bad option); the message
-    names what is wrong and what is expected."""
+    """A problem with the offline tools' input (missing file, missing table, bad option, no data); the
+    message names what is wrong and what is expected."""
+
+
+def demo_hint(command: str) -> str:
+    """What to run to try ``command`` (e.g. ``onramp report funnel``) when the database has too little in it.
+
+    >>> demo_hint("onramp replay")
+    'to try onramp replay on synthetic data: onramp demo-data --db demo.db, then onramp replay --db demo.db'
+    """
+    return f"to try {command} on synthetic data: onramp demo-data --db demo.db, then {command} --db demo.db"
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:

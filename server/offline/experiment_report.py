@@ -39,7 +39,8 @@ from server.base.catalog import Catalog, CatalogError
 from server.base.config import ConfigError
 from server.offline.analytics import (Activity, FirstValue, first_value_ms, load_activity, prior_activity, retained,
                                       step_completion, user_arms)
-from server.offline.common import HOUR_MS, OfflineError, json_clean, load_setup, open_readonly
+from server.offline.console import ReportTable, new_console
+from server.offline.common import HOUR_MS, OfflineError, demo_hint, json_clean, load_setup, open_readonly
 from server.offline.stats import (Comparison, SampleRatio, cuped_diff, holm, ratio_diff, ratio_mean, sample_ratio_test,
                                   wilson_interval, z_for)
 
@@ -145,6 +146,18 @@ def choose_control(experiment: str, with_users: list[str], kinds: dict[str, str]
     return generic[0], "the experiment's arm of kind generic in the catalog"
 
 
+def no_experiment(act: Activity) -> str:
+    """Why no experiment can be reported on: no decisions at all, or none made in an experiment."""
+    hint = demo_hint("onramp report experiments")
+    n = len(act.dec_id)
+    if n == 0:
+        events = "no events" if act.n_users == 0 else f"events of {act.n_users} user{'s' if act.n_users != 1 else ''}"
+        return (f"no decisions to compare: the database holds {events} and no decisions yet (GetNextStep logs one "
+                f"per call); {hint}")
+    return (f"none of the {n} decisions in the database was made in an experiment: the server's catalog had no "
+            f"enabled [[experiments]] entry when it made them (docs/catalog.md); {hint}")
+
+
 def experiment_report(act: Activity, catalog: Catalog, experiment: str | None = None, control: str | None = None,
                       fv: FirstValue | None = None, alpha: float = 0.05, active_event: str = "session_start",
                       activation_window_h: float | None = None) -> ExperimentReport:
@@ -152,8 +165,13 @@ def experiment_report(act: Activity, catalog: Catalog, experiment: str | None = 
     (default: the catalog's arm of kind generic; see :func:`choose_control`)."""
     name, arms = user_arms(act, experiment)
     if not name:
-        raise OfflineError("report experiments: no decision names an experiment (is one enabled in the catalog?)")
+        raise OfflineError(no_experiment(act))
     names = sorted(set(arms[arms != ""].tolist()))
+    if len(names) < 2:
+        n = int((arms != "").sum())
+        users = f"{n} user{'s' if n != 1 else ''}"
+        raise OfflineError(f"only arm {', '.join(names) or 'none'} of {name} has users ({users} in the experiment): "
+                           f"comparing arms needs users in two at least; {demo_hint('onramp report experiments')}")
     kinds: dict[str, str] = {}
     shares: dict[str, float] = {}
     for e in catalog.experiments:
@@ -268,11 +286,9 @@ def _notes(rep: ExperimentReport) -> list[str]:
 
 def render_experiments(rep: ExperimentReport, console: Any) -> None:
     """Terminal tables of an experiment report."""
-    from rich.table import Table
-
     console.print(f"[bold]Experiment {rep.experiment}[/bold]: control arm {rep.control}; users per arm "
                   + ", ".join(f"{a}: {n}" for a, n in rep.users.items()) + f"; first value = {rep.first_value}")
-    t = Table(title=f"Metrics per arm ({int(round((1 - rep.alpha) * 100))}% intervals)")
+    t = ReportTable(title=f"Metrics per arm ({int(round((1 - rep.alpha) * 100))}% intervals)")
     t.add_column("metric")
     for a in rep.arms:
         t.add_column(a, justify="right")
@@ -280,7 +296,7 @@ def render_experiments(rep: ExperimentReport, console: Any) -> None:
         t.add_row(metric, *(f"{_fmt(metric, m[metric].value)} [{_fmt(metric, m[metric].low)}, "
                             f"{_fmt(metric, m[metric].high)}] n={m[metric].n}" for m in rep.arms.values()))
     console.print(t)
-    c = Table(title="Treatment - control")
+    c = ReportTable(title="Treatment - control")
     for col in ("metric", "arm", "difference", "interval", "p", "p (Holm)", ""):
         c.add_column(col, justify="left" if col in ("metric", "arm", "") else "right")
     for x in rep.comparisons:
@@ -340,8 +356,6 @@ def add_experiments_parser(sub: argparse._SubParsersAction) -> argparse.Argument
 def cmd_experiments(args: argparse.Namespace) -> int:
     """``onramp report experiments``: 0 when no guardrail got worse and the arms' sizes match their shares, 1
     when a guardrail got worse or the sample ratio is off, 2 on bad input."""
-    from rich.console import Console
-
     from server.offline.reports import parse_as_of
 
     try:
@@ -357,12 +371,12 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         rep = experiment_report(act, setup.catalog, args.experiment, args.control, fv, args.alpha, args.active_event,
                                 args.activation_window_hours)
     except (OfflineError, ConfigError, CatalogError, OSError, ValueError) as exc:
-        Console(stderr=True).print(f"onramp report experiments: {exc}", markup=False, highlight=False)
+        new_console(stderr=True).print(f"onramp report experiments: {exc}", markup=False, highlight=False)
         return 2
     if args.json:
         sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")
     else:
-        render_experiments(rep, Console())
+        render_experiments(rep, new_console())
     if args.out_dir:
         d = Path(args.out_dir)
         d.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from server.base.catalog import Catalog, CatalogError
 from server.base.config import ConfigError, PrivacyConfig
 from server.base.records import ANON_PREFIX
+from server.offline.console import new_console
 from server.offline.common import OfflineError, generic_order, load_setup, open_readonly, pseudonymizer_for, tombstones
 from server.offline.logdata import DecisionArrays, decode, read_raw_sqlite
 from server.store.privacy import Pseudonymizer
@@ -242,16 +243,36 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                    help="the server's config (catalog, [privacy]: where the pseudonym key is)")
     p.add_argument("--default-reward", type=float, default=None, metavar="R",
                    help="dsjson/obp: reward of decisions without an outcome (default: leave them out)")
+    p.add_argument("--force", action="store_true", help="overwrite output files that already exist")
     p.set_defaults(func=cmd_export)
     return p
 
 
+PARQUET_FILES = ("decisions.parquet", "events.parquet")
+
+
+def check_output(fmt: str, out: str | Path, force: bool) -> None:
+    """OfflineError naming the path when the export would overwrite a file without ``--force``, or when a
+    parquet export (a directory) is pointed at a file."""
+    p = Path(out)
+    if fmt == "parquet":
+        if p.exists() and not p.is_dir():
+            raise OfflineError(f"--out {p}: is a file; --format parquet writes a directory "
+                               f"({' and '.join(PARQUET_FILES)}), so name a directory (it is created if missing)")
+        existing = [str(p / name) for name in PARQUET_FILES if (p / name).exists()]
+        if existing and not force:
+            raise OfflineError(f"--out {p}: {' and '.join(existing)} already exist; pass --force to overwrite them")
+    elif p.is_dir():
+        raise OfflineError(f"--out {p}: is a directory; --format {fmt} writes one file, so name a file")
+    elif p.exists() and not force:
+        raise OfflineError(f"--out {p}: the file already exists; pass --force to overwrite it")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """``onramp export``: 0 on success, 2 on bad input."""
-    from rich.console import Console
-
-    out = Console()
+    out = new_console()
     try:
+        check_output(args.format, args.out, args.force)
         setup = load_setup(args.config)
         if args.format == "parquet":
             counts = export_parquet(args.db, args.out, setup.privacy)
@@ -272,6 +293,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             out.print(f"{args.out}: OBP bandit feedback, {fb['n_rounds']} rounds, {fb['n_actions']} actions, "
                       f"{fb['context'].shape[1]} context features")
     except (OfflineError, ConfigError, CatalogError, OSError) as exc:
-        Console(stderr=True).print(f"onramp export: {exc}", markup=False, highlight=False)
+        new_console(stderr=True).print(f"onramp export: {exc}", markup=False, highlight=False)
         return 2
     return 0

@@ -42,10 +42,13 @@ from bandits.policies import build_policy
 from bandits.reward_models import RidgeRewardModel, fold_assignment
 from server.base.catalog import Catalog, CatalogError, catalog_from_config
 from server.base.config import ConfigError, load_config
-from server.offline.common import OfflineError, generic_order, json_clean, load_setup
+from server.base.toml_merge import merge_tables
+from server.offline.console import ReportTable, new_console
+from server.offline.common import OfflineError, demo_hint, generic_order, json_clean, load_setup
 from server.offline.logdata import DecisionArrays, load_decisions
 
 ESTIMATOR_NAMES = ("ips", "snips", "dm", "dr", "replay")
+FEW_ROUNDS = 100  # below this many evaluated decisions the intervals are too wide to tell policies apart
 SCOPES = ("all", "randomised")
 Progress = Callable[[str, float, float], None]  # (task, done, total)
 
@@ -457,9 +460,10 @@ def run_replay(log: DecisionArrays, catalog: Catalog, candidates: list[Candidate
     if counts.bad_propensity:
         warnings.append(f"{counts.bad_propensity} decisions with a propensity outside (0, 1] were skipped")
     if r.n == 0:
-        raise OfflineError("replay: no logged decision has a step, an outcome and a valid propensity "
-                           f"(logged {counts.logged}, without step {counts.no_step}, without outcome "
-                           f"{counts.no_outcome_skipped})")
+        raise OfflineError(f"nothing to evaluate: {no_rounds(counts)}; {demo_hint('onramp replay')}")
+    if r.n < FEW_ROUNDS:
+        warnings.append(f"only {r.n} decision{'s' if r.n != 1 else ''} evaluated: too few for the estimates to tell "
+                        f"policies apart; {demo_hint('onramp replay')}")
     if counts.randomised == 0:
         warnings.append("no randomised rounds: every logged step was forced (probability 1), so the log tells "
                         "nothing about other steps; estimates of policies that choose differently are unreliable")
@@ -481,11 +485,28 @@ def run_replay(log: DecisionArrays, catalog: Catalog, candidates: list[Candidate
                         results, warnings, time.perf_counter() - t0)
 
 
+def no_rounds(counts: Counts) -> str:
+    """Why no decision could be evaluated, and what would give one."""
+    if counts.logged == 0:
+        return ("the log holds no decisions yet (GetNextStep logs one per call; the server writes them to the "
+                "database given to onramp serve --db)")
+    parts = [f"the log holds {counts.logged} decision{'s' if counts.logged != 1 else ''}"]
+    if counts.no_step:
+        parts.append(f"{counts.no_step} without a step")
+    if counts.no_outcome_skipped:
+        parts.append(f"{counts.no_outcome_skipped} without an outcome yet (a decision gets one from ReportOutcome, "
+                     "from its step's success event, or when its reward window closes; --default-reward counts "
+                     "them now)")
+    if counts.bad_propensity:
+        parts.append(f"{counts.bad_propensity} with a propensity outside (0, 1]")
+    if counts.out_of_scope:
+        parts.append(f"{counts.out_of_scope} forced, outside --scope randomised")
+    return ", ".join(parts)
+
+
 # ------------------------------------------------------------------------------------------ output
 def render(report: ReplayReport, console: Any) -> None:
     """The summary table (rich) of a replay."""
-    from rich.table import Table
-
     c = report.counts
     console.print(f"[bold]onramp replay[/bold] {report.source}  scope={report.scope}  "
                   f"{c.used} of {c.logged} decisions evaluated ({c.randomised} randomised); "
@@ -495,7 +516,7 @@ def render(report: ReplayReport, console: Any) -> None:
     pct = int(round((1 - report.alpha) * 100))
     op = report.on_policy
     console.print(f"on-policy mean reward of the log: {op.value:.4f}  [{op.low:.4f}, {op.high:.4f}] ({pct}% bootstrap)")
-    table = Table(title=f"Estimated value per decision ({pct}% bootstrap intervals, {report.n_bootstrap} replicates)")
+    table = ReportTable(title=f"Estimated value per decision ({pct}% bootstrap intervals, {report.n_bootstrap} replicates)")
     table.add_column("policy", style="bold")
     table.add_column("estimator")
     table.add_column("value", justify="right")
@@ -553,26 +574,14 @@ def plot(report: ReplayReport, path: str | Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def _base_raw(config_path: str | None) -> dict[str, Any]:
-    """The catalog sections a candidate file is merged onto: the --config file's, else the demo's."""
-    import tomllib
-
-    from server.base.catalog import CATALOG_SECTIONS, demo_catalog_text
-
-    raw = load_config(config_path).raw if config_path else {}
-    if not any(name in raw for name in CATALOG_SECTIONS):
-        raw = tomllib.loads(demo_catalog_text())
-    return dict(raw)
-
-
 def load_candidate(path: str | Path, config_path: str | None = None) -> Candidate:
-    """A candidate from a config/catalog file: its sections (typically just ``[bandit]``, maybe
-    ``[guardrails]``) replace those of the --config catalog (or the demo catalog)."""
+    """A candidate from a config/catalog file (typically just ``[bandit]``, maybe ``[guardrails]``): its keys
+    override those of the --config file, which override the demo catalog's, key by key
+    (:func:`server.base.catalog.catalog_from_config`)."""
     p = Path(path)
     try:
-        raw = _base_raw(config_path)
-        raw.update(load_config(p).raw)
-        cat = catalog_from_config(raw)
+        raw = load_config(config_path).raw if config_path else {}
+        cat = catalog_from_config(merge_tables(raw, load_config(p).raw))
     except (ConfigError, CatalogError) as exc:
         raise OfflineError(f"--candidate-config {p}: {exc}") from None
     return Candidate(f"bandit:{p.stem}", cat)
@@ -611,11 +620,10 @@ def add_replay_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``onramp replay``: exit 0 on success, 2 on bad input (the message names the option)."""
-    from rich.console import Console
     from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
-    err = Console(stderr=True)
-    out = Console()
+    err = new_console(stderr=True)
+    out = new_console()
     try:
         setup = load_setup(args.config)
         candidates = [load_candidate(c, args.config) for c in args.candidate_config]

@@ -29,10 +29,12 @@ import numpy as np
 from server.base.catalog import Catalog, CatalogError
 from server.base.config import ConfigError
 from server.offline.analytics import Activity, FirstValue, first_value_ms, load_activity, retained
-from server.offline.common import DAY_MS, HOUR_MS, OfflineError, load_setup, open_readonly
+from server.offline.console import ReportTable, new_console
+from server.offline.common import DAY_MS, HOUR_MS, OfflineError, demo_hint, load_setup, open_readonly
 from server.offline.stats import binomial_lower_p, bootstrap_mean_interval, wilson_interval
 
 RETENTION_DAYS = (1, 7, 30)
+MIN_SHOWN = 20  # users a step must be shown to before its drop-off may be flagged
 
 
 @dataclass
@@ -129,7 +131,7 @@ def _iso_day(ms: int) -> str:
 
 # ------------------------------------------------------------------------------------------ computing
 def funnel_steps(act: Activity, catalog: Catalog, alpha: float = 0.05, k_sd: float = 2.0,
-                 min_shown: int = 20) -> list[StepRow]:
+                 min_shown: int = MIN_SHOWN) -> list[StepRow]:
     """Shown -> completed per step (core order, then personalized steps), with abnormal drop-offs flagged."""
     shown: dict[str, set[int]] = {}
     done: dict[str, set[int]] = {}
@@ -237,13 +239,23 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.1%}"
 
 
+def time_to_value_text(v: TimeToValue) -> str:
+    """One sentence on time to first value (no quantiles when nobody reached it)."""
+    if v.reached == 0:
+        return f"0 of {v.users} users reached it yet"
+    return (f"{v.reached} of {v.users} users reached it; median {v.median_h:.1f} h (p25 {v.p25_h:.1f} h, "
+            f"p75 {v.p75_h:.1f} h, p90 {v.p90_h:.1f} h); "
+            + ", ".join(f"within {k}: {_pct(x)}" for k, x in v.within.items()))
+
+
 def render_funnel(rep: FunnelReport, console: Any) -> None:
     """Terminal tables of a funnel report."""
-    from rich.table import Table
-
     console.print(f"[bold]Onboarding report[/bold]: {rep.users} users (erased users left out: {rep.erased_left_out}), "
                   f"data up to {rep.end}")
-    t = Table(title="Drop-off per step (shown -> completed)")
+    if rep.users < MIN_SHOWN:
+        console.print(f"only {rep.users} user{'s' if rep.users != 1 else ''}: a drop-off is flagged once its step was "
+                      f"shown to {MIN_SHOWN} users; {demo_hint('onramp report funnel')}", markup=False, highlight=False)
+    t = ReportTable(title="Drop-off per step (shown -> completed)")
     for col, just in (("step", "left"), ("group", "left"), ("shown", "right"), ("completed", "right"),
                       ("completion", "right"), ("drop-off", "right"), ("flag", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -256,10 +268,8 @@ def render_funnel(rep: FunnelReport, console: Any) -> None:
         if s.flagged:
             console.print(f"  [red]{s.step_id}[/red]: {s.why}")
     v = rep.time_to_value
-    console.print(f"[bold]Time to first value[/bold] ({v.event}): {v.reached} of {v.users} users reached it; "
-                  f"median {v.median_h:.1f} h (p25 {v.p25_h:.1f} h, p75 {v.p75_h:.1f} h, p90 {v.p90_h:.1f} h); "
-                  + ", ".join(f"within {k}: {_pct(x)}" for k, x in v.within.items()))
-    r = Table(title="Retention by signup week (active = session on day N)")
+    console.print(f"[bold]Time to first value[/bold] ({v.event}): {time_to_value_text(v)}")
+    r = ReportTable(title="Retention by signup week (active = session on day N)")
     r.add_column("signup week")
     r.add_column("users", justify="right")
     for d in RETENTION_DAYS:
@@ -315,6 +325,8 @@ def funnel_charts(rep: FunnelReport) -> dict[str, bytes]:
         ax.axvline(rep.time_to_value.median_h, color="black", linestyle="--",
                    label=f"median {rep.time_to_value.median_h:.1f} h")
         ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no user reached first value yet", transform=ax.transAxes, ha="center", va="center")
     ax.set_xlabel("hours from signup")
     ax.set_ylabel("users")
     ax.set_title(f"Time to first value ({rep.time_to_value.event})")
@@ -381,9 +393,7 @@ def funnel_html(rep: FunnelReport, charts: dict[str, bytes], title: str = "Onram
                     [s.flagged for s in rep.steps]),
              _img(charts["funnel"], "funnel chart"),
              "<h2>Time to first value</h2>",
-             f"<p>First value = <code>{html.escape(v.event)}</code>. {v.reached} of {v.users} users reached it; median "
-             f"{v.median_h:.1f} h (p25 {v.p25_h:.1f} h, p75 {v.p75_h:.1f} h, p90 {v.p90_h:.1f} h). "
-             + html.escape(", ".join(f"within {k}: {_pct(x)}" for k, x in v.within.items())) + "</p>",
+             f"<p>First value = <code>{html.escape(v.event)}</code>. {html.escape(time_to_value_text(v))}.</p>",
              _img(charts["time_to_value"], "time to first value histogram"),
              "<h2>Retention by signup week</h2>",
              _table(["signup week", "users"] + [f"D{d}" for d in RETENTION_DAYS],
@@ -432,6 +442,14 @@ def add_common_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def no_users(db: str, act: Activity, as_of: str | None, command: str) -> str:
+    """The message of a report on a database without (non-erased) users: what is missing and what to run."""
+    erased = f", {act.n_erased} erased users left out" if act.n_erased else ""
+    until = f" up to --as-of {as_of}" if as_of else ""
+    return (f"no users to report on: {db} holds no user's events{until}{erased} (the server stores the events "
+            f"clients send, with the user's tracking consent); {demo_hint(command)}")
+
+
 def parse_as_of(text: str | None) -> int | None:
     """End of the given UTC day in ms (``--as-of``)."""
     if not text:
@@ -445,9 +463,7 @@ def parse_as_of(text: str | None) -> int | None:
 
 def cmd_funnel(args: argparse.Namespace) -> int:
     """``onramp report funnel``."""
-    from rich.console import Console
-
-    out = Console()
+    out = new_console()
     try:
         if not 0 < args.alpha < 1:
             raise OfflineError(f"--alpha: must be in (0, 1) (got {args.alpha})")
@@ -458,9 +474,11 @@ def cmd_funnel(args: argparse.Namespace) -> int:
             act = load_activity(conn, setup.privacy, parse_as_of(args.as_of))
         finally:
             conn.close()
+        if act.n_users == 0:
+            raise OfflineError(no_users(args.db, act, args.as_of, "onramp report funnel"))
         rep = funnel_report(act, setup.catalog, fv, args.alpha, args.k_sd, args.active_event)
     except (OfflineError, ConfigError, CatalogError, OSError, ValueError) as exc:
-        Console(stderr=True).print(f"onramp report funnel: {exc}", markup=False, highlight=False)
+        new_console(stderr=True).print(f"onramp report funnel: {exc}", markup=False, highlight=False)
         return 2
     if args.json:
         sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")
@@ -473,5 +491,5 @@ def cmd_funnel(args: argparse.Namespace) -> int:
         for name, png in charts.items():
             (d / f"{name}.png").write_bytes(png)
         (d / "report.html").write_text(funnel_html(rep, charts), encoding="utf-8")
-        (out if not args.json else Console(stderr=True)).print(f"charts and {d / 'report.html'} written")
+        (out if not args.json else new_console(stderr=True)).print(f"charts and {d / 'report.html'} written")
     return 0

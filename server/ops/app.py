@@ -26,7 +26,7 @@ from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from server.api.aio_servers import release_unstarted
 from server.api.service import OnrampService
 from server.api.serving import Operations, OpsConfig
-from server.base.catalog import Catalog, catalog_from_config
+from server.base.catalog import Catalog, catalog_from_config, catalog_overrides
 from server.base.config import Config, ConfigError, parse_config
 from server.base.metrics import Metrics
 from server.decide.engine import DecisionEngine
@@ -101,6 +101,9 @@ def open_runtime(config: Config, metrics: Metrics | None = None, *, use_checkpoi
         catalog = catalog_from_config(config.raw)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    overrides = catalog_overrides(config.raw)
+    log.info("catalog %s: the demo catalog%s", catalog.version,
+             f" with these keys from {config.source}: {', '.join(overrides)}" if overrides else ", as shipped")
     store = open_store(config.server.db_path, synchronous=config.ingest.synchronous)
     checkpoint: Resume | None = None
     try:

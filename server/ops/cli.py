@@ -92,7 +92,9 @@ async def serve(config: Config, stop_signals: Sequence[int] = (signal.SIGINT, si
                 allow_insecure_no_auth: bool = False) -> int:
     """Run the server until one of ``stop_signals`` arrives, then stop gracefully."""
     from server.ops.app import build_server
+    from server.ops.ports import check_port_free
 
+    check_port_free(config.server.host, config.server.port)  # before the database and key file are created
     server = build_server(config, allow_insecure_no_auth=allow_insecure_no_auth)
     try:
         await server.start()

@@ -179,7 +179,7 @@ def test_sigkill_during_ingest_loses_no_acknowledged_write(tmp_path: pathlib.Pat
                 assert set(decisions) <= stored_decisions, f"round {round_no}: lost a decision"
                 assert set(outcomes) <= stored_outcomes, f"round {round_no}: lost an outcome"
                 user = USERS[round_no % len(USERS)]
-                decision = stub.GetNextStep(pb.NextStepRequest(user_id=user, surface="home"))
+                decision = stub.GetNextStep(pb.NextStepRequest(user_id=user, surface="in_app"))
                 if decision.decision_id:
                     decisions.append(decision.decision_id)
                     answer = stub.ReportOutcome(pb.OutcomeRequest(decision_id=decision.decision_id, reward=1.0,

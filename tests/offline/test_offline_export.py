@@ -3,7 +3,10 @@ pickle); only pseudonyms leave the database and erased users never appear."""
 from __future__ import annotations
 
 import json
+import pathlib
 import sqlite3
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,6 +18,8 @@ from server.offline.export import export_dsjson, export_parquet, load_obp, obp_f
 from server.offline.logdata import load_decisions
 from server.offline.synth import synth_pseudonymizer
 from server.ops.cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 CAT = load_catalog(None)
 ACTIONS = generic_order(CAT)
@@ -110,3 +115,33 @@ def test_export_cli_formats_and_erasure(population, tmp_path, capsys):
     assert not set(load_obp(tmp_path / "x.npz")["decision_id"].tolist()) & erased_ids
     assert main(["export", "--db", str(path), "--format", "obp", "--out", str(tmp_path / "x.txt")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def _onramp(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_export_never_overwrites_without_force_and_says_so(population, tmp_path):
+    path, _ = population
+    out = tmp_path / "decisions.dsjson"
+    out.write_text("keep me\n")
+    done = _onramp("export", "--db", str(path), "--format", "dsjson", "--out", str(out))
+    assert done.returncode == 2
+    assert done.stderr == f"onramp export: --out {out}: the file already exists; pass --force to overwrite it\n"
+    assert out.read_text() == "keep me\n"
+    assert _onramp("export", "--db", str(path), "--format", "dsjson", "--out", str(out), "--force").returncode == 0
+    assert out.read_text() != "keep me\n"
+
+    done = _onramp("export", "--db", str(path), "--format", "parquet", "--out", str(out))
+    assert done.returncode == 2
+    assert done.stderr == (f"onramp export: --out {out}: is a file; --format parquet writes a directory "
+                           "(decisions.parquet and events.parquet), so name a directory (it is created if missing)\n")
+    directory = tmp_path / "export"
+    assert _onramp("export", "--db", str(path), "--format", "parquet", "--out", str(directory)).returncode == 0
+    done = _onramp("export", "--db", str(path), "--format", "parquet", "--out", str(directory))
+    assert done.returncode == 2
+    assert done.stderr == (f"onramp export: --out {directory}: {directory / 'decisions.parquet'} and "
+                           f"{directory / 'events.parquet'} already exist; pass --force to overwrite them\n")
+    assert _onramp("export", "--db", str(path), "--format", "obp", "--out", str(directory)).stderr == (
+        f"onramp export: --out {directory}: is a directory; --format obp writes one file, so name a file\n")

@@ -18,6 +18,7 @@ from server.base.catalog import (
     Experiment,
     Arm,
     catalog_from_config,
+    catalog_overrides,
     demo_catalog_text,
     load_catalog,
     parse_catalog,
@@ -112,11 +113,72 @@ def test_config_sections_are_skipped_and_defaults_fill_in() -> None:
     assert cat.bandit.algorithm == "linucb" and cat.bandit.exploration == "epsilon_greedy"
 
 
-def test_catalog_from_config_falls_back_to_demo_only_without_catalog_sections() -> None:
+def test_catalog_from_config_runs_the_demo_without_catalog_sections() -> None:
     assert catalog_from_config({"server": {"port": 50051}}) == load_catalog(None)
-    assert catalog_from_config(minimal_raw()).step_ids == ("welcome", "tip")
-    with pytest.raises(CatalogError, match=r"^steps: at least one"):
-        catalog_from_config({"server": {}, "guardrails": {}})
+    assert catalog_from_config({"server": {}, "guardrails": {}}) == load_catalog(None)
+
+
+def test_one_key_overrides_the_demo_key_and_keeps_the_rest() -> None:
+    demo = load_catalog(None)
+    cat = catalog_from_config({"guardrails": {"max_per_day_total": 2}})
+    assert cat.guardrails.max_per_day_total == 2
+    assert cat.guardrails.min_gap_minutes == demo.guardrails.min_gap_minutes
+    assert cat.guardrails.max_per_day_per_channel == demo.guardrails.max_per_day_per_channel
+    assert (cat.steps, cat.rules, cat.experiments, cat.bandit) == (demo.steps, demo.rules, demo.experiments,
+                                                                   demo.bandit)
+    assert cat.version != demo.version
+
+
+def test_nested_tables_merge_key_by_key() -> None:
+    cat = catalog_from_config({"guardrails": {"max_per_day_per_channel": {"push": 0}}, "bandit": {"epsilon": 0.05}})
+    assert cat.guardrails.max_per_day_per_channel == {"in_app": 3, "email": 1, "push": 0}
+    assert (cat.bandit.algorithm, cat.bandit.epsilon, cat.bandit.seed) == ("linucb", 0.05, 7)  # seed: the demo's
+
+
+def test_arrays_of_tables_replace_the_demo_list_whole() -> None:
+    raw = {**minimal_raw(), "rules": [], "experiments": [], "segments": {"activation_step": "welcome"}}
+    cat = catalog_from_config(raw)
+    assert cat.step_ids == ("welcome", "tip")
+    assert cat.rules == () and cat.experiments == ()
+    assert cat.segments.advanced_features == load_catalog(None).segments.advanced_features  # a demo key kept
+    one_rule = {**raw, "rules": [{"name": "skipped", "kind": "screens_skipped", "step": "tip"}]}
+    assert [r.name for r in catalog_from_config(one_rule).rules] == ["skipped"]
+
+
+def test_catalog_overrides_lists_the_keys_taken_from_the_config() -> None:
+    raw = {"server": {"port": 1}, "guardrails": {"max_per_day_total": 2, "max_per_day_per_channel": {"push": 0}},
+           "steps": [{"id": "a"}], "rules": []}
+    assert catalog_overrides(raw) == ["guardrails.max_per_day_total", "guardrails.max_per_day_per_channel.push",
+                                      "steps", "rules"]
+    assert catalog_overrides({"server": {}}) == []
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"guardrails": {"min_gap_minutes": -1}}, "guardrails.min_gap_minutes: must be >= 0 (got -1)"),
+    ({"guardrails": {"max_per_day_totl": 2}},
+     "guardrails.max_per_day_totl: unknown key (did you mean 'max_per_day_total'? allowed: "),
+    ({"steps": []}, "steps: at least one [[steps]] entry is required"),
+    (minimal_raw(), "rules[0].step_template: no personalized step matches 'advanced_tip_{feature}' (a step with "
+                    "feature = F and id = 'advanced_tip_F') (this is the demo catalog's [[rules]], used because the "
+                    "config has none: define your own [[rules]], or set rules = [] for none)"),
+    ({**minimal_raw(), "rules": []}, "segments.activation_step: unknown step 'first_project' (this is the demo "
+                                     "catalog's segments.activation_step: set segments.activation_step in the "
+                                     "config to replace it)"),
+    ({"guardrails": {"max_exploration": 0.01}}, "bandit.epsilon: must be <= guardrails.max_exploration = 0.01 "
+                                                "(got 0.02) (this is the demo catalog's bandit.epsilon: set "
+                                                "bandit.epsilon in the config to replace it)"),
+])
+def test_override_errors_name_the_key_and_say_when_it_is_the_demo_s(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(CatalogError) as err:
+        catalog_from_config(raw)
+    assert str(err.value).startswith(message), str(err.value)
+    if "demo catalog" not in message:
+        assert "demo catalog" not in str(err.value)
+
+
+def test_ops_sections_beside_catalog_sections_are_not_catalog_errors() -> None:
+    raw = {"auth": {}, "tls": {}, "limits": {}, "metrics": {}, "logging": {}, "guardrails": {"max_per_day_total": 2}}
+    assert catalog_from_config(raw).guardrails.max_per_day_total == 2
 
 
 def test_step_reward_defaults_come_from_rewards_section() -> None:

@@ -94,3 +94,29 @@ def test_text_format_and_config_errors() -> None:
         with pytest.raises(LoggingConfigError) as err:
             LoggingConfig.from_mapping(section)
         assert str(err.value).startswith(where)
+
+
+def test_auto_format_is_text_on_a_terminal_and_json_elsewhere() -> None:
+    import os
+    import pty
+
+    from server.base.logging_setup import JsonFormatter, TextFormatter
+
+    assert LoggingConfig().format == "auto"
+    master, slave = pty.openpty()
+    with os.fdopen(slave, "w") as terminal, io.StringIO() as pipe_like:
+        old_level = logging.getLogger().level
+        try:
+            on_terminal = configure_logging(LoggingConfig(), stream=terminal)
+            assert isinstance(on_terminal.formatter, TextFormatter)
+            elsewhere = configure_logging(LoggingConfig(), stream=pipe_like)
+            assert isinstance(elsewhere.formatter, JsonFormatter)
+            forced = configure_logging(LoggingConfig(format="json"), stream=terminal)
+            assert isinstance(forced.formatter, JsonFormatter)
+            logging.getLogger().removeHandler(forced)
+        finally:
+            logging.getLogger().setLevel(old_level)
+    os.close(master)
+    with pytest.raises(LoggingConfigError) as err:
+        LoggingConfig.from_mapping({"format": "yaml"})
+    assert str(err.value) == "[logging] format: expected one of ['auto', 'json', 'text'] (got 'yaml')"

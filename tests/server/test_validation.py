@@ -141,6 +141,7 @@ def test_consent_rules(request_: pb.ConsentRequest, field: str) -> None:
 @pytest.mark.parametrize("request_, field", [
     (pb.NextStepRequest(), "user_id"),
     (pb.NextStepRequest(user_id="u1", surface="In App"), "surface"),
+    (pb.NextStepRequest(user_id="u1", surface="sms"), "surface"),
     (pb.NextStepRequest(user_id="u1", context={f"k{i}": "v" for i in range(33)}), "context"),
     (pb.NextStepRequest(user_id="u1", context={"bad key": "v"}), "context[bad key]"),
     (pb.NextStepRequest(user_id="u1", timestamp_ms=NOW + 10**9), "timestamp_ms"),
@@ -149,6 +150,15 @@ def test_next_step_rules(request_: pb.NextStepRequest, field: str) -> None:
     with pytest.raises(ValidationError) as err:
         validate_next_step(request_, LIMITS, NOW)
     assert err.value.field == field
+
+
+def test_an_unknown_surface_names_itself_and_the_catalog_channels() -> None:
+    with pytest.raises(ValidationError) as err:
+        validate_next_step(pb.NextStepRequest(user_id="u1", surface="sms"), LIMITS, NOW)
+    assert str(err.value) == ("surface: unknown surface 'sms': must be one of the catalog's channels "
+                              "(in_app, email, push), or empty for any")
+    for surface in ("", "in_app", "email", "push"):
+        validate_next_step(pb.NextStepRequest(user_id="u1", surface=surface), LIMITS, NOW)
 
 
 def test_subject_requests() -> None:

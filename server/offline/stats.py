@@ -69,15 +69,20 @@ def two_proportion_test(x_t: int, n_t: int, x_c: int, n_c: int, alpha: float = 0
     return Comparison(pc, pt, diff, diff - z * se, diff + z * se, min(1.0, p))
 
 
+def _too_small(t: np.ndarray, c: np.ndarray) -> Comparison:
+    """A difference of means where an arm has fewer than two values: the means, and no interval or p-value."""
+    mt = float(t.mean()) if t.size else math.nan
+    mc = float(c.mean()) if c.size else math.nan
+    return Comparison(mc, mt, mt - mc, math.nan, math.nan, math.nan)
+
+
 def bootstrap_mean_diff(treatment: np.ndarray, control: np.ndarray, alpha: float = 0.05, n_bootstrap: int = 2000,
                         seed: int = 0) -> Comparison:
     """Difference of means with a percentile-bootstrap interval and a Welch (normal) two-sided p-value."""
     t = np.asarray(treatment, dtype=np.float64)
     c = np.asarray(control, dtype=np.float64)
     if t.size < 2 or c.size < 2:
-        mt = float(t.mean()) if t.size else math.nan
-        mc = float(c.mean()) if c.size else math.nan
-        return Comparison(mc, mt, mt - mc, math.nan, math.nan, math.nan)
+        return _too_small(t, c)
     rng = np.random.default_rng(seed)
     bt = t[rng.integers(t.size, size=(n_bootstrap, t.size))].mean(axis=1) if t.size * n_bootstrap <= 2e7 else \
         rng.normal(t.mean(), t.std(ddof=1) / math.sqrt(t.size), n_bootstrap)
@@ -166,9 +171,7 @@ def welch_diff(treatment: np.ndarray, control: np.ndarray, alpha: float = 0.05) 
     t = np.asarray(treatment, dtype=np.float64)
     c = np.asarray(control, dtype=np.float64)
     if t.size < 2 or c.size < 2:
-        mt = float(t.mean()) if t.size else math.nan
-        mc = float(c.mean()) if c.size else math.nan
-        return Comparison(mc, mt, mt - mc, math.nan, math.nan, math.nan)
+        return _too_small(t, c)
     diff = float(t.mean() - c.mean())
     se = math.sqrt(t.var(ddof=1) / t.size + c.var(ddof=1) / c.size)
     return _wald(float(c.mean()), float(t.mean()), diff, se, alpha)

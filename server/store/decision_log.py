@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import json
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,22 +208,25 @@ def _context(text: str | None) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
+_JOINED = ("SELECT d.decision_id, d.step_id, d.context, o.reward FROM outcomes o JOIN decisions d "
+           "ON d.decision_id = o.decision_id WHERE {where} AND d.context != '{{}}' ORDER BY o.rowid")
+
+
+def _joined(cur: Iterable[tuple[str, str, str | None, float | None]]) -> Iterator[JoinedRow]:
+    """The rows of a :data:`_JOINED` query that have a context and a reward, as JoinedRows."""
+    for decision_id, step_id, context, reward in cur:
+        ctx = _context(context)
+        if ctx and reward is not None:
+            yield JoinedRow(decision_id, step_id, ctx, float(reward))
+
+
 def rewarded_rows_of(store: SqliteStore, pseudonyms: Sequence[str]) -> list[JoinedRow]:
     """The decisions logged under ``pseudonyms`` that have an outcome and a context, oldest outcome first:
     everything the bandit may have learned from one person (read before an erasure deletes them)."""
     if not pseudonyms:
         return []
-    marks = ",".join("?" * len(pseudonyms))
-    cur = store.conn.execute(
-        "SELECT d.decision_id, d.step_id, d.context, o.reward FROM decisions d JOIN outcomes o "
-        f"ON o.decision_id = d.decision_id WHERE d.user_pseudo IN ({marks}) AND d.context != '{{}}' "
-        "ORDER BY o.rowid", list(pseudonyms))
-    out = []
-    for decision_id, step_id, context, reward in cur:
-        ctx = _context(context)
-        if ctx and reward is not None:
-            out.append(JoinedRow(decision_id, step_id, ctx, float(reward)))
-    return out
+    where = f"d.user_pseudo IN ({','.join('?' * len(pseudonyms))})"
+    return list(_joined(store.conn.execute(_JOINED.format(where=where), list(pseudonyms))))
 
 
 def iter_shows(store: SqliteStore) -> Iterator[tuple[str, str, int]]:
@@ -249,12 +252,5 @@ def joined_rows(store: SqliteStore, step_ids: Sequence[str], after_outcome_rowid
     outcomes committed after that row (the rest is in a checkpoint)."""
     if not step_ids:
         return
-    marks = ",".join("?" * len(step_ids))
-    cur = store.conn.execute(
-        "SELECT d.decision_id, d.step_id, d.context, o.reward FROM outcomes o JOIN decisions d "
-        f"ON d.decision_id = o.decision_id WHERE o.rowid > ? AND d.step_id IN ({marks}) AND d.context != '{{}}' "
-        "ORDER BY o.rowid", [after_outcome_rowid, *step_ids])
-    for decision_id, step_id, context, reward in cur:
-        ctx = _context(context)
-        if ctx and reward is not None:
-            yield JoinedRow(decision_id, step_id, ctx, float(reward))
+    where = f"o.rowid > ? AND d.step_id IN ({','.join('?' * len(step_ids))})"
+    yield from _joined(store.conn.execute(_JOINED.format(where=where), [after_outcome_rowid, *step_ids]))

@@ -2,8 +2,6 @@
 server keeps serving (a valid call right after works)."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import math
@@ -16,8 +14,8 @@ import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.base.logging_setup import JsonFormatter, RequestContextFilter
 from server.ops.app import ServerHandle, running_server
+from tests.server.ops_support import captured_json_logs
 
 
 @pytest.fixture(scope="module")
@@ -144,28 +142,10 @@ def test_ingest_limits_follow_the_config() -> None:
 
 
 
-@contextlib.contextmanager
-def _json_logs() -> Iterator[io.StringIO]:
-    """Every record from INFO up, formatted as the server's JSON lines, into a StringIO."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(RequestContextFilter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
-
-
 def test_garbage_bytes_are_counted_and_logged_as_invalid_argument() -> None:
     """Bytes that are not a valid request message: the client gets INVALID_ARGUMENT, and the server's metric
     label (scraped from its metrics port) and access line say the same, at INFO without a traceback."""
-    with _json_logs() as logs, running_server(metrics={"enabled": True, "port": 0}) as handle, \
+    with captured_json_logs(logging.INFO) as logs, running_server(metrics={"enabled": True, "port": 0}) as handle, \
             grpc.insecure_channel(handle.address) as channel:
         call = channel.unary_unary("/onramp.v1.Onramp/GetNextStep", request_serializer=None,
                                    response_deserializer=None)

@@ -207,11 +207,8 @@ class DecisionEngine:
         self._unsettled_at_checkpoint = frozenset()
         if replay and (after is None or self._relearn_profiles):
             self._relearn_profiles = False
-            profile = self.pipeline.profile
-            for subject in sorted(self.pipeline.profiles.subjects()):
-                p = profile(subject)
-                if p is not None:
-                    self.segmenter.learn_one(p, p.last_seen_ms)
+            for p in self.pipeline.profiles.in_subject_order():
+                self.segmenter.learn_one(p, p.last_seen_ms)
         elif after is not None:  # users erased after the checkpoint: nothing derived from them stays cached
             profiles = self.pipeline.profiles
             for subject in [s for s in self._segment_cache if s not in profiles]:
@@ -315,18 +312,15 @@ class DecisionEngine:
             fresh = Segmenter(self.catalog)
             self._learned_meanwhile = {}
             try:
-                profile = self.pipeline.profile
-                for i, subject in enumerate(sorted(self.pipeline.profiles.subjects())):
-                    p = profile(subject)
-                    if p is not None:
-                        fresh.learn_one(p, p.last_seen_ms)
+                for i, p in enumerate(self.pipeline.profiles.in_subject_order()):
+                    fresh.learn_one(p, p.last_seen_ms)
                     if i % RELEARN_CHUNK == RELEARN_CHUNK - 1:
                         await asyncio.sleep(0)
                 meanwhile = self._learned_meanwhile
             finally:
                 self._learned_meanwhile = None
             for subject, ts in meanwhile.items():
-                p = profile(subject)
+                p = self.pipeline.profile(subject)
                 if p is not None:
                     fresh.learn_one(p, ts)
             self.segmenter = fresh

@@ -11,6 +11,8 @@ profiles and merges two profiles when an ``identify`` event links an anonymous i
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from dataclasses import dataclass, field
 
 from server.base import records as r
@@ -183,3 +185,11 @@ class ProfileBook:
 
     def subjects(self) -> list[str]:
         return list(self._profiles)
+
+    def in_subject_order(self) -> Iterator[Profile]:
+        """Every profile in subject order (what the segmenter learns at a start without checkpoint and after
+        an erasure); subjects are listed first, and a profile dropped while iterating is skipped."""
+        for subject in sorted(self._profiles):
+            p = self._profiles.get(subject)
+            if p is not None:
+                yield p

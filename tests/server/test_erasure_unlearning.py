@@ -99,8 +99,7 @@ def test_erased_person_leaves_no_trace_in_the_models(tmp_path: Path) -> None:
         await _phase(h, (ERASED,), 5, seed=2)
         before = _bandit(engine)
         relearned_with = Segmenter(h.catalog)  # what relearning would give if the person were kept
-        for s in sorted(h.pipeline.profiles.subjects()):
-            p = h.pipeline.profile(s)
+        for p in h.pipeline.profiles.in_subject_order():
             relearned_with.learn_one(p, p.last_seen_ms)
         counts = await h.pipeline.erase(ERASED)
         assert counts["decisions"] == len(h.catalog.core_order) + 3  # core steps, then three bandit decisions

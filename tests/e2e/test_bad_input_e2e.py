@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -152,10 +153,16 @@ def test_garbage_bytes_are_counted_and_logged_as_invalid_argument() -> None:
         with pytest.raises(grpc.RpcError) as err:
             call(b"\x0a\xff\xff\xff\xff\x0f", metadata=(("x-request-id", "garbage-1"),), timeout=10)
         port = handle.server.ops.metrics_server.port
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            text = response.read().decode()
+        # the server counts the call as it ends, which can come just after the client got its status
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            counts = [line for line in text.splitlines() if line.startswith("onramp_rpc_duration_seconds_count")]
+            if counts or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    counts = [line for line in text.splitlines() if line.startswith("onramp_rpc_duration_seconds_count")]
     assert 'onramp_rpc_duration_seconds_count{code="INVALID_ARGUMENT",method="onramp.v1.Onramp/GetNextStep"} 1.0' \
         in counts, counts
     assert not [line for line in counts if 'code="UNKNOWN"' in line], counts

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                          "personalisation threshold); capped = demo catalog, asks blocked by the min gap (bench.common)")
     ap.add_argument("--floor", action="store_true",
                     help="serving (aio driver): also measure bench.floor_server's variants: the decision row "
-                         "committed by a separate process (offload), no decision row (nolog), no decision (floor)")
+                         "not written (nolog), no decision (floor)")
     ap.add_argument("--full", action="store_true", help="memory at 100k and 1M users with 1M events (slow: 1M SetConsent calls)")
     ap.add_argument("--sizes", default=None, metavar="U:E,...",
                     help="memory: users:events pairs to measure, e.g. 1000000:1000000 (overrides --full)")

@@ -1,18 +1,15 @@
 """Onramp with part of GetNextStep changed, to split the serving cost: ``python -m bench.floor_server
---variant floor|nolog|offload serve --port P --db D ...`` (after ``--variant``, the arguments of ``onramp
+--variant floor|nolog serve --port P --db D ...`` (after ``--variant``, the arguments of ``onramp
 serve``) runs the real server with
 
 - ``floor``: GetNextStep goes through the same gRPC server, interceptor (request id, auth, limits, metrics,
   access line), validation and identity resolution, then answers a constant response of a bandit answer's
   shape (:func:`bench.bare_server.answer`) without deciding, counting the show or logging;
 - ``nolog``: the engine decides and counts the show as always, but the decision row is neither encoded nor
-  written (the answer does not wait for a commit);
-- ``offload``: as Onramp, but the decision row is committed by a separate log process
-  (:mod:`bench.offload_log`) instead of the server's writer thread.
+  written (the answer does not wait for a commit).
 
 Measured beside Onramp and the bare server (``python -m bench serving --floor``), they show what the server
-around the decision, the decision itself and its durable log row each cost, and what moving the row's write
-out of the server process would give.
+around the decision, the decision itself and its durable log row each cost.
 """
 from __future__ import annotations
 
@@ -22,15 +19,15 @@ import itertools
 import sys
 from collections.abc import Mapping
 
-import server.ops.cli  # first: sets GRPC_ENABLE_FORK_SUPPORT before grpc is imported
-from bench import offload_log
+import server.ops.cli
 from bench.bare_server import answer
 from server.base.catalog import Step
 from server.decide.engine import DecisionEngine
 from server.decide.engine_api import NextStep
-from server.store.decision_log import Decision, DecisionLogger
+from server.store.decision_log import DecisionLogger
+from server.store.user_state import LoggedDecision
 
-VARIANTS = ("floor", "nolog", "offload")
+VARIANTS = ("floor", "nolog")
 _ids = itertools.count()
 
 
@@ -44,10 +41,10 @@ async def constant_next_step(self: DecisionEngine, subject: str, surface: str, c
                     a.policy_version, a.experiment, a.arm, list(a.segments))
 
 
-def unlogged(self: DecisionLogger, decision: Decision) -> asyncio.Future[None]:
-    """Stands in for :meth:`DecisionLogger.log`: an already resolved future, no row encoded or written."""
-    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    fut.set_result(None)
+def unlogged(self: DecisionLogger, item: LoggedDecision) -> asyncio.Future[bool]:
+    """Stands in for :meth:`DecisionLogger.log`: an already resolved future, no row written."""
+    fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    fut.set_result(True)
     return fut
 
 
@@ -58,10 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     a, rest = ap.parse_known_args(argv)
     if a.variant == "floor":
         DecisionEngine.next_step = constant_next_step  # type: ignore[method-assign]
-    elif a.variant == "nolog":
-        DecisionLogger.log = unlogged  # type: ignore[method-assign]
     else:
-        offload_log.install()
+        DecisionLogger.log = unlogged  # type: ignore[method-assign]
     return server.ops.cli.main(rest)
 
 

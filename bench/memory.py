@@ -1,8 +1,8 @@
 """Resident memory of the Onramp server holding N users' profiles (bytes per user) and its restart time
 with E events in the log. Profiles are built through the public API only, by :mod:`bench.populate` in its
 own process (tracking consent with one SetConsent per user, hundreds in flight; then the events over several
-IngestEventBatches streams); the server is then stopped and started again on the same database, with and
-without its checkpoint file when one was written."""
+IngestEventBatches streams); the server is then stopped and started again on the same database (nothing is
+replayed: profiles, shown history and models are read from the database)."""
 from __future__ import annotations
 
 import json
@@ -38,16 +38,9 @@ def populate(address: str, users: int, events: int, in_flight: int = 256, stream
                                          "--streams", str(streams)], timeout=4 * 3600)
 
 
-def checkpoint_of(db: Path) -> Path:
-    """The default checkpoint file of database ``db`` (``[server] checkpoint_path`` unset)."""
-    return Path(f"{db}.checkpoint")
-
-
-def restart(db: Path, rss_empty: int, users: int, with_checkpoint: bool) -> dict:
-    """Start a server on ``db`` (its checkpoint file removed first unless ``with_checkpoint``): seconds to
-    accepting connections and to the first GetNextStep answer, RSS then, bytes per user over ``rss_empty``."""
-    if not with_checkpoint:
-        checkpoint_of(db).unlink(missing_ok=True)
+def restart(db: Path, rss_empty: int, users: int) -> dict:
+    """Start a server on ``db``: seconds to accepting connections and to the first GetNextStep answer, RSS then,
+    bytes per user over ``rss_empty``."""
     load = load_average()
     t = time.perf_counter()
     srv = start_onramp(db, ready_timeout=3600)
@@ -57,14 +50,13 @@ def restart(db: Path, rss_empty: int, users: int, with_checkpoint: bool) -> dict
         rss = srv.rss_bytes()
     finally:
         srv.stop(timeout=600)
-    return {"checkpoint": with_checkpoint, "ready_s": ready, "first_answer_s": first, "rss": rss,
+    return {"ready_s": ready, "first_answer_s": first, "rss": rss,
             "bytes_per_user": (rss - rss_empty) / users, "load": load}
 
 
 def one(users: int, events: int, tmp: Path, restarts: int = 1) -> dict:
     """One measurement on a fresh database: RSS before/after ``users`` profiles built from ``events`` events,
-    then ``restarts`` restarts on that database (each both with and without the checkpoint file, if the
-    server wrote one)."""
+    then ``restarts`` restarts on that database."""
     db = tmp / f"memory-{users}-{time.time_ns()}.db"
     load_start = load_average()
     srv = start_onramp(db)
@@ -79,9 +71,7 @@ def one(users: int, events: int, tmp: Path, restarts: int = 1) -> dict:
         srv.stop(timeout=600)
     rounds = []
     for _ in range(restarts):
-        if checkpoint_of(db).exists():
-            rounds.append(restart(db, rss0, users, with_checkpoint=True))
-        rounds.append(restart(db, rss0, users, with_checkpoint=False))
+        rounds.append(restart(db, rss0, users))
     size = db.stat().st_size
     for f in db.parent.glob(f"{db.name}*"):
         f.unlink()
@@ -90,8 +80,8 @@ def one(users: int, events: int, tmp: Path, restarts: int = 1) -> dict:
             "fresh_start_s": fresh_start, "db_bytes": size, "load_start": load_start, "load_end": load_average()}
 
 
-def _restart_summary(runs: list[dict], with_checkpoint: bool) -> dict:
-    rows = [r for run in runs for r in run["restarts"] if r["checkpoint"] == with_checkpoint]
+def _restart_summary(runs: list[dict]) -> dict:
+    rows = [r for run in runs for r in run["restarts"]]
     return {f: summarize([r[f] for r in rows]) for f in RESTART_FIELDS} if rows else {}
 
 
@@ -110,7 +100,7 @@ def run(quick: bool = False, repeats: int = 3, sizes: list[tuple[int, int]] | No
                 if partial is not None:
                     with partial.open("a") as f:
                         f.write(json.dumps(runs[-1]) + "\n")
-            plain = _restart_summary(runs, False)
+            plain = _restart_summary(runs)
             rows.append({
                 "users": users, "events": events, "accepted": summarize([r["accepted"] for r in runs]),
                 **{f: summarize([r[f] for r in runs]) for f in ("rss_empty", "rss_loaded", "bytes_per_user",
@@ -119,7 +109,6 @@ def run(quick: bool = False, repeats: int = 3, sizes: list[tuple[int, int]] | No
                    for f in ("consent_s", "consents_per_s", "ingest_s", "accepted_per_s", "total_s")},
                 "restart_ready_s": plain["ready_s"], "restart_first_answer_s": plain["first_answer_s"],
                 "rss_after_restart": plain["rss"], "bytes_per_user_after_restart": plain["bytes_per_user"],
-                "restart_with_checkpoint": _restart_summary(runs, True),
                 "loads": [(r["load_start"], r["load_end"]) for r in runs], "raw": runs})
     return {"repeats": repeats, "restarts": restarts, "rows": rows}
 
@@ -141,12 +130,6 @@ def report(res: dict) -> list[str]:
                    f"{r['restart_first_answer_s'].fmt('.2f', ' s')}; RSS after restart "
                    f"{r['rss_after_restart'].median * mb:,.1f} MiB (bytes/user {r['bytes_per_user_after_restart'].fmt(',.0f')}); "
                    f"db {r['db_bytes'].median * mb:,.1f} MiB")
-        ck = r["restart_with_checkpoint"]
-        if ck:
-            out.append(f"    restart with the checkpoint file: ready {ck['ready_s'].fmt('.2f', ' s')}, first answer "
-                       f"{ck['first_answer_s'].fmt('.2f', ' s')}; RSS {ck['rss'].median * mb:,.1f} MiB")
-        else:
-            out.append("    (no checkpoint file was written, so every restart rebuilt from the whole log)")
         out.append("    load average at start/end of each build: "
                    + "; ".join(f"{a} / {b}" for a, b in r["loads"]))
     return out

@@ -139,19 +139,20 @@ def sqlite_memory_bytes() -> int:
 
 def snapshot(server: Any, out: Path, top: int) -> None:
     """Write the breakdown (and tracemalloc's top sites, if tracing) of ``server`` to ``out``."""
+    from server.store.user_state import profile_count
+
     gc.collect()
     rt = server.runtime
     engine = server.api.service.decisions
     pipe = rt.pipeline
-    parts: list[tuple[str, object]] = [("pipeline.profiles", pipe.profiles), ("pipeline.identity", pipe.identity),
-                                       ("pipeline.consent", pipe.consent)]
-    parts += [(f"pipeline.{a}", v) for a, v in attributes(pipe) if a not in ("profiles", "identity", "consent",
-                                                                            "store", "writer", "_loop")]
+    parts: list[tuple[str, object]] = [("pipeline.identity", pipe.identity), ("pipeline.consent", pipe.consent)]
+    parts += [(f"pipeline.{a}", v) for a, v in attributes(pipe) if a not in ("identity", "consent",
+                                                                            "store", "writer", "_loop", "_reader")]
     parts += [(f"engine.{a}", v) for a, v in attributes(engine) if a not in ("pipeline", "catalog", "metrics")]
     parts += [("catalog", rt.catalog), ("metrics", rt.metrics)]
     t = time.perf_counter()
     rows = breakdown(parts, depth=1)
-    res: dict[str, Any] = {"rss": rss_bytes(), "profiles": len(pipe.profiles), "consent_subjects": len(pipe.consent),
+    res: dict[str, Any] = {"rss": rss_bytes(), "profiles": profile_count(rt.store), "consent_subjects": len(pipe.consent),
                            "identity_links": len(pipe.identity), "walk_s": time.perf_counter() - t, "parts": rows,
                            "walked_bytes": sum(r["bytes"] for r in rows), "malloc": malloc_info(),
                            "sqlite_memory_used": sqlite_memory_bytes(), "python_blocks": sys.getallocatedblocks()}

@@ -13,7 +13,7 @@ from bench.common import (bandit_propensities, decisions_by_reason, now_ms, rati
                           start_scenario_onramp, warm_users)
 
 RATES = (500, 1000, 2000)
-FLOOR_VARIANTS = ("offload", "nolog", "floor")  # bench.floor_server, measured with --floor
+FLOOR_VARIANTS = ("nolog", "floor")  # bench.floor_server, measured with --floor
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -26,8 +26,7 @@ def process_cpu_s(pid: int) -> float:
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
         concurrency: int = 32, scenario: str = "personalized", floor: bool = False) -> dict:
     """Measure every load ``repeats`` times on both servers in ``scenario`` (see :mod:`bench.common`), and on
-    :mod:`bench.floor_server`'s variants too when ``floor`` (``offload``: the decision row committed by a
-    separate log process; ``nolog``: Onramp deciding without writing the decision row; ``floor``: Onramp
+    :mod:`bench.floor_server`'s variants too when ``floor`` (``nolog``: Onramp deciding without writing the decision row; ``floor``: Onramp
     answering a constant without deciding); return raw runs, medians and the decisions Onramp logged under
     load by reason."""
     duration = duration if duration is not None else (0.5 if quick else 5.0)

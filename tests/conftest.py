@@ -16,15 +16,10 @@ import sys
 ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-import os
 from collections.abc import Iterator
 from typing import Any
 
-# As `python -m server serve` does (server/ops/cli.py), before grpc is imported: gRPC's fork handlers off, so the
-# servers the tests run write their checkpoints from a forked child (server/ops/state.py, fork_problem).
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
-
-import grpc  # noqa: E402
+import grpc
 import pytest
 
 from onramp.v1 import onramp_pb2 as pb

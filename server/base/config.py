@@ -8,7 +8,6 @@ every setting has a default.
 """
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -35,19 +34,6 @@ class ServerConfig:
     db_path: str = "./onramp.db"
     # Largest gRPC message accepted or sent; 0 keeps the ``[limits] max_message_bytes`` default (16 MiB).
     max_message_bytes: int = 0
-    # Seconds between checkpoints of the learned state (server/ops/state.py); 0 turns checkpoints off (no
-    # periodic one, none at shutdown, every start rebuilds from the whole log).
-    checkpoint_interval_s: float = 300.0
-    # Where the checkpoint file goes; "" = next to the database, ``<db_path>.checkpoint``.
-    checkpoint_path: str = ""
-    # Write checkpoints from a forked child (copy-on-write snapshot: ingest and decisions pause only for the
-    # fork, not for the pickling); false, or no os.fork (Windows), pickles in the server process instead.
-    checkpoint_fork: bool = hasattr(os, "fork")
-
-    @property
-    def checkpoint_file(self) -> str:
-        """The checkpoint file: ``checkpoint_path`` or ``<db_path>.checkpoint``."""
-        return self.checkpoint_path or f"{self.db_path}.checkpoint"
 
     @property
     def address(self) -> str:
@@ -161,24 +147,7 @@ def _parse_server(t: Mapping[str, Any]) -> ServerConfig:
     mmb = _int("server", t, "max_message_bytes", d.max_message_bytes, 0, None)
     if 0 < mmb < 1024:
         raise ConfigError(f"server.max_message_bytes: must be 0 (default) or at least 1024 (got {mmb!r})")
-    interval = t.get("checkpoint_interval_s", d.checkpoint_interval_s)
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= 86_400 \
-            or interval != interval:
-        raise ConfigError("server.checkpoint_interval_s: must be a number of seconds from 0 (no checkpoints) "
-                          f"to 86400 (got {interval!r})")
-    if 0 < interval < 1:
-        raise ConfigError(f"server.checkpoint_interval_s: must be 0 (off) or at least 1 second (got {interval!r})")
-    checkpoint_path = t.get("checkpoint_path", d.checkpoint_path)
-    if not isinstance(checkpoint_path, str):
-        raise ConfigError("server.checkpoint_path: must be a file path string (\"\" = <db_path>.checkpoint; got "
-                          f"{_type_name(checkpoint_path)} {checkpoint_path!r})")
-    checkpoint_fork = t.get("checkpoint_fork", d.checkpoint_fork)
-    if not isinstance(checkpoint_fork, bool):
-        raise ConfigError("server.checkpoint_fork: must be true (write checkpoints from a forked child) or false "
-                          f"(pickle in the server process; got {_type_name(checkpoint_fork)} {checkpoint_fork!r})")
-    return ServerConfig(host=host, port=port, db_path=db_path, max_message_bytes=mmb,
-                        checkpoint_interval_s=float(interval), checkpoint_path=checkpoint_path,
-                        checkpoint_fork=checkpoint_fork)
+    return ServerConfig(host=host, port=port, db_path=db_path, max_message_bytes=mmb)
 
 
 def _parse_privacy(t: Mapping[str, Any]) -> PrivacyConfig:

@@ -1,11 +1,13 @@
 """The decision engine behind GetNextStep and ReportOutcome: guardrails first, then the static core flow,
-the seed's rule triggers, and a contextual bandit with exact propensities; every answer is logged and every
-shown step is rewarded once, and the bandit learns online from the joined rewards.
+the seed's rule triggers, and a contextual bandit with exact propensities; every answer is logged before it is
+sent. The engine holds no state that cannot be lost: a user's profile and shown history are read from the store
+for each decision, and the models come from the latest snapshot the learner published
+(server/learn/learner.py), named in each decision's ``policy_version``.
 
 How one step is chosen (see docs/decisions.md):
 
 1. the guardrails decide which steps may be shown now (never a completed step, prerequisites, surface,
-   cooldowns, per-step / per-channel / total daily caps, min gap) — before any probability;
+   cooldowns, per-step / per-channel / total daily caps, min gap) -- before any probability;
 2. core steps come first, in their static order, until all are completed (``core``, or ``no_consent``
    when the user has not granted personalization; such users get core steps only);
 3. after the core flow, per experiment arm: ``holdout`` gets no personalized step (``holdout``), ``generic``
@@ -13,6 +15,9 @@ How one step is chosen (see docs/decisions.md):
    sessions on M days), the first firing rule (``rule:<name>``) or else the bandit (``bandit``), and
    the generic order before that;
 4. nothing allowed -> no step (``capped`` when a cap/cooldown/gap blocks, else ``none_eligible``).
+
+Caps hold across workers: a decision that shows a step is logged only if the person's shown history is still
+at the version it was decided on; otherwise it is decided again on the fresh history.
 """
 from __future__ import annotations
 
@@ -20,45 +25,42 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Iterable, Mapping
+import pickle
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from bandits.exploration import Decider, build_exploration
+from bandits.exploration import Decider
 from bandits.guardrails import GuardrailConfig, StepSpec, UserHistory, eligible, personalization_allowed
-from bandits.policies import build_policy, policy_from_state
+from bandits.policies import policy_from_state
 from server.base.catalog import Catalog
-from server.base.clock import DAY_MS, HOUR_MS
-from server.base.clock import now_ms as clock_ms
+from server.base.clock import HOUR_MS
 from server.base.experiments import Assigner
 from server.base.ids import new_decision_id
 from server.base.metrics import Metrics
 from server.base.reasons import Reason
-from server.base.records import ANON_PREFIX, IDENTIFY, StoredEvent
 from server.decide.engine_api import NextStep, ServiceError
-from server.decide.history import KEEP_PER_STEP, ShownHistory
 from server.decide.rules import first_firing
 from server.ingest.consent import PERSONALIZATION
-from server.ingest.identity import ANONYMOUS_ID
 from server.ingest.pipeline import Erasure, Pipeline
 from server.ingest.profiles import Profile
 from server.learn.features import request_mobile
-from server.learn.rewards import Pending, RewardJoiner
+from server.learn.learner import build_decider, guard_horizon_ms
+from server.learn.rewards import REPORTED, Outcome, write_outcomes
 from server.learn.segments import SegmentResult, Segmenter, distinct_days
-from server.store.decision_log import ANONYMOUS_ROW, Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
-from server.store.marks import LogMark, bandit_decisions_after
-from server.store.sqlite import LinkRow
-
+from server.store.decision_log import ANONYMOUS_ROW, Decision, DecisionLogger
+from server.store.learning_log import latest_snapshot, latest_snapshot_version
+from server.store.user_state import NO_SHOWS, LoggedDecision, Shows, read_shows, with_show
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
 SEGMENT_CACHE_MS = 60_000  # a user's segments/context are recomputed at least once a minute ...
 SEGMENT_CACHE_SIZE = 100_000  # ... for at most this many recent users
-LABEL_SWEEP_S = 60.0  # how often the reward sweep also gives expired activation windows their label
-RELEARN_CHUNK = 256  # profiles the segmenter relearns between two turns of the event loop (after an erasure)
+SNAPSHOT_POLL_S = 0.1  # how often a worker looks for a newer model snapshot
+ERASE_WAIT_S = 30.0  # how long EraseUser waits for the learner to publish models without the person
+MAX_ATTEMPTS = 8  # decisions of one user decided again at most this often when another show got in first
+KEEP_PER_STEP = 16  # show times kept per (person, step); caps only need the latest max_per_day of them
 
 # Arm kinds (catalog experiments); without an experiment every user is served as "tailored".
 TAILORED = "tailored"
@@ -96,29 +98,22 @@ class Choice:
     segments: list[str]
     x: np.ndarray | None
     pseudo: str  # the user's pseudonym (the shown history's key; the row holds none without tracking consent)
+    history: Shows = NO_SHOWS  # the shown history it was decided on
+    tracked: bool = True
 
 
 class DecisionEngine:
-    """Implements :class:`server.decide.engine_api.DecisionService` (and the ``ProfileEnricher`` hook).
-
-    State lives on the event loop thread: the shown history (for caps), the pending rewards and the bandit.
-    All of it is rebuilt from the database at construction (``rebuild=True``): shows from ``decisions``,
-    pending rewards from decisions without outcome, the bandit by replaying joined outcomes in commit order.
-    """
+    """Implements :class:`server.decide.engine_api.DecisionService` (and the ``ProfileEnricher`` hook) over the
+    store and the learner's snapshots; see the module docstring."""
 
     def __init__(self, pipeline: Pipeline, catalog: Catalog, *, metrics: Metrics | None = None,
-                 segmenter: Segmenter | None = None, sweep_interval_s: float | None = None,
-                 reward_grace_ms: int | None = None, rebuild: bool = True) -> None:
+                 snapshot_poll_s: float = SNAPSHOT_POLL_S) -> None:
         self.pipeline = pipeline
         self.catalog = catalog
         self.metrics = metrics
-        self.segmenter = segmenter if segmenter is not None else Segmenter(catalog)
+        self.snapshot_poll_s = snapshot_poll_s
+        self.segmenter = Segmenter(catalog)
         self.space = self.segmenter.space
-        # the reward sweep's timing: [rewards] sweep_interval_seconds and grace_seconds unless given here
-        self.sweep_interval_s = float(catalog.rewards.sweep_interval_seconds if sweep_interval_s is None
-                                      else sweep_interval_s)
-        if not self.sweep_interval_s > 0:
-            raise ValueError(f"sweep_interval_s: must be > 0 (got {self.sweep_interval_s:g})")
         self.specs = tuple(step_specs(catalog))  # a tuple: eligible() remembers its channel map
         self.guardrails = guardrail_config(catalog)
         # Eligibility is computed without the consistency threshold; personalization_allowed() applies it
@@ -129,267 +124,98 @@ class DecisionEngine:
         self._core = catalog.core_order
         self._rules = catalog.rules_by_priority()
         self._window_ms = {s.id: int(round(s.reward_window_hours * HOUR_MS)) for s in catalog.steps}
-        # how long a show counts for a cap (24 h), a cooldown or the min gap: untracked shows keep an id that long
-        self.guard_horizon_ms = max([DAY_MS, self.guardrails.min_gap_ms, *(s.cooldown_ms for s in self.specs)])
+        self.guard_horizon_ms = guard_horizon_ms(catalog)
         self.assigner = Assigner(catalog)
         self._assignments: dict[str, tuple[str, str, str]] = {}  # subject -> assignment(), bounded like the segment cache
 
         self.arms: tuple[str, ...] = tuple(s.id for s in catalog.personalized_steps)
         self.arm_index = {sid: i for i, sid in enumerate(self.arms)}
-        b = catalog.bandit
-        self._rng = np.random.default_rng(b.seed)
-        self.decider: Decider | None = None
-        if self.arms:
-            policy = build_policy(b.algorithm, len(self.arms), self.space.dim, alpha=b.alpha, l2=b.l2, seed=b.seed)
-            exploration = build_exploration(b.exploration, epsilon=b.epsilon, gamma=b.gamma,
-                                            max_exploration=catalog.guardrails.max_exploration)
-            self.decider = Decider(policy, exploration, seed=b.seed)
-        self.policy_version = f"{catalog.version}:{self.decider.version if self.decider else 'no-arms'}"
-        self.learned = 0  # outcomes the bandit learned from
-
-        keep = max([KEEP_PER_STEP, *(s.max_per_day + 1 for s in catalog.steps)])
-        self.history = ShownHistory(keep=keep)
+        self._rng = np.random.default_rng(catalog.bandit.seed)
+        self.decider: Decider | None = build_decider(catalog, self.space.dim)
+        self._base_version = f"{catalog.version}:{self.decider.version if self.decider else 'no-arms'}"
+        self.snapshot_version = 0
+        self.snapshot_positions: dict[str, int] = {}
+        self.learned = 0  # outcomes the loaded snapshot's bandit learned from
+        self.policy_version = f"{self._base_version}@0"
+        self.keep = max([KEEP_PER_STEP, *(s.max_per_day + 1 for s in catalog.steps)])
+        pipeline.show_keep = self.keep
         self.logger = DecisionLogger(pipeline.writer)
-        self.joiner = RewardJoiner(pipeline.writer, catalog, pipeline.pseudonym, self._learn, metrics,
-                                   grace_ms=reward_grace_ms, aliases=self._anonymous_subjects)
-        self._sweeper: asyncio.Task[None] | None = None
+        self._reader = pipeline.store.reader()
+        self._poller: asyncio.Task[None] | None = None
         self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult]] = {}
-        self._unsettled_at_checkpoint: frozenset[str] = frozenset()  # see load_state / rebuild(after=...)
-        # Relearning the segmenter after erasures (see _relearn_segmenter): erasures asked for, erasures whose
-        # relearn finished, and the subjects learned live while a relearn runs (None when none runs).
-        self._erasures_seen = 0
-        self._erasures_relearned = 0
-        self.relearns = 0  # relearns done (erasures sent together share one)
-        self._relearn_lock = asyncio.Lock()
-        self._learned_meanwhile: dict[str, int] | None = None
-        self._relearn_profiles = False  # resumed from a checkpoint taken during a relearn: relearn at rebuild
-        pipeline.add_listener(self.on_events)
+        self.conflicts = 0  # decisions decided again because another one showed the person something first
         pipeline.add_erasure_listener(self.erased)
-        pipeline.add_listener(self.on_identify)
-        if rebuild:
-            self.rebuild()
+        self.load_snapshot()
 
-    # -- startup -------------------------------------------------------------------------------------------
-    def rebuild(self, replay: bool = True, after: LogMark | None = None) -> dict[str, int]:
-        """Rebuild shows, pending rewards and (``replay``) the bandit from the database, and let the
-        segmenter learn each profile once. Returns counts of what was loaded.
-
-        With ``after`` (resuming from a checkpoint, server/ops/state.py) the bandit and segmenter already hold
-        everything up to that mark: only outcomes committed after it are learned, and each bandit decision
-        logged after it (and not pending in the checkpoint) is decided again on its logged context and
-        eligible set so the sampling RNG advances exactly as it did live (the draws a decision takes
-        depend on the number of eligible arms only, not on the policy's state)."""
-        reader = self.pipeline.store.reader()
-        redrawn = 0
-        try:
-            shows = self.history.load(iter_shows(reader))
-            pending = self.joiner.load(
-                Pending(r.decision_id, r.user_pseudo, r.timestamp_ms, r.step_id, r.reward_deadline_ms,
-                        self.space.vector(r.context) if r.context and r.step_id in self.arm_index else None)
-                for r in pending_rows(reader))
-            self._merge_linked(reader.all_links())
-            replayed = 0
-            if replay:
-                rows = joined_rows(reader, self.arms, 0 if after is None else after.outcomes_rowid)
-                for j in rows:
-                    self._learn(j.step_id, self.space.vector(j.context), j.reward)
-                    replayed += 1
-            if replay and after is not None and self.decider is not None:
-                drawn = self._unsettled_at_checkpoint
-                for decision_id, context, eligible in bandit_decisions_after(reader, after.decisions_rowid, Reason.BANDIT):
-                    arms = [self.arm_index[s] for s in eligible if s in self.arm_index]
-                    if decision_id in drawn or not context or not arms or len(arms) != len(eligible):
-                        continue
-                    self.decider.decide(self.space.vector(context), arms, self._rng)
-                    redrawn += 1
-        finally:
-            reader.close()
-        self._unsettled_at_checkpoint = frozenset()
-        if replay and (after is None or self._relearn_profiles):
-            self._relearn_profiles = False
-            for p in self.pipeline.profiles.in_subject_order():
-                self.segmenter.learn_one(p, p.last_seen_ms)
-        elif after is not None:  # users erased after the checkpoint: nothing derived from them stays cached
-            profiles = self.pipeline.profiles
-            for subject in [s for s in self._segment_cache if s not in profiles]:
-                del self._segment_cache[subject]
-            self.segmenter.retain(profiles)
-        counts = {"shows": shows, "pending": pending, "replayed": replayed, "redrawn": redrawn}
-        if any(counts.values()):
-            log.info("decision engine rebuilt: %d shows, %d pending rewards, %d outcomes replayed, %d bandit "
-                     "draws repeated", shows, pending, replayed, redrawn)
-        return counts
+    # -- snapshots -----------------------------------------------------------------------------------------
+    def load_snapshot(self) -> bool:
+        """Load the newest published snapshot if it is newer than the one in use; returns whether it changed."""
+        version = latest_snapshot_version(self._reader)
+        if version <= self.snapshot_version:
+            return False
+        snap = latest_snapshot(self._reader)
+        if snap is None:
+            return False
+        state = pickle.loads(snap.body)
+        if state.get("catalog") != self.catalog.version or state.get("arms") != list(self.arms) \
+                or state.get("features") != list(self.space.names):
+            log.warning("snapshot %d was made for another catalog; waiting for the learner's next", snap.version)
+            self.snapshot_version = snap.version
+            return False
+        self.segmenter = Segmenter.from_state(state["segmenter"], self.catalog)
+        if self.decider is not None and state.get("policy") is not None:
+            self.decider.policy = policy_from_state(state["policy"])
+        self.learned = int(state.get("learned", 0))
+        self.snapshot_version = snap.version
+        self.snapshot_positions = snap.positions
+        self.policy_version = f"{self._base_version}@{snap.version}"
+        self._segment_cache.clear()  # computed with the old models
+        return True
 
     async def start(self) -> None:
-        """Start the periodic reward sweep (its first run closes windows that passed while down)."""
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="onramp-reward-sweep")
+        """Start loading new snapshots as the learner publishes them."""
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="onramp-snapshot-poll")
 
     async def stop(self) -> None:
-        """Stop the sweep and wait for outcome writes in flight."""
-        task, self._sweeper = self._sweeper, None
+        task, self._poller = self._poller, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.joiner.drain()
+        self._reader.close()
 
-    async def _sweep_loop(self) -> None:
-        rounds = 0
-        label_every = max(1, round(LABEL_SWEEP_S / self.sweep_interval_s))  # activation labels about once a minute
+    async def _poll(self) -> None:
         while True:
             try:
-                now = clock_ms()
-                await self.joiner.sweep(now)
-                if rounds % label_every == 0:
-                    await self.forget_untracked_shows(now)
-                    book = self.pipeline.profiles
-                    self.segmenter.label_expired((p for s in book.subjects() if (p := book.get(s)) is not None), now)
+                self.load_snapshot()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - keep sweeping; the next round retries
-                log.exception("reward sweep failed")
-            rounds += 1
-            await asyncio.sleep(self.sweep_interval_s)
-
-    async def forget_untracked_shows(self, now_ms: int) -> int:
-        """Take the pseudonym out of the logged shows of people without tracking consent once no cap,
-        cooldown or gap counts them any more (:attr:`guard_horizon_ms`); returns rows changed."""
-        before = now_ms - self.guard_horizon_ms
-        return await self.pipeline.writer.call(lambda store: store.forget_untracked_shows(before))
+            except Exception:  # noqa: BLE001 - keep the models in use; retry next time
+                log.exception("loading a model snapshot failed")
+            await asyncio.sleep(self.snapshot_poll_s)
 
     def erased(self, erasure: Erasure) -> Awaitable[None]:
-        """Erasure listener (after the erasure committed): drop everything the engine holds about the person
-        -- shows (so caps count from zero), pending rewards, the segment and assignment caches and the
-        segmenter's marks -- and take them out of the models: the bandit unlearns each rewarded decision it
-        learned from them (exactly), and the River models are rebuilt from the remaining profiles (returned
-        awaitable; the pipeline's ``erase`` waits for it)."""
-        keys = erasure.keys
-        self._unlearn(erasure)
-        for pseudo in keys.pseudonyms:
-            self.history.forget(pseudo)
-            self.joiner.forget_user(pseudo)
-        for subject in keys.subjects:
-            self._forget_subject(subject)
-        self._erasures_seen += 1
-        return self._relearn_segmenter(self._erasures_seen)
+        """Erasure listener (after the erasure committed): drop the caches that may hold the person, then wait
+        until the learner published models without them (the returned awaitable; ``EraseUser`` answers after)."""
+        for subject in erasure.keys.subjects:
+            self._segment_cache.pop(subject, None)
+            self._assignments.pop(subject, None)
+        self._reader.close()  # its page cache held the person's rows
+        self._reader = self.pipeline.store.reader()
+        return self._wait_unlearned(erasure.unlearning_id)
 
-    @property
-    def relearn_due(self) -> bool:
-        """Whether an erasure committed whose relearn has not replaced the River models yet."""
-        return self._erasures_seen > self._erasures_relearned
-
-    def _unlearn(self, erasure: Erasure) -> int:
-        """Remove from the bandit every rewarded decision of the erased person that it learned. One still
-        pending here had its outcome committed but not learned yet (the joiner learns after commit, on this
-        loop); dropping it from the joiner next means it is never learned. Returns how many were removed."""
-        if self.decider is None:
-            return 0
-        n = 0
-        for row in erasure.rewarded:
-            arm = self.arm_index.get(row.step_id)
-            if arm is None or row.decision_id in self.joiner:
-                continue
-            try:
-                self.decider.unlearn_one(self.space.vector(row.context), arm, row.reward)
-            except ValueError as exc:  # e.g. learning from it had failed: nothing to remove
-                log.warning("could not unlearn an erased decision: %s", exc)
-                continue
-            self.learned -= 1
-            n += 1
-        return n
-
-    async def _relearn_segmenter(self, erasures: int) -> None:
-        """Replace the segmenter by a fresh one that learned each remaining profile once, in subject order (what
-        a start without checkpoint does): River's scaler, K-Means and logistic regression cannot remove one
-        person's updates. Runs on the loop in chunks so requests go on meanwhile (served by the old models);
-        profiles that change meanwhile are learned again by the new models once they replace the old.
-        Returns once a relearn that started after erasure number ``erasures`` committed has finished."""
-        async with self._relearn_lock:
-            if self._erasures_relearned >= erasures:
-                return  # a relearn that started after this erasure has already finished
-            target = self._erasures_seen
-            fresh = Segmenter(self.catalog)
-            self._learned_meanwhile = {}
-            try:
-                for i, p in enumerate(self.pipeline.profiles.in_subject_order()):
-                    fresh.learn_one(p, p.last_seen_ms)
-                    if i % RELEARN_CHUNK == RELEARN_CHUNK - 1:
-                        await asyncio.sleep(0)
-                meanwhile = self._learned_meanwhile
-            finally:
-                self._learned_meanwhile = None
-            for subject, ts in meanwhile.items():
-                p = self.pipeline.profile(subject)
-                if p is not None:
-                    fresh.learn_one(p, ts)
-            self.segmenter = fresh
-            self._segment_cache.clear()  # computed with the old models
-            self._erasures_relearned = target
-            self.relearns += 1
-
-    def _forget_subject(self, subject: str) -> None:
-        """Drop what is kept per subject outside its profile: segment and assignment cache, segmenter mark."""
-        self._segment_cache.pop(subject, None)
-        self._assignments.pop(subject, None)
-        self.segmenter.forget(subject)
-
-    def _anonymous_subjects(self, user_id: str) -> list[str]:
-        """The anonymous subjects (``anon:<id>``) linked to ``user_id``."""
-        return [ANON_PREFIX + link.alias for link in self.pipeline.identity.links_of(user_id)
-                if link.alias_kind == ANONYMOUS_ID]
-
-    def on_identify(self, events: list[StoredEvent]) -> None:
-        """Pipeline listener: when visitors are identified, their shows count as the user's (caps, cooldowns,
-        gaps) and what was kept per visitor (segment and assignment cache, segmenter mark) goes with their
-        merged profile."""
-        for ev in events:
-            if ev.name == IDENTIFY and ev.user_id:
-                into = self.pipeline.pseudonym(ev.user_id)
-                for subject in self._anonymous_subjects(ev.user_id):
-                    self.history.merge(self.pipeline.pseudonym(subject), into)
-                    self._forget_subject(subject)
-
-    def _merge_linked(self, links: Iterable[LinkRow]) -> None:
-        """At startup: the shows and pending rewards of each linked visitor (logged under the visitor's
-        pseudonym) go to the user it is linked to now, as :meth:`on_identify` did live."""
-        pseudonym, history, joiner = self.pipeline.pseudonym, self.history, self.joiner
-        for link in links:
-            if link.alias_kind == ANONYMOUS_ID:
-                alias = pseudonym(ANON_PREFIX + link.alias)
-                if history.of(alias) or joiner.has_user(alias):  # one keyed hash per link when nothing moves
-                    user = pseudonym(link.user_id)
-                    history.merge(alias, user)
-                    joiner.merge_user(alias, user)
-
-    # -- learning ------------------------------------------------------------------------------------------
-    def _learn(self, step_id: str, x: np.ndarray | None, reward: float) -> None:
-        """Pass one joined outcome to the bandit (only personalized steps with a logged context)."""
-        arm = self.arm_index.get(step_id)
-        if arm is None or x is None or self.decider is None:
-            return
-        self.decider.learn_one(x, arm, reward)
-        self.learned += 1
-
-    def on_events(self, events: list[StoredEvent]) -> None:
-        """Pipeline listener (after each commit): join rewards, and let the segmenter learn each changed
-        profile once."""
-        self.joiner.on_events(events)
-        latest: dict[str, int] = {}
-        last = latest.get
-        for ev in events:
-            ts, subject = ev.timestamp_ms, ev.subject
-            if ts > last(subject, -1):
-                latest[subject] = ts
-        profile = self.pipeline.profiles.get
-        learn = self.segmenter.learn_one
-        meanwhile = self._learned_meanwhile
-        for subject, ts in latest.items():
-            p = profile(subject)
-            if p is not None:
-                learn(p, ts)
-                if meanwhile is not None:
-                    meanwhile[subject] = ts
+    async def _wait_unlearned(self, unlearning_id: int, timeout_s: float = ERASE_WAIT_S) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.snapshot_positions.get("unlearn", 0) < unlearning_id:
+            self.load_snapshot()
+            if self.snapshot_positions.get("unlearn", 0) >= unlearning_id:
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("erasure committed, but the learner has not published models without the person "
+                            "within %.0f s; they are taken out when it catches up", timeout_s)
+                return
+            await asyncio.sleep(0.02)
 
     def enrich(self, profile: Profile, now_ms: int) -> tuple[list[str], dict[str, float]]:
         """The ``ProfileEnricher`` hook of GetUserProfile: the segmenter's segments and context features."""
@@ -414,6 +240,7 @@ class DecisionEngine:
         vector. The show is not recorded here (see :meth:`next_step`)."""
         pipeline = self.pipeline
         pseudo = pipeline.pseudonym(subject)
+        history = read_shows(self._reader, pseudo)  # before the profile: a show logged meanwhile bumps it
         consent = pipeline.consent
         personal = consent.granted(subject, PERSONALIZATION)
         # Without tracking consent (never given, withdrawn, or erased since) no reward is waited for, and the
@@ -421,7 +248,7 @@ class DecisionEngine:
         tracked = consent.tracking_gate(subject, pipeline.pseudonym) is None
         profile = pipeline.profile(subject)  # None without tracking consent: no event of it is stored
         experiment, arm, arm_kind = self.assignment(subject)
-        shown = self.history.of(pseudo)
+        shown = history.shows
         if profile is None:
             hist = UserHistory(shown=shown)
             segments: list[str] = []
@@ -445,11 +272,11 @@ class DecisionEngine:
         def nothing(reason: str) -> Choice:  # no action: no context to learn from or evaluate, none logged
             d = decision("", reason, [], {})
             d.context = {}
-            return Choice(d, segments, x, pseudo)
+            return Choice(d, segments, x, pseudo, history, tracked)
 
         def deterministic(step_id: str, reason: str, candidates: list[str]) -> Choice:
             probs = {s: (1.0 if s == step_id else 0.0) for s in candidates}
-            return Choice(decision(step_id, reason, candidates, probs), segments, x, pseudo)
+            return Choice(decision(step_id, reason, candidates, probs), segments, x, pseudo, history, tracked)
 
         # 1-2. the static core flow first, in order, until every core step is completed
         for core_id in self._core:
@@ -476,7 +303,8 @@ class DecisionEngine:
                 c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng)
                 arms = self.arms
                 probs = {arms[a]: p for a, p in c.probabilities.items()}
-                return Choice(decision(arms[c.arm], Reason.BANDIT, candidates, probs, c.probability), segments, x, pseudo)
+                return Choice(decision(arms[c.arm], Reason.BANDIT, candidates, probs, c.probability), segments, x,
+                              pseudo, history, tracked)
         return deterministic(self.generic_pick(candidates, shown), Reason.GENERIC, candidates)
 
     def segments_of(self, subject: str, profile: Profile, now_ms: int,
@@ -503,90 +331,36 @@ class DecisionEngine:
         return candidates[0]
 
     async def next_step(self, subject: str, surface: str, context: Mapping[str, str], now_ms: int) -> NextStep:
-        """Choose, count the show, log the decision (committed before the answer) and answer."""
-        c = self.choose(subject, surface, context, now_ms)
-        d = c.decision
-        step_id = d.step_id
-        waits = d.reward_deadline_ms > 0  # a step shown to a user with tracking consent
-        if step_id:
-            # Counted before the write is awaited, so concurrent requests of this user see the show.
-            self.history.record(c.pseudo, step_id, now_ms)
-        if waits:
-            self.joiner.add(Pending(d.decision_id, d.user_pseudo, now_ms, step_id, d.reward_deadline_ms,
-                                    c.x if step_id in self.arm_index else None))
-        try:
-            await self.logger.log(d)
-        except BaseException:
+        """Choose, log the decision (committed before the answer; a show only if the person's shown history did
+        not change meanwhile, else decide again) and answer."""
+        for _attempt in range(MAX_ATTEMPTS):
+            c = self.choose(subject, surface, context, now_ms)
+            d = c.decision
+            step_id = d.step_id
+            item = LoggedDecision(d.flat(), feed=d.reward_deadline_ms > 0)
             if step_id:
-                self.history.unrecord(c.pseudo, step_id, now_ms)
-                self.joiner.discard(d.decision_id)
-            raise
+                item = LoggedDecision(d.flat(), c.pseudo, c.history.version,
+                                      with_show(c.history.shows, step_id, now_ms, self.keep), c.tracked,
+                                      feed=d.reward_deadline_ms > 0)
+            if await self.logger.log(item):
+                break
+            self.conflicts += 1
+        else:
+            raise ServiceError("ABORTED", "user_id", f"this user's shown history changed {MAX_ATTEMPTS} times while "
+                                                     "deciding (many concurrent GetNextStep calls for one user); retry")
         if self.metrics is not None:
             self.metrics.record_decision(reason=d.reason, step=step_id)
         return NextStep(d.decision_id, self._steps[step_id] if step_id else None, d.propensity, d.reason,
                         d.policy_version, d.experiment, d.arm, c.segments)
 
     async def report_outcome(self, decision_id: str, reward: float, outcome: str, now_ms: int) -> bool:
-        """Record the first outcome of a decision (then the bandit learns): True; later ones are duplicates:
-        False."""
-        recorded = await self.joiner.report(decision_id, reward, outcome, now_ms)
+        """Record the first outcome of a decision (the learner then learns it): True; later ones are
+        duplicates: False."""
+        recorded = (await self.pipeline.writer.call(
+            lambda store: write_outcomes(store, [Outcome(decision_id, float(reward), REPORTED, outcome, now_ms)])))[0]
         if recorded is None:
             raise ServiceError.not_found("decision_id", f"no decision {decision_id!r} was logged "
                                                         "(use the decision_id of a GetNextStep answer)")
+        if recorded and self.metrics is not None:
+            self.metrics.record_reward(source=REPORTED, reward=reward)
         return recorded
-
-    # -- state ---------------------------------------------------------------------------------------------
-    def to_state(self) -> dict[str, Any]:
-        """The learned state (bandit policy, sampling RNG, segmenter, segment cache) as plain values for a
-        checkpoint, plus the ids of the step-showing decisions not rewarded yet (a bandit decision among
-        them has drawn from the RNG, maybe before its row was committed: see server/ops/state.py)."""
-        return {
-            "format": STATE_FORMAT,
-            "policy_version": self.policy_version,
-            "arms": list(self.arms),
-            "features": list(self.space.names),
-            "policy": self.decider.policy.to_state() if self.decider is not None else None,
-            "rng": self._rng.bit_generator.state,
-            "learned": self.learned,
-            # None from an erasure's commit until its relearn replaced the models (they may still hold the
-            # erased person), so a resume from this checkpoint relearns them from the profiles instead
-            "segmenter": None if self.relearn_due else self.segmenter.to_state(),
-            "segment_cache": dict(self._segment_cache),
-            # pending decisions with a context: the ones a bandit draw may be behind (the joiner's own index)
-            "unsettled": [d for d, p in self.joiner._pending.items() if p.x is not None],
-        }
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`to_state` output. ValueError (and nothing changed) when it was made for another
-        catalog or bandit."""
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"engine state: unknown format {state.get('format')!r}")
-        if state.get("policy_version") != self.policy_version or list(state.get("arms", ())) != list(self.arms) \
-                or list(state.get("features", ())) != list(self.space.names):
-            raise ValueError(f"engine state was made for policy {state.get('policy_version')!r}, "
-                             f"this engine runs {self.policy_version!r}")
-        policy = policy_from_state(state["policy"]) if self.decider is not None and state.get("policy") is not None \
-            else None
-        relearn = state.get("segmenter") is None
-        segmenter = Segmenter(self.catalog) if relearn else Segmenter.from_state(state["segmenter"], self.catalog)
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state["rng"]
-        if policy is not None and self.decider is not None:
-            self.decider.policy = policy
-        self._rng = rng
-        self.learned = int(state.get("learned", 0))
-        self.segmenter = segmenter
-        self._relearn_profiles = relearn
-        self._segment_cache = {} if relearn else dict(state.get("segment_cache", {}))
-        self._unsettled_at_checkpoint = frozenset(state.get("unsettled", ()))
-        self.space = self.segmenter.space
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any], pipeline: Pipeline, catalog: Catalog,
-                   **kwargs: Any) -> DecisionEngine:
-        """An engine whose bandit and segmenter come from a checkpoint (shows and pending rewards are still
-        rebuilt from the database; the outcome replay is skipped)."""
-        engine = cls(pipeline, catalog, rebuild=False, **kwargs)
-        engine.load_state(state)
-        engine.rebuild(replay=False)
-        return engine

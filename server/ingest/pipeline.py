@@ -1,11 +1,10 @@
 """The ingestion pipeline and the per-user data operations: identity resolution -> consent gate -> dedupe ->
-event log, then (after COMMIT) profile updates and listeners; plus SetConsent, erasure and export.
+event log and profile rows (one transaction), then listeners; plus SetConsent, erasure and export.
 
-Every change runs as a job of the single writer thread (server/store/writer.py), in submission order, so the
-consent gate of an event sees exactly the SetConsent calls committed before it. In-memory profiles and
-listeners are updated on the event loop thread (one callback per committed job, in commit order), so code
-on the loop (servicer, decision engine) reads profiles without locks and a caller that got its ack sees
-its events in the profiles.
+Every change runs as a job of the writer thread (server/store/writer.py), in submission order, so the consent
+gate of an event sees exactly the SetConsent calls committed before it. Profiles are rows of the store,
+updated in the transaction that stores their events (with a change row for the learner): a caller that got
+its ack sees its events in the profile any worker reads next.
 """
 from __future__ import annotations
 
@@ -24,9 +23,10 @@ from server.base.config import IngestConfig
 from server.base.records import ANON_PREFIX, EventValues, StoredEvent
 from server.ingest.consent import PERSONALIZATION, TRACKING, ConsentBook
 from server.ingest.identity import ANONYMOUS_ID, DEVICE_ID, IdentityGraph, LinkPlan
-from server.ingest.profiles import Profile, ProfileBook
+from server.ingest.profiles import Profile, ProfileBook, decode_profile, encode_profile
+from server.store import user_state
 from server.store.decision_log import JoinedRow, rewarded_rows_of
-from server.store.marks import device_hints
+from server.store.learning_log import outcome_ids_of, queue_unlearning
 from server.store.privacy import Pseudonymizer
 from server.store.sqlite import ConsentRow, LinkRow, SqliteStore, SubjectKeys, encode_properties
 from server.store.writer import Writer
@@ -42,15 +42,64 @@ class Erasure:
 
     keys: SubjectKeys
     rewarded: tuple[JoinedRow, ...] = ()
+    unlearning_id: int = 0  # its entry in the learner's unlearn queue (server/store/learning_log.py)
 
 
 Listener = Callable[[list[StoredEvent]], None]
 ErasureListener = Callable[[Erasure], "Awaitable[None] | None"]
-# Profile operations published after commit, applied in order on the loop thread.
-ProfileOp = tuple[str, Any, Any]  # ("events", [StoredEvent, ...], None) | ("apply", StoredEvent, None) |
-#                                   ("link", alias_subject, user) | ("drop", subject, None)
-#                                 | ("erased", Erasure, [awaitables of the listeners])
+# Operations published after commit, in order on the loop thread: ("erased", Erasure, [awaitables]).
+ProfileOp = tuple[str, Any, Any]
 CARRIED_SOURCE_PREFIX = "carried:"
+PROFILE_ROWS_KEY = "profile_rows"  # meta: profiles are rows (built from the event log once, if older)
+SHOW_KEEP = 16  # show times kept per (person, step) when histories merge (the engine sets the catalog's need)
+
+
+class _Profiles:
+    """The profiles one ingest job changes: loaded from the store on first use, folded in order, written back
+    (with one change row each) before the job's transaction commits."""
+
+    def __init__(self, store: SqliteStore, pseudonym: Callable[[str], str]) -> None:
+        self.store = store
+        self.pseudonym = pseudonym
+        self.loaded: dict[str, Profile] = {}
+        self.changed: dict[str, int] = {}  # subject -> latest event time folded in
+        self.merged: dict[str, str] = {}  # merged-away subject -> the user it went to
+
+    def get(self, subject: str) -> Profile:
+        p = self.loaded.get(subject)
+        if p is None:
+            body = user_state.profile_body(self.store, self.pseudonym(subject))
+            p = self.loaded[subject] = Profile(subject) if body is None else decode_profile(subject, body)
+        return p
+
+    def observe(self, ev: StoredEvent) -> None:
+        subject = ev.subject
+        self.get(subject).observe(ev)
+        ts = ev.timestamp_ms
+        if ts > self.changed.get(subject, -1):
+            self.changed[subject] = ts
+
+    def link(self, alias_subject: str, user: str) -> None:
+        target = self.get(user)
+        if alias_subject != user:
+            other = self.get(alias_subject)
+            target.merge(other)
+            self.merged[alias_subject] = user
+            self.loaded.pop(alias_subject, None)
+            ts = self.changed.pop(alias_subject, other.last_seen_ms)
+            self.changed[user] = max(self.changed.get(user, -1), ts)
+
+    def write(self, show_keep: int) -> None:
+        store, pseudonym = self.store, self.pseudonym
+        if self.merged:
+            user_state.delete_profiles(store, [pseudonym(s) for s in self.merged])
+            into: dict[str, list[str]] = {}
+            for alias, user in self.merged.items():
+                into.setdefault(user, []).append(pseudonym(alias))
+            for user, aliases in into.items():
+                user_state.merge_show_history(store, aliases, pseudonym(user), show_keep)
+        user_state.put_profiles(store, [(pseudonym(s), ts, encode_profile(self.loaded[s]))
+                                        for s, ts in self.changed.items() if s in self.loaded])
 
 
 @dataclass(slots=True)
@@ -87,13 +136,14 @@ class Pipeline:
     """Owns the in-memory state (identities, consent, profiles) and runs every change through the writer."""
 
     def __init__(self, store: SqliteStore, writer: Writer, pseudonymizer: Pseudonymizer,
-                 ingest: IngestConfig | None = None, profiles: ProfileBook | None = None,
+                 ingest: IngestConfig | None = None,
                  identity: IdentityGraph | None = None, consent: ConsentBook | None = None) -> None:
         self.store = store
         self.writer = writer
         self.pseudonymizer = pseudonymizer
         self.ingest_config = ingest or IngestConfig()
-        self.profiles = profiles if profiles is not None else ProfileBook()
+        self.show_keep = SHOW_KEEP
+        self._reader: SqliteStore | None = None  # profile reads on the event loop thread
         self.identity = identity if identity is not None else IdentityGraph()
         self.consent = consent if consent is not None else ConsentBook()
         self._listeners: list[Listener] = []
@@ -126,56 +176,38 @@ class Pipeline:
         return self.identity.resolve(user_id, anonymous_id, device_id)
 
     # -- startup ---------------------------------------------------------------------------------------------
-    def rebuild(self, after_seq: int | None = None) -> int:
-        """Load identities, consent and tombstones, and rebuild every profile by streaming the event log in
-        ``seq`` order. Call before the writer starts; returns the number of events read.
-
-        With ``after_seq`` (resuming from a checkpoint whose profiles this pipeline already holds, see
-        server/ops/state.py) only the events after it are read, and they are published as live ingest publishes
-        them: one call of :meth:`_publish` per ingest batch (a run of equal ``received_ms``), so the
-        listeners (the decision engine) see the same batches; before an ``identify`` event the anonymous
-        profiles now linked to its user are merged in, as the identify did live. Call it after the listeners
-        are added."""
+    def rebuild(self) -> int:
+        """Load identities, consent and tombstones, and note which anonymous ids each device carried. A database
+        written before profiles were rows gets them built once from its event log (returns how many).
+        Call before the writer starts."""
         self.reload_caches()
-        if after_seq is not None:
-            return self._replay_after(after_seq)
-        n = 0
-        apply = self.profiles.apply
-        note = self.identity.note_device
-        for _seq, ev in self.store.iter_events():
-            apply(ev)
-            if not ev.user_id and ev.device_id and ev.subject.startswith(ANON_PREFIX):
-                note(ev.device_id, ev.anonymous_id)
-            n += 1
-        return n
+        store = self.store
+        for device_id, anonymous_id in store.conn.execute(
+                "SELECT device_id, anonymous_id FROM events WHERE user_id = '' AND device_id != '' "
+                "AND subject LIKE 'anon:%' ORDER BY seq"):
+            self.identity.note_device(device_id, anonymous_id)
+        return self._build_profile_rows()
 
-    def _replay_after(self, after_seq: int) -> int:
-        reader = self.store.reader()
+    def _build_profile_rows(self) -> int:
+        """Profiles as rows, built from the event log once (a database from before they were rows)."""
+        store = self.store
+        if store.meta_get(PROFILE_ROWS_KEY) is not None:
+            return 0
+        book = ProfileBook()
+        for _seq, ev in store.iter_events():
+            book.apply(ev)
+        store.begin()
         try:
-            for device_id, anonymous_id in device_hints(reader):
-                self.identity.note_device(device_id, anonymous_id)
-            n = 0
-            ops: list[ProfileOp] = []
-            stored: list[StoredEvent] = []
-            batch_ms: int | None = None
-            for _seq, ev in reader.iter_events(after_seq):
-                if ev.received_ms != batch_ms and stored:
-                    self._publish(ops, stored)
-                    ops, stored = [], []
-                batch_ms = ev.received_ms
-                if ev.name == r.IDENTIFY and ev.user_id:
-                    for link in self.identity.links_of(ev.user_id):
-                        alias = ANON_PREFIX + link.alias
-                        if link.alias_kind == ANONYMOUS_ID and alias in self.profiles:
-                            ops.append(("link", alias, ev.user_id))
-                ops.append(("apply", ev, None))
-                stored.append(ev)
-                n += 1
-            if stored:
-                self._publish(ops, stored)
-        finally:
-            reader.close()
-        return n
+            user_state.put_profiles(store, [(self.pseudonym(p.subject), p.last_seen_ms, encode_profile(p))
+                                            for p in book.in_subject_order()])
+            store.meta_set(PROFILE_ROWS_KEY, "1")
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise
+        if len(book):
+            log.info("built %d profile rows from the event log (database from before profiles were rows)", len(book))
+        return len(book)
 
     def reload_caches(self) -> None:
         """Re-read identities, consent and tombstones from the store (startup, and after a rolled back
@@ -197,19 +229,8 @@ class Pipeline:
         return after_commit
 
     def _publish(self, ops: list[ProfileOp], stored: list[StoredEvent]) -> None:
-        book = self.profiles
         for kind, a, b in ops:
-            if kind == "events":
-                apply = book.apply
-                for ev in a:
-                    apply(ev)
-            elif kind == "apply":
-                book.apply(a)
-            elif kind == "link":
-                book.link(a, b)
-            elif kind == "drop":
-                book.drop(a)
-            elif kind == "erased":
+            if kind == "erased":
                 self._erased(a, b)
         if stored:
             for fn in self._listeners:
@@ -221,6 +242,7 @@ class Pipeline:
     def _erased(self, erasure: Erasure, waits: list[Awaitable[None]]) -> None:
         for s in erasure.keys.subjects:
             self.pseudonymizer.forget(s)  # no raw id kept in the pseudonym cache
+        self.close_reader()
         for fn in self._erasure_listeners:
             try:
                 done = fn(erasure)
@@ -266,14 +288,14 @@ class Pipeline:
         identity, gate, pseudo = self.identity, self.consent.tracking_gate, self.pseudonym
         resolve, note_device = identity.resolve, identity.note_device
         encode = encode_properties
+        profiles = _Profiles(store, pseudo)
+        observe = profiles.observe
         results: list[IngestResult] = []
         for events, received_ms, ops, stored in batches:
             ops.clear()
             stored.clear()
             result = IngestResult(received=len(events))
             dropped = result.dropped
-            run: list[StoredEvent] = []  # events applied to the profiles one after the other
-            ops.append(("events", run, None))
             duplicates = 0
             keep = stored.append
             for eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props in events:
@@ -282,12 +304,8 @@ class Pipeline:
                     continue
                 ts = ts or received_ms
                 if name == r.IDENTIFY:
-                    n_ops = len(ops)
-                    reason = self._identify(store, uid, aid, did, ts, pending, ops)
+                    reason = self._identify(store, uid, aid, did, ts, pending, profiles)
                     subject = uid
-                    if len(ops) != n_ops:  # profiles merged: later events apply after the merge
-                        run = []
-                        ops.append(("events", run, None))
                 else:
                     subject = resolve(uid, aid, did)
                     reason = gate(subject, pseudo)
@@ -305,7 +323,7 @@ class Pipeline:
                 add_row((eid, subject, uid, aid, did, name, ts, received_ms, channel, device_type, feature,
                          step_id, decision_id, text))
                 keep(se)
-                run.append(se)
+                observe(se)
                 if not uid and did and subject.startswith(ANON_PREFIX):
                     note_device(did, aid)
             result.duplicates = duplicates
@@ -314,10 +332,11 @@ class Pipeline:
             results.append(result)
         if pending:
             store.append_event_rows(pending)
+        profiles.write(self.show_keep)
         return results
 
     def _identify(self, store: SqliteStore, user_id: str, anonymous_id: str, device_id: str, ts: int,
-                  pending: list[Any], ops: list[ProfileOp]) -> str | None:
+                  pending: list[Any], profiles: _Profiles) -> str | None:
         """Handle an identify event: carry consent over from the anonymous subjects, gate on the user's
         tracking consent, then link the aliases, move their events and merge their profiles. Returns the drop
         reason, or None when the identify event is to be stored."""
@@ -343,7 +362,7 @@ class Pipeline:
                 store.rekey_subjects(plan.merged_subjects, user_id)
             self.identity.apply(plan, ts)
             for s in plan.merged_subjects:
-                ops.append(("link", s, user_id))
+                profiles.link(s, user_id)
         return None
 
     def _carried_consent(self, user_id: str, plan: LinkPlan) -> list[ConsentRow]:
@@ -412,16 +431,16 @@ class Pipeline:
             ops.clear()
             keys = self.keys_for(subject)
             rewarded = tuple(rewarded_rows_of(store, keys.pseudonyms))
+            outcome_ids = outcome_ids_of(store, [row.decision_id for row in rewarded])
             counts = store.erase(keys)
-            counts["profiles"] = sum(1 for s in keys.subjects if s in self.profiles)
+            unlearning = queue_unlearning(store, keys.pseudonyms, rewarded, outcome_ids)
             erased_ms = now_ms()
             for p in keys.pseudonyms:
                 store.add_tombstone(p, erased_ms)
                 self.consent.add_tombstone(p)
             self.identity.forget(keys.user_ids, keys.anonymous_ids, keys.device_ids)
             self.consent.forget(keys.subjects)
-            ops.extend(("drop", s, None) for s in keys.subjects)
-            ops.append(("erased", Erasure(keys, rewarded), waits))
+            ops.append(("erased", Erasure(keys, rewarded, unlearning), waits))
             return counts
         counts = await self.writer.call(job, after_commit=self._published(ops, []), scrub_wal=True)
         for done in waits:  # the listeners ran before this task resumed (published first, in commit order)
@@ -447,5 +466,17 @@ class Pipeline:
         return await asyncio.to_thread(read)
 
     def profile(self, subject: str) -> Profile | None:
-        """The in-memory profile of a canonical subject."""
-        return self.profiles.get(subject)
+        """The stored profile of a canonical subject (None when no event of it is stored), read on this
+        thread's own connection: everything committed before is in it."""
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = self.store.reader()
+        body = user_state.profile_body(reader, self.pseudonym(subject))
+        return None if body is None else decode_profile(subject, body)
+
+    def close_reader(self) -> None:
+        """Close the connection :meth:`profile` reads on (stop, or after an erasure: its page cache held the
+        person's rows)."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()

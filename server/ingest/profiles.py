@@ -11,6 +11,7 @@ profiles and merges two profiles when an ``identify`` event links an anonymous i
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 from dataclasses import dataclass, field
@@ -131,6 +132,26 @@ class Profile:
         self.screens_skipped += other.screens_skipped
         self.tutorials_completed += other.tutorials_completed
         self.survey_scores = (self.survey_scores + other.survey_scores)[-MAX_SURVEY_SCORES:]
+
+
+_FIELDS = tuple(Profile.__slots__)  # type: ignore[attr-defined]
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_profile(profile: Profile) -> str:
+    """The profile as stored (JSON of its fields after ``subject``: rows are keyed by pseudonym and hold no
+    raw id).
+
+    >>> p = Profile("u1", first_seen_ms=5, sessions=1)
+    >>> decode_profile("u1", encode_profile(p)) == p
+    True
+    """
+    return _ENCODE([getattr(profile, name) for name in _FIELDS[1:]])
+
+
+def decode_profile(subject: str, body: str) -> Profile:
+    """The :class:`Profile` of ``subject`` stored as ``body`` (:func:`encode_profile`)."""
+    return Profile(subject, *json.loads(body))
 
 
 def _copy(value: object) -> object:

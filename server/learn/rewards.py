@@ -73,6 +73,21 @@ class Outcome:
     timestamp_ms: int
 
 
+def write_outcomes(store: SqliteStore, outcomes: list[Outcome]) -> list[bool | None]:
+    """Record each outcome if its decision has none yet (inside the caller's transaction): True when recorded,
+    False when the decision already had one, None when the decision does not exist (unknown or erased)."""
+    out: list[bool | None] = []
+    for o in outcomes:
+        d = store.get_decision(o.decision_id)
+        if d is None:
+            out.append(None)
+            continue
+        out.append(store.insert_outcome({
+            "decision_id": o.decision_id, "user_pseudo": d["user_pseudo"], "reward": o.reward,
+            "source": o.source, "outcome": o.outcome, "timestamp_ms": o.timestamp_ms}))
+    return out
+
+
 class RewardJoiner:
     """Pending decisions in memory (by id, by user, by deadline), matched against reports, events and the
     clock; every joined outcome is committed through the writer, then learned."""
@@ -137,6 +152,10 @@ class RewardJoiner:
                     del self._by_user[p.user_pseudo]
         return p
 
+    def settle(self, decision_id: str) -> Pending | None:
+        """Stop waiting for a decision whose outcome committed (whoever wrote it); returns it if it was pending."""
+        return self._remove(decision_id)
+
     def discard(self, decision_id: str) -> bool:
         """Stop waiting for a decision (its row could not be logged). Returns whether it was pending."""
         return self._remove(decision_id) is not None
@@ -182,20 +201,7 @@ class RewardJoiner:
             self.merge_user(self.pseudonym(subject), into)
 
     # -- writing and learning -------------------------------------------------------------------------------
-    @staticmethod
-    def _write(store: SqliteStore, outcomes: list[Outcome]) -> list[bool | None]:
-        """For each outcome: True when recorded, False when the decision already had one, None when the
-        decision does not exist (unknown or erased)."""
-        out: list[bool | None] = []
-        for o in outcomes:
-            d = store.get_decision(o.decision_id)
-            if d is None:
-                out.append(None)
-                continue
-            out.append(store.insert_outcome({
-                "decision_id": o.decision_id, "user_pseudo": d["user_pseudo"], "reward": o.reward,
-                "source": o.source, "outcome": o.outcome, "timestamp_ms": o.timestamp_ms}))
-        return out
+    _write = staticmethod(lambda store, outcomes: write_outcomes(store, outcomes))
 
     def _joined(self, outcomes: list[Outcome], results: list[bool | None]) -> None:
         """After commit (on the event loop): learn from the recorded outcomes, forget settled decisions."""

@@ -331,6 +331,11 @@ class Segmenter:
                     n += 1
         return n
 
+    def unlabeled(self) -> list[str]:
+        """The subjects whose activation label is not known yet (candidates for :meth:`label_expired`)."""
+        with self._lock:
+            return [s for s, mark in self._m.marks.items() if not mark.labeled]
+
     def forget(self, subject: str) -> bool:
         """Drop what is remembered about ``subject`` (erasure, or an alias merged into a user)."""
         with self._lock:
@@ -405,17 +410,18 @@ class Segmenter:
                 "subjects": len(self._m.marks),
             }
 
-    def to_state(self) -> bytes:
-        """The models and per-user marks as bytes (pickle), for the server's checkpoint. Marks go as plain
-        tuples: pickling 100k slotted dataclasses one by one is several times slower."""
+    def to_state(self, marks: bool = True) -> bytes:
+        """The models and (``marks``) the per-user marks as bytes (pickle): with marks for the learner's saved
+        state, without for the snapshots workers predict with. Marks go as plain tuples: pickling 100k slotted
+        dataclasses one by one is several times slower."""
         with self._lock:
             m = self._m
             row = attrgetter(*(f.name for f in fields(_Mark)))
-            marks = {s: row(k) for s, k in m.marks.items()}
+            marks_state = {s: row(k) for s, k in m.marks.items()} if marks else {}
             return pickle.dumps(
                 {"format": STATE_FORMAT, "segments": asdict(self.config), "clusterer": m.clusterer,
                  "activation": m.activation, "counts": (m.cluster_learned, m.activation_learned, m.positives),
-                 "marks": marks},
+                 "marks": marks_state},
                 protocol=pickle.HIGHEST_PROTOCOL,
             )
 

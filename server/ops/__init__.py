@@ -1,1 +1,1 @@
-"""The process: app wiring, CLI, checkpoints, health check."""
+"""The process: app wiring, CLI, dashboard, health check."""

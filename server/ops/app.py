@@ -1,5 +1,6 @@
-"""Server assembly: open the store, rebuild in-memory state, start the writer, build the grpc.aio server with
-the operations layer (auth, limits, health, reflection, metrics), and stop it all in the right order.
+"""Server assembly: open the store, load identities and consent, start the writer and the learner, build the
+grpc.aio server with the operations layer (auth, limits, health, reflection, metrics), and stop it all in the
+right order.
 
 :func:`build_server` is the one place the parts meet; the decision engine plugs in through
 ``decision_factory`` (default: :class:`~server.decide.engine.DecisionEngine`, which is also the default profile
@@ -34,10 +35,9 @@ from server.decide.engine_api import DecisionService, ProfileEnricher
 from server.ingest.consent import ConsentBook
 from server.ingest.identity import IdentityGraph
 from server.ingest.pipeline import Pipeline
-from server.ingest.profiles import ProfileBook
 from server.ops.dashboard_data import DashboardSource, LiveModel, TtlCache, analytics, live_model
 from server.ops.dashboard_http import PREFIX as DASHBOARD_PREFIX, DashboardApp
-from server.ops.state import Checkpointer, Resume, load_checkpoint, resume
+from server.learn.learner import Learner
 from server.store.privacy import Pseudonymizer
 from server.store.pseudonym_key import open_pseudonymizer
 from server.store.sqlite import SqliteStore, open_store
@@ -58,12 +58,6 @@ class Runtime:
     pseudonymizer: Pseudonymizer
     catalog: Catalog
     metrics: Metrics
-    # A verified checkpoint whose profiles the pipeline holds; the engine resumes from it (server/ops/state.py).
-    resume: Resume | None = None
-
-    @property
-    def profiles(self) -> ProfileBook:
-        return self.pipeline.profiles
 
     @property
     def identity(self) -> IdentityGraph:
@@ -90,13 +84,10 @@ def ops_config_for(config: Config) -> OpsConfig:
     return ops
 
 
-def open_runtime(config: Config, metrics: Metrics | None = None, *, use_checkpoint: bool = False) -> Runtime:
+def open_runtime(config: Config, metrics: Metrics | None = None) -> Runtime:
     """Open the store, find the pseudonym key (server/store/pseudonym_key.py: refused when it does not match the
-    database), rebuild identities/consent/profiles from the database and start the writer thread.
-
-    With ``use_checkpoint`` (the default decision engine will resume, see :func:`build_server`) and a usable
-    checkpoint, the profiles come from it instead and ``runtime.resume`` is set; the events after it are
-    replayed once the engine listens (:func:`server.ops.state.resume`)."""
+    database), load identities and consent and start the writer thread. Profiles, shown history and models
+    are read from the store as they are needed: nothing is replayed."""
     try:
         catalog = catalog_from_config(config.raw)
     except ValueError as exc:
@@ -105,36 +96,31 @@ def open_runtime(config: Config, metrics: Metrics | None = None, *, use_checkpoi
     log.info("catalog %s: the demo catalog%s", catalog.version,
              f" with these keys from {config.source}: {', '.join(overrides)}" if overrides else ", as shipped")
     store = open_store(config.server.db_path, synchronous=config.ingest.synchronous)
-    checkpoint: Resume | None = None
     try:
         pseudonymizer = open_pseudonymizer(store, config.privacy)
-        if use_checkpoint and config.server.checkpoint_interval_s > 0:
-            checkpoint = load_checkpoint(config.server.checkpoint_file, store, pseudonymizer, catalog)
-        elif config.server.checkpoint_interval_s == 0:
-            _remove_unused_checkpoint(config.server.checkpoint_file)
+        _remove_old_checkpoint(config.server.db_path)
         writer = Writer(store, max_group_weight=config.ingest.writer_max_events)
-        pipeline = Pipeline(store, writer, pseudonymizer, config.ingest,
-                            profiles=checkpoint.profiles if checkpoint is not None else None)
-        n = pipeline.rebuild() if checkpoint is None else 0
+        pipeline = Pipeline(store, writer, pseudonymizer, config.ingest)
+        pipeline.rebuild()
     except BaseException:
         store.close()
         raise
     writer.start()
     metrics = metrics if metrics is not None else Metrics()
     metrics.track_queue("writer", writer.qsize)
-    if checkpoint is None:
-        log.info("database %s: %d events, %d profiles, %d identity links, %d subjects with consent", store.path, n,
-                 len(pipeline.profiles), len(pipeline.identity), len(pipeline.consent))
-    return Runtime(config, store, writer, pipeline, pseudonymizer, catalog, metrics, checkpoint)
+    log.info("database %s: %d identity links, %d subjects with consent", store.path, len(pipeline.identity),
+             len(pipeline.consent))
+    return Runtime(config, store, writer, pipeline, pseudonymizer, catalog, metrics)
 
 
 class OnrampServer:
     """A built server: the grpc.aio server, its operations layer and the runtime it serves."""
 
     def __init__(self, runtime: Runtime, server: grpc.aio.Server, ops: Operations, service: OnrampService,
-                 checkpointer: Checkpointer | None = None) -> None:
+                 learner: Learner | None = None) -> None:
         self.runtime = runtime
-        self.checkpointer = checkpointer  # periodic and shutdown checkpoints (None: off, or a custom engine)
+        self.learner = learner  # the models' learner (None with a custom decision service)
+        self._learning: asyncio.Task[None] | None = None
         self.grpc_server: grpc.aio.Server | None = server
         self.ops = ops
         self.service = service
@@ -154,18 +140,17 @@ class OnrampServer:
         self.port = self.ops.add_port(self.grpc_server, address or self.runtime.config.server.address)
         await self.grpc_server.start()
         self._grpc_started = True
-        start = getattr(self.service.decisions, "start", None)  # e.g. the engine's reward sweep
+        start = getattr(self.service.decisions, "start", None)  # e.g. the engine's snapshot poll
         if start is not None:
             await start()
-        if self.checkpointer is not None:
-            # a start that read the whole log checkpoints right away, so the next start is quick
-            self.checkpointer.start(first_delay_s=0.0 if self.runtime.resume is None else None)
+        if self.learner is not None:
+            self._learning = asyncio.get_running_loop().create_task(self.learner.run(), name="onramp-learner")
         await self.ops.started()
         return self.port
 
     async def stop(self, grace: float | None = 5.0) -> None:
-        """Graceful stop: NOT_SERVING, stop accepting and let in-flight calls finish (up to ``grace`` s),
-        write the shutdown checkpoint, flush and stop the writer, close the database."""
+        """Graceful stop: NOT_SERVING, stop accepting and let in-flight calls finish (up to ``grace`` s), stop
+        the learner (it saves its state), flush and stop the writer, close the database."""
         if self._stopped:
             return
         self._stopped = True
@@ -178,8 +163,12 @@ class OnrampServer:
         stop = getattr(self.service.decisions, "stop", None)
         if stop is not None:
             await stop()
-        if self.checkpointer is not None:
-            await self.checkpointer.stop()
+        if self.learner is not None:
+            self.learner.stop()
+            if self._learning is not None:
+                await self._learning
+            self.learner.close()
+        self.runtime.pipeline.close_reader()
         await asyncio.to_thread(self.runtime.writer.stop)
         self.ops.stopped()
         await asyncio.sleep(0)  # let the last post-commit callbacks run
@@ -200,44 +189,40 @@ def build_server(config: Config | None = None, *, decision_factory: DecisionFact
     ops_config = ops_config_for(config)
     if ops is None:
         ops = Operations(ops_config, allow_insecure_no_auth=allow_insecure_no_auth)
-    runtime = open_runtime(config, ops.metrics, use_checkpoint=decision_factory is None)
-    checkpointer: Checkpointer | None = None
+    runtime = open_runtime(config, ops.metrics)
+    learner: Learner | None = None
     try:
         if decision_factory is not None:
             decisions = decision_factory(runtime)
         else:
-            engine = DecisionEngine(runtime.pipeline, runtime.catalog, metrics=runtime.metrics,
-                                        rebuild=runtime.resume is None)
-            if runtime.resume is not None:
-                resume(runtime, engine, runtime.resume)
-            if config.server.checkpoint_interval_s > 0:
-                checkpointer = Checkpointer(runtime, engine, config.server.checkpoint_file,
-                                            config.server.checkpoint_interval_s, fork=config.server.checkpoint_fork)
-                _checkpoint_after_erasures(runtime, checkpointer)
-            decisions = engine
+            learner = Learner(runtime.store, runtime.writer, runtime.catalog, runtime.pipeline.pseudonym,
+                              metrics=runtime.metrics)
+            decisions = DecisionEngine(runtime.pipeline, runtime.catalog, metrics=runtime.metrics)
         enricher = enricher_factory(runtime) if enricher_factory is not None else \
             (decisions if isinstance(decisions, ProfileEnricher) else None)
         service = OnrampService(runtime.pipeline, decisions, config.ingest, enricher, runtime.metrics)
         server = ops.new_server()
         pb_grpc.add_OnrampServicer_to_server(service, server)
         if ops.config.dashboard:
-            _install_dashboard(ops, runtime, decisions, checkpointer)
+            _install_dashboard(ops, runtime, decisions, learner)
     except BaseException:
+        if learner is not None:
+            learner.close()
         runtime.writer.stop()
         runtime.store.close()
         raise
-    return OnrampServer(runtime, server, ops, service, checkpointer)
+    return OnrampServer(runtime, server, ops, service, learner)
 
 
 def _install_dashboard(ops: Operations, runtime: Runtime, decisions: DecisionService,
-                       checkpointer: Checkpointer | None) -> None:
+                       learner: Learner | None) -> None:
     """Serve the operator's dashboard on the metrics port (server/ops/dashboard_http.py): the reports over a
     read-only connection to this server's database, and the live model figures read on this event loop."""
     loop = asyncio.get_running_loop()
     source = DashboardSource(runtime.config.server.db_path, runtime.catalog, runtime.config.privacy)
 
     async def read_live() -> LiveModel:
-        return live_model(runtime.catalog, decisions, runtime.writer.qsize, checkpointer)
+        return live_model(runtime.catalog, decisions, runtime.writer.qsize, learner)
 
     def live() -> LiveModel:
         future = asyncio.run_coroutine_threadsafe(read_live(), loop)
@@ -252,24 +237,14 @@ def _install_dashboard(ops: Operations, runtime: Runtime, decisions: DecisionSer
         failure_delay_s=ops.config.limits.auth_failure_delay_ms / 1000))
 
 
-def _remove_unused_checkpoint(path: str) -> None:
-    """With checkpoints off, a checkpoint file left by an earlier run is never read nor rewritten after an
-    erasure, so it could keep profiles of people erased since: remove it."""
+def _remove_old_checkpoint(db_path: str) -> None:
+    """Remove the checkpoint earlier versions kept beside the database (``<db>.checkpoint``): nothing reads
+    it any more, and it may hold profiles of people erased since."""
+    if db_path == ":memory:":
+        return
     with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-        log.info("removed the checkpoint file %s of an earlier run: checkpoints are off", path)
-
-
-def _checkpoint_after_erasures(runtime: Runtime, checkpointer: Checkpointer) -> None:
-    """Make every committed erasure trigger a checkpoint (server/ops/state.py, ``Checkpointer.erased``): the
-    pipeline's ``erase`` is wrapped on this instance, so the servicer's EraseUser needs no change."""
-    erase = runtime.pipeline.erase
-
-    async def erase_then_checkpoint(subject: str) -> dict[str, int]:
-        counts = await erase(subject)
-        checkpointer.erased()
-        return counts
-    runtime.pipeline.erase = erase_then_checkpoint  # type: ignore[method-assign]
+        os.remove(db_path + ".checkpoint")
+        log.info("removed %s.checkpoint, the state file of an earlier version (state is in the database now)", db_path)
 
 
 # -- a server on a background thread (tests, scripts) ---------------------------------------------------------

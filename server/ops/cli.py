@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -19,12 +18,6 @@ from server.base.config import Config, ConfigError, load_config
 from server.base.logging_setup import LoggingConfig, configure_logging
 
 log = logging.getLogger("onramp.cli")
-
-# grpcio reads this when it is first imported (below, by the subcommands). The child a checkpoint forks never
-# uses gRPC; left unset, gRPC core's own post-fork handler runs in that child and crashes it now and then
-# under load, and "1" makes grpcio's pre-fork handler stall a grpc.aio server (server/ops/state.py, fork_problem).
-# An operator's own value is kept; unless it is "0", checkpoints are then pickled in-process.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
@@ -101,9 +94,8 @@ async def serve(config: Config, stop_signals: Sequence[int] = (signal.SIGINT, si
     except BaseException:
         await server.stop(None)
         raise
-    # The startup heap (state rebuilt from the log or a checkpoint, catalog, modules) lives as long as the
-    # server: out of the garbage collector's reach, full collections under load stall the event loop for
-    # ~10-20 ms instead of 90-250 ms (measured with 2,000 users; more with more profiles).
+    # The startup heap (catalog, models, modules) lives as long as the server: out of the garbage collector's
+    # reach, full collections under load stall the event loop less.
     gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -55,11 +55,6 @@ SERVER = Section("[server]", ServerConfig, BUILT_IN, "Where to listen and where 
     Key("db_path", "string", "The SQLite database (WAL), created if missing."),
     Key("max_message_bytes", "integer: 0, or >= 1024", "Largest gRPC message received or sent; 0 keeps "
         "`[limits] max_message_bytes`."),
-    Key("checkpoint_interval_s", "number: 0, or 1-86400", "Seconds between checkpoints of the learned in-memory "
-        "state; 0 = no checkpoints (every start reads the whole log)."),
-    Key("checkpoint_path", "string", "The checkpoint file; `\"\"` = `<db_path>.checkpoint`."),
-    Key("checkpoint_fork", "boolean", "Write checkpoints from a forked child (serving pauses only for the fork); "
-        "false pickles in the server process.", default="true where the OS has `fork()`, else false"),
 ))
 
 PRIVACY = Section("[privacy]", PrivacyConfig, BUILT_IN, "Where the key of the keyed pseudonyms comes from "

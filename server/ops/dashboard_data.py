@@ -149,19 +149,19 @@ def ttv_histogram(hours: list[float], bins: int = TTV_BINS) -> dict[str, list[fl
 
 @dataclass(frozen=True, slots=True)
 class LiveModel:
-    """What the running decision engine says about its model, read on its event loop. There is no separately
-    versioned model snapshot: ``policy_version`` names the catalog and bandit configuration, the learned state
-    is saved by checkpoints (their count and log mark below). None where this server does not know (e.g. a
-    custom decision engine, or checkpoints off)."""
+    """What the running server says about its models, read on its event loop: the snapshot its decisions use
+    (``policy_version`` ends with ``@<snapshot version>``) and the learner's progress. None where this server
+    does not know (e.g. a custom decision engine)."""
 
     catalog_version: str
     policy_version: str | None = None
-    outcomes_learned: int | None = None  # by the bandit in this process, the replay at start included
+    snapshot_version: int | None = None
+    outcomes_learned: int | None = None  # by the bandit of the snapshot in use
     awaiting_outcome: int | None = None  # the reward joiner's backlog: decisions still waiting for an outcome
-    joined_since_start: dict[str, int] | None = None  # outcomes joined in this process, by source
-    writer_queue: int | None = None  # writes queued, not committed yet (the bandit learns after commit)
-    checkpoints_written: int | None = None
-    checkpoint_mark: dict[str, Any] | None = None  # the last rows the latest checkpoint includes
+    joined_since_start: dict[str, int] | None = None  # outcomes the learner joined since it started, by source
+    writer_queue: int | None = None  # writes queued, not committed yet
+    learner_lag_ms: float | None = None  # outcome read -> snapshot published, the latest
+    learner_positions: dict[str, int] | None = None  # the last row of each feed the learner's models include
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,19 +218,20 @@ class TtlCache:
 
 
 def live_model(catalog: Catalog, engine: Any = None, writer_queue: Callable[[], int] | None = None,
-               checkpointer: Any = None) -> LiveModel:
+               learner: Any = None) -> LiveModel:
     """The live figures of a :class:`~server.decide.engine.DecisionEngine` (``engine``; anything else gives
-    None for its fields) and a :class:`~server.ops.state.Checkpointer`. Call on the server's event loop, where
-    that state lives."""
-    joiner = getattr(engine, "joiner", None)
-    last = getattr(checkpointer, "last", None)
+    None for its fields) and a :class:`~server.learn.learner.Learner`. Call on the server's event loop."""
+    joiner = getattr(learner, "joiner", None)
+    stats = getattr(learner, "stats", None)
+    pos = getattr(learner, "pos", None)
     return LiveModel(
         catalog_version=catalog.version,
         policy_version=getattr(engine, "policy_version", None),
+        snapshot_version=getattr(engine, "snapshot_version", None),
         outcomes_learned=getattr(engine, "learned", None),
         awaiting_outcome=len(joiner) if joiner is not None else None,
         joined_since_start=dict(joiner.joined) if joiner is not None else None,
         writer_queue=writer_queue() if writer_queue is not None else None,
-        checkpoints_written=getattr(checkpointer, "written", None),
-        checkpoint_mark=asdict(last.mark) if last is not None else None,
+        learner_lag_ms=stats.lag_ms[-1] if stats is not None and stats.lag_ms else None,
+        learner_positions=pos.as_dict() if pos is not None else None,
     )

@@ -1,1 +1,1 @@
-"""Durable state: the SQLite store, the single writer, the decision log, pseudonyms, checkpoint files."""
+"""Durable state: the SQLite store, the writer, the decision log, per-user state, the learner's feeds and snapshots, pseudonyms."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.store.sqlite import DECISION_COLUMNS, JSON_DECISION_COLUMNS, SqliteStore, insert_flat
+from server.store.user_state import LoggedDecision, log_decisions
 from server.store.writer import Writer
 
 # ``user_pseudo`` of a row that holds no id: a decision without a step for someone without tracking consent,
@@ -75,18 +76,19 @@ class DecisionLogger:
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
-        self._batch: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
+        self._batch: list[tuple[LoggedDecision, asyncio.Future[bool]]] = []
         self._scheduled = False  # a _flush is queued on the loop
         self._in_flight = False  # a job is with the writer; its completion flushes what waits
         self.batches = 0  # writer jobs submitted (for tests and stats)
 
-    def log(self, decision: Decision) -> asyncio.Future[None]:
-        """Queue ``decision``; the returned future (await it) is resolved once its row is committed (group
-        commit with whatever else is queued). A plain function returning the future, not a coroutine: one
-        frame less to create and resume per answer."""
+    def log(self, item: LoggedDecision) -> asyncio.Future[bool]:
+        """Queue a decision (:func:`server.store.user_state.log_decisions`); the returned future (await it) is
+        resolved once its transaction committed (group commit with whatever else is queued): True when logged,
+        False when the person's shown history had moved (decide again). A plain function returning the future,
+        not a coroutine: one frame less to create and resume per answer."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._batch.append((decision.flat(), fut))
+        fut: asyncio.Future[bool] = loop.create_future()
+        self._batch.append((item, fut))
         if not self._scheduled and not self._in_flight:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -99,11 +101,10 @@ class DecisionLogger:
         batch, self._batch = self._batch, []
         if not batch:
             return
-        flat = [v for row, _ in batch for v in row]
+        items = [item for item, _ in batch]
         loop = asyncio.get_running_loop()
         try:
-            done = self.writer.submit(lambda store: insert_flat(store.conn, "decisions", DECISION_COLUMNS, flat),
-                                      weight=len(batch))
+            done = self.writer.submit(lambda store: log_decisions(store, items), weight=len(batch))
         except Exception as exc:  # noqa: BLE001 - e.g. the writer is stopped: every caller gets the error
             _settle(batch, exc)
             return
@@ -112,10 +113,11 @@ class DecisionLogger:
         # Straight back to the loop from the writer thread (no asyncio.wrap_future chain per job).
         done.add_done_callback(lambda f: _call_soon_threadsafe(loop, self._done, batch, f))
 
-    def _done(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[None]]],
-              done: concurrent.futures.Future[None]) -> None:
+    def _done(self, batch: list[tuple[LoggedDecision, asyncio.Future[bool]]],
+              done: concurrent.futures.Future[list[bool]]) -> None:
         self._in_flight = False
-        _settle(batch, None if done.cancelled() else done.exception())
+        exc = None if done.cancelled() else done.exception()
+        _settle(batch, exc, None if exc is not None or done.cancelled() else done.result())
         if self._batch and not self._scheduled:
             self._flush()
 
@@ -168,12 +170,13 @@ def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) 
         pass
 
 
-def _settle(batch: list[tuple[Any, asyncio.Future[None]]], exc: BaseException | None) -> None:
-    for _, fut in batch:
+def _settle(batch: list[tuple[Any, asyncio.Future[bool]]], exc: BaseException | None,
+            results: list[bool] | None = None) -> None:
+    for i, (_, fut) in enumerate(batch):
         if fut.done():
             continue
         if exc is None:
-            fut.set_result(None)
+            fut.set_result(True if results is None else results[i])
         else:
             fut.set_exception(exc)
 

@@ -27,7 +27,8 @@ DECISION_COLUMNS = ("decision_id", "user_pseudo", "timestamp_ms", "surface", "st
                     "reward_deadline_ms")
 OUTCOME_COLUMNS = ("decision_id", "user_pseudo", "reward", "source", "outcome", "timestamp_ms")
 JSON_DECISION_COLUMNS = ("context", "eligible", "probabilities")
-TABLES = ("events", "identities", "consents", "consent_history", "tombstones", "meta", "decisions", "outcomes")
+TABLES = ("events", "identities", "consents", "consent_history", "tombstones", "meta", "decisions", "outcomes",
+          "profiles", "profile_changes", "show_history", "outcome_log", "decision_feed", "unlearn_queue")
 _CHUNK = 5000  # bound parameters per IN (...) query
 ERASURES_KEY = "erasures"  # meta: how many erasures ever committed (a checkpoint made before one is stale)
 BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for a lock held by another connection
@@ -40,9 +41,9 @@ _EXACT_AFTER = 3  # an exact size gets its own statement once this many inserts 
 
 
 @functools.lru_cache(maxsize=64)
-def _insert_sql(table: str, columns: tuple[str, ...], n_rows: int) -> str:
+def _insert_sql(table: str, columns: tuple[str, ...], n_rows: int, verb: str = "INSERT") -> str:
     one = f"({', '.join('?' * len(columns))})"
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([one] * n_rows)
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([one] * n_rows)
 
 
 class _ExactSizes:
@@ -74,20 +75,22 @@ class _ExactSizes:
 _exact_sizes = _ExactSizes()  # used from the writer thread only
 
 
-def insert_flat(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], flat: Sequence[Any]) -> None:
+def insert_flat(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], flat: Sequence[Any],
+                verb: str = "INSERT") -> None:
     """Insert ``len(flat) // len(columns)`` rows (their values one after the other in ``flat``), in order, with
     one INSERT of exactly that many rows when that count recurs (:class:`_ExactSizes`), else few multi-row
     INSERTs of 512, 256, ... 1 rows. Each statement gives up and re-takes the GIL, which under load from the
     event loop thread costs far more than the insert itself (the writer thread then waits behind the loop);
-    that is also why this is not executemany, which steps SQLite once per row."""
+    that is also why this is not executemany, which steps SQLite once per row. ``verb`` may be e.g.
+    "INSERT OR REPLACE"."""
     width = len(columns)
     n, i = len(flat) // width, 0
     if n > 1 and _exact_sizes.use(table, n):
-        conn.execute(_insert_sql(table, columns, n), flat)
+        conn.execute(_insert_sql(table, columns, n, verb), flat)
         return
     for rows in _INSERT_SIZES:
         while n - i >= rows:
-            conn.execute(_insert_sql(table, columns, rows), flat[i * width:(i + rows) * width])
+            conn.execute(_insert_sql(table, columns, rows, verb), flat[i * width:(i + rows) * width])
             i += rows
 
 
@@ -261,6 +264,29 @@ class SqliteStore:
             {"decision_id": str, "user_pseudo": str, "reward": float, "source": str, "outcome": str,
              "timestamp_ms": int}, pk="decision_id", if_not_exists=True)
         db.table("outcomes").create_index(["user_pseudo"], if_not_exists=True)
+        self._create_state_tables()
+
+    def _create_state_tables(self) -> None:
+        """The per-user state the workers read and the learner's tables (server/store/user_state.py,
+        server/store/learning_log.py). Log tables the learner reads by position never reuse a key after a
+        deletion (AUTOINCREMENT), so an erasure cannot make it skip a later row."""
+        c = self.conn
+        c.execute("CREATE TABLE IF NOT EXISTS profiles (pseudo TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID")
+        c.execute("CREATE TABLE IF NOT EXISTS profile_changes (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                  "pseudo TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, body TEXT NOT NULL)")
+        c.execute("CREATE INDEX IF NOT EXISTS profile_changes_pseudo ON profile_changes (pseudo)")
+        c.execute("CREATE TABLE IF NOT EXISTS show_history (pseudo TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+                  "shows TEXT NOT NULL, tracked INTEGER NOT NULL, last_ms INTEGER NOT NULL) WITHOUT ROWID")
+        c.execute("CREATE TABLE IF NOT EXISTS outcome_log (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                  "decision_id TEXT NOT NULL)")
+        c.execute("CREATE TABLE IF NOT EXISTS decision_feed (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                  "decision_id TEXT NOT NULL)")
+        c.execute("CREATE TABLE IF NOT EXISTS unlearn_queue (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                  "body TEXT NOT NULL)")
+        c.execute("CREATE TABLE IF NOT EXISTS model_snapshots (version INTEGER PRIMARY KEY, created_ms INTEGER "
+                  "NOT NULL, positions TEXT NOT NULL, body BLOB NOT NULL)")
+        c.execute("CREATE TABLE IF NOT EXISTS learner_state (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                  "created_ms INTEGER NOT NULL, positions TEXT NOT NULL, body BLOB NOT NULL)")
 
     # -- transactions ------------------------------------------------------------------------------------
     def begin(self) -> None:
@@ -452,7 +478,10 @@ class SqliteStore:
         """Log the outcome of a decision once; False (nothing changed) when it already has one."""
         cur = self.conn.execute(f"INSERT OR IGNORE INTO outcomes ({', '.join(OUTCOME_COLUMNS)}) VALUES "
                                 f"({_marks(len(OUTCOME_COLUMNS))})", [row.get(c) for c in OUTCOME_COLUMNS])
-        return cur.rowcount > 0
+        if cur.rowcount > 0:  # the learner learns outcomes in this order (never-reused ids)
+            self.conn.execute("INSERT INTO outcome_log (decision_id) VALUES (?)", (row["decision_id"],))
+            return True
+        return False
 
     def get_decision(self, decision_id: str) -> dict[str, Any] | None:
         """One logged decision as a dict of its columns (JSON columns still as text), or None."""
@@ -517,10 +546,17 @@ class SqliteStore:
             deleted["outcomes"] = c.execute(
                 f"DELETE FROM outcomes WHERE user_pseudo IN ({marks}) OR decision_id IN "
                 f"(SELECT decision_id FROM decisions WHERE user_pseudo IN ({marks}))", [*pseudos, *pseudos]).rowcount
+            for table in ("outcome_log", "decision_feed"):
+                c.execute(f"DELETE FROM {table} WHERE decision_id IN (SELECT decision_id FROM decisions WHERE "
+                          f"user_pseudo IN ({marks}))", pseudos)
             deleted["decisions"] = c.execute(f"DELETE FROM decisions WHERE user_pseudo IN ({marks})",
                                              pseudos).rowcount
+            deleted["profiles"] = c.execute(f"DELETE FROM profiles WHERE pseudo IN ({marks})", pseudos).rowcount
+            c.execute(f"DELETE FROM profile_changes WHERE pseudo IN ({marks})", pseudos)
+            deleted["show_history"] = c.execute(f"DELETE FROM show_history WHERE pseudo IN ({marks})",
+                                                pseudos).rowcount
         else:
-            deleted["outcomes"] = deleted["decisions"] = 0
+            deleted["outcomes"] = deleted["decisions"] = deleted["profiles"] = deleted["show_history"] = 0
         return deleted
 
     def rows_about(self, keys: SubjectKeys) -> dict[str, int]:
@@ -538,6 +574,9 @@ class SqliteStore:
         pseudos = list(keys.pseudonyms)
         for table in ("decisions", "outcomes"):
             out[table] = c.execute(f"SELECT COUNT(*) FROM {table} WHERE user_pseudo IN ({_marks(len(pseudos))})",
+                                   pseudos).fetchone()[0] if pseudos else 0
+        for table in ("profiles", "profile_changes", "show_history"):
+            out[table] = c.execute(f"SELECT COUNT(*) FROM {table} WHERE pseudo IN ({_marks(len(pseudos))})",
                                    pseudos).fetchone()[0] if pseudos else 0
         return out
 

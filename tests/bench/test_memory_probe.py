@@ -7,7 +7,6 @@ import threading
 
 from bench.memory_probe import breakdown, deep_size, malloc_info
 from server.base.records import StoredEvent
-from server.decide.history import ShownHistory
 from server.ingest.profiles import ProfileBook
 
 
@@ -27,7 +26,7 @@ def test_breakdown_expands_own_objects_and_attributes_profile_growth_to_the_prof
     small = breakdown([("profiles", book)])
     for i in range(200):
         book.apply(StoredEvent(f"e{i}", f"user{i}", "feature_used", 1000 + i, 1000 + i, feature="reports"))
-    rows = {r["part"]: r for r in breakdown([("profiles", book), ("history", ShownHistory())])}
+    rows = {r["part"]: r for r in breakdown([("profiles", book), ("history", {"u1": {"welcome": [1, 2]}})])}
     grown = [name for name, r in rows.items() if r["bytes"] > 200 * 500]
     assert grown and all(name.startswith("profiles.") for name in grown)
     assert any(r.get("len") == 200 for r in rows.values())

@@ -1,8 +1,9 @@
 """Erasure over real gRPC, seen from inside the server: right after EraseUser the running server holds no
-trace of the person in memory (shown history, pending rewards, profiles, identity links, consent, segment
-cache, segmenter marks, pseudonym cache -- every object reachable from the server is searched), the
-checkpoint written after the erasure holds none either, a checkpoint written *before* the erasure does not
-bring the person back after a crash, and the person is served as a new user (caps count from zero)."""
+trace of the person in memory (pending rewards, identity links, consent, segment cache, the learner's
+segmenter marks, pseudonym cache -- every object reachable from the server and its learner is searched), the
+database holds none (shown history and profile rows included), neither do the learner's saved state and the
+published model snapshots, a restart does not bring the person back, and the person is served as a new user
+(caps count from zero)."""
 from __future__ import annotations
 
 import asyncio
@@ -28,7 +29,7 @@ from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from server.base.records import ANON_PREFIX
 from server.decide.engine import DecisionEngine
 from server.ops.app import ServerHandle, running_server
-from server.store.checkpoint import read_checkpoint
+from server.store.user_state import read_shows
 from server.store.sqlite import TABLES
 from tests.conftest import EventFactory
 
@@ -74,7 +75,8 @@ def held(h: ServerHandle, needles: list[str]) -> list[str]:
     which keep the pseudonyms of erased people on purpose (their late events are dropped); run it on the
     server's loop (``h.call``)."""
     engine = h.server.service.decisions
-    return traces([h.server, h.runtime, engine], needles, skip=[h.runtime.consent._tombstones])  # noqa: SLF001
+    return traces([h.server, h.runtime, engine, h.server.learner], needles,
+                  skip=[h.runtime.consent._tombstones])  # noqa: SLF001
 
 
 def needles_of(h: ServerHandle, decision_ids: list[str]) -> list[str]:
@@ -121,11 +123,13 @@ def rows_mentioning(h: ServerHandle, needles: list[str]) -> dict[str, int]:
 
 def holds_carol(h: ServerHandle) -> dict[str, bool]:
     engine: DecisionEngine = h.server.service.decisions
+    learner = h.server.learner
     pseudo = h.runtime.pipeline.pseudonym("carol")
-    return {"history": bool(engine.history.of(pseudo)), "pending": bool(engine.joiner.pending_of(pseudo)),
+    return {"history": bool(read_shows(engine._reader, pseudo).shows),  # noqa: SLF001
+            "pending": bool(learner.joiner.pending_of(pseudo)),
             "segment_cache": "carol" in engine._segment_cache,  # noqa: SLF001
-            "marks": "carol" in engine.segmenter._m.marks,  # noqa: SLF001
-            "profile": "carol" in h.runtime.profiles}
+            "marks": pseudo in learner.segmenter._m.marks,  # noqa: SLF001
+            "profile": h.runtime.pipeline.profile("carol") is not None}
 
 
 def wait_for(predicate: Any, what: str, timeout_s: float = 60.0) -> None:
@@ -135,14 +139,24 @@ def wait_for(predicate: Any, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def checkpoint_traces(path: Path, needles: list[str]) -> list[str]:
-    """Needles found in the state a checkpoint file holds (profiles and engine state, nested pickles opened)."""
-    payload = read_checkpoint(path)
-    assert payload is not None
-    state = pickle.loads(payload["state"])
-    engine = dict(state["engine"])
-    engine["segmenter"] = pickle.loads(engine["segmenter"])
-    return traces([state["profiles"], engine], needles)
+def model_traces(db: str, needles: list[str]) -> list[str]:
+    """Needles in the learner's saved state and the published model snapshots (pickles opened)."""
+    found: list[str] = []
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        bodies = [b for (b,) in conn.execute("SELECT body FROM model_snapshots")]
+        bodies += [b for (b,) in conn.execute("SELECT body FROM learner_state")]
+    for body in bodies:
+        state = pickle.loads(body)
+        state["segmenter"] = pickle.loads(state["segmenter"])
+        found += traces([state], needles)
+    return found
+
+
+def learned_everything(h: ServerHandle) -> bool:
+    """Whether the learner has read dave's outcome and the engine uses a snapshot published after it."""
+    learner, engine = h.server.learner, h.server.service.decisions
+    return h.call(lambda: learner.pos.outcomes >= 1 and not learner._dirty  # noqa: SLF001
+                  and engine.snapshot_version >= learner.version)
 
 
 def test_after_erase_the_server_holds_nothing_of_the_person_and_serves_them_as_new(events: EventFactory) -> None:
@@ -151,26 +165,23 @@ def test_after_erase_the_server_holds_nothing_of_the_person_and_serves_them_as_n
         decision_ids = populate(stub, events)
         capped = stub.GetNextStep(pb.NextStepRequest(user_id="carol", surface="in_app"))
         assert (capped.has_step, capped.reason) == (False, "capped")  # welcome was just shown: cooldown
-        assert h.call(lambda: holds_carol(h)) == dict.fromkeys(
-            ("history", "pending", "segment_cache", "marks", "profile"), True)
+        wait_for(lambda: learned_everything(h), "the learner to learn dave's outcome")
+        held_before = h.call(lambda: holds_carol(h))
+        held_before.pop("segment_cache")  # a cache, emptied whenever a new snapshot is loaded
+        assert held_before == dict.fromkeys(("history", "pending", "marks", "profile"), True)
         needles = h.call(lambda: needles_of(h, decision_ids))
         assert h.call(lambda: held(h, needles))  # the search finds what is there
+        asyncio.run_coroutine_threadsafe(h.server.learner.save(int(time.time() * 1000)), h.loop).result(30)
+        assert model_traces(h.db_path, needles)  # her pseudonym is in the learner's saved segmenter marks
 
-        checkpointer = h.server.checkpointer
-        assert checkpointer is not None
-        written = h.call(lambda: checkpointer.written)
         erased = stub.EraseUser(pb.EraseUserRequest(user_id="carol"))
         assert erased.deleted["events"] == 7 and erased.deleted["decisions"] == 3
 
         assert h.call(lambda: held(h, needles)) == []
         assert rows_mentioning(h, needles) == {"tombstones": 2}  # on disk: only her and her visitor's pseudonyms
+        assert model_traces(h.db_path, needles) == []
         assert h.call(lambda: holds_carol(h)) == dict.fromkeys(
             ("history", "pending", "segment_cache", "marks", "profile"), False)
-        assert h.call(lambda: len(h.server.service.decisions.joiner._deadlines))  # noqa: SLF001 - dave's stays
-        # the checkpoint written right after the erasure holds nothing of her either
-        wait_for(lambda: h.call(lambda: checkpointer.written) > written, "the checkpoint after the erasure")
-        assert checkpoint_traces(checkpointer.path, needles) == []
-
         # a new user: no consent now, so core steps only -- and welcome is shown again (caps from zero)
         again = stub.GetNextStep(pb.NextStepRequest(user_id="carol", surface="in_app"))
         assert (again.step.id, again.reason) == ("welcome", "no_consent")
@@ -180,42 +191,16 @@ def test_after_erase_the_server_holds_nothing_of_the_person_and_serves_them_as_n
         assert stub.GetUserProfile(pb.GetUserProfileRequest(user_id="dave")).event_count == 3
 
 
-@contextlib.contextmanager
-def resumed_after_erasure(tmp_path: Path, events: EventFactory) -> Iterator[tuple[ServerHandle, list[str]]]:
-    """A crash after carol's erasure, before the checkpoint that follows it is written: the older checkpoint
-    still holds her profile, marks, segment cache and models that learned from her, so the restarted server
-    refuses it and rebuilds from the log."""
+def test_a_restart_after_the_erasure_does_not_bring_the_person_back(tmp_path: Path, events: EventFactory) -> None:
     db = tmp_path / "onramp.db"
-    with running_server(db_path=db, server={"checkpoint_interval_s": 3600}) as h, \
-            grpc.insecure_channel(h.address) as ch:
+    with running_server(db_path=db) as h, grpc.insecure_channel(h.address) as ch:
         stub = pb_grpc.OnrampStub(ch)
         decision_ids = populate(stub, events)
+        wait_for(lambda: learned_everything(h), "the learner to learn dave's outcome")
         needles = h.call(lambda: needles_of(h, decision_ids))
-        checkpointer = h.server.checkpointer
-        assert checkpointer is not None
-        asyncio.run_coroutine_threadsafe(checkpointer.checkpoint(), h.loop).result(60)
-        old = tmp_path / "before-erasure.checkpoint"
-        shutil.copyfile(checkpointer.path, old)
-        assert checkpoint_traces(old, needles)  # the old checkpoint does hold her
-        checkpointer.after_erase = checkpointer.at_stop = False  # crash: no checkpoint after the erasure
         stub.EraseUser(pb.EraseUserRequest(user_id="carol"))
-        path = checkpointer.path
-    shutil.copyfile(old, path)
-    with running_server(db_path=db, server={"checkpoint_interval_s": 3600}) as h:
-        assert h.runtime.resume is None  # the pre-erasure checkpoint is refused
-        yield h, needles
-
-
-def test_a_checkpoint_from_before_the_erasure_does_not_bring_the_person_back(tmp_path: Path,
-                                                                            events: EventFactory) -> None:
-    with resumed_after_erasure(tmp_path, events) as (h, needles), grpc.insecure_channel(h.address) as ch:
-        resume = h.runtime.resume  # the loaded checkpoint itself: see the next test
-        assert h.call(lambda: traces([h.server, h.runtime, h.server.service.decisions], needles,
-                                     skip=[h.runtime.consent._tombstones, resume])) == []  # noqa: SLF001
+    with running_server(db_path=db) as h, grpc.insecure_channel(h.address) as ch:
+        assert h.call(lambda: held(h, needles)) == []
+        assert model_traces(h.db_path, needles) == []
         again = pb_grpc.OnrampStub(ch).GetNextStep(pb.NextStepRequest(user_id="carol", surface="in_app"))
         assert (again.step.id, again.reason) == ("welcome", "no_consent")
-
-
-def test_the_loaded_checkpoint_is_not_kept_after_the_resume(tmp_path: Path, events: EventFactory) -> None:
-    with resumed_after_erasure(tmp_path, events) as (h, needles):
-        assert h.call(lambda: held(h, needles)) == []

@@ -164,15 +164,11 @@
       rows.push(["outcomes joined since start (" + src.join(" / ") + ")",
         h("span", {}, src.map(function (x, i) { return [i ? " / " : "", num(live.joined_since_start[x], "int", "live.joined_since_start." + x)]; }))]);
     }
-    rows.push(["checkpoints written since start", num(live.checkpoints_written, "int", "live.checkpoints_written")]);
-    if (live.checkpoint_mark) {
-      rows.push(["last checkpoint: decisions / outcomes up to row", h("span", {}, num(live.checkpoint_mark.decisions_rowid, "int", "live.checkpoint_mark.decisions_rowid"),
-        " / ", num(live.checkpoint_mark.outcomes_rowid, "int", "live.checkpoint_mark.outcomes_rowid"))]);
-    }
+    rows.push(["model snapshot in use", num(live.snapshot_version, "int", "live.snapshot_version")]);
+    rows.push(["learner lag, latest (ms)", num(live.learner_lag_ms, "int", "live.learner_lag_ms")]);
     c.appendChild(h("dl", { "class": "kv" }, rows.map(function (r) { return [h("dt", {}, r[0]), h("dd", {}, r[1])]; })));
-    c.appendChild(h("p", { "class": "note" }, "* by this process, the outcomes replayed at its start included. No model snapshot is " +
-      "versioned apart: the policy version names the catalog and the bandit settings, and checkpoints save the learned " +
-      "state. The bandit learns each outcome as soon as it is committed, so its lag is the write queue."));
+    c.appendChild(h("p", { "class": "note" }, "* by the model snapshot this server decides with. The learner joins " +
+      "rewards, learns each committed outcome once and publishes a new snapshot; the policy version ends with its number."));
     return c;
   }
 

@@ -1,0 +1,400 @@
+"""The learner: the one place models learn. It reads the store's feeds in commit order -- new decisions that wait
+for a reward, new events (success events join rewards), committed outcomes, profile changes and erasures --
+joins rewards (success events and default rewards at the window's end are written as outcomes), updates the
+bandit and the River models, and publishes versioned model snapshots that every worker loads.
+
+Exactly-once: the bandit learns each committed outcome once, in ``outcome_log`` order; the saved learner
+state holds the models with the feed positions they include, so a restarted learner continues from there and
+ends with the models one that never stopped would have. An erasure is taken out of the models (the bandit
+unlearns the person's rewarded decisions it had learned; the River models are relearned from the remaining
+profiles) before the snapshot that covers it is published.
+
+It runs as an asyncio task (:meth:`Learner.run`) on any event loop with its own store connections; the
+snapshot a worker decides with is named in each decision's ``policy_version``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bandits.exploration import Decider, build_exploration
+from bandits.policies import build_policy, policy_from_state
+from server.base.catalog import Catalog
+from server.base.clock import DAY_MS, HOUR_MS
+from server.base.clock import now_ms as clock_ms
+from server.base.metrics import Metrics
+from server.base.records import ANON_PREFIX, StoredEvent
+from server.ingest.profiles import decode_profile
+from server.learn.rewards import Pending, RewardJoiner
+from server.learn.segments import Segmenter
+from server.store import learning_log as feeds
+from server.store import user_state
+from server.store.decision_log import pending_rows
+from server.store.sqlite import SqliteStore
+from server.store.writer import Writer
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+LABEL_SWEEP_MS = 60_000  # how often expired activation windows get their label
+SAVE_INTERVAL_MS = 10_000  # how often the learner saves its state (and prunes what that state includes)
+RELEARN_CHUNK = 256  # profiles relearned between two turns of the event loop
+
+
+def guard_horizon_ms(catalog: Catalog) -> int:
+    """How long a show counts for a cap (24 h), a cooldown or the min gap: the shown history of people without
+    tracking consent is kept that long."""
+    g = catalog.guardrails
+    return max([DAY_MS, int(round(g.min_gap_minutes * 60_000)),
+                *(int(round(s.cooldown_hours * HOUR_MS)) for s in catalog.steps)])
+
+
+def build_decider(catalog: Catalog, n_features: int) -> Decider | None:
+    """The catalog's bandit (policy + exploration), or None when no step is personalised."""
+    arms = catalog.personalized_steps
+    if not arms:
+        return None
+    b = catalog.bandit
+    policy = build_policy(b.algorithm, len(arms), n_features, alpha=b.alpha, l2=b.l2, seed=b.seed)
+    exploration = build_exploration(b.exploration, epsilon=b.epsilon, gamma=b.gamma,
+                                    max_exploration=catalog.guardrails.max_exploration)
+    return Decider(policy, exploration, seed=b.seed)
+
+
+@dataclass(slots=True)
+class Positions:
+    """The last row of each feed the models include."""
+
+    decisions: int = 0  # decision_feed id
+    events: int = 0  # events seq
+    outcomes: int = 0  # outcome_log id
+    changes: int = 0  # profile_changes id
+    unlearn: int = 0  # unlearn_queue id
+
+    def as_dict(self) -> dict[str, int]:
+        return {"decisions": self.decisions, "events": self.events, "outcomes": self.outcomes,
+                "changes": self.changes, "unlearn": self.unlearn}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> "Positions":
+        return cls(**{k: int(d.get(k, 0)) for k in ("decisions", "events", "outcomes", "changes", "unlearn")})
+
+
+@dataclass(slots=True)
+class LearnerStats:
+    learned: int = 0  # outcomes the bandit learned
+    unlearned: int = 0
+    relearns: int = 0
+    published: int = 0
+    lag_ms: list[float] = field(default_factory=list)  # outcome committed -> snapshot published (recent)
+
+
+class Learner:
+    """Consumes the feeds of one store and publishes model snapshots (see the module docstring)."""
+
+    def __init__(self, store: SqliteStore, writer: Writer, catalog: Catalog, pseudonym: Callable[[str], str], *,
+                 metrics: Metrics | None = None, interval_s: float = 0.1, reward_grace_ms: int | None = None,
+                 save_interval_ms: int = SAVE_INTERVAL_MS) -> None:
+        self.reader = store.reader()
+        self.writer = writer
+        self.catalog = catalog
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.save_interval_ms = save_interval_ms
+        self.segmenter = Segmenter(catalog)
+        self.space = self.segmenter.space
+        self.arms = tuple(s.id for s in catalog.personalized_steps)
+        self.arm_index = {sid: i for i, sid in enumerate(self.arms)}
+        self.decider = build_decider(catalog, self.space.dim)
+        self.pseudonym = pseudonym
+        self.joiner = RewardJoiner(writer, catalog, pseudonym, lambda *_: None, metrics, grace_ms=reward_grace_ms,
+                                   aliases=self._anonymous_subjects)
+        self.horizon_ms = guard_horizon_ms(catalog)
+        self.pos = Positions()
+        self.stats = LearnerStats()
+        self.version = 0  # the latest snapshot published
+        self._dirty = True  # models changed since the last snapshot
+        self._unsaved = False  # positions moved since the state was saved
+        self._saved_ms = 0
+        self._labeled_ms = 0
+        self._oldest_unpublished_ms: int | None = None
+        self._stop = asyncio.Event()
+        self._started = False
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def _state_body(self) -> bytes:
+        return pickle.dumps({
+            "format": STATE_FORMAT, "catalog": self.catalog.version, "arms": list(self.arms),
+            "features": list(self.space.names),
+            "policy": self.decider.policy.to_state() if self.decider is not None else None,
+            "segmenter": self.segmenter.to_state(marks=True), "learned": self.stats.learned,
+        }, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def snapshot_body(self) -> bytes:
+        """What workers load: the bandit policy and the River models (no per-user marks)."""
+        return pickle.dumps({
+            "format": STATE_FORMAT, "catalog": self.catalog.version, "arms": list(self.arms),
+            "features": list(self.space.names),
+            "policy": self.decider.policy.to_state() if self.decider is not None else None,
+            "segmenter": self.segmenter.to_state(marks=False), "learned": self.stats.learned,
+        }, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _restore(self, body: bytes) -> bool:
+        try:
+            state = pickle.loads(body)
+            if state.get("format") != STATE_FORMAT or state.get("catalog") != self.catalog.version \
+                    or state.get("arms") != list(self.arms) or state.get("features") != list(self.space.names):
+                return False
+            segmenter = Segmenter.from_state(state["segmenter"], self.catalog)
+            policy = policy_from_state(state["policy"]) if state.get("policy") is not None else None
+        except Exception as exc:  # noqa: BLE001 - any unreadable state: start over from the log
+            log.warning("learner state not usable (%s): learning again from the log", exc)
+            return False
+        self.segmenter = segmenter
+        if policy is not None and self.decider is not None:
+            self.decider.policy = policy
+        self.stats.learned = int(state.get("learned", 0))
+        return True
+
+    def open(self) -> None:
+        """Load the saved state (or start from nothing: every profile learned once, every outcome from the start)
+        and the decisions still waiting for a reward."""
+        saved = feeds.load_learner_state(self.reader)
+        if saved is not None and self._restore(saved.body):
+            self.pos = Positions.from_dict(saved.positions)
+            learned_profiles = True
+        else:
+            self.pos = Positions()
+            learned_profiles = False
+        if not learned_profiles:
+            # No saved state: the River models learn every profile once, in pseudonym order, and the change
+            # rows written meanwhile are learned after.
+            self.pos.changes = feeds.last_id(self.reader, "profile_changes")
+            for pseudo, body in user_state.iter_profile_bodies(self.reader):
+                p = decode_profile(pseudo, body)
+                self.segmenter.learn_one(p, p.last_seen_ms)
+        # Decisions waiting for a reward (the pending index is rebuilt, not saved).
+        self.pos.decisions = feeds.last_id(self.reader, "decision_feed")
+        self.pos.events = self._last_event_seq()
+        self.joiner.load(Pending(r.decision_id, r.user_pseudo, r.timestamp_ms, r.step_id, r.reward_deadline_ms)
+                         for r in pending_rows(self.reader))
+        latest = feeds.latest_snapshot(self.reader)
+        self.version = latest.version if latest is not None else 0
+        self._dirty = True
+        self._started = True
+
+    def _last_event_seq(self) -> int:
+        row = self.reader.conn.execute("SELECT max(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def _anonymous_subjects(self, user_id: str) -> list[str]:
+        return [ANON_PREFIX + link.alias for link in self.reader.links_of([user_id]) if link.alias_kind == "anonymous_id"]
+
+    # -- one round -----------------------------------------------------------------------------------------
+    async def step(self, now_ms: int | None = None) -> bool:
+        """Read every feed once, learn, write joined outcomes, and publish a snapshot when the models changed.
+        Returns whether a snapshot was published."""
+        if not self._started:
+            self.open()
+        now = clock_ms() if now_ms is None else now_ms
+        reader = self.reader
+        # 1-2. decisions that wait for an outcome, then events (success events join rewards), read in one
+        # read transaction: an event that rewards a decision is never seen before that decision
+        decisions: list[feeds.FedDecision] = []
+        events: list[StoredEvent] = []
+        reader.conn.execute("BEGIN")
+        try:
+            while batch := feeds.decisions_after(reader, decisions[-1].id if decisions else self.pos.decisions):
+                decisions += batch
+            while rows := self._events_after(self.pos.events):
+                self.pos.events = rows[-1][0]
+                events += [ev for _, ev in rows]
+        finally:
+            reader.conn.execute("COMMIT")
+        for d in decisions:
+            self.joiner.add(Pending(d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.reward_deadline_ms))
+            self.pos.decisions = d.id
+        if events:
+            self.joiner.on_events(events)
+        await self.joiner.drain()
+        # 3. windows that closed: default rewards
+        await self.joiner.sweep(now)
+        # 4. committed outcomes, in commit order: the bandit learns each once
+        while True:
+            outcomes = feeds.outcomes_after(reader, self.pos.outcomes)
+            if not outcomes:
+                break
+            for o in outcomes:
+                self.joiner.settle(o.decision_id)
+                self._learn(o.step_id, o.context, o.reward)
+                self.pos.outcomes = o.id
+                self._note_unpublished(now)
+            self._dirty = True
+        # 5. erasures (after the outcomes: one learned in this round is unlearned below)
+        erased = self._take_erasures()
+        if erased:
+            await self._relearn()
+            self._dirty = True
+        # 6. profile changes: the River models learn each once
+        while True:
+            changes = user_state.profile_changes_after(reader, self.pos.changes)
+            if not changes:
+                break
+            for c in changes:
+                self.segmenter.learn_one(decode_profile(c.pseudo, c.body), c.timestamp_ms)
+                self.pos.changes = c.id
+            self._dirty = True
+        # 7. activation labels of windows that passed without first value
+        if now - self._labeled_ms >= LABEL_SWEEP_MS:
+            self._labeled_ms = now
+            if self._label_expired(now):
+                self._dirty = True
+            await self.forget_untracked_shows(now)
+        published = False
+        if self._dirty:
+            await self.publish(now)
+            published = True
+        if erased or now - self._saved_ms >= self.save_interval_ms:
+            await self.save(now, scrub=bool(erased))
+        return published
+
+    def _take_erasures(self) -> bool:
+        """Unlearn every queued erasure and forget the person's pending decisions; whether there was one. (A
+        function of its own: nothing about the person stays in a frame of the learner's task.)"""
+        erased = feeds.unlearning_after(self.reader, self.pos.unlearn)
+        for item, outcome_ids in erased:
+            self._unlearn(item, outcome_ids)
+            for p in item.pseudonyms:
+                self.joiner.forget_user(p)
+            self.pos.unlearn = item.id
+        return bool(erased)
+
+    def _events_after(self, seq: int) -> list[tuple[int, StoredEvent]]:
+        rows: list[tuple[int, StoredEvent]] = []
+        for item in self.reader.iter_events(seq):
+            rows.append(item)
+            if len(rows) >= 5000:
+                break
+        return rows
+
+    def _note_unpublished(self, now: int) -> None:
+        if self._oldest_unpublished_ms is None:
+            self._oldest_unpublished_ms = now
+
+    def _learn(self, step_id: str, context: dict[str, float], reward: float) -> None:
+        arm = self.arm_index.get(step_id)
+        if arm is None or not context or self.decider is None:
+            return
+        try:
+            self.decider.learn_one(self.space.vector(context), arm, reward)
+        except ValueError as exc:
+            log.warning("could not learn from a decision: %s", exc)
+            return
+        self.stats.learned += 1
+
+    def _unlearn(self, item: feeds.Unlearning, outcome_ids: dict[str, int]) -> None:
+        if self.decider is None:
+            return
+        for row in item.rewarded:
+            arm = self.arm_index.get(row.step_id)
+            oid = outcome_ids.get(row.decision_id, 0)
+            if arm is None or not oid or oid > self.pos.outcomes:
+                continue  # never learned (its outcome was erased before the learner read it)
+            try:
+                self.decider.unlearn_one(self.space.vector(row.context), arm, row.reward)
+            except ValueError as exc:
+                log.warning("could not unlearn an erased decision: %s", exc)
+                continue
+            self.stats.learned -= 1
+            self.stats.unlearned += 1
+
+    async def _relearn(self) -> None:
+        """Replace the River models by fresh ones that learned each remaining profile once (River's models
+        cannot remove one person's updates)."""
+        fresh = Segmenter(self.catalog)
+        self.pos.changes = feeds.last_id(self.reader, "profile_changes")
+        for i, (pseudo, body) in enumerate(user_state.iter_profile_bodies(self.reader)):
+            p = decode_profile(pseudo, body)
+            fresh.learn_one(p, p.last_seen_ms)
+            if i % RELEARN_CHUNK == RELEARN_CHUNK - 1:
+                await asyncio.sleep(0)
+        self.segmenter = fresh
+        self.stats.relearns += 1
+
+    def _label_expired(self, now: int) -> int:
+        pseudos = self.segmenter.unlabeled()
+        if not pseudos:
+            return 0
+        bodies = user_state.profile_bodies(self.reader, pseudos)
+        return self.segmenter.label_expired((decode_profile(p, b) for p, b in bodies.items()), now)
+
+    async def forget_untracked_shows(self, now_ms: int) -> int:
+        """Take the pseudonym out of the logged shows of people without tracking consent, and drop their shown
+        history, once no cap, cooldown or gap counts them any more; returns decision rows changed."""
+        before = now_ms - self.horizon_ms
+
+        def job(store: SqliteStore) -> int:
+            user_state.forget_untracked_history(store, before)
+            return store.forget_untracked_shows(before)
+        return await self.writer.call(job)
+
+    # -- publishing ----------------------------------------------------------------------------------------
+    async def publish(self, now_ms: int | None = None) -> int:
+        """Publish the current models as a new snapshot; returns its version."""
+        now = clock_ms() if now_ms is None else now_ms
+        body = self.snapshot_body()
+        positions = self.pos.as_dict()
+        self.version = await self.writer.call(lambda store: feeds.publish_snapshot(store, now, positions, body))
+        self._dirty = False
+        self.stats.published += 1
+        if self._oldest_unpublished_ms is not None:
+            lag = clock_ms() - self._oldest_unpublished_ms
+            self.stats.lag_ms = [*self.stats.lag_ms[-999:], float(lag)]
+            self._oldest_unpublished_ms = None
+        return self.version
+
+    async def save(self, now_ms: int, scrub: bool = False) -> None:
+        """Save the learner's state with its positions, then delete what it includes: change rows and queued
+        erasures (``scrub``: and truncate the WAL, the queue held the person's contexts)."""
+        body = self._state_body()
+        positions = self.pos.as_dict()
+        upto_changes, upto_unlearn = self.pos.changes, self.pos.unlearn
+
+        def job(store: SqliteStore) -> None:
+            feeds.save_learner_state(store, now_ms, positions, body)
+            user_state.prune_profile_changes(store, upto_changes)
+            feeds.delete_unlearning(store, upto_unlearn)
+        await self.writer.call(job, scrub_wal=scrub)
+        self._saved_ms = now_ms
+
+    # -- running -------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Step every ``interval_s`` until :meth:`stop`; a failed round is logged and retried."""
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep learning; the next round reads the same feeds again
+                log.exception("learner round failed")
+            wait = max(0.0, self.interval_s - (time.monotonic() - started))
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+        try:
+            await self.save(clock_ms())
+        except Exception:  # noqa: BLE001 - the next start relearns from the last saved state
+            log.exception("saving the learner state at stop failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.reader.close()

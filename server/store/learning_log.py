@@ -1,0 +1,170 @@
+"""What the learner reads and writes: the feeds of new decisions and outcomes (ids that are never reused, in
+commit order), the queue of erased decisions to unlearn, the learner's own saved state, and the model snapshots
+it publishes for the workers.
+
+A snapshot is ``(version, created_ms, positions, body)``: ``positions`` says which rows of each feed the models
+include, so learning is exactly-once across learner restarts, and ``version`` goes into every decision's
+``policy_version``, so each logged propensity names the exact model it was drawn from.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.store.decision_log import JoinedRow, _context
+from server.store.sqlite import SqliteStore
+
+KEEP_SNAPSHOTS = 3  # published snapshots kept (workers load the latest; older ones help debugging)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A published model snapshot."""
+
+    version: int
+    created_ms: int
+    positions: dict[str, int]
+    body: bytes
+
+
+def latest_snapshot_version(store: SqliteStore) -> int:
+    """The version of the newest published snapshot (0: none yet)."""
+    row = store.conn.execute("SELECT max(version) FROM model_snapshots").fetchone()
+    return int(row[0] or 0)
+
+
+def latest_snapshot(store: SqliteStore) -> Snapshot | None:
+    row = store.conn.execute("SELECT version, created_ms, positions, body FROM model_snapshots ORDER BY version DESC "
+                             "LIMIT 1").fetchone()
+    if row is None:
+        return None
+    return Snapshot(int(row[0]), int(row[1]), json.loads(row[2]), bytes(row[3]))
+
+
+def publish_snapshot(store: SqliteStore, created_ms: int, positions: Mapping[str, int], body: bytes) -> int:
+    """Store a new snapshot (version = newest + 1) and drop all but the newest :data:`KEEP_SNAPSHOTS`;
+    returns its version."""
+    version = latest_snapshot_version(store) + 1
+    store.conn.execute("INSERT INTO model_snapshots (version, created_ms, positions, body) VALUES (?, ?, ?, ?)",
+                       (version, created_ms, json.dumps(dict(positions), sort_keys=True), body))
+    store.conn.execute("DELETE FROM model_snapshots WHERE version <= ?", (version - KEEP_SNAPSHOTS,))
+    return version
+
+
+def drop_snapshots(store: SqliteStore) -> int:
+    """Delete every snapshot (an erasure's models must not be loaded from an older one)."""
+    return store.conn.execute("DELETE FROM model_snapshots").rowcount
+
+
+def save_learner_state(store: SqliteStore, created_ms: int, positions: Mapping[str, int], body: bytes) -> None:
+    store.conn.execute("INSERT OR REPLACE INTO learner_state (id, created_ms, positions, body) VALUES (1, ?, ?, ?)",
+                       (created_ms, json.dumps(dict(positions), sort_keys=True), body))
+
+
+def load_learner_state(store: SqliteStore) -> Snapshot | None:
+    row = store.conn.execute("SELECT 0, created_ms, positions, body FROM learner_state WHERE id = 1").fetchone()
+    if row is None:
+        return None
+    return Snapshot(0, int(row[1]), json.loads(row[2]), bytes(row[3]))
+
+
+def drop_learner_state(store: SqliteStore) -> None:
+    store.conn.execute("DELETE FROM learner_state")
+
+
+# -- feeds -----------------------------------------------------------------------------------------------------
+def last_id(store: SqliteStore, table: str) -> int:
+    """The newest id of a feed table (its AUTOINCREMENT counter: ids of deleted rows are never handed out again)."""
+    row = store.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass(frozen=True, slots=True)
+class FedDecision:
+    """A logged decision that waits for an outcome."""
+
+    id: int
+    decision_id: str
+    user_pseudo: str
+    timestamp_ms: int
+    step_id: str
+    context: dict[str, float]
+    reward_deadline_ms: int
+
+
+def decisions_after(store: SqliteStore, after_id: int, limit: int = 5000) -> list[FedDecision]:
+    cur = store.conn.execute(
+        "SELECT f.id, d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.context, d.reward_deadline_ms "
+        "FROM decision_feed f JOIN decisions d ON d.decision_id = f.decision_id WHERE f.id > ? ORDER BY f.id LIMIT ?",
+        (after_id, limit))
+    return [FedDecision(i, d, u, t, s, _context(c), dl) for i, d, u, t, s, c, dl in cur]
+
+
+@dataclass(frozen=True, slots=True)
+class FedOutcome:
+    """A committed outcome joined to its decision, in commit order."""
+
+    id: int
+    decision_id: str
+    user_pseudo: str
+    timestamp_ms: int
+    step_id: str
+    context: dict[str, float]
+    reward: float
+    source: str
+
+
+def outcomes_after(store: SqliteStore, after_id: int, limit: int = 5000) -> list[FedOutcome]:
+    cur = store.conn.execute(
+        "SELECT l.id, d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.context, o.reward, o.source "
+        "FROM outcome_log l JOIN outcomes o ON o.decision_id = l.decision_id JOIN decisions d ON "
+        "d.decision_id = l.decision_id WHERE l.id > ? ORDER BY l.id LIMIT ?", (after_id, limit))
+    return [FedOutcome(i, d, u, t, s, _context(c), float(r), src) for i, d, u, t, s, c, r, src in cur]
+
+
+# -- unlearning -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Unlearning:
+    """An erasure the learner must take out of its models: the person's pseudonyms and the rewarded decisions
+    of theirs that the bandit may have learned from (held only until the learner has removed them)."""
+
+    id: int
+    pseudonyms: tuple[str, ...]
+    rewarded: tuple[JoinedRow, ...]
+
+
+def queue_unlearning(store: SqliteStore, pseudonyms: Sequence[str], rewarded: Sequence[JoinedRow],
+                     outcome_ids: Mapping[str, int]) -> int:
+    """Queue an erasure for the learner (inside the erasure's transaction); ``outcome_ids`` are the feed ids of
+    the rewarded decisions' outcomes, so the learner unlearns only what it had learned. Returns the queue id."""
+    body = json.dumps({"pseudonyms": list(pseudonyms),
+                       "rewarded": [[r.decision_id, r.step_id, r.context, r.reward, outcome_ids.get(r.decision_id, 0)]
+                                    for r in rewarded]})
+    cur = store.conn.execute("INSERT INTO unlearn_queue (body) VALUES (?)", (body,))
+    return int(cur.lastrowid or 0)
+
+
+def outcome_ids_of(store: SqliteStore, decision_ids: Sequence[str]) -> dict[str, int]:
+    if not decision_ids:
+        return {}
+    cur = store.conn.execute(f"SELECT decision_id, id FROM outcome_log WHERE decision_id IN "
+                             f"({','.join('?' * len(decision_ids))})", list(decision_ids))
+    return dict(cur.fetchall())
+
+
+def unlearning_after(store: SqliteStore, after_id: int) -> list[tuple[Unlearning, dict[str, int]]]:
+    """Queued erasures after ``after_id``, with the outcome feed id of each rewarded decision."""
+    out: list[tuple[Unlearning, dict[str, int]]] = []
+    for qid, body in store.conn.execute("SELECT id, body FROM unlearn_queue WHERE id > ? ORDER BY id", (after_id,)):
+        value: dict[str, Any] = json.loads(body)
+        rows = [JoinedRow(d, s, {str(k): float(v) for k, v in c.items()}, float(r)) for d, s, c, r, _ in value["rewarded"]]
+        ids = {d: int(i) for d, _s, _c, _r, i in value["rewarded"]}
+        out.append((Unlearning(int(qid), tuple(value["pseudonyms"]), tuple(rows)), ids))
+    return out
+
+
+def delete_unlearning(store: SqliteStore, upto_id: int) -> int:
+    """Delete queued erasures the learner's saved state has removed (they hold the person's contexts)."""
+    return store.conn.execute("DELETE FROM unlearn_queue WHERE id <= ?", (upto_id,)).rowcount

@@ -1,0 +1,208 @@
+"""Per-user state that any worker reads and writes in the store: profile rows (updated in the transaction that
+stores the events, with a change row for the learner) and each person's shown history with a version (caps,
+cooldowns and gaps hold across workers: a show is logged only if the version it was decided on is current).
+
+Rows are keyed by the person's pseudonym and hold no raw id. Bodies are opaque JSON text made by the layer
+above (server/ingest/profiles.py encodes profiles; the shown history is ``{step_id: [times...]}``).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.store.sqlite import DECISION_COLUMNS, SqliteStore, _chunks, _marks, insert_flat
+
+_SHOWS = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+# -- profiles -------------------------------------------------------------------------------------------------
+def profile_bodies(store: SqliteStore, pseudos: Sequence[str]) -> dict[str, str]:
+    """The stored profile bodies of ``pseudos`` (absent ones are left out)."""
+    out: dict[str, str] = {}
+    for part in _chunks(list(pseudos)):
+        out.update(store.conn.execute(f"SELECT pseudo, body FROM profiles WHERE pseudo IN ({_marks(len(part))})",
+                                      part).fetchall())
+    return out
+
+
+def profile_body(store: SqliteStore, pseudo: str) -> str | None:
+    row = store.conn.execute("SELECT body FROM profiles WHERE pseudo = ?", (pseudo,)).fetchone()
+    return None if row is None else row[0]
+
+
+def put_profiles(store: SqliteStore, rows: Sequence[tuple[str, int, str]]) -> None:
+    """Write changed profiles ``(pseudo, timestamp_ms, body)`` and append one change row each for the learner
+    (inside the caller's transaction, the one that stored the events)."""
+    if not rows:
+        return
+    flat: list[Any] = []
+    for pseudo, _ts, body in rows:
+        flat += (pseudo, body)
+    insert_flat(store.conn, "profiles", ("pseudo", "body"), flat, verb="INSERT OR REPLACE")
+    changes: list[Any] = []
+    for row in rows:
+        changes += row
+    insert_flat(store.conn, "profile_changes", ("pseudo", "timestamp_ms", "body"), changes)
+
+
+def delete_profiles(store: SqliteStore, pseudos: Sequence[str]) -> int:
+    """Delete the profiles of ``pseudos`` and their change rows (merged into another profile, or erased)."""
+    n = 0
+    for part in _chunks(list(pseudos)):
+        marks = _marks(len(part))
+        n += store.conn.execute(f"DELETE FROM profiles WHERE pseudo IN ({marks})", part).rowcount
+        store.conn.execute(f"DELETE FROM profile_changes WHERE pseudo IN ({marks})", part)
+    return n
+
+
+def iter_profile_bodies(store: SqliteStore) -> Iterator[tuple[str, str]]:
+    """Every (pseudo, body) in pseudonym order, streamed in chunks."""
+    last = ""
+    while True:
+        rows = store.conn.execute("SELECT pseudo, body FROM profiles WHERE pseudo > ? ORDER BY pseudo LIMIT 5000",
+                                  (last,)).fetchall()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1][0]
+
+
+def profile_count(store: SqliteStore) -> int:
+    return store.conn.execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileChange:
+    """One committed change of a profile, in commit order (what the learner's River models learn from)."""
+
+    id: int
+    pseudo: str
+    timestamp_ms: int
+    body: str
+
+
+def profile_changes_after(store: SqliteStore, after_id: int, limit: int = 5000) -> list[ProfileChange]:
+    cur = store.conn.execute("SELECT id, pseudo, timestamp_ms, body FROM profile_changes WHERE id > ? ORDER BY id "
+                             "LIMIT ?", (after_id, limit))
+    return [ProfileChange(*row) for row in cur]
+
+
+def prune_profile_changes(store: SqliteStore, upto_id: int) -> int:
+    """Delete change rows the learner's saved state already includes."""
+    return store.conn.execute("DELETE FROM profile_changes WHERE id <= ?", (upto_id,)).rowcount
+
+
+# -- shown history ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Shows:
+    """One person's shown history as read: ``version`` is 0 when there is none yet."""
+
+    version: int
+    shows: dict[str, list[int]]
+
+
+NO_SHOWS = Shows(0, {})
+
+
+def read_shows(store: SqliteStore, pseudo: str) -> Shows:
+    row = store.conn.execute("SELECT version, shows FROM show_history WHERE pseudo = ?", (pseudo,)).fetchone()
+    if row is None:
+        return NO_SHOWS
+    return Shows(row[0], json.loads(row[1]))
+
+
+def with_show(shows: Mapping[str, list[int]], step_id: str, ts_ms: int, keep: int) -> dict[str, list[int]]:
+    """A copy of ``shows`` with one more show of ``step_id`` at ``ts_ms`` (times ascending, the latest ``keep``
+    per step: caps need only the latest ``max_per_day`` of them)."""
+    out = dict(shows)
+    out[step_id] = sorted([*shows.get(step_id, ()), ts_ms])[-keep:]
+    return out
+
+
+def merged_shows(a: Mapping[str, list[int]], b: Mapping[str, list[int]], keep: int) -> dict[str, list[int]]:
+    out = {k: list(v) for k, v in a.items()}
+    for step, times in b.items():
+        out[step] = sorted([*out.get(step, ()), *times])[-keep:]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedDecision:
+    """A decision row to log, and -- when it shows a step -- the person's new shown history, written only if
+    their history is still at ``expected_version``."""
+
+    row: tuple[Any, ...]  # DECISION_COLUMNS values
+    pseudo: str = ""  # the shown history's key ("" = the decision shows nothing: no check, no change)
+    expected_version: int = 0
+    shows: Mapping[str, list[int]] | None = None
+    tracked: bool = True
+    feed: bool = False  # the learner waits for its outcome (a shown step with a reward window)
+
+
+def log_decisions(store: SqliteStore, items: Sequence[LoggedDecision]) -> list[bool]:
+    """Log each decision whose shown history is still at its expected version (bumping the version), in
+    order; a decision whose version moved (another worker showed this person something meanwhile) is not
+    logged: False, decide again. One call, atomic inside the caller's transaction."""
+    ok: list[bool] = []
+    flat: list[Any] = []
+    feed: list[Any] = []
+    c = store.conn
+    for item in items:
+        if item.pseudo:
+            row = c.execute("SELECT version FROM show_history WHERE pseudo = ?", (item.pseudo,)).fetchone()
+            current = 0 if row is None else row[0]
+            if current != item.expected_version:
+                ok.append(False)
+                continue
+            last = max((t for times in (item.shows or {}).values() for t in times), default=0)
+            c.execute("INSERT INTO show_history (pseudo, version, shows, tracked, last_ms) VALUES (?, ?, ?, ?, ?) "
+                      "ON CONFLICT (pseudo) DO UPDATE SET version = excluded.version, shows = excluded.shows, "
+                      "tracked = max(tracked, excluded.tracked), last_ms = excluded.last_ms",
+                      (item.pseudo, current + 1, _SHOWS.encode(item.shows or {}), int(item.tracked), last))
+        flat += item.row
+        if item.feed:
+            feed.append(item.row[0])
+        ok.append(True)
+    if flat:
+        insert_flat(c, "decisions", DECISION_COLUMNS, flat)
+    if feed:
+        insert_flat(c, "decision_feed", ("decision_id",), feed)
+    return ok
+
+
+def merge_show_history(store: SqliteStore, from_pseudos: Sequence[str], into: str, keep: int) -> None:
+    """Move the shown history of merged visitors to the user they were identified as (caps count the person's
+    whole history), bumping the user's version."""
+    from_pseudos = [p for p in from_pseudos if p != into]
+    if not from_pseudos:
+        return
+    c = store.conn
+    rows = c.execute(f"SELECT pseudo, shows, tracked, last_ms FROM show_history WHERE pseudo IN "
+                     f"({_marks(len(from_pseudos))})", from_pseudos).fetchall()
+    if not rows:
+        return
+    target = c.execute("SELECT version, shows, tracked, last_ms FROM show_history WHERE pseudo = ?",
+                       (into,)).fetchone()
+    version, shows, tracked, last = (0, {}, 0, 0) if target is None else (
+        target[0], json.loads(target[1]), target[2], target[3])
+    for _p, body, tr, lm in rows:
+        shows = merged_shows(shows, json.loads(body), keep)
+        tracked, last = max(tracked, tr), max(last, lm)
+    c.execute("INSERT OR REPLACE INTO show_history (pseudo, version, shows, tracked, last_ms) VALUES (?, ?, ?, ?, ?)",
+              (into, version + 1, _SHOWS.encode(shows), tracked, last))
+    c.execute(f"DELETE FROM show_history WHERE pseudo IN ({_marks(len(from_pseudos))})", from_pseudos)
+
+
+def delete_show_history(store: SqliteStore, pseudos: Sequence[str]) -> int:
+    if not pseudos:
+        return 0
+    return store.conn.execute(f"DELETE FROM show_history WHERE pseudo IN ({_marks(len(pseudos))})",
+                              list(pseudos)).rowcount
+
+
+def forget_untracked_history(store: SqliteStore, before_ms: int) -> int:
+    """Delete the shown history of people without tracking consent once no cap, cooldown or gap counts any of
+    it (their latest show is older than the guardrails' horizon)."""
+    return store.conn.execute("DELETE FROM show_history WHERE tracked = 0 AND last_ms < ?", (before_ms,)).rowcount

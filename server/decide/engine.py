@@ -61,6 +61,7 @@ SNAPSHOT_POLL_S = 0.1  # how often a worker looks for a newer model snapshot
 ERASE_WAIT_S = 30.0  # how long EraseUser waits for the learner to publish models without the person
 MAX_ATTEMPTS = 8  # decisions of one user decided again at most this often when another show got in first
 KEEP_PER_STEP = 16  # show times kept per (person, step); caps only need the latest max_per_day of them
+MAX_KEEP = 256  # ... and at most this many (a per-step daily cap above 255 counts the latest 256 shows)
 
 # Arm kinds (catalog experiments); without an experiment every user is served as "tailored".
 TAILORED = "tailored"
@@ -137,7 +138,8 @@ class DecisionEngine:
         self.snapshot_positions: dict[str, int] = {}
         self.learned = 0  # outcomes the loaded snapshot's bandit learned from
         self.policy_version = f"{self._base_version}@0"
-        self.keep = max([KEEP_PER_STEP, *(s.max_per_day + 1 for s in catalog.steps)])
+        self.keep = min(MAX_KEEP, max([KEEP_PER_STEP, *(s.max_per_day + 1 for s in catalog.steps)]))
+        self._user_locks: dict[str, asyncio.Lock] = {}
         pipeline.show_keep = self.keep
         self.logger = DecisionLogger(pipeline.writer)
         self._reader = pipeline.store.reader()
@@ -333,6 +335,18 @@ class DecisionEngine:
     async def next_step(self, subject: str, surface: str, context: Mapping[str, str], now_ms: int) -> NextStep:
         """Choose, log the decision (committed before the answer; a show only if the person's shown history did
         not change meanwhile, else decide again) and answer."""
+        pseudo = self.pipeline.pseudonym(subject)
+        lock = self._user_locks.get(pseudo)
+        if lock is None:
+            lock = self._user_locks[pseudo] = asyncio.Lock()
+        try:
+            async with lock:  # one decision of a person at a time in this worker; other workers: the version check
+                return await self._decide(subject, surface, context, now_ms)
+        finally:
+            if not lock.locked() and not lock._waiters:  # noqa: SLF001 - drop idle locks
+                self._user_locks.pop(pseudo, None)
+
+    async def _decide(self, subject: str, surface: str, context: Mapping[str, str], now_ms: int) -> NextStep:
         for _attempt in range(MAX_ATTEMPTS):
             c = self.choose(subject, surface, context, now_ms)
             d = c.decision
@@ -345,6 +359,9 @@ class DecisionEngine:
             if await self.logger.log(item):
                 break
             self.conflicts += 1
+            # decided again, later: a show logged meanwhile by another worker is not in this decision's future
+            latest = max((t for times in read_shows(self._reader, c.pseudo).shows.values() for t in times), default=0)
+            now_ms = max(now_ms, latest)
         else:
             raise ServiceError("ABORTED", "user_id", f"this user's shown history changed {MAX_ATTEMPTS} times while "
                                                      "deciding (many concurrent GetNextStep calls for one user); retry")

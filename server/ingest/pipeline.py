@@ -191,6 +191,13 @@ class Pipeline:
     def _build_profile_rows(self) -> int:
         """Profiles as rows, built from the event log once (a database from before they were rows)."""
         store = self.store
+        store.begin()
+        try:
+            store.backfill_outcome_log()
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise
         if store.meta_get(PROFILE_ROWS_KEY) is not None:
             return 0
         book = ProfileBook()

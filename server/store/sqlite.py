@@ -279,14 +279,26 @@ class SqliteStore:
                   "shows TEXT NOT NULL, tracked INTEGER NOT NULL, last_ms INTEGER NOT NULL) WITHOUT ROWID")
         c.execute("CREATE TABLE IF NOT EXISTS outcome_log (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                   "decision_id TEXT NOT NULL)")
+        c.execute("CREATE INDEX IF NOT EXISTS outcome_log_decision ON outcome_log (decision_id)")
         c.execute("CREATE TABLE IF NOT EXISTS decision_feed (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                   "decision_id TEXT NOT NULL)")
+        c.execute("CREATE INDEX IF NOT EXISTS decision_feed_decision ON decision_feed (decision_id)")
         c.execute("CREATE TABLE IF NOT EXISTS unlearn_queue (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                   "body TEXT NOT NULL)")
         c.execute("CREATE TABLE IF NOT EXISTS model_snapshots (version INTEGER PRIMARY KEY, created_ms INTEGER "
                   "NOT NULL, positions TEXT NOT NULL, body BLOB NOT NULL)")
         c.execute("CREATE TABLE IF NOT EXISTS learner_state (id INTEGER PRIMARY KEY CHECK (id = 1), "
                   "created_ms INTEGER NOT NULL, positions TEXT NOT NULL, body BLOB NOT NULL)")
+
+    def backfill_outcome_log(self) -> int:
+        """Append to ``outcome_log`` every outcome written without it (a database from before the learner's
+        feeds, or rows written by the offline generators), in the order they were written; returns how many."""
+        c = self.conn
+        if c.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] == c.execute(
+                "SELECT COUNT(*) FROM outcome_log").fetchone()[0]:
+            return 0
+        return c.execute("INSERT INTO outcome_log (decision_id) SELECT o.decision_id FROM outcomes o WHERE NOT EXISTS "
+                         "(SELECT 1 FROM outcome_log l WHERE l.decision_id = o.decision_id) ORDER BY o.rowid").rowcount
 
     # -- transactions ------------------------------------------------------------------------------------
     def begin(self) -> None:

@@ -22,8 +22,8 @@ def test_a_short_grace_window_applies_in_the_running_server() -> None:
     welcome["reward_window_hours"], welcome["default_reward"] = WINDOW_HOURS, -0.25
     raw["rewards"].update(sweep_interval_seconds=0.05, grace_seconds=0.5)
     with running_server(raw) as h, grpc.insecure_channel(h.address) as ch:
-        engine = h.server.service.decisions
-        assert (engine.sweep_interval_s, engine.joiner.grace_ms) == (0.05, 500)
+        learner = h.server.learner
+        assert (learner.sweep_interval_s, learner.joiner.grace_ms) == (0.05, 500)
         stub = pb_grpc.OnrampStub(ch)
         stub.SetConsent(pb.ConsentRequest(anonymous_id="visitor-9", purpose="tracking", granted=True), timeout=30)
         shown = stub.GetNextStep(pb.NextStepRequest(anonymous_id="visitor-9"), timeout=30)

@@ -4,6 +4,7 @@ database, the admin key it asks for when ``[auth]`` has keys, and the cache that
 from __future__ import annotations
 
 import json
+import time
 import math
 import urllib.error
 import urllib.request
@@ -86,16 +87,27 @@ def test_when_the_dashboard_is_served(metrics: dict[str, Any], keys: bool, serve
 
 
 def test_dashboard_off_leaves_only_metrics() -> None:
-    with running_server(metrics={**METRICS_ON, "dashboard": False}, server={"checkpoint_interval_s": 0}) as handle:
+    with running_server(metrics={**METRICS_ON, "dashboard": False}) as handle:
         port = metrics_port(handle)
         for path in ("/dashboard", "/dashboard/data"):  # no app there: the metrics endpoint answers any path
             assert get(port, path)[2].startswith(b"# HELP")
         assert b"onramp_rpc_duration_seconds" in get(port, "/metrics")[2]
 
 
+def wait_for_snapshot(handle: Any, timeout_s: float = 60.0) -> None:
+    """Wait until the engine decides with a snapshot that includes every outcome of the database."""
+    learner, engine = handle.server.learner, handle.server.service.decisions
+    end = time.monotonic() + timeout_s
+    while not handle.call(lambda: learner.pos.outcomes > 0 and not learner._dirty  # noqa: SLF001
+                          and engine.snapshot_version >= learner.version > 0):
+        assert time.monotonic() < end, "the learner published no snapshot"
+        time.sleep(0.05)
+
+
 # -- the numbers ---------------------------------------------------------------------------------------------
 def test_numbers_equal_the_cli_reports_on_the_same_database(population: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with running_server(db_path=population, metrics=METRICS_ON, server={"checkpoint_interval_s": 0}) as handle:
+    with running_server(db_path=population, metrics=METRICS_ON) as handle:
+        wait_for_snapshot(handle)
         status, headers, body = get(metrics_port(handle), "/dashboard/data")
         assert status == 200 and headers["Content-Type"] == "application/json"
         data = json.loads(body)
@@ -127,12 +139,12 @@ def test_numbers_equal_the_cli_reports_on_the_same_database(population: Path, ca
     assert over_time["total"] == len(act.dec_ts) == sum(sum(v) for v in over_time["reasons"].values())
     assert data["live"]["catalog_version"] == catalog.version
     assert data["live"]["policy_version"].startswith(catalog.version + ":")
-    assert data["live"]["outcomes_learned"] > 0  # the bandit replayed the log's outcomes at start
+    assert data["live"]["outcomes_learned"] > 0  # the learner learned the log's outcomes at its first start
     assert data["auth"] == {"required": False, "caller": "peer:127.0.0.1"}
 
 
 def test_an_empty_database_gives_empty_sections_not_errors() -> None:
-    with running_server(metrics=METRICS_ON, server={"checkpoint_interval_s": 0}) as handle:
+    with running_server(metrics=METRICS_ON) as handle:
         data = json.loads(get(metrics_port(handle), "/dashboard/data")[2])
     a = data["analytics"]
     assert a["error"] == "" and a["funnel"]["users"] == 0 and a["decisions_over_time"]["total"] == 0
@@ -140,7 +152,7 @@ def test_an_empty_database_gives_empty_sections_not_errors() -> None:
 
 
 def test_the_page_is_self_contained() -> None:
-    with running_server(metrics=METRICS_ON, server={"checkpoint_interval_s": 0}) as handle:
+    with running_server(metrics=METRICS_ON) as handle:
         status, headers, body = get(metrics_port(handle), "/dashboard")
     page = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/html")
@@ -157,8 +169,7 @@ def test_the_page_is_self_contained() -> None:
 @pytest.fixture(scope="module")
 def keyed_server(population: Path) -> Any:
     limits = {"auth_failure_delay_ms": 0, "auth_failures_per_second": 0.001, "auth_failures_burst": 5}
-    with running_server(db_path=population, metrics=METRICS_ON, auth=auth_section(), limits=limits,
-                        server={"checkpoint_interval_s": 0}) as handle:
+    with running_server(db_path=population, metrics=METRICS_ON, auth=auth_section(), limits=limits) as handle:
         yield handle
 
 

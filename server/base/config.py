@@ -20,6 +20,7 @@ OWN_SECTIONS = ("server", "privacy", "ingest")
 RESERVED_SECTIONS = ("steps", "core", "guardrails", "rules", "rewards", "experiments", "segments",
                      "bandit", "auth", "tls", "metrics", "limits", "logging")
 SYNCHRONOUS_MODES = ("normal", "full")
+MAX_WORKERS = 1024
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,8 @@ class ServerConfig:
     # Write checkpoints from a forked child (copy-on-write snapshot: ingest and decisions pause only for the
     # fork, not for the pickling); false, or no os.fork (Windows), pickles in the server process instead.
     checkpoint_fork: bool = hasattr(os, "fork")
+    # gRPC worker processes sharing the port under one supervisor (server/ops/supervisor.py); 0 = one per core.
+    workers: int = 1
 
     @property
     def checkpoint_file(self) -> str:
@@ -176,9 +179,10 @@ def _parse_server(t: Mapping[str, Any]) -> ServerConfig:
     if not isinstance(checkpoint_fork, bool):
         raise ConfigError("server.checkpoint_fork: must be true (write checkpoints from a forked child) or false "
                           f"(pickle in the server process; got {_type_name(checkpoint_fork)} {checkpoint_fork!r})")
+    workers = _int("server", t, "workers", d.workers, 0, MAX_WORKERS, " (0 = one per core)")
     return ServerConfig(host=host, port=port, db_path=db_path, max_message_bytes=mmb,
                         checkpoint_interval_s=float(interval), checkpoint_path=checkpoint_path,
-                        checkpoint_fork=checkpoint_fork)
+                        checkpoint_fork=checkpoint_fork, workers=workers)
 
 
 def _parse_privacy(t: Mapping[str, Any]) -> PrivacyConfig:

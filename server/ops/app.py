@@ -193,13 +193,13 @@ class OnrampServer:
 
 def build_server(config: Config | None = None, *, decision_factory: DecisionFactory | None = None,
                  enricher_factory: EnricherFactory | None = None, ops: Operations | None = None,
-                 allow_insecure_no_auth: bool = False) -> OnrampServer:
+                 allow_insecure_no_auth: bool = False, reuse_port: bool = False) -> OnrampServer:
     """Assemble a server (call from a coroutine: grpc.aio needs the running loop). Nothing listens until
-    :meth:`OnrampServer.start`."""
+    :meth:`OnrampServer.start`; ``reuse_port`` shares the port with the other workers of a supervisor."""
     config = config or Config()
     ops_config = ops_config_for(config)
     if ops is None:
-        ops = Operations(ops_config, allow_insecure_no_auth=allow_insecure_no_auth)
+        ops = Operations(ops_config, allow_insecure_no_auth=allow_insecure_no_auth, reuse_port=reuse_port)
     runtime = open_runtime(config, ops.metrics, use_checkpoint=decision_factory is None)
     checkpointer: Checkpointer | None = None
     try:

@@ -47,8 +47,8 @@ class Section:
     demo_path: str = ""  # the Catalog attribute holding a DEMO section's values (e.g. "guardrails")
 
 
-SERVER = Section("[server]", ServerConfig, BUILT_IN, "Where to listen and where the database lives. `onramp serve --host, "
-                 "--port, --db` override `host`, `port`, `db_path`.", (
+SERVER = Section("[server]", ServerConfig, BUILT_IN, "Where to listen, where the database lives, how many worker processes. "
+                 "`onramp serve --host, --port, --db, --workers` override `host`, `port`, `db_path`, `workers`.", (
     Key("host", "string", "Address to listen on. A non-loopback address needs `[auth]` keys (or "
         "`--allow-insecure-no-auth`)."),
     Key("port", "integer 0-65535", "gRPC port; 0 = any free port."),
@@ -60,6 +60,9 @@ SERVER = Section("[server]", ServerConfig, BUILT_IN, "Where to listen and where 
     Key("checkpoint_path", "string", "The checkpoint file; `\"\"` = `<db_path>.checkpoint`."),
     Key("checkpoint_fork", "boolean", "Write checkpoints from a forked child (serving pauses only for the fork); "
         "false pickles in the server process.", default="true where the OS has `fork()`, else false"),
+    Key("workers", "integer 0-1024", "gRPC worker processes sharing the port, run by one supervisor process "
+        "(docs/operations.md, \"Worker processes\"); 0 = one per core. `onramp serve --workers` overrides it. "
+        "Only 1 for now: more are refused until the workers keep no user state in memory."),
 ))
 
 PRIVACY = Section("[privacy]", PrivacyConfig, BUILT_IN, "Where the key of the keyed pseudonyms comes from "

@@ -225,6 +225,7 @@ class _Child:
     ready: bool = False
     ever_ready: bool = False  # a child that never was ready failed to start: no restart, the start fails
     quick_failures: int = 0  # deaths in a row, each within STABLE_S of its start
+    stopped_cleanly: bool = True  # when drained: exit status 0
     restart_at: float | None = None
     message: str = ""  # what the child said when it could not start
     code: int = 0  # the exit code it asked for then (else its exit status)
@@ -261,12 +262,13 @@ class Supervisor:
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
-        self._signal: int | None = None
+        self._signals: list[int] = []  # stop signals received and not yet handled
         self._draining = False
         self._drain_deadline = 0.0
         self._failed: _Child | None = None
         self._old_handlers: dict[int, Any] = {}
         self._old_wakeup_fd = -1
+        self._closed = False
 
     # signals ------------------------------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -282,10 +284,7 @@ class Supervisor:
         signal.set_wakeup_fd(self._old_wakeup_fd)
 
     def _on_stop_signal(self, sig: int, _frame: Any) -> None:
-        if self._signal is not None:
-            log.warning("%s received while stopping; still waiting for the workers to finish their calls and "
-                        "commit", signal.Signals(sig).name)
-        self._signal = sig
+        self._signals.append(sig)  # handled in _tick (no logging inside a signal handler)
 
     # children ----------------------------------------------------------------------------------------------
     def _spawn(self, child: _Child) -> None:
@@ -302,8 +301,8 @@ class Supervisor:
         ours.setblocking(False)
         self._selector.register(ours, selectors.EVENT_READ, child)
         child.proc, child.link, child.buffer = proc, ours, b""
-        child.started_at, child.ready, child.restart_at, child.message, child.port = \
-            time.monotonic(), False, None, "", None
+        child.started_at, child.ready, child.restart_at, child.message, child.code, child.port = \
+            time.monotonic(), False, None, "", 0, None
 
     def _read_link(self, child: _Child) -> None:
         assert child.link is not None
@@ -363,7 +362,7 @@ class Supervisor:
         if self._draining:
             level = logging.INFO if code == 0 else logging.WARNING
             log.log(level, "%s (pid %d) stopped: %s", child.spec.name, pid, describe_exit(code))
-            child.quick_failures = 0 if code == 0 else -1  # -1: did not stop cleanly
+            child.stopped_cleanly = code == 0
             return
         if not child.ever_ready:
             if not child.message:
@@ -405,8 +404,13 @@ class Supervisor:
         for child in self.children:
             if child.proc is not None and child.proc.poll() is not None:
                 self._reap(child, now)
-        if self._signal is not None and not self._draining:
-            self.drain(f"{signal.Signals(self._signal).name} received")
+        while self._signals:
+            name = signal.Signals(self._signals.pop(0)).name
+            if self._draining:
+                log.warning("%s received while stopping; still waiting for the processes to finish their calls "
+                            "and commit", name)
+            else:
+                self.drain(f"{name} received")
         if self._draining or self._failed is not None:
             return
         for child in self.children:
@@ -445,7 +449,7 @@ class Supervisor:
                 clean = False
                 break
             self._tick(0.5)
-        return clean and all(c.quick_failures >= 0 for c in self.children)
+        return clean and all(c.stopped_cleanly for c in self.children)
 
     # the whole life ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -508,6 +512,9 @@ class Supervisor:
 
     def close(self) -> None:
         """Restore the signal handlers, close the links, remove the metrics directory (when this made it)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._old_handlers:
             self._restore_signals()
         for child in self.children:

@@ -1,7 +1,7 @@
 """`onramp serve` with 2 real workers under one supervisor, the staging switch
 (``server.ops.supervisor.SHARED_STATE_READY``) overridden by this test: the mechanics only, not the answers
 (each worker still holds its own user state). Both workers serve Health and GetNextStep on the one shared port,
-/metrics (worker 0's) adds up both, a worker killed with SIGKILL is restarted, SIGTERM drains both and the
+/metrics (worker 0's) adds up both and worker 0 serves the dashboard, a worker killed with SIGKILL is restarted, SIGTERM drains both and the
 supervisor exits 0 without having imported grpc, and a supervisor killed with SIGKILL leaves no worker serving."""
 from __future__ import annotations
 
@@ -123,6 +123,8 @@ def test_two_workers_share_the_port_restart_and_drain(tmp_path: pathlib.Path) ->
         _call_over_new_connections(server.port)
         assert all(_served(metrics_dir, pid) for pid in server.pids), server.text()
         assert _grpc_calls_counted(server.metrics_port) == CONNECTIONS  # /metrics adds up both workers
+        page = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/dashboard", timeout=10)
+        assert page.status == 200 and b"<html" in page.read().lower()  # worker 0 serves the dashboard
 
         seen = len(server.text())
         os.kill(server.pids[1], signal.SIGKILL)

@@ -135,8 +135,6 @@ def reserve_port(host: str, port: int, attempts: int = 20) -> tuple[int, list[so
                 held.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((address[0], chosen, *address[2:]))
                 chosen = sock.getsockname()[1]
             return chosen, held

@@ -1,14 +1,15 @@
 """`onramp serve` with 2 real workers under one supervisor, the staging switch
 (``server.ops.supervisor.SHARED_STATE_READY``) overridden by this test: the mechanics only, not the answers
 (each worker still holds its own user state). Both workers serve Health and GetNextStep on the one shared port,
-/metrics (worker 0's) adds up both and worker 0 serves the dashboard, a worker killed with SIGKILL is restarted, SIGTERM drains both and the
-supervisor exits 0 without having imported grpc, and a supervisor killed with SIGKILL leaves no worker serving."""
+/metrics (worker 0's) adds up both and worker 0 serves the dashboard, a worker killed with SIGKILL is restarted, SIGTERM drains both (every acknowledged event
+of either is in the database) and the supervisor exits 0 without having imported grpc, and a supervisor killed with SIGKILL leaves no worker serving."""
 from __future__ import annotations
 
 import os
 import pathlib
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -104,6 +105,20 @@ def _call_over_new_connections(port: int, n: int = CONNECTIONS) -> None:
             assert reply.decision_id
 
 
+def _ingest_over_new_connections(port: int, n: int = 8, events: int = 20) -> int:
+    """Consent and ``events`` events of one user per connection (each user's calls on one worker: the workers
+    do not share user state yet); returns how many events the workers acknowledged."""
+    acked = 0
+    for i in range(n):
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            stub = pb_grpc.OnrampStub(channel)
+            stub.SetConsent(pb.ConsentRequest(user_id=f"w{i}", purpose="tracking", granted=True), timeout=10)
+            summary = stub.IngestEvents(iter([pb.Event(event_id=f"w{i}-{j}", user_id=f"w{i}", name="session_start")
+                                              for j in range(events)]), timeout=30)
+            acked += summary.accepted
+    return acked
+
+
 def _served(metrics_dir: pathlib.Path, pid: int) -> bool:
     """Whether worker ``pid`` recorded a call (its histogram file in the shared metrics directory)."""
     return (metrics_dir / f"histogram_{pid}.db").exists()
@@ -137,8 +152,12 @@ def test_two_workers_share_the_port_restart_and_drain(tmp_path: pathlib.Path) ->
         assert _served(metrics_dir, restarted), server.text()
         assert _grpc_calls_counted(server.metrics_port) == 2 * CONNECTIONS  # the dead worker's calls still count
 
+        acked = _ingest_over_new_connections(server.port)
+        assert acked == 8 * 20
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0, server.text()
+        with sqlite3.connect(server.db) as conn:  # both workers committed what they acknowledged
+            assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == acked
         assert server.proc.stdout.read().strip() == "grpc imported by the supervisor: False"
         log = server.text()
         assert "stopping (SIGTERM received): draining 2 processes" in log

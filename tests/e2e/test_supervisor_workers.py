@@ -1,8 +1,9 @@
 """`onramp serve` with 2 real workers under one supervisor, the staging switch
 (``server.ops.supervisor.SHARED_STATE_READY``) overridden by this test: the mechanics only, not the answers
-(each worker still holds its own user state). Both workers serve Health and GetNextStep on the one shared port,
-/metrics (worker 0's) adds up both and worker 0 serves the dashboard, a worker killed with SIGKILL is restarted, SIGTERM drains both (every acknowledged event
-of either is in the database) and the supervisor exits 0 without having imported grpc, and a supervisor killed with SIGKILL leaves no worker serving."""
+(each worker still holds its own user state). Both workers serve Health and GetNextStep on the one shared
+port, /metrics (worker 0's) adds up both and worker 0 serves the dashboard, a worker killed with SIGKILL is
+restarted, SIGTERM drains both (every event either acknowledged is in the database) and the supervisor exits
+0 without having imported grpc, and a supervisor killed with SIGKILL leaves no worker serving."""
 from __future__ import annotations
 
 import os

@@ -127,6 +127,7 @@ def _served(metrics_dir: pathlib.Path, pid: int) -> bool:
 
 def _grpc_calls_counted(metrics_port: int) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    assert re.search(r'^onramp_queue_depth\{queue="writer"\} 0\.0$', body, re.MULTILINE), body  # live workers' sum
     return sum(float(m) for m in re.findall(
         r'^onramp_rpc_duration_seconds_count\{code="OK",method="onramp\.v1\.Onramp/GetNextStep"\} (\S+)$', body,
         re.MULTILINE))

@@ -86,9 +86,10 @@ class Operations:
     """Holds the key ring, rate limiters, metrics, health servicer and metrics endpoint of one server."""
 
     def __init__(self, config: OpsConfig | None = None, metrics: Metrics | None = None,
-                 allow_insecure_no_auth: bool = False) -> None:
+                 allow_insecure_no_auth: bool = False, reuse_port: bool = False) -> None:
         self.config = config if config is not None else OpsConfig()
         self.allow_insecure_no_auth = allow_insecure_no_auth
+        self.reuse_port = reuse_port
         self.metrics = metrics if metrics is not None else Metrics()
         self.keyring = KeyRing(self.config.auth)
         self.limiter = RateLimiter(self.config.limits)
@@ -105,9 +106,10 @@ class Operations:
         self.http_apps[prefix] = app
 
     def server_options(self) -> list[tuple[str, Any]]:
-        """grpc server options: message-size limits, and no SO_REUSEPORT so a second server on a busy
-        port fails instead of silently sharing it."""
-        return [*server_options(self.config.limits), ("grpc.so_reuseport", 0)]
+        """grpc server options: message-size limits, and SO_REUSEPORT only for the workers of one supervisor
+        (server/ops/supervisor.py, which checked the port is free): otherwise a second server on a busy port
+        fails instead of silently sharing it."""
+        return [*server_options(self.config.limits), ("grpc.so_reuseport", 1 if self.reuse_port else 0)]
 
     def new_server(self, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Server:
         """A grpc.aio server with the interceptor and options installed, plus health and reflection."""

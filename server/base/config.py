@@ -19,6 +19,7 @@ OWN_SECTIONS = ("server", "privacy", "ingest")
 RESERVED_SECTIONS = ("steps", "core", "guardrails", "rules", "rewards", "experiments", "segments",
                      "bandit", "auth", "tls", "metrics", "limits", "logging")
 SYNCHRONOUS_MODES = ("normal", "full")
+MAX_WORKERS = 1024
 
 
 class ConfigError(ValueError):
@@ -34,6 +35,9 @@ class ServerConfig:
     db_path: str = "./onramp.db"
     # Largest gRPC message accepted or sent; 0 keeps the ``[limits] max_message_bytes`` default (16 MiB).
     max_message_bytes: int = 0
+    # gRPC worker processes sharing the port under one supervisor (server/ops/supervisor.py); 0 = one per core.
+    workers: int = 1
+
 
     @property
     def address(self) -> str:
@@ -147,7 +151,8 @@ def _parse_server(t: Mapping[str, Any]) -> ServerConfig:
     mmb = _int("server", t, "max_message_bytes", d.max_message_bytes, 0, None)
     if 0 < mmb < 1024:
         raise ConfigError(f"server.max_message_bytes: must be 0 (default) or at least 1024 (got {mmb!r})")
-    return ServerConfig(host=host, port=port, db_path=db_path, max_message_bytes=mmb)
+    workers = _int("server", t, "workers", d.workers, 0, MAX_WORKERS, " (0 = one per core)")
+    return ServerConfig(host=host, port=port, db_path=db_path, max_message_bytes=mmb, workers=workers)
 
 
 def _parse_privacy(t: Mapping[str, Any]) -> PrivacyConfig:

@@ -5,11 +5,18 @@ process. Other modules record through the instance the app hands them, e.g.
 ``metrics.events_total.labels(result="accepted").inc(n)``. A ``Metrics()`` is cheap and needs no HTTP port,
 so code paths never need a "no metrics" case. The endpoint can serve other WSGI apps under their own path
 prefixes beside ``/metrics`` (the operator's dashboard, ``server/ops/dashboard_http.py``).
+
+Under the supervisor of ``onramp serve`` (server/ops/supervisor.py) every worker runs prometheus_client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a directory per run set before prometheus_client is imported):
+each process writes its values to files there, and the one endpoint (worker 0's) adds up every worker's.
+Gauges are then the sum over the live processes, and the queue depths are sampled once a second.
 """
 from __future__ import annotations
 
+import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +24,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.multiprocess import MultiProcessCollector
 
 DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_METRICS_PORT = 9464
@@ -24,6 +32,15 @@ DEFAULT_METRICS_PORT = 9464
 # Latency buckets (seconds) from 0.5 ms to 10 s: GetNextStep is expected in the low milliseconds,
 # ingestion streams can last longer.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+QUEUE_SAMPLE_S = 1.0  # how often a queue depth is written for the other processes to read (multiprocess mode)
+
+
+def multiprocess_dir() -> str | None:
+    """The shared directory of multiprocess mode, or None when this process's metrics are its own."""
+    return os.environ.get(MULTIPROCESS_ENV) or None
+
 
 # A WSGI application (PEP 3333): ``app(environ, start_response) -> body chunks``.
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -98,7 +115,8 @@ class Metrics:
             "onramp_rpc_duration_seconds", "Time to handle one RPC, by method and final status code.",
             ["method", "code"], buckets=LATENCY_BUCKETS, registry=r)
         self.rpc_in_flight = Gauge(
-            "onramp_rpc_in_flight", "RPCs being handled now, by method.", ["method"], registry=r)
+            "onramp_rpc_in_flight", "RPCs being handled now, by method.", ["method"], registry=r,
+            multiprocess_mode="livesum")
         self.auth_failures_total = Counter(
             "onramp_auth_failures_total", "Calls refused by authentication or authorization, by code.",
             ["code"], registry=r)
@@ -122,9 +140,11 @@ class Metrics:
             "onramp_guardrail_blocks_total", "Steps withheld by a guardrail, by guardrail name.",
             ["guardrail"], registry=r)
         self.queue_depth = Gauge(
-            "onramp_queue_depth", "Items waiting in an internal queue, by queue name.", ["queue"], registry=r)
+            "onramp_queue_depth", "Items waiting in an internal queue, by queue name.", ["queue"], registry=r,
+            multiprocess_mode="livesum")
         self._methods: dict[str, MethodMetrics] = {}
         self._decisions: dict[tuple[str, str], Any] = {}
+        self._sampled: list[tuple[Any, Callable[[], float]]] = []  # queue gauges written by the sampler thread
 
     def for_method(self, method: str) -> MethodMetrics:
         """The RPC series of ``method`` (a name without the leading slash), created on first use."""
@@ -134,8 +154,23 @@ class Metrics:
         return found
 
     def track_queue(self, name: str, depth: Callable[[], float]) -> None:
-        """Report ``depth()`` as ``onramp_queue_depth{queue=name}`` at every scrape."""
-        self.queue_depth.labels(queue=name).set_function(depth)
+        """Report ``depth()`` as ``onramp_queue_depth{queue=name}`` at every scrape (in multiprocess mode, as
+        sampled every :data:`QUEUE_SAMPLE_S` by a thread: the endpoint reads only the shared files)."""
+        if multiprocess_dir() is None:
+            self.queue_depth.labels(queue=name).set_function(depth)
+            return
+        self._sampled.append((self.queue_depth.labels(queue=name), depth))
+        if len(self._sampled) == 1:
+            threading.Thread(target=self._sample_queues, name="onramp-metrics-queues", daemon=True).start()
+
+    def _sample_queues(self) -> None:
+        while True:
+            for gauge, depth in list(self._sampled):
+                try:
+                    gauge.set(depth())
+                except Exception:  # noqa: BLE001 - a failing probe must not end the sampling of the others
+                    pass
+            time.sleep(QUEUE_SAMPLE_S)
 
     def record_events(self, accepted: int = 0, duplicates: int = 0, rejected: int = 0,
                       dropped: Mapping[str, int] | None = None) -> None:
@@ -164,6 +199,13 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def _all_processes() -> CollectorRegistry:
+    """A registry that reads every process's values from the multiprocess directory."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return registry
+
+
 class _QuietHandler(WSGIRequestHandler):
     """Writes no access line per request to stderr."""
 
@@ -179,7 +221,7 @@ class MetricsServer:
         self.metrics = metrics
         self.config = config
         self.apps = dict(apps or {})
-        self._metrics_app = make_wsgi_app(metrics.registry)
+        self._metrics_app = make_wsgi_app(metrics.registry if multiprocess_dir() is None else _all_processes())
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

@@ -182,20 +182,23 @@ class OnrampServer:
 
 def build_server(config: Config | None = None, *, decision_factory: DecisionFactory | None = None,
                  enricher_factory: EnricherFactory | None = None, ops: Operations | None = None,
-                 allow_insecure_no_auth: bool = False) -> OnrampServer:
+                 allow_insecure_no_auth: bool = False, reuse_port: bool = False,
+                 run_learner: bool = True) -> OnrampServer:
     """Assemble a server (call from a coroutine: grpc.aio needs the running loop). Nothing listens until
-    :meth:`OnrampServer.start`."""
+    :meth:`OnrampServer.start`; ``reuse_port`` shares the port with the other workers of a supervisor;
+    ``run_learner`` runs the learner in this process (off in the workers of a supervisor, which runs it as a
+    process of its own: server/ops/learner_process.py)."""
     config = config or Config()
     ops_config = ops_config_for(config)
     if ops is None:
-        ops = Operations(ops_config, allow_insecure_no_auth=allow_insecure_no_auth)
+        ops = Operations(ops_config, allow_insecure_no_auth=allow_insecure_no_auth, reuse_port=reuse_port)
     runtime = open_runtime(config, ops.metrics)
     learner: Learner | None = None
     try:
         if decision_factory is not None:
             decisions = decision_factory(runtime)
         else:
-            learner = Learner(runtime.store, runtime.writer, runtime.catalog, runtime.pipeline.pseudonym,
+            learner = None if not run_learner else Learner(runtime.store, runtime.writer, runtime.catalog, runtime.pipeline.pseudonym,
                               metrics=runtime.metrics)
             decisions = DecisionEngine(runtime.pipeline, runtime.catalog, metrics=runtime.metrics)
         enricher = enricher_factory(runtime) if enricher_factory is not None else \

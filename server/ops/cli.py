@@ -46,19 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the gRPC service",
         description="Run the Onramp gRPC service until SIGINT/SIGTERM (then stop gracefully and exit 0). "
                     "Flags override the [server] section of the config file.")
-    serve.add_argument("--host", default=None,
-                       help=f"address to listen on; non-loopback addresses need [auth] keys "
-                            f"(default: [server] host, else {DEFAULT_HOST})")
-    serve.add_argument("--port", type=int, default=None,
-                       help=f"TCP port to listen on, 0 = any free port (default: [server] port, else {DEFAULT_PORT})")
-    serve.add_argument("--db", default=None, metavar="PATH",
-                       help=f"SQLite database file, created if missing (default: [server] db_path, else {DEFAULT_DB})")
-    serve.add_argument("--config", default=None, metavar="TOML",
-                       help="config file (server, privacy, ingest, catalog, guardrails, auth, ... sections); "
-                            "default: none = built-in defaults and the shipped demo catalog")
-    serve.add_argument("--allow-insecure-no-auth", action="store_true",
-                       help="listen on a non-loopback address without [auth] keys (anyone reaching the port "
-                            "can read and erase user data; see docs/security.md)")
+    add_serve_arguments(serve)
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="gRPC worker processes sharing the port, started and restarted by one supervisor "
+                            "process; 0 = one per core (default: [server] workers, else 1). Only 1 for now: "
+                            "see docs/operations.md, \"Worker processes\"")
     serve.set_defaults(func=cmd_serve)
     hash_key = sub.add_parser(
         "hash-key", help="print the [auth] hash of an API key read from stdin (or of a new one: --generate)",
@@ -73,22 +65,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags ``onramp serve`` shares with its workers (``python -m server.ops.worker``)."""
+    parser.add_argument("--host", default=None,
+                        help=f"address to listen on; non-loopback addresses need [auth] keys "
+                             f"(default: [server] host, else {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"TCP port to listen on, 0 = any free port (default: [server] port, else {DEFAULT_PORT})")
+    parser.add_argument("--db", default=None, metavar="PATH",
+                        help=f"SQLite database file, created if missing (default: [server] db_path, else {DEFAULT_DB})")
+    parser.add_argument("--config", default=None, metavar="TOML",
+                        help="config file (server, privacy, ingest, catalog, guardrails, auth, ... sections); "
+                             "default: none = built-in defaults and the shipped demo catalog")
+    parser.add_argument("--allow-insecure-no-auth", action="store_true",
+                        help="listen on a non-loopback address without [auth] keys (anyone reaching the port "
+                             "can read and erase user data; see docs/security.md)")
+
+
 def resolve_config(args: argparse.Namespace) -> Config:
     """The config file (or defaults) with the command-line flags applied."""
     config = load_config(args.config)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: must be an integer from 0 to 65535 (got {args.port})")
-    return config.with_server(host=args.host, port=args.port, db_path=args.db)
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers: must be an integer >= 0, 0 = one per core (got {workers})")
+    return config.with_server(host=args.host, port=args.port, db_path=args.db, workers=workers)
 
 
 async def serve(config: Config, stop_signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
-                allow_insecure_no_auth: bool = False) -> int:
-    """Run the server until one of ``stop_signals`` arrives, then stop gracefully."""
+                allow_insecure_no_auth: bool = False, *, reuse_port: bool = False,
+                ready: Callable[[int], None] | None = None, name: str = "onramp", run_learner: bool = True) -> int:
+    """Run the server in this process until one of ``stop_signals`` arrives, then stop gracefully.
+
+    ``reuse_port`` shares the port with the other workers of a supervisor (which checked it is free);
+    ``ready(port)`` is called once the server serves."""
     from server.ops.app import build_server
     from server.ops.ports import check_port_free
 
-    check_port_free(config.server.host, config.server.port)  # before the database and key file are created
-    server = build_server(config, allow_insecure_no_auth=allow_insecure_no_auth)
+    if not reuse_port:
+        check_port_free(config.server.host, config.server.port)  # before the database and key file are created
+    server = build_server(config, allow_insecure_no_auth=allow_insecure_no_auth, reuse_port=reuse_port,
+                          run_learner=run_learner)
     try:
         await server.start()
     except BaseException:
@@ -101,8 +119,10 @@ async def serve(config: Config, stop_signals: Sequence[int] = (signal.SIGINT, si
     loop = asyncio.get_running_loop()
     for sig in stop_signals:
         loop.add_signal_handler(sig, stop.set)
-    log.info("onramp serving on %s:%d (db %s, config %s, catalog %s)", config.server.host, server.port,
+    log.info("%s serving on %s:%d (db %s, config %s, catalog %s)", name, config.server.host, server.port,
              config.server.db_path, config.source, server.runtime.catalog.version)
+    if ready is not None:
+        ready(server.port)
     await stop.wait()
     log.info("stopping: finishing in-flight calls, flushing the writer")
     for sig in stop_signals:  # a second signal while draining must not interrupt the flush with a traceback
@@ -124,23 +144,60 @@ def _already_stopping(sig: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``onramp serve``."""
+    """``onramp serve``: with 1 worker this process is the server; with more, it is their supervisor
+    (server/ops/supervisor.py), which never imports grpc."""
+    from server.ops.supervisor import WorkersRefused, check_workers, resolve_workers, run_serve
+
     try:
         config = resolve_config(args)
-        from server.api.serving import OpsConfig
-        logging_config = OpsConfig.from_mapping(config.raw).logging
+        workers = resolve_workers(config.server.workers)
+        check_workers(workers)
+    except WorkersRefused as exc:
+        print(f"onramp: {exc}", file=sys.stderr)
+        return 2
     except (ConfigError, ValueError) as exc:
         print(f"onramp: config error: {exc}", file=sys.stderr)
         return 2
+    if workers == 1:
+        return serve_here(config, allow_insecure_no_auth=args.allow_insecure_no_auth)
+    try:
+        configure_logging(LoggingConfig.from_mapping(config.raw.get("logging")))
+        return run_serve(config, args.config, allow_insecure_no_auth=args.allow_insecure_no_auth)
+    except (ConfigError, ValueError) as exc:
+        print(f"onramp: config error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"onramp: {exc}", file=sys.stderr)
+        return 1
+
+
+def serve_here(config: Config, *, allow_insecure_no_auth: bool = False, reuse_port: bool = False,
+               ready: Callable[[int], None] | None = None, failed: Callable[[str, int], None] | None = None,
+               name: str = "onramp", run_learner: bool = True) -> int:
+    """Run one server in this process (a worker of ``onramp serve``): configure logging, serve until
+    SIGINT/SIGTERM. A start that fails is reported through ``failed(message, exit code)`` when given, else
+    printed."""
+    def fail(message: str, code: int) -> int:
+        if failed is not None:
+            failed(message, code)
+        else:
+            print(f"onramp: {message}", file=sys.stderr)
+        return code
+
+    try:
+        from server.api.serving import OpsConfig
+        logging_config = OpsConfig.from_mapping(config.raw).logging
+    except (ConfigError, ValueError) as exc:
+        return fail(f"config error: {exc}", 2)
     configure_logging(logging_config if isinstance(logging_config, LoggingConfig) else LoggingConfig())
     from server.api.auth import InsecureBindError
     from server.api.tls import TlsConfigError
 
     try:
-        return asyncio.run(serve(config, allow_insecure_no_auth=args.allow_insecure_no_auth))
+        return asyncio.run(serve(config, allow_insecure_no_auth=allow_insecure_no_auth, reuse_port=reuse_port,
+                                 ready=ready, name=name, run_learner=run_learner))
     except (ConfigError, TlsConfigError, InsecureBindError, OSError) as exc:
-        print(f"onramp: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, OSError) else 2
+        return fail(str(exc), 1 if isinstance(exc, OSError) else 2)
 
 
 def cmd_hash_key(args: argparse.Namespace) -> int:

@@ -47,14 +47,17 @@ class Section:
     demo_path: str = ""  # the Catalog attribute holding a DEMO section's values (e.g. "guardrails")
 
 
-SERVER = Section("[server]", ServerConfig, BUILT_IN, "Where to listen and where the database lives. `onramp serve --host, "
-                 "--port, --db` override `host`, `port`, `db_path`.", (
+SERVER = Section("[server]", ServerConfig, BUILT_IN, "Where to listen, where the database lives, how many worker processes. "
+                 "`onramp serve --host, --port, --db, --workers` override `host`, `port`, `db_path`, `workers`.", (
     Key("host", "string", "Address to listen on. A non-loopback address needs `[auth]` keys (or "
         "`--allow-insecure-no-auth`)."),
     Key("port", "integer 0-65535", "gRPC port; 0 = any free port."),
     Key("db_path", "string", "The SQLite database (WAL), created if missing."),
     Key("max_message_bytes", "integer: 0, or >= 1024", "Largest gRPC message received or sent; 0 keeps "
         "`[limits] max_message_bytes`."),
+    Key("workers", "integer 0-1024", "gRPC worker processes sharing the port, run by one supervisor process "
+        "(docs/operations.md, \"Worker processes\"); 0 = one per core. `onramp serve --workers` overrides it. "
+        "Only 1 for now: more are refused until the workers keep no user state in memory."),
 ))
 
 PRIVACY = Section("[privacy]", PrivacyConfig, BUILT_IN, "Where the key of the keyed pseudonyms comes from "

@@ -117,6 +117,24 @@ def test_restart_applies_defaults_for_windows_that_closed_while_down(tmp_path: P
     run(tmp_path, second)
 
 
+def test_a_success_event_stored_while_the_learner_was_down_still_rewards(tmp_path: Path) -> None:
+    ids: list[str] = []
+
+    async def first(h: Harness, engine: DecisionEngine) -> None:
+        await h.consent("flo")
+        await h.sessions("flo", [T0])
+        ids.append((await h.ask("flo", T0 + MIN_MS)).decision_id)
+        await h.learn(T0 + MIN_MS)  # seen, and the learner's state saved
+        await h.event("flo", "step_completed", T0 + 5 * MIN_MS, step_id="welcome")  # no learner round after
+    run(tmp_path, first)
+
+    async def second(h: Harness, engine: DecisionEngine) -> None:
+        await h.learn(T0 + 6 * MIN_MS)  # the restarted learner reads on from its saved position
+        o = outcome_rows(h.db_path)[ids[0]]
+        assert (o["reward"], o["source"], o["timestamp_ms"]) == (1.0, "event", T0 + 5 * MIN_MS)
+    run(tmp_path, second)
+
+
 def test_erased_decisions_get_no_orphan_outcome(tmp_path: Path) -> None:
     async def scenario(h: Harness, engine: DecisionEngine) -> None:
         await h.consent("dee")

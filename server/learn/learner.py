@@ -180,9 +180,11 @@ class Learner:
             for pseudo, body in user_state.iter_profile_bodies(self.reader):
                 p = decode_profile(pseudo, body)
                 self.segmenter.learn_one(p, p.last_seen_ms)
-        # Decisions waiting for a reward (the pending index is rebuilt, not saved).
+        # Decisions waiting for a reward (the pending index is rebuilt, not saved). Events are read on from the
+        # saved position: one ingested while the learner was down may still reward a pending decision.
         self.pos.decisions = feeds.last_id(self.reader, "decision_feed")
-        self.pos.events = self._last_event_seq()
+        if not learned_profiles:
+            self.pos.events = self._last_event_seq()
         self.joiner.load(Pending(r.decision_id, r.user_pseudo, r.timestamp_ms, r.step_id, r.reward_deadline_ms)
                          for r in pending_rows(self.reader))
         latest = feeds.latest_snapshot(self.reader)

@@ -1,5 +1,6 @@
 """An in-process decision engine for tests (no gRPC): a real SQLite store in a temporary directory, the real
-writer thread and pipeline, and a :class:`DecisionEngine` on the running asyncio loop."""
+writer thread and pipeline, a :class:`DecisionEngine` on the running asyncio loop and the :class:`Learner` that
+learns its models (stepped by the test with :meth:`Harness.learn`, not run as a task)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,6 +18,7 @@ from server.base.catalog import Catalog, load_catalog, parse_catalog
 from server.base.config import PrivacyConfig
 from server.decide.engine import DecisionEngine
 from server.ingest.pipeline import Pipeline
+from server.learn.learner import Learner
 from server.store.pseudonym_key import open_pseudonymizer
 from server.store.sqlite import open_store
 from server.store.writer import Writer
@@ -47,12 +49,15 @@ def catalog_with(**changes: Any) -> Catalog:
 
 
 class Harness:
-    """Store + writer + pipeline + engine. Call :meth:`open` inside the event loop, :meth:`close` at the end."""
+    """Store + writer + pipeline + engine + learner. Call :meth:`open` inside the event loop, :meth:`close` at
+    the end; ``learner_kw`` go to the :class:`Learner`, the other keywords to the engine."""
 
-    def __init__(self, db_path: Path, catalog: Catalog | None = None, **engine_kw: Any) -> None:
+    def __init__(self, db_path: Path, catalog: Catalog | None = None, learner_kw: dict[str, Any] | None = None,
+                 **engine_kw: Any) -> None:
         self.db_path = db_path
         self.catalog = catalog if catalog is not None else load_catalog(None)
         self.engine_kw = engine_kw
+        self.learner_kw = learner_kw or {}
         self._ids = itertools.count()
 
     def open(self, loop: Any) -> DecisionEngine:
@@ -62,11 +67,31 @@ class Harness:
         self.pipeline.rebuild()
         self.writer.start()
         self.pipeline.attach_loop(loop)
+        # built as server/ops/app.py builds them
+        self.learner = Learner(self.store, self.writer, self.catalog, self.pipeline.pseudonym, **self.learner_kw)
+        self.learner.open()  # as the server's learner task does at its start
         self.engine = DecisionEngine(self.pipeline, self.catalog, **self.engine_kw)
         return self.engine
 
+    async def learn(self, now_ms: int) -> bool:
+        """One learning round at ``now_ms`` (read the feeds, join rewards, sweep windows closed before it,
+        learn, publish), then the engine loads the published snapshot; returns whether one was published."""
+        published = await self.learner.step(now_ms)
+        self.engine.load_snapshot()
+        return published
+
+    async def erase(self, user: str, now_ms: int) -> dict[str, int]:
+        """EraseUser as the server runs it: the erasure answers once the engine loaded models without the
+        person, so the learner takes the queued unlearning out meanwhile (rounds at ``now_ms``)."""
+        erasing = asyncio.ensure_future(self.pipeline.erase(user))
+        while not erasing.done():
+            await self.learn(now_ms)
+            await asyncio.sleep(0.005)
+        return await erasing
+
     async def close(self) -> None:
         await self.engine.stop()
+        self.learner.close()
         self.writer.stop()
         self.pipeline.attach_loop(None)
         self.store.close()

@@ -1,5 +1,5 @@
-"""The decision log's writer path: a decision is committed when ``DecisionLogger.log`` returns (rows of one
-loop iteration share one writer job), its JSON columns are exactly ``json.dumps(sort_keys=True,
+"""The decision log's writer path: a decision is committed when ``DecisionLogger.log`` returns True (rows of
+one loop iteration share one writer job; a show decided on a shown history that moved meanwhile is refused), its JSON columns are exactly ``json.dumps(sort_keys=True,
 separators=(",", ":"))``, and a stopped writer fails every waiting caller."""
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from server.store.decision_log import Decision, DecisionLogger, _encoded, insert_rows
 from server.store.sqlite import SqliteStore
+from server.store.user_state import LoggedDecision, Shows, read_shows
 from server.store.writer import Writer, WriterClosed
 
 
@@ -21,6 +22,14 @@ def _decision(i: int, step: str = "tip", context: dict | None = None) -> Decisio
                     "v1", "", "", context if context is not None else ({"b": 0.5, "a": 1.0} if step else {}),
                     ["tip", "tour"] if step else [], {"tip": 0.25, "tour": 0.75} if step else {},
                     5_000 + i if step else 0)
+
+
+def _logged(d: Decision, version: int = 0) -> LoggedDecision:
+    """What the engine logs for ``d``: a shown step also writes the person's shown history, if still at
+    ``version``."""
+    if not d.step_id:
+        return LoggedDecision(d.flat())
+    return LoggedDecision(d.flat(), d.user_pseudo, version, {d.step_id: [d.timestamp_ms]}, feed=True)
 
 
 def _dumps(v: object) -> str:
@@ -68,20 +77,28 @@ def test_logged_decisions_are_committed_when_log_returns(tmp_path: Path):
     writer.start()
     reader = SqliteStore(tmp_path / "d.db", readonly=True)
 
-    async def scenario() -> list[bool]:
+    async def scenario() -> list[tuple[bool, bool]]:
         logger = DecisionLogger(writer)
         decisions = [_decision(i, "tip" if i % 2 else "") for i in range(40)]
 
-        async def one(d: Decision) -> bool:
-            await logger.log(d)
-            return reader.get_decision(d.decision_id) is not None  # visible to another connection: committed
+        async def one(d: Decision) -> tuple[bool, bool]:
+            logged = await logger.log(_logged(d))
+            return logged, reader.get_decision(d.decision_id) is not None  # visible to another connection
 
         seen = await asyncio.gather(*(one(d) for d in decisions))
         assert logger.batches == 1  # one loop iteration, one writer job
         return seen
 
     try:
-        assert all(asyncio.run(scenario()))
+        seen = asyncio.run(scenario())
+        assert all(logged == visible for logged, visible in seen)  # True: committed when log returns
+        # a show is logged only at the shown history's version it was decided on: the first show of each
+        # person (expected version 0) is, the later ones of the same batch find version 1 and are refused
+        first_shows = {f"p{i % 7}": i for i in range(39, 0, -2)}
+        assert [i for i, (logged, _) in enumerate(seen) if not logged] == \
+            sorted(set(range(1, 40, 2)) - set(first_shows.values()))
+        for pseudo, i in first_shows.items():
+            assert read_shows(reader, pseudo) == Shows(1, {"tip": [1_000 + i]})
         row = reader.get_decision("d0001")
         assert row is not None
         assert row["context"] == '{"a":1.0,"b":0.5}' and row["eligible"] == '["tip","tour"]'
@@ -118,7 +135,7 @@ def test_a_stopped_writer_fails_every_waiting_caller(tmp_path: Path):
 
     async def scenario() -> list[BaseException | None]:
         logger = DecisionLogger(writer)
-        return await asyncio.gather(*(logger.log(_decision(i)) for i in range(3)), return_exceptions=True)
+        return await asyncio.gather(*(logger.log(_logged(_decision(i))) for i in range(3)), return_exceptions=True)
 
     try:
         results = asyncio.run(scenario())
@@ -134,14 +151,17 @@ def test_a_failing_insert_fails_the_callers_of_that_job(tmp_path: Path):
 
     async def scenario() -> list[BaseException | None]:
         logger = DecisionLogger(writer)
-        await logger.log(_decision(1))
-        return await asyncio.gather(logger.log(_decision(1)), logger.log(_decision(2)), return_exceptions=True)
+        assert await logger.log(_logged(_decision(1)))
+        # d0001 again, at the history's current version: it reaches the INSERT
+        return await asyncio.gather(logger.log(_logged(_decision(1), version=1)), logger.log(_logged(_decision(2))),
+                                    return_exceptions=True)
 
     try:
         results = asyncio.run(scenario())  # d0001 again: primary key violation, the whole job fails
         assert all(isinstance(r, sqlite3.IntegrityError) for r in results)
         reader = SqliteStore(tmp_path / "d.db", readonly=True)
         assert reader.get_decision("d0002") is None  # rolled back with the faulty row of its job
+        assert read_shows(reader, "p2") == Shows(0, {})  # and so is its shown history
         reader.close()
     finally:
         writer.stop()

@@ -1,6 +1,6 @@
 """Decision engine scenarios, in process (real store, writer and pipeline; no gRPC): consent, the static core
 flow, cooldowns and caps, rules, experiment arms, the bandit's logged probabilities, the decision log rows,
-restart rebuild and state round trip."""
+restart rebuild and a learner restarted from its saved state."""
 from __future__ import annotations
 
 import asyncio
@@ -15,6 +15,8 @@ import uuid
 from server.base.ids import new_decision_id
 from server.decide.engine import DecisionEngine
 from server.decide.engine_api import ServiceError
+from server.learn.learner import Learner
+from server.store.user_state import read_shows
 from tests.server.engine_support import (DAY_MS, HOUR_MS, MIN_MS, T0, Harness, Scenario, catalog_with,
                                          decision_rows, run,
                                          outcome_rows)
@@ -219,10 +221,13 @@ def test_report_outcome_once_and_unknown_decision(tmp_path: Path) -> None:
         before = engine.decider.policy.n_updates
         first = await h.report(r.decision_id, 1.0, t + DAY_MS + MIN_MS)
         assert (first.recorded, first.duplicate) == (True, False)
+        assert await h.learn(t + DAY_MS + MIN_MS)  # the learner learns it and publishes; the engine loads that
         assert engine.decider.policy.n_updates == before + 1 and engine.learned == 1
+        assert engine.policy_version.endswith(f"@{h.learner.version}")
         again = await h.report(r.decision_id, 0.0, t + DAY_MS + 2 * MIN_MS)
         assert (again.recorded, again.duplicate) == (False, True)
-        assert engine.decider.policy.n_updates == before + 1
+        await h.learn(t + DAY_MS + 2 * MIN_MS)
+        assert engine.decider.policy.n_updates == before + 1 and engine.learned == 1
         assert outcome_rows(h.db_path)[r.decision_id]["reward"] == 1.0
         with pytest.raises(ServiceError) as err:
             await h.report("0" * 32, 1.0, t)
@@ -243,20 +248,25 @@ def test_restart_rebuilds_caps_pending_rewards_and_the_bandit(tmp_path: Path) ->
                 if r.has_step and (i + k) % 2 == 0:
                     await h.report(r.decision_id, float(rng.random() < 0.5), t + DAY_MS + k * 2 * HOUR_MS + 1)
             state.setdefault("last", {})[uid] = t + DAY_MS + 4 * HOUR_MS
+            await h.learn(t + DAY_MS + 4 * HOUR_MS + 2)
+        await h.learner.save(state["last"][users[-1]] + 2)  # as the learner task does when the server stops
         state["policy"] = engine.decider.policy.to_state()
         state["learned"] = engine.learned
-        state["pending"] = len(engine.joiner)
+        state["pending"] = len(h.learner.joiner)
         state["users"] = users
 
     h = run(tmp_path, first)
     assert state["learned"] > 0 and state["pending"] > 0
 
     async def second(h2: Harness, engine: DecisionEngine) -> None:
-        assert engine.learned == state["learned"]
-        p = engine.decider.policy.to_state()
-        np.testing.assert_allclose(p["A_inv"], state["policy"]["A_inv"], rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(p["b"], state["policy"]["b"], rtol=1e-9, atol=1e-12)
-        assert len(engine.joiner) == state["pending"]
+        # the engine starts with the last published models, the learner continues from its saved state
+        for learned, policy in ((engine.learned, engine.decider.policy), (h2.learner.stats.learned,
+                                                                          h2.learner.decider.policy)):
+            assert learned == state["learned"]
+            p = policy.to_state()
+            np.testing.assert_allclose(p["A_inv"], state["policy"]["A_inv"], rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(p["b"], state["policy"]["b"], rtol=1e-9, atol=1e-12)
+        assert len(h2.learner.joiner) == state["pending"]
         # the caps still count the shows made before the restart: 3 core + 1 shown within 24 h, total cap 4
         uid = state["users"][0]
         r = await h2.ask(uid, state["last"][uid])
@@ -264,22 +274,44 @@ def test_restart_rebuilds_caps_pending_rewards_and_the_bandit(tmp_path: Path) ->
     run(tmp_path, second)
 
 
-def test_state_round_trip_restores_the_bandit(tmp_path: Path) -> None:
+NEVER = 10**15  # a save interval longer than any test's clock
+
+
+def test_a_learner_restarted_from_its_saved_state_continues_exactly(tmp_path: Path) -> None:
     async def scenario(h: Harness, engine: DecisionEngine) -> None:
-        (uid,) = users_in(engine, "tailored")
-        t = await h.consistent_user(uid)
-        r = await h.ask(uid, t + DAY_MS)
+        (a, b) = users_in(engine, "tailored", 2)
+        t = await h.consistent_user(a)
+        r = await h.ask(a, t + DAY_MS)
         await h.report(r.decision_id, 1.0, t + DAY_MS + 1)
-        state = engine.to_state()
-        fresh = DecisionEngine.from_state(state, h.pipeline, h.catalog)
+        await h.learn(t + DAY_MS + 1)
+        await h.learner.save(t + DAY_MS + 1)
+        assert h.learner.stats.learned == 1
+        restarted = Learner(h.store, h.writer, h.catalog, h.pipeline.pseudonym, save_interval_ms=NEVER)
+        restarted.open()
         x = engine.space.vector(decision_rows(h.db_path)[-1]["context"])
-        assert fresh.decider.policy.scores(x).tolist() == engine.decider.policy.scores(x).tolist()
-        assert fresh.learned == engine.learned == 1
-        assert len(fresh.history.of(h.pipeline.pseudonym(uid))) == 4
-        other = catalog_with(bandit={"algorithm": "ridge"})
-        with pytest.raises(ValueError, match="policy"):
-            DecisionEngine.from_state(state, h.pipeline, other)
-    run(tmp_path, scenario)
+        assert restarted.decider.policy.scores(x).tolist() == h.learner.decider.policy.scores(x).tolist()
+        assert restarted.stats.learned == 1 and restarted.pos == h.learner.pos
+        # more outcomes: the restarted learner ends where the one that never stopped ends
+        t2 = await h.consistent_user(b, day=3)
+        r2 = await h.ask(b, t2 + DAY_MS)
+        await h.report(r2.decision_id, 0.0, t2 + DAY_MS + 1)
+        await h.learn(t2 + DAY_MS + 1)
+        await restarted.step(t2 + DAY_MS + 1)
+        assert restarted.stats.learned == h.learner.stats.learned == 2
+        assert restarted.decider.policy.scores(x).tolist() == h.learner.decider.policy.scores(x).tolist()
+        assert restarted.pos == h.learner.pos
+        restarted.close()
+        # the shown history the caps count is a row of the store: 3 core steps + the bandit's
+        assert sum(len(v) for v in read_shows(h.store, h.pipeline.pseudonym(a)).shows.values()) == 4
+        # a state saved for another bandit is not used: that learner learns every outcome from the log
+        other = Learner(h.store, h.writer, catalog_with(bandit={"algorithm": "ridge"}), h.pipeline.pseudonym)
+        other.open()
+        assert other.stats.learned == 0 and other.pos.outcomes == 0
+        await other.step(t2 + DAY_MS + 1)
+        assert other.stats.learned == 2
+        other.close()
+    # (two learners side by side only here: neither saves, which would prune the change rows the other reads)
+    run(tmp_path, scenario, learner_kw={"save_interval_ms": NEVER})
 
 
 def test_decision_ids_are_uuid4_hex() -> None:

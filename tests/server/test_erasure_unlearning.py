@@ -10,12 +10,17 @@ from typing import Any
 import numpy as np
 
 from server.decide.engine import DecisionEngine
+from server.ingest.profiles import decode_profile
+from server.learn.learner import Learner
 from server.learn.segments import Segmenter
-from tests.server.engine_support import DAY_MS, HOUR_MS, Harness, catalog_with
+from server.store.learning_log import drop_learner_state, last_id
+from server.store.user_state import iter_profile_bodies, profile_count
+from tests.server.engine_support import DAY_MS, HOUR_MS, T0, Harness, catalog_with
 
 OTHERS = ("ann", "cat", "dan")
 ERASED = "bob"
 PROBES = 12
+ERASE_MS = T0 + 30 * DAY_MS  # the learner's clock in the rounds that take erasures out
 
 
 async def _phase(h: Harness, users: tuple[str, ...], first_day: int, seed: int) -> None:
@@ -30,6 +35,7 @@ async def _phase(h: Harness, users: tuple[str, ...], first_day: int, seed: int) 
             if k < 2:
                 await h.report(r.decision_id, float(rng.random() < 0.6), ts + 1)
             await h.event(uid, "feature_used", ts + 2, feature=f"f{k}{i}")
+            await h.learn(ts + 3)
 
 
 def _probes(engine: DecisionEngine) -> list[np.ndarray]:
@@ -92,6 +98,7 @@ def _run(db: Path, body: Any) -> Any:
 def test_erased_person_leaves_no_trace_in_the_models(tmp_path: Path) -> None:
     async def never_saw(h: Harness, engine: DecisionEngine) -> dict[str, Any]:
         await _phase(h, OTHERS, 0, seed=1)
+        await h.learn(ERASE_MS)  # the other windows closed, as in the erasing run: their default rewards
         return _bandit(engine)
 
     async def saw_then_erased(h: Harness, engine: DecisionEngine) -> dict[str, Any]:
@@ -99,9 +106,10 @@ def test_erased_person_leaves_no_trace_in_the_models(tmp_path: Path) -> None:
         await _phase(h, (ERASED,), 5, seed=2)
         before = _bandit(engine)
         relearned_with = Segmenter(h.catalog)  # what relearning would give if the person were kept
-        for p in h.pipeline.profiles.in_subject_order():
+        for pseudo, body in iter_profile_bodies(h.store):
+            p = decode_profile(pseudo, body)
             relearned_with.learn_one(p, p.last_seen_ms)
-        counts = await h.pipeline.erase(ERASED)
+        counts = await h.erase(ERASED, ERASE_MS)
         assert counts["decisions"] == len(h.catalog.core_order) + 3  # core steps, then three bandit decisions
         return {"before": before, "after": _bandit(engine), "river": _river(engine.segmenter),
                 "river_with": _river(relearned_with), "learned": engine.learned}
@@ -120,7 +128,11 @@ def test_erased_person_leaves_no_trace_in_the_models(tmp_path: Path) -> None:
     # River: the models after the erasure are those the never-saw server relearns from its profiles at a
     # restart (its log holds the same remaining events), and differ from a relearn that kept the person.
     async def restarted(h: Harness, engine: DecisionEngine) -> dict[str, float]:
-        return _river(engine.segmenter)
+        await h.writer.call(drop_learner_state)  # a learner without saved state relearns every profile
+        learner = Learner(h.store, h.writer, h.catalog, h.pipeline.pseudonym)
+        await learner.step(ERASE_MS)
+        learner.close()
+        return _river(learner.segmenter)
     reference_river = _run(tmp_path / "never.db", restarted)
     assert _close(erased["river"], reference_river)
     assert not _close(erased["river_with"], reference_river)
@@ -134,11 +146,17 @@ def test_outcome_committed_but_not_yet_learned_is_not_unlearned(tmp_path: Path) 
         start = _bandit(engine)
         t = await h.consistent_user(ERASED, day=4)
         r = await h.ask(ERASED, t + DAY_MS)
-        # ReportOutcome and EraseUser sent together: the outcome's writer job commits first
+        # ReportOutcome and EraseUser sent together: the outcome's writer job commits first, the erasure
+        # commits before the learner's next round reads the outcome
         report = asyncio.ensure_future(h.report(r.decision_id, 1.0, t + DAY_MS + 1))
         await asyncio.sleep(0)
-        await h.pipeline.erase(ERASED)
+        erasing = asyncio.ensure_future(h.pipeline.erase(ERASED))
         await report
+        while last_id(h.learner.reader, "unlearn_queue") < 1:
+            await asyncio.sleep(0.01)
+        await h.learn(t + DAY_MS + 2)
+        await erasing
+        assert (h.learner.stats.unlearned, engine.learned) == (0, start["n"])
         return engine.decider.policy.n_updates, start["n"], {"now": _bandit(engine), "start": start}
 
     n_now, n_start, out = _run(tmp_path / "race.db", body)
@@ -147,19 +165,17 @@ def test_outcome_committed_but_not_yet_learned_is_not_unlearned(tmp_path: Path) 
 
 
 def test_erasures_sent_together_share_relearns(tmp_path: Path) -> None:
-    """Erasures that commit while a relearn runs wait for one relearn that covers them all (here the running
-    relearn is stood in for by holding its lock until all three erasures committed)."""
-    async def body(h: Harness, engine: DecisionEngine) -> tuple[int, set[str]]:
+    """Erasures that commit between two learner rounds are taken out by one relearn that covers them all."""
+    async def body(h: Harness, engine: DecisionEngine) -> tuple[int, int]:
         await _phase(h, OTHERS, 0, seed=1)
-        async with engine._relearn_lock:  # noqa: SLF001 - a relearn in progress
-            erasures = asyncio.gather(*(h.pipeline.erase(u) for u in OTHERS))
-            while engine._erasures_seen < len(OTHERS):  # noqa: SLF001 - every erasure committed and waiting
-                await asyncio.sleep(0.01)
-            # a checkpoint now must not keep the models that still hold them
-            assert engine.relearn_due and engine.to_state()["segmenter"] is None
+        relearns = h.learner.stats.relearns
+        erasures = asyncio.gather(*(h.pipeline.erase(u) for u in OTHERS))
+        while last_id(h.learner.reader, "unlearn_queue") < len(OTHERS):  # every erasure committed and waiting
+            await asyncio.sleep(0.01)
+        assert not erasures.done()  # they answer only once the engine has models without them
+        await h.learn(ERASE_MS)  # one round takes all three out
         await erasures
-        assert not engine.relearn_due and engine.to_state()["segmenter"] is not None
-        return engine.relearns, set(h.pipeline.profiles.subjects())
+        return h.learner.stats.relearns - relearns, profile_count(h.store)
 
     relearns, left = _run(tmp_path / "together.db", body)
-    assert left == set() and relearns == 1
+    assert left == 0 and relearns == 1

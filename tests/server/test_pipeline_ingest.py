@@ -11,8 +11,10 @@ from onramp.v1 import onramp_pb2 as pb
 from server.api.validation import event_values
 from server.base.records import StoredEvent
 from server.ingest.pipeline import IngestResult, Pipeline
+from server.ingest.profiles import decode_profile
 from server.store.privacy import Pseudonymizer
 from server.store.sqlite import ConsentRow, SqliteStore
+from server.store.user_state import iter_profile_bodies
 from server.store.writer import Writer
 
 T0 = 1_764_000_000_000
@@ -61,7 +63,9 @@ def run(path: pathlib.Path, together: bool) -> tuple[list[IngestResult], list[li
         results = [pipeline.submit_events([event_values(e) for e in b], received_ms=T0 + 100 + i).result(10) for i, b in enumerate(batches())]
     commits = writer.commits
     writer.stop()
-    profiles = {s: dataclasses.asdict(pipeline.profiles.get(s)) for s in pipeline.profiles.subjects()}
+    subjects = {pipeline.pseudonym(s): s for s in ("u1", "u2", "anon:v1", "nobody")}
+    profiles = {subjects[p]: dataclasses.asdict(decode_profile(subjects[p], body))
+                for p, body in iter_profile_bodies(store)}  # the profile rows
     rows = store.conn.execute("SELECT * FROM events ORDER BY seq").fetchall()
     store.close()
     return results, heard, {"profiles": profiles, "commits": commits}, rows

@@ -10,6 +10,7 @@ import pytest
 from server.base.records import StoredEvent
 import server.store.sqlite
 from server.store.sqlite import TABLES, ConsentRow, SqliteStore, SubjectKeys
+from server.store.user_state import profile_body, profile_changes_after, put_profiles, read_shows
 
 
 @pytest.fixture
@@ -144,12 +145,19 @@ def test_erase_removes_every_row_about_a_person(store: SqliteStore) -> None:
         store.set_consent(ConsentRow(subject, "tracking", True, "t", 1), 1)
     store.insert_decisions([{"decision_id": "d1", "user_pseudo": "p1"}, {"decision_id": "d2", "user_pseudo": "p2"}])
     store.insert_outcome({"decision_id": "d1", "user_pseudo": "p1", "reward": 1.0})
+    put_profiles(store, [("p1", 1, "{}"), ("px", 1, "{}"), ("p2", 1, "{}")])
+    for pseudo in ("p1", "p2"):  # the shown history the caps read
+        store.conn.execute("INSERT INTO show_history (pseudo, version, shows, tracked, last_ms) "
+                           "VALUES (?, 1, '{}', 1, 1)", (pseudo,))
     keys = SubjectKeys(("u1", "anon:x"), ("u1",), ("x",), ("dev1",), ("p1", "px"))
     assert sum(store.rows_about(keys).values()) > 0
     deleted = store.erase(keys)
     assert deleted == {"events": 2, "identities": 2, "consents": 2, "consent_history": 2, "outcomes": 1,
-                       "decisions": 1}
+                       "decisions": 1, "profiles": 2, "show_history": 1}
     assert sum(store.rows_about(keys).values()) == 0
     # u2's events stay, the one from u1's device included: an event belongs to the subject it was stored under
     assert [e.event_id for _, e in store.iter_events()] == ["c", "d"]
     assert store.get_decision("d2") is not None and store.count("consents") == 1
+    # the other person's profile, its change row and shown history stay
+    assert (profile_body(store, "p2"), read_shows(store, "p2").version) == ("{}", 1)
+    assert [c.pseudo for c in profile_changes_after(store, 0)] == ["p2"]

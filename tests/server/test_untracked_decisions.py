@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.decide.engine import DecisionEngine
+from server.store.user_state import read_shows
 from tests.server.engine_support import DAY_MS, MIN_MS, T0, Harness, decision_rows, run
 
 
@@ -18,7 +19,8 @@ def test_untracked_shows_keep_an_id_only_for_the_caps(tmp_path: Path) -> None:
         assert not again.has_step and again.reason == "capped"
         tracked = await h.ask("tracked", T0)
         assert tracked.has_step
-        assert shown.decision_id not in engine.joiner and tracked.decision_id in engine.joiner
+        await h.learn(T0 + MIN_MS)
+        assert shown.decision_id not in h.learner.joiner and tracked.decision_id in h.learner.joiner
 
         rows = {r["decision_id"]: r for r in decision_rows(h.db_path)}
         nobody = h.pipeline.pseudonym("nobody")
@@ -27,12 +29,18 @@ def test_untracked_shows_keep_an_id_only_for_the_caps(tmp_path: Path) -> None:
         assert rows[again.decision_id]["user_pseudo"] == ""  # nothing shown: no id at all
         assert rows[tracked.decision_id]["reward_deadline_ms"] > 0
 
-        assert await engine.forget_untracked_shows(T0 + engine.guard_horizon_ms) == 0  # still within the horizon
-        assert await engine.forget_untracked_shows(T0 + engine.guard_horizon_ms + 1) == 1
+        # the shown history the caps read is kept as long as the pseudonym in the row
+        assert read_shows(h.store, nobody).shows == {"welcome": [T0]}
+        forget = h.learner.forget_untracked_shows
+        assert await forget(T0 + engine.guard_horizon_ms) == 0  # still within the horizon
+        assert read_shows(h.store, nobody).shows == {"welcome": [T0]}
+        assert await forget(T0 + engine.guard_horizon_ms + 1) == 1
         rows = {r["decision_id"]: r for r in decision_rows(h.db_path)}
         assert rows[shown.decision_id]["user_pseudo"] == "" and rows[shown.decision_id]["step_id"] == "welcome"
         assert rows[tracked.decision_id]["user_pseudo"] == h.pipeline.pseudonym("tracked")
-        assert engine.guard_horizon_ms >= DAY_MS
+        assert read_shows(h.store, nobody).version == 0  # gone too
+        assert read_shows(h.store, h.pipeline.pseudonym("tracked")).shows == {tracked.step.id: [T0]}
+        assert engine.guard_horizon_ms == h.learner.horizon_ms >= DAY_MS
     run(tmp_path, scenario)
 
 
@@ -40,13 +48,14 @@ def test_an_erased_user_asking_again_is_untracked(tmp_path: Path) -> None:
     async def scenario(h: Harness, engine: DecisionEngine) -> None:
         await h.consent("eve")
         await h.event("eve", "session_start", T0)
-        await h.pipeline.erase("eve")
+        await h.erase("eve", T0 + MIN_MS)
         r = await h.ask("eve", T0 + DAY_MS)
         assert (r.step.id, r.reason) == ("welcome", "no_consent")
-        assert r.decision_id not in engine.joiner
+        await h.learn(T0 + DAY_MS)
+        assert r.decision_id not in h.learner.joiner
         row = next(x for x in decision_rows(h.db_path) if x["decision_id"] == r.decision_id)
         assert row["reward_deadline_ms"] == 0 and row["context"] == {}
         # the sweep gives untracked shows no default reward
-        await engine.joiner.sweep(T0 + 30 * DAY_MS)
+        await h.learn(T0 + 30 * DAY_MS)
         assert r.decision_id not in {x["decision_id"] for x in (await h.pipeline.export("eve")).outcomes}
     run(tmp_path, scenario)

@@ -116,7 +116,7 @@ class Learner:
                                    aliases=self._anonymous_subjects)
         self.horizon_ms = guard_horizon_ms(catalog)
         self.sweep_interval_s = float(catalog.rewards.sweep_interval_seconds)
-        self._swept_ms = -1 << 62
+        self.interval_s = min(interval_s, self.sweep_interval_s)
         self.pos = Positions()
         self.stats = LearnerStats()
         self.version = 0  # the latest snapshot published
@@ -226,10 +226,9 @@ class Learner:
         if events:
             self.joiner.on_events(events)
         await self.joiner.drain()
-        # 3. windows that closed: default rewards ([rewards] sweep_interval_seconds apart)
-        if now - self._swept_ms >= self.sweep_interval_s * 1000 or now < self._swept_ms:
-            self._swept_ms = now
-            await self.joiner.sweep(now)
+        # 3. windows that closed: default rewards (every round: rounds are at most [rewards]
+        # sweep_interval_seconds apart)
+        await self.joiner.sweep(now)
         # 4. committed outcomes, in commit order: the bandit learns each once
         while True:
             outcomes = feeds.outcomes_after(reader, self.pos.outcomes)

@@ -104,7 +104,8 @@ def open_runtime(config: Config, metrics: Metrics | None = None, *, use_checkpoi
     overrides = catalog_overrides(config.raw)
     log.info("catalog %s: the demo catalog%s", catalog.version,
              f" with these keys from {config.source}: {', '.join(overrides)}" if overrides else ", as shipped")
-    store = open_store(config.server.db_path, synchronous=config.ingest.synchronous)
+    store = open_store(config.server.db_path, synchronous=config.ingest.synchronous,
+                       dedupe_window_hours=config.ingest.dedupe_window_hours)
     checkpoint: Resume | None = None
     try:
         pseudonymizer = open_pseudonymizer(store, config.privacy)

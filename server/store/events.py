@@ -12,8 +12,9 @@ whose ``timestamp_ms`` is at most the window older than the server's clock is st
 ``outside_window``. The ids of the window are kept as 96-bit digests (a 64-bit key and a 32-bit check) in
 three levels, each a small integer-keyed table: new ids go to ``event_ids_0`` (kept below
 :data:`LEVEL_ROWS`\\[0] rows, so its pages stay few and hot), which is merged in key order into
-``event_ids_1`` when full, which is merged into ``event_ids_2`` when full; that last merge also drops the ids
-whose event time left the window. A lookup probes the three levels. The shape is that of a NATS JetStream
+``event_ids_1`` when full, which is merged into ``event_ids_2`` when full (at least a quarter of it, so a
+merge rewrites level 2 once per so many ids whatever its size); that last merge also drops the ids whose
+event time left the window. A lookup probes the three levels. The shape is that of a NATS JetStream
 stream's duplicate window (``Nats-Msg-Id``): :meth:`EventTable.append_new` is the one atomic operation,
 "append these events, skipping ids seen within the window".
 """
@@ -39,7 +40,9 @@ _TS = EVENT_COLUMNS.index("timestamp_ms")
 HOUR_MS = 3_600_000
 DEFAULT_WINDOW_HOURS = 168  # 7 days of event time, as Amplitude's insert_id
 LEVELS = ("event_ids_0", "event_ids_1", "event_ids_2")
-LEVEL_ROWS = (50_000, 1_000_000)  # rows at which level 0 (1) is merged into level 1 (2)
+LEVEL_ROWS = (100_000, 1_000_000)  # rows at which level 0 (1) is merged into level 1 (2) ...
+LAST_LEVEL_SHARE = 4  # ... level 1 also not before it holds a quarter of level 2's rows
+LAST_LEVEL_ROWS_KEY = "event_ids_2_rows"  # meta: rows of level 2 after its last merge (not counted at open)
 LAYOUT_KEY = "event_log_layout"  # meta: 2 = this layout (1, implicit: a UNIQUE index on events.event_id)
 LAYOUT = "2"
 OLD_EVENT_ID_INDEX = "idx_events_event_id"
@@ -98,7 +101,7 @@ class EventTable:
         self.conn = conn
         self.window_ms = int(window_hours * HOUR_MS)
         self._insert = insert  # insert_flat(conn, table, columns, flat) of server/store/sqlite.py
-        self._rows = [0, 0]  # rows in levels 0 and 1 (counted at open, then kept up to date)
+        self._rows = [0, 0, 0]  # rows in each level (counted at open, level 2's read from meta, then kept up to date)
 
     # -- schema ------------------------------------------------------------------------------------------
     def create(self) -> None:
@@ -116,7 +119,9 @@ class EventTable:
         if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
                      (OLD_EVENT_ID_INDEX,)).fetchone():
             self.convert()
-        self._rows = [c.execute(f"SELECT COUNT(*) FROM {level}").fetchone()[0] for level in LEVELS[:2]]  # noqa: S608
+        last = c.execute("SELECT value FROM meta WHERE key = ?", (LAST_LEVEL_ROWS_KEY,)).fetchone()
+        self._rows = [*(c.execute(f"SELECT COUNT(*) FROM {level}").fetchone()[0] for level in LEVELS[:2]),  # noqa: S608
+                      int(last[0]) if last else c.execute(f"SELECT COUNT(*) FROM {LEVELS[2]}").fetchone()[0]]
 
     def convert(self, now_ms: int | None = None) -> int:
         """Convert a log of the earlier layout (every id in a UNIQUE index on ``events``): record the ids of
@@ -172,7 +177,7 @@ class EventTable:
         self._rows[0] += len(rows)
         if self._rows[0] >= LEVEL_ROWS[0]:
             self._merge(0, now_ms)
-            if self._rows[1] >= LEVEL_ROWS[1]:
+            if self._rows[1] >= max(LEVEL_ROWS[1], self._rows[2] // LAST_LEVEL_SHARE):
                 self._merge(1, now_ms)
 
     def _merge(self, level: int, now_ms: int) -> None:
@@ -180,14 +185,18 @@ class EventTable:
         once); into the last level, drop its ids whose event time left the window first."""
         src, dst = LEVELS[level], LEVELS[level + 1]
         c = self.conn
-        if dst == LEVELS[-1]:
+        last = dst == LEVELS[-1]
+        if last:
             c.execute(f"DELETE FROM {dst} WHERE ts < ?", (now_ms - self.window_ms,))
         c.execute(f"INSERT INTO {dst} (h, chk, ts) SELECT h, chk, ts FROM {src} WHERE 1 ORDER BY h "
                   "ON CONFLICT (h) DO UPDATE SET chk = excluded.chk, ts = excluded.ts")
         c.execute(f"DELETE FROM {src}")
-        if level + 1 < len(self._rows):
-            self._rows[level + 1] += self._rows[level]
         self._rows[level] = 0
+        self._rows[level + 1] = c.execute(f"SELECT COUNT(*) FROM {dst}").fetchone()[0] if last else \
+            self._rows[level + 1] + c.execute("SELECT changes()").fetchone()[0]
+        if last:
+            c.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                      "excluded.value", (LAST_LEVEL_ROWS_KEY, str(self._rows[2])))
 
     def seen_within_window(self, event_ids: Sequence[str], now_ms: int) -> set[str]:
         """Which of ``event_ids`` were stored with an event time inside the window ending at ``now_ms``."""

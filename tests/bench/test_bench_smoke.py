@@ -137,11 +137,11 @@ def test_store_scaling_reports_every_slice_of_every_variant(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="variant: expected one of"):
         measure("random", tmp_path, events=10)
     proc = subprocess.run([sys.executable, "-m", "bench.store_scaling", "--events", "2000", "--group", "500",
-                           "--every", "1000", "--variants", "uuid,ordered-no-subject-index"], cwd=ROOT,
+                           "--every", "1000", "--variants", "uuid,v1-ordered"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"uuid\s+1,000 stored\s+CPU\s+[\d.]+ µs/event", proc.stdout), proc.stdout
-    assert "ordered-no-subject-index" in proc.stdout
+    assert "v1-ordered" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "bench.store_scaling", "--variants", "bogus"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--variants: expected names of" in bad.stderr

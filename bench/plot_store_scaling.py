@@ -1,5 +1,5 @@
 """Plot the writer's CPU per stored event against the events stored, from ``bench.store_scaling --json``
-files (one line per variant), into a PNG for docs/benchmarks.md. Needs matplotlib. Run:
+files (one line per variant of each file, labelled with the file's name when there are several), into a PNG for docs/benchmarks.md. Needs matplotlib. Run:
 ``python -m bench.plot_store_scaling store.json [more.json ...] --out docs/store_scaling.png``.
 """
 from __future__ import annotations
@@ -12,17 +12,19 @@ LABELS = {"uuid": "this layout, uuid4 ids", "ordered": "this layout, ordered ids
           "v1-uuid": "before (unique event_id index), uuid4 ids", "v1-ordered": "before, ordered ids"}
 
 
-def plot(rows: list[dict], out: Path, title: str) -> None:
-    """One line per variant: CPU µs per event of each slice, at the events stored at its end."""
+def plot(runs: dict[str, list[dict]], out: Path, title: str) -> None:
+    """One line per run and variant: CPU µs per event of each slice, at the events stored at its end."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    for variant in dict.fromkeys(r["variant"] for r in rows):
-        mine = [r for r in rows if r["variant"] == variant]
-        ax.plot([r["stored"] / 1e6 for r in mine], [r["cpu_us_per_event"] for r in mine], marker="o", markersize=3,
-                label=LABELS.get(variant, variant))
+    for run, rows in runs.items():
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            mine = [r for r in rows if r["variant"] == variant]
+            label = LABELS.get(variant, variant) + (f" ({run})" if len(runs) > 1 else "")
+            ax.plot([r["stored"] / 1e6 for r in mine], [r["cpu_us_per_event"] for r in mine], marker="o",
+                    markersize=3, label=label)
     ax.set_xlabel("events stored (millions)")
     ax.set_ylabel("writer CPU per event (µs)")
     ax.set_ylim(bottom=0)
@@ -40,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/store_scaling.png"))
     ap.add_argument("--title", default="bench.store_scaling: writer CPU per stored event as the log grows")
     a = ap.parse_args(argv)
-    rows = [row for path in a.json for row in json.loads(path.read_text())]
-    if not rows:
+    runs = {path.stem: json.loads(path.read_text()) for path in a.json}
+    if not any(runs.values()):
         ap.error("no rows in the given files")
-    plot(rows, a.out, a.title)
+    plot(runs, a.out, a.title)
     print(f"wrote {a.out}")
     return 0
 

@@ -1,12 +1,13 @@
 """What one stored event costs the writer as the log grows: in process, on a scratch database, transactions of
-``--group`` events (the duplicate check and the INSERT the ingest pipeline runs on the writer thread,
-``SqliteStore.existing_event_ids`` and ``append_event_rows``), per slice of ``--every`` events: CPU and wall
-microseconds per event and the database size.
+``--group`` events as the ingest pipeline's writer thread runs them, per slice of ``--every`` events: CPU and
+wall microseconds per event and the database size.
 
-Variants: event ids random (uuid4 hex, as ``onramp_client`` makes them) or ordered (counters, which the
-event_id index only appends), each with the schema as shipped and with the subject index dropped, to show
-what each index costs once the log no longer fits a transaction's worth of index pages. Run:
-``python -m bench.store_scaling --events 1000000``.
+Variants: the event log as it is (``SqliteStore.append_new_events``: the dedupe window's three levels, the
+append-only ``events`` table and its subject index; server/store/events.py) and as it was before
+(``v1-``: a UNIQUE index on ``events.event_id``, a SELECT ... IN duplicate check, then the INSERT), each with
+event ids random (uuid4 hex, as ``onramp_client`` makes them) or ordered (counters). Every event is inside
+the dedupe window (event times of the last hours), so the window holds every id: the worst case for its
+levels. Run: ``python -m bench.store_scaling --events 10000000``.
 """
 from __future__ import annotations
 
@@ -17,10 +18,20 @@ import time
 import uuid
 from pathlib import Path
 
-from server.store.sqlite import SqliteStore
+from server.base.clock import now_ms
+from server.store.sqlite import EVENT_COLUMNS, SqliteStore, insert_flat
 
-VARIANTS = ("uuid", "ordered", "uuid-no-subject-index", "ordered-no-subject-index")
-SUBJECT_INDEX = "idx_events_subject"
+VARIANTS = ("uuid", "ordered", "v1-uuid", "v1-ordered")
+V1_INDEX = "idx_v1_events_event_id"
+
+
+def _v1_append(store: SqliteStore, ids: list[str], flat: list[object]) -> None:
+    """The writer's path before the dedupe window: look every id up in the unique index, then insert."""
+    for k in range(0, len(ids), 5000):
+        part = ids[k:k + 5000]
+        store.conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({','.join('?' * len(part))})",
+                           part).fetchall()
+    insert_flat(store.conn, "events", EVENT_COLUMNS, flat)
 
 
 def measure(variant: str, directory: Path, events: int, group: int = 8000, every: int = 200_000,
@@ -31,10 +42,12 @@ def measure(variant: str, directory: Path, events: int, group: int = 8000, every
         raise ValueError(f"variant: expected one of {', '.join(VARIANTS)} (got {variant!r})")
     path = directory / f"{variant}.db"
     store = SqliteStore(path)
-    if variant.endswith("no-subject-index"):
-        store.conn.execute(f"DROP INDEX {SUBJECT_INDEX}")
-    random_ids = variant.startswith("uuid")
+    v1 = variant.startswith("v1-")
+    if v1:
+        store.conn.execute(f"CREATE UNIQUE INDEX {V1_INDEX} ON events (event_id)")
+    random_ids = variant.endswith("uuid")
     run = f"{time.time_ns():x}"
+    start_ms = now_ms() - events  # one event per millisecond of event time, ending now: all inside the window
     rows: list[dict] = []
     n = 0
     slice_start = n
@@ -46,12 +59,14 @@ def measure(variant: str, directory: Path, events: int, group: int = 8000, every
             flat: list[object] = []
             for j, eid in enumerate(ids):
                 subject = f"u{(n + j) % users}"
-                ts = 1_700_000_000_000 + n + j
+                ts = start_ms + n + j
                 flat.extend((eid, subject, subject, "", "", "feature_used", ts, ts, "web", "desktop", "reports",
                              "", "", "{}"))
             store.begin()
-            store.existing_event_ids(ids)
-            store.append_event_rows(flat)
+            if v1:
+                _v1_append(store, ids, flat)
+            else:
+                store.append_new_events(flat, start_ms + n + size)
             store.commit()
             n += size
             if n - slice_start >= every or n >= events:
@@ -74,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=200_000, help="events per reported slice")
     ap.add_argument("--users", type=int, default=2000, help="distinct subjects, round robin")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--dir", default=None, help="directory of the scratch databases (default: a temporary one)")
     ap.add_argument("--json", default=None, metavar="PATH")
     a = ap.parse_args(argv)
     variants = [v for v in a.variants.split(",") if v]
@@ -85,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"store scaling: transactions of {a.group:,} events over {a.users:,} subjects; writer CPU and wall "
           f"per event for each slice of {a.every:,} events", flush=True)
     out: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="onramp-store-scaling-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="onramp-store-scaling-", dir=a.dir) as tmp:
         for variant in variants:
             for row in measure(variant, Path(tmp), a.events, a.group, a.every, a.users):
                 out.append(row)
-                print(f"  {variant:26s} {row['stored']:>10,} stored  CPU {row['cpu_us_per_event']:6.1f} µs/event  "
+                print(f"  {variant:12s} {row['stored']:>10,} stored  CPU {row['cpu_us_per_event']:6.1f} µs/event  "
                       f"wall {row['wall_us_per_event']:6.1f} µs/event  db {row['db_mb']:,.0f} MB", flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+                if a.json:
+                    Path(a.json).write_text(json.dumps(out, indent=1))
     return 0
 
 

@@ -57,15 +57,19 @@ class Rejection:
 class IngestResult:
     """Totals of the acknowledgements received since the previous flush.
 
-    ``accepted`` events were newly stored, ``duplicates`` were stored before (same event_id), ``dropped``
-    counts events not stored because of consent or erasure by reason (no_consent, opted_out, erased), and
-    ``rejected`` lists invalid events. Everything counted here is durable on the server.
+    ``accepted`` events were newly stored, ``duplicates`` were stored before (same event_id, within the
+    server's dedupe window: 7 days of event time by default), ``dropped`` counts events not stored because
+    of consent or erasure by reason (no_consent, opted_out, erased), and ``rejected`` lists invalid events.
+    ``outside_window`` counts the accepted events older than the dedupe window: stored without the
+    duplicate check, so one re-sent that late was stored again. Everything counted here is durable on the
+    server.
     """
 
     accepted: int = 0
     duplicates: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     rejected: tuple[Rejection, ...] = ()
+    outside_window: int = 0
 
     @property
     def acknowledged(self) -> int:
@@ -79,6 +83,7 @@ class ResultTally:
     def __init__(self) -> None:
         self.accepted = 0
         self.duplicates = 0
+        self.outside_window = 0
         self.dropped: dict[str, int] = {}
         self.rejected: list[Rejection] = []
 
@@ -86,6 +91,7 @@ class ResultTally:
         """Adds one ack and returns its rejections."""
         self.accepted += ack.accepted
         self.duplicates += ack.duplicates
+        self.outside_window += ack.outside_window
         for d in ack.dropped:
             self.dropped[d.reason] = self.dropped.get(d.reason, 0) + d.count
         rejected = [Rejection(ack.sequence, r.index, r.event_id, r.field, r.message) for r in ack.rejected]
@@ -93,12 +99,13 @@ class ResultTally:
         return rejected
 
     def snapshot(self) -> IngestResult:
-        return IngestResult(self.accepted, self.duplicates, dict(self.dropped), tuple(self.rejected))
+        return IngestResult(self.accepted, self.duplicates, dict(self.dropped), tuple(self.rejected),
+                            self.outside_window)
 
     def take(self) -> IngestResult:
         """The totals so far, then starts again from zero."""
         result = self.snapshot()
-        self.accepted = self.duplicates = 0
+        self.accepted = self.duplicates = self.outside_window = 0
         self.dropped = {}
         self.rejected = []
         return result

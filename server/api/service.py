@@ -215,7 +215,7 @@ class OnrampService(pb_grpc.OnrampServicer):
             if timer is not None:
                 timer.cancel()
         return pb.IngestSummary(received=received, accepted=total.accepted, duplicates=total.duplicates,
-                                dropped=drop_counts(total.dropped))
+                                dropped=drop_counts(total.dropped), outside_window=total.outside_window)
 
     async def IngestEventBatches(self, request_iterator: AsyncIterator[pb.EventBatch],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[pb.BatchAck]:
@@ -273,7 +273,8 @@ class OnrampService(pb_grpc.OnrampServicer):
                 slots.release()
                 self._record(result, rejected=len(rejected))
                 yield pb.BatchAck(sequence=sequence, accepted=result.accepted, duplicates=result.duplicates,
-                                  dropped=drop_counts(result.dropped), rejected=rejected)
+                                  dropped=drop_counts(result.dropped), rejected=rejected,
+                                  outside_window=result.outside_window)
         finally:
             if not reader.done():
                 reader.cancel()

@@ -76,6 +76,7 @@ class IngestConfig:
     writer_max_events: int = 20_000  # events grouped into one transaction by the writer at most
     max_inflight_batches: int = 16  # IngestEventBatches: batches read ahead of their acks
     synchronous: str = "full"  # SQLite PRAGMA synchronous in WAL mode: "full" (power-safe) or "normal"
+    dedupe_window_hours: int = 168  # an event_id is stored once among events whose time is this recent
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,8 @@ class Erasure:
 
 Listener = Callable[[list[StoredEvent]], None]
 ErasureListener = Callable[[Erasure], "Awaitable[None] | None"]
-# Operations published after commit, in order on the loop thread: ("erased", Erasure, [awaitables]).
+# Operations of a job: ("events", [StoredEvent, ...], None) and ("link", alias_subject, user) are applied to the
+# profile rows inside the job; ("erased", Erasure, [awaitables]) is published after commit on the loop thread.
 ProfileOp = tuple[str, Any, Any]
 CARRIED_SOURCE_PREFIX = "carried:"
 PROFILE_ROWS_KEY = "profile_rows"  # meta: profiles are rows (built from the event log once, if older)
@@ -104,18 +105,21 @@ class _Profiles:
 
 @dataclass(slots=True)
 class IngestResult:
-    """Outcome of a group of events, all committed: counts, drop reasons and the newly stored events."""
+    """Outcome of a group of events, all committed: counts, drop reasons and the newly stored events.
+    ``outside_window`` counts the accepted events older than the dedupe window (stored without the check)."""
 
     received: int = 0
     accepted: int = 0
     duplicates: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     stored: list[StoredEvent] = field(default_factory=list)
+    outside_window: int = 0
 
     def add(self, other: "IngestResult") -> None:
         self.received += other.received
         self.accepted += other.accepted
         self.duplicates += other.duplicates
+        self.outside_window += other.outside_window
         self.dropped.update(other.dropped)
 
 
@@ -284,42 +288,53 @@ class Pipeline:
     def _ingest_many(self, store: SqliteStore,
                      batches: list[tuple[list[EventValues], int, list[ProfileOp], list[StoredEvent]]]
                      ) -> list[IngestResult]:
-        """Store batches in order, as if one after the other: dedupe (stored before, or earlier in these
-        batches), resolve identities, gate on consent, insert; fill each batch's ``ops`` and ``stored``.
+        """Store batches in order, as if one after the other: resolve identities, gate on consent, append
+        skipping ids stored within the dedupe window (or earlier in these batches); fill each batch's ``ops``
+        and ``stored``.
 
-        All rows go into one multi-row INSERT at the end (or before an identify re-keys earlier events)."""
-        existing = store.existing_event_ids([v[0] for events, _r, _o, _s in batches for v in events])
-        seen: set[str] = set()
-        pending: list[Any] = []  # EVENT_COLUMNS values of the events not inserted yet
-        add_row = pending.extend
+        All rows go into one append at the end (or before an identify re-keys earlier events); the events it
+        skips as duplicates are then taken out of the profile runs and the results."""
+        pending: list[Any] = []  # EVENT_COLUMNS values of the events not appended yet
+        pending_events: list[StoredEvent] = []  # ... and their events
+        skipped: set[int] = set()  # id() of the events the appends skipped as duplicates
+        outside: set[int] = set()  # id() of the events appended without the check (older than the window)
+        add_row, add_pending = pending.extend, pending_events.append
+        now = now_ms()
+
+        def append() -> None:
+            if pending:
+                done = store.append_new_events(pending, now)
+                skipped.update(id(pending_events[i]) for i in done.duplicates)
+                outside.update(id(pending_events[i]) for i in done.outside_window)
+                pending.clear()
+                pending_events.clear()
         identity, gate, pseudo = self.identity, self.consent.tracking_gate, self.pseudonym
         resolve, note_device = identity.resolve, identity.note_device
         encode = encode_properties
-        profiles = _Profiles(store, pseudo)
-        observe = profiles.observe
         results: list[IngestResult] = []
         for events, received_ms, ops, stored in batches:
             ops.clear()
             stored.clear()
             result = IngestResult(received=len(events))
             dropped = result.dropped
-            duplicates = 0
+            run: list[StoredEvent] = []  # events applied to the profiles one after the other
+            ops.append(("events", run, None))
             keep = stored.append
             for eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props in events:
-                if eid in existing or eid in seen:
-                    duplicates += 1
-                    continue
                 ts = ts or received_ms
                 if name == r.IDENTIFY:
-                    reason = self._identify(store, uid, aid, did, ts, pending, profiles)
+                    n_ops = len(ops)
+                    reason = self._identify(store, uid, aid, did, ts, append, ops)
                     subject = uid
+                    if len(ops) != n_ops:  # profiles merged: later events apply after the merge
+                        run = []
+                        ops.append(("events", run, None))
                 else:
                     subject = resolve(uid, aid, did)
                     reason = gate(subject, pseudo)
                 if reason is not None:
                     dropped[reason] += 1
                     continue
-                seen.add(eid)
                 if props:
                     properties = dict(props)  # the event's own copy (the caller's dict may be shared)
                     text = encode(properties)
@@ -329,21 +344,36 @@ class Pipeline:
                                  feature, step_id, decision_id, properties)
                 add_row((eid, subject, uid, aid, did, name, ts, received_ms, channel, device_type, feature,
                          step_id, decision_id, text))
+                add_pending(se)
                 keep(se)
-                observe(se)
+                run.append(se)
                 if not uid and did and subject.startswith(ANON_PREFIX):
                     note_device(did, aid)
-            result.duplicates = duplicates
-            result.accepted = len(stored)
             result.stored = stored
             results.append(result)
-        if pending:
-            store.append_event_rows(pending)
+        append()
+        profiles = _Profiles(store, pseudo)
+        for result, (_events, _received, ops, stored) in zip(results, batches):
+            if skipped:
+                stored[:] = [e for e in stored if id(e) not in skipped]
+                for kind, run_events, _ in ops:
+                    if kind == "events":
+                        run_events[:] = [e for e in run_events if id(e) not in skipped]
+            result.accepted = len(stored)
+            result.duplicates = result.received - result.accepted - sum(result.dropped.values())
+            result.outside_window = sum(1 for e in stored if id(e) in outside) if outside else 0
+            for kind, a, b in ops:  # the profile rows, in event order (a merge before the events after it)
+                if kind == "events":
+                    for ev in a:
+                        profiles.observe(ev)
+                elif kind == "link":
+                    profiles.link(a, b)
+            ops[:] = [op for op in ops if op[0] not in ("events", "link")]  # applied: nothing to publish
         profiles.write(self.show_keep)
         return results
 
     def _identify(self, store: SqliteStore, user_id: str, anonymous_id: str, device_id: str, ts: int,
-                  pending: list[Any], profiles: _Profiles) -> str | None:
+                  append_pending: Callable[[], None], ops: list[ProfileOp]) -> str | None:
         """Handle an identify event: carry consent over from the anonymous subjects, gate on the user's
         tracking consent, then link the aliases, move their events and merge their profiles. Returns the drop
         reason, or None when the identify event is to be stored."""
@@ -360,16 +390,14 @@ class Pipeline:
         for row in carried:
             self._write_consent(store, row, now)
         if plan.changes_anything:
-            if pending:  # earlier events of this job must be in the table before they are re-keyed
-                store.append_event_rows(pending)
-                pending.clear()
+            append_pending()  # earlier events of this job must be in the table before they are re-keyed
             for kind, alias in plan.links:
                 store.link_alias(kind, alias, user_id, ts)
             if plan.merged_subjects:
                 store.rekey_subjects(plan.merged_subjects, user_id)
             self.identity.apply(plan, ts)
             for s in plan.merged_subjects:
-                profiles.link(s, user_id)
+                ops.append(("link", s, user_id))
         return None
 
     def _carried_consent(self, user_id: str, plan: LinkPlan) -> list[ConsentRow]:

@@ -95,7 +95,8 @@ def open_runtime(config: Config, metrics: Metrics | None = None) -> Runtime:
     overrides = catalog_overrides(config.raw)
     log.info("catalog %s: the demo catalog%s", catalog.version,
              f" with these keys from {config.source}: {', '.join(overrides)}" if overrides else ", as shipped")
-    store = open_store(config.server.db_path, synchronous=config.ingest.synchronous)
+    store = open_store(config.server.db_path, synchronous=config.ingest.synchronous,
+                       dedupe_window_hours=config.ingest.dedupe_window_hours)
     try:
         pseudonymizer = open_pseudonymizer(store, config.privacy)
         _remove_old_checkpoint(config.server.db_path)

@@ -83,6 +83,10 @@ INGEST = Section("[ingest]", IngestConfig, BUILT_IN, "Validation limits of event
     Key("max_inflight_batches", "integer >= 1", "`IngestEventBatches`: batches read ahead of their acks."),
     Key("synchronous", "`\"full\"` or `\"normal\"`", "SQLite `PRAGMA synchronous`: `full` survives power loss, "
         "`normal` may lose the last commits on power loss (not on a crash)."),
+    Key("dedupe_window_hours", "integer >= 1", "Exactly once within this window of event time: an event whose "
+        "`timestamp_ms` is at most this many hours before the server's clock is not stored again when its "
+        "`event_id` was (a duplicate); an older one is stored without the check (a re-send of it is stored again "
+        "and counted as `outside_window`). Default 7 days."),
 ))
 
 LOGGING = Section("[logging]", LoggingConfig, BUILT_IN, "Logs go to stderr (docs/operations.md, \"Structured "

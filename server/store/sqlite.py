@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
+from server.base.clock import now_ms as _now_ms
 from server.base.records import StoredEvent
+from server.store.events import DEFAULT_WINDOW_HOURS, EVENT_COLUMNS, Appended, EventTable
 
-EVENT_COLUMNS = ("event_id", "subject", "user_id", "anonymous_id", "device_id", "name", "timestamp_ms",
-                 "received_ms", "channel", "device_type", "feature", "step_id", "decision_id", "properties")
 DECISION_COLUMNS = ("decision_id", "user_pseudo", "timestamp_ms", "surface", "step_id", "propensity", "reason",
                     "policy_version", "experiment", "arm", "context", "eligible", "probabilities",
                     "reward_deadline_ms")
@@ -97,7 +97,6 @@ def insert_flat(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], 
 # A decision that showed a step to someone without tracking consent (no reward window) and still holds their
 # pseudonym: kept only while the caps need it (SqliteStore.forget_untracked_shows).
 _UNTRACKED_SHOW = "reward_deadline_ms = 0 AND step_id != '' AND user_pseudo != ''"
-_SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
 _encode_properties = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 encode_properties = _encode_properties  # the JSON text of an event's properties as stored
 
@@ -136,13 +135,11 @@ class SubjectKeys:
 
 
 class EventLog(Protocol):
-    """The append-only event log (idempotent by event_id)."""
+    """The append-only event log, idempotent by event_id within the dedupe window (server/store/events.py)."""
 
-    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+    def append_new_events(self, flat: Sequence[Any], now_ms: int) -> Appended: ...
 
     def append_events(self, events: Sequence[StoredEvent]) -> None: ...
-
-    def append_event_rows(self, flat: Sequence[Any]) -> None: ...
 
     def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int: ...
 
@@ -185,12 +182,6 @@ class DecisionLog(Protocol):
     def get_decision(self, decision_id: str) -> dict[str, Any] | None: ...
 
 
-def _event_from_row(row: Sequence[Any]) -> tuple[int, StoredEvent]:
-    seq, eid, subject, uid, aid, did, name, ts, rec, channel, dtype, feature, step, dec, props = row
-    return seq, StoredEvent(eid, subject, name, ts, rec, uid, aid, did, channel, dtype, feature, step, dec,
-                            json.loads(props) if props and props != "{}" else {})
-
-
 def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(values), size):
         yield values[i:i + size]
@@ -207,7 +198,8 @@ class SqliteStore:
     (read-only) instance for exports. Methods do not commit: callers use :meth:`begin`/:meth:`commit`.
     """
 
-    def __init__(self, path: str | Path, *, synchronous: str = "full", readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "full", readonly: bool = False,
+                 dedupe_window_hours: float = DEFAULT_WINDOW_HOURS) -> None:
         self.path = str(path)
         self.readonly = readonly
         self.scrub_pending = False  # a scrub_wal that could not truncate the WAL yet (readers of older frames)
@@ -217,6 +209,7 @@ class SqliteStore:
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                     timeout=BUSY_TIMEOUT_MS / 1000)
         self.db = sqlite_utils.Database(self.conn)
+        self.events = EventTable(self.conn, dedupe_window_hours, insert_flat)
         if readonly:
             self.conn.execute("PRAGMA query_only=ON")
             return
@@ -227,20 +220,13 @@ class SqliteStore:
         # in free space of the database file (the WAL's older copies go with scrub_wal).
         self.conn.execute("PRAGMA secure_delete=ON")
         self.conn.execute("PRAGMA temp_store=MEMORY")
-        self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps the event_id/subject indexes in memory
+        self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps the subject index and dedupe levels in memory
         self.create_tables()
 
     # -- schema ------------------------------------------------------------------------------------------
     def create_tables(self) -> None:
         """Create every table and index (idempotent)."""
         db = self.db
-        db.table("events").create(
-            {"seq": int, "event_id": str, "subject": str, "user_id": str, "anonymous_id": str, "device_id": str,
-             "name": str, "timestamp_ms": int, "received_ms": int, "channel": str, "device_type": str,
-             "feature": str, "step_id": str, "decision_id": str, "properties": str},
-            pk="seq", not_null=["event_id", "subject", "name"], if_not_exists=True)
-        db.table("events").create_index(["event_id"], unique=True, if_not_exists=True)
-        db.table("events").create_index(["subject"], if_not_exists=True)
         db.table("identities").create({"alias_kind": str, "alias": str, "user_id": str, "linked_ms": int},
                                       pk=("alias_kind", "alias"), if_not_exists=True)
         db.table("identities").create_index(["user_id"], if_not_exists=True)
@@ -264,6 +250,7 @@ class SqliteStore:
             {"decision_id": str, "user_pseudo": str, "reward": float, "source": str, "outcome": str,
              "timestamp_ms": int}, pk="decision_id", if_not_exists=True)
         db.table("outcomes").create_index(["user_pseudo"], if_not_exists=True)
+        self.events.create()  # the event log last: converting an older one writes to meta
         self._create_state_tables()
 
     def _create_state_tables(self) -> None:
@@ -340,18 +327,19 @@ class SqliteStore:
     def count(self, table: str) -> int:
         return self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 (fixed names)
 
-    # -- events --------------------------------------------------------------------------------------------
-    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
-        """Which of ``event_ids`` are already stored (one SELECT ... IN per chunk)."""
-        found: set[str] = set()
-        for part in _chunks(list(event_ids)):
-            cur = self.conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({_marks(len(part))})", part)
-            found.update(row[0] for row in cur)
-        return found
+    # -- events (server/store/events.py) ------------------------------------------------------------------
+    def append_new_events(self, flat: Sequence[Any], now_ms: int) -> Appended:
+        """Append events given as their :data:`EVENT_COLUMNS` values one after the other (properties already
+        JSON text), skipping ids stored within the dedupe window (:meth:`EventTable.append_new`)."""
+        return self.events.append_new(flat, now_ms)
+
+    def existing_event_ids(self, event_ids: Sequence[str], now_ms: int | None = None) -> set[str]:
+        """Which of ``event_ids`` were stored with an event time within the dedupe window (ending now)."""
+        return self.events.seen_within_window(event_ids, _now_ms() if now_ms is None else now_ms)
 
     def append_events(self, events: Sequence[StoredEvent]) -> None:
-        """Insert new events (the caller has removed duplicates), in order, with few multi-row INSERTs
-        (:func:`insert_flat`)."""
+        """Insert events the caller knows are new (demo data, tests), in order, with few multi-row INSERTs
+        (:func:`insert_flat`); an id still in the newest dedupe level raises ``sqlite3.IntegrityError``."""
         encode = _encode_properties
         flat: list[Any] = []
         add = flat.extend
@@ -359,47 +347,20 @@ class SqliteStore:
             add((e.event_id, e.subject, e.user_id, e.anonymous_id, e.device_id, e.name, e.timestamp_ms,
                  e.received_ms, e.channel, e.device_type, e.feature, e.step_id, e.decision_id,
                  encode(e.properties) if e.properties else "{}"))
-        insert_flat(self.conn, "events", EVENT_COLUMNS, flat)
-
-    def append_event_rows(self, flat: Sequence[Any]) -> None:
-        """Insert new events given as their :data:`EVENT_COLUMNS` values one after the other (properties
-        already JSON text), in order; for callers that build the rows while they read the events."""
-        insert_flat(self.conn, "events", EVENT_COLUMNS, flat)
+        self.events.append(flat)
 
     def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int:
         """Move events of ``old_subjects`` (e.g. ``anon:abc``) to ``new_subject``; returns rows changed."""
-        n = 0
-        for part in _chunks(list(old_subjects)):
-            n += self.conn.execute(f"UPDATE events SET subject = ? WHERE subject IN ({_marks(len(part))})",
-                                   [new_subject, *part]).rowcount
-        return n
+        return self.events.rekey_subjects(old_subjects, new_subject)
 
     def iter_events(self, after_seq: int = 0) -> Iterator[tuple[int, StoredEvent]]:
         """Every event in ``seq`` order, streamed in chunks (startup rebuild, replays)."""
-        last = after_seq
-        while True:
-            rows = self.conn.execute(f"{_SELECT_EVENT} WHERE seq > ? ORDER BY seq LIMIT 10000", (last,)).fetchall()
-            if not rows:
-                return
-            for row in rows:
-                yield _event_from_row(row)
-            last = rows[-1][0]
-
-    @staticmethod
-    def _subjects_clause(keys: SubjectKeys) -> tuple[str, list[Any]]:
-        """Events belong to the subject they were stored under (the person the event was attributed to then),
-        never to whoever else's ids they carry: a shared device or a reused anonymous id links events to
-        several people, and export and erasure must cover exactly one of them (docs/decisions.md)."""
-        subjects = [s for s in keys.subjects if s]
-        if not subjects:
-            return "0", []
-        return f"subject IN ({_marks(len(subjects))})", subjects
+        return self.events.iter_events(after_seq)
 
     def events_about(self, keys: SubjectKeys) -> list[StoredEvent]:
-        """Every event stored under one of ``keys.subjects``, in ``seq`` order."""
-        where, args = self._subjects_clause(keys)
-        rows = self.conn.execute(f"{_SELECT_EVENT} WHERE {where} ORDER BY seq", args).fetchall()
-        return [_event_from_row(r)[1] for r in rows]
+        """Every event stored under one of ``keys.subjects`` (never others' events that carry one of the
+        person's ids: server/store/events.py, ``subjects_clause``), in ``seq`` order."""
+        return self.events.events_about(keys.subjects)
 
     # -- identities -----------------------------------------------------------------------------------------
     def link_alias(self, alias_kind: str, alias: str, user_id: str, linked_ms: int) -> None:
@@ -540,9 +501,7 @@ class SqliteStore:
         rows deleted per table."""
         c = self.conn
         self.meta_set(ERASURES_KEY, str(self.erasures() + 1))
-        deleted: dict[str, int] = {}
-        where, args = self._subjects_clause(keys)
-        deleted["events"] = c.execute(f"DELETE FROM events WHERE {where}", args).rowcount
+        deleted: dict[str, int] = {"events": self.events.erase(keys.subjects)}
         # The person's aliases are the rows linking to the person's user ids; an alias linked to someone else now
         # is that person's link and stays.
         users = list(keys.user_ids)
@@ -574,8 +533,7 @@ class SqliteStore:
     def rows_about(self, keys: SubjectKeys) -> dict[str, int]:
         """How many rows of each table are about ``keys`` (used by tests and the erase check)."""
         c = self.conn
-        where, args = self._subjects_clause(keys)
-        out = {"events": c.execute(f"SELECT COUNT(*) FROM events WHERE {where}", args).fetchone()[0]}
+        out = {"events": self.events.count_about(keys.subjects)}
         users = list(keys.user_ids)
         out["identities"] = c.execute(f"SELECT COUNT(*) FROM identities WHERE user_id IN ({_marks(len(users))})",
                                       users).fetchone()[0] if users else 0
@@ -593,7 +551,8 @@ class SqliteStore:
         return out
 
 
-def open_store(path: str | Path, synchronous: str = "full") -> SqliteStore:
-    """Open (creating if needed) the store at ``path`` for writing."""
-    return SqliteStore(path, synchronous=synchronous)
+def open_store(path: str | Path, synchronous: str = "full",
+               dedupe_window_hours: float = DEFAULT_WINDOW_HOURS) -> SqliteStore:
+    """Open (creating if needed, converting an older event log) the store at ``path`` for writing."""
+    return SqliteStore(path, synchronous=synchronous, dedupe_window_hours=dedupe_window_hours)
 

@@ -137,11 +137,21 @@ def test_store_scaling_reports_every_slice_of_every_variant(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="variant: expected one of"):
         measure("random", tmp_path, events=10)
     proc = subprocess.run([sys.executable, "-m", "bench.store_scaling", "--events", "2000", "--group", "500",
-                           "--every", "1000", "--variants", "uuid,ordered-no-subject-index"], cwd=ROOT,
+                           "--every", "1000", "--variants", "uuid,v1-ordered"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"uuid\s+1,000 stored\s+CPU\s+[\d.]+ µs/event", proc.stdout), proc.stdout
-    assert "ordered-no-subject-index" in proc.stdout
+    assert "v1-ordered" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "bench.store_scaling", "--variants", "bogus"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--variants: expected names of" in bad.stderr
+
+
+def test_store_scaling_plot_writes_a_png_with_one_line_per_variant(tmp_path: Path) -> None:
+    from bench.plot_store_scaling import main as plot_main
+    from bench.store_scaling import measure
+
+    rows = [r for v in ("uuid", "v1-uuid") for r in measure(v, tmp_path, events=2000, group=500, every=1000, users=20)]
+    (tmp_path / "s.json").write_text(json.dumps(rows))
+    assert plot_main([str(tmp_path / "s.json"), "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -31,7 +31,11 @@ USERS = [f"crash-u{i}" for i in range(12)]
 BATCHES = 200  # more than ROUNDS * (10 + MAX_EXTRA), so no round runs out of unacknowledged batches
 BATCH_SIZE = 40
 MAX_EXTRA = 8  # a killed round sends at most n + MAX_EXTRA batches, n being the ack the kill is timed from
-BASE_MS = 1_790_000_000_000
+# Fixed for the run (both runs see the same events), 40 days ago: past every recency cap (30 days), so the
+# profiles read at different times agree; the servers keep a 60-day dedupe window (within which an event_id
+# is stored at most once; the default is 7 days).
+BASE_MS = (int(time.time()) // 86_400 - 40) * 86_400_000
+DEDUPE_CONFIG = "[ingest]\ndedupe_window_hours = 1440\n"
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -159,12 +163,15 @@ def test_sigkill_during_ingest_loses_no_acknowledged_write(tmp_path: pathlib.Pat
     db = tmp_path / "crash.db"
     log = tmp_path / "server.log"
     log.touch()
+    config = tmp_path / "onramp.toml"
+    config.write_text(DEDUPE_CONFIG)
+    window = ("--config", str(config))
     acked: set[int] = set()
     decisions: list[str] = []  # acknowledged decisions
     outcomes: list[str] = []  # decisions whose outcome was acknowledged as recorded
     kills = 0
     for round_no in range(ROUNDS):
-        server = ServerProcess(db, log)
+        server = ServerProcess(db, log, window)
         try:
             with grpc.insecure_channel(server.address) as channel:
                 stub = pb_grpc.OnrampStub(channel)
@@ -203,7 +210,7 @@ def test_sigkill_during_ingest_loses_no_acknowledged_write(tmp_path: pathlib.Pat
     assert decisions and outcomes
 
     # restart once more: re-send whatever is still unacknowledged, without a kill
-    server = ServerProcess(db, log)
+    server = ServerProcess(db, log, window)
     try:
         with grpc.insecure_channel(server.address) as channel:
             grant_all(pb_grpc.OnrampStub(channel))
@@ -228,7 +235,7 @@ def test_sigkill_during_ingest_loses_no_acknowledged_write(tmp_path: pathlib.Pat
     # a server fed the same events once, never killed
     fresh_log = tmp_path / "fresh.log"
     fresh_log.touch()
-    fresh = ServerProcess(tmp_path / "fresh.db", fresh_log)
+    fresh = ServerProcess(tmp_path / "fresh.db", fresh_log, window)
     try:
         with grpc.insecure_channel(fresh.address) as channel:
             grant_all(pb_grpc.OnrampStub(channel))

@@ -9,6 +9,7 @@ from typing import Any
 
 from onramp.v1 import onramp_pb2 as pb
 from server.api.validation import event_values
+from server.base.clock import now_ms
 from server.base.records import StoredEvent
 from server.ingest.pipeline import IngestResult, Pipeline
 from server.ingest.profiles import decode_profile
@@ -17,7 +18,7 @@ from server.store.sqlite import ConsentRow, SqliteStore
 from server.store.user_state import iter_profile_bodies
 from server.store.writer import Writer
 
-T0 = 1_764_000_000_000
+T0 = now_ms() - 3_600_000  # inside the dedupe window (server/store/events.py)
 
 
 def batches() -> list[list[pb.Event]]:

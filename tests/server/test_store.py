@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from server.base.clock import now_ms
 from server.base.records import StoredEvent
 import server.store.sqlite
 from server.store.sqlite import TABLES, ConsentRow, SqliteStore, SubjectKeys
@@ -22,7 +23,10 @@ def store(tmp_path: pathlib.Path) -> SqliteStore:
 
 def event(eid: str, subject: str = "u1", **kw: object) -> StoredEvent:
     kw.setdefault("user_id", subject if not subject.startswith("anon:") else "")
-    return StoredEvent(eid, subject, kw.pop("name", "feature_used"), 1_000, 2_000, **kw)  # type: ignore[arg-type]
+    return StoredEvent(eid, subject, kw.pop("name", "feature_used"), NOW, NOW, **kw)  # type: ignore[arg-type]
+
+
+NOW = now_ms()  # events of the tests are inside the dedupe window
 
 
 def test_schema_and_wal(store: SqliteStore, tmp_path: pathlib.Path) -> None:
@@ -30,8 +34,9 @@ def test_schema_and_wal(store: SqliteStore, tmp_path: pathlib.Path) -> None:
     assert set(TABLES) <= names
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     indexes = {r[0] for r in store.conn.execute("SELECT sql FROM sqlite_master WHERE type='index' AND sql IS NOT NULL")}
-    assert any('"events" ("subject")' in sql for sql in indexes)
-    assert any("UNIQUE" in sql and '"event_id"' in sql for sql in indexes)
+    assert any("ON events (subject)" in sql for sql in indexes)
+    assert not any("event_id" in sql for sql in indexes)  # ids live in the dedupe levels (server/store/events.py)
+    assert {"event_ids_0", "event_ids_1", "event_ids_2"} <= names
     assert any('"decisions" ("user_pseudo")' in sql for sql in indexes)
     cols = [r[1] for r in store.conn.execute("PRAGMA table_info(events)")]
     assert cols[0] == "seq" and "properties" in cols and "decision_id" in cols
@@ -49,7 +54,7 @@ def test_append_lookup_and_iterate(store: SqliteStore) -> None:
     assert events[0].properties == {"plan": "pro"} and events[1].properties == {}
     assert [e.event_id for _, e in store.iter_events(after_seq=seqs[0])] == ["b", "c"]
     with pytest.raises(sqlite3.IntegrityError):
-        store.append_events([event("a")])  # event_id is UNIQUE
+        store.append_events([event("a")])  # an id still in the newest dedupe level
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 200, 257, 511, 700])
@@ -69,7 +74,7 @@ def test_a_recurring_row_count_gets_one_statement_and_rows_stay_in_order(store: 
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server.store.sqlite, "_exact_sizes", server.store.sqlite._ExactSizes())  # counts start from zero
     statements: list[str] = []
-    store.conn.set_trace_callback(lambda sql: statements.append(sql) if sql.startswith("INSERT") else None)
+    store.conn.set_trace_callback(lambda sql: statements.append(sql) if sql.startswith("INSERT INTO events") else None)
     stored: list[StoredEvent] = []
     for k in range(6):  # 300 rows six times: 512-256-... pieces (256 + 32 + 8 + 4) until 300 recurred
         events = [event(f"r{k}-{i}", f"u{i % 5}") for i in range(300)]

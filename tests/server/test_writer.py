@@ -10,13 +10,17 @@ import threading
 
 import pytest
 
+from server.base.clock import now_ms
 from server.base.records import StoredEvent
 from server.store.sqlite import SqliteStore
 from server.store.writer import Writer, WriterClosed
 
 
 def ev(eid: str) -> StoredEvent:
-    return StoredEvent(eid, "u1", "feature_used", 1, 1, user_id="u1")
+    return StoredEvent(eid, "u1", "feature_used", NOW, NOW, user_id="u1")
+
+
+NOW = now_ms()  # inside the dedupe window: a repeated id in the newest dedupe level raises
 
 
 @pytest.fixture

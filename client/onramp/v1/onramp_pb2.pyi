@@ -50,16 +50,18 @@ class DropCount(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class IngestSummary(_message.Message):
-    __slots__ = ("received", "accepted", "duplicates", "dropped")
+    __slots__ = ("received", "accepted", "duplicates", "dropped", "outside_window")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     received: int
     accepted: int
     duplicates: int
     dropped: _containers.RepeatedCompositeFieldContainer[DropCount]
-    def __init__(self, received: _Optional[int] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., dropped: _Optional[_Iterable[_Union[DropCount, _Mapping]]] = ...) -> None: ...
+    outside_window: int
+    def __init__(self, received: _Optional[int] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., dropped: _Optional[_Iterable[_Union[DropCount, _Mapping]]] = ..., outside_window: _Optional[int] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("sequence", "events")
@@ -82,18 +84,20 @@ class RejectedEvent(_message.Message):
     def __init__(self, index: _Optional[int] = ..., event_id: _Optional[str] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class BatchAck(_message.Message):
-    __slots__ = ("sequence", "accepted", "duplicates", "dropped", "rejected")
+    __slots__ = ("sequence", "accepted", "duplicates", "dropped", "rejected", "outside_window")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     accepted: int
     duplicates: int
     dropped: _containers.RepeatedCompositeFieldContainer[DropCount]
     rejected: _containers.RepeatedCompositeFieldContainer[RejectedEvent]
-    def __init__(self, sequence: _Optional[int] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., dropped: _Optional[_Iterable[_Union[DropCount, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[RejectedEvent, _Mapping]]] = ...) -> None: ...
+    outside_window: int
+    def __init__(self, sequence: _Optional[int] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., dropped: _Optional[_Iterable[_Union[DropCount, _Mapping]]] = ..., rejected: _Optional[_Iterable[_Union[RejectedEvent, _Mapping]]] = ..., outside_window: _Optional[int] = ...) -> None: ...
 
 class NextStepRequest(_message.Message):
     __slots__ = ("user_id", "anonymous_id", "surface", "context", "timestamp_ms")

@@ -87,7 +87,7 @@ class OnrampServicer:
         has been committed, so every event it counts as accepted (or duplicate) is durable.
         An invalid event ends the call with INVALID_ARGUMENT naming the event index and field; the valid
         events before it are committed and stay stored (re-sending them is safe: event_id is an
-        idempotency key).
+        idempotency key within the dedupe window: see Event.event_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -574,9 +574,12 @@ def run_serve(config: Config, config_path: str | None, *, allow_insecure_no_auth
         supervisor.run()
         raise
     try:
-        serve_log.info("onramp serving on %s:%d (db %s, config %s, catalog %s, %d worker%s, pids %s)", host, port,
-                 config.server.db_path, config.source, catalog.version, workers, "" if workers == 1 else "s",
-                 " ".join(str(pid) for pid in supervisor.pids().values()))
+        pids = supervisor.pids()
+        serve_log.info("onramp serving on %s:%d (db %s, config %s, catalog %s, %d worker%s, pids %s; learner pid %s)",
+                       host, port, config.server.db_path, config.source, catalog.version, workers,
+                       "" if workers == 1 else "s",
+                       " ".join(str(pid) for name, pid in pids.items() if name.startswith(WORKER_ROLE)),
+                       pids.get(f"{LEARNER_ROLE} 0", "-"))
         return supervisor.run()
     finally:
         for sock in reserved:

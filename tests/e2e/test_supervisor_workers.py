@@ -36,7 +36,7 @@ SUPERVISOR = textwrap.dedent("""
     print("grpc imported by the supervisor:", "grpc" in sys.modules, flush=True)
     sys.exit(code)
 """)
-CONFIG = "[server]\ncheckpoint_interval_s = 0\n[metrics]\nenabled = true\nport = 0\n"
+CONFIG = "[metrics]\nenabled = true\nport = 0\n"
 CONNECTIONS = 16  # the kernel spreads connections over the workers: all on one has odds 2**-15
 
 
@@ -162,10 +162,11 @@ def test_two_workers_share_the_port_restart_and_drain(tmp_path: pathlib.Path) ->
             assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == acked
         assert server.proc.stdout.read().strip() == "grpc imported by the supervisor: False"
         log = server.text()
-        assert "stopping (SIGTERM received): draining 2 processes" in log
+        assert "stopping (SIGTERM received): draining 3 processes" in log  # 2 workers and the learner
         for name, pid in (("worker 0", server.pids[0]), ("worker 1", restarted)):
             assert f"{name} (pid {pid}) stopped: exit status 0" in log
             assert not _alive(pid)
+        assert re.search(r"learner 0 \(pid \d+\) stopped: exit status 0", log), log
         assert not metrics_dir.exists()
     finally:
         server.close()

@@ -43,9 +43,9 @@ CONNECTIONS = 16  # the kernel spreads connections over the workers: all on one 
 class TwoWorkers:
     """The supervisor process, its log (stderr) in a file, the shared port and the worker pids."""
 
-    def __init__(self, tmp_path: pathlib.Path) -> None:
+    def __init__(self, tmp_path: pathlib.Path, config_text: str = CONFIG) -> None:
         config = tmp_path / "onramp.toml"
-        config.write_text(CONFIG)
+        config.write_text(config_text)
         self.log = tmp_path / "serve.log"
         self.db = tmp_path / "o.db"
         with self.log.open("w") as log:

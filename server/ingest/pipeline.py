@@ -299,6 +299,7 @@ class Pipeline:
         skipped: set[int] = set()  # id() of the events the appends skipped as duplicates
         outside: set[int] = set()  # id() of the events appended without the check (older than the window)
         add_row, add_pending = pending.extend, pending_events.append
+        identifies: set[str] = set()  # ids of the identify events of this call
         now = now_ms()
 
         def append() -> None:
@@ -323,6 +324,11 @@ class Pipeline:
             for eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props in events:
                 ts = ts or received_ms
                 if name == r.IDENTIFY:
+                    # A re-sent identify must not link again (its alias may be linked to someone else since):
+                    # looked up before its links are made, not only when appended (identifies are rare).
+                    if eid in identifies or store.existing_event_ids([eid], now):
+                        continue  # counted as a duplicate
+                    identifies.add(eid)
                     n_ops = len(ops)
                     reason = self._identify(store, uid, aid, did, ts, append, ops)
                     subject = uid

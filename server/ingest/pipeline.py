@@ -207,11 +207,7 @@ class Pipeline:
         store.begin()
         try:
             if store.meta_get(DEVICE_HINTS_KEY) is None:  # another worker may have done it meanwhile
-                pairs = store.conn.execute(
-                    "SELECT device_id, anonymous_id FROM events WHERE user_id = '' AND device_id != '' AND subject "
-                    "LIKE 'anon:%' AND device_id NOT IN (SELECT alias FROM identities WHERE alias_kind = 'device_id') "
-                    "GROUP BY device_id, anonymous_id ORDER BY MIN(seq)").fetchall()
-                store.note_device_hints(pairs, MAX_DEVICE_HINTS)
+                store.note_device_hints(store.unlinked_device_visits(), MAX_DEVICE_HINTS)
                 store.meta_set(DEVICE_HINTS_KEY, "1")
             store.commit()
         except BaseException:
@@ -417,7 +413,7 @@ class Pipeline:
             return reason
         now = now_ms()
         for row in carried:
-            self._write_consent(store, consent, row, now)
+            self._write_consent(store, row, now, consent)
         if plan.changes_anything:
             append_pending()  # earlier events of this job must be in the table before they are re-keyed
             for kind, alias in plan.links:
@@ -445,14 +441,16 @@ class Pipeline:
                     break
         return out
 
-    def _write_consent(self, store: SqliteStore, consent: ConsentBook, row: ConsentRow, recorded_ms: int) -> None:
+    def _write_consent(self, store: SqliteStore, row: ConsentRow, recorded_ms: int,
+                       consent: ConsentBook | None = None) -> None:
+        """Write a consent record (a tracking grant clears a tombstone); ``consent`` forgets what it read."""
         store.set_consent(row, recorded_ms)
+        p = ""
         if row.purpose == TRACKING and row.granted:
             p = self.pseudonym(row.subject)
             store.remove_tombstone(p)
+        if consent is not None:
             consent.changed(row.subject, p)
-        else:
-            consent.changed(row.subject)
 
     # -- consent -----------------------------------------------------------------------------------------------
     async def set_consent(self, subject: str, purpose: str, granted: bool, source: str, timestamp_ms: int
@@ -463,7 +461,7 @@ class Pipeline:
 
         def job(store: SqliteStore) -> list[ConsentRow]:
             consent = ConsentBook(store)
-            self._write_consent(store, consent, row, now_ms())
+            self._write_consent(store, row, now_ms(), consent)
             return consent.records(subject)
         return await self.writer.call(job)
 

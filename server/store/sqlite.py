@@ -401,6 +401,14 @@ class SqliteStore:
                               "(SELECT COUNT(*) FROM device_hints WHERE device_id = ?) < ?",
                               (device_id, anonymous_id, device_id, per_device))
 
+    def unlinked_device_visits(self) -> list[tuple[str, str]]:
+        """Every (device_id, anonymous_id) of a stored event of a visitor on a device not linked to anyone, in
+        the order first seen: the device hints of a database from before they were rows."""
+        return self.conn.execute(
+            "SELECT device_id, anonymous_id FROM events WHERE user_id = '' AND device_id != '' AND subject LIKE "
+            "'anon:%' AND device_id NOT IN (SELECT alias FROM identities WHERE alias_kind = 'device_id') "
+            "GROUP BY device_id, anonymous_id ORDER BY MIN(seq)").fetchall()
+
     def forget_device_hints(self, device_ids: Sequence[str]) -> None:
         """Drop the hints of devices (now linked to a user)."""
         for part in _chunks(list(device_ids)):

@@ -260,12 +260,14 @@ class Learner:
             if self._label_expired(now):
                 self._dirty = True
             await self.forget_untracked_shows(now)
+        if erased:  # saved (and the queued erasure deleted) before the snapshot that EraseUser waits for
+            await self.save(now, scrub=True)
         published = False
         if self._dirty:
             await self.publish(now)
             published = True
-        if erased or now - self._saved_ms >= self.save_interval_ms:
-            await self.save(now, scrub=bool(erased))
+        if not erased and now - self._saved_ms >= self.save_interval_ms:
+            await self.save(now)
         return published
 
     def _take_erasures(self) -> bool:

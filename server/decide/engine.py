@@ -10,7 +10,8 @@ How one step is chosen (see docs/decisions.md):
    when the user has not granted personalization; such users get core steps only);
 3. after the core flow, per experiment arm: ``holdout`` gets no personalized step (``holdout``), ``generic``
    gets the generic order (``generic``); ``tailored`` gets, once the user showed consistent behavior (N
-   sessions on M days), the first firing rule (``rule:<name>``) or else the bandit (``bandit``), and
+   sessions on M days), the first firing rule's step when it forces (``rule:<name>``), the bandit's draw
+   with a proposing rule's step boosted (``boosted:<name>:<step>``), or else the bandit (``bandit``), and
    the generic order before that;
 4. nothing allowed -> no step (``capped`` when a cap/cooldown/gap blocks, else ``none_eligible``).
 """
@@ -35,7 +36,7 @@ from server.base.clock import now_ms as clock_ms
 from server.base.experiments import Assigner
 from server.base.ids import new_decision_id
 from server.base.metrics import Metrics
-from server.base.reasons import Reason
+from server.base.reasons import BOOSTED_PREFIX, Reason
 from server.base.records import ANON_PREFIX, IDENTIFY, StoredEvent
 from server.decide.engine_api import NextStep, ServiceError
 from server.decide.history import KEEP_PER_STEP, ShownHistory
@@ -46,9 +47,11 @@ from server.ingest.pipeline import Erasure, Pipeline
 from server.ingest.profiles import Profile
 from server.learn.features import request_mobile
 from server.learn.rewards import Pending, RewardJoiner
+from server.learn.rule_monitor import RuleMonitor, RuleTrial, trial_of
 from server.learn.segments import SegmentResult, Segmenter, distinct_days
 from server.store.decision_log import ANONYMOUS_ROW, Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
 from server.store.marks import LogMark, bandit_decisions_after
+from server.store.rule_log import boosted_outcomes, boosted_pending
 from server.store.sqlite import LinkRow
 
 
@@ -146,12 +149,14 @@ class DecisionEngine:
             self.decider = Decider(policy, exploration, seed=b.seed)
         self.policy_version = f"{catalog.version}:{self.decider.version if self.decider else 'no-arms'}"
         self.learned = 0  # outcomes the bandit learned from
+        self.rule_monitor = RuleMonitor.for_rules(catalog.rules, metrics)  # proposing rules vs the bandit
 
         keep = max([KEEP_PER_STEP, *(s.max_per_day + 1 for s in catalog.steps)])
         self.history = ShownHistory(keep=keep)
         self.logger = DecisionLogger(pipeline.writer)
         self.joiner = RewardJoiner(pipeline.writer, catalog, pipeline.pseudonym, self._learn, metrics,
-                                   grace_ms=reward_grace_ms, aliases=self._anonymous_subjects)
+                                   grace_ms=reward_grace_ms, aliases=self._anonymous_subjects,
+                                   learn_rule=self._learn_rule)
         self._sweeper: asyncio.Task[None] | None = None
         self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult]] = {}
         self._unsettled_at_checkpoint: frozenset[str] = frozenset()  # see load_state / rebuild(after=...)
@@ -183,9 +188,11 @@ class DecisionEngine:
         redrawn = 0
         try:
             shows = self.history.load(iter_shows(reader))
+            boosted = boosted_pending(reader)
             pending = self.joiner.load(
                 Pending(r.decision_id, r.user_pseudo, r.timestamp_ms, r.step_id, r.reward_deadline_ms,
-                        self.space.vector(r.context) if r.context and r.step_id in self.arm_index else None)
+                        self.space.vector(r.context) if r.context and r.step_id in self.arm_index else None,
+                        rule=trial_of(*boosted[r.decision_id]) if r.decision_id in boosted else None)
                 for r in pending_rows(reader))
             self._merge_linked(reader.all_links())
             replayed = 0
@@ -194,9 +201,13 @@ class DecisionEngine:
                 for j in rows:
                     self._learn(j.step_id, self.space.vector(j.context), j.reward)
                     replayed += 1
+                for reason, step_id, probabilities, reward in boosted_outcomes(reader, 0 if after is None
+                                                                               else after.outcomes_rowid):
+                    self._learn_rule(trial_of(reason, step_id, probabilities), reward)
             if replay and after is not None and self.decider is not None:
                 drawn = self._unsettled_at_checkpoint
-                for decision_id, context, eligible in bandit_decisions_after(reader, after.decisions_rowid, Reason.BANDIT):
+                for decision_id, context, eligible in bandit_decisions_after(reader, after.decisions_rowid, Reason.BANDIT,
+                                                                             BOOSTED_PREFIX):
                     arms = [self.arm_index[s] for s in eligible if s in self.arm_index]
                     if decision_id in drawn or not context or not arms or len(arms) != len(eligible):
                         continue
@@ -371,6 +382,11 @@ class DecisionEngine:
         self.decider.learn_one(x, arm, reward)
         self.learned += 1
 
+    def _learn_rule(self, trial: RuleTrial | None, reward: float) -> None:
+        """Pass one joined outcome of a boosted decision to the rule monitor (which may demote its rule)."""
+        if trial is not None:
+            self.rule_monitor.learn_one(trial, reward)
+
     def on_events(self, events: list[StoredEvent]) -> None:
         """Pipeline listener (after each commit): join rewards, and let the segmenter learn each changed
         profile once."""
@@ -469,14 +485,17 @@ class DecisionEngine:
         if arm_kind == HOLDOUT_ARM:
             return nothing(Reason.HOLDOUT)
         if arm_kind == TAILORED and profile is not None and personalization_allowed(hist, self.guardrails):
-            fired = first_firing(self._rules, profile, candidates, now_ms)
-            if fired is not None:
+            fired = first_firing(self._rules, profile, candidates, now_ms, self.rule_monitor.demoted_rules)
+            if fired is not None and not fired.proposes:
                 return deterministic(fired.step_id, fired.reason, candidates)
             if self.decider is not None and x is not None:
-                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng)
+                # a proposing rule's step is boosted inside the bandit's distribution (docs/decisions.md)
+                boosted = None if fired is None else (self.arm_index[fired.step_id], fired.boost)
+                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng, boosted)
                 arms = self.arms
                 probs = {arms[a]: p for a, p in c.probabilities.items()}
-                return Choice(decision(arms[c.arm], Reason.BANDIT, candidates, probs, c.probability), segments, x, pseudo)
+                reason = Reason.BANDIT if fired is None else fired.reason
+                return Choice(decision(arms[c.arm], reason, candidates, probs, c.probability), segments, x, pseudo)
         return deterministic(self.generic_pick(candidates, shown), Reason.GENERIC, candidates)
 
     def segments_of(self, subject: str, profile: Profile, now_ms: int,
@@ -513,7 +532,8 @@ class DecisionEngine:
             self.history.record(c.pseudo, step_id, now_ms)
         if waits:
             self.joiner.add(Pending(d.decision_id, d.user_pseudo, now_ms, step_id, d.reward_deadline_ms,
-                                    c.x if step_id in self.arm_index else None))
+                                    c.x if step_id in self.arm_index else None,
+                                    rule=trial_of(d.reason, step_id, d.probabilities)))
         try:
             await self.logger.log(d)
         except BaseException:
@@ -548,6 +568,7 @@ class DecisionEngine:
             "policy": self.decider.policy.to_state() if self.decider is not None else None,
             "rng": self._rng.bit_generator.state,
             "learned": self.learned,
+            "rules": self.rule_monitor.to_state(),
             # None from an erasure's commit until its relearn replaced the models (they may still hold the
             # erased person), so a resume from this checkpoint relearns them from the profiles instead
             "segmenter": None if self.relearn_due else self.segmenter.to_state(),
@@ -571,9 +592,12 @@ class DecisionEngine:
         segmenter = Segmenter(self.catalog) if relearn else Segmenter.from_state(state["segmenter"], self.catalog)
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng"]
+        monitor = RuleMonitor.from_state(state["rules"], self.metrics) if "rules" in state else \
+            RuleMonitor.for_rules(self.catalog.rules, self.metrics)
         if policy is not None and self.decider is not None:
             self.decider.policy = policy
         self._rng = rng
+        self.rule_monitor = monitor
         self.learned = int(state.get("learned", 0))
         self.segmenter = segmenter
         self._relearn_profiles = relearn

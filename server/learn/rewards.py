@@ -1,5 +1,5 @@
 """The reward joiner: gives every decision that showed a step exactly one outcome, and passes each joined
-outcome to the learner (the bandit).
+outcome to the learner (the bandit), and a proposing rule's decision also to the rule monitor.
 
 An outcome comes from the first of:
 
@@ -34,6 +34,7 @@ import numpy as np
 from server.base.catalog import Catalog, Rewards, Step
 from server.base.metrics import Metrics
 from server.base.records import IDENTIFY, STEP_COMPLETED, STEP_DISMISSED, StoredEvent
+from server.learn.rule_monitor import RuleTrial
 from server.store.sqlite import SqliteStore
 from server.store.writer import Writer
 
@@ -46,6 +47,7 @@ DEFAULT = "default"
 DEFAULT_GRACE_MS = int(round(Rewards().grace_seconds * 1000))
 
 Learner = Callable[[str, "np.ndarray | None", float], None]  # (step_id, context vector, reward)
+RuleLearner = Callable[[RuleTrial, float], None]  # (a proposing rule's trial, reward)
 
 
 @dataclass(slots=True)
@@ -60,6 +62,7 @@ class Pending:
     deadline_ms: int
     x: np.ndarray | None = None
     claimed: bool = False  # an outcome write for it is in flight
+    rule: RuleTrial | None = None  # set when a proposing rule boosted the decision (its monitor learns the outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +82,14 @@ class RewardJoiner:
 
     def __init__(self, writer: Writer, catalog: Catalog, pseudonym: Callable[[str], str], learn: Learner,
                  metrics: Metrics | None = None, grace_ms: int | None = None,
-                 aliases: Callable[[str], Iterable[str]] | None = None) -> None:
+                 aliases: Callable[[str], Iterable[str]] | None = None, learn_rule: RuleLearner | None = None) -> None:
         self.writer = writer
         self.catalog = catalog
         self.pseudonym = pseudonym
         # the anonymous subjects linked to a user: an identify moves their pending decisions to the user
         self.aliases = aliases
         self.learn = learn
+        self.learn_rule = learn_rule
         self.metrics = metrics
         self.grace_ms = int(round(catalog.rewards.grace_seconds * 1000)) if grace_ms is None else int(grace_ms)
         if self.grace_ms < 0:
@@ -208,6 +212,8 @@ class RewardJoiner:
                 if p is not None:
                     try:
                         self.learn(p.step_id, p.x, o.reward)
+                        if p.rule is not None and self.learn_rule is not None:
+                            self.learn_rule(p.rule, o.reward)
                     except Exception:  # noqa: BLE001 - the outcome is stored; learning must not break joining
                         log.exception("learning from decision %s failed", o.decision_id)
             else:  # duplicate (already rewarded) or decision gone: nothing more to wait for

@@ -50,11 +50,15 @@ def mark_problem(store: SqliteStore, mark: LogMark) -> str | None:
     return None
 
 
-def bandit_decisions_after(store: SqliteStore, decisions_rowid: int, reason: str
+def bandit_decisions_after(store: SqliteStore, decisions_rowid: int, reason: str, prefix: str | None = None
                            ) -> Iterator[tuple[str, dict[str, float], list[str]]]:
-    """(decision_id, context, eligible steps) of the decisions with ``reason`` logged after the mark."""
-    cur = store.conn.execute("SELECT decision_id, context, eligible FROM decisions WHERE rowid > ? AND reason = ? "
-                             "ORDER BY rowid", (decisions_rowid, reason))
+    """(decision_id, context, eligible steps) of the decisions with ``reason`` (or a reason starting with
+    ``prefix``) logged after the mark, in log order."""
+    match, args = "reason = ?", [decisions_rowid, reason]
+    if prefix:
+        match, args = "(reason = ? OR substr(reason, 1, ?) = ?)", [*args, len(prefix), prefix]
+    cur = store.conn.execute(f"SELECT decision_id, context, eligible FROM decisions WHERE rowid > ? AND {match} "
+                             "ORDER BY rowid", args)
     for decision_id, context, eligible in cur:
         yield decision_id, _context(context), list(json.loads(eligible or "[]"))
 

@@ -18,19 +18,16 @@ makes the same comparison online and demotes a rule that is significantly worse 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from server.base.catalog import Catalog, CatalogError
-from server.base.config import ConfigError
+from server.base.catalog import Catalog
 from server.base.reasons import RULE_PREFIX, boosted_rule
-from server.offline.common import OfflineError, demo_hint, generic_order, json_clean, load_setup
-from server.offline.console import ReportTable, new_console
+from server.offline.common import OfflineError, demo_hint, generic_order, json_clean, load_setup, print_report
+from server.offline.console import ReportTable
 from server.offline.logdata import DecisionArrays, load_decisions
 from server.offline.stats import wilson_interval, z_for
 
@@ -188,21 +185,20 @@ def add_rules_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     return p
 
 
+def _report_of(args: argparse.Namespace) -> RuleReport:
+    """The report the arguments ask for (OfflineError and the config errors on bad input)."""
+    if not 0 < args.alpha < 1:
+        raise OfflineError(f"--alpha: must be in (0, 1) (got {args.alpha})")
+    setup = load_setup(args.config)
+    log = load_decisions(args.db, None, generic_order(setup.catalog))
+    if log.n == 0:
+        raise OfflineError(f"no decisions in {args.db}; {demo_hint('onramp report rules')}")
+    return rule_report(log, setup.catalog, args.alpha, args.db)
+
+
 def cmd_rules(args: argparse.Namespace) -> int:
     """``onramp report rules``: 0, or 1 when a rule is significantly worse than the bandit, 2 on bad input."""
-    try:
-        if not 0 < args.alpha < 1:
-            raise OfflineError(f"--alpha: must be in (0, 1) (got {args.alpha})")
-        setup = load_setup(args.config)
-        log = load_decisions(args.db, None, generic_order(setup.catalog))
-        if log.n == 0:
-            raise OfflineError(f"no decisions in {args.db}; {demo_hint('onramp report rules')}")
-        rep = rule_report(log, setup.catalog, args.alpha, args.db)
-    except (OfflineError, ConfigError, CatalogError, OSError, ValueError) as exc:
-        new_console(stderr=True).print(f"onramp report rules: {exc}", markup=False, highlight=False)
+    rep = print_report("onramp report rules", lambda: _report_of(args), render_rules, args.json)
+    if rep is None:
         return 2
-    if args.json:
-        sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")
-    else:
-        render_rules(rep, new_console())
     return 1 if any(r.verdict == WORSE for r in rep.rows) else 0

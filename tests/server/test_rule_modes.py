@@ -12,6 +12,7 @@ import pytest
 
 from server.base.reasons import boosted_rule
 from server.decide.engine import DecisionEngine
+from server.store.marks import read_mark
 from tests.server.engine_support import DAY_MS, HOUR_MS, MIN_MS, Harness, decision_rows, demo_raw, run
 from server.base.catalog import parse_catalog
 
@@ -129,3 +130,28 @@ def test_a_forced_rule_is_deterministic_and_not_monitored(tmp_path: Path) -> Non
         if rule["name"] == RULE:
             rule["mode"] = "force"
     run(tmp_path, scenario, catalog=parse_catalog(raw))
+
+
+def test_a_resume_from_a_checkpoint_redraws_boosted_decisions_and_catches_the_monitor_up(tmp_path: Path) -> None:
+    """State taken at a mark, then boosted decisions and outcomes: an engine restored from that state and
+    brought up to the end of the log (``rebuild(after=mark)``) has the live engine's sampling RNG (boosted
+    decisions take the bandit's draws) and rule statistics (including the demotion)."""
+    async def scenario(h: Harness, engine: DecisionEngine) -> None:
+        users = tailored_users(engine, 30)
+        for i, uid in enumerate(users[:5]):
+            r = await h.ask(uid, await skipper(h, uid, i % 5), surface="in_app")
+            await h.report(r.decision_id, 0.0 if r.step.id == "core_benefits" else 1.0, 0)
+        state = engine.to_state()
+        mark = await h.writer.call(read_mark)
+        for i, uid in enumerate(users[5:]):
+            r = await h.ask(uid, await skipper(h, uid, i % 5), surface="in_app")
+            await h.report(r.decision_id, 0.0 if r.step.id == "core_benefits" else 1.0, 0)
+        assert engine.rule_monitor.demoted(RULE) and boosted_rule(r.reason) is None  # demoted along the way
+        resumed = DecisionEngine(h.pipeline, h.catalog, rebuild=False)
+        resumed.load_state(state)
+        counts = resumed.rebuild(after=mark)
+        assert counts["redrawn"] >= 20  # the boosted decisions after the mark were drawn again
+        assert resumed._rng.bit_generator.state == engine._rng.bit_generator.state
+        assert resumed.rule_monitor.to_state() == engine.rule_monitor.to_state()
+
+    run(tmp_path, scenario, catalog=catalog())

@@ -51,7 +51,7 @@ from server.learn.rule_monitor import RuleMonitor, RuleTrial, trial_of
 from server.learn.segments import SegmentResult, Segmenter, distinct_days
 from server.store.decision_log import ANONYMOUS_ROW, Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
 from server.store.marks import LogMark, bandit_decisions_after
-from server.store.rule_log import boosted_outcomes, boosted_pending
+from server.store.rule_log import boosted_pending
 from server.store.sqlite import LinkRow
 
 
@@ -200,10 +200,8 @@ class DecisionEngine:
                 rows = joined_rows(reader, self.arms, 0 if after is None else after.outcomes_rowid)
                 for j in rows:
                     self._learn(j.step_id, self.space.vector(j.context), j.reward)
+                    self._learn_rule(trial_of(j.reason, j.step_id, j.probabilities), j.reward)
                     replayed += 1
-                for reason, step_id, probabilities, reward in boosted_outcomes(reader, 0 if after is None
-                                                                               else after.outcomes_rowid):
-                    self._learn_rule(trial_of(reason, step_id, probabilities), reward)
             if replay and after is not None and self.decider is not None:
                 drawn = self._unsettled_at_checkpoint
                 for decision_id, context, eligible in bandit_decisions_after(reader, after.decisions_rowid, Reason.BANDIT,
@@ -308,6 +306,9 @@ class DecisionEngine:
                 continue
             self.learned -= 1
             n += 1
+            trial = trial_of(row.reason, row.step_id, row.probabilities)
+            if trial is not None:
+                self.rule_monitor.unlearn_one(trial, row.reward)
         return n
 
     async def _relearn_segmenter(self, erasures: int) -> None:

@@ -17,7 +17,8 @@ The test (one-sided, normal approximation): the rule is demoted when the upper b
 min_outcomes_to_demote`` outcomes and then at ``2 n0, 4 n0, ...``, look ``k`` (from 0) at level
 ``alpha / 2**(k + 1)``: the levels sum to ``alpha`` (default 0.01), so a rule as good as the bandit is demoted
 with probability at most about ``alpha`` however long it runs. Demotion is kept in the state (a checkpoint,
-or the replay of the outcomes at start-up, restores it).
+or the replay of the outcomes at start-up, restores it); an erased person's trials are taken out of the sums
+(:meth:`RuleMonitor.unlearn_one`).
 
 :class:`RuleMonitor` is updated one outcome at a time (:meth:`RuleMonitor.learn_one`) and is plain state
 (:meth:`RuleMonitor.to_state` / :meth:`RuleMonitor.from_state`), so it can live wherever outcomes are learned.
@@ -131,20 +132,27 @@ class RuleMonitor:
     def demoted_rules(self) -> frozenset[str]:
         return frozenset(name for name, s in self.stats.items() if s.demoted)
 
-    def learn_one(self, trial: RuleTrial, reward: float) -> bool:
-        """Count one rewarded trial; True when it demoted its rule (the log line and metrics are written)."""
+    def _add(self, trial: RuleTrial, reward: float, sign: int) -> RuleStats | None:
         s = self.stats.get(trial.rule)
-        if s is None or s.demoted:
-            return False
+        if s is None:
+            return None
         y = float(reward)
         w = trial.weight()
         d = y * (w - 1.0)
-        s.n += 1
-        s.sum_d += d
-        s.sum_d2 += d * d
-        s.reward += y
-        s.rule_value += y * w
-        s.rule_shown += w > 0
+        s.n += sign
+        s.sum_d += sign * d
+        s.sum_d2 += sign * d * d
+        s.reward += sign * y
+        s.rule_value += sign * y * w
+        s.rule_shown += sign * (w > 0)
+        return s
+
+    def learn_one(self, trial: RuleTrial, reward: float) -> bool:
+        """Count one rewarded trial (also after a demotion: the outcomes of decisions boosted before it); True
+        when it demoted its rule (the log line and metrics are written)."""
+        s = self._add(trial, reward, 1)
+        if s is None or s.demoted:
+            return False
         n0 = self.min_outcomes[trial.rule]
         if n0 <= 0 or s.n != n0 << s.looks:
             return False
@@ -160,6 +168,11 @@ class RuleMonitor:
             self.metrics.rule_demotions_total.labels(rule=trial.rule).inc()
         self.publish()
         return True
+
+    def unlearn_one(self, trial: RuleTrial, reward: float) -> None:
+        """Take one counted trial out of the statistics (an erased person's decision). A demotion stays: it
+        was decided, and the rule has not boosted since."""
+        self._add(trial, reward, -1)
 
     def publish(self) -> None:
         """Set ``onramp_rule_demoted`` of every monitored rule (after a restore as after a demotion)."""

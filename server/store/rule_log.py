@@ -1,10 +1,9 @@
-"""The reads that rebuild the rule monitor (server/learn/rule_monitor.py) at startup: the decisions a proposing
-rule boosted (reason ``boosted:<rule>:<step>``), with their outcome or still pending."""
+"""The read that rebuilds the rule monitor's pending trials (server/learn/rule_monitor.py) at startup: the
+decisions a proposing rule boosted (reason ``boosted:<rule>:<step>``) still waiting for their outcome (the
+rewarded ones come with the bandit's replay, ``server/store/decision_log.py`` ``joined_rows``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
 from server.base.reasons import BOOSTED_PREFIX
 from server.store.sqlite import SqliteStore
 
@@ -14,18 +13,6 @@ _BOOSTED = f"d.reason LIKE '{BOOSTED_PREFIX}%'"
 def _probabilities(text: str | None) -> dict[str, float]:
     value = json.loads(text) if text else {}
     return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else {}
-
-
-def boosted_outcomes(store: SqliteStore, after_outcome_rowid: int = 0
-                     ) -> Iterator[tuple[str, str, dict[str, float], float]]:
-    """(reason, step_id, probabilities, reward) of every boosted decision with an outcome, in outcome commit
-    order; with ``after_outcome_rowid`` only outcomes committed after that row (the rest is in a checkpoint)."""
-    cur = store.conn.execute(
-        "SELECT d.reason, d.step_id, d.probabilities, o.reward FROM outcomes o JOIN decisions d "
-        f"ON d.decision_id = o.decision_id WHERE o.rowid > ? AND {_BOOSTED} AND o.reward IS NOT NULL "
-        "ORDER BY o.rowid", (after_outcome_rowid,))
-    for reason, step_id, probabilities, reward in cur:
-        yield reason, step_id, _probabilities(probabilities), float(reward)
 
 
 def boosted_pending(store: SqliteStore) -> dict[str, tuple[str, str, dict[str, float]]]:

@@ -125,7 +125,7 @@ def test_a_bad_proposing_rule_is_demoted_and_a_good_one_is_not(tmp_path) -> None
 
     stats = monitor["stats"]
     assert stats[BAD]["demoted"] and not stats[GOOD]["demoted"], stats
-    assert stats[BAD]["n"] in (MIN_OUTCOMES, 2 * MIN_OUTCOMES, 4 * MIN_OUTCOMES), stats
+    assert 1 <= stats[BAD]["looks"] <= 3 and stats[BAD]["n"] >= MIN_OUTCOMES, stats  # at 30, 60 or 120 outcomes
     assert stats[GOOD]["looks"] >= 2, stats  # the good rule was tested (at 30 and 60 outcomes) and kept
     assert f'onramp_rule_demoted{{rule="{BAD}"}} 1.0' in lines and f'onramp_rule_demoted{{rule="{GOOD}"}} 0.0' in lines
     assert f'onramp_rule_demotions_total{{rule="{BAD}"}} 1.0' in lines, lines

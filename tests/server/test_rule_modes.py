@@ -155,3 +155,25 @@ def test_a_resume_from_a_checkpoint_redraws_boosted_decisions_and_catches_the_mo
         assert resumed.rule_monitor.to_state() == engine.rule_monitor.to_state()
 
     run(tmp_path, scenario, catalog=catalog())
+
+
+def test_an_erasure_takes_the_persons_trials_out_of_the_rule_statistics(tmp_path: Path) -> None:
+    async def scenario(h: Harness, engine: DecisionEngine) -> None:
+        users = tailored_users(engine, 4)
+        for i, uid in enumerate(users):
+            r = await h.ask(uid, await skipper(h, uid, i), surface="in_app")
+            assert boosted_rule(r.reason) is not None
+            await h.report(r.decision_id, 1.0, 0)
+        before = engine.rule_monitor.stats[RULE]
+        assert before.n == 4
+        await h.pipeline.erase(users[0])
+        after = engine.rule_monitor.stats[RULE]
+        assert after.n == 3 and after.reward == pytest.approx(3.0)
+        # what a restart rebuilds from the log (the person's rows are gone) is the same
+        fresh = DecisionEngine(h.pipeline, h.catalog)
+        for name in ("n", "rule_shown", "looks", "demoted"):
+            assert getattr(fresh.rule_monitor.stats[RULE], name) == getattr(after, name), name
+        for name in ("sum_d", "sum_d2", "reward", "rule_value"):
+            assert getattr(fresh.rule_monitor.stats[RULE], name) == pytest.approx(getattr(after, name), abs=1e-9)
+
+    run(tmp_path, scenario, catalog=catalog(0))

@@ -36,7 +36,7 @@ def test_a_rule_worse_than_the_bandit_is_demoted_at_a_look_and_a_better_one_is_n
     demoted_at = simulate(bad, 0.05, 3000, rng)
     assert bad.demoted("r") and bad.demoted_rules == {"r"}
     assert len(demoted_at) == 1 and demoted_at[0] in (100, 200, 400, 800)  # only at a look
-    assert bad.stats["r"].n == demoted_at[0]  # a demoted rule is no longer counted
+    assert bad.stats["r"].n == 3000 and bad.stats["r"].looks == [100, 200, 400, 800].index(demoted_at[0]) + 1
     good = RuleMonitor({"r": 100})
     assert simulate(good, 0.8, 3000, rng) == [] and not good.demoted("r")
     s = good.stats["r"]
@@ -104,3 +104,25 @@ def test_for_rules_monitors_the_enabled_proposing_rules_of_a_catalog() -> None:
     cat = load_catalog(None)
     m = RuleMonitor.for_rules(cat.rules)
     assert set(m.stats) == {r.name for r in cat.rules} and set(m.min_outcomes.values()) == {200}
+
+
+def test_unlearn_one_takes_trials_out_and_keeps_a_demotion() -> None:
+    kept = RuleMonitor({"r": 100})
+    simulate(kept, 0.3, 300, np.random.default_rng(7))
+    both = RuleMonitor({"r": 100})
+    simulate(both, 0.3, 300, np.random.default_rng(7))
+    extra = [RuleTrial("r", "tip", "tip", 0.55), RuleTrial("r", "tip", "other", 0.55)]
+    for t in extra:
+        both.learn_one(t, 1.0)
+    assert both.stats["r"].n == 302
+    for t in extra:
+        both.unlearn_one(t, 1.0)
+    a, b = kept.stats["r"], both.stats["r"]
+    assert (a.n, a.rule_shown, a.looks) == (b.n, b.rule_shown, b.looks)
+    for name in ("sum_d", "sum_d2", "reward", "rule_value"):
+        assert getattr(b, name) == pytest.approx(getattr(a, name), abs=1e-9)
+    bad = RuleMonitor({"r": 100})
+    simulate(bad, 0.0, 100, np.random.default_rng(8))
+    assert bad.demoted("r")
+    bad.unlearn_one(RuleTrial("r", "tip", "other", 0.55), 1.0)
+    assert bad.demoted("r") and bad.stats["r"].n == 99

@@ -4,7 +4,8 @@ sampler that draws from them, and :class:`Decider`, which joins a policy and a s
 The probability of the chosen arm is logged as the propensity for off-policy evaluation, so every
 scheme returns probabilities that are non-negative and sum to 1 (within 1e-12), and the sampler
 never returns an arm whose probability is 0. ``max_exploration`` (a catalog guardrail) caps the
-total mass off the greedy arms (the arms tied at the highest score).
+total mass off the greedy arms (the arms tied at the highest score). :func:`boost` mixes a distribution
+toward one arm (a proposing rule's step) and keeps every probability exact.
 
 >>> EpsilonGreedy(0.2).probabilities(np.array([0.1, 0.5, 0.3, 0.5])).tolist()
 [0.05, 0.45, 0.05, 0.45]

@@ -51,7 +51,6 @@ from server.learn.rule_monitor import RuleMonitor, RuleTrial, trial_of
 from server.learn.segments import SegmentResult, Segmenter, distinct_days
 from server.store.decision_log import ANONYMOUS_ROW, Decision, DecisionLogger, iter_shows, joined_rows, pending_rows
 from server.store.marks import LogMark, bandit_decisions_after
-from server.store.rule_log import boosted_pending
 from server.store.sqlite import LinkRow
 
 
@@ -188,11 +187,10 @@ class DecisionEngine:
         redrawn = 0
         try:
             shows = self.history.load(iter_shows(reader))
-            boosted = boosted_pending(reader)
             pending = self.joiner.load(
                 Pending(r.decision_id, r.user_pseudo, r.timestamp_ms, r.step_id, r.reward_deadline_ms,
                         self.space.vector(r.context) if r.context and r.step_id in self.arm_index else None,
-                        rule=trial_of(*boosted[r.decision_id]) if r.decision_id in boosted else None)
+                        rule=trial_of(r.reason, r.step_id, r.probabilities))
                 for r in pending_rows(reader))
             self._merge_linked(reader.all_links())
             replayed = 0

@@ -182,7 +182,7 @@ def _settle(batch: list[tuple[Any, asyncio.Future[None]]], exc: BaseException | 
 # -- startup reads (on a read-only connection) ------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PendingRow:
-    """A logged decision that showed a step and has no outcome yet."""
+    """A logged decision that showed a step and has no outcome yet (``probabilities`` as in :class:`JoinedRow`)."""
 
     decision_id: str
     user_pseudo: str
@@ -190,6 +190,8 @@ class PendingRow:
     step_id: str
     context: dict[str, float]
     reward_deadline_ms: int
+    reason: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +214,11 @@ def _context(text: str | None) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
-_JOINED = ("SELECT d.decision_id, d.step_id, d.context, o.reward, d.reason, CASE WHEN substr(d.reason, 1, "
-           f"{len(BOOSTED_PREFIX)}) = '{BOOSTED_PREFIX}' THEN d.probabilities END FROM outcomes o JOIN decisions d "
-           "ON d.decision_id = o.decision_id WHERE {where} AND d.context != '{{}}' ORDER BY o.rowid")
+# the logged probabilities of a proposing rule's decision (for the rule monitor), NULL for any other
+_BOOSTED_PROBABILITIES = f"CASE WHEN substr(d.reason, 1, {len(BOOSTED_PREFIX)}) = '{BOOSTED_PREFIX}' THEN d.probabilities END"
+_JOINED = ("SELECT d.decision_id, d.step_id, d.context, o.reward, d.reason, " + _BOOSTED_PROBABILITIES +  # no braces
+           " FROM outcomes o JOIN decisions d ON d.decision_id = o.decision_id WHERE {where} AND d.context != '{{}}' "
+           "ORDER BY o.rowid")
 
 
 def _joined(cur: Iterable[tuple[str, str, str | None, float | None, str, str | None]]) -> Iterator[JoinedRow]:
@@ -246,10 +250,10 @@ def iter_shows(store: SqliteStore) -> Iterator[tuple[str, str, int]]:
 def pending_rows(store: SqliteStore) -> list[PendingRow]:
     """Decisions that showed a step and have no outcome (their reward is still to be joined)."""
     cur = store.conn.execute(
-        "SELECT d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.context, d.reward_deadline_ms "
-        "FROM decisions d LEFT JOIN outcomes o ON o.decision_id = d.decision_id "
+        "SELECT d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.context, d.reward_deadline_ms, d.reason, "
+        f"{_BOOSTED_PROBABILITIES} FROM decisions d LEFT JOIN outcomes o ON o.decision_id = d.decision_id "
         "WHERE o.decision_id IS NULL AND d.step_id != '' AND d.reward_deadline_ms > 0 ORDER BY d.timestamp_ms")
-    return [PendingRow(i, u, t, s, _context(c), dl) for i, u, t, s, c, dl in cur]
+    return [PendingRow(i, u, t, s, _context(c), dl, reason, _context(p)) for i, u, t, s, c, dl, reason, p in cur]
 
 
 def joined_rows(store: SqliteStore, step_ids: Sequence[str], after_outcome_rowid: int = 0) -> Iterator[JoinedRow]:

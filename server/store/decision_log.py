@@ -15,9 +15,10 @@ import concurrent.futures
 import json
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from server.base.reasons import BOOSTED_PREFIX
 from server.store.sqlite import DECISION_COLUMNS, JSON_DECISION_COLUMNS, SqliteStore, insert_flat
 from server.store.user_state import LoggedDecision, log_decisions
 from server.store.writer import Writer
@@ -196,12 +197,15 @@ class PendingRow:
 
 @dataclass(frozen=True, slots=True)
 class JoinedRow:
-    """A decision with its outcome, in the order the outcomes were committed."""
+    """A decision with its outcome, in the order the outcomes were committed. ``probabilities`` (the logged
+    distribution) is read for a proposing rule's decisions only (reason ``boosted:...``, the rule monitor)."""
 
     decision_id: str
     step_id: str
     context: dict[str, float]
     reward: float
+    reason: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
 
 
 def _context(text: str | None) -> dict[str, float]:
@@ -211,16 +215,20 @@ def _context(text: str | None) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
-_JOINED = ("SELECT d.decision_id, d.step_id, d.context, o.reward FROM outcomes o JOIN decisions d "
-           "ON d.decision_id = o.decision_id WHERE {where} AND d.context != '{{}}' ORDER BY o.rowid")
+# the logged probabilities of a proposing rule's decision (for the rule monitor), NULL for any other
+BOOSTED_PROBABILITIES = f"CASE WHEN substr(d.reason, 1, {len(BOOSTED_PREFIX)}) = '{BOOSTED_PREFIX}' THEN d.probabilities END"
+_JOINED = ("SELECT d.decision_id, d.step_id, d.context, o.reward, d.reason, " + BOOSTED_PROBABILITIES +  # no braces
+           " FROM outcomes o JOIN decisions d ON d.decision_id = o.decision_id WHERE {where} AND d.context != '{{}}' "
+           "ORDER BY o.rowid")
 
 
-def _joined(cur: Iterable[tuple[str, str, str | None, float | None]]) -> Iterator[JoinedRow]:
+def _joined(cur: Iterable[tuple[str, str, str | None, float | None, str, str | None]]) -> Iterator[JoinedRow]:
     """The rows of a :data:`_JOINED` query that have a context and a reward, as JoinedRows."""
-    for decision_id, step_id, context, reward in cur:
+    for decision_id, step_id, context, reward, reason, probabilities in cur:
         ctx = _context(context)
         if ctx and reward is not None:
-            yield JoinedRow(decision_id, step_id, ctx, float(reward))
+            yield JoinedRow(decision_id, step_id, ctx, float(reward), reason,
+                            _context(probabilities) if probabilities else {})
 
 
 def rewarded_rows_of(store: SqliteStore, pseudonyms: Sequence[str]) -> list[JoinedRow]:

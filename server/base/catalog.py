@@ -166,7 +166,7 @@ class Rewards:
 
 
 # Keys that only time the reward sweep: they change when a default outcome is written, not what any decision
-# is or which rewards exist, so a changed value keeps the catalog version (and the checkpoints made with it).
+# is or which rewards exist, so a changed value keeps the catalog version (and the learner's state saved with it).
 UNVERSIONED_KEYS = {"rewards": ("sweep_interval_seconds", "grace_seconds")}
 MAX_SWEEP_INTERVAL_SECONDS = 3600.0
 MAX_GRACE_SECONDS = 86_400.0

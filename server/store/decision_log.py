@@ -259,8 +259,7 @@ def pending_rows(store: SqliteStore) -> list[PendingRow]:
 
 def joined_rows(store: SqliteStore, step_ids: Sequence[str], after_outcome_rowid: int = 0) -> Iterator[JoinedRow]:
     """Decisions of ``step_ids`` with a context and an outcome, in outcome commit order (the order the
-    bandit learned them online), for replaying the bandit at startup; with ``after_outcome_rowid``, only
-    outcomes committed after that row (the rest is in a checkpoint)."""
+    bandit learned them online); with ``after_outcome_rowid``, only outcomes committed after that row."""
     if not step_ids:
         return
     where = f"o.rowid > ? AND d.step_id IN ({','.join('?' * len(step_ids))})"

@@ -30,7 +30,7 @@ JSON_DECISION_COLUMNS = ("context", "eligible", "probabilities")
 TABLES = ("events", "identities", "device_hints", "consents", "consent_history", "tombstones", "meta", "decisions",
           "outcomes", "profiles", "profile_changes", "show_history", "outcome_log", "decision_feed", "unlearn_queue")
 _CHUNK = 5000  # bound parameters per IN (...) query
-ERASURES_KEY = "erasures"  # meta: how many erasures ever committed (a checkpoint made before one is stale)
+ERASURES_KEY = "erasures"  # meta: how many erasures ever committed
 BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for a lock held by another connection
 SCRUB_WAIT_MS = 1000  # how long scrub_wal waits for readers of older WAL frames (it holds up the writer)
 

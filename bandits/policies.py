@@ -75,6 +75,15 @@ class Policy(Protocol):
         """Point estimate of the expected reward of ``arm`` for context ``x``."""
         ...
 
+    @property
+    def clock(self) -> float | None:
+        """The latest time learned by a policy that forgets (None otherwise or before any learning)."""
+        ...
+
+    def advance(self, t: float) -> None:
+        """Move the clock forward to ``t``, so what was learned before weighs less (no-op if it never forgets)."""
+        ...
+
     def to_state(self) -> dict[str, Any]:
         """Plain numpy/python values that :func:`policy_from_state` turns back into the policy."""
         ...

@@ -140,7 +140,8 @@ class DecisionEngine:
         self._rng = np.random.default_rng(b.seed)
         self.decider: Decider | None = None
         if self.arms:
-            policy = build_policy(b.algorithm, len(self.arms), self.space.dim, alpha=b.alpha, l2=b.l2, seed=b.seed)
+            policy = build_policy(b.algorithm, len(self.arms), self.space.dim, alpha=b.alpha, l2=b.l2, seed=b.seed,
+                                  half_life=b.half_life_ms)
             exploration = build_exploration(b.exploration, epsilon=b.epsilon, gamma=b.gamma,
                                             max_exploration=catalog.guardrails.max_exploration)
             self.decider = Decider(policy, exploration, seed=b.seed)
@@ -192,7 +193,7 @@ class DecisionEngine:
             if replay:
                 rows = joined_rows(reader, self.arms, 0 if after is None else after.outcomes_rowid)
                 for j in rows:
-                    self._learn(j.step_id, self.space.vector(j.context), j.reward)
+                    self._learn(j.step_id, self.space.vector(j.context), j.reward, j.timestamp_ms)
                     replayed += 1
             if replay and after is not None and self.decider is not None:
                 drawn = self._unsettled_at_checkpoint
@@ -291,7 +292,7 @@ class DecisionEngine:
             if arm is None or row.decision_id in self.joiner:
                 continue
             try:
-                self.decider.unlearn_one(self.space.vector(row.context), arm, row.reward)
+                self.decider.unlearn_one(self.space.vector(row.context), arm, row.reward, row.timestamp_ms)
             except ValueError as exc:  # e.g. learning from it had failed: nothing to remove
                 log.warning("could not unlearn an erased decision: %s", exc)
                 continue
@@ -363,12 +364,13 @@ class DecisionEngine:
                     joiner.merge_user(alias, user)
 
     # -- learning ------------------------------------------------------------------------------------------
-    def _learn(self, step_id: str, x: np.ndarray | None, reward: float) -> None:
-        """Pass one joined outcome to the bandit (only personalized steps with a logged context)."""
+    def _learn(self, step_id: str, x: np.ndarray | None, reward: float, timestamp_ms: int) -> None:
+        """Pass one joined outcome to the bandit (only personalized steps with a logged context), at the time
+        of its decision."""
         arm = self.arm_index.get(step_id)
         if arm is None or x is None or self.decider is None:
             return
-        self.decider.learn_one(x, arm, reward)
+        self.decider.learn_one(x, arm, reward, timestamp_ms)
         self.learned += 1
 
     def on_events(self, events: list[StoredEvent]) -> None:

@@ -16,6 +16,9 @@ import numpy as np
 
 from bandits.exploration import Decider
 
+DAY_MS = 86_400_000.0  # decisions carry millisecond timestamps, as in the server
+PER_DAY = 1000  # simulated arrivals per day: a forgetting bandit's half-life is in days
+
 TYPE_NAMES = ("power_user", "new_explorer", "collaborator", "at_risk", "admin", "mobile_first",
               "evaluator", "analyst")
 
@@ -114,7 +117,7 @@ def run_policy(sim: OnboardingSimulator, decider: Decider, n_rounds: int, seed: 
     (steps shown in a generic rotation, by default ``0..K-1``), ``bayes`` (the best any policy that
     sees only the context can do: argmax of the posterior expected success) and ``oracle`` (knows
     each user's type: argmax of the true probabilities). All see the same users and the same uniform
-    draw per round."""
+    draw per round; round ``i`` happens at ``i / PER_DAY`` days (the time the bandit learns it at)."""
     g = np.random.default_rng(seed)
     x, types = sim.arrivals(n_rounds, g)
     u = g.random(n_rounds)
@@ -132,11 +135,12 @@ def run_policy(sim: OnboardingSimulator, decider: Decider, n_rounds: int, seed: 
     arms = np.arange(k)
     rewards = np.empty(n_rounds)
     decide, learn = decider.decide, decider.learn_one
+    step = DAY_MS / PER_DAY
     for i in range(n_rounds):
         xi = x[i]
         arm = decide(xi, arms, g).arm
         r = 1.0 if u[i] < probs[i, arm] else 0.0
-        learn(xi, arm, r)
+        learn(xi, arm, r, i * step)
         rewards[i] = r
     out["bandit"] = rewards
     return out
@@ -160,13 +164,10 @@ def collect_log(sim: OnboardingSimulator, decider: Decider, n_rounds: int, seed:
         c = decider.decide(x[i], arms, g)
         r = 1.0 if u[i] < probs[i, c.arm] else 0.0
         if learn:
-            decider.learn_one(x[i], c.arm, r)
+            decider.learn_one(x[i], c.arm, r, i * DAY_MS / PER_DAY)
         actions[i], pscores[i], rewards[i] = c.arm, c.probability, r
         dist[i, list(c.probabilities)] = list(c.probabilities.values())
     return BanditLog(x, actions, pscores, rewards, types, dist)
-
-
-DAY_MS = 86_400_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +186,7 @@ class Scenario:
     delay: tuple[int, int] = (0, 0)
     n_features: int = 16
     n_types: int = 5
-    per_day: int = 1000
+    per_day: int = PER_DAY
 
 
 SCENARIOS: tuple[Scenario, ...] = (

@@ -213,15 +213,16 @@ class SegmentsConfig:
 class BanditConfig:
     """The contextual bandit: scoring algorithm, its parameters and the exploration scheme.
 
-    Defaults: LinUCB with a narrow bonus plus a small epsilon-greedy floor. Every probability is exact
-    (a function of the learned state and the context) and every eligible step keeps at least
-    ``epsilon / n_eligible``; chosen on the seeded simulator across seeds and settings (docs/catalog.md)."""
+    Defaults: LinUCB with a narrow bonus plus an epsilon-greedy floor, forgetting with a 4-day half-life. Every
+    probability is exact (a function of the learned state and the context) and every eligible step keeps at
+    least ``epsilon / n_eligible``; chosen by ``python -m bench learning --sweep`` across the simulator's
+    scenarios, weighing reward against the effective sample size offline evaluation gets (docs/benchmarks.md)."""
 
     algorithm: str = "linucb"
-    alpha: float = 0.2
+    alpha: float = 0.1
     l2: float = 1.0
     exploration: str = "epsilon_greedy"
-    epsilon: float = 0.02
+    epsilon: float = 0.05
     gamma: float = 50.0
     half_life_days: float = 4.0
     seed: int = 0

@@ -219,10 +219,10 @@ class BanditConfig:
     scenarios, weighing reward against the effective sample size offline evaluation gets (docs/benchmarks.md)."""
 
     algorithm: str = "linucb"
-    alpha: float = 0.1
+    alpha: float = 0.05
     l2: float = 1.0
     exploration: str = "epsilon_greedy"
-    epsilon: float = 0.05
+    epsilon: float = 0.03
     gamma: float = 50.0
     half_life_days: float = 4.0
     seed: int = 0

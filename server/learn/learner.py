@@ -60,7 +60,8 @@ def build_decider(catalog: Catalog, n_features: int) -> Decider | None:
     if not arms:
         return None
     b = catalog.bandit
-    policy = build_policy(b.algorithm, len(arms), n_features, alpha=b.alpha, l2=b.l2, seed=b.seed)
+    policy = build_policy(b.algorithm, len(arms), n_features, alpha=b.alpha, l2=b.l2, seed=b.seed,
+                          half_life=b.half_life_ms)
     exploration = build_exploration(b.exploration, epsilon=b.epsilon, gamma=b.gamma,
                                     max_exploration=catalog.guardrails.max_exploration)
     return Decider(policy, exploration, seed=b.seed)
@@ -118,6 +119,7 @@ class Learner:
         self.sweep_interval_s = float(catalog.rewards.sweep_interval_seconds)
         self.interval_s = min(interval_s, self.sweep_interval_s)
         self.pos = Positions()
+        self._passed_over: set[int] = set()  # outcome ids this round's read skipped (see _take_erasures)
         self.stats = LearnerStats()
         self.version = 0  # the latest snapshot published
         self._dirty = True  # models changed since the last snapshot
@@ -235,8 +237,9 @@ class Learner:
             if not outcomes:
                 break
             for o in outcomes:
+                self._passed_over.update(range(self.pos.outcomes + 1, o.id))  # erased before read: never learned
                 self.joiner.settle(o.decision_id)
-                self._learn(o.step_id, o.context, o.reward)
+                self._learn(o.step_id, o.context, o.reward, o.timestamp_ms)
                 self.pos.outcomes = o.id
                 self._note_unpublished(now)
             self._dirty = True
@@ -277,6 +280,9 @@ class Learner:
             for p in item.pseudonyms:
                 self.joiner.forget_user(p)
             self.pos.unlearn = item.id
+        # every id passed over was an erased outcome whose erasure committed before the read, so it is in the
+        # queue read above: none is waiting for a later round
+        self._passed_over.clear()
         return bool(erased)
 
     def _events_after(self, seq: int) -> list[tuple[int, StoredEvent]]:
@@ -291,12 +297,14 @@ class Learner:
         if self._oldest_unpublished_ms is None:
             self._oldest_unpublished_ms = now
 
-    def _learn(self, step_id: str, context: dict[str, float], reward: float) -> None:
+    def _learn(self, step_id: str, context: dict[str, float], reward: float, timestamp_ms: int) -> None:
+        """Pass one committed outcome to the bandit at the time of its decision (a forgetting policy weighs it
+        by that time, so the state does not depend on when the learner reads it)."""
         arm = self.arm_index.get(step_id)
         if arm is None or not context or self.decider is None:
             return
         try:
-            self.decider.learn_one(self.space.vector(context), arm, reward)
+            self.decider.learn_one(self.space.vector(context), arm, reward, timestamp_ms)
         except ValueError as exc:
             log.warning("could not learn from a decision: %s", exc)
             return
@@ -308,10 +316,10 @@ class Learner:
         for row in item.rewarded:
             arm = self.arm_index.get(row.step_id)
             oid = outcome_ids.get(row.decision_id, 0)
-            if arm is None or not oid or oid > self.pos.outcomes:
+            if arm is None or not oid or oid > self.pos.outcomes or oid in self._passed_over:
                 continue  # never learned (its outcome was erased before the learner read it)
             try:
-                self.decider.unlearn_one(self.space.vector(row.context), arm, row.reward)
+                self.decider.unlearn_one(self.space.vector(row.context), arm, row.reward, row.timestamp_ms)
             except ValueError as exc:
                 log.warning("could not unlearn an erased decision: %s", exc)
                 continue

@@ -202,6 +202,7 @@ class JoinedRow:
     step_id: str
     context: dict[str, float]
     reward: float
+    timestamp_ms: int  # of the decision: the time the bandit learns it at
 
 
 def _context(text: str | None) -> dict[str, float]:
@@ -211,16 +212,16 @@ def _context(text: str | None) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
-_JOINED = ("SELECT d.decision_id, d.step_id, d.context, o.reward FROM outcomes o JOIN decisions d "
+_JOINED = ("SELECT d.decision_id, d.step_id, d.context, o.reward, d.timestamp_ms FROM outcomes o JOIN decisions d "
            "ON d.decision_id = o.decision_id WHERE {where} AND d.context != '{{}}' ORDER BY o.rowid")
 
 
-def _joined(cur: Iterable[tuple[str, str, str | None, float | None]]) -> Iterator[JoinedRow]:
+def _joined(cur: Iterable[tuple[str, str, str | None, float | None, int]]) -> Iterator[JoinedRow]:
     """The rows of a :data:`_JOINED` query that have a context and a reward, as JoinedRows."""
-    for decision_id, step_id, context, reward in cur:
+    for decision_id, step_id, context, reward, ts in cur:
         ctx = _context(context)
         if ctx and reward is not None:
-            yield JoinedRow(decision_id, step_id, ctx, float(reward))
+            yield JoinedRow(decision_id, step_id, ctx, float(reward), int(ts))
 
 
 def rewarded_rows_of(store: SqliteStore, pseudonyms: Sequence[str]) -> list[JoinedRow]:

@@ -140,8 +140,8 @@ def queue_unlearning(store: SqliteStore, pseudonyms: Sequence[str], rewarded: Se
     """Queue an erasure for the learner (inside the erasure's transaction); ``outcome_ids`` are the feed ids of
     the rewarded decisions' outcomes, so the learner unlearns only what it had learned. Returns the queue id."""
     body = json.dumps({"pseudonyms": list(pseudonyms),
-                       "rewarded": [[r.decision_id, r.step_id, r.context, r.reward, outcome_ids.get(r.decision_id, 0)]
-                                    for r in rewarded]})
+                       "rewarded": [[r.decision_id, r.step_id, r.context, r.reward, outcome_ids.get(r.decision_id, 0),
+                                     r.timestamp_ms] for r in rewarded]})
     cur = store.conn.execute("INSERT INTO unlearn_queue (body) VALUES (?)", (body,))
     return int(cur.lastrowid or 0)
 
@@ -159,8 +159,9 @@ def unlearning_after(store: SqliteStore, after_id: int) -> list[tuple[Unlearning
     out: list[tuple[Unlearning, dict[str, int]]] = []
     for qid, body in store.conn.execute("SELECT id, body FROM unlearn_queue WHERE id > ? ORDER BY id", (after_id,)):
         value: dict[str, Any] = json.loads(body)
-        rows = [JoinedRow(d, s, {str(k): float(v) for k, v in c.items()}, float(r)) for d, s, c, r, _ in value["rewarded"]]
-        ids = {d: int(i) for d, _s, _c, _r, i in value["rewarded"]}
+        rows = [JoinedRow(d, s, {str(k): float(v) for k, v in c.items()}, float(r), int(t))
+                for d, s, c, r, _, t in value["rewarded"]]
+        ids = {d: int(i) for d, _s, _c, _r, i, _t in value["rewarded"]}
         out.append((Unlearning(int(qid), tuple(value["pseudonyms"]), tuple(rows)), ids))
     return out
 

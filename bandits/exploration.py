@@ -4,7 +4,8 @@ sampler that draws from them, and :class:`Decider`, which joins a policy and a s
 The probability of the chosen arm is logged as the propensity for off-policy evaluation, so every
 scheme returns probabilities that are non-negative and sum to 1 (within 1e-12), and the sampler
 never returns an arm whose probability is 0. ``max_exploration`` (a catalog guardrail) caps the
-total mass off the greedy arms (the arms tied at the highest score).
+total mass off the greedy arms (the arms tied at the highest score). :func:`boost` mixes a distribution
+toward one arm (a proposing rule's step) and keeps every probability exact.
 
 >>> EpsilonGreedy(0.2).probabilities(np.array([0.1, 0.5, 0.3, 0.5])).tolist()
 [0.05, 0.45, 0.05, 0.45]
@@ -180,6 +181,26 @@ def build_exploration(name: str, *, epsilon: float = 0.1, gamma: float = 50.0, t
     raise ValueError(f"exploration must be one of {', '.join(EXPLORATIONS)} (got {name!r})")
 
 
+def boost(probs: Sequence[float], index: int, beta: float) -> list[float]:
+    """A proposing rule's mixture: ``p' = (1 - beta) * p + beta * onehot(index)`` over the eligible arms.
+
+    With probability ``beta`` the rule's arm, else a draw from the bandit's own ``probs``: ``p'`` sums to 1
+    whenever ``probs`` does, the rule's arm gets at least ``beta`` and every other arm keeps its share of the
+    rest, so an arm the bandit could draw stays drawable. ``p'[i]`` is the exact probability of arm ``i``
+    under the mixture (the logged propensity); the bandit's own probability of the chosen arm is
+    ``(p'[i] - beta * [i == index]) / (1 - beta)``.
+
+    >>> boost([0.9, 0.05, 0.05], 2, 0.5)
+    [0.45, 0.025, 0.525]
+    """
+    b = _check_rate("beta", beta)
+    if not 0 <= index < len(probs):
+        raise ValueError(f"index must point into probs (got {index} for {len(probs)} arms)")
+    out = [(1.0 - b) * q for q in probs]
+    out[index] += b
+    return out
+
+
 def sample(probs: np.ndarray | Sequence[float], rng: np.random.Generator) -> int:
     """Index drawn with probability ``probs[i]``; never an index whose probability is 0."""
     p = probs.tolist() if isinstance(probs, np.ndarray) else list(probs)
@@ -255,8 +276,12 @@ class Decider:
         return self._version
 
     def decide(self, x: np.ndarray, eligible_arms: Sequence[int] | np.ndarray,
-               rng: np.random.Generator | None = None) -> Choice:
-        """Choose one of ``eligible_arms`` for context ``x`` (ValueError when none is eligible)."""
+               rng: np.random.Generator | None = None, boosted: tuple[int, float] | None = None) -> Choice:
+        """Choose one of ``eligible_arms`` for context ``x`` (ValueError when none is eligible).
+
+        ``boosted = (arm, beta)``: the exploration's probabilities mixed by :func:`boost` toward ``arm`` (one
+        of ``eligible_arms``) before sampling; the choice's probabilities are the mixture's. The random draws
+        taken are the same with or without it."""
         arm_list = _arm_list(eligible_arms)
         g = self._rng if rng is None else rng
         score_list = self.policy.score_list(x, arm_list, g)
@@ -266,6 +291,10 @@ class Decider:
             probs = [1.0]
         else:
             probs = self.exploration.probabilities_list(score_list)
+        if boosted is not None:
+            if boosted[0] not in arm_list:
+                raise ValueError(f"boosted arm {boosted[0]} is not eligible (eligible: {arm_list})")
+            probs = boost(probs, arm_list.index(boosted[0]), boosted[1])
         i = sample(probs, g) if len(probs) > 1 else 0
         return Choice(
             arm=arm_list[i],

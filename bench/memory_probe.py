@@ -145,15 +145,14 @@ def snapshot(server: Any, out: Path, top: int) -> None:
     rt = server.runtime
     engine = server.api.service.decisions
     pipe = rt.pipeline
-    parts: list[tuple[str, object]] = [("pipeline.identity", pipe.identity), ("pipeline.consent", pipe.consent)]
-    parts += [(f"pipeline.{a}", v) for a, v in attributes(pipe) if a not in ("identity", "consent",
-                                                                            "store", "writer", "_loop", "_reader")]
+    parts: list[tuple[str, object]] = [(f"pipeline.{a}", v) for a, v in attributes(pipe)
+                                       if a not in ("store", "writer", "_loop", "_reader")]
     parts += [(f"engine.{a}", v) for a, v in attributes(engine) if a not in ("pipeline", "catalog", "metrics")]
     parts += [("catalog", rt.catalog), ("metrics", rt.metrics)]
     t = time.perf_counter()
     rows = breakdown(parts, depth=1)
-    res: dict[str, Any] = {"rss": rss_bytes(), "profiles": profile_count(rt.store), "consent_subjects": len(pipe.consent),
-                           "identity_links": len(pipe.identity), "walk_s": time.perf_counter() - t, "parts": rows,
+    res: dict[str, Any] = {"rss": rss_bytes(), "profiles": profile_count(rt.store),
+                           "walk_s": time.perf_counter() - t, "parts": rows,
                            "walked_bytes": sum(r["bytes"] for r in rows), "malloc": malloc_info(),
                            "sqlite_memory_used": sqlite_memory_bytes(), "python_blocks": sys.getallocatedblocks()}
     gc.collect()  # the walk's seen-set lives in a closure cycle

@@ -32,6 +32,8 @@ from server.base.toml_merge import has_key, merge_tables, set_keys
 CHANNELS = ("in_app", "email", "push")
 STEP_KINDS = ("core", "personalized")
 RULE_KINDS = ("feature_explored", "screens_skipped", "returned_after_inactive")
+PROPOSE, FORCE = "propose", "force"
+RULE_MODES = (PROPOSE, FORCE)
 ARM_KINDS = ("tailored", "generic", "holdout")
 ALGORITHMS = ("linucb", "lints", "ridge")
 EXPLORATIONS = ("epsilon_greedy", "squarecb")
@@ -119,7 +121,10 @@ class Guardrails:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A behavioral trigger from the seed's table that forces a step when its condition holds.
+    """A behavioral trigger from the seed's table: when its condition holds it proposes its step to the bandit
+    (``mode = "propose"``: the step's probability is boosted by ``boost``, the rule is measured and demoted when
+    significantly worse than the bandit after ``min_outcomes_to_demote`` outcomes, 0 = never) or forces it
+    (``mode = "force"``: propensity 1, never measured).
 
     ``threshold`` means: uses of one feature (``feature_explored``), screens skipped
     (``screens_skipped``) or hours inactive before the latest event (``returned_after_inactive``).
@@ -134,6 +139,14 @@ class Rule:
     step_template: str | None = None
     feature_steps: dict[str, str] = field(default_factory=dict)
     enabled: bool = True
+    mode: str = PROPOSE
+    boost: float = 0.5
+    min_outcomes_to_demote: int = 200
+
+    @property
+    def proposes(self) -> bool:
+        """True when the rule boosts its step inside the bandit's distribution (``mode = "propose"``)."""
+        return self.mode == PROPOSE
 
     def step_for(self, feature: str) -> str | None:
         """The advanced-tip step for ``feature`` (``feature_explored`` rules), or None if it has none."""
@@ -154,7 +167,7 @@ class Rewards:
 
 
 # Keys that only time the reward sweep: they change when a default outcome is written, not what any decision
-# is or which rewards exist, so a changed value keeps the catalog version (and the checkpoints made with it).
+# is or which rewards exist, so a changed value keeps the catalog version (and the learner's state saved with it).
 UNVERSIONED_KEYS = {"rewards": ("sweep_interval_seconds", "grace_seconds")}
 MAX_SWEEP_INTERVAL_SECONDS = 3600.0
 MAX_GRACE_SECONDS = 86_400.0
@@ -573,6 +586,16 @@ def _parse_rule(t: _Table, steps: dict[str, Step]) -> Rule:
     kind = t.string("kind", choices=RULE_KINDS)
     priority = t.integer("priority", 0)
     enabled = t.boolean("enabled", True)
+    d = Rule("", kind)
+    mode = t.string("mode", d.mode, choices=RULE_MODES)
+    boost = t.number("boost", d.boost, min=0.0, min_exclusive=True)
+    if boost >= 1.0:
+        raise CatalogError(t.key("boost"), f'must be < 1 (got {boost:g}); mode = "force" always shows the step')
+    min_outcomes = t.integer("min_outcomes_to_demote", d.min_outcomes_to_demote, min=0)
+    if mode == FORCE:
+        for key in ("boost", "min_outcomes_to_demote"):
+            if t.has(key):
+                raise CatalogError(t.key(key), 'only applies when mode = "propose"')
     defaults = _RULE_DEFAULTS[kind]
     step: str | None = None
     template: str | None = None
@@ -618,7 +641,8 @@ def _parse_rule(t: _Table, steps: dict[str, Step]) -> Rule:
         step = target(t.key("step"), t.string("step", defaults["step"], pattern=ID_RE))
     t.done()
     return Rule(name=name, kind=kind, priority=priority, threshold=threshold, step=step,
-                step_template=template, feature_steps=feature_steps, enabled=enabled)
+                step_template=template, feature_steps=feature_steps, enabled=enabled, mode=mode, boost=boost,
+                min_outcomes_to_demote=min_outcomes)
 
 
 def _parse_experiment(t: _Table) -> Experiment:

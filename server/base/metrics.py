@@ -139,6 +139,11 @@ class Metrics:
         self.guardrail_blocks_total = Counter(
             "onramp_guardrail_blocks_total", "Steps withheld by a guardrail, by guardrail name.",
             ["guardrail"], registry=r)
+        self.rule_demoted = Gauge(
+            "onramp_rule_demoted", "1 when a proposing rule was demoted (significantly worse than the bandit: it "
+            "no longer boosts its step), else 0, by rule.", ["rule"], registry=r)
+        self.rule_demotions_total = Counter(
+            "onramp_rule_demotions_total", "Proposing rules demoted by this process, by rule.", ["rule"], registry=r)
         self.queue_depth = Gauge(
             "onramp_queue_depth", "Items waiting in an internal queue, by queue name.", ["queue"], registry=r,
             multiprocess_mode="livesum")

@@ -12,8 +12,9 @@ How one step is chosen (see docs/decisions.md):
    when the user has not granted personalization; such users get core steps only);
 3. after the core flow, per experiment arm: ``holdout`` gets no personalized step (``holdout``), ``generic``
    gets the generic order (``generic``); ``tailored`` gets, once the user showed consistent behavior (N
-   sessions on M days), the first firing rule (``rule:<name>``) or else the bandit (``bandit``), and
-   the generic order before that;
+   sessions on M days), the first firing rule's step when it forces (``rule:<name>``), the bandit's draw
+   with a proposing rule's step boosted (``boosted:<name>:<step>``; rules the learner demoted are skipped),
+   or else the bandit (``bandit``), and the generic order before that;
 4. nothing allowed -> no step (``capped`` when a cap/cooldown/gap blocks, else ``none_eligible``).
 
 Caps hold across workers: a decision that shows a step is logged only if the person's shown history is still
@@ -137,6 +138,7 @@ class DecisionEngine:
         self.snapshot_version = 0
         self.snapshot_positions: dict[str, int] = {}
         self.learned = 0  # outcomes the loaded snapshot's bandit learned from
+        self.demoted_rules: frozenset[str] = frozenset()  # proposing rules the learner demoted (no longer boost)
         self.policy_version = f"{self._base_version}@0"
         self.keep = min(MAX_KEEP, max([KEEP_PER_STEP, *(s.max_per_day + 1 for s in catalog.steps)]))
         self._user_locks: dict[str, asyncio.Lock] = {}
@@ -168,6 +170,7 @@ class DecisionEngine:
         if self.decider is not None and state.get("policy") is not None:
             self.decider.policy = policy_from_state(state["policy"])
         self.learned = int(state.get("learned", 0))
+        self.demoted_rules = frozenset(state.get("demoted_rules", ()))
         self.snapshot_version = snap.version
         self.snapshot_positions = snap.positions
         self.policy_version = f"{self._base_version}@{snap.version}"
@@ -298,14 +301,17 @@ class DecisionEngine:
         if arm_kind == HOLDOUT_ARM:
             return nothing(Reason.HOLDOUT)
         if arm_kind == TAILORED and profile is not None and personalization_allowed(hist, self.guardrails):
-            fired = first_firing(self._rules, profile, candidates, now_ms)
-            if fired is not None:
+            fired = first_firing(self._rules, profile, candidates, now_ms, self.demoted_rules)
+            if fired is not None and not fired.proposes:
                 return deterministic(fired.step_id, fired.reason, candidates)
             if self.decider is not None and x is not None:
-                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng)
+                # a proposing rule's step is boosted inside the bandit's distribution (docs/decisions.md)
+                boosted = None if fired is None else (self.arm_index[fired.step_id], fired.boost)
+                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng, boosted)
                 arms = self.arms
                 probs = {arms[a]: p for a, p in c.probabilities.items()}
-                return Choice(decision(arms[c.arm], Reason.BANDIT, candidates, probs, c.probability), segments, x,
+                reason = Reason.BANDIT if fired is None else fired.reason
+                return Choice(decision(arms[c.arm], reason, candidates, probs, c.probability), segments, x,
                               pseudo, history, tracked)
         return deterministic(self.generic_pick(candidates, shown), Reason.GENERIC, candidates)
 

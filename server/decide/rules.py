@@ -1,7 +1,8 @@
 """The seed's rule triggers, evaluated on a user's profile: explores feature A extensively -> advanced tip
 for A; skips onboarding screens -> core-benefits message; returns after 24 h inactive -> re-engagement
-email. Rules are deterministic: the first enabled rule (highest priority first) whose condition holds and
-whose step the guardrails allow fires.
+email. Which rule fires is deterministic: the first enabled rule (highest priority first, demoted rules
+skipped) whose condition holds and whose step the guardrails allow. A forcing rule's step is shown; a
+proposing rule's step is boosted inside the bandit's distribution (server/decide/engine.py).
 """
 from __future__ import annotations
 
@@ -9,23 +10,29 @@ import heapq
 from collections.abc import Container
 from dataclasses import dataclass
 
-from server.base.catalog import Rule
+from server.base.catalog import FORCE, PROPOSE, Rule
 from server.base.clock import HOUR_MS
-from server.base.reasons import rule_reason
+from server.base.reasons import boosted_reason, rule_reason
 from server.ingest.profiles import Profile
 
 
 @dataclass(frozen=True, slots=True)
 class Firing:
-    """A rule that fired and the step it shows."""
+    """A rule that fired, the step it shows (``force``) or boosts (``propose``) and by how much."""
 
     rule: str
     step_id: str
+    mode: str = FORCE
+    boost: float = 0.0
+
+    @property
+    def proposes(self) -> bool:
+        return self.mode == PROPOSE
 
     @property
     def reason(self) -> str:
-        """The decision reason: ``rule:<name>``."""
-        return rule_reason(self.rule)
+        """The decision reason: ``rule:<name>`` when forced, ``boosted:<name>:<step>`` when proposed."""
+        return boosted_reason(self.rule, self.step_id) if self.proposes else rule_reason(self.rule)
 
 
 def returned_after_inactive(profile: Profile, threshold_ms: float, now_ms: int) -> bool:
@@ -64,11 +71,14 @@ def rule_targets(rule: Rule, profile: Profile, now_ms: int) -> list[str]:
     return []
 
 
-def first_firing(rules: tuple[Rule, ...], profile: Profile, allowed: Container[str], now_ms: int) -> Firing | None:
-    """The first rule of ``rules`` (already in priority order) with a target step in ``allowed`` (the steps
-    the guardrails let through now), or None when no rule fires."""
+def first_firing(rules: tuple[Rule, ...], profile: Profile, allowed: Container[str], now_ms: int,
+                 skip: Container[str] = ()) -> Firing | None:
+    """The first rule of ``rules`` (already in priority order), its name not in ``skip`` (demoted rules), with
+    a target step in ``allowed`` (the steps the guardrails let through now), or None when no rule fires."""
     for rule in rules:
+        if rule.name in skip:
+            continue
         for step_id in rule_targets(rule, profile, now_ms):
             if step_id in allowed:
-                return Firing(rule.name, step_id)
+                return Firing(rule.name, step_id, rule.mode, rule.boost)
     return None

@@ -1,14 +1,15 @@
 """Consent state per subject and purpose ("tracking", "personalization"), plus erasure tombstones.
 
-:class:`ConsentBook` is the in-memory index of the ``consents`` and ``tombstones`` tables; the writer thread
-changes it inside the transaction that writes the rows, so the consent gate of ingestion sees every
-SetConsent committed before the events that follow it. Behavioral events are stored only with tracking
-consent; otherwise :meth:`ConsentBook.tracking_gate` says why not (no_consent, opted_out or erased).
+:class:`ConsentBook` reads the ``consents`` and ``tombstones`` of the store by key (any worker process may
+have written them) and remembers what it read for its own lifetime: one request, or one ingest job inside its
+write transaction, so the consent gate of an event sees every SetConsent committed before it. Behavioral events
+are stored only with tracking consent; otherwise :meth:`ConsentBook.tracking_gate` says why not (no_consent,
+opted_out or erased).
 """
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from server.store.sqlite import ConsentRow
 
@@ -22,72 +23,60 @@ ERASED = "erased"
 DROP_REASONS = (NO_CONSENT, OPTED_OUT, ERASED)
 
 
+class ConsentReads(Protocol):
+    """The consent reads of a store: the current records of subjects, and whether a pseudonym was erased."""
+
+    def consents_of(self, subjects: Sequence[str]) -> list[ConsentRow]: ...
+
+    def is_tombstoned(self, user_pseudo: str) -> bool: ...
+
+
 class ConsentBook:
-    """Current consent records by subject, and the pseudonyms of erased subjects."""
+    """Current consent records by subject, and the tombstones of erased pseudonyms, as ``reads`` holds them."""
 
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._state: dict[str, dict[str, ConsentRow]] = {}
-        self._tombstones: set[str] = set()
+    def __init__(self, reads: ConsentReads) -> None:
+        self._reads = reads
+        self._records: dict[str, dict[str, ConsentRow]] = {}  # subject -> purpose -> record, as read
+        self._tombstoned: dict[str, bool] = {}
 
-    def load(self, rows: Iterable[ConsentRow], tombstones: Iterable[str]) -> None:
-        """Replace the state with the rows of the ``consents`` and ``tombstones`` tables."""
-        with self._lock:
-            self._state.clear()
-            for row in rows:
-                self._state.setdefault(row.subject, {})[row.purpose] = row
-            self._tombstones = set(tombstones)
+    def _of(self, subject: str) -> dict[str, ConsentRow]:
+        try:
+            return self._records[subject]
+        except KeyError:
+            rows = self._records[subject] = {r.purpose: r for r in self._reads.consents_of([subject])}
+            return rows
 
     def get(self, subject: str, purpose: str) -> ConsentRow | None:
         """The current record of ``subject`` for ``purpose``, or None when none was ever given."""
-        purposes = self._state.get(subject)
-        return None if purposes is None else purposes.get(purpose)
+        return self._of(subject).get(purpose)
 
     def records(self, subject: str) -> list[ConsentRow]:
         """Every current record of ``subject`` (sorted by purpose)."""
-        with self._lock:
-            return sorted(self._state.get(subject, {}).values(), key=lambda r: r.purpose)
+        return sorted(self._of(subject).values(), key=lambda r: r.purpose)
 
     def granted(self, subject: str, purpose: str) -> bool:
         """True when ``subject`` currently grants ``purpose``."""
-        row = self.get(subject, purpose)
+        row = self._of(subject).get(purpose)
         return row is not None and row.granted
+
+    def is_tombstoned(self, user_pseudo: str) -> bool:
+        """True when the subject of ``user_pseudo`` was erased and has not granted tracking since."""
+        try:
+            return self._tombstoned[user_pseudo]
+        except KeyError:
+            hit = self._tombstoned[user_pseudo] = self._reads.is_tombstoned(user_pseudo)
+            return hit
 
     def tracking_gate(self, subject: str, pseudonym: Callable[[str], str]) -> str | None:
         """None when events of ``subject`` may be stored, else the drop reason (no_consent, opted_out,
         erased). ``pseudonym`` is only called when needed (to look for a tombstone)."""
-        row = self.get(subject, TRACKING)
+        row = self._of(subject).get(TRACKING)
         if row is not None:
             return None if row.granted else OPTED_OUT
-        if self._tombstones and pseudonym(subject) in self._tombstones:
-            return ERASED
-        return NO_CONSENT
+        return ERASED if self.is_tombstoned(pseudonym(subject)) else NO_CONSENT
 
-    def set(self, row: ConsentRow) -> None:
-        """Record a consent decision (after its row was written)."""
-        with self._lock:
-            self._state.setdefault(row.subject, {})[row.purpose] = row
-
-    def forget(self, subjects: Iterable[str]) -> None:
-        """Drop every record of ``subjects`` (erasure)."""
-        with self._lock:
-            for s in subjects:
-                self._state.pop(s, None)
-
-    def is_tombstoned(self, user_pseudo: str) -> bool:
-        return user_pseudo in self._tombstones
-
-    def add_tombstone(self, user_pseudo: str) -> None:
-        with self._lock:
-            self._tombstones.add(user_pseudo)
-
-    def remove_tombstone(self, user_pseudo: str) -> bool:
-        """Clear a tombstone (a new tracking grant); returns whether there was one."""
-        with self._lock:
-            if user_pseudo in self._tombstones:
-                self._tombstones.discard(user_pseudo)
-                return True
-            return False
-
-    def __len__(self) -> int:
-        return len(self._state)
+    def changed(self, subject: str, user_pseudo: str = "") -> None:
+        """Forget what was read of ``subject`` (and of ``user_pseudo``'s tombstone): it was just written."""
+        self._records.pop(subject, None)
+        if user_pseudo:
+            self._tombstoned.pop(user_pseudo, None)

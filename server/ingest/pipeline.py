@@ -1,8 +1,10 @@
 """The ingestion pipeline and the per-user data operations: identity resolution -> consent gate -> dedupe ->
 event log and profile rows (one transaction), then listeners; plus SetConsent, erasure and export.
 
-Every change runs as a job of the writer thread (server/store/writer.py), in submission order, so the consent
-gate of an event sees exactly the SetConsent calls committed before it. Profiles are rows of the store,
+Every change runs as a job of the writer thread (server/store/writer.py), in submission order. Identity links,
+device hints, consent and tombstones are read from the store by key, per request and per job (a job reads them
+inside its write transaction), so every decision and every consent gate sees the SetConsent, identify and
+erasure calls any worker process committed before it. Profiles are rows of the store,
 updated in the transaction that stores their events (with a change row for the learner): a caller that got
 its ack sees its events in the profile any worker reads next.
 """
@@ -21,8 +23,8 @@ from server.base import records as r
 from server.base.clock import now_ms
 from server.base.config import IngestConfig
 from server.base.records import ANON_PREFIX, EventValues, StoredEvent
-from server.ingest.consent import PERSONALIZATION, TRACKING, ConsentBook
-from server.ingest.identity import ANONYMOUS_ID, DEVICE_ID, IdentityGraph, LinkPlan
+from server.ingest.consent import OPTED_OUT, PERSONALIZATION, TRACKING, ConsentBook
+from server.ingest.identity import ANONYMOUS_ID, DEVICE_ID, MAX_DEVICE_HINTS, IdentityGraph, LinkPlan
 from server.ingest.profiles import Profile, ProfileBook, decode_profile, encode_profile
 from server.store import user_state
 from server.store.decision_log import JoinedRow, rewarded_rows_of
@@ -52,6 +54,7 @@ ErasureListener = Callable[[Erasure], "Awaitable[None] | None"]
 ProfileOp = tuple[str, Any, Any]
 CARRIED_SOURCE_PREFIX = "carried:"
 PROFILE_ROWS_KEY = "profile_rows"  # meta: profiles are rows (built from the event log once, if older)
+DEVICE_HINTS_KEY = "device_hints"  # meta: device hints are rows (noted from the event log once, if older)
 SHOW_KEEP = 16  # show times kept per (person, step) when histories merge (the engine sets the catalog's need)
 
 
@@ -137,23 +140,19 @@ class UserData:
 
 
 class Pipeline:
-    """Owns the in-memory state (identities, consent, profiles) and runs every change through the writer."""
+    """Runs every change through the writer, and reads identities, consent and profiles from the store."""
 
     def __init__(self, store: SqliteStore, writer: Writer, pseudonymizer: Pseudonymizer,
-                 ingest: IngestConfig | None = None,
-                 identity: IdentityGraph | None = None, consent: ConsentBook | None = None) -> None:
+                 ingest: IngestConfig | None = None) -> None:
         self.store = store
         self.writer = writer
         self.pseudonymizer = pseudonymizer
         self.ingest_config = ingest or IngestConfig()
         self.show_keep = SHOW_KEEP
-        self._reader: SqliteStore | None = None  # profile reads on the event loop thread
-        self.identity = identity if identity is not None else IdentityGraph()
-        self.consent = consent if consent is not None else ConsentBook()
+        self._reader: SqliteStore | None = None  # profile, identity and consent reads on the event loop thread
         self._listeners: list[Listener] = []
         self._erasure_listeners: list[ErasureListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        writer.on_rollback = self.reload_caches
 
     # -- wiring ----------------------------------------------------------------------------------------------
     def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -175,22 +174,45 @@ class Pipeline:
     def pseudonym(self, subject: str) -> str:
         return self.pseudonymizer.pseudonymize(subject)
 
+    @property
+    def identity(self) -> IdentityGraph:
+        """The identity links as committed now (read on the event loop thread's connection); keep the object
+        for one request at most (it remembers what it read)."""
+        return IdentityGraph(self._loop_reader())
+
+    @property
+    def consent(self) -> ConsentBook:
+        """Consent and tombstones as committed now (read on the event loop thread's connection); keep the
+        object for one request at most (it remembers what it read)."""
+        return ConsentBook(self._loop_reader())
+
     def resolve(self, user_id: str, anonymous_id: str, device_id: str = "") -> str:
-        """The canonical subject of ids as given in a request (after identity links)."""
+        """The canonical subject of ids as given in a request (after the identity links committed now)."""
+        if user_id:
+            return user_id
         return self.identity.resolve(user_id, anonymous_id, device_id)
 
     # -- startup ---------------------------------------------------------------------------------------------
     def rebuild(self) -> int:
-        """Load identities, consent and tombstones, and note which anonymous ids each device carried. A database
-        written before profiles were rows gets them built once from its event log (returns how many).
-        Call before the writer starts."""
-        self.reload_caches()
-        store = self.store
-        for device_id, anonymous_id in store.conn.execute(
-                "SELECT device_id, anonymous_id FROM events WHERE user_id = '' AND device_id != '' "
-                "AND subject LIKE 'anon:%' ORDER BY seq"):
-            self.identity.note_device(device_id, anonymous_id)
+        """Bring an older database up to date, once: note which anonymous ids each device carried (from its
+        event log) and build profile rows (returns how many). Call before the writer starts."""
+        self._note_old_device_hints()
         return self._build_profile_rows()
+
+    def _note_old_device_hints(self) -> None:
+        """Device hints as rows, noted from the event log once (a database from before they were rows)."""
+        store = self.store
+        if store.meta_get(DEVICE_HINTS_KEY) is not None:
+            return
+        store.begin()
+        try:
+            if store.meta_get(DEVICE_HINTS_KEY) is None:  # another worker may have done it meanwhile
+                store.note_device_hints(store.unlinked_device_visits(), MAX_DEVICE_HINTS)
+                store.meta_set(DEVICE_HINTS_KEY, "1")
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise
 
     def _build_profile_rows(self) -> int:
         """Profiles as rows, built from the event log once (a database from before they were rows)."""
@@ -219,12 +241,6 @@ class Pipeline:
         if len(book):
             log.info("built %d profile rows from the event log (database from before profiles were rows)", len(book))
         return len(book)
-
-    def reload_caches(self) -> None:
-        """Re-read identities, consent and tombstones from the store (startup, and after a rolled back
-        transaction so memory matches the database)."""
-        self.identity.load(self.store.all_links())
-        self.consent.load(self.store.all_consents(), self.store.all_tombstones())
 
     # -- publishing after commit -------------------------------------------------------------------------------
     def _published(self, ops: list[ProfileOp], stored: list[StoredEvent]) -> Callable[[Any], None]:
@@ -299,6 +315,7 @@ class Pipeline:
         skipped: set[int] = set()  # id() of the events the appends skipped as duplicates
         outside: set[int] = set()  # id() of the events appended without the check (older than the window)
         add_row, add_pending = pending.extend, pending_events.append
+        identifies: set[str] = set()  # ids of the identify events of this call
         now = now_ms()
 
         def append() -> None:
@@ -308,8 +325,11 @@ class Pipeline:
                 outside.update(id(pending_events[i]) for i in done.outside_window)
                 pending.clear()
                 pending_events.clear()
-        identity, gate, pseudo = self.identity, self.consent.tracking_gate, self.pseudonym
-        resolve, note_device = identity.resolve, identity.note_device
+        hints: dict[tuple[str, str], None] = {}  # (device_id, anonymous_id) seen unlinked, not noted yet
+        note_device = hints.setdefault
+        # Links and consent as this transaction sees them, read by key once per job
+        identity, consent, pseudo = IdentityGraph(store), ConsentBook(store), self.pseudonym
+        resolve, gate = identity.resolve, consent.tracking_gate
         encode = encode_properties
         results: list[IngestResult] = []
         for events, received_ms, ops, stored in batches:
@@ -323,8 +343,16 @@ class Pipeline:
             for eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props in events:
                 ts = ts or received_ms
                 if name == r.IDENTIFY:
+                    # A re-sent identify must not link again (its alias may be linked to someone else since):
+                    # looked up before its links are made, not only when appended (identifies are rare).
+                    if eid in identifies or store.existing_event_ids([eid], now):
+                        continue  # counted as a duplicate
+                    identifies.add(eid)
                     n_ops = len(ops)
-                    reason = self._identify(store, uid, aid, did, ts, append, ops)
+                    if hints:  # a device linked now brings the visitors seen on it earlier in this job
+                        store.note_device_hints(list(hints), MAX_DEVICE_HINTS)
+                        hints.clear()
+                    reason = self._identify(store, identity, consent, uid, aid, did, ts, append, ops)
                     subject = uid
                     if len(ops) != n_ops:  # profiles merged: later events apply after the merge
                         run = []
@@ -348,10 +376,12 @@ class Pipeline:
                 keep(se)
                 run.append(se)
                 if not uid and did and subject.startswith(ANON_PREFIX):
-                    note_device(did, aid)
+                    note_device((did, aid))
             result.stored = stored
             results.append(result)
         append()
+        if hints:
+            store.note_device_hints(list(hints), MAX_DEVICE_HINTS)
         profiles = _Profiles(store, pseudo)
         for result, (_events, _received, ops, stored) in zip(results, batches):
             if skipped:
@@ -372,55 +402,61 @@ class Pipeline:
         profiles.write(self.show_keep)
         return results
 
-    def _identify(self, store: SqliteStore, user_id: str, anonymous_id: str, device_id: str, ts: int,
-                  append_pending: Callable[[], None], ops: list[ProfileOp]) -> str | None:
+    def _identify(self, store: SqliteStore, identity: IdentityGraph, consent: ConsentBook, user_id: str,
+                  anonymous_id: str, device_id: str, ts: int, append_pending: Callable[[], None],
+                  ops: list[ProfileOp]) -> str | None:
         """Handle an identify event: carry consent over from the anonymous subjects, gate on the user's
         tracking consent, then link the aliases, move their events and merge their profiles. Returns the drop
         reason, or None when the identify event is to be stored."""
-        plan = self.identity.plan_link(user_id, anonymous_id, device_id)
-        carried = self._carried_consent(user_id, plan)
+        plan = identity.plan_link(user_id, anonymous_id, device_id)
+        carried = self._carried_consent(consent, user_id, plan)
         tracking = next((c for c in carried if c.purpose == TRACKING), None)
         if tracking is not None:
-            reason = None if tracking.granted else "opted_out"
+            reason = None if tracking.granted else OPTED_OUT
         else:
-            reason = self.consent.tracking_gate(user_id, self.pseudonym)
+            reason = consent.tracking_gate(user_id, self.pseudonym)
         if reason is not None:
             return reason
         now = now_ms()
         for row in carried:
-            self._write_consent(store, row, now)
+            self._write_consent(store, row, now, consent)
         if plan.changes_anything:
             append_pending()  # earlier events of this job must be in the table before they are re-keyed
             for kind, alias in plan.links:
                 store.link_alias(kind, alias, user_id, ts)
+            store.forget_device_hints([alias for kind, alias in plan.links if kind == DEVICE_ID])
             if plan.merged_subjects:
                 store.rekey_subjects(plan.merged_subjects, user_id)
-            self.identity.apply(plan, ts)
+            identity.applied(plan)
             for s in plan.merged_subjects:
                 ops.append(("link", s, user_id))
         return None
 
-    def _carried_consent(self, user_id: str, plan: LinkPlan) -> list[ConsentRow]:
+    @staticmethod
+    def _carried_consent(consent: ConsentBook, user_id: str, plan: LinkPlan) -> list[ConsentRow]:
         """Consent given on a merged anonymous subject, for purposes the user has no record of."""
         out: list[ConsentRow] = []
         for purpose in (TRACKING, PERSONALIZATION):
-            if self.consent.get(user_id, purpose) is not None:
+            if consent.get(user_id, purpose) is not None:
                 continue
             for s in plan.merged_subjects:
-                row = self.consent.get(s, purpose)
+                row = consent.get(s, purpose)
                 if row is not None:
                     out.append(ConsentRow(user_id, purpose, row.granted, f"{CARRIED_SOURCE_PREFIX}{row.source}",
                                           row.timestamp_ms))
                     break
         return out
 
-    def _write_consent(self, store: SqliteStore, row: ConsentRow, recorded_ms: int) -> None:
+    def _write_consent(self, store: SqliteStore, row: ConsentRow, recorded_ms: int,
+                       consent: ConsentBook | None = None) -> None:
+        """Write a consent record (a tracking grant clears a tombstone); ``consent`` forgets what it read."""
         store.set_consent(row, recorded_ms)
-        self.consent.set(row)
+        p = ""
         if row.purpose == TRACKING and row.granted:
             p = self.pseudonym(row.subject)
-            if self.consent.remove_tombstone(p):
-                store.remove_tombstone(p)
+            store.remove_tombstone(p)
+        if consent is not None:
+            consent.changed(row.subject, p)
 
     # -- consent -----------------------------------------------------------------------------------------------
     async def set_consent(self, subject: str, purpose: str, granted: bool, source: str, timestamp_ms: int
@@ -430,13 +466,15 @@ class Pipeline:
         row = ConsentRow(subject, purpose, granted, source, timestamp_ms)
 
         def job(store: SqliteStore) -> list[ConsentRow]:
-            self._write_consent(store, row, now_ms())
-            return self.consent.records(subject)
+            consent = ConsentBook(store)
+            self._write_consent(store, row, now_ms(), consent)
+            return consent.records(subject)
         return await self.writer.call(job)
 
     # -- erasure and export --------------------------------------------------------------------------------------
-    def keys_for(self, subject: str) -> SubjectKeys:
-        """Every id and subject of one person: the user, its linked aliases and their anonymous subjects."""
+    def keys_for(self, subject: str, identity: IdentityGraph | None = None) -> SubjectKeys:
+        """Every id and subject of one person: the user, its linked aliases and their anonymous subjects (links
+        read through ``identity``, by default as committed now)."""
         subjects = [subject]
         user_ids: list[str] = []
         anonymous_ids: list[str] = []
@@ -445,7 +483,7 @@ class Pipeline:
             anonymous_ids.append(subject.removeprefix(ANON_PREFIX))
         else:
             user_ids.append(subject)
-            for link in self.identity.links_of(subject):
+            for link in (identity or self.identity).links_of(subject):
                 if link.alias_kind == ANONYMOUS_ID:
                     anonymous_ids.append(link.alias)
                     subjects.append(ANON_PREFIX + link.alias)
@@ -464,7 +502,7 @@ class Pipeline:
 
         def job(store: SqliteStore) -> dict[str, int]:
             ops.clear()
-            keys = self.keys_for(subject)
+            keys = self.keys_for(subject, IdentityGraph(store))
             rewarded = tuple(rewarded_rows_of(store, keys.pseudonyms))
             outcome_ids = outcome_ids_of(store, [row.decision_id for row in rewarded])
             counts = store.erase(keys)
@@ -472,9 +510,6 @@ class Pipeline:
             erased_ms = now_ms()
             for p in keys.pseudonyms:
                 store.add_tombstone(p, erased_ms)
-                self.consent.add_tombstone(p)
-            self.identity.forget(keys.user_ids, keys.anonymous_ids, keys.device_ids)
-            self.consent.forget(keys.subjects)
             ops.append(("erased", Erasure(keys, rewarded, unlearning), waits))
             return counts
         counts = await self.writer.call(job, after_commit=self._published(ops, []), scrub_wal=True)
@@ -500,13 +535,17 @@ class Pipeline:
                 reader.close()
         return await asyncio.to_thread(read)
 
-    def profile(self, subject: str) -> Profile | None:
-        """The stored profile of a canonical subject (None when no event of it is stored), read on this
-        thread's own connection: everything committed before is in it."""
+    def _loop_reader(self) -> SqliteStore:
+        """The event loop thread's read connection: each read sees everything committed before it."""
         reader = self._reader
         if reader is None:
             reader = self._reader = self.store.reader()
-        body = user_state.profile_body(reader, self.pseudonym(subject))
+        return reader
+
+    def profile(self, subject: str) -> Profile | None:
+        """The stored profile of a canonical subject (None when no event of it is stored), read on this
+        thread's own connection: everything committed before is in it."""
+        body = user_state.profile_body(self._loop_reader(), self.pseudonym(subject))
         return None if body is None else decode_profile(subject, body)
 
     def close_reader(self) -> None:

@@ -208,8 +208,8 @@ class ProfileBook:
         return list(self._profiles)
 
     def in_subject_order(self) -> Iterator[Profile]:
-        """Every profile in subject order (what the segmenter learns at a start without checkpoint and after
-        an erasure); subjects are listed first, and a profile dropped while iterating is skipped."""
+        """Every profile in subject order (one pass of a segmenter over
+        them); subjects are listed first, and a profile dropped while iterating is skipped."""
         for subject in sorted(self._profiles):
             p = self._profiles.get(subject)
             if p is not None:

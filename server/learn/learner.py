@@ -1,7 +1,9 @@
 """The learner: the one place models learn. It reads the store's feeds in commit order -- new decisions that wait
 for a reward, new events (success events join rewards), committed outcomes, profile changes and erasures --
 joins rewards (success events and default rewards at the window's end are written as outcomes), updates the
-bandit and the River models, and publishes versioned model snapshots that every worker loads.
+bandit and the River models, measures the proposing rules against the bandit (:class:`RuleMonitor`: a rule
+significantly worse is demoted, and the snapshots name the demoted rules, which workers stop boosting), and
+publishes versioned model snapshots that every worker loads.
 
 Exactly-once: the bandit learns each committed outcome once, in ``outcome_log`` order; the saved learner
 state holds the models with the feed positions they include, so a restarted learner continues from there and
@@ -31,6 +33,7 @@ from server.base.metrics import Metrics
 from server.base.records import ANON_PREFIX, StoredEvent
 from server.ingest.profiles import decode_profile
 from server.learn.rewards import Pending, RewardJoiner
+from server.learn.rule_monitor import RuleMonitor, trial_of
 from server.learn.segments import Segmenter
 from server.store import learning_log as feeds
 from server.store import user_state
@@ -112,6 +115,7 @@ class Learner:
         self.arms = tuple(s.id for s in catalog.personalized_steps)
         self.arm_index = {sid: i for i, sid in enumerate(self.arms)}
         self.decider = build_decider(catalog, self.space.dim)
+        self.rule_monitor = RuleMonitor.for_rules(catalog.rules, metrics)  # proposing rules vs the bandit
         self.pseudonym = pseudonym
         self.joiner = RewardJoiner(writer, catalog, pseudonym, lambda *_: None, metrics, grace_ms=reward_grace_ms,
                                    aliases=self._anonymous_subjects)
@@ -137,15 +141,17 @@ class Learner:
             "features": list(self.space.names),
             "policy": self.decider.policy.to_state() if self.decider is not None else None,
             "segmenter": self.segmenter.to_state(marks=True), "learned": self.stats.learned,
+            "rules": self.rule_monitor.to_state(),
         }, protocol=pickle.HIGHEST_PROTOCOL)
 
     def snapshot_body(self) -> bytes:
-        """What workers load: the bandit policy and the River models (no per-user marks)."""
+        """What workers load: the bandit policy, the River models (no per-user marks) and the demoted rules."""
         return pickle.dumps({
             "format": STATE_FORMAT, "catalog": self.catalog.version, "arms": list(self.arms),
             "features": list(self.space.names),
             "policy": self.decider.policy.to_state() if self.decider is not None else None,
             "segmenter": self.segmenter.to_state(marks=False), "learned": self.stats.learned,
+            "demoted_rules": sorted(self.rule_monitor.demoted_rules),
         }, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _restore(self, body: bytes) -> bool:
@@ -156,12 +162,14 @@ class Learner:
                 return False
             segmenter = Segmenter.from_state(state["segmenter"], self.catalog)
             policy = policy_from_state(state["policy"]) if state.get("policy") is not None else None
+            monitor = RuleMonitor.from_state(state["rules"], self.metrics)
         except Exception as exc:  # noqa: BLE001 - any unreadable state: start over from the log
             log.warning("learner state not usable (%s): learning again from the log", exc)
             return False
         self.segmenter = segmenter
         if policy is not None and self.decider is not None:
             self.decider.policy = policy
+        self.rule_monitor = monitor
         self.stats.learned = int(state.get("learned", 0))
         return True
 
@@ -240,6 +248,7 @@ class Learner:
                 self._passed_over.update(range(self.pos.outcomes + 1, o.id))  # erased before read: never learned
                 self.joiner.settle(o.decision_id)
                 self._learn(o.step_id, o.context, o.reward, o.timestamp_ms)
+                self._learn_rule(o.reason, o.step_id, o.probabilities, o.reward)
                 self.pos.outcomes = o.id
                 self._note_unpublished(now)
             self._dirty = True
@@ -263,12 +272,14 @@ class Learner:
             if self._label_expired(now):
                 self._dirty = True
             await self.forget_untracked_shows(now)
+        if erased:  # saved (and the queued erasure deleted) before the snapshot that EraseUser waits for
+            await self.save(now, scrub=True)
         published = False
         if self._dirty:
             await self.publish(now)
             published = True
-        if erased or now - self._saved_ms >= self.save_interval_ms:
-            await self.save(now, scrub=bool(erased))
+        if not erased and now - self._saved_ms >= self.save_interval_ms:
+            await self.save(now)
         return published
 
     def _take_erasures(self) -> bool:
@@ -310,14 +321,24 @@ class Learner:
             return
         self.stats.learned += 1
 
+    def _learn_rule(self, reason: str, step_id: str, probabilities: dict[str, float], reward: float) -> None:
+        """Pass one outcome of a boosted decision to the rule monitor (which may demote its rule: it logs that
+        and counts it in the metrics; the next snapshot names the rule)."""
+        trial = trial_of(reason, step_id, probabilities)
+        if trial is not None:
+            self.rule_monitor.learn_one(trial, reward)
+
     def _unlearn(self, item: feeds.Unlearning, outcome_ids: dict[str, int]) -> None:
-        if self.decider is None:
-            return
         for row in item.rewarded:
-            arm = self.arm_index.get(row.step_id)
             oid = outcome_ids.get(row.decision_id, 0)
-            if arm is None or not oid or oid > self.pos.outcomes or oid in self._passed_over:
+            if not oid or oid > self.pos.outcomes or oid in self._passed_over:
                 continue  # never learned (its outcome was erased before the learner read it)
+            trial = trial_of(row.reason, row.step_id, row.probabilities)
+            if trial is not None:  # a demotion stays (RuleMonitor.unlearn_one)
+                self.rule_monitor.unlearn_one(trial, row.reward)
+            arm = self.arm_index.get(row.step_id)
+            if arm is None or self.decider is None:
+                continue
             try:
                 self.decider.unlearn_one(self.space.vector(row.context), arm, row.reward, row.timestamp_ms)
             except ValueError as exc:

@@ -210,7 +210,7 @@ def _closest_cluster(km: cluster.KMeans, z: Mapping[str, float]) -> int:
 
 
 def _learn_cluster(parts: _ClusterParts, x: Mapping[str, float]) -> None:
-    """``(StandardScaler | KMeans).learn_one(x)`` with River's arithmetic on River's own state (so checkpoints
+    """``(StandardScaler | KMeans).learn_one(x)`` with River's arithmetic on River's own state (so saved states
     keep their format), without the pipeline's per-call dispatch and per-centre key sets."""
     scaler, km = parts
     counts, means, vars_ = scaler.counts, scaler.means, scaler.vars
@@ -243,7 +243,7 @@ def _predict_cluster(parts: _ClusterParts, x: Mapping[str, float]) -> int:
 
 class Segmenter:
     """Rule segments plus online River models (StandardScaler | KMeans clusters, StandardScaler |
-    LogisticRegression activation) over user profiles, with checkpointable state.
+    LogisticRegression activation) over user profiles, with state that can be saved and restored.
 
     Learning is cheap and idempotent per profile state: a user's vector is learned by the
     clustering at most once per new session or ``learn_every_events`` events, and by the
@@ -266,7 +266,7 @@ class Segmenter:
 
     def _parts(self) -> _ClusterParts | None:
         clusterer = self._m.clusterer
-        if self._parts_of is not clusterer:  # a new model (e.g. restored from a checkpoint)
+        if self._parts_of is not clusterer:  # a new model (e.g. restored from saved state)
             self._parts_cache, self._parts_of = _cluster_parts(clusterer), clusterer
         return self._parts_cache
 
@@ -342,8 +342,7 @@ class Segmenter:
             return self._m.marks.pop(subject, None) is not None
 
     def retain(self, subjects: Container[str]) -> int:
-        """Drop the marks of every subject not in ``subjects`` (e.g. the current profiles, after resuming from
-        a checkpoint taken before an erasure); returns how many were dropped."""
+        """Drop the marks of every subject not in ``subjects`` (e.g. the current profiles, after an erasure); returns how many were dropped."""
         with self._lock:
             marks = self._m.marks
             gone = [s for s in marks if s not in subjects]
@@ -427,7 +426,7 @@ class Segmenter:
 
     @classmethod
     def from_state(cls, data: bytes, catalog: Catalog) -> Segmenter:
-        """A segmenter restored from :meth:`to_state` bytes (trusted: the server's own checkpoint).
+        """A segmenter restored from :meth:`to_state` bytes (trusted: the learner's own saved state or snapshot).
 
         Raises ValueError when the bytes are not a segmenter state or were made with different
         ``[segments]`` settings (then start a fresh ``Segmenter(catalog)``).

@@ -1,5 +1,5 @@
 """Registers the offline subcommands on the ``onramp`` command: ``replay``, ``export``,
-``report funnel|experiments`` and ``demo-data`` (see :func:`server.ops.cli.add_command`)."""
+``report funnel|experiments|rules`` and ``demo-data`` (see :func:`server.ops.cli.add_command`)."""
 from __future__ import annotations
 
 import argparse

@@ -3,19 +3,23 @@ tombstones, and the config/catalog a command runs against (so every command reso
 """
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from server.base.catalog import Catalog, catalog_from_config, load_catalog
-from server.base.config import PrivacyConfig, load_config
+from server.base.catalog import Catalog, CatalogError, catalog_from_config, load_catalog
+from server.base.config import ConfigError, PrivacyConfig, load_config
 from server.store.privacy import META_FINGERPRINT, Pseudonymizer
 from server.store.pseudonym_key import ENV_VAR, check_fingerprint, find_key
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
+R = TypeVar("R")
 
 
 class OfflineError(ValueError):
@@ -110,3 +114,21 @@ def json_clean(value: Any) -> Any:
     if isinstance(value, list):
         return [json_clean(x) for x in value]
     return value
+
+
+def print_report(command: str, build: Callable[[], R], render: Callable[[R, Any], None], as_json: bool) -> R | None:
+    """Build a report (``build``) and print it on stdout: ``render(report, console)``, or its ``to_dict()`` as
+    JSON with ``as_json``. On bad input (a config, catalog, file or argument error) print ``<command>: <error>``
+    on stderr instead and return None."""
+    from server.offline.console import new_console
+
+    try:
+        rep = build()
+    except (OfflineError, ConfigError, CatalogError, OSError, ValueError) as exc:
+        new_console(stderr=True).print(f"{command}: {exc}", markup=False, highlight=False)
+        return None
+    if as_json:
+        sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")  # type: ignore[attr-defined]
+    else:
+        render(rep, new_console())
+    return rep

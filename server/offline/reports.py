@@ -411,8 +411,9 @@ def funnel_html(rep: FunnelReport, charts: dict[str, bytes], title: str = "Onram
 
 # ------------------------------------------------------------------------------------------ CLI
 def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    """Register ``onramp report funnel`` and ``onramp report experiments``."""
+    """Register ``onramp report funnel``, ``onramp report experiments`` and ``onramp report rules``."""
     from server.offline.experiment_report import add_experiments_parser
+    from server.offline.rule_report import add_rules_parser
 
     p = subparsers.add_parser("report", help="onboarding analytics: funnel, time to value, retention, surveys, "
                                              "experiments", description="Onboarding analytics reports.")
@@ -425,6 +426,7 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     f.add_argument("--k-sd", type=float, default=2.0, help="flag drop-offs above mean + K sd (default 2)")
     f.set_defaults(func=cmd_funnel)
     add_experiments_parser(sub)
+    add_rules_parser(sub)
     return p
 
 

@@ -1,6 +1,5 @@
-"""Server assembly: open the store, load identities and consent, start the writer and the learner, build the
-grpc.aio server with the operations layer (auth, limits, health, reflection, metrics), and stop it all in the
-right order.
+"""Server assembly: open the store, start the writer and the learner, build the grpc.aio server with the
+operations layer (auth, limits, health, reflection, metrics), and stop it all in the right order.
 
 :func:`build_server` is the one place the parts meet; the decision engine plugs in through
 ``decision_factory`` (default: :class:`~server.decide.engine.DecisionEngine`, which is also the default profile
@@ -86,8 +85,8 @@ def ops_config_for(config: Config) -> OpsConfig:
 
 def open_runtime(config: Config, metrics: Metrics | None = None) -> Runtime:
     """Open the store, find the pseudonym key (server/store/pseudonym_key.py: refused when it does not match the
-    database), load identities and consent and start the writer thread. Profiles, shown history and models
-    are read from the store as they are needed: nothing is replayed."""
+    database) and start the writer thread. Identity links, consent, profiles, shown history and models are read
+    from the store as they are needed: nothing is loaded or replayed."""
     try:
         catalog = catalog_from_config(config.raw)
     except ValueError as exc:
@@ -109,8 +108,7 @@ def open_runtime(config: Config, metrics: Metrics | None = None) -> Runtime:
     writer.start()
     metrics = metrics if metrics is not None else Metrics()
     metrics.track_queue("writer", writer.qsize)
-    log.info("database %s: %d identity links, %d subjects with consent", store.path, len(pipeline.identity),
-             len(pipeline.consent))
+    log.info("database %s", store.path)
     return Runtime(config, store, writer, pipeline, pseudonymizer, catalog, metrics)
 
 

@@ -146,15 +146,11 @@ def _already_stopping(sig: int) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """``onramp serve``: with 1 worker this process is the server; with more, it is their supervisor
     (server/ops/supervisor.py), which never imports grpc."""
-    from server.ops.supervisor import WorkersRefused, check_workers, resolve_workers, run_serve
+    from server.ops.supervisor import resolve_workers, run_serve
 
     try:
         config = resolve_config(args)
         workers = resolve_workers(config.server.workers)
-        check_workers(workers)
-    except WorkersRefused as exc:
-        print(f"onramp: {exc}", file=sys.stderr)
-        return 2
     except (ConfigError, ValueError) as exc:
         print(f"onramp: config error: {exc}", file=sys.stderr)
         return 2

@@ -56,8 +56,8 @@ SERVER = Section("[server]", ServerConfig, BUILT_IN, "Where to listen, where the
     Key("max_message_bytes", "integer: 0, or >= 1024", "Largest gRPC message received or sent; 0 keeps "
         "`[limits] max_message_bytes`."),
     Key("workers", "integer 0-1024", "gRPC worker processes sharing the port, run by one supervisor process "
-        "(docs/operations.md, \"Worker processes\"); 0 = one per core. `onramp serve --workers` overrides it. "
-        "Only 1 for now: more are refused until the workers keep no user state in memory."),
+        "(docs/operations.md, \"Worker processes\"); 0 = one per core. `onramp serve --workers` overrides it; "
+        "with more than 1, a learner process runs beside them."),
 ))
 
 PRIVACY = Section("[privacy]", PrivacyConfig, BUILT_IN, "Where the key of the keyed pseudonyms comes from "
@@ -192,6 +192,13 @@ RULES = Section("[[rules]]", Rule, BUILT_IN, "Behavioral triggers (docs/catalog.
     Key("steps", "table feature -> step id", "`feature_explored`: an explicit map instead of `step_template`.",
         field="feature_steps", default="none"),
     Key("enabled", "boolean", "false keeps the rule without firing it."),
+    Key("mode", "`propose` or `force`", "`propose`: the rule's step is boosted inside the bandit's distribution "
+        "(reason `boosted:<name>:<step>`, exact propensity), measured against the bandit and demoted when "
+        "significantly worse; `force`: the step is shown (reason `rule:<name>`, propensity 1)."),
+    Key("boost", "number in (0, 1)", "`propose`: the mixture weight beta of the rule's step, "
+        "p' = (1 - beta) p + beta onehot(step) (docs/decisions.md)."),
+    Key("min_outcomes_to_demote", "integer >= 0", "`propose`: outcomes of the rule's decisions before the "
+        "demotion test is first made (then at twice as many, ...); 0 = never demoted."),
 ))
 
 REWARDS = Section("[rewards]", Rewards, DEMO, "Reward joining.", (

@@ -29,7 +29,7 @@ The catalog sections (`[[steps]]` to `[bandit]`) override the demo catalog key b
 of a catalog table keeps the demo's value, shown here as the default; an array of tables in the file
 (`[[steps]]`, `[[rules]]`, `[[experiments]]`) replaces the demo's whole list, and a key left out of one of
 its entries takes the default shown. docs/catalog.md explains the catalog; docs/security.md `[auth]`,
-`[tls]`, `[limits]` and `[privacy]`; docs/operations.md `[server]` checkpoints, `[metrics]` and `[logging]`.
+`[tls]`, `[limits]` and `[privacy]`; docs/operations.md `[server]` workers, `[metrics]` and `[logging]`.
 """
 
 

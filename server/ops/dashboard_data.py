@@ -27,7 +27,7 @@ import numpy as np
 from server.base.catalog import Catalog
 from server.base.clock import DAY_MS, HOUR_MS
 from server.base.config import PrivacyConfig
-from server.base.reasons import RULE_PREFIX
+from server.base.reasons import BOOSTED_PREFIX, RULE_PREFIX
 from server.offline.analytics import Activity, load_activity, step_completion
 from server.offline.common import OfflineError, generic_order, json_clean, open_readonly
 from server.offline.experiment_report import experiment_report
@@ -98,8 +98,8 @@ def decisions_over_time(act: Activity, max_buckets: int = MAX_BUCKETS) -> dict[s
     lo = max(int(index.min()), int(index.max()) - max_buckets + 1)
     keep = index >= lo
     n = int(index.max()) - lo + 1
-    reasons = np.array([RULE_PREFIX + "*" if r.startswith(RULE_PREFIX) else r for r in act.dec_reason.tolist()],
-                       dtype=object)
+    reasons = np.array([RULE_PREFIX + "*" if r.startswith(RULE_PREFIX) else BOOSTED_PREFIX + "*"
+                        if r.startswith(BOOSTED_PREFIX) else r for r in act.dec_reason.tolist()], dtype=object)
     names, totals = np.unique(reasons[keep], return_counts=True)
     order = [str(names[i]) for i in np.argsort(-totals, kind="stable")]
     if len(order) > MAX_REASONS:

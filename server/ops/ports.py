@@ -1,6 +1,6 @@
 """Whether the gRPC port is free, asked before ``onramp serve`` creates anything.
 
-A start on a busy port would otherwise create the database, its key file and a checkpoint before gRPC
+A start on a busy port would otherwise create the database and its key file before gRPC
 finds out, and gRPC core would print its own error line first. :func:`check_port_free` binds a throwaway
 socket the way gRPC's listener does (``SO_REUSEADDR``, so a port left in TIME_WAIT by a stopped server counts
 as free) and raises :class:`PortBusy` naming the address.

@@ -39,12 +39,6 @@ from server.base.config import Config
 log = logging.getLogger("onramp.supervisor")
 serve_log = logging.getLogger("onramp.cli")  # the command's own lines ("onramp serving on ...")
 
-# THE switch of the multi-worker staging (issue 14). Each server process still holds user state (profiles, the
-# shown history behind the caps, pending rewards, the models) in memory, so two workers would each answer from
-# half of it. Until that state lives in the store, `onramp serve --workers N` with N > 1 is refused; flip this
-# to True once the workers are stateless (and make `[server] workers = 0`, one per core, the default).
-SHARED_STATE_READY = False
-
 ENV_LINK_FD = "ONRAMP_SUPERVISOR_FD"  # the child's end of its link to the supervisor
 ENV_PARENT_PID = "ONRAMP_SUPERVISOR_PID"
 ENV_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode (server/base/metrics.py)
@@ -56,10 +50,6 @@ STABLE_S = 10.0  # a child that ran this long before it died is restarted at onc
 RESTART_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 4.0)  # wait before the n-th restart in a row of a child dying young
 DRAIN_TIMEOUT_S = 60.0  # after SIGTERM, how long a child may take to finish its calls and commit
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-class WorkersRefused(ValueError):
-    """More than one worker asked for while :data:`SHARED_STATE_READY` is off."""
 
 
 class StartFailed(RuntimeError):
@@ -87,17 +77,6 @@ class ProcessSpec:
     @property
     def name(self) -> str:
         return f"{self.role} {self.index}"
-
-
-def check_workers(n: int, *, shared_state_ready: bool | None = None) -> None:
-    """Refuse ``n`` workers while the workers still hold user state in memory (:data:`SHARED_STATE_READY`)."""
-    ready = SHARED_STATE_READY if shared_state_ready is None else shared_state_ready
-    if n > 1 and not ready:
-        raise WorkersRefused(
-            f"--workers {n}: only 1 worker for now. Each server process still keeps profiles, the shown history "
-            "of the caps and the models in its own memory, so several workers would each answer from a part of "
-            "the state (caps passed twice, events missing from a decision). Run 1 worker until the state lives "
-            "in the store (issue 14).")
 
 
 def resolve_workers(n: int) -> int:
@@ -533,8 +512,7 @@ class Supervisor:
 
 
 # -- onramp serve ----------------------------------------------------------------------------------------------
-def run_serve(config: Config, config_path: str | None, *, allow_insecure_no_auth: bool = False,
-              shared_state_ready: bool | None = None) -> int:
+def run_serve(config: Config, config_path: str | None, *, allow_insecure_no_auth: bool = False) -> int:
     """``onramp serve``: check what can be checked without grpc, start worker 0 on the configured port (it
     finds any free one for port 0 and reports it), hold that port, start the other workers on it, say where
     it serves, and supervise until SIGTERM/SIGINT. Returns the exit code. Call from the main thread."""
@@ -543,7 +521,6 @@ def run_serve(config: Config, config_path: str | None, *, allow_insecure_no_auth
     from server.ops.ports import check_port_free
 
     workers = resolve_workers(config.server.workers)
-    check_workers(workers, shared_state_ready=shared_state_ready)
     catalog = catalog_from_config(config.raw)  # its errors, before any process starts or file is created
     metrics = MetricsConfig.from_mapping(config.raw.get("metrics"))
     host = config.server.host

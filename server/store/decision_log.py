@@ -15,9 +15,10 @@ import concurrent.futures
 import json
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from server.base.reasons import BOOSTED_PREFIX
 from server.store.sqlite import DECISION_COLUMNS, JSON_DECISION_COLUMNS, SqliteStore, insert_flat
 from server.store.user_state import LoggedDecision, log_decisions
 from server.store.writer import Writer
@@ -196,13 +197,16 @@ class PendingRow:
 
 @dataclass(frozen=True, slots=True)
 class JoinedRow:
-    """A decision with its outcome, in the order the outcomes were committed."""
+    """A decision with its outcome, in the order the outcomes were committed. ``probabilities`` (the logged
+    distribution) is read for a proposing rule's decisions only (reason ``boosted:...``, the rule monitor)."""
 
     decision_id: str
     step_id: str
     context: dict[str, float]
     reward: float
-    timestamp_ms: int  # of the decision: the time the bandit learns it at
+    reason: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
+    timestamp_ms: int | None = None  # of the decision, the time the bandit learned it at (None: not known)
 
 
 def _context(text: str | None) -> dict[str, float]:
@@ -212,16 +216,20 @@ def _context(text: str | None) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
-_JOINED = ("SELECT d.decision_id, d.step_id, d.context, o.reward, d.timestamp_ms FROM outcomes o JOIN decisions d "
-           "ON d.decision_id = o.decision_id WHERE {where} AND d.context != '{{}}' ORDER BY o.rowid")
+# the logged probabilities of a proposing rule's decision (for the rule monitor), NULL for any other
+BOOSTED_PROBABILITIES = f"CASE WHEN substr(d.reason, 1, {len(BOOSTED_PREFIX)}) = '{BOOSTED_PREFIX}' THEN d.probabilities END"
+_JOINED = ("SELECT d.decision_id, d.step_id, d.context, o.reward, d.reason, " + BOOSTED_PROBABILITIES +  # no braces
+           ", d.timestamp_ms FROM outcomes o JOIN decisions d ON d.decision_id = o.decision_id WHERE {where} AND d.context != '{{}}' "
+           "ORDER BY o.rowid")
 
 
-def _joined(cur: Iterable[tuple[str, str, str | None, float | None, int]]) -> Iterator[JoinedRow]:
+def _joined(cur: Iterable[tuple[str, str, str | None, float | None, str, str | None, int]]) -> Iterator[JoinedRow]:
     """The rows of a :data:`_JOINED` query that have a context and a reward, as JoinedRows."""
-    for decision_id, step_id, context, reward, ts in cur:
+    for decision_id, step_id, context, reward, reason, probabilities, ts in cur:
         ctx = _context(context)
         if ctx and reward is not None:
-            yield JoinedRow(decision_id, step_id, ctx, float(reward), int(ts))
+            yield JoinedRow(decision_id, step_id, ctx, float(reward), reason,
+                            _context(probabilities) if probabilities else {}, int(ts))
 
 
 def rewarded_rows_of(store: SqliteStore, pseudonyms: Sequence[str]) -> list[JoinedRow]:
@@ -252,8 +260,7 @@ def pending_rows(store: SqliteStore) -> list[PendingRow]:
 
 def joined_rows(store: SqliteStore, step_ids: Sequence[str], after_outcome_rowid: int = 0) -> Iterator[JoinedRow]:
     """Decisions of ``step_ids`` with a context and an outcome, in outcome commit order (the order the
-    bandit learned them online), for replaying the bandit at startup; with ``after_outcome_rowid``, only
-    outcomes committed after that row (the rest is in a checkpoint)."""
+    bandit learned them online); with ``after_outcome_rowid``, only outcomes committed after that row."""
     if not step_ids:
         return
     where = f"o.rowid > ? AND d.step_id IN ({','.join('?' * len(step_ids))})"

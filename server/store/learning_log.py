@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from server.store.decision_log import JoinedRow, _context
+from server.store.decision_log import BOOSTED_PROBABILITIES, JoinedRow, _context
 from server.store.sqlite import SqliteStore
 
 KEEP_SNAPSHOTS = 3  # published snapshots kept (workers load the latest; older ones help debugging)
@@ -104,7 +104,8 @@ def decisions_after(store: SqliteStore, after_id: int, limit: int = 5000) -> lis
 
 @dataclass(frozen=True, slots=True)
 class FedOutcome:
-    """A committed outcome joined to its decision, in commit order."""
+    """A committed outcome joined to its decision, in commit order. ``probabilities`` (the logged distribution)
+    is read for a proposing rule's decisions only (reason ``boosted:...``: the rule monitor), else empty."""
 
     id: int
     decision_id: str
@@ -114,14 +115,17 @@ class FedOutcome:
     context: dict[str, float]
     reward: float
     source: str
+    reason: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
 
 
 def outcomes_after(store: SqliteStore, after_id: int, limit: int = 5000) -> list[FedOutcome]:
     cur = store.conn.execute(
-        "SELECT l.id, d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.context, o.reward, o.source "
-        "FROM outcome_log l JOIN outcomes o ON o.decision_id = l.decision_id JOIN decisions d ON "
-        "d.decision_id = l.decision_id WHERE l.id > ? ORDER BY l.id LIMIT ?", (after_id, limit))
-    return [FedOutcome(i, d, u, t, s, _context(c), float(r), src) for i, d, u, t, s, c, r, src in cur]
+        "SELECT l.id, d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.context, o.reward, o.source, "
+        f"d.reason, {BOOSTED_PROBABILITIES} FROM outcome_log l JOIN outcomes o ON o.decision_id = l.decision_id "
+        "JOIN decisions d ON d.decision_id = l.decision_id WHERE l.id > ? ORDER BY l.id LIMIT ?", (after_id, limit))
+    return [FedOutcome(i, d, u, t, s, _context(c), float(r), src, reason, _context(p))
+            for i, d, u, t, s, c, r, src, reason, p in cur]
 
 
 # -- unlearning -------------------------------------------------------------------------------------------------
@@ -141,7 +145,7 @@ def queue_unlearning(store: SqliteStore, pseudonyms: Sequence[str], rewarded: Se
     the rewarded decisions' outcomes, so the learner unlearns only what it had learned. Returns the queue id."""
     body = json.dumps({"pseudonyms": list(pseudonyms),
                        "rewarded": [[r.decision_id, r.step_id, r.context, r.reward, outcome_ids.get(r.decision_id, 0),
-                                     r.timestamp_ms] for r in rewarded]})
+                                     r.reason, r.probabilities, r.timestamp_ms] for r in rewarded]})
     cur = store.conn.execute("INSERT INTO unlearn_queue (body) VALUES (?)", (body,))
     return int(cur.lastrowid or 0)
 
@@ -159,11 +163,24 @@ def unlearning_after(store: SqliteStore, after_id: int) -> list[tuple[Unlearning
     out: list[tuple[Unlearning, dict[str, int]]] = []
     for qid, body in store.conn.execute("SELECT id, body FROM unlearn_queue WHERE id > ? ORDER BY id", (after_id,)):
         value: dict[str, Any] = json.loads(body)
-        rows = [JoinedRow(d, s, {str(k): float(v) for k, v in c.items()}, float(r), int(t))
-                for d, s, c, r, _, t in value["rewarded"]]
-        ids = {d: int(i) for d, _s, _c, _r, i, _t in value["rewarded"]}
+        rows = [_queued_row(entry) for entry in value["rewarded"]]
+        ids = {d: int(i) for d, _s, _c, _r, i, *_rest in value["rewarded"]}
         out.append((Unlearning(int(qid), tuple(value["pseudonyms"]), tuple(rows)), ids))
     return out
+
+
+def _queued_row(entry: Sequence[Any]) -> JoinedRow:
+    """One queued rewarded decision: ``[decision, step, context, reward, outcome id, reason, boosted
+    probabilities, decision time]``; entries queued by earlier versions end after the outcome id or the
+    probabilities, and read without what they lack."""
+    d, s, c, r, _oid, *rest = entry
+    reason, probabilities, ts = [*rest, *("", {}, None)[len(rest):]][:3]
+    return JoinedRow(d, s, _floats(c), float(r), str(reason), _floats(probabilities),
+                     None if ts is None else int(ts))
+
+
+def _floats(value: Mapping[str, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in value.items()}
 
 
 def delete_unlearning(store: SqliteStore, upto_id: int) -> int:

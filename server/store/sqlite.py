@@ -27,10 +27,10 @@ DECISION_COLUMNS = ("decision_id", "user_pseudo", "timestamp_ms", "surface", "st
                     "reward_deadline_ms")
 OUTCOME_COLUMNS = ("decision_id", "user_pseudo", "reward", "source", "outcome", "timestamp_ms")
 JSON_DECISION_COLUMNS = ("context", "eligible", "probabilities")
-TABLES = ("events", "identities", "consents", "consent_history", "tombstones", "meta", "decisions", "outcomes",
-          "profiles", "profile_changes", "show_history", "outcome_log", "decision_feed", "unlearn_queue")
+TABLES = ("events", "identities", "device_hints", "consents", "consent_history", "tombstones", "meta", "decisions",
+          "outcomes", "profiles", "profile_changes", "show_history", "outcome_log", "decision_feed", "unlearn_queue")
 _CHUNK = 5000  # bound parameters per IN (...) query
-ERASURES_KEY = "erasures"  # meta: how many erasures ever committed (a checkpoint made before one is stale)
+ERASURES_KEY = "erasures"  # meta: how many erasures ever committed
 BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for a lock held by another connection
 SCRUB_WAIT_MS = 1000  # how long scrub_wal waits for readers of older WAL frames (it holds up the writer)
 
@@ -149,21 +149,30 @@ class EventLog(Protocol):
 
 
 class SubjectStore(Protocol):
-    """Identity links, consent (current + history), tombstones and meta values."""
+    """Identity links, device hints, consent (current + history), tombstones and meta values, read by key (the
+    workers read them per request and per ingest job: any process may have changed them)."""
+
+    def identity_of(self, alias_kind: str, alias: str) -> str | None: ...
+
+    def links_of(self, user_ids: Sequence[str]) -> list[LinkRow]: ...
 
     def link_alias(self, alias_kind: str, alias: str, user_id: str, linked_ms: int) -> None: ...
 
-    def all_links(self) -> Iterator[LinkRow]: ...
+    def device_anonymous_ids(self, device_id: str) -> list[str]: ...
+
+    def note_device_hints(self, pairs: Sequence[tuple[str, str]], per_device: int) -> None: ...
+
+    def forget_device_hints(self, device_ids: Sequence[str]) -> None: ...
+
+    def consents_of(self, subjects: Sequence[str]) -> list[ConsentRow]: ...
 
     def set_consent(self, row: ConsentRow, recorded_ms: int) -> None: ...
 
-    def all_consents(self) -> Iterator[ConsentRow]: ...
+    def is_tombstoned(self, user_pseudo: str) -> bool: ...
 
     def add_tombstone(self, user_pseudo: str, erased_ms: int) -> None: ...
 
     def remove_tombstone(self, user_pseudo: str) -> bool: ...
-
-    def all_tombstones(self) -> set[str]: ...
 
     def meta_get(self, key: str) -> str | None: ...
 
@@ -230,6 +239,10 @@ class SqliteStore:
         db.table("identities").create({"alias_kind": str, "alias": str, "user_id": str, "linked_ms": int},
                                       pk=("alias_kind", "alias"), if_not_exists=True)
         db.table("identities").create_index(["user_id"], if_not_exists=True)
+        # Anonymous ids seen on a device not linked to anyone: linking the device later links them too.
+        self.conn.execute("CREATE TABLE IF NOT EXISTS device_hints (device_id TEXT NOT NULL, anonymous_id TEXT NOT "
+                          "NULL, PRIMARY KEY (device_id, anonymous_id)) WITHOUT ROWID")
+        self.conn.execute("CREATE INDEX IF NOT EXISTS device_hints_anonymous ON device_hints (anonymous_id)")
         db.table("consents").create({"subject": str, "purpose": str, "granted": int, "source": str,
                                      "timestamp_ms": int}, pk=("subject", "purpose"), if_not_exists=True)
         db.table("consent_history").create(
@@ -369,6 +382,38 @@ class SqliteStore:
                           "ON CONFLICT (alias_kind, alias) DO UPDATE SET user_id = excluded.user_id, "
                           "linked_ms = excluded.linked_ms", (alias_kind, alias, user_id, linked_ms))
 
+    def identity_of(self, alias_kind: str, alias: str) -> str | None:
+        """The user an alias is linked to, or None."""
+        row = self.conn.execute("SELECT user_id FROM identities WHERE alias_kind = ? AND alias = ?",
+                                (alias_kind, alias)).fetchone()
+        return None if row is None else row[0]
+
+    def device_anonymous_ids(self, device_id: str) -> list[str]:
+        """The anonymous ids noted on ``device_id`` (:meth:`note_device_hints`), sorted."""
+        return [row[0] for row in self.conn.execute(
+            "SELECT anonymous_id FROM device_hints WHERE device_id = ? ORDER BY anonymous_id", (device_id,))]
+
+    def note_device_hints(self, pairs: Sequence[tuple[str, str]], per_device: int) -> None:
+        """Note that each (device_id, anonymous_id) was seen together, keeping at most ``per_device`` anonymous
+        ids per device."""
+        for device_id, anonymous_id in pairs:
+            self.conn.execute("INSERT OR IGNORE INTO device_hints (device_id, anonymous_id) SELECT ?, ? WHERE "
+                              "(SELECT COUNT(*) FROM device_hints WHERE device_id = ?) < ?",
+                              (device_id, anonymous_id, device_id, per_device))
+
+    def unlinked_device_visits(self) -> list[tuple[str, str]]:
+        """Every (device_id, anonymous_id) of a stored event of a visitor on a device not linked to anyone, in
+        the order first seen: the device hints of a database from before they were rows."""
+        return self.conn.execute(
+            "SELECT device_id, anonymous_id FROM events WHERE user_id = '' AND device_id != '' AND subject LIKE "
+            "'anon:%' AND device_id NOT IN (SELECT alias FROM identities WHERE alias_kind = 'device_id') "
+            "GROUP BY device_id, anonymous_id ORDER BY MIN(seq)").fetchall()
+
+    def forget_device_hints(self, device_ids: Sequence[str]) -> None:
+        """Drop the hints of devices (now linked to a user)."""
+        for part in _chunks(list(device_ids)):
+            self.conn.execute(f"DELETE FROM device_hints WHERE device_id IN ({_marks(len(part))})", part)
+
     def all_links(self) -> Iterator[LinkRow]:
         for row in self.conn.execute("SELECT alias_kind, alias, user_id, linked_ms FROM identities ORDER BY linked_ms"):
             yield LinkRow(*row)
@@ -416,6 +461,9 @@ class SqliteStore:
 
     def remove_tombstone(self, user_pseudo: str) -> bool:
         return self.conn.execute("DELETE FROM tombstones WHERE user_pseudo = ?", (user_pseudo,)).rowcount > 0
+
+    def is_tombstoned(self, user_pseudo: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM tombstones WHERE user_pseudo = ?", (user_pseudo,)).fetchone() is not None
 
     def all_tombstones(self) -> set[str]:
         return {row[0] for row in self.conn.execute("SELECT user_pseudo FROM tombstones")}
@@ -507,6 +555,10 @@ class SqliteStore:
         users = list(keys.user_ids)
         deleted["identities"] = c.execute(
             f"DELETE FROM identities WHERE user_id IN ({_marks(len(users))})", users).rowcount if users else 0
+        hinted = [*keys.device_ids, *keys.anonymous_ids]
+        if hinted:  # the person's visits noted on devices (derived from the events counted above)
+            c.execute(f"DELETE FROM device_hints WHERE device_id IN ({_marks(len(keys.device_ids))}) OR "
+                      f"anonymous_id IN ({_marks(len(keys.anonymous_ids))})", hinted)
         subjects = list(keys.subjects)
         for table in ("consents", "consent_history"):
             deleted[table] = c.execute(f"DELETE FROM {table} WHERE subject IN ({_marks(len(subjects))})",
@@ -537,6 +589,10 @@ class SqliteStore:
         users = list(keys.user_ids)
         out["identities"] = c.execute(f"SELECT COUNT(*) FROM identities WHERE user_id IN ({_marks(len(users))})",
                                       users).fetchone()[0] if users else 0
+        hinted = [*keys.device_ids, *keys.anonymous_ids]
+        out["device_hints"] = c.execute(
+            f"SELECT COUNT(*) FROM device_hints WHERE device_id IN ({_marks(len(keys.device_ids))}) OR anonymous_id "
+            f"IN ({_marks(len(keys.anonymous_ids))})", hinted).fetchone()[0] if hinted else 0
         subjects = list(keys.subjects)
         for table in ("consents", "consent_history"):
             out[table] = c.execute(f"SELECT COUNT(*) FROM {table} WHERE subject IN ({_marks(len(subjects))})",

@@ -1,7 +1,6 @@
 """Erasure over real gRPC, seen on disk: once EraseUser returns, the bytes of the database file, its -wal and
 -shm files hold none of the person's raw ids (deleted rows are zeroed by secure_delete, the WAL with its older
-copies is checkpointed and truncated), and within seconds the checkpoint file is replaced by one without
-them, leaving no older copy in the directory; the other people's ids are all still there."""
+copies is checkpointed and truncated); the other people's ids are all still there."""
 from __future__ import annotations
 
 import asyncio

@@ -71,12 +71,11 @@ def traces(roots: Iterable[object], needles: list[str], skip: Iterable[object] =
 
 
 def held(h: ServerHandle, needles: list[str]) -> list[str]:
-    """Needles in what the server holds (its runtime, servicer, engine, checkpointer), except the tombstones,
-    which keep the pseudonyms of erased people on purpose (their late events are dropped); run it on the
+    """Needles in what the server holds (its runtime, servicer, engine, learner); the tombstones, which keep
+    the pseudonyms of erased people on purpose, are rows of the store, not held in memory; run it on the
     server's loop (``h.call``)."""
     engine = h.server.service.decisions
-    return traces([h.server, h.runtime, engine, h.server.learner], needles,
-                  skip=[h.runtime.consent._tombstones])  # noqa: SLF001
+    return traces([h.server, h.runtime, engine, h.server.learner], needles)
 
 
 def needles_of(h: ServerHandle, decision_ids: list[str]) -> list[str]:

@@ -1,6 +1,5 @@
-"""`onramp serve` with 2 real workers under one supervisor, the staging switch
-(``server.ops.supervisor.SHARED_STATE_READY``) overridden by this test: the mechanics only, not the answers
-(each worker still holds its own user state). Both workers serve Health and GetNextStep on the one shared
+"""`onramp serve` with 2 real workers and the learner under one supervisor, the mechanics (what they answer:
+test_workers_share_state.py, tests/server/test_identity_across_workers.py). Both workers serve Health and GetNextStep on the one shared
 port, /metrics (worker 0's) adds up both and worker 0 serves the dashboard, a worker killed with SIGKILL is
 restarted, SIGTERM drains both (every event either acknowledged is in the database) and the supervisor exits
 0 without having imported grpc, and a supervisor killed with SIGKILL leaves no worker serving."""
@@ -30,8 +29,7 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.skipif(not sys.platform.star
 
 SUPERVISOR = textwrap.dedent("""
     import sys
-    from server.ops import cli, supervisor
-    supervisor.SHARED_STATE_READY = True  # the test's override: mechanics only
+    from server.ops import cli
     code = cli.main(["serve", *sys.argv[1:]])
     print("grpc imported by the supervisor:", "grpc" in sys.modules, flush=True)
     sys.exit(code)

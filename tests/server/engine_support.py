@@ -48,6 +48,14 @@ def catalog_with(**changes: Any) -> Catalog:
     return parse_catalog(raw)
 
 
+def forced_rules_catalog() -> Catalog:
+    """The demo catalog with every rule in ``mode = "force"`` (the seed's deterministic rules)."""
+    raw = demo_raw()
+    for rule in raw["rules"]:
+        rule["mode"] = "force"
+    return parse_catalog(raw)
+
+
 class Harness:
     """Store + writer + pipeline + engine + learner. Call :meth:`open` inside the event loop, :meth:`close` at
     the end; ``learner_kw`` go to the :class:`Learner`, the other keywords to the engine."""

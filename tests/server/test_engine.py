@@ -18,7 +18,7 @@ from server.decide.engine_api import ServiceError
 from server.learn.learner import Learner
 from server.store.user_state import read_shows
 from tests.server.engine_support import (DAY_MS, HOUR_MS, MIN_MS, T0, Harness, Scenario, catalog_with,
-                                         decision_rows, run,
+                                         decision_rows, forced_rules_catalog, run,
                                          outcome_rows)
 
 def users_in(engine: DecisionEngine, kind: str, n: int = 1, prefix: str = "u") -> list[str]:
@@ -139,7 +139,7 @@ def test_generic_order_prefers_steps_not_shown_yet(tmp_path: Path) -> None:
     ("skip", "core_benefits", "skipped_screens_core_benefits"),
     ("return", "re_engagement", "returned_re_engagement"),
 ])
-def test_rules_fire_deterministically(tmp_path: Path, trigger: str, step: str, rule: str) -> None:
+def test_forced_rules_fire_deterministically(tmp_path: Path, trigger: str, step: str, rule: str) -> None:
     async def scenario(h: Harness, engine: DecisionEngine) -> None:
         (uid,) = users_in(engine, "tailored")
         t = await h.consistent_user(uid)
@@ -161,7 +161,7 @@ def test_rules_fire_deterministically(tmp_path: Path, trigger: str, step: str, r
         await h.event(uid, "step_completed", t + 2 * HOUR_MS, step_id=step)
         r = await h.ask(uid, t + 2 * DAY_MS)
         assert r.step.id != step
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, catalog=forced_rules_catalog())
 
 
 def test_rule_priority_and_no_rules_for_the_generic_arm(tmp_path: Path) -> None:
@@ -180,7 +180,7 @@ def test_rule_priority_and_no_rules_for_the_generic_arm(tmp_path: Path) -> None:
                 assert (r.step.id, r.reason) == ("core_benefits", "rule:skipped_screens_core_benefits")
             else:
                 assert r.reason == "generic"
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, catalog=forced_rules_catalog())
 
 
 def test_decision_rows_are_pseudonymous_and_complete(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from server.base.catalog import load_catalog
+from server.base.reasons import boosted_rule
 from server.learn.segments import distinct_days
 from tests.server.engine_support import DAY_MS, HOUR_MS, MIN_MS, T0, Harness, decision_rows
 
@@ -214,10 +215,13 @@ def check_rows(h: Harness, ids: list[str], snapshots: dict[str, Snapshot], forgo
             assert set(CATALOG.core_order) <= snap.completed  # core flow first
             assert snap.personal  # no personalized step without consent
             assert arm_kind != "holdout"
-            assert reason in ("generic", "bandit") or reason.startswith("rule:")
+            assert reason in ("generic", "bandit") or reason.startswith(("rule:", "boosted:"))
             if reason != "generic":  # personalized decisions only after consistent behavior, tailored arm
                 assert snap.consistent and arm_kind == "tailored"
-            if reason != "bandit":
+            fired = boosted_rule(reason)
+            if fired is not None:  # a proposing rule's step gets at least its boost
+                assert probs[fired[1]] >= next(r.boost for r in CATALOG.rules if r.name == fired[0]) - 1e-12
+            elif reason != "bandit":
                 assert row["propensity"] == 1.0
     for user_shows in shows.values():  # caps, min gap, cooldowns
         user_shows.sort()

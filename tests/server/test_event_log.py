@@ -141,14 +141,12 @@ def test_a_database_of_the_earlier_layout_is_converted_when_opened(tmp_path: pat
 def test_conversion_keeps_only_the_ids_within_the_window(tmp_path: pathlib.Path) -> None:
     db = open_v1(tmp_path)
     newest = sqlite3.connect(db).execute("SELECT MAX(timestamp_ms) FROM events").fetchone()[0]
-    # a window that ends at the newest event and reaches back 10 hours: the ten newest ids (and the boundary)
-    hours = (NOW - newest) // HOUR_MS + 10
-    store = SqliteStore(db, dedupe_window_hours=hours)
+    # a window reaching back to 9.5 hours before the newest event (events are an hour apart): its ten newest
+    horizon = newest - 9 * HOUR_MS - HOUR_MS // 2
+    store = SqliteStore(db, dedupe_window_hours=(now_ms() - horizon) / HOUR_MS)
     try:
         held = sum(store.conn.execute(f"SELECT COUNT(*) FROM {level}").fetchone()[0] for level in LEVELS)
-        horizon = NOW - hours * HOUR_MS
-        assert held == store.conn.execute("SELECT COUNT(*) FROM events WHERE timestamp_ms >= ?",
-                                          (horizon,)).fetchone()[0]
-        assert 9 <= held <= 11
+        assert held == 10 == store.conn.execute("SELECT COUNT(*) FROM events WHERE timestamp_ms >= ?",
+                                                (horizon,)).fetchone()[0]
     finally:
         store.close()

@@ -86,3 +86,27 @@ def test_batches_stored_together_end_exactly_as_one_after_the_other(tmp_path: pa
     assert together[3] == apart[3]  # the same rows, in the same order (v1's events re-keyed to u2)
     assert [row[2] for row in together[3]] == ["u1", "u2", "u1", "u2", "u2", "u2", "u2"]
     assert together[2]["commits"] < apart[2]["commits"]  # they did share a transaction
+
+
+def test_a_resent_identify_links_nothing_again(tmp_path: pathlib.Path) -> None:
+    """The cookie v9 signs in as cat, then as dan; a re-send of cat's identify (a client replaying its
+    buffer) is a duplicate and leaves v9 linked to dan, whose later anonymous events stay his."""
+    store = SqliteStore(tmp_path / "i.db")
+    writer = Writer(store)
+    pipeline = Pipeline(store, writer, Pseudonymizer(b"k" * 32))
+    writer.start()
+    for subject in ("cat", "dan", "anon:v9"):
+        writer.run_sync(lambda s, subject=subject: pipeline._write_consent(
+            s, ConsentRow(subject, "tracking", True, "test", T0), T0))
+    e = pb.Event
+    send = lambda *evs: pipeline.submit_events([event_values(x) for x in evs], received_ms=T0 + 100).result(10)  # noqa: E731
+    cat = e(event_id="id-cat", user_id="cat", anonymous_id="v9", name="identify", timestamp_ms=T0)
+    send(cat)
+    send(e(event_id="id-dan", user_id="dan", anonymous_id="v9", name="identify", timestamp_ms=T0 + 1))
+    again = send(cat, cat, e(event_id="after", anonymous_id="v9", name="feature_used", timestamp_ms=T0 + 2))
+    writer.stop()
+    assert (again.accepted, again.duplicates) == (1, 2)
+    assert pipeline.resolve("", "v9") == "dan"
+    assert [(ev.event_id, ev.subject) for _, ev in store.iter_events()] == [
+        ("id-cat", "cat"), ("id-dan", "dan"), ("after", "dan")]
+    store.close()

@@ -10,7 +10,7 @@ import pytest
 from server.decide.engine_api import ServiceError
 from server.decide.engine import DecisionEngine
 from server.learn.rewards import DEFAULT_GRACE_MS
-from tests.server.engine_support import (run, DAY_MS, HOUR_MS, MIN_MS, T0, Harness, catalog_with, decision_rows,
+from tests.server.engine_support import (run, forced_rules_catalog, DAY_MS, HOUR_MS, MIN_MS, T0, Harness, catalog_with, decision_rows,
                                          demo_raw, outcome_rows)
 
 def tailored(engine: DecisionEngine, i: int = 0) -> str:
@@ -94,7 +94,7 @@ def test_feature_and_session_success_events(tmp_path: Path) -> None:
         await h.learn(t + 30 * HOUR_MS)
         o = outcome_rows(h.db_path)[r.decision_id]
         assert (o["reward"], o["source"], o["outcome"]) == (1.0, "event", "session_start")
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, catalog=forced_rules_catalog())
 
 
 def test_restart_applies_defaults_for_windows_that_closed_while_down(tmp_path: Path) -> None:

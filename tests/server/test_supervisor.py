@@ -18,7 +18,7 @@ import pytest
 
 from server.base.config import ConfigError, parse_config
 from server.ops import cli
-from server.ops.supervisor import WorkersRefused, check_workers, describe_exit, reserve_port
+from server.ops.supervisor import describe_exit, reserve_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -170,17 +170,6 @@ def test_exit_descriptions() -> None:
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
 
 
-def test_more_than_one_worker_is_refused_until_the_state_is_shared(capsys: pytest.CaptureFixture[str],
-                                                                  tmp_path: pathlib.Path) -> None:
-    with pytest.raises(WorkersRefused, match=r"--workers 2: only 1 worker for now\. Each server process still keeps"):
-        check_workers(2)
-    check_workers(1)
-    check_workers(2, shared_state_ready=True)
-    assert cli.main(["serve", "--workers", "3", "--port", "0", "--db", str(tmp_path / "o.db")]) == 2
-    assert "onramp: --workers 3: only 1 worker for now" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_the_workers_key_is_validated() -> None:
     assert parse_config({"server": {"workers": 4}}).server.workers == 4
     assert parse_config({}).server.workers == 1
@@ -207,15 +196,11 @@ def test_port_zero_is_reserved_for_sharing_and_a_taken_port_is_refused() -> None
             sock.close()
 
 
-def test_several_workers_report_start_errors_like_one(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through the supervisor (switch overridden), a worker's config error, the refusal of a non-loopback
+def test_several_workers_report_start_errors_like_one(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the supervisor, a worker's config error, the refusal of a non-loopback
     address without keys and a busy port read as they do from one process: one message, the same exit code."""
     import socket
 
-    from server.ops import supervisor
-
-    monkeypatch.setattr(supervisor, "SHARED_STATE_READY", True)
     config = tmp_path / "onramp.toml"
     config.write_text(f'[tls]\ncert_file = "{tmp_path}/none.crt"\nkey_file = "{tmp_path}/none.key"\n')
     serve = ["serve", "--workers", "2", "--port", "0", "--db", str(tmp_path / "o.db")]

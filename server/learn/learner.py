@@ -401,6 +401,8 @@ class Learner:
 
         def job(store: SqliteStore) -> None:
             feeds.save_learner_state(store, now_ms, positions, body)
+            if scrub:  # after an erasure: the published snapshots learned from the person (the next one did not)
+                feeds.drop_snapshots(store)
             user_state.prune_profile_changes(store, upto_changes)
             feeds.delete_unlearning(store, upto_unlearn)
         await self.writer.call(job, scrub_wal=scrub)

@@ -17,6 +17,7 @@ from server.store.decision_log import BOOSTED_PROBABILITIES, JoinedRow, _context
 from server.store.sqlite import SqliteStore
 
 KEEP_SNAPSHOTS = 3  # published snapshots kept (workers load the latest; older ones help debugging)
+SNAPSHOT_VERSION_KEY = "snapshot_version"  # meta: the last version handed out (versions never repeat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +45,10 @@ def latest_snapshot(store: SqliteStore) -> Snapshot | None:
 
 
 def publish_snapshot(store: SqliteStore, created_ms: int, positions: Mapping[str, int], body: bytes) -> int:
-    """Store a new snapshot (version = newest + 1) and drop all but the newest :data:`KEEP_SNAPSHOTS`;
-    returns its version."""
-    version = latest_snapshot_version(store) + 1
+    """Store a new snapshot (the next version: never one handed out before, even after
+    :func:`drop_snapshots`) and drop all but the newest :data:`KEEP_SNAPSHOTS`; returns its version."""
+    version = max(latest_snapshot_version(store), int(store.meta_get(SNAPSHOT_VERSION_KEY) or 0)) + 1
+    store.meta_set(SNAPSHOT_VERSION_KEY, str(version))
     store.conn.execute("INSERT INTO model_snapshots (version, created_ms, positions, body) VALUES (?, ?, ?, ?)",
                        (version, created_ms, json.dumps(dict(positions), sort_keys=True), body))
     store.conn.execute("DELETE FROM model_snapshots WHERE version <= ?", (version - KEEP_SNAPSHOTS,))
@@ -54,7 +56,7 @@ def publish_snapshot(store: SqliteStore, created_ms: int, positions: Mapping[str
 
 
 def drop_snapshots(store: SqliteStore) -> int:
-    """Delete every snapshot (an erasure's models must not be loaded from an older one)."""
+    """Delete every snapshot (after an erasure: the older ones learned from the person)."""
     return store.conn.execute("DELETE FROM model_snapshots").rowcount
 
 

@@ -173,12 +173,16 @@ def test_after_erase_the_server_holds_nothing_of_the_person_and_serves_them_as_n
         asyncio.run_coroutine_threadsafe(h.server.learner.save(int(time.time() * 1000)), h.loop).result(30)
         assert model_traces(h.db_path, needles)  # her pseudonym is in the learner's saved segmenter marks
 
+        before_erasure = h.call(lambda: h.server.service.decisions.snapshot_version)
         erased = stub.EraseUser(pb.EraseUserRequest(user_id="carol"))
         assert erased.deleted["events"] == 7 and erased.deleted["decisions"] == 3
 
         assert h.call(lambda: held(h, needles)) == []
         assert rows_mentioning(h, needles) == {"tombstones": 2}  # on disk: only her and her visitor's pseudonyms
         assert model_traces(h.db_path, needles) == []
+        with sqlite3.connect(f"file:{h.db_path}?mode=ro", uri=True) as conn:  # older snapshots learned from her
+            kept = [v for (v,) in conn.execute("SELECT version FROM model_snapshots")]
+        assert len(kept) == 1 and kept[0] > before_erasure
         assert h.call(lambda: holds_carol(h)) == dict.fromkeys(
             ("history", "pending", "segment_cache", "marks", "profile"), False)
         # a new user: no consent now, so core steps only -- and welcome is shown again (caps from zero)

@@ -410,7 +410,13 @@ class Learner:
 
     # -- running -------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Step every ``interval_s`` until :meth:`stop`; a failed round is logged and retried."""
+        """Step every ``interval_s`` until :meth:`stop`; a failed round is logged and retried. The saved state is
+        loaded on a thread: a server's event loop answers meanwhile."""
+        if not self._started:
+            try:
+                await asyncio.to_thread(self.open)
+            except Exception:  # noqa: BLE001 - the first round retries
+                log.exception("loading the learner's state failed")
         while not self._stop.is_set():
             started = time.monotonic()
             try:

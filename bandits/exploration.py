@@ -305,10 +305,10 @@ class Decider:
             policy_version=self._version,
         )
 
-    def learn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
-        """Pass one observed reward to the policy."""
-        self.policy.learn_one(x, arm, reward)
+    def learn_one(self, x: np.ndarray, arm: int, reward: float, t: float | None = None) -> None:
+        """Pass one observed reward to the policy, with the time ``t`` of its decision."""
+        self.policy.learn_one(x, arm, reward, t)
 
-    def unlearn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
-        """Remove one observed reward from the policy (erasure)."""
-        self.policy.unlearn_one(x, arm, reward)
+    def unlearn_one(self, x: np.ndarray, arm: int, reward: float, t: float | None = None) -> None:
+        """Remove one observed reward from the policy (erasure); ``t`` as it was learned."""
+        self.policy.unlearn_one(x, arm, reward, t)

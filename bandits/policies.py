@@ -4,7 +4,19 @@ numpy context vector and ``K`` arms (onboarding steps, indices ``0..K-1``).
 Every policy keeps, per arm, the design matrix ``A_a = ridge*I + sum x x^T``, its inverse and
 ``b_a = sum r x``; ``learn_one`` updates ``A_a^{-1}`` by a Sherman-Morrison rank-one update, so learning
 never inverts a matrix. ``unlearn_one`` removes one observation exactly (``A_a -= x x^T``, ``b_a -= r x``)
-and re-derives that arm's inverse from ``A_a``: what erasing a person from the model needs. ``scores`` returns one number per requested arm (an optimistic
+and re-derives that arm's inverse from ``A_a``: what erasing a person from the model needs.
+
+With a ``half_life`` (in the unit of the timestamps ``t`` given to ``learn_one``, e.g. milliseconds) the
+policy forgets: an observation made at ``t`` weighs ``2 ** -((clock - t) / half_life)``, where ``clock`` is
+the latest ``t`` learned, so after a change of preferences the new observations take over (the ridge
+prior is not discounted, so the confidence widths grow back and the arms are explored again). The weights
+are kept as ``exp(lambda * (t - t_ref))`` against a reference time ``t_ref`` that steps along a fixed grid
+(an eighth of the half-life) behind the clock; when it steps, every ``A_a`` and ``b_a`` is rescaled once.
+The state is therefore a function of the set of observations and of the clock only (not of the order they
+came in, nor of when a process started), and ``unlearn_one(x, arm, r, t)`` subtracts exactly the weight
+the observation has now.
+
+``scores`` returns one number per requested arm (an optimistic
 estimate for LinUCB, a posterior draw for Thompson sampling, the ridge estimate for greedy) and
 ``to_state``/``from_state`` turn a policy into plain numpy/python values for checkpoints.
 
@@ -24,6 +36,7 @@ import numpy as np
 ArmsLike = Sequence[int] | np.ndarray | None
 
 ALGORITHMS = ("linucb", "lints", "ridge")
+GRID_PER_HALF_LIFE = 8  # t_ref steps this often per half-life: every weight stays below 2 ** (1/8)
 
 
 @runtime_checkable
@@ -48,16 +61,27 @@ class Policy(Protocol):
         """The same numbers as :meth:`scores` for a list of arm indices, as a list of floats."""
         ...
 
-    def learn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
-        """Update the model with one observed (context, arm, reward)."""
+    def learn_one(self, x: np.ndarray, arm: int, reward: float, t: float | None = None) -> None:
+        """Update the model with one observed (context, arm, reward) made at time ``t`` (the decision's
+        timestamp; None: the policy's clock)."""
         ...
 
-    def unlearn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
-        """Remove one observation that :meth:`learn_one` added (the model then equals one that never saw it)."""
+    def unlearn_one(self, x: np.ndarray, arm: int, reward: float, t: float | None = None) -> None:
+        """Remove one observation that :meth:`learn_one` added with the same ``t`` (the model then equals
+        one that never saw it and whose clock reached the same time)."""
         ...
 
     def predict_one(self, x: np.ndarray, arm: int) -> float:
         """Point estimate of the expected reward of ``arm`` for context ``x``."""
+        ...
+
+    @property
+    def clock(self) -> float | None:
+        """The latest time learned by a policy that forgets (None otherwise or before any learning)."""
+        ...
+
+    def advance(self, t: float) -> None:
+        """Move the clock forward to ``t``, so what was learned before weighs less (no-op if it never forgets)."""
         ...
 
     def to_state(self) -> dict[str, Any]:
@@ -70,16 +94,23 @@ class _LinearBase:
 
     algorithm = "linear"
 
-    def __init__(self, n_arms: int, n_features: int, ridge: float = 1.0) -> None:
+    def __init__(self, n_arms: int, n_features: int, ridge: float = 1.0, half_life: float = 0.0) -> None:
         if int(n_arms) < 1:
             raise ValueError(f"n_arms must be >= 1 (got {n_arms})")
         if int(n_features) < 1:
             raise ValueError(f"n_features must be >= 1 (got {n_features})")
         if not (ridge > 0 and math.isfinite(ridge)):
             raise ValueError(f"ridge must be a finite number > 0 (got {ridge})")
+        if not (half_life >= 0 and math.isfinite(half_life)):
+            raise ValueError(f"half_life must be a finite number >= 0 (got {half_life})")
         self.n_arms = int(n_arms)
         self.n_features = int(n_features)
         self.ridge = float(ridge)
+        self.half_life = float(half_life)  # 0: never forget
+        self._lam = math.log(2.0) / self.half_life if self.half_life > 0 else 0.0
+        self._grid = self.half_life / GRID_PER_HALF_LIFE
+        self.clock: float | None = None  # the latest t learned (forgetting policies only)
+        self._t_ref = 0.0  # weights are exp(lam * (t - t_ref)); t_ref on the grid, at most one step behind clock
         self.n_updates = 0
         d, k = self.n_features, self.n_arms
         # One (k*d + k, d) block holds every A_a^{-1} stacked, then every theta_a: a single BLAS
@@ -115,7 +146,10 @@ class _LinearBase:
         return v
 
     def _params(self) -> dict[str, float]:
-        return {"ridge": self.ridge}
+        return {"ridge": self.ridge, **self._forgetting()}
+
+    def _forgetting(self) -> dict[str, float]:
+        return {"half_life": self.half_life} if self.half_life > 0 else {}
 
     @property
     def counts(self) -> np.ndarray:
@@ -162,8 +196,9 @@ class _LinearBase:
         return idx
 
     # ------------------------------------------------------------------ learning
-    def learn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
-        """Add one observation to ``arm``'s ridge regression (Sherman-Morrison, O(d^2))."""
+    def learn_one(self, x: np.ndarray, arm: int, reward: float, t: float | None = None) -> None:
+        """Add one observation to ``arm``'s ridge regression (Sherman-Morrison, O(d^2)); a forgetting policy
+        first moves its clock forward to ``t`` (None: the clock) and weighs the observation by its age."""
         x = self._x(x)
         a = self._arm(arm)
         r = float(reward)
@@ -174,9 +209,22 @@ class _LinearBase:
         denom = 1.0 + float(x.dot(u))  # NaN or inf here iff x has a NaN/inf (or overflows): refuse before any change
         if not math.isfinite(denom):
             raise ValueError("x must contain only finite numbers")
+        w = 1.0
+        if self._lam:
+            tt = self._time(t)
+            ref = self._t_ref
+            self.advance(tt)
+            if self._t_ref != ref:  # the frame moved: A^-1 was rescaled
+                u = np.matmul(A_inv, x, out=self._u)
+            w = math.exp(self._lam * (tt - self._t_ref))
+            denom = 1.0 / w + float(x.dot(u)) if w > 0.0 else math.inf  # (A + w x x^T)^-1, Sherman-Morrison
         v = np.divide(u, denom, out=self._v)
         A_inv -= np.multiply(self._u_col, v, out=self._outer)  # u v^T through a kept column view of u
-        self._A[a] += np.multiply(x[:, None], x, out=self._outer)
+        outer = np.multiply(x[:, None], x, out=self._outer)
+        if w != 1.0:
+            outer *= w
+            r *= w
+        self._A[a] += outer
         b = self._b[a]
         if r == 1.0:
             b += x
@@ -186,10 +234,11 @@ class _LinearBase:
         self._counts[a] += 1
         self.n_updates += 1
 
-    def unlearn_one(self, x: np.ndarray, arm: int, reward: float) -> None:
-        """Remove one observation that :meth:`learn_one` added: ``A -= x x^T`` and ``b -= r x`` exactly, then
+    def unlearn_one(self, x: np.ndarray, arm: int, reward: float, t: float | None = None) -> None:
+        """Remove one observation that :meth:`learn_one` added: ``A -= w x x^T`` and ``b -= w r x`` exactly
+        (``w``: the weight an observation of time ``t`` has now; 1 for a policy that never forgets), then
         ``A^{-1}`` and ``theta`` re-derived from them (O(d^3) for that arm). ValueError when the arm has no
-        observation to remove.
+        observation to remove or ``t`` is later than the clock (nothing of that time was learned).
 
         >>> p = LinUCB(n_arms=2, n_features=2)
         >>> p.learn_one(np.array([1.0, 2.0]), 1, 1.0)
@@ -206,12 +255,61 @@ class _LinearBase:
             raise ValueError("x must contain only finite numbers")
         if self._counts[a] <= 0:
             raise ValueError(f"arm {a} has no observation to remove")
-        self._A[a] -= np.outer(x, x)
-        self._b[a] -= r * x
+        w = 1.0
+        if self._lam:
+            tt = self._time(t)
+            if self.clock is None or tt > self.clock:
+                raise ValueError(f"t = {tt:g} is later than every observation learned (clock {self.clock})")
+            w = math.exp(self._lam * (tt - self._t_ref))
+        self._A[a] -= w * np.outer(x, x)
+        self._b[a] -= (w * r) * x
         self._A_inv[a] = np.linalg.inv(self._A[a])
         np.matmul(self._A_inv[a], self._b[a], out=self._theta[a])
         self._counts[a] -= 1
         self.n_updates -= 1
+
+    # ------------------------------------------------------------------ forgetting
+    def _time(self, t: float | None) -> float:
+        """``t`` checked, or the clock when None (the grid origin before anything was learned)."""
+        if t is None:
+            return self.clock if self.clock is not None else self._t_ref
+        tt = float(t)
+        if not math.isfinite(tt):
+            raise ValueError(f"t must be a finite time (got {t!r})")
+        return tt
+
+    def advance(self, t: float) -> None:
+        """Move the clock forward to ``t`` (never back), so everything learned before weighs less. Learning
+        does this itself; a policy that never forgets ignores it.
+
+        >>> p = LinUCB(n_arms=1, n_features=1, half_life=10.0)
+        >>> p.learn_one(np.array([1.0]), 0, 1.0, t=0.0)
+        >>> p.advance(10.0)
+        >>> round(float(p.A(0)[0, 0]) - p.ridge, 12)  # one observation, one half-life old
+        0.5
+        """
+        if not self._lam:
+            return
+        tt = self._time(t)
+        if self.clock is not None and tt <= self.clock:
+            return
+        self.clock = tt
+        ref = math.floor(tt / self._grid) * self._grid
+        if ref == self._t_ref:
+            return
+        f = math.exp(-self._lam * (ref - self._t_ref))
+        self._t_ref = ref
+        A, diag = self._A, np.arange(self.n_features)
+        if self.n_updates == 0:  # nothing learned (or everything unlearned): exactly the prior
+            A[...] = np.eye(self.n_features) * self.ridge
+            self._b[...] = 0.0
+        else:
+            A[:, diag, diag] -= self.ridge
+            A *= f
+            self._b *= f
+            A[:, diag, diag] += self.ridge
+        self._A_inv[...] = np.linalg.inv(A)
+        np.matmul(self._A_inv, self._b[:, :, None], out=self._theta[:, :, None])
 
     def predict_one(self, x: np.ndarray, arm: int) -> float:
         """Ridge point estimate ``x . theta_arm`` of the expected reward."""
@@ -256,6 +354,8 @@ class _LinearBase:
             "A_inv": self._A_inv.copy(),
             "b": self._b.copy(),
             "counts": self._counts.copy(),
+            "clock": self.clock,
+            "t_ref": self._t_ref,
         }
 
     def _load(self, state: Mapping[str, Any]) -> None:
@@ -278,6 +378,9 @@ class _LinearBase:
         np.matmul(self._A_inv, self._b[:, :, None], out=self._theta[:, :, None])
         self._counts[...] = np.asarray(state.get("counts", np.zeros(k)), dtype=np.int64)
         self.n_updates = int(state.get("n_updates", 0))
+        clock = state.get("clock")
+        self.clock = None if clock is None else float(clock)
+        self._t_ref = float(state.get("t_ref", 0.0))
 
     def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
         """Pickle and ``copy.deepcopy`` through :meth:`to_state`: the arrays are views of one block, which
@@ -306,14 +409,15 @@ class LinUCB(_LinearBase):
 
     algorithm = "linucb"
 
-    def __init__(self, n_arms: int, n_features: int, alpha: float = 1.0, ridge: float = 1.0) -> None:
+    def __init__(self, n_arms: int, n_features: int, alpha: float = 1.0, ridge: float = 1.0,
+                 half_life: float = 0.0) -> None:
         if not (alpha >= 0 and math.isfinite(alpha)):
             raise ValueError(f"alpha must be a finite number >= 0 (got {alpha})")
-        super().__init__(n_arms, n_features, ridge)
+        super().__init__(n_arms, n_features, ridge, half_life)
         self.alpha = float(alpha)
 
     def _params(self) -> dict[str, float]:
-        return {"alpha": self.alpha, "ridge": self.ridge}
+        return {"alpha": self.alpha, "ridge": self.ridge, **self._forgetting()}
 
     def _all_scores(self, x: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """Upper confidence bound of every arm (scratch buffer)."""
@@ -343,17 +447,18 @@ class LinearTS(_LinearBase):
 
     algorithm = "lints"
 
-    def __init__(self, n_arms: int, n_features: int, v: float = 0.5, ridge: float = 1.0, seed: int | None = 0) -> None:
+    def __init__(self, n_arms: int, n_features: int, v: float = 0.5, ridge: float = 1.0, seed: int | None = 0,
+                 half_life: float = 0.0) -> None:
         if not (v >= 0 and math.isfinite(v)):
             raise ValueError(f"v must be a finite number >= 0 (got {v})")
-        super().__init__(n_arms, n_features, ridge)
+        super().__init__(n_arms, n_features, ridge, half_life)
         self.v = float(v)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._z = np.empty(self.n_arms)
 
     def _params(self) -> dict[str, float]:
-        return {"v": self.v, "ridge": self.ridge}
+        return {"v": self.v, "ridge": self.ridge, **self._forgetting()}
 
     def _all_scores(self, x: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """One posterior draw per arm, from ``rng`` (the policy's own seeded one if None); every arm is
@@ -381,15 +486,16 @@ _CLASSES: dict[str, type[_LinearBase]] = {c.algorithm: c for c in (LinUCB, Linea
 
 
 def build_policy(algorithm: str, n_arms: int, n_features: int, *, alpha: float = 1.0, l2: float = 1.0,
-                 seed: int | None = 0) -> Policy:
+                 seed: int | None = 0, half_life: float = 0.0) -> Policy:
     """A policy by catalog name: ``linucb`` (bonus width ``alpha``), ``lints`` (posterior scale
-    ``v = alpha``, draws from ``seed``) or ``ridge`` (greedy); ``l2`` is the ridge of all three."""
+    ``v = alpha``, draws from ``seed``) or ``ridge`` (greedy); ``l2`` is the ridge of all three and
+    ``half_life`` (in the unit of the learned timestamps; 0 = never) how fast they forget."""
     if algorithm == "linucb":
-        return LinUCB(n_arms, n_features, alpha=alpha, ridge=l2)
+        return LinUCB(n_arms, n_features, alpha=alpha, ridge=l2, half_life=half_life)
     if algorithm == "lints":
-        return LinearTS(n_arms, n_features, v=alpha, ridge=l2, seed=seed)
+        return LinearTS(n_arms, n_features, v=alpha, ridge=l2, seed=seed, half_life=half_life)
     if algorithm == "ridge":
-        return RidgeGreedy(n_arms, n_features, ridge=l2)
+        return RidgeGreedy(n_arms, n_features, ridge=l2, half_life=half_life)
     raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)} (got {algorithm!r})")
 
 

@@ -8,11 +8,16 @@ and the context oracle) with common random numbers, so their rewards compare fai
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from bandits.exploration import Decider
+
+DAY_MS = 86_400_000.0  # decisions carry millisecond timestamps, as in the server
+PER_DAY = 1000  # simulated arrivals per day: a forgetting bandit's half-life is in days
 
 TYPE_NAMES = ("power_user", "new_explorer", "collaborator", "at_risk", "admin", "mobile_first",
               "evaluator", "analyst")
@@ -112,7 +117,7 @@ def run_policy(sim: OnboardingSimulator, decider: Decider, n_rounds: int, seed: 
     (steps shown in a generic rotation, by default ``0..K-1``), ``bayes`` (the best any policy that
     sees only the context can do: argmax of the posterior expected success) and ``oracle`` (knows
     each user's type: argmax of the true probabilities). All see the same users and the same uniform
-    draw per round."""
+    draw per round; round ``i`` happens at ``i / PER_DAY`` days (the time the bandit learns it at)."""
     g = np.random.default_rng(seed)
     x, types = sim.arrivals(n_rounds, g)
     u = g.random(n_rounds)
@@ -130,11 +135,12 @@ def run_policy(sim: OnboardingSimulator, decider: Decider, n_rounds: int, seed: 
     arms = np.arange(k)
     rewards = np.empty(n_rounds)
     decide, learn = decider.decide, decider.learn_one
+    step = DAY_MS / PER_DAY
     for i in range(n_rounds):
         xi = x[i]
         arm = decide(xi, arms, g).arm
         r = 1.0 if u[i] < probs[i, arm] else 0.0
-        learn(xi, arm, r)
+        learn(xi, arm, r, i * step)
         rewards[i] = r
     out["bandit"] = rewards
     return out
@@ -158,7 +164,130 @@ def collect_log(sim: OnboardingSimulator, decider: Decider, n_rounds: int, seed:
         c = decider.decide(x[i], arms, g)
         r = 1.0 if u[i] < probs[i, c.arm] else 0.0
         if learn:
-            decider.learn_one(x[i], c.arm, r)
+            decider.learn_one(x[i], c.arm, r, i * DAY_MS / PER_DAY)
         actions[i], pscores[i], rewards[i] = c.arm, c.probability, r
         dist[i, list(c.probabilities)] = list(c.probabilities.values())
     return BanditLog(x, actions, pscores, rewards, types, dist)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One simulated setting for learners: how many steps, whether and how users' preferences change
+    (``switch_at``: at that fraction of the run every type's success table is replaced by another seed's;
+    ``drift``: it moves linearly from the first table to the second over the run), ``reward_scale`` (0.1
+    gives sparse rewards, 2-5 % on average), ``delay`` (each reward is learned that many arrivals after its
+    decision, uniform in the range) and ``per_day`` (arrivals per simulated day: the decisions' timestamps)."""
+
+    name: str
+    n_steps: int = 10
+    switch_at: float | None = None
+    drift: bool = False
+    reward_scale: float = 1.0
+    delay: tuple[int, int] = (0, 0)
+    n_features: int = 16
+    n_types: int = 5
+    per_day: int = PER_DAY
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("static"), Scenario("switch", switch_at=0.5), Scenario("drift", drift=True),
+    Scenario("sparse", reward_scale=0.1), Scenario("delayed", delay=(50, 500)),
+    Scenario("3 steps", n_steps=3), Scenario("20 steps", n_steps=20),
+)
+
+
+class Learner(Protocol):
+    """What :func:`run_scenario` drives: choose a step for a context, learn a reward later."""
+
+    def choose(self, x: np.ndarray, rng: np.random.Generator) -> int:
+        """The step shown to a user with context ``x`` (``rng`` for any random draw)."""
+        ...
+
+    def learn(self, x: np.ndarray, arm: int, reward: float, t_ms: float) -> None:
+        """The reward of showing ``arm`` at time ``t_ms`` to a user with context ``x``."""
+        ...
+
+
+class DeciderLearner:
+    """A :class:`~bandits.exploration.Decider` as a :class:`Learner` (it learns with the decision's time),
+    which also accumulates what the effective sample size of an off-policy estimate needs."""
+
+    def __init__(self, decider: Decider) -> None:
+        self.decider = decider
+        self._arms: list[int] | None = None
+        self._inv_p = 0.0  # sum over decisions of E[w^2 | x] for the uniform random target
+        self.n = 0
+
+    def choose(self, x: np.ndarray, rng: np.random.Generator) -> int:
+        if self._arms is None:
+            self._arms = list(range(self.decider.policy.n_arms))
+        c = self.decider.decide(x, self._arms, rng)
+        k = len(self._arms)
+        self._inv_p += sum(1.0 / p for p in c.probabilities.values()) / (k * k)
+        self.n += 1
+        return c.arm
+
+    def learn(self, x: np.ndarray, arm: int, reward: float, t_ms: float) -> None:
+        self.decider.learn_one(x, arm, reward, t_ms)
+
+    @property
+    def ess_fraction(self) -> float:
+        """Effective sample size of an IPS estimate of the uniform random policy from these decisions, as a
+        fraction of their number (``1 / mean E[w^2 | x]``; a deterministic target gets about ``1/K`` of it)."""
+        return self.n / self._inv_p if self._inv_p else 0.0
+
+
+def run_scenario(scenario: Scenario, learner: Learner, n_rounds: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-round rewards ``(n_rounds,)`` of ``learner`` (key ``bandit``) and of the references of
+    :func:`run_policy` on one seeded stream of users, where the references know the success table in force:
+    ``best_fixed`` is the best single step of each phase (before and after a switch; each tenth of a drift),
+    ``bayes`` the context oracle and ``oracle`` the type oracle. The users, reward draws and delays depend on
+    ``seed`` only, so every learner sees the same arrivals; the learner draws from its own stream."""
+    s = scenario
+    sim = OnboardingSimulator(s.n_steps, s.n_features, s.n_types, seed=seed)
+    after = OnboardingSimulator(s.n_steps, s.n_features, s.n_types, seed=seed + 10_000).success_probs
+    g = np.random.default_rng([seed, 11])
+    x, types = sim.arrivals(n_rounds, g)
+    u = g.random(n_rounds)
+    lo, hi = s.delay
+    delays = g.integers(lo, hi + 1, size=n_rounds) if hi > 0 else np.zeros(n_rounds, dtype=np.int64)
+    idx = np.arange(n_rounds)
+    if s.drift:
+        mix, phase = idx / max(1, n_rounds - 1), idx * 10 // n_rounds
+    elif s.switch_at is not None:
+        mix = phase = (idx >= int(s.switch_at * n_rounds)).astype(np.int64)
+    else:
+        mix = phase = np.zeros(n_rounds, dtype=np.int64)
+    mixf = np.asarray(mix, dtype=np.float64)[:, None]
+    probs = ((1.0 - mixf) * sim.success_probs[types] + mixf * after[types]) * s.reward_scale
+    post = sim.type_posterior(x)
+    expected = ((1.0 - mixf) * (post @ sim.success_probs) + mixf * (post @ after))  # per-context, current table
+    best = np.empty(n_rounds, dtype=np.intp)
+    for ph in np.unique(phase):
+        rows = phase == ph
+        best[rows] = int(np.argmax(probs[rows].mean(axis=0)))
+    k = s.n_steps
+    out = {
+        "uniform": (u < probs[idx, g.integers(k, size=n_rounds)]).astype(np.float64),
+        "best_fixed": (u < probs[idx, best]).astype(np.float64),
+        "bayes": (u < probs[idx, np.argmax(expected, axis=1)]).astype(np.float64),
+        "oracle": (u < probs[idx, np.argmax(probs, axis=1)]).astype(np.float64),
+    }
+    rng = np.random.default_rng([seed, 12])
+    t_ms = idx * (DAY_MS / s.per_day)
+    due: list[tuple[int, int, int, float]] = []  # (round it is learned, decision round, arm, reward)
+    rewards = np.empty(n_rounds)
+    choose, learn = learner.choose, learner.learn
+    for i in range(n_rounds):
+        while due and due[0][0] <= i:
+            _, j, a, r = heapq.heappop(due)
+            learn(x[j], a, r, float(t_ms[j]))
+        arm = choose(x[i], rng)
+        r = 1.0 if u[i] < probs[i, arm] else 0.0
+        rewards[i] = r
+        if delays[i] == 0:
+            learn(x[i], arm, r, float(t_ms[i]))
+        else:
+            heapq.heappush(due, (i + int(delays[i]), i, arm, r))
+    out["bandit"] = rewards
+    return out

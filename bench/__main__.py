@@ -1,5 +1,5 @@
 """``python -m bench [serving|ingest|learning|memory|auth|erasure|replay|all] [--quick] [--repeats N] [--json PATH]``
-(serving also ``--driver aio|h2load``, ``--scenario personalized|capped``, ``--floor``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``):
+(serving also ``--driver aio|h2load``, ``--scenario personalized|capped``, ``--floor``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``; learning also ``--peers``, ``--sweep``):
 run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import auth_flood, erasure, h2load, ingest, learning, memory, serving
+from bench import auth_flood, erasure, h2load, ingest, learning, learning_sweep, memory, serving
 from bench.common import ROOT, PY, SCENARIOS, Summary, load_average
 
 PARTS = ("serving", "ingest", "learning", "memory", "auth", "erasure")
@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restarts", type=int, default=1, help="memory: restarts measured per build")
     ap.add_argument("--prefill", type=int, default=None, metavar="N",
                     help="ingest: events stored through the API before measuring (default 1,000,000; quick 2,000)")
+    ap.add_argument("--peers", action="store_true",
+                    help="learning: also run Vowpal Wabbit, MABWiser and River on every scenario (pip install -e '.[bench]')")
+    ap.add_argument("--sweep", action="store_true",
+                    help="learning: instead, the sweep that chooses the bandit's defaults (bench.learning_sweep)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write all results here")
     a = ap.parse_args(argv)
     if a.floor and a.driver != "aio":
@@ -88,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "erasure":
             res = erasure.run(a.quick, repeats)
             lines = erasure.report(res)
+        elif part == "learning" and a.sweep:
+            res = learning_sweep.run(a.quick)
+            lines = learning_sweep.report(res)
         elif part == "learning":
-            res = learning.run(a.quick, repeats)
+            res = learning.run(a.quick, repeats, with_peers=a.peers)
             lines = learning.report(res)
         elif part == "memory":
             sizes = [(100_000, 1_000_000), (1_000_000, 1_000_000)] if a.full else None

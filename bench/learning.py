@@ -2,14 +2,15 @@
 generic fixed order, our bandit (exactly what the server builds from the shipped catalog's ``[bandit]``, see
 :func:`server_default_decider`), the context oracle (Bayes posterior) and the type oracle; average reward over
 all rounds and the last 20 %, regret vs the oracle. Also in-process decide+update cycles/s of that same bandit
-(:func:`bench.bandit_speed.cycles_per_second`)."""
+(:func:`bench.bandit_speed.cycles_per_second`), and the same bandit on every scenario of
+:mod:`bench.learning_scenarios`, with the peer libraries of :mod:`bench.peers` when asked (``--peers``)."""
 from __future__ import annotations
 
 import time
 
-from bandits.exploration import Decider, build_exploration
-from bandits.policies import build_policy
-from bandits.simulator import OnboardingSimulator, run_policy
+from bandits.exploration import Decider
+from bandits.simulator import SCENARIOS, OnboardingSimulator, run_policy
+from bench import learning_scenarios, peers
 from bench.bandit_speed import cycles_per_second
 from bench.common import summarize
 from server.base.catalog import Catalog, load_catalog
@@ -22,15 +23,13 @@ def server_default_decider(n_arms: int, n_features: int, catalog: Catalog | None
     """The bandit the decision engine builds for ``catalog`` (default: the shipped demo catalog, i.e. the
     server's default): its ``[bandit]`` settings and ``guardrails.max_exploration``, with the same calls."""
     cat = catalog if catalog is not None else load_catalog(None)
-    b = cat.bandit
-    policy = build_policy(b.algorithm, n_arms, n_features, alpha=b.alpha, l2=b.l2, seed=b.seed)
-    exploration = build_exploration(b.exploration, epsilon=b.epsilon, gamma=b.gamma,
-                                    max_exploration=cat.guardrails.max_exploration)
-    return Decider(policy, exploration, seed=b.seed)
+    return learning_scenarios.decider(cat.bandit, cat.guardrails.max_exploration, n_arms, n_features)
 
 
-def run(quick: bool = False, repeats: int = 3, rounds: int | None = None, cycles: int | None = None) -> dict:
-    """Simulate ``repeats`` seeds of ``rounds`` users each and time decide+update cycles."""
+def run(quick: bool = False, repeats: int = 3, rounds: int | None = None, cycles: int | None = None,
+        with_peers: bool = False) -> dict:
+    """Simulate ``repeats`` seeds of ``rounds`` users each, time decide+update cycles, and run every scenario
+    (with the installed peers when ``with_peers``)."""
     rounds = rounds if rounds is not None else (2000 if quick else 20000)
     cycles = cycles if cycles is not None else (2000 if quick else 30000)
     per: dict[str, dict[str, list[float]]] = {}
@@ -54,9 +53,26 @@ def run(quick: bool = False, repeats: int = 3, rounds: int | None = None, cycles
     for _ in range(repeats):
         speed.append(cycles_per_second(server_default_decider(10, 23, catalog), cycles, 10, 23))
         cpu.append(cycles_per_second(server_default_decider(10, 23, catalog), cycles, 10, 23, time.process_time))
-    return {"rounds": rounds, "repeats": repeats, "bandit": server_default_decider(10, 16, catalog).version, "table": table, "bandit_vs_context_oracle_last20": vs_context,
+    return {"rounds": rounds, "repeats": repeats, "bandit": server_default_decider(10, 16, catalog).version,
+            "table": table, "bandit_vs_context_oracle_last20": vs_context,
             "bandit_beats_best_fixed_every_seed": beats_fixed, "cycles": cycles,
-            "decide_update_per_s": summarize(speed), "decide_update_per_cpu_s": summarize(cpu)}
+            "decide_update_per_s": summarize(speed), "decide_update_per_cpu_s": summarize(cpu),
+            "scenarios": run_scenarios(rounds, repeats, with_peers)}
+
+
+def run_scenarios(rounds: int, repeats: int, with_peers: bool) -> dict:
+    """Every scenario, ``repeats`` seeds each: Onramp's default bandit and (``with_peers``) each installed peer."""
+    learners = {"onramp": learning_scenarios.onramp()}
+    skipped: list[str] = []
+    if with_peers:
+        found, skipped = peers.available()
+        learners.update({p.name: p.make for p in found})
+    out: dict[str, dict] = {}
+    for sc in SCENARIOS:
+        out[sc.name] = {name: learning_scenarios.table(
+            [learning_scenarios.measure(sc, make, rounds, seed) for seed in range(repeats)])
+            for name, make in learners.items()}
+    return {"rounds": rounds, "repeats": repeats, "skipped": skipped, "table": out}
 
 
 def report(res: dict) -> list[str]:
@@ -73,4 +89,29 @@ def report(res: dict) -> list[str]:
     out.append(f"speed: the server default bandit, K=10 d=23, {res['cycles']:,} cycles: "
                f"{res['decide_update_per_s'].fmt(',.0f', ' decide+update/s')} wall clock; "
                f"{res['decide_update_per_cpu_s'].fmt(',.0f', ' per CPU second')} (less disturbed by other load)")
+    return out + report_scenarios(res["scenarios"])
+
+
+def report_scenarios(res: dict) -> list[str]:
+    """One line per scenario and learner: reward over the last 20 % and the whole run, as a ratio to the context
+    oracle, with the references; then whether Onramp is at or above the best peer in each scenario."""
+    out = [f"scenarios: {res['rounds']:,} arrivals (1,000 a day), medians [min..max] over {res['repeats']} seeds; "
+           "ratios to the context oracle"]
+    out += [f"  {line}" for line in res["skipped"]]
+    verdicts = []
+    for name, by in res["table"].items():
+        ref = by["onramp"]
+        out.append(f"  {name}: context oracle last 20% {ref['bayes_last20'].fmt('.4f')}, best fixed step "
+                   f"{ref['best_fixed_last20'].fmt('.4f')}, uniform {ref['uniform_last20'].fmt('.4f')}")
+        for learner, row in by.items():
+            ess = f"  ESS {row['ess'].fmt('.3f')} of n" if "ess" in row else ""
+            out.append(f"    {learner:16s} last 20% {row['bandit_last20'].fmt('.4f')} = "
+                       f"{row['vs_context_last20'].fmt('.3f')}  all {row['vs_context_avg'].fmt('.3f')}{ess}")
+        others = {k: v for k, v in by.items() if k != "onramp"}
+        if others:
+            best = max(others, key=lambda k: others[k]["vs_context_last20"].median)
+            verdicts.append(f"{name}: {'yes' if ref['vs_context_last20'].median >= others[best]['vs_context_last20'].median else 'NO'}"
+                            f" (best peer {best})")
+    if verdicts:
+        out.append("  onramp at or above the best peer over the last 20%: " + "; ".join(verdicts))
     return out

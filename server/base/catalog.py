@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from server.base.clock import DAY_MS
 from server.base.toml_merge import has_key, merge_tables, set_keys
 
 CHANNELS = ("in_app", "email", "push")
@@ -225,17 +226,24 @@ class SegmentsConfig:
 class BanditConfig:
     """The contextual bandit: scoring algorithm, its parameters and the exploration scheme.
 
-    Defaults: LinUCB with a narrow bonus plus a small epsilon-greedy floor. Every probability is exact
-    (a function of the learned state and the context) and every eligible step keeps at least
-    ``epsilon / n_eligible``; chosen on the seeded simulator across seeds and settings (docs/catalog.md)."""
+    Defaults: LinUCB with a narrow bonus plus an epsilon-greedy floor, forgetting with a 4-day half-life. Every
+    probability is exact (a function of the learned state and the context) and every eligible step keeps at
+    least ``epsilon / n_eligible``; chosen by ``python -m bench learning --sweep`` across the simulator's
+    scenarios, weighing reward against the effective sample size offline evaluation gets (docs/benchmarks.md)."""
 
     algorithm: str = "linucb"
-    alpha: float = 0.2
+    alpha: float = 0.05
     l2: float = 1.0
     exploration: str = "epsilon_greedy"
-    epsilon: float = 0.02
+    epsilon: float = 0.03
     gamma: float = 50.0
+    half_life_days: float = 4.0
     seed: int = 0
+
+    @property
+    def half_life_ms(self) -> float:
+        """How fast the bandit forgets, in the unit of decision timestamps (0: never)."""
+        return self.half_life_days * DAY_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -706,6 +714,7 @@ def _parse_bandit(t: _Table, guardrails: Guardrails) -> BanditConfig:
         exploration=t.string("exploration", d.exploration, choices=EXPLORATIONS),
         epsilon=t.number("epsilon", d.epsilon, min=0.0, max=1.0),
         gamma=t.number("gamma", d.gamma, min=0.0, min_exclusive=True),
+        half_life_days=t.number("half_life_days", d.half_life_days, min=0.0),
         seed=t.integer("seed", d.seed, min=0),
     )
     t.done()

@@ -63,7 +63,8 @@ def build_decider(catalog: Catalog, n_features: int) -> Decider | None:
     if not arms:
         return None
     b = catalog.bandit
-    policy = build_policy(b.algorithm, len(arms), n_features, alpha=b.alpha, l2=b.l2, seed=b.seed)
+    policy = build_policy(b.algorithm, len(arms), n_features, alpha=b.alpha, l2=b.l2, seed=b.seed,
+                          half_life=b.half_life_ms)
     exploration = build_exploration(b.exploration, epsilon=b.epsilon, gamma=b.gamma,
                                     max_exploration=catalog.guardrails.max_exploration)
     return Decider(policy, exploration, seed=b.seed)
@@ -122,6 +123,7 @@ class Learner:
         self.sweep_interval_s = float(catalog.rewards.sweep_interval_seconds)
         self.interval_s = min(interval_s, self.sweep_interval_s)
         self.pos = Positions()
+        self._passed_over: set[int] = set()  # outcome ids this round's read skipped (see _take_erasures)
         self.stats = LearnerStats()
         self.version = 0  # the latest snapshot published
         self._dirty = True  # models changed since the last snapshot
@@ -243,8 +245,9 @@ class Learner:
             if not outcomes:
                 break
             for o in outcomes:
+                self._passed_over.update(range(self.pos.outcomes + 1, o.id))  # erased before read: never learned
                 self.joiner.settle(o.decision_id)
-                self._learn(o.step_id, o.context, o.reward)
+                self._learn(o.step_id, o.context, o.reward, o.timestamp_ms)
                 self._learn_rule(o.reason, o.step_id, o.probabilities, o.reward)
                 self.pos.outcomes = o.id
                 self._note_unpublished(now)
@@ -288,6 +291,9 @@ class Learner:
             for p in item.pseudonyms:
                 self.joiner.forget_user(p)
             self.pos.unlearn = item.id
+        # every id passed over was an erased outcome whose erasure committed before the read, so it is in the
+        # queue read above: none is waiting for a later round
+        self._passed_over.clear()
         return bool(erased)
 
     def _events_after(self, seq: int) -> list[tuple[int, StoredEvent]]:
@@ -302,12 +308,14 @@ class Learner:
         if self._oldest_unpublished_ms is None:
             self._oldest_unpublished_ms = now
 
-    def _learn(self, step_id: str, context: dict[str, float], reward: float) -> None:
+    def _learn(self, step_id: str, context: dict[str, float], reward: float, timestamp_ms: int) -> None:
+        """Pass one committed outcome to the bandit at the time of its decision (a forgetting policy weighs it
+        by that time, so the state does not depend on when the learner reads it)."""
         arm = self.arm_index.get(step_id)
         if arm is None or not context or self.decider is None:
             return
         try:
-            self.decider.learn_one(self.space.vector(context), arm, reward)
+            self.decider.learn_one(self.space.vector(context), arm, reward, timestamp_ms)
         except ValueError as exc:
             log.warning("could not learn from a decision: %s", exc)
             return
@@ -323,7 +331,7 @@ class Learner:
     def _unlearn(self, item: feeds.Unlearning, outcome_ids: dict[str, int]) -> None:
         for row in item.rewarded:
             oid = outcome_ids.get(row.decision_id, 0)
-            if not oid or oid > self.pos.outcomes:
+            if not oid or oid > self.pos.outcomes or oid in self._passed_over:
                 continue  # never learned (its outcome was erased before the learner read it)
             trial = trial_of(row.reason, row.step_id, row.probabilities)
             if trial is not None:  # a demotion stays (RuleMonitor.unlearn_one)
@@ -332,7 +340,7 @@ class Learner:
             if arm is None or self.decider is None:
                 continue
             try:
-                self.decider.unlearn_one(self.space.vector(row.context), arm, row.reward)
+                self.decider.unlearn_one(self.space.vector(row.context), arm, row.reward, row.timestamp_ms)
             except ValueError as exc:
                 log.warning("could not unlearn an erased decision: %s", exc)
                 continue

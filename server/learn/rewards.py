@@ -45,7 +45,7 @@ DEFAULT = "default"
 # A window counts as closed this long after its deadline (reports in flight): ``[rewards] grace_seconds``.
 DEFAULT_GRACE_MS = int(round(Rewards().grace_seconds * 1000))
 
-Learner = Callable[[str, "np.ndarray | None", float], None]  # (step_id, context vector, reward)
+Learner = Callable[[str, "np.ndarray | None", float, int], None]  # (step_id, context vector, reward, decision ms)
 
 
 @dataclass(slots=True)
@@ -213,7 +213,7 @@ class RewardJoiner:
                     self.metrics.record_reward(source=o.source, reward=o.reward)
                 if p is not None:
                     try:
-                        self.learn(p.step_id, p.x, o.reward)
+                        self.learn(p.step_id, p.x, o.reward, p.timestamp_ms)
                     except Exception:  # noqa: BLE001 - the outcome is stored; learning must not break joining
                         log.exception("learning from decision %s failed", o.decision_id)
             else:  # duplicate (already rewarded) or decision gone: nothing more to wait for

@@ -287,7 +287,7 @@ def target_candidate(r: Rounds, candidate: Candidate, seed: int = 0, progress: P
     b = candidate.catalog.bandit
     k = r.logging_dist.shape[1]
     d = max(1, r.context.shape[1])
-    policy = build_policy(b.algorithm, k, d, alpha=b.alpha, l2=b.l2, seed=b.seed)
+    policy = build_policy(b.algorithm, k, d, alpha=b.alpha, l2=b.l2, seed=b.seed, half_life=b.half_life_ms)
     explore = build_exploration(b.exploration, epsilon=b.epsilon, gamma=b.gamma,
                                 max_exploration=candidate.catalog.guardrails.max_exploration)
     rows = np.flatnonzero(r.bandit)
@@ -301,6 +301,7 @@ def target_candidate(r: Rounds, candidate: Candidate, seed: int = 0, progress: P
     scores, probs_of, learn = policy.scores, explore.probabilities_list, policy.learn_one
     logged = r.action[rows].tolist()
     reward = r.reward[rows].tolist()
+    when = r.log.timestamp_ms[r.rows[rows]].tolist()  # a forgetting candidate learns at the decision's time
     bl = bounds.tolist()
     learned = 0
     total = rows.size
@@ -320,7 +321,7 @@ def target_candidate(r: Rounds, candidate: Candidate, seed: int = 0, progress: P
                 break
         a = logged[j]
         if cols[pick] == a:
-            learn(x, a, reward[j])
+            learn(x, a, reward[j], when[j])
             learned += 1
         if j % every == 0:
             progress(f"training {candidate.name}", j, total)

@@ -251,6 +251,8 @@ BANDIT = Section("[bandit]", BanditConfig, DEMO, "The contextual bandit.", (
     Key("exploration", "`epsilon_greedy` or `squarecb`", "How the exact probabilities are formed."),
     Key("epsilon", "number in [0, 1], <= `guardrails.max_exploration`", "Exploration mass of `epsilon_greedy`."),
     Key("gamma", "number > 0", "Greediness of `squarecb`."),
+    Key("half_life_days", "number >= 0",
+        "A rewarded decision counts half as much this many days after it was made (0: never forget)."),
     Key("seed", "integer >= 0", "Seed of the random draws."),
 ), demo_path="bandit")
 

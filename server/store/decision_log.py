@@ -206,6 +206,7 @@ class JoinedRow:
     reward: float
     reason: str = ""
     probabilities: dict[str, float] = field(default_factory=dict)
+    timestamp_ms: int | None = None  # of the decision, the time the bandit learned it at (None: not known)
 
 
 def _context(text: str | None) -> dict[str, float]:
@@ -218,17 +219,17 @@ def _context(text: str | None) -> dict[str, float]:
 # the logged probabilities of a proposing rule's decision (for the rule monitor), NULL for any other
 BOOSTED_PROBABILITIES = f"CASE WHEN substr(d.reason, 1, {len(BOOSTED_PREFIX)}) = '{BOOSTED_PREFIX}' THEN d.probabilities END"
 _JOINED = ("SELECT d.decision_id, d.step_id, d.context, o.reward, d.reason, " + BOOSTED_PROBABILITIES +  # no braces
-           " FROM outcomes o JOIN decisions d ON d.decision_id = o.decision_id WHERE {where} AND d.context != '{{}}' "
+           ", d.timestamp_ms FROM outcomes o JOIN decisions d ON d.decision_id = o.decision_id WHERE {where} AND d.context != '{{}}' "
            "ORDER BY o.rowid")
 
 
-def _joined(cur: Iterable[tuple[str, str, str | None, float | None, str, str | None]]) -> Iterator[JoinedRow]:
+def _joined(cur: Iterable[tuple[str, str, str | None, float | None, str, str | None, int]]) -> Iterator[JoinedRow]:
     """The rows of a :data:`_JOINED` query that have a context and a reward, as JoinedRows."""
-    for decision_id, step_id, context, reward, reason, probabilities in cur:
+    for decision_id, step_id, context, reward, reason, probabilities, ts in cur:
         ctx = _context(context)
         if ctx and reward is not None:
             yield JoinedRow(decision_id, step_id, ctx, float(reward), reason,
-                            _context(probabilities) if probabilities else {})
+                            _context(probabilities) if probabilities else {}, int(ts))
 
 
 def rewarded_rows_of(store: SqliteStore, pseudonyms: Sequence[str]) -> list[JoinedRow]:

@@ -147,7 +147,7 @@ def queue_unlearning(store: SqliteStore, pseudonyms: Sequence[str], rewarded: Se
     the rewarded decisions' outcomes, so the learner unlearns only what it had learned. Returns the queue id."""
     body = json.dumps({"pseudonyms": list(pseudonyms),
                        "rewarded": [[r.decision_id, r.step_id, r.context, r.reward, outcome_ids.get(r.decision_id, 0),
-                                     r.reason, r.probabilities] for r in rewarded]})
+                                     r.reason, r.probabilities, r.timestamp_ms] for r in rewarded]})
     cur = store.conn.execute("INSERT INTO unlearn_queue (body) VALUES (?)", (body,))
     return int(cur.lastrowid or 0)
 
@@ -165,11 +165,20 @@ def unlearning_after(store: SqliteStore, after_id: int) -> list[tuple[Unlearning
     out: list[tuple[Unlearning, dict[str, int]]] = []
     for qid, body in store.conn.execute("SELECT id, body FROM unlearn_queue WHERE id > ? ORDER BY id", (after_id,)):
         value: dict[str, Any] = json.loads(body)
-        rows = [JoinedRow(d, s, _floats(c), float(r), str(rest[0]) if rest else "", _floats(rest[1]) if rest else {})
-                for d, s, c, r, _, *rest in value["rewarded"]]  # rest: reason, boosted probabilities
+        rows = [_queued_row(entry) for entry in value["rewarded"]]
         ids = {d: int(i) for d, _s, _c, _r, i, *_rest in value["rewarded"]}
         out.append((Unlearning(int(qid), tuple(value["pseudonyms"]), tuple(rows)), ids))
     return out
+
+
+def _queued_row(entry: Sequence[Any]) -> JoinedRow:
+    """One queued rewarded decision: ``[decision, step, context, reward, outcome id, reason, boosted
+    probabilities, decision time]``; entries queued by earlier versions end after the outcome id or the
+    probabilities, and read without what they lack."""
+    d, s, c, r, _oid, *rest = entry
+    reason, probabilities, ts = [*rest, *("", {}, None)[len(rest):]][:3]
+    return JoinedRow(d, s, _floats(c), float(r), str(reason), _floats(probabilities),
+                     None if ts is None else int(ts))
 
 
 def _floats(value: Mapping[str, Any]) -> dict[str, float]:

@@ -176,3 +176,17 @@ def test_one_warning_names_every_candidate_that_learned_from_few_rounds(noisy_lo
     assert f"bandit:candidate from {learned:,} (" in training[0]
     quiet = run_replay(log, CAT, cands, ReplayOptions(n_bootstrap=20, estimators=("ips",), min_training_share=0.0))
     assert not any(w.startswith("replay training:") for w in quiet.warnings)
+
+
+def test_a_forgetting_candidate_learns_at_each_decision_time(noisy_log, tmp_path):
+    """A candidate with ``[bandit] half_life_days`` forgets by the logged decisions' timestamps (the log spans
+    5.5 days): it differs from the same candidate that never forgets, which it would equal if it learned without
+    the timestamps (every weight 1)."""
+    path, _ = noisy_log
+    r, _ = select_rounds(load_decisions(path, catalog_actions=ACTIONS), ReplayOptions())
+    dists = []
+    for half_life_days in (0, 1):
+        config = tmp_path / f"hl{half_life_days}.toml"
+        config.write_text(f'[bandit]\nalgorithm = "linucb"\nalpha = 0.3\nhalf_life_days = {half_life_days}\n')
+        dists.append(target_candidate(r, load_candidate(config), seed=1)[0])
+    assert np.abs(dists[0] - dists[1])[r.bandit].max() > 0.01

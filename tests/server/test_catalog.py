@@ -165,7 +165,7 @@ def test_catalog_overrides_lists_the_keys_taken_from_the_config() -> None:
                                      "catalog's segments.activation_step: set segments.activation_step in the "
                                      "config to replace it)"),
     ({"guardrails": {"max_exploration": 0.01}}, "bandit.epsilon: must be <= guardrails.max_exploration = 0.01 "
-                                                "(got 0.02) (this is the demo catalog's bandit.epsilon: set "
+                                                "(got 0.03) (this is the demo catalog's bandit.epsilon: set "
                                                 "bandit.epsilon in the config to replace it)"),
 ])
 def test_override_errors_name_the_key_and_say_when_it_is_the_demo_s(raw: dict[str, Any], message: str) -> None:

@@ -117,7 +117,7 @@ def test_a_demo_key_at_fault_is_reported_as_the_demo_s(tmp_path: pathlib.Path, c
             if handler not in handlers:
                 root.removeHandler(handler)
         root.setLevel(level)
-    assert ("bandit.epsilon: must be <= guardrails.max_exploration = 0.01 (got 0.02) (this is the demo catalog's "
+    assert ("bandit.epsilon: must be <= guardrails.max_exploration = 0.01 (got 0.03) (this is the demo catalog's "
             "bandit.epsilon: set bandit.epsilon in the config to replace it)") in capsys.readouterr().err
     assert not (tmp_path / "x.db").exists()
 

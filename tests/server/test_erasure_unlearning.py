@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
+from server.base.catalog import Catalog
 from server.decide.engine import DecisionEngine
 from server.ingest.profiles import decode_profile
 from server.learn.learner import Learner
 from server.learn.segments import Segmenter
 from server.store.learning_log import drop_learner_state, last_id
 from server.store.user_state import iter_profile_bodies, profile_count
-from tests.server.engine_support import DAY_MS, HOUR_MS, T0, Harness, catalog_with
+from tests.server.engine_support import DAY_MS, HOUR_MS, T0, Harness, catalog_with, demo_raw
 
 OTHERS = ("ann", "cat", "dan")
 ERASED = "bob"
@@ -81,8 +83,8 @@ def _close(a: dict[str, float], b: dict[str, float], tol: float = 1e-9) -> bool:
     return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= tol for k in a)
 
 
-def _run(db: Path, body: Any) -> Any:
-    h = Harness(db, catalog_with(experiments=None))
+def _run(db: Path, body: Any, catalog: Catalog | None = None) -> Any:
+    h = Harness(db, catalog if catalog is not None else catalog_with(experiments=None))
     box: dict[str, Any] = {}
 
     async def main() -> None:
@@ -96,9 +98,15 @@ def _run(db: Path, body: Any) -> Any:
 
 
 def test_erased_person_leaves_no_trace_in_the_models(tmp_path: Path) -> None:
+    """The bandit forgets with time (``[bandit] half_life_days``): the reference is a server that never saw the
+    person and whose clock reached the same time (the clock is time, not data: an erasure does not rewind it)."""
+    clock: dict[str, float] = {}
+
     async def never_saw(h: Harness, engine: DecisionEngine) -> dict[str, Any]:
         await _phase(h, OTHERS, 0, seed=1)
         await h.learn(ERASE_MS)  # the other windows closed, as in the erasing run: their default rewards
+        assert engine.decider is not None
+        engine.decider.policy.advance(clock["erased"])
         return _bandit(engine)
 
     async def saw_then_erased(h: Harness, engine: DecisionEngine) -> dict[str, Any]:
@@ -111,11 +119,12 @@ def test_erased_person_leaves_no_trace_in_the_models(tmp_path: Path) -> None:
             relearned_with.learn_one(p, p.last_seen_ms)
         counts = await h.erase(ERASED, ERASE_MS)
         assert counts["decisions"] == len(h.catalog.core_order) + 3  # core steps, then three bandit decisions
+        clock["erased"] = engine.decider.policy.clock
         return {"before": before, "after": _bandit(engine), "river": _river(engine.segmenter),
                 "river_with": _river(relearned_with), "learned": engine.learned}
 
-    reference = _run(tmp_path / "never.db", never_saw)
     erased = _run(tmp_path / "erased.db", saw_then_erased)
+    reference = _run(tmp_path / "never.db", never_saw)
     assert erased["before"]["n"] == reference["n"] + 2
     assert not np.allclose(erased["before"]["scores"], reference["scores"], rtol=0, atol=1e-6)
 
@@ -138,12 +147,15 @@ def test_erased_person_leaves_no_trace_in_the_models(tmp_path: Path) -> None:
     assert not _close(erased["river_with"], reference_river)
 
 
-def test_outcome_committed_but_not_yet_learned_is_not_unlearned(tmp_path: Path) -> None:
-    """An erasure that commits right after an outcome whose learning has not run yet: the outcome is never
-    learned, so nothing is unlearned for it and the bandit ends where it started."""
-    async def body(h: Harness, engine: DecisionEngine) -> tuple[int, int, dict[str, Any]]:
-        await _phase(h, OTHERS[:1], 0, seed=1)
-        start = _bandit(engine)
+@pytest.mark.parametrize("half_life_days", [0.0, 4.0])
+def test_outcome_erased_before_the_learner_read_it_is_not_unlearned(tmp_path: Path, half_life_days: float) -> None:
+    """An erasure that commits right after an outcome, before the learner's next round reads it: the outcome is
+    never learned, so nothing is unlearned for it -- also when that round learns a later outcome (a default
+    reward) before it takes the erasure out. The bandit ends as a learner that read the outcome log once, with
+    and without forgetting (fails when the learner counts every outcome id below its position as learned)."""
+    async def body(h: Harness, engine: DecisionEngine) -> tuple[list[Any], list[Any]]:
+        await _phase(h, OTHERS[:1], 0, seed=1)  # its last decision waits for the window to close
+        learned = h.learner.stats.learned
         t = await h.consistent_user(ERASED, day=4)
         r = await h.ask(ERASED, t + DAY_MS)
         # ReportOutcome and EraseUser sent together: the outcome's writer job commits first, the erasure
@@ -154,14 +166,23 @@ def test_outcome_committed_but_not_yet_learned_is_not_unlearned(tmp_path: Path) 
         await report
         while last_id(h.learner.reader, "unlearn_queue") < 1:
             await asyncio.sleep(0.01)
-        await h.learn(t + DAY_MS + 2)
+        await h.learn(ERASE_MS)  # the window closed: the default reward gets an outcome id above the erased one
         await erasing
-        assert (h.learner.stats.unlearned, engine.learned) == (0, start["n"])
-        return engine.decider.policy.n_updates, start["n"], {"now": _bandit(engine), "start": start}
+        assert (h.learner.stats.unlearned, h.learner.stats.learned) == (0, learned + 1)
+        await h.writer.call(drop_learner_state)
+        once = Learner(h.store, h.writer, h.catalog, h.pipeline.pseudonym)
+        await once.step(ERASE_MS)
+        once.close()
+        assert engine.decider is not None and once.decider is not None
+        out = []
+        for policy in (engine.decider.policy, once.decider.policy):
+            out.append([policy.n_updates, policy.clock, [policy.scores(x).tolist() for x in _probes(engine)]])
+        return out[0], out[1]
 
-    n_now, n_start, out = _run(tmp_path / "race.db", body)
-    assert n_now == n_start
-    np.testing.assert_allclose(out["now"]["scores"], out["start"]["scores"], rtol=0, atol=1e-9)
+    bandit = {**demo_raw()["bandit"], "half_life_days": half_life_days}
+    now, once = _run(tmp_path / "race.db", body, catalog_with(experiments=None, bandit=bandit))
+    assert now[:2] == once[:2]
+    np.testing.assert_allclose(now[2], once[2], rtol=0, atol=1e-9)
 
 
 def test_erasures_sent_together_share_relearns(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The learner's unlearning queue (server/store/learning_log.py) on a real SQLite store: a queued erasure keeps
-each rewarded decision's reason and boosted probabilities (the rule monitor unlearns them), and an entry queued
-before they were kept still reads, without them."""
+each rewarded decision's reason, boosted probabilities (the rule monitor unlearns them) and decision time (the
+bandit unlearns at it), and an entry queued before they were kept still reads, without them."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from server.store.learning_log import queue_unlearning, unlearning_after
 from server.store.sqlite import open_store
 
 BOOSTED = JoinedRow("d1", "core_benefits", {"x": 1.0}, 1.0, "boosted:r:core_benefits",
-                    {"core_benefits": 0.6, "checklist": 0.4})
-PLAIN = JoinedRow("d2", "checklist", {"x": 2.0}, 0.0, "bandit", {})
+                    {"core_benefits": 0.6, "checklist": 0.4}, 1_700_000_000_000)
+PLAIN = JoinedRow("d2", "checklist", {"x": 2.0}, 0.0, "bandit", {}, 1_700_000_060_000)
 
 
 def test_a_queued_erasure_keeps_reasons_and_boosted_probabilities(tmp_path: Path) -> None:
@@ -26,5 +26,10 @@ def test_a_queued_erasure_keeps_reasons_and_boosted_probabilities(tmp_path: Path
         store.conn.execute("INSERT INTO unlearn_queue (body) VALUES (?)", (old,))
         ((item, ids),) = unlearning_after(store, qid)
         assert (item.rewarded, ids) == ((JoinedRow("d3", "checklist", {"x": 3.0}, 1.0),), {"d3": 11})
+        # and one with reason and probabilities but no decision time
+        old = json.dumps({"pseudonyms": ["p3"], "rewarded": [["d4", "checklist", {"x": 4.0}, 0.0, 12, "bandit", {}]]})
+        cur = store.conn.execute("INSERT INTO unlearn_queue (body) VALUES (?)", (old,))
+        ((item, ids),) = unlearning_after(store, int(cur.lastrowid or 0) - 1)
+        assert (item.rewarded, ids) == ((JoinedRow("d4", "checklist", {"x": 4.0}, 0.0, "bandit"),), {"d4": 12})
     finally:
         store.close()

@@ -85,23 +85,23 @@ def last_id(store: SqliteStore, table: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class FedDecision:
-    """A logged decision that waits for an outcome."""
+    """A logged decision that waits for an outcome (what the reward joiner matches events and deadlines to; the
+    context is read with the outcome, when the models learn)."""
 
     id: int
     decision_id: str
     user_pseudo: str
     timestamp_ms: int
     step_id: str
-    context: dict[str, float]
     reward_deadline_ms: int
 
 
 def decisions_after(store: SqliteStore, after_id: int, limit: int = 5000) -> list[FedDecision]:
     cur = store.conn.execute(
-        "SELECT f.id, d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.context, d.reward_deadline_ms "
+        "SELECT f.id, d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.reward_deadline_ms "
         "FROM decision_feed f JOIN decisions d ON d.decision_id = f.decision_id WHERE f.id > ? ORDER BY f.id LIMIT ?",
         (after_id, limit))
-    return [FedDecision(i, d, u, t, s, _context(c), dl) for i, d, u, t, s, c, dl in cur]
+    return [FedDecision(*row) for row in cur]
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,24 +135,27 @@ class Learner:
         self._started = False
 
     # -- state ---------------------------------------------------------------------------------------------
-    def _state_body(self) -> bytes:
-        return pickle.dumps({
+    def _body(self, saved: bool) -> bytes:
+        """The models as bytes: for the learner's saved state (``saved``: with the River models' per-user marks and
+        the rule statistics) or for the snapshot workers load (without marks; the demoted rules)."""
+        state = {
             "format": STATE_FORMAT, "catalog": self.catalog.version, "arms": list(self.arms),
             "features": list(self.space.names),
             "policy": self.decider.policy.to_state() if self.decider is not None else None,
-            "segmenter": self.segmenter.to_state(marks=True), "learned": self.stats.learned,
-            "rules": self.rule_monitor.to_state(),
-        }, protocol=pickle.HIGHEST_PROTOCOL)
+            "segmenter": self.segmenter.to_state(marks=saved), "learned": self.stats.learned,
+        }
+        if saved:
+            state["rules"] = self.rule_monitor.to_state()
+        else:
+            state["demoted_rules"] = sorted(self.rule_monitor.demoted_rules)
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _state_body(self) -> bytes:
+        return self._body(saved=True)
 
     def snapshot_body(self) -> bytes:
         """What workers load: the bandit policy, the River models (no per-user marks) and the demoted rules."""
-        return pickle.dumps({
-            "format": STATE_FORMAT, "catalog": self.catalog.version, "arms": list(self.arms),
-            "features": list(self.space.names),
-            "policy": self.decider.policy.to_state() if self.decider is not None else None,
-            "segmenter": self.segmenter.to_state(marks=False), "learned": self.stats.learned,
-            "demoted_rules": sorted(self.rule_monitor.demoted_rules),
-        }, protocol=pickle.HIGHEST_PROTOCOL)
+        return self._body(saved=False)
 
     def _restore(self, body: bytes) -> bool:
         try:

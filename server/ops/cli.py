@@ -13,9 +13,13 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from server.base.config import Config, ConfigError, load_config
 from server.base.logging_setup import LoggingConfig, configure_logging
+
+if TYPE_CHECKING:
+    from server.ops.supervisor import SupervisorLink
 
 log = logging.getLogger("onramp.cli")
 
@@ -91,6 +95,19 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers: must be an integer >= 0, 0 = one per core (got {workers})")
     return config.with_server(host=args.host, port=args.port, db_path=args.db, workers=workers)
+
+
+def child_config(args: argparse.Namespace, link: "SupervisorLink | None") -> Config | int:
+    """The config of a supervisor's child (a worker, the learner), or exit code 2 after saying why it is wrong
+    (to the supervisor over ``link``, else on stderr)."""
+    try:
+        return resolve_config(args)
+    except (ConfigError, ValueError) as exc:
+        if link is None:
+            print(f"onramp: config error: {exc}", file=sys.stderr)
+        else:
+            link.failed(f"config error: {exc}", 2)
+        return 2
 
 
 async def serve(config: Config, stop_signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),

@@ -69,15 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.ops.learner_process", description=__doc__)
     cli.add_serve_arguments(parser)
     args = parser.parse_args(argv)
+    config = cli.child_config(args, link)
+    if isinstance(config, int):
+        return config
     try:
-        config = cli.resolve_config(args)
         configure_logging(LoggingConfig.from_mapping(config.raw.get("logging")))
         return asyncio.run(run_learner(config, (lambda: link.ready()) if link is not None else None))
     except (ConfigError, ValueError) as exc:
-        if link is None:
-            print(f"onramp: config error: {exc}", file=sys.stderr)
-        else:
+        if link is not None:
             link.failed(f"config error: {exc}", 2)
+        print(f"onramp: config error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which restarts the learner
         log.exception("learner failed")

@@ -23,7 +23,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     link = SupervisorLink.from_env()
     if link is not None:
         link.watch_parent()
-    from server.base.config import ConfigError
     from server.ops import cli
 
     parser = argparse.ArgumentParser(prog="python -m server.ops.worker", description=__doc__)
@@ -32,14 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="the metrics port (worker 0), chosen by the supervisor when [metrics] port is 0")
     args = parser.parse_args(argv)
-    try:
-        config = cli.resolve_config(args)
-    except (ConfigError, ValueError) as exc:
-        if link is None:
-            print(f"onramp: config error: {exc}", file=sys.stderr)
-        else:
-            link.failed(f"config error: {exc}", 2)
-        return 2
+    config = cli.child_config(args, link)
+    if isinstance(config, int):
+        return config
     metrics = dict(config.raw.get("metrics") or {})
     if args.index != 0:  # one process binds the metrics port
         metrics.update(enabled=False, dashboard=False)

@@ -47,7 +47,7 @@ from server.ingest.consent import PERSONALIZATION
 from server.ingest.pipeline import Erasure, Pipeline
 from server.ingest.profiles import Profile
 from server.learn.features import request_mobile
-from server.learn.learner import build_decider, guard_horizon_ms
+from server.learn.learner import build_decider, guard_horizon_ms, made_for
 from server.learn.rewards import REPORTED, Outcome, write_outcomes
 from server.learn.segments import SegmentResult, Segmenter, distinct_days
 from server.store.decision_log import ANONYMOUS_ROW, Decision, DecisionLogger
@@ -161,8 +161,7 @@ class DecisionEngine:
         if snap is None:
             return False
         state = pickle.loads(snap.body)
-        if state.get("catalog") != self.catalog.version or state.get("arms") != list(self.arms) \
-                or state.get("features") != list(self.space.names):
+        if not made_for(state, self.catalog, self.arms, self.space.names):
             log.warning("snapshot %d was made for another catalog; waiting for the learner's next", snap.version)
             self.snapshot_version = snap.version
             return False

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,13 @@ def build_decider(catalog: Catalog, n_features: int) -> Decider | None:
     return Decider(policy, exploration, seed=b.seed)
 
 
+def made_for(state: dict[str, Any], catalog: Catalog, arms: Sequence[str], features: Sequence[str]) -> bool:
+    """Whether a model body (:meth:`Learner._body`, unpickled) was made for this catalog, arms and context
+    features: the learner's saved state and the snapshots workers load are both checked this way."""
+    return (state.get("format") == STATE_FORMAT and state.get("catalog") == catalog.version
+            and state.get("arms") == list(arms) and state.get("features") == list(features))
+
+
 @dataclass(slots=True)
 class Positions:
     """The last row of each feed the models include."""
@@ -108,7 +115,6 @@ class Learner:
         self.writer = writer
         self.catalog = catalog
         self.metrics = metrics
-        self.interval_s = interval_s
         self.save_interval_ms = save_interval_ms
         self.segmenter = Segmenter(catalog)
         self.space = self.segmenter.space
@@ -127,7 +133,6 @@ class Learner:
         self.stats = LearnerStats()
         self.version = 0  # the latest snapshot published
         self._dirty = True  # models changed since the last snapshot
-        self._unsaved = False  # positions moved since the state was saved
         self._saved_ms = 0
         self._labeled_ms = 0
         self._oldest_unpublished_ms: int | None = None
@@ -160,8 +165,7 @@ class Learner:
     def _restore(self, body: bytes) -> bool:
         try:
             state = pickle.loads(body)
-            if state.get("format") != STATE_FORMAT or state.get("catalog") != self.catalog.version \
-                    or state.get("arms") != list(self.arms) or state.get("features") != list(self.space.names):
+            if not made_for(state, self.catalog, self.arms, self.space.names):
                 return False
             segmenter = Segmenter.from_state(state["segmenter"], self.catalog)
             policy = policy_from_state(state["policy"]) if state.get("policy") is not None else None

@@ -22,7 +22,7 @@ import pickle
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter
-from typing import Container, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 from river import cluster, linear_model, preprocessing
@@ -340,17 +340,6 @@ class Segmenter:
         """Drop what is remembered about ``subject`` (erasure, or an alias merged into a user)."""
         with self._lock:
             return self._m.marks.pop(subject, None) is not None
-
-    def retain(self, subjects: Container[str]) -> int:
-        """Drop the marks of every subject not in ``subjects`` (e.g. the current profiles, after an erasure); returns how many were dropped."""
-        with self._lock:
-            marks = self._m.marks
-            gone = [s for s in marks if s not in subjects]
-            for s in gone:
-                del marks[s]
-            return len(gone)
-
-    # -- prediction ----------------------------------------------------------------------------
 
     def _predict_models(self, x: dict[str, float]) -> tuple[int | None, float]:
         with self._lock:

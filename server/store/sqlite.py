@@ -30,7 +30,6 @@ JSON_DECISION_COLUMNS = ("context", "eligible", "probabilities")
 TABLES = ("events", "identities", "device_hints", "consents", "consent_history", "tombstones", "meta", "decisions",
           "outcomes", "profiles", "profile_changes", "show_history", "outcome_log", "decision_feed", "unlearn_queue")
 _CHUNK = 5000  # bound parameters per IN (...) query
-ERASURES_KEY = "erasures"  # meta: how many erasures ever committed
 BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for a lock held by another connection
 SCRUB_WAIT_MS = 1000  # how long scrub_wal waits for readers of older WAL frames (it holds up the writer)
 
@@ -540,15 +539,9 @@ class SqliteStore:
         return [dict(zip(OUTCOME_COLUMNS, row)) for row in cur]
 
     # -- erasure --------------------------------------------------------------------------------------------
-    def erasures(self) -> int:
-        """How many erasures were ever committed on this database."""
-        return int(self.meta_get(ERASURES_KEY) or 0)
-
     def erase(self, keys: SubjectKeys) -> dict[str, int]:
-        """Delete every row about ``keys`` from every table and count the erasure (:meth:`erasures`); returns
-        rows deleted per table."""
+        """Delete every row about ``keys`` from every table; returns rows deleted per table."""
         c = self.conn
-        self.meta_set(ERASURES_KEY, str(self.erasures() + 1))
         deleted: dict[str, int] = {"events": self.events.erase(keys.subjects)}
         # The person's aliases are the rows linking to the person's user ids; an alias linked to someone else now
         # is that person's link and stays.

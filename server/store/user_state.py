@@ -195,13 +195,6 @@ def merge_show_history(store: SqliteStore, from_pseudos: Sequence[str], into: st
     c.execute(f"DELETE FROM show_history WHERE pseudo IN ({_marks(len(from_pseudos))})", from_pseudos)
 
 
-def delete_show_history(store: SqliteStore, pseudos: Sequence[str]) -> int:
-    if not pseudos:
-        return 0
-    return store.conn.execute(f"DELETE FROM show_history WHERE pseudo IN ({_marks(len(pseudos))})",
-                              list(pseudos)).rowcount
-
-
 def forget_untracked_history(store: SqliteStore, before_ms: int) -> int:
     """Delete the shown history of people without tracking consent once no cap, cooldown or gap counts any of
     it (their latest show is older than the guardrails' horizon)."""

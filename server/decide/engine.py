@@ -356,11 +356,10 @@ class DecisionEngine:
             c = self.choose(subject, surface, context, now_ms)
             d = c.decision
             step_id = d.step_id
-            item = LoggedDecision(d.flat(), feed=d.reward_deadline_ms > 0)
-            if step_id:
-                item = LoggedDecision(d.flat(), c.pseudo, c.history.version,
-                                      with_show(c.history.shows, step_id, now_ms, self.keep), c.tracked,
-                                      feed=d.reward_deadline_ms > 0)
+            row, feed = d.flat(), d.reward_deadline_ms > 0  # the row's JSON is encoded once
+            item = LoggedDecision(row, feed=feed) if not step_id else LoggedDecision(
+                row, c.pseudo, c.history.version, with_show(c.history.shows, step_id, now_ms, self.keep), c.tracked,
+                feed=feed)
             if await self.logger.log(item):
                 break
             self.conflicts += 1

@@ -1,5 +1,5 @@
 """``python -m bench [serving|ingest|learning|memory|auth|erasure|replay|all] [--quick] [--repeats N] [--json PATH]``
-(serving also ``--driver aio|h2load``, ``--scenario personalized|capped``, ``--floor``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``; learning also ``--peers``, ``--sweep``):
+(serving also ``--driver aio|h2load``, ``--scenario personalized|capped``, ``--floor``, ``--workers 1,2``, ``--cpus 1:0``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``; learning also ``--peers``, ``--sweep``):
 run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench import auth_flood, erasure, h2load, ingest, learning, learning_sweep, memory, serving
-from bench.common import ROOT, PY, SCENARIOS, Summary, load_average
+from bench.common import PY, ROOT, SCENARIOS, CpuSplit, Summary, load_average, parse_workers
 
 PARTS = ("serving", "ingest", "learning", "memory", "auth", "erasure")
 
@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor", action="store_true",
                     help="serving (aio driver): also measure bench.floor_server's variants: the decision row "
                          "not written (nolog), no decision (floor)")
+    ap.add_argument("--workers", default="1", metavar="N,...",
+                    help="serving: worker counts of the Onramp servers measured side by side, e.g. 1,2 (default 1)")
+    ap.add_argument("--cpus", default=None, metavar="SERVER:LOADGEN",
+                    help="serving: CPU lists to pin the servers (every process of each) and the load generator "
+                         "apart, e.g. 1:0 or 2-3:0-1 (default: not pinned)")
     ap.add_argument("--full", action="store_true", help="memory at 100k and 1M users with 1M events (slow: 1M SetConsent calls)")
     ap.add_argument("--sizes", default=None, metavar="U:E,...",
                     help="memory: users:events pairs to measure, e.g. 1000000:1000000 (overrides --full)")
@@ -71,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.floor and a.driver != "aio":
         ap.error("--floor is measured with the aio driver only")
+    try:
+        workers = parse_workers(a.workers)
+        cpus = CpuSplit.parse(a.cpus)
+    except ValueError as exc:
+        ap.error(str(exc))
     repeats = a.repeats or (1 if a.quick else 3)
     print(machine(), flush=True)
     results: dict[str, object] = {}
@@ -78,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     for part in parts:
         t = time.perf_counter()
         if part == "serving" and a.driver == "h2load":
-            res = h2load.run(a.quick, repeats, duration=a.duration, scenario=a.scenario)
+            res = h2load.run(a.quick, repeats, duration=a.duration, scenario=a.scenario, workers=workers, cpus=cpus)
             lines = h2load.report(res)
         elif part == "serving":
-            res = serving.run(a.quick, repeats, duration=a.duration, scenario=a.scenario, floor=a.floor)
+            res = serving.run(a.quick, repeats, duration=a.duration, scenario=a.scenario, floor=a.floor,
+                              workers=workers, cpus=cpus)
             lines = serving.report(res)
         elif part == "ingest":
             res = ingest.run(a.quick, repeats, duration=a.duration, prefill=a.prefill)

@@ -30,8 +30,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import PY, ROOT, Summary, start_onramp, summarize
-from bench.serving import process_cpu_s
+from bench.common import PY, ROOT, ServerProc, Summary, start_onramp, summarize
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 from server.api.auth import hash_key
@@ -126,9 +125,10 @@ def _legit_run(address: str, key: str, duration: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(address: str, pid: int, key: str, duration: float, flood_concurrency: int = 0) -> dict:
+def measure(server: ServerProc, key: str, duration: float, flood_concurrency: int = 0) -> dict:
     """One legitimate run of ``duration`` seconds, alone or beside a flood client with ``flood_concurrency``
-    calls in flight; the server's CPU seconds while it ran."""
+    calls in flight; the server's CPU seconds (all its processes) while it ran."""
+    address = server.address
     flooder = None
     if flood_concurrency:
         flooder = subprocess.Popen([PY, "-m", "bench.auth_flood", "flood", "--address", address,
@@ -140,9 +140,9 @@ def measure(address: str, pid: int, key: str, duration: float, flood_concurrency
             raise RuntimeError("flood client did not start")
         time.sleep(0.5)  # past the failure budget's burst: the steady state of the flood
     try:
-        cpu0 = process_cpu_s(pid)
+        cpu0 = server.cpu_s()
         res = _legit_run(address, key, duration)
-        res["server_cpu_s"] = process_cpu_s(pid) - cpu0
+        res["server_cpu_s"] = server.cpu_s() - cpu0
     finally:
         if flooder is not None:
             out, _ = flooder.communicate(input="", timeout=60)  # stdin closed: the flood stops
@@ -163,8 +163,8 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, va
             try:
                 runs: dict[str, list[dict]] = {"alone": [], "flood": []}
                 for _ in range(repeats):
-                    runs["alone"].append(measure(server.address, server.pid, key, duration))
-                    runs["flood"].append(measure(server.address, server.pid, key, duration, concurrency))
+                    runs["alone"].append(measure(server, key, duration))
+                    runs["flood"].append(measure(server, key, duration, concurrency))
                 raw[variant] = runs
             finally:
                 server.stop()

@@ -20,8 +20,8 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,28 +41,180 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """What the benchmarks read of one process's ``/proc/PID/stat``: its parent and its CPU seconds so far,
+    its own (user + system, all threads) and its reaped children's (cutime + cstime)."""
+
+    pid: int
+    ppid: int
+    cpu_s: float
+    children_cpu_s: float
+
+
+def parse_stat(text: str) -> ProcStat:
+    """A ``/proc/PID/stat`` line as a :class:`ProcStat` (the command name in parentheses may hold spaces)."""
+    head, _, rest = text.rpartition(")")
+    fields = rest.split()  # fields[0] is the state (field 3 of proc(5))
+    return ProcStat(int(head.split(" (", 1)[0]), int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS,
+                    (int(fields[13]) + int(fields[14])) / _TICKS)
+
+
+def descendants(root: int, parent_of: Mapping[int, int]) -> list[int]:
+    """``root`` and every process below it, given each process's parent (``parent_of[pid] = ppid``)."""
+    below: dict[int, list[int]] = {}
+    for pid, ppid in parent_of.items():
+        below.setdefault(ppid, []).append(pid)
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(sorted(below.get(pid, ()), reverse=True))
+    return out
+
+
+def tree_cpu_s(stats: Iterable[ProcStat]) -> float:
+    """CPU seconds of a process tree: each live process's own plus its reaped children's, so a worker that
+    died (and was reaped by the supervisor) during a measurement still counts."""
+    return sum(s.cpu_s + s.children_cpu_s for s in stats)
+
+
+def _read_stat(pid: int | str) -> ProcStat | None:
+    try:
+        return parse_stat(Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return None  # gone meanwhile, or not a process directory
+
+
+def process_tree(root: int) -> list[ProcStat]:
+    """The live processes of ``root``'s tree (root first), read from ``/proc``: for ``onramp serve --workers
+    N`` the supervisor, its workers and the learner process; for one worker the server process alone."""
+    stats = {s.pid: s for s in (_read_stat(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()) if s}
+    return [stats[pid] for pid in descendants(root, {p: s.ppid for p, s in stats.items()}) if pid in stats]
+
+
+def cmdline(pid: int) -> list[str]:
+    """The argv of process ``pid`` (empty when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def role_of(argv: Sequence[str]) -> str:
+    """``worker 1``, ``learner`` or ``server`` (the root: the supervisor, or the one server process) from a
+    process's argv."""
+    if "server.ops.worker" in argv:
+        i = list(argv).index("--index") if "--index" in argv else -1
+        return f"worker {argv[i + 1]}" if 0 <= i < len(argv) - 1 else "worker"
+    if "server.ops.learner_process" in argv:
+        return "learner"
+    return "server"
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """A CPU list as taskset and /sys write it (``0``, ``0,2``, ``0-3,6``) as a set of CPU numbers."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ValueError(f"CPU list: expected numbers and ranges like 0-3,6 (got {text!r})") from None
+        if first < 0 or last < first:
+            raise ValueError(f"CPU list: bad range {part.strip()!r} in {text!r}")
+        cpus.update(range(first, last + 1))
+    return cpus
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """``--cpus SERVER:LOADGEN``: the CPUs the servers' process trees run on and those of the load generator
+    (and this benchmark process). Empty sets: not pinned."""
+
+    server: frozenset[int] = field(default_factory=frozenset)
+    loadgen: frozenset[int] = field(default_factory=frozenset)
+
+    @classmethod
+    def parse(cls, text: str | None) -> "CpuSplit":
+        """``"1:0"`` -> server on CPU 1, load generator on CPU 0; None or "" -> not pinned."""
+        if not text:
+            return cls()
+        server, sep, loadgen = text.partition(":")
+        if not sep or not server or not loadgen:
+            raise ValueError(f"--cpus: expected SERVER_CPUS:LOADGEN_CPUS, e.g. 1:0 or 2-3:0-1 (got {text!r})")
+        return cls(frozenset(parse_cpu_list(server)), frozenset(parse_cpu_list(loadgen)))
+
+    def __str__(self) -> str:
+        if not self.server:
+            return "not pinned"
+        return f"servers on CPU {cpu_list(self.server)}, load generator on CPU {cpu_list(self.loadgen)}"
+
+
+def cpu_list(cpus: Iterable[int]) -> str:
+    """``{0, 1, 2, 5}`` -> ``0-2,5``."""
+    out: list[str] = []
+    for c in sorted(cpus):
+        if out and c == int(out[-1].rpartition("-")[2]) + 1:
+            out[-1] = f"{out[-1].partition('-')[0]}-{c}"
+        else:
+            out.append(str(c))
+    return ",".join(out)
+
+
+def pinned(argv: Sequence[str], cpus: Iterable[int]) -> list[str]:
+    """``argv`` run on ``cpus`` only (``taskset -c``; affinity passes to every process it forks or spawns, so a
+    supervisor's workers and learner stay there too); ``argv`` itself when ``cpus`` is empty."""
+    cpus = set(cpus)
+    return ["taskset", "-c", cpu_list(cpus), *argv] if cpus else list(argv)
+
+
 @dataclass
 class ServerProc:
-    """A server running as a child process on ``address``."""
+    """A server running as a child process on ``address``: with ``workers`` > 1 the supervisor of the workers
+    and the learner process."""
 
     proc: subprocess.Popen[bytes]
     address: str
     started_s: float
+    workers: int = 1
 
     @property
     def pid(self) -> int:
-        """Process id of the server."""
+        """Process id of the server (the supervisor with several workers)."""
         return self.proc.pid
 
+    def tree(self) -> list[ProcStat]:
+        """The live processes of the server: itself and everything it started."""
+        return process_tree(self.proc.pid)
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the whole server so far: every process of its tree, and the ones it
+        reaped (a worker restarted meanwhile)."""
+        return tree_cpu_s(self.tree())
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds so far of each process of the tree by role (``server``, ``worker 0``, ``learner``)."""
+        return {role_of(cmdline(s.pid)): s.cpu_s for s in self.tree()}
+
     def rss_bytes(self) -> int:
-        """Resident set size of the server process now (VmRSS from /proc)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+        """Resident set size of the server now (VmRSS from /proc), summed over its processes (pages the
+        workers share count once per process)."""
+        total = 0
+        for s in self.tree():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{s.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        if total == 0:
+            raise RuntimeError("no VmRSS")
+        return total
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, wait (bounded), SIGKILL if it did not exit."""
+        """SIGTERM (a supervisor drains its workers), wait (bounded), SIGKILL if it did not exit."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -93,32 +245,173 @@ def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout: float = 60.
 
 
 def start_onramp(db: Path, ready_timeout: float = 60.0, config: Path | None = None,
-                 module: Sequence[str] = ("server",)) -> ServerProc:
-    """Start ``python -m server serve`` (or ``python -m <module...> serve``, e.g. ``("bench.floor_server",
-    "--variant", "nolog")``) on a free port with database ``db`` (and config file ``config``, e.g.
-    :func:`write_scenario_config`'s; None = built-in defaults, demo catalog); wait (at most ``ready_timeout``
-    seconds) until it accepts connections."""
+                 module: Sequence[str] = ("server",), workers: int = 1, cpus: Iterable[int] = (),
+                 all_workers: bool = True) -> ServerProc:
+    """Start ``python -m server serve --workers N`` (or ``python -m <module...> serve``, e.g.
+    ``("bench.floor_server", "--variant", "nolog")``) on a free port with database ``db`` (and config file
+    ``config``, e.g. :func:`write_scenario_config`'s; None = built-in defaults, demo catalog), pinned to
+    ``cpus`` when given; wait (at most ``ready_timeout`` seconds) until it accepts connections. ``workers`` 1
+    is one server process; more (0 = one per core, the default of ``onramp serve``) a supervisor with its
+    workers and the learner process. Returns once every worker listens (``all_workers``; else once the
+    first one answers: :func:`wait_workers` waits for the others)."""
     port = free_port()
     t = time.perf_counter()
     extra = ["--config", str(config)] if config is not None else []
-    proc = subprocess.Popen([PY, "-m", *module, "serve", "--host", "127.0.0.1", "--port", str(port), "--db",
-                             str(db), "--allow-insecure-no-auth", *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    argv = [PY, "-m", *module, "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(db),
+            "--allow-insecure-no-auth", "--workers", str(workers), *extra]
+    proc = subprocess.Popen(pinned(argv, cpus), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     try:
         wait_ready(address, proc, ready_timeout)
+        srv = ServerProc(proc, address, time.perf_counter() - t, workers or len(set(cpus) or os.sched_getaffinity(0)))
+        if all_workers:
+            wait_workers(srv, ready_timeout)
+            srv.started_s = time.perf_counter() - t
     except BaseException:
         proc.kill()
         proc.wait(5)
         raise
-    return ServerProc(proc, address, time.perf_counter() - t)
+    return srv
 
 
-def start_bare() -> ServerProc:
-    """Start :mod:`bench.bare_server` on a free port; wait until it accepts."""
+def wait_workers(srv: ServerProc, timeout: float = 60.0) -> None:
+    """Block until every worker of ``srv`` listens on its port: worker 0 serves first, the others join it."""
+    port = int(srv.address.rpartition(":")[2])
+    deadline = time.monotonic() + timeout
+    while listeners(port) < srv.workers:
+        if srv.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{listeners(port)} of {srv.workers} workers listen on {srv.address}")
+        time.sleep(0.05)
+
+
+def listening_in(table: str, port: int) -> int:
+    """Sockets listening on ``port`` in a ``/proc/net/tcp`` table (state 0A; a bound socket that does not
+    listen, as the supervisor's reserved one, is not counted)."""
+    n = 0
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+            n += 1
+    return n
+
+
+def listeners(port: int) -> int:
+    """Sockets listening on ``port`` on this machine (IPv4 and IPv6): one per worker of ``onramp serve``."""
+    total = 0
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            total += listening_in(Path(f"/proc/net/{name}").read_text(), port)
+    return total
+
+
+@dataclass(frozen=True)
+class OnrampUnderTest:
+    """One Onramp server of a serving run: its report name, worker count, process and database."""
+
+    name: str
+    workers: int
+    server: ServerProc
+    db: Path
+
+
+def onramp_name(index: int, workers: int) -> str:
+    """The report name of the ``index``-th Onramp server of a run: ``onramp`` for the first (the one every
+    ratio to bare is of), ``onramp_2w`` for one with 2 workers after it."""
+    return "onramp" if index == 0 else f"onramp_{workers}w"
+
+
+def parse_workers(text: str) -> tuple[int, ...]:
+    """``--workers 1,2`` -> (1, 2): the worker counts of the Onramp servers measured side by side."""
+    try:
+        out = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--workers: expected counts like 1,2 (got {text!r})") from None
+    if not out or any(w < 1 for w in out) or len(set(out)) != len(out):
+        raise ValueError(f"--workers: expected distinct counts >= 1 (got {text!r})")
+    return out
+
+
+def start_onramps(scenario: str, directory: Path, workers: Sequence[int], cpus: CpuSplit) -> list[OnrampUnderTest]:
+    """One Onramp server per entry of ``workers`` (each on its own database in ``directory``), pinned to
+    ``cpus.server``; the servers already started are stopped when one fails to start."""
+    out: list[OnrampUnderTest] = []
+    try:
+        for i, w in enumerate(workers):
+            db = directory / f"serving-{w}w.db"
+            out.append(OnrampUnderTest(onramp_name(i, w), w, start_scenario_onramp(scenario, db, workers=w,
+                                                                                   cpus=cpus.server), db))
+    except BaseException:
+        for o in out:
+            o.server.stop()
+        raise
+    return out
+
+
+@contextlib.contextmanager
+def pinned_here(cpus: Iterable[int]) -> Iterator[None]:
+    """Run this process (and what it starts from now on without :func:`pinned`: the load generators) on
+    ``cpus``; the previous affinity is restored on exit. Nothing changes when ``cpus`` is empty."""
+    cpus = set(cpus)
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """CPU seconds each role used between two :meth:`ServerProc.cpu_by_role` readings (a role missing
+    before, e.g. a restarted worker, counts from 0)."""
+    return {role: after[role] - before.get(role, 0.0) for role in after}
+
+
+def measure_server_cpu(srv: ServerProc, load: Callable[[], dict], calls: Callable[[dict], int]) -> dict:
+    """Run ``load()`` (a load generator's result dict) and add the server's CPU over it: whole-tree CPU per
+    call (``server_cpu_us_per_call``, ``calls(result)`` calls) and each process's CPU seconds by role
+    (``server_cpu_by_role_s``: ``worker 0``, ``worker 1``, ``learner``, ``server``)."""
+    roles0, total0 = srv.cpu_by_role(), srv.cpu_s()
+    res = load()
+    total1, roles1 = srv.cpu_s(), srv.cpu_by_role()
+    res["server_calls"] = max(1, calls(res))
+    res["server_cpu_us_per_call"] = (total1 - total0) / res["server_calls"] * 1e6
+    res["server_cpu_by_role_s"] = cpu_delta(roles0, roles1)
+    return res
+
+
+def role_cpu_per_call(runs: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """CPU µs per call of each kind of process over ``runs`` (results of :func:`measure_server_cpu`): the
+    ``workers`` together, the ``learner`` process, the ``server`` (the supervisor, or the one process)."""
+    calls = 0
+    cpu: dict[str, float] = {}
+    for r in runs:
+        calls += r.get("server_calls", 0)
+        for role, s in r.get("server_cpu_by_role_s", {}).items():
+            kind = "workers" if role.startswith("worker") else role
+            cpu[kind] = cpu.get(kind, 0.0) + s
+    return {kind: s / calls * 1e6 for kind, s in cpu.items()} if calls else {}
+
+
+def worker_shares(runs: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Each worker's share of the workers' CPU over ``runs`` (results of :func:`measure_server_cpu`): whether
+    the load reached every worker. Empty for one server process."""
+    totals: dict[str, float] = {}
+    for r in runs:
+        for role, s in r.get("server_cpu_by_role_s", {}).items():
+            if role.startswith("worker"):
+                totals[role] = totals.get(role, 0.0) + s
+    whole = sum(totals.values())
+    return {role: s / whole for role, s in sorted(totals.items())} if whole > 0 else {}
+
+
+def start_bare(cpus: Iterable[int] = ()) -> ServerProc:
+    """Start :mod:`bench.bare_server` on a free port (pinned to ``cpus`` when given); wait until it accepts."""
     port = free_port()
     t = time.perf_counter()
-    proc = subprocess.Popen([PY, "-m", "bench.bare_server", "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen(pinned([PY, "-m", "bench.bare_server", "--port", str(port)], cpus), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     wait_ready(address, proc)
@@ -231,9 +524,10 @@ def write_scenario_config(scenario: str, directory: Path) -> Path | None:
 
 
 def start_scenario_onramp(scenario: str, db: Path, ready_timeout: float = 60.0,
-                          module: Sequence[str] = ("server",)) -> ServerProc:
+                          module: Sequence[str] = ("server",), workers: int = 1,
+                          cpus: Iterable[int] = ()) -> ServerProc:
     """:func:`start_onramp` with ``scenario``'s config (written next to ``db``)."""
-    return start_onramp(db, ready_timeout, write_scenario_config(scenario, db.parent), module)
+    return start_onramp(db, ready_timeout, write_scenario_config(scenario, db.parent), module, workers, cpus)
 
 
 def warm_events(uid: str, i: int, now_ms: int) -> list[pb.Event]:
@@ -373,7 +667,9 @@ def ratio_table(raw: dict[str, dict[str, list[dict]]], fields: tuple[str, ...]) 
     ``<server>_<field>``, plus onramp/bare ratios per repeat of throughput and p99 (``throughput_ratio``,
     ``p99_ratio``) and, when ``server_cpu_us_per_call`` is among the fields, of CPU per call (``cpu_ratio``;
     repeats where the bare server's CPU time read 0 are left out: it counts in 10 ms ticks); the same ratios
-    of any other server but bare (e.g. ``floor``) are prefixed with its name (``floor_p99_ratio``)."""
+    of any other server but bare (e.g. ``floor``) are prefixed with its name (``floor_p99_ratio``). An Onramp
+    with more workers (``onramp_2w``, :func:`onramp_name`) also gets its CPU per call over the first Onramp's
+    (``onramp_2w_cpu_vs_onramp``)."""
     table: dict[str, dict[str, Summary]] = {}
     for key, by in raw.items():
         row = {f"{name}_{f}": summarize([r[f] for r in runs]) for name, runs in by.items() for f in fields}
@@ -386,8 +682,63 @@ def ratio_table(raw: dict[str, dict[str, list[dict]]], fields: tuple[str, ...]) 
                 row[f"{prefix}cpu_ratio"] = summarize(
                     [o["server_cpu_us_per_call"] / b["server_cpu_us_per_call"] for o, b in pairs
                      if b["server_cpu_us_per_call"] > 0] or [float("nan")])
+        for name in [n for n in by if n.startswith("onramp_")]:  # more workers, against the first onramp
+            if "server_cpu_us_per_call" in fields:
+                row[f"{name}_cpu_vs_onramp"] = summarize(
+                    [o["server_cpu_us_per_call"] / b["server_cpu_us_per_call"] for o, b in zip(by[name], by["onramp"])
+                     if b["server_cpu_us_per_call"] > 0] or [float("nan")])
         table[key] = row
     return table
+
+
+def load_lines(key: str, row: Mapping[str, Summary], names: Sequence[str]) -> list[str]:
+    """Report lines of one load (``key``) of a :func:`ratio_table` row: each server's throughput, latency,
+    errors and (when measured) server CPU per call, then each one's ratios to ``bare`` (the last name)."""
+    width = max(6, *(len(n) for n in names))
+    out = []
+    for name in names:
+        cpu = row.get(f"{name}_server_cpu_us_per_call")
+        out.append(f"  {key:11s} {name:{width}s} throughput {row[f'{name}_throughput'].fmt(',.0f', ' req/s')}  "
+                   f"p50 {row[f'{name}_p50_ms'].fmt('.2f', ' ms')}  p95 {row[f'{name}_p95_ms'].fmt('.2f', ' ms')}"
+                   f"  p99 {row[f'{name}_p99_ms'].fmt('.2f', ' ms')}  errors {row[f'{name}_errors'].median:.0f}"
+                   + (f"  server CPU/call {cpu.fmt(',.0f', ' us')}" if cpu else ""))
+    for name in names[:-1]:
+        prefix = "" if name == "onramp" else f"{name}_"
+        cpu_ratio = row.get(f"{prefix}cpu_ratio")
+        out.append(f"  {key:11s} ratio  throughput {name}/bare {row[f'{prefix}throughput_ratio'].fmt('.2f', 'x')}  "
+                   f"p99 {name}/bare {row[f'{prefix}p99_ratio'].fmt('.2f', 'x')}"
+                   + (f"  CPU/call {name}/bare {cpu_ratio.fmt('.2f', 'x')}" if cpu_ratio else ""))
+    return out
+
+
+def workers_heading(workers: Mapping[str, int], cpus: str) -> str:
+    """``onramp = 1 worker, onramp_2w = 2 workers; CPUs: not pinned`` for a report's first line."""
+    return (", ".join(f"{n} = {w} worker{'s' if w > 1 else ''}" for n, w in workers.items())
+            + f"; CPUs: {cpus}")
+
+
+def worker_report(key: str, row: Mapping[str, Summary], runs: Mapping[str, list[dict]],
+                  workers: Mapping[str, int]) -> list[str]:
+    """Report lines of one load (``key``) about the Onramp servers' workers, when a run has more than one
+    worker: each one's CPU per call over the first Onramp's, its throughput per worker, and how the workers'
+    CPU split between them (whether the load reached every worker)."""
+    if len(workers) == 1 and max(workers.values()) == 1:
+        return []
+    out = []
+    for name, w in workers.items():
+        t = row[f"{name}_throughput"]
+        parts = [f"throughput per worker {Summary(t.median / w, t.low / w, t.high / w, t.n).fmt(',.0f', ' req/s')}"]
+        if name != "onramp":
+            parts.insert(0, f"CPU/call {name}/onramp {row[f'{name}_cpu_vs_onramp'].fmt('.2f', 'x')}")
+        shares = worker_shares(runs[name])
+        if w > 1:
+            parts.append("workers' CPU split " + (", ".join(f"{r} {100 * v:.0f}%" for r, v in shares.items())
+                                                  or "not measured"))
+            by_kind = role_cpu_per_call(runs[name])
+            parts.append("CPU/call by process " + ", ".join(f"{k} {by_kind.get(k, 0.0):,.0f} us"
+                                                             for k in ("workers", "learner", "server")))
+        out.append(f"  {key:11s} {name} ({w} worker{'s' if w > 1 else ''}): " + "  ".join(parts))
+    return out
 
 
 def load_average() -> str:

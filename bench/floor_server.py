@@ -10,6 +10,10 @@ serve``) runs the real server with
 
 Measured beside Onramp and the bare server (``python -m bench serving --floor``), they show what the server
 around the decision, the decision itself and its durable log row each cost.
+
+The patches hold in the process they are made in, so a variant always runs as one server process: ``--workers 1``
+is passed to ``onramp serve`` (the default of ``onramp serve``, one worker per core, would start unpatched
+workers), and any other count is refused.
 """
 from __future__ import annotations
 
@@ -52,12 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     """Patch what ``--variant`` names, then run the ``onramp`` command line with the remaining arguments."""
     ap = argparse.ArgumentParser(prog="python -m bench.floor_server", description=__doc__)
     ap.add_argument("--variant", choices=VARIANTS, default="floor")
+    ap.add_argument("--workers", type=int, default=1, help="must be 1: the patches hold in this process only")
     a, rest = ap.parse_known_args(argv)
+    if a.workers != 1:
+        ap.error(f"--workers {a.workers}: a variant runs as one process (its patches would not reach workers)")
     if a.variant == "floor":
         DecisionEngine.next_step = constant_next_step  # type: ignore[method-assign]
     else:
         DecisionLogger.log = unlogged  # type: ignore[method-assign]
-    return server.ops.cli.main(rest)
+    return server.ops.cli.main([*rest, "--workers", "1"] if rest[:1] == ["serve"] else rest)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import (SCENARIOS, ServerProc, decisions_by_reason, ratio_table, read_only, reasons_line, start_bare,
-                          start_scenario_onramp, summarize, warm_users)
+from bench.common import (SCENARIOS, CpuSplit, ServerProc, decisions_by_reason, load_lines, measure_server_cpu,
+                          pinned_here, ratio_table, read_only, reasons_line, start_bare, start_onramps, summarize,
+                          warm_users, worker_report, workers_heading)
 from onramp.v1 import onramp_pb2 as pb
 
 RATES = (500, 1000, 2000)
@@ -292,26 +293,29 @@ def one_load(h2load: str, server: ServerProc, db: Path | None, users: list[str],
 
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
         concurrency: int = 32, processes: int = 4, rates: tuple[int, ...] = RATES,
-        deadline_s: float = 10.0, scenario: str = "personalized") -> dict:
-    """Measure every load ``repeats`` times on both servers with h2load in ``scenario`` (see
-    :mod:`bench.common`); return raw runs, medians and the decision reasons Onramp logged under load.
-    Raises :class:`H2loadMissing` when h2load is absent."""
+        deadline_s: float = 10.0, scenario: str = "personalized", workers: tuple[int, ...] = (1,),
+        cpus: CpuSplit = CpuSplit()) -> dict:
+    """Measure every load ``repeats`` times on Onramp (one server per entry of ``workers``) and the bare
+    server with h2load in ``scenario`` (see :mod:`bench.common`), with each server's CPU per call over its
+    whole process tree; ``cpus`` pins the servers and h2load apart. Returns raw runs, medians and the
+    decision reasons the first Onramp logged under load. Raises :class:`H2loadMissing` when h2load is absent."""
     h2load = require_h2load()
     duration = duration if duration is not None else (0.5 if quick else 5.0)
     users = users if users is not None else (40 if quick else 2000)
     loads = [("rate", r) for r in rates] + [("closed", 0)]
     raw: dict[str, dict[str, list[dict]]] = {}
     checks: dict[str, object] = {}
-    with tempfile.TemporaryDirectory(prefix="onramp-h2load-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="onramp-h2load-") as tmp, pinned_here(cpus.loadgen):
         work = Path(tmp)
-        db = work / "serving.db"
-        onramp = start_scenario_onramp(scenario, db)
-        bare = start_bare()
+        onramps = start_onramps(scenario, work, workers, cpus)
+        servers: list[tuple[str, ServerProc, Path | None]] = [(o.name, o.server, o.db) for o in onramps]
         try:
-            warm_users(onramp.address, users, scenario=scenario)
+            servers.append(("bare", start_bare(cpus.server), None))
+            for o in onramps:
+                warm_users(o.server.address, users, scenario=scenario)
             first = work / "body-check.bin"
             first.write_bytes(request_body("u0"))
-            for name, srv in (("onramp", onramp), ("bare", bare)):
+            for name, srv, _ in servers:
                 resp = sample_call(srv.address, first.read_bytes())
                 checks[f"{name}_sample_reason"] = resp.reason
                 checks[f"{name}_nghttp_grpc_status"] = nghttp_status(srv.address, first)
@@ -323,18 +327,19 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
                     n_proc = processes_for(rate, processes)
                     who = [f"u{(turn + i) % users}" for i in range(n_proc)]
                     turn += n_proc
-                    for name, srv in (("onramp", onramp), ("bare", bare)):
-                        res = one_load(h2load, srv, db if name == "onramp" else None, who, rate, duration,
-                                       concurrency, deadline_s, work)
+                    for name, srv, db in servers:
+                        res = measure_server_cpu(
+                            srv, lambda: one_load(h2load, srv, db, who, rate, duration, concurrency, deadline_s, work),
+                            lambda r: r["h2load"]["done"])
                         raw.setdefault(key, {}).setdefault(name, []).append(res)
-            checks["onramp_reasons_under_load"] = decisions_by_reason(db, load_start_ms)
+            checks["onramp_reasons_under_load"] = decisions_by_reason(onramps[0].db, load_start_ms)
         finally:
-            onramp.stop()
-            bare.stop()
-    table = ratio_table(raw, ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors"))
+            for _, srv, _ in servers:
+                srv.stop()
+    table = ratio_table(raw, ("throughput", "p50_ms", "p95_ms", "p99_ms", "errors", "server_cpu_us_per_call"))
     return {"driver": h2load_version(h2load), "scenario": scenario, "duration_s": duration, "users": users, "concurrency": concurrency,
             "processes": processes, "repeats": repeats, "deadline_s": deadline_s, "checks": checks,
-            "table": table, "raw": raw}
+            "workers": {o.name: o.workers for o in onramps}, "cpus": str(cpus), "table": table, "raw": raw}
 
 
 def report(res: dict) -> list[str]:
@@ -344,13 +349,13 @@ def report(res: dict) -> list[str]:
            f"GetNextStep, scenario {res.get('scenario', 'capped')}, "
            f"{res['users']} warm users, {res['duration_s']} s per run, closed loop {res['concurrency']} in-flight, "
            f"fixed-rate latency from each request's due time, medians [min..max] of {res['repeats']} repeats"]
+    workers = res.get("workers", {"onramp": 1})
+    out[0] += "; " + workers_heading(workers, res.get("cpus", "not pinned"))
+    names = (*workers, "bare")
     for key, row in res["table"].items():
-        for name in ("onramp", "bare"):
-            out.append(f"  {key:11s} {name:6s} throughput {row[f'{name}_throughput'].fmt(',.0f', ' req/s')}  "
-                       f"p50 {row[f'{name}_p50_ms'].fmt('.2f', ' ms')}  p95 {row[f'{name}_p95_ms'].fmt('.2f', ' ms')}"
-                       f"  p99 {row[f'{name}_p99_ms'].fmt('.2f', ' ms')}  errors {row[f'{name}_errors'].median:.0f}")
-        out.append(f"  {key:11s} ratio  throughput onramp/bare {row['throughput_ratio'].fmt('.2f', 'x')}  "
-                   f"p99 onramp/bare {row['p99_ratio'].fmt('.2f', 'x')}")
+        out += load_lines(key, row, names)
+        out += worker_report(key, row, res["raw"][key], workers)
+
     def codes_of(name: str) -> str:
         """The non-OK statuses of all runs against server ``name``, e.g. ``CANCELLED 12``."""
         total: dict[str, int] = {}
@@ -360,14 +365,15 @@ def report(res: dict) -> list[str]:
                     total[k] = total.get(k, 0) + v
         return ", ".join(f"{k} {v:,}" for k, v in total.items()) or "none"
 
-    runs = [r for by in res["raw"].values() for r in by["onramp"]]
+    runs = [r for by in res["raw"].values() for name in workers for r in by[name]]
     ok_http = sum(r["http_200"] for r in runs)
     logged = sum(r["decisions_logged"] for r in runs)
     unlogged = sum(max(0, r["http_200"] - r["decisions_logged"]) for r in runs)
     beyond = sum(max(0, r["decisions_logged"] - r["http_200"]) for r in runs)
     c = res["checks"]
-    out.append(f"  checks, all runs: non-OK grpc-status seen by h2load -v: onramp {codes_of('onramp')}; bare "
-               f"{codes_of('bare')}. Onramp HTTP 200 answers {ok_http:,}, decision rows logged {logged:,}: "
+    seen = "; ".join(f"{name} {codes_of(name)}" for name in names)
+    out.append(f"  checks, all runs: non-OK grpc-status seen by h2load -v: {seen}. "
+               f"Onramp HTTP 200 answers {ok_http:,}, decision rows logged {logged:,}: "
                f"answers without a row {unlogged:,}, rows of calls in flight when a closed-loop h2load stopped "
                f"{beyond:,}. Sample call: onramp reason {c['onramp_sample_reason']!r}; nghttp grpc-status onramp "
                f"{c['onramp_nghttp_grpc_status']} bare {c['bare_nghttp_grpc_status']}")

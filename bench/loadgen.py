@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -34,22 +35,28 @@ def latency_stats(lat_s: list[float], ok: int, errors: int, elapsed: float,
             "p99_ms": float(np.percentile(a, 99)), "ok_p99_ms": float(np.percentile(ok_a, 99))}
 
 
+SEPARATE_CONNECTION = ("grpc.use_local_subchannel_pool", 1)  # channels to one target otherwise share one
+
+
 async def serving(target: str, rate: float, duration: float, concurrency: int, users: int, prefix: str,
-                  deadline_s: float = 10.0) -> dict:
+                  deadline_s: float = 10.0, channels: int = 4) -> dict:
     """GetNextStep load: fixed ``rate`` (req/s, open loop) or closed loop when ``rate`` is 0; each call has
-    a ``deadline_s`` deadline."""
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = pb_grpc.OnrampStub(ch)
+    a ``deadline_s`` deadline. Calls take turns over ``channels`` channels, each its own connection: the
+    kernel spreads connections, not calls, over the workers of ``onramp serve --workers N``."""
+    async with contextlib.AsyncExitStack() as stack:
+        chans = [await stack.enter_async_context(grpc.aio.insecure_channel(target, options=[SEPARATE_CONNECTION]))
+                 for _ in range(max(1, channels))]
+        stubs = itertools.cycle([pb_grpc.OnrampStub(ch) for ch in chans])
         lat: list[float] = []  # every finished call (failed ones: time to failure)
         ok_lat: list[float] = []
         counts = {"ok": 0, "err": 0}
         codes: dict[str, int] = {}
         uid = itertools.count()
 
-        async def call(t0: float) -> None:
+        async def call(t0: float, stub: pb_grpc.OnrampStub | None = None) -> None:
             req = pb.NextStepRequest(user_id=f"{prefix}{next(uid) % users}", timestamp_ms=int(time.time() * 1000))
             try:
-                await stub.GetNextStep(req, timeout=deadline_s)
+                await (stub or next(stubs)).GetNextStep(req, timeout=deadline_s)
                 took = time.perf_counter() - t0
                 ok_lat.append(took)
                 counts["ok"] += 1
@@ -59,7 +66,8 @@ async def serving(target: str, rate: float, duration: float, concurrency: int, u
                 codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
             lat.append(took)
 
-        await call(time.perf_counter())  # connect
+        for ch in chans:  # connect every channel with one call each (not counted; reported as connect_calls)
+            await call(time.perf_counter(), pb_grpc.OnrampStub(ch))
         lat.clear()
         ok_lat.clear()
         counts.update(ok=0, err=0)
@@ -83,7 +91,8 @@ async def serving(target: str, rate: float, duration: float, concurrency: int, u
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
         out = latency_stats(lat, counts["ok"], counts["err"], elapsed, ok_lat)
-        out.update(mode="serving", rate=rate, concurrency=concurrency, error_codes=codes, deadline_s=deadline_s)
+        out.update(mode="serving", rate=rate, concurrency=concurrency, error_codes=codes, deadline_s=deadline_s,
+                   channels=len(chans), connect_calls=len(chans))
         return out
 
 
@@ -142,6 +151,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rate", type=float, default=0.0, help="req/s; 0 = closed loop")
     ap.add_argument("--concurrency", type=int, default=32, help="closed-loop workers")
+    ap.add_argument("--channels", type=int, default=4,
+                    help="serving: channels, each its own connection, the calls take turns over (reach every worker)")
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--deadline", type=float, default=10.0, help="serving: deadline of each call, seconds")
     ap.add_argument("--prefix", default="u")
@@ -153,7 +164,8 @@ def main() -> None:
                     help="ingest: event ids, random uuid4 hex as onramp_client makes them, or ordered counters")
     a = ap.parse_args()
     if a.mode == "serving":
-        res = asyncio.run(serving(a.target, a.rate, a.duration, a.concurrency, a.users, a.prefix, a.deadline))
+        res = asyncio.run(serving(a.target, a.rate, a.duration, a.concurrency, a.users, a.prefix, a.deadline,
+                                  a.channels))
     else:
         res = asyncio.run(ingest(a.target, a.streams, a.duration, a.batch, a.window, a.users, a.prefix,
                                  a.max_events, a.ids))

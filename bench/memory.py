@@ -1,8 +1,9 @@
 """Resident memory of the Onramp server holding N users' profiles (bytes per user) and its restart time
 with E events in the log. Profiles are built through the public API only, by :mod:`bench.populate` in its
 own process (tracking consent with one SetConsent per user, hundreds in flight; then the events over several
-IngestEventBatches streams); the server is then stopped and started again on the same database (nothing is
-replayed: profiles, shown history and models are read from the database)."""
+IngestEventBatches streams) on one worker; the server is then stopped and started again on the same database
+(nothing is replayed: profiles, shown history and models are read from the database), with one worker and with
+the default of ``onramp serve`` (one worker per core: a supervisor, its workers and the learner process)."""
 from __future__ import annotations
 
 import json
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import load_average, run_client, start_onramp, summarize
+from bench.common import load_average, run_client, start_onramp, summarize, wait_workers
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 
 PREFIX = "m"
-RESTART_FIELDS = ("ready_s", "first_answer_s", "rss", "bytes_per_user")
+RESTART_FIELDS = ("ready_s", "first_answer_s", "all_workers_s", "rss", "bytes_per_user")
+RESTART_WORKERS = (1, 0)  # one worker, and onramp serve's default (0 = one per core)
 
 
 def first_answer_s(address: str, timeout: float = 600.0) -> float:
@@ -38,19 +40,22 @@ def populate(address: str, users: int, events: int, in_flight: int = 256, stream
                                          "--streams", str(streams)], timeout=4 * 3600)
 
 
-def restart(db: Path, rss_empty: int, users: int) -> dict:
-    """Start a server on ``db``: seconds to accepting connections and to the first GetNextStep answer, RSS then,
-    bytes per user over ``rss_empty``."""
+def restart(db: Path, rss_empty: int, users: int, workers: int = 1) -> dict:
+    """Start a server on ``db`` with ``workers`` (0 = one per core): seconds to accepting connections, to the
+    first GetNextStep answer and until every worker listens; RSS then (all its processes) and bytes per user
+    over ``rss_empty`` (one worker's)."""
     load = load_average()
     t = time.perf_counter()
-    srv = start_onramp(db, ready_timeout=3600)
+    srv = start_onramp(db, ready_timeout=3600, workers=workers, all_workers=False)
     try:
         ready = time.perf_counter() - t
         first = ready + first_answer_s(srv.address)
+        wait_workers(srv, timeout=3600)
+        every = time.perf_counter() - t
         rss = srv.rss_bytes()
     finally:
         srv.stop(timeout=600)
-    return {"ready_s": ready, "first_answer_s": first, "rss": rss,
+    return {"workers": srv.workers, "ready_s": ready, "first_answer_s": first, "all_workers_s": every, "rss": rss,
             "bytes_per_user": (rss - rss_empty) / users, "load": load}
 
 
@@ -69,9 +74,10 @@ def one(users: int, events: int, tmp: Path, restarts: int = 1) -> dict:
         rss1 = srv.rss_bytes()
     finally:
         srv.stop(timeout=600)
-    rounds = []
+    rounds: dict[str, list[dict]] = {}
     for _ in range(restarts):
-        rounds.append(restart(db, rss0, users))
+        for w in RESTART_WORKERS:
+            rounds.setdefault(str(w), []).append(restart(db, rss0, users, w))
     size = db.stat().st_size
     for f in db.parent.glob(f"{db.name}*"):
         f.unlink()
@@ -80,9 +86,9 @@ def one(users: int, events: int, tmp: Path, restarts: int = 1) -> dict:
             "fresh_start_s": fresh_start, "db_bytes": size, "load_start": load_start, "load_end": load_average()}
 
 
-def _restart_summary(runs: list[dict]) -> dict:
-    rows = [r for run in runs for r in run["restarts"]]
-    return {f: summarize([r[f] for r in rows]) for f in RESTART_FIELDS} if rows else {}
+def _restart_summary(runs: list[dict], workers: int) -> dict:
+    rows = [r for run in runs for r in run["restarts"].get(str(workers), [])]
+    return {f: summarize([r[f] for r in rows]) for f in (*RESTART_FIELDS, "workers")} if rows else {}
 
 
 def run(quick: bool = False, repeats: int = 3, sizes: list[tuple[int, int]] | None = None,
@@ -100,7 +106,7 @@ def run(quick: bool = False, repeats: int = 3, sizes: list[tuple[int, int]] | No
                 if partial is not None:
                     with partial.open("a") as f:
                         f.write(json.dumps(runs[-1]) + "\n")
-            plain = _restart_summary(runs)
+            plain, default = _restart_summary(runs, 1), _restart_summary(runs, 0)
             rows.append({
                 "users": users, "events": events, "accepted": summarize([r["accepted"] for r in runs]),
                 **{f: summarize([r[f] for r in runs]) for f in ("rss_empty", "rss_loaded", "bytes_per_user",
@@ -109,6 +115,7 @@ def run(quick: bool = False, repeats: int = 3, sizes: list[tuple[int, int]] | No
                    for f in ("consent_s", "consents_per_s", "ingest_s", "accepted_per_s", "total_s")},
                 "restart_ready_s": plain["ready_s"], "restart_first_answer_s": plain["first_answer_s"],
                 "rss_after_restart": plain["rss"], "bytes_per_user_after_restart": plain["bytes_per_user"],
+                "default_restart": default,
                 "loads": [(r["load_start"], r["load_end"]) for r in runs], "raw": runs})
     return {"repeats": repeats, "restarts": restarts, "rows": rows}
 
@@ -126,10 +133,16 @@ def report(res: dict) -> list[str]:
                    f"({r['build_consents_per_s'].median:,.0f} calls/s), ingest {r['build_ingest_s'].fmt(',.1f', ' s')} "
                    f"({r['build_accepted_per_s'].median:,.0f} ev/s), total {r['build_total_s'].fmt(',.1f', ' s')}")
         out.append(f"    start of a fresh server on an empty database (baseline): {r['fresh_start_s'].fmt('.2f', ' s')}")
-        out.append(f"    restart: ready {r['restart_ready_s'].fmt('.2f', ' s')}, first GetNextStep answer "
+        out.append(f"    restart, 1 worker: ready {r['restart_ready_s'].fmt('.2f', ' s')}, first GetNextStep answer "
                    f"{r['restart_first_answer_s'].fmt('.2f', ' s')}; RSS after restart "
                    f"{r['rss_after_restart'].median * mb:,.1f} MiB (bytes/user {r['bytes_per_user_after_restart'].fmt(',.0f')}); "
                    f"db {r['db_bytes'].median * mb:,.1f} MiB")
+        d = r.get("default_restart")
+        if d:
+            out.append(f"    restart with onramp serve's default workers ({d['workers'].median:.0f} workers + the "
+                       f"learner process): first worker ready {d['ready_s'].fmt('.2f', ' s')}, first GetNextStep "
+                       f"answer {d['first_answer_s'].fmt('.2f', ' s')}, every worker listening "
+                       f"{d['all_workers_s'].fmt('.2f', ' s')}; RSS of all processes {d['rss'].median * mb:,.1f} MiB")
         out.append("    load average at start/end of each build: "
                    + "; ".join(f"{a} / {b}" for a, b in r["loads"]))
     return out

@@ -67,3 +67,12 @@ def test_nolog_decides_like_onramp_but_writes_no_decision_row(tmp_path: Path) ->
     assert count(db, "decisions") == 0
 
 
+
+
+def test_a_variant_runs_as_one_process_only(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import floor_server
+
+    with pytest.raises(SystemExit) as exc:
+        floor_server.main(["--variant", "floor", "--workers", "2", "serve", "--port", "0"])
+    assert exc.value.code == 2
+    assert "runs as one process" in capsys.readouterr().err

@@ -36,7 +36,7 @@ class ServerConfig:
     # Largest gRPC message accepted or sent; 0 keeps the ``[limits] max_message_bytes`` default (16 MiB).
     max_message_bytes: int = 0
     # gRPC worker processes sharing the port under one supervisor (server/ops/supervisor.py); 0 = one per core.
-    workers: int = 1
+    workers: int = 0
 
 
     @property

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="gRPC worker processes sharing the port, started and restarted by one supervisor "
-                            "process; 0 = one per core (default: [server] workers, else 1). Only 1 for now: "
-                            "see docs/operations.md, \"Worker processes\"")
+                            "process, with a learner process beside them; 0 = one per core (default: [server] "
+                            "workers, else 0); 1 = one process that serves and learns (docs/operations.md, "
+                            "\"Worker processes\")")
     serve.set_defaults(func=cmd_serve)
     hash_key = sub.add_parser(
         "hash-key", help="print the [auth] hash of an API key read from stdin (or of a new one: --generate)",

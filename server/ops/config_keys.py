@@ -56,8 +56,8 @@ SERVER = Section("[server]", ServerConfig, BUILT_IN, "Where to listen, where the
     Key("max_message_bytes", "integer: 0, or >= 1024", "Largest gRPC message received or sent; 0 keeps "
         "`[limits] max_message_bytes`."),
     Key("workers", "integer 0-1024", "gRPC worker processes sharing the port, run by one supervisor process "
-        "(docs/operations.md, \"Worker processes\"); 0 = one per core. `onramp serve --workers` overrides it; "
-        "with more than 1, a learner process runs beside them."),
+        "(docs/operations.md, \"Worker processes\"); 0 (the default) = one per core. `onramp serve --workers` "
+        "overrides it; with more than 1, a learner process runs beside them; 1 = one process that serves and learns."),
 ))
 
 PRIVACY = Section("[privacy]", PrivacyConfig, BUILT_IN, "Where the key of the keyed pseudonyms comes from "

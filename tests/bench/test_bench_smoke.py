@@ -3,6 +3,7 @@ No timing is asserted; only that the figures are there and are sane numbers."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,15 +19,15 @@ def run_bench(part: str, tmp_path: Path, *extra: str) -> tuple[str, dict]:
     results."""
     out_json = tmp_path / f"{part}.json"
     proc = subprocess.run([sys.executable, "-m", "bench", part, "--quick", *extra, "--json", str(out_json)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=230)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("machine: nproc="), proc.stdout
     return proc.stdout, json.loads(out_json.read_text())[part]
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_serving_reports_throughput_latency_and_ratios_for_every_load(tmp_path: Path) -> None:
-    out, res = run_bench("serving", tmp_path, "--floor")
+    out, res = run_bench("serving", tmp_path, "--floor", "--workers", "1,2")
     assert set(res["table"]) == {"500 rps", "1000 rps", "2000 rps", "closed loop"}
     for key, row in res["table"].items():
         assert re.search(rf"{key}\s+ratio\s+throughput onramp/bare \d", out), key
@@ -41,6 +42,11 @@ def test_serving_reports_throughput_latency_and_ratios_for_every_load(tmp_path: 
         assert row["throughput_ratio"]["median"] > 0 and row["p99_ratio"]["median"] > 0
         assert row["onramp_server_cpu_us_per_call"]["median"] > 0 and row["cpu_ratio"]["median"] > 0
         assert re.search(rf"{key}\s+ratio .* CPU/call onramp/bare \d", out), key
+        assert row["onramp_2w_server_cpu_us_per_call"]["median"] > 0 and row["onramp_2w_cpu_vs_onramp"]["median"] > 0
+        assert all(r["ok"] > 0 for r in res["raw"][key]["onramp_2w"])
+    # the load generator's connections reached both workers of the 2-worker server
+    assert re.search(r"closed loop onramp_2w \(2 workers\): .*workers' CPU split worker 0 \d+%, worker 1 \d+%", out)
+    assert res["workers"] == {"onramp": 1, "onramp_2w": 2} and res["channels"] == 4
 
 
 @pytest.mark.timeout(150)
@@ -95,7 +101,12 @@ def test_memory_reports_bytes_per_user_and_restart_time(tmp_path: Path) -> None:
     (build,) = [r["build"] for r in row["raw"]]
     assert build["consents"] == row["users"] and build["accepted"] == row["events"]
     assert build["dropped"] == build["rejected"] == build["duplicates"] == 0
-    assert "bytes/user" in out and "restart: ready" in out and "build through the API" in out
+    assert "bytes/user" in out and "restart, 1 worker: ready" in out and "build through the API" in out
+    default = row["default_restart"]  # onramp serve's default: one worker per core, and the learner process
+    assert default["workers"]["median"] == len(os.sched_getaffinity(0)) and default["rss"]["median"] > 0
+    assert default["ready_s"]["median"] <= default["first_answer_s"]["median"]
+    assert default["ready_s"]["median"] <= default["all_workers_s"]["median"]
+    assert "restart with onramp serve's default workers" in out
 
 
 @pytest.mark.timeout(120)

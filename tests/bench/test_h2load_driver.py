@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import h2load
+from bench.common import worker_shares
 from bench.h2load import LogRow
 from onramp.v1 import onramp_pb2 as pb
 
@@ -113,22 +114,34 @@ def test_answers_are_checked_against_the_decision_rows(tmp_path: Path) -> None:
 
 
 @needs_h2load
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(220)
 def test_bench_serving_with_the_h2load_driver_reports_every_load(tmp_path: Path) -> None:
     out_json = tmp_path / "serving.json"
-    proc = subprocess.run([sys.executable, "-m", "bench", "serving", "--driver", "h2load", "--quick", "--json",
-                           str(out_json)], cwd=ROOT, capture_output=True, text=True, timeout=140)
+    pin = ["--cpus", "1:0"] if len(os.sched_getaffinity(0)) >= 2 else []
+    proc = subprocess.run([sys.executable, "-m", "bench", "serving", "--driver", "h2load", "--quick", "--workers", "1,2",
+                           *pin, "--json", str(out_json)], cwd=ROOT, capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stderr
     out, res = proc.stdout, json.loads(out_json.read_text())["serving"]
     assert "h2load nghttp2/" in out
     assert set(res["table"]) == {"500 rps", "1000 rps", "2000 rps", "closed loop"}
     for key, row in res["table"].items():
         assert re.search(rf"{key}\s+ratio\s+throughput onramp/bare \d", out), key
-        for name in ("onramp", "bare"):
+        for name in ("onramp", "onramp_2w", "bare"):
             assert 0 < row[f"{name}_p50_ms"]["median"] <= row[f"{name}_p95_ms"]["median"] <= row[f"{name}_p99_ms"]["median"]
             assert all(r["ok"] > 0 for r in res["raw"][key][name])
-        for r in res["raw"][key]["onramp"]:
+            assert row[f"{name}_server_cpu_us_per_call"]["median"] > 0
+        for r in res["raw"][key]["onramp"] + res["raw"][key]["onramp_2w"]:
             assert r["grpc_failed"] == 0 and r["decisions_logged"] >= r["http_200"]
+        assert row["onramp_2w_cpu_vs_onramp"]["median"] > 0
+        assert re.search(rf"{key}\s+onramp_2w \(2 workers\): CPU/call onramp_2w/onramp \d.*workers' CPU split "
+                         rf"worker 0 \d+%, worker 1 \d+%", out), key
+    # each of the two workers served calls: h2load's many connections (one per process) reached both
+    shares = worker_shares(r for by in res["raw"].values() for r in by["onramp_2w"])
+    assert set(shares) == {"worker 0", "worker 1"} and min(shares.values()) > 0.1, shares
+    assert set(worker_shares(r for by in res["raw"].values() for r in by["onramp"])) == set()  # one process
+    assert res["workers"] == {"onramp": 1, "onramp_2w": 2}
+    if pin:
+        assert "CPUs: servers on CPU 1, load generator on CPU 0" in out
     checks = res["checks"]
     assert checks["onramp_nghttp_grpc_status"] in (0, None) and checks["bare_nghttp_grpc_status"] in (0, None)
     logged = sum(r["decisions_logged"] for by in res["raw"].values() for r in by["onramp"])

@@ -41,15 +41,17 @@ pytestmark = pytest.mark.timeout(300)
 
 
 class ServerProcess:
-    """``python -m server serve`` as a child process on a free 127.0.0.1 port; stderr goes to a file."""
+    """``python -m server serve --workers 1`` as a child process on a free 127.0.0.1 port; stderr goes to a file."""
 
     def __init__(self, db: pathlib.Path, log: pathlib.Path, extra: tuple[str, ...] = ()) -> None:
         self.log = log
         self._log_file = log.open("a")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         start = log.stat().st_size
-        self.proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", "0", "--db", str(db),
-                                      *extra], cwd=ROOT, env=env, stderr=self._log_file,
+        # one process (--workers 1): a kill -9 of it is the crash tested here (a supervisor's workers and learner
+        # are killed in tests/e2e/test_supervisor_workers.py and test_learner_crash_e2e.py)
+        self.proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--workers", "1", "--port", "0",
+                                      "--db", str(db), *extra], cwd=ROOT, env=env, stderr=self._log_file,
                                      stdout=subprocess.DEVNULL)
         self.port = self._wait_for_port(start)
         self.address = f"127.0.0.1:{self.port}"

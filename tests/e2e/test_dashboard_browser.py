@@ -79,7 +79,9 @@ def server(db: Path) -> Iterator[ServerProcess]:
     keys = [{"name": "ops-desk", "key": ADMIN_KEY, "roles": ["admin"]},
             {"name": "backend", "key": BACKEND_KEY, "roles": ["ingest", "decide"]}]
     config.write_text(
-        f'[server]\nport = 0\ndb_path = "{db}"\n'
+        # one process: the live model figures checked below are the serving process's own, which with several
+        # workers show the learner's counts only once it published its first snapshot
+        f'[server]\nport = 0\nworkers = 1\ndb_path = "{db}"\n'
         "[metrics]\nenabled = true\nport = 0\n"
         "[limits]\nauth_failure_delay_ms = 0\n"
         "[auth]\nkeys = [\n" + "".join(

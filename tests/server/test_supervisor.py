@@ -18,7 +18,7 @@ import pytest
 
 from server.base.config import ConfigError, parse_config
 from server.ops import cli
-from server.ops.supervisor import describe_exit, reserve_port
+from server.ops.supervisor import describe_exit, reserve_port, resolve_workers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -172,10 +172,21 @@ def test_exit_descriptions() -> None:
 
 def test_the_workers_key_is_validated() -> None:
     assert parse_config({"server": {"workers": 4}}).server.workers == 4
-    assert parse_config({}).server.workers == 1
+    assert parse_config({}).server.workers == 0  # the default: one per core (resolve_workers)
     for bad in (-1, "2", 2.5, True, 5000):
         with pytest.raises(ConfigError, match=r"^server\.workers: must be an integer from 0 to 1024 \(0 = one per "):
             parse_config({"server": {"workers": bad}})
+
+
+def test_zero_workers_means_one_per_core_this_process_may_run_on() -> None:
+    assert resolve_workers(3) == 3 and resolve_workers(1) == 1
+    assert resolve_workers(0) == len(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})  # as under `taskset -c 0 onramp serve`
+        assert resolve_workers(0) == 1
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def test_port_zero_is_reserved_for_sharing_and_a_taken_port_is_refused() -> None:

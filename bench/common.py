@@ -96,6 +96,20 @@ def process_tree(root: int) -> list[ProcStat]:
     return [stats[pid] for pid in descendants(root, {p: s.ppid for p, s in stats.items()}) if pid in stats]
 
 
+def tree_rss_bytes(root: int) -> int:
+    """Resident set size now (VmRSS from /proc) of ``root``'s process tree, summed over its processes (pages
+    the workers share count once per process)."""
+    total = 0
+    for s in process_tree(root):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{s.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    if total == 0:
+        raise RuntimeError(f"no VmRSS for {root}")
+    return total
+
+
 def cmdline(pid: int) -> list[str]:
     """The argv of process ``pid`` (empty when it is gone)."""
     try:
@@ -201,17 +215,8 @@ class ServerProc:
         return {role_of(cmdline(s.pid)): s.cpu_s for s in self.tree()}
 
     def rss_bytes(self) -> int:
-        """Resident set size of the server now (VmRSS from /proc), summed over its processes (pages the
-        workers share count once per process)."""
-        total = 0
-        for s in self.tree():
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{s.pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        if total == 0:
-            raise RuntimeError("no VmRSS")
-        return total
+        """Resident set size of the server now: :func:`tree_rss_bytes`."""
+        return tree_rss_bytes(self.proc.pid)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM (a supervisor drains its workers), wait (bounded), SIGKILL if it did not exit."""

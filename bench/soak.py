@@ -6,7 +6,8 @@ endpoint on. After warming users (consent + events), a driver in a *separate pro
 bench.soak drive``, a grpc.aio client) holds for the whole duration: GetNextStep at a fixed rate (open
 loop), ReportOutcome for a share of the decisions (with or without a step), and one IngestEventBatches stream at a
 fixed event rate. Every ``--interval`` seconds the driver reports its counters; at each report this process
-samples the server's RSS (``/proc/PID/status`` VmRSS) and its metrics and prints a row.
+samples the server's RSS (``/proc/PID/status`` VmRSS, summed over its processes: ``onramp serve``'s default
+workers and the learner process) and its metrics and prints a row.
 
 Memory is called *flat* when the least-squares RSS slope over the second half of the samples (warm-up
 excluded) is below ``--max-slope`` MiB/min (default 1) AND the final RSS is within ``--max-final-dev``
@@ -34,7 +35,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import PY, ROOT, free_port, load_average, wait_ready, warm_users
+from bench.common import PY, ROOT, free_port, load_average, tree_rss_bytes, wait_ready, warm_users
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
 
@@ -186,11 +187,9 @@ class Verdict:
 
 
 def rss_mib(pid: int) -> float:
-    """Resident set size of process ``pid`` in MiB (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024 / MIB
-    raise RuntimeError(f"no VmRSS for {pid}")
+    """Resident set size of server ``pid`` in MiB (VmRSS): of all its processes, as ``onramp serve`` runs one
+    worker per core and the learner process by default."""
+    return tree_rss_bytes(pid) / MIB
 
 
 def server_codes(metrics_text: str) -> dict[str, int]:
@@ -311,7 +310,8 @@ def soak(minutes: float, rate: float, events_per_s: float, outcome_share: float,
     achieved = samples[-1].requests_ok / samples[-1].t_s if samples[-1].t_s else 0.0
     print(f"total: {samples[-1].requests_ok:,} decisions ({achieved:,.0f}/s, {samples[-1].steps:,} with a step), "
           f"{samples[-1].outcomes_ok:,} outcomes, "
-          f"{samples[-1].events_acked:,} events acked; client errors {v.total_errors}, server non-OK {v.server_non_ok}; "
+          f"{samples[-1].events_acked:,} events acked; client errors {v.total_errors}, "
+          f"server non-OK {v.server_non_ok}; "
           f"server alive at the end: {server_alive}")
     print(f"memory: RSS {rss0:.1f} MiB after warm-up -> {v.final_rss_mib:.1f} MiB at the end; second half: slope "
           f"{v.slope_mib_per_min:+.2f} MiB/min, mean {v.second_half_mean_mib:.1f} MiB, final within "

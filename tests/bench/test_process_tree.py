@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from bench.common import (CpuSplit, ProcStat, cpu_delta, cpu_list, descendants, listening_in, parse_cpu_list, parse_stat,
-                          parse_workers, pinned, process_tree, role_cpu_per_call, role_of, tree_cpu_s,
-                          worker_shares)
+from bench.common import (CpuSplit, ProcStat, cpu_delta, cpu_list, descendants, listening_in, parse_cpu_list,
+                          parse_stat, parse_workers, pinned, process_tree, role_cpu_per_call, role_of, tree_cpu_s,
+                          tree_rss_bytes, worker_shares)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,6 +48,30 @@ def test_the_tree_of_a_real_process_holds_its_child_and_its_cpu() -> None:
         assert [s.pid for s in tree] == [parent.pid, child]
         assert tree[1].ppid == parent.pid and tree[1].cpu_s >= 0.5
         assert tree_cpu_s(tree) >= tree[1].cpu_s
+    finally:
+        parent.kill()
+        parent.wait(5)
+        os.kill(child, 9)
+
+
+def own_rss(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_the_rss_of_a_tree_counts_a_childs_memory() -> None:
+    code = ("import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', "
+            "'import time\\nb = bytearray(64 << 20)\\nprint(1, flush=True)\\ntime.sleep(60)'], stdout=subprocess.PIPE);"
+            " c.stdout.readline(); print(c.pid, flush=True); c.wait()")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        total = tree_rss_bytes(parent.pid)
+        assert total >= own_rss(parent.pid) + (64 << 20)
+        assert tree_rss_bytes(child) < total
     finally:
         parent.kill()
         parent.wait(5)

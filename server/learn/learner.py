@@ -30,7 +30,7 @@ from server.base.catalog import Catalog
 from server.base.clock import DAY_MS, HOUR_MS
 from server.base.clock import now_ms as clock_ms
 from server.base.metrics import Metrics
-from server.base.records import ANON_PREFIX, StoredEvent
+from server.base.records import ANON_PREFIX
 from server.ingest.profiles import decode_profile
 from server.learn.rewards import Pending, RewardJoiner
 from server.learn.rule_monitor import RuleMonitor, trial_of

@@ -10,7 +10,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from server.base.reasons import BOOSTED_PREFIX
-from server.store.decision_logger import ANONYMOUS_ROW, Decision, DecisionLogger, _json_value  # noqa: F401 (re-exported)
+from server.store.decision_logger import (ANONYMOUS_ROW, Decision, DecisionLogger,  # noqa: F401 (re-exported)
+                                          _json_value)
 from server.store.rows import DECISION_COLUMNS, JSON_DECISION_COLUMNS, JoinedRow, PendingRow
 from server.store.sql import insert_flat
 
@@ -34,7 +35,7 @@ def insert_rows(store: SqliteStore, rows: list[dict[str, Any]]) -> None:
                 [r.get(c) for r in map(_encoded, rows) for c in DECISION_COLUMNS])
 
 
-# -- reads (on a read-only connection, or in an erasure's transaction) ------------------------------------------------------------
+# -- reads (on a read-only connection, or in an erasure's transaction) ------------------------------------------
 def _context(text: str | None) -> dict[str, float]:
     if not text or text == "{}":
         return {}

@@ -47,8 +47,8 @@ class Decision:
 
     def flat(self) -> tuple[Any, ...]:
         """The ``decisions`` row as values in ``DECISION_COLUMNS`` order, the JSON columns already encoded
-        exactly as :func:`server.store.decision_log.insert_rows` encodes them. Built on the event loop, so the writer thread only runs
-        the INSERT (less Python holding the GIL there, fewer hand-offs with the loop)."""
+        exactly as :func:`server.store.decision_log.insert_rows` encodes them. Built on the event loop, so the
+        writer thread only runs the INSERT (less Python holding the GIL there, fewer hand-offs with the loop)."""
         return (self.decision_id, self.user_pseudo, self.timestamp_ms, self.surface, self.step_id, self.propensity,
                 self.reason, self.policy_version, self.experiment, self.arm, _json_value(self.context),
                 _json_value(self.eligible), _json_value(self.probabilities), self.reward_deadline_ms)
@@ -81,10 +81,10 @@ class DecisionLogger:
         self.batches = 0  # writer jobs submitted (for tests and stats)
 
     def log(self, item: LoggedDecision) -> asyncio.Future[bool]:
-        """Queue a decision (:meth:`~server.store.interfaces.ShowHistory.log_decisions`); the returned future (await it) is
-        resolved once its transaction committed (group commit with whatever else is queued): True when logged,
-        False when the person's shown history had moved (decide again). A plain function returning the future,
-        not a coroutine: one frame less to create and resume per answer."""
+        """Queue a decision (:meth:`~server.store.interfaces.ShowHistory.log_decisions`); the returned future
+        (await it) is resolved once its transaction committed (group commit with whatever else is queued): True
+        when logged, False when the person's shown history had moved (decide again). A plain function returning
+        the future, not a coroutine: one frame less to create and resume per answer."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
         self._batch.append((item, fut))

@@ -9,15 +9,15 @@ them to the profiles"), :meth:`DecisionLog.insert_outcome` (one outcome per deci
 :meth:`PersonStore.erase_person`, :meth:`LearningLog.publish_snapshot`, :meth:`LearningLog.save_learner_state`.
 
 The writer (server/store/writer.py) runs jobs, functions of a :class:`Store`, between :meth:`Transactions.begin`
-and :meth:`Transactions.commit` (several jobs share one commit). Jobs that make several calls rely on that unit
-only where the SQLite backend gives it for free; what each needs from another backend:
+and :meth:`Transactions.commit` (several jobs share one commit). The jobs that make several calls get one
+transaction from SQLite; what they need from a backend without one:
 
 - an ingest job (server/ingest/pipeline.py) reads identity links, consent and tombstones, then calls
-  :meth:`EventLog.append_with_profiles`; an identify event also links aliases, re-keys the person's earlier
-  events (:meth:`EventLog.rekey_subjects`, after appending the job's events so far) and carries consent over.
-  Those identify writes are idempotent and ordered (link, then re-key, then append), so a backend without
-  multi-call transactions may apply them one after the other; a re-sent identify is recognised by its event id;
-- SetConsent writes the consent record and, for a tracking grant, removes the tombstone (both idempotent);
+  :meth:`EventLog.append_with_profiles`; an identify event also carries consent over, links aliases
+  (:meth:`SubjectStore.link_alias`) and re-keys the person's earlier events (:meth:`EventLog.rekey_subjects`, after
+  appending the job's events so far). Without a shared transaction these must run in that order; each is
+  idempotent, and a re-sent identify whose event was not stored does them again;
+- SetConsent records the consent and, for a tracking grant, removes the tombstone, in that order;
 - an outcome job reads the decision (:meth:`DecisionLog.get_decision`) and records the outcome once
   (:meth:`DecisionLog.insert_outcome`: atomic on its own).
 """
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from server.base.records import StoredEvent
-from server.store.rows import (Appended, ConsentRow, Erased, FedDecision, FedOutcome, JoinedRow, LinkRow, LoggedDecision,
+from server.store.rows import (Appended, ConsentRow, Erased, FedDecision, FedOutcome, LinkRow, LoggedDecision,
                                PendingRow, ProfileChange, ProfileWrites, Shows, Snapshot, SubjectKeys, Unlearning)
 
 

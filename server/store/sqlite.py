@@ -28,7 +28,7 @@ from server.store import user_state as _user_state
 from server.store.events import DEFAULT_WINDOW_HOURS, EVENT_COLUMNS, EventTable
 from server.store.interfaces import DecisionLog, EventLog, SubjectStore
 from server.store.rows import (DECISION_COLUMNS, JSON_DECISION_COLUMNS, OUTCOME_COLUMNS, Appended, ConsentRow,
-                               Erased, LinkRow, PendingRow, ProfileWrites, Snapshot, SubjectKeys, _encode_properties,
+                               Erased, LinkRow, ProfileWrites, Snapshot, SubjectKeys, _encode_properties,
                                encode_properties)
 from server.store.sql import _chunks, _marks, insert_flat
 
@@ -386,9 +386,7 @@ class SqliteStore:
             [*pseudonyms, *pseudonyms])
         return [dict(zip(OUTCOME_COLUMNS, row)) for row in cur]
 
-    def pending_rows(self) -> list[PendingRow]:
-        """Decisions that showed a step and have no outcome (server/store/decision_log.py)."""
-        return _decisions.pending_rows(self)
+    pending_rows = _decisions.pending_rows  # its SQL: server/store/decision_log.py
 
     # -- profiles and shown histories (their SQL: server/store/user_state.py) -----------------------------------
     # Bound as methods, so a call costs no extra frame on the hot paths.

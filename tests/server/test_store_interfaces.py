@@ -54,7 +54,8 @@ def test_sqlite_store_implements_each_method_with_the_protocols_parameters(store
 
 
 def _flat(event_id: str, subject: str, ts: int) -> list[object]:
-    return [event_id, subject, subject, "", "", "page_view", ts, ts, "web", "desktop", "", "", "", encode_properties({})]
+    return [event_id, subject, subject, "", "", "page_view", ts, ts, "web", "desktop", "", "", "",
+            encode_properties({})]
 
 
 def test_append_with_profiles_is_one_unit(store: SqliteStore) -> None:

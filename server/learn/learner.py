@@ -218,8 +218,8 @@ class Learner:
             self.open()
         now = clock_ms() if now_ms is None else now_ms
         reader = self.reader
-        # 1-2. decisions that wait for an outcome, then events (success events join rewards), read in one
-        # read transaction: an event that rewards a decision is never seen before that decision
+        # 1-2. decisions that wait for an outcome, then events (success events join rewards), read as of one
+        # moment: an event that rewards a decision is never seen before that decision
         decisions, fed_events = reader.decisions_and_events_after(self.pos.decisions, self.pos.events)
         if fed_events:
             self.pos.events = fed_events[-1][0]

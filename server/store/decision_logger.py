@@ -22,7 +22,7 @@ from server.store.rows import DECISION_COLUMNS, LoggedDecision
 from server.store.writer import Writer
 
 # ``user_pseudo`` of a row that holds no id: a decision without a step for someone without tracking consent,
-# or their show once the caps no longer need it (SqliteStore.forget_untracked_shows)
+# or their show once the caps no longer need it (ShowHistory.forget_untracked in server/store/interfaces.py)
 ANONYMOUS_ROW = ""
 
 

@@ -112,9 +112,9 @@ class Operations:
         return [*server_options(self.config.limits), ("grpc.so_reuseport", 1 if self.reuse_port else 0)]
 
     def new_server(self, extra_options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Server:
-        """A grpc.aio server with the interceptor and options installed, plus health and reflection."""
-        server = grpc.aio.server(interceptors=[self.interceptor],
-                                 options=[*self.server_options(), *extra_options])
+        """A grpc.aio server with the options, whose method handlers the interceptor guards (wrapped as they are
+        registered: :meth:`OnrampInterceptor.guard`), plus health and reflection."""
+        server = self.interceptor.guard(grpc.aio.server(options=[*self.server_options(), *extra_options]))
         self.install(server)
         return server
 

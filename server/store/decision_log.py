@@ -68,14 +68,6 @@ def rewarded_rows_of(store: SqliteStore, pseudonyms: Sequence[str]) -> list[Join
     return list(_joined(store.conn.execute(_JOINED.format(where=where), list(pseudonyms))))
 
 
-def iter_shows(store: SqliteStore) -> Iterator[tuple[str, str, int]]:
-    """(user_pseudo, step_id, timestamp_ms) of every decision that showed a step to a known user, oldest
-    first."""
-    cur = store.conn.execute("SELECT user_pseudo, step_id, timestamp_ms FROM decisions WHERE step_id != '' "
-                             "AND user_pseudo != '' ORDER BY timestamp_ms")
-    yield from cur
-
-
 def pending_rows(store: SqliteStore) -> list[PendingRow]:
     """Decisions that showed a step and have no outcome (their reward is still to be joined)."""
     cur = store.conn.execute(

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from server.store.sqlite import SqliteStore
 
 _SHOWS = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_HISTORY_COLUMNS = ("pseudo", "version", "shows", "tracked", "last_ms")
 
 
 # -- profiles -------------------------------------------------------------------------------------------------
@@ -110,28 +111,38 @@ def read_shows(store: SqliteStore, pseudo: str) -> Shows:
 
 def log_decisions(store: SqliteStore, items: Sequence[LoggedDecision]) -> list[bool]:
     """Log each decision whose shown history is still at its expected version (bumping the version), in
-    order; a decision whose version moved (another worker showed this person something meanwhile) is not
-    logged: False, decide again. One call, atomic inside the caller's transaction."""
+    order; a decision whose version moved (another worker showed this person something meanwhile, or an
+    earlier item of ``items``) is not logged: False, decide again. One call, atomic inside the caller's
+    transaction: the versions are read with one statement and the histories written with one more (each
+    statement releases and re-takes the GIL, which the event loop thread holds most of the time)."""
+    c = store.conn
+    pseudos = list({item.pseudo for item in items if item.pseudo})
+    current: dict[str, tuple[int, int]] = {}  # pseudo -> (version, tracked)
+    for chunk in _chunks(pseudos):
+        current.update((p, (v, t)) for p, v, t in c.execute(
+            f"SELECT pseudo, version, tracked FROM show_history WHERE pseudo IN ({_marks(len(chunk))})", chunk))
     ok: list[bool] = []
     flat: list[Any] = []
     feed: list[Any] = []
-    c = store.conn
+    histories: dict[str, tuple[Any, ...]] = {}
     for item in items:
         if item.pseudo:
-            row = c.execute("SELECT version FROM show_history WHERE pseudo = ?", (item.pseudo,)).fetchone()
-            current = 0 if row is None else row[0]
-            if current != item.expected_version:
+            version, tracked = current.get(item.pseudo, (0, 0))
+            if version != item.expected_version:
                 ok.append(False)
                 continue
-            last = max((t for times in (item.shows or {}).values() for t in times), default=0)
-            c.execute("INSERT INTO show_history (pseudo, version, shows, tracked, last_ms) VALUES (?, ?, ?, ?, ?) "
-                      "ON CONFLICT (pseudo) DO UPDATE SET version = excluded.version, shows = excluded.shows, "
-                      "tracked = max(tracked, excluded.tracked), last_ms = excluded.last_ms",
-                      (item.pseudo, current + 1, _SHOWS.encode(item.shows or {}), int(item.tracked), last))
+            tracked = max(tracked, int(item.tracked))
+            current[item.pseudo] = (version + 1, tracked)
+            shows = item.shows or {}
+            last = max((t for times in shows.values() for t in times), default=0)
+            histories[item.pseudo] = (item.pseudo, version + 1, _SHOWS.encode(shows), tracked, last)
         flat += item.row
         if item.feed:
             feed.append(item.row[0])
         ok.append(True)
+    if histories:
+        insert_flat(c, "show_history", _HISTORY_COLUMNS, [v for row in histories.values() for v in row],
+                    "INSERT OR REPLACE")
     if flat:
         insert_flat(c, "decisions", DECISION_COLUMNS, flat)
     if feed:

@@ -220,6 +220,49 @@ def test_keys_and_roles_over_grpc() -> None:
     assert "nope" not in text
 
 
+async def _unkeyed_codes() -> dict[str, grpc.StatusCode]:
+    """Call every Onramp method (registered by the generated code: pre-registered and generic) and a method
+    registered only through a generic handler, without a key, on a server from ``Operations.new_server``."""
+    codes: dict[str, grpc.StatusCode] = {}
+    ops = ops_with(auth=auth_config())
+    extra = grpc.method_handlers_generic_handler("test.Extra", {"Echo": grpc.unary_unary_rpc_method_handler(
+        lambda request, context: request)})
+    server = ops.new_server()
+    pb_grpc.add_OnrampServicer_to_server(pb_grpc.OnrampServicer(), server)
+    server.add_generic_rpc_handlers((extra,))
+    port = ops.add_port(server, "127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            methods = [(f"/onramp.v1.Onramp/{m.name}", m.client_streaming, m.server_streaming)
+                       for m in pb.DESCRIPTOR.services_by_name["Onramp"].methods]
+            for path, client_streaming, server_streaming in [*methods, ("/test.Extra/Echo", False, False)]:
+                try:
+                    if client_streaming and server_streaming:
+                        async for _ in channel.stream_stream(path)(iter([b""])):
+                            pass
+                    elif client_streaming:
+                        await channel.stream_unary(path)(iter([b""]))
+                    elif server_streaming:
+                        async for _ in channel.unary_stream(path)(b""):
+                            pass
+                    else:
+                        await channel.unary_unary(path)(b"")
+                    codes[path] = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as err:
+                    codes[path] = err.code()
+    finally:
+        await server.stop(None)
+    return codes
+
+
+def test_every_method_registered_on_a_new_server_is_guarded() -> None:
+    """Handlers are guarded as they are registered, not by a grpc interceptor: no registration path skips it."""
+    codes = run_async(_unkeyed_codes())
+    assert len(codes) == len(pb.DESCRIPTOR.services_by_name["Onramp"].methods) + 1
+    assert set(codes.values()) == {grpc.StatusCode.UNAUTHENTICATED}, codes
+
+
 def test_without_auth_every_role_is_allowed_on_loopback() -> None:
     async def scenario() -> pb.EraseUserResponse:
         async with tiny_server(Operations()) as port:

@@ -314,12 +314,14 @@ def test_a_learner_restarted_from_its_saved_state_continues_exactly(tmp_path: Pa
     run(tmp_path, scenario, learner_kw={"save_interval_ms": NEVER})
 
 
-def test_decision_ids_are_uuid4_hex() -> None:
-    ids = {new_decision_id() for _ in range(2000)}
-    assert len(ids) == 2000
-    for h in list(ids)[:200]:
+def test_decision_ids_are_uuid7_hex_ordered_by_their_time() -> None:
+    ids = [new_decision_id(1_700_000_000_000 + i // 100) for i in range(2000)]
+    assert len(set(ids)) == 2000
+    for h in ids[:200]:
         u = uuid.UUID(hex=h)
-        assert (u.version, u.variant, u.hex) == (4, uuid.RFC_4122, h)
+        assert (u.version, u.variant, u.hex) == (7, uuid.RFC_4122, h)
+    by_ms = [h[:12] for h in ids]
+    assert by_ms == sorted(by_ms) and int(ids[-1][:12], 16) == 1_700_000_000_019
 
 
 def test_decisions_of_one_loop_iteration_share_one_writer_job(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 
 from bench.common import ServerProc, start_onramp, warm_users, write_scenario_config
@@ -29,6 +28,7 @@ from server.learn.learner import Learner
 from server.store.pseudonym_key import open_pseudonymizer
 from server.store.sqlite import open_store
 from server.store.writer import Writer
+from tests.e2e.learner_support import assert_same
 
 pytestmark = pytest.mark.timeout(600)
 SEED = 20261205
@@ -89,17 +89,6 @@ def learned_once(db: Path, config_path: Path, tmp: Path) -> tuple[dict[str, Any]
     finally:
         writer.stop()
         store.close()
-
-
-def assert_same(a: Any, b: Any) -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_same(a[k], b[k])
-    elif isinstance(a, (list, tuple, np.ndarray)) and np.asarray(a).dtype.kind == "f":
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-9)
-    else:
-        assert a == b if not isinstance(a, np.ndarray) else np.array_equal(a, b)
 
 
 def test_learning_after_sigkills_equals_learning_the_log_once(tmp_path: Path) -> None:

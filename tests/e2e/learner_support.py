@@ -1,16 +1,55 @@
-"""What the learner e2e tests share: deep equality of model bodies (the bandit's state, the rule statistics and
-the River models, whose state lives in plain Python objects) to an absolute tolerance."""
+"""What the learner e2e tests share: a copy of a server's database with its key, a learner of its own on a
+database (the reference that reads the logs once), and deep equality of model bodies (the bandit's state, the
+rule statistics and the River models, whose state lives in plain Python objects) to an absolute tolerance."""
 from __future__ import annotations
 
 import functools
 import pickle
 import random
-from collections.abc import Mapping
+import shutil
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from server.base.catalog import catalog_from_config
+from server.base.config import load_config
+from server.learn.learner import Learner
+from server.store.pseudonym_key import open_pseudonymizer
+from server.store.sqlite import open_store
+from server.store.writer import Writer
+
 TOLERANCE = 1e-9
+
+
+def copy_store(db: Path, copy: Path) -> None:
+    """Copy database ``db`` (the commits still in its WAL included) and its pseudonym key to ``copy``."""
+    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    shutil.copy2(f"{db}.key", f"{copy}.key")  # mode 0600 kept
+
+
+@contextmanager
+def learner_on(db: Path, config_path: Path) -> Iterator[Learner]:
+    """A learner of the test's own on database ``db`` with the server's config file, its store and writer
+    closed after."""
+    config = load_config(str(config_path)).with_server(db_path=str(db))
+    store = open_store(db)
+    writer = Writer(store)
+    writer.start()
+    try:
+        learner = Learner(store, writer, catalog_from_config(config.raw),
+                          open_pseudonymizer(store, config.privacy).pseudonymize)
+        try:
+            yield learner
+        finally:
+            learner.close()
+    finally:
+        writer.stop()
+        store.close()
 
 
 def assert_same(a: Any, b: Any, path: str = "", atol: float = TOLERANCE) -> None:

@@ -19,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pickle
 import pathlib
+import pickle
 import random
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -38,14 +37,8 @@ import pytest
 
 from bench.common import bench_catalog, free_port, to_toml, warm_users
 from onramp_client import OnrampClient, OnrampError
-from server.base.catalog import catalog_from_config
-from server.base.config import load_config
-from server.learn.learner import Learner
-from server.store import learning_log as feeds
-from server.store.pseudonym_key import open_pseudonymizer
 from server.store.sqlite import open_store
-from server.store.writer import Writer
-from tests.e2e.learner_support import assert_same
+from tests.e2e.learner_support import assert_same, copy_store, learner_on
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.timeout(300), pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
@@ -132,9 +125,13 @@ class Serve:
             match = re.compile(pattern).search(self.log.read_text(), start)
             if match:
                 return match
-            assert self.proc.poll() is None, f"onramp serve exited:\n{self.log.read_text()}"
+            assert self.proc.poll() is None, f"onramp serve exited:\n{self.summary()}"
             time.sleep(0.05)
-        raise AssertionError(f"no line matching {pattern!r} in:\n{self.log.read_text()}")
+        raise AssertionError(f"no line matching {pattern!r} in:\n{self.summary()}")
+
+    def summary(self, lines: int = 40) -> str:
+        """The log's last ``lines`` lines that are not access lines (one per call)."""
+        return "\n".join([line for line in self.log.read_text().splitlines() if '"onramp.access"' not in line][-lines:])
 
     def children(self, role: str | None = None) -> list[int]:
         return sorted(pid for pid, r in children_of(self.proc.pid).items() if role in (None, r))
@@ -318,9 +315,7 @@ def learned_once(db: pathlib.Path, config_path: pathlib.Path, tmp: pathlib.Path,
     positions. It starts reading events at ``events`` (the outcomes the first learner's reward joiner wrote for
     the events before are in the outcome log)."""
     copy = tmp / "once.db"
-    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
-        source.backup(target)  # the WAL's commits included
-    shutil.copy2(f"{db}.key", f"{copy}.key")  # mode 0600 kept
+    copy_store(db, copy)
     positions, body = start
     with sqlite3.connect(copy) as conn:
         conn.execute("DROP TRIGGER keep_changes")
@@ -329,19 +324,9 @@ def learned_once(db: pathlib.Path, config_path: pathlib.Path, tmp: pathlib.Path,
                      (positions["changes"],))
         conn.execute("INSERT OR REPLACE INTO learner_state (id, created_ms, positions, body) VALUES (1, 0, ?, ?)",
                      (json.dumps({**positions, "events": events}), body))
-    config = load_config(str(config_path)).with_server(db_path=str(copy))
-    store = open_store(copy)
-    writer = Writer(store)
-    writer.start()
-    try:
-        learner = Learner(store, writer, catalog_from_config(config.raw),
-                          open_pseudonymizer(store, config.privacy).pseudonymize)
+    with learner_on(copy, config_path) as learner:
         asyncio.run(learner.step(now_ms))
         asyncio.run(learner.save(now_ms))
-        learner.close()
-    finally:
-        writer.stop()
-        store.close()
     saved_positions, saved_body, _ = saved_state(copy)
     return latest_snapshot(copy)[1], saved_body, saved_positions
 
@@ -397,7 +382,7 @@ def test_kill_9_of_workers_learner_and_supervisor_loses_nothing_and_learns_the_s
         while not caught_up(db):
             assert time.monotonic() < deadline, "the learner did not catch up"
             time.sleep(0.1)
-        assert servers[-1].stop() == 0, servers[-1].log.read_text()
+        assert servers[-1].stop() == 0, servers[-1].summary()
     finally:
         stop.set()
         for server in servers:

@@ -43,16 +43,18 @@ from tests.e2e.learner_support import assert_same, copy_store, learner_on
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.timeout(300), pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
 
-SEED = 1414
+# The kill order and moments come from this seed, a new one each run unless ONRAMP_FAULTS_SEED is set (a failed
+# run prints its seed and the time each phase took)
+SEED = int(os.environ.get("ONRAMP_FAULTS_SEED") or random.randrange(1 << 30))
 CAP = 2  # welcome's daily cap (the only cap; no cooldown, no gap)
 WARM = 12  # personalised people: decisions of the bandit, outcomes reported
 STREAMED = 24  # people whose events the event client streams
 HAMMERED = 3  # people without events, asked for from every decision client
 DECIDERS = 3  # decision clients, two connections each
 ACTIVATION_WINDOW_H = 0.15  # 9 minutes: short, so the River activation model learns labels of expired windows in the test
-LOG_SPEED = 120  # event time runs this much faster than the wall clock, from an hour ago (up to now)
+LOG_SPEED = 240  # event time runs this much faster than the wall clock, from an hour ago (up to now)
 NEW_USER_MS = 150_000  # a new streamed person every 2.5 minutes of event time ...
-MIN_TRAFFIC_S = 20  # traffic runs this long at least (40 minutes of event time)
+MIN_TRAFFIC_S = 10  # traffic runs this long at least (40 minutes of event time)
 ACTIVE_USERS = 2  # ... active until the 2nd after it appears (5 minutes; then silent: the window passes)
 WORKER = "server.ops.worker"
 LEARNER = "server.ops.learner_process"
@@ -334,6 +336,12 @@ def learned_once(db: pathlib.Path, config_path: pathlib.Path, tmp: pathlib.Path,
 # -- the test -------------------------------------------------------------------------------------------------
 def test_kill_9_of_workers_learner_and_supervisor_loses_nothing_and_learns_the_same(tmp_path: pathlib.Path) -> None:
     rng = random.Random(SEED)
+    began = time.monotonic()
+
+    def phase(what: str) -> None:
+        print(f"{time.monotonic() - began:6.1f} s  {what}", flush=True)
+
+    phase(f"seed {SEED} (ONRAMP_FAULTS_SEED={SEED} repeats the kill order and moments)")
     db, config = tmp_path / "faults.db", tmp_path / "onramp.toml"
     config.write_text(config_text())
     store = open_store(db)
@@ -346,6 +354,7 @@ def test_kill_9_of_workers_learner_and_supervisor_loses_nothing_and_learns_the_s
     threads: list[threading.Thread] = []
     killed: list[int] = []
     try:
+        phase("serving")
         start = saved_state(db)[:2]  # the learner's first save: models that learned nothing, positions 0
         warm_users(address, WARM, scenario="personalized")
         with OnrampClient(address) as client:
@@ -360,6 +369,7 @@ def test_kill_9_of_workers_learner_and_supervisor_loses_nothing_and_learns_the_s
         traffic_started = time.monotonic()
         kinds = [WORKER, LEARNER, "supervisor"]
         rng.shuffle(kinds)
+        phase(f"traffic; kills: {', '.join(k.rsplit('.', 1)[-1] for k in kinds)}")
         for kind in kinds:
             if kind == LEARNER:  # one that saved what it learned, so its successor continues from there
                 saved_state(db, until=lambda positions: positions["changes"] > 0)
@@ -373,16 +383,21 @@ def test_kill_9_of_workers_learner_and_supervisor_loses_nothing_and_learns_the_s
                 victim = rng.choice(servers[-1].children(kind))
                 killed.append(victim)
                 servers[-1].kill_child(kind, victim)
+            phase(f"{kind.rsplit('.', 1)[-1]} killed and back")
         time.sleep(max(1.5, MIN_TRAFFIC_S - (time.monotonic() - traffic_started)))
         stop.set()
         for t in threads:
             t.join(120)
+        assert not any(t.is_alive() for t in threads), "a client is still waiting for an answer"
         assert not seen.errors, seen.errors
+        phase("traffic stopped")
         deadline = time.monotonic() + 60
         while not caught_up(db):
             assert time.monotonic() < deadline, "the learner did not catch up"
             time.sleep(0.1)
+        phase("learner caught up")
         assert servers[-1].stop() == 0, servers[-1].summary()
+        phase("stopped (SIGTERM)")
     finally:
         stop.set()
         for server in servers:
@@ -391,12 +406,15 @@ def test_kill_9_of_workers_learner_and_supervisor_loses_nothing_and_learns_the_s
 
     # every acknowledged event, answered decision and acknowledged outcome stored once, as acknowledged
     stored = Counter(dict(read(db, "SELECT event_id, COUNT(*) FROM events GROUP BY event_id")))
-    assert len(seen.events) > 200 and all(stored[e] == 1 for e in seen.events), \
-        sorted((e, stored[e]) for e in seen.events if stored[e] != 1)[:10]
+    wrong = sorted((e, stored[e]) for e in seen.events if stored[e] != 1)
+    assert len(seen.events) > 200 and not wrong, f"{len(wrong)} acknowledged events stored other than once: {wrong[:10]}"
     assert max(stored.values()) == 1
     decisions = Counter(d for (d,) in read(db, "SELECT decision_id FROM decisions"))
     steps = dict(read(db, "SELECT decision_id, step_id FROM decisions"))
-    assert len(seen.answered) > 100 and all(decisions[d] == 1 for d in seen.answered)
+    assert len(seen.answered) > 100
+    wrong = {d: (answer, decisions[d]) for d, answer in seen.answered.items() if decisions[d] != 1}
+    assert not wrong, f"{len(wrong)} answered decisions stored other than once ((user, step) answered, times " \
+                      f"stored): {sorted(wrong.values())[:10]}"
     assert all(steps[d] == step for d, (_, step) in seen.answered.items() if step)
     outcomes = {d: (r, s) for d, r, s in read(db, "SELECT decision_id, reward, source FROM outcomes")}
     assert len(seen.rewarded) > 30
@@ -414,8 +432,11 @@ def test_kill_9_of_workers_learner_and_supervisor_loses_nothing_and_learns_the_s
     once_snapshot, once_state, once_positions = learned_once(db, config, tmp_path, start, positions["events"],
                                                              saved_ms)
     assert {k: once_positions[k] for k in ("outcomes", "changes")} == {k: positions[k] for k in ("outcomes", "changes")}
+    phase("the learner that read the logs once is done")
     assert_same(snapshot_body, once_snapshot)
     assert_same(state_body, once_state)
     learned, labeled, positives = pickle.loads(pickle.loads(snapshot_body)["segmenter"])["counts"]
+    phase(f"{len(seen.events)} events, {len(seen.answered)} decisions, {len(seen.rewarded)} outcomes; River models "
+          f"learned {learned} changes, labeled {labeled} windows ({positives} with first value)")
     assert learned > 100 and labeled - positives >= 3 and positives >= 5  # windows passed with and without value
 

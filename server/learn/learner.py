@@ -232,9 +232,10 @@ class Learner:
         try:
             while batch := feeds.decisions_after(reader, decisions[-1].id if decisions else self.pos.decisions):
                 decisions += batch
-            while rows := self._events_after(self.pos.events):
-                self.pos.events = rows[-1][0]
-                events += [ev for _, ev in rows]
+            # only the events the joiner can use (success, dismissal, identify): the others are never built
+            top = self._last_event_seq()
+            events = [ev for _, ev in reader.iter_events(self.pos.events, self.joiner.event_names)]
+            self.pos.events = max(self.pos.events, top)
         finally:
             reader.conn.execute("COMMIT")
         for d in decisions:
@@ -302,14 +303,6 @@ class Learner:
         # queue read above: none is waiting for a later round
         self._passed_over.clear()
         return bool(erased)
-
-    def _events_after(self, seq: int) -> list[tuple[int, StoredEvent]]:
-        rows: list[tuple[int, StoredEvent]] = []
-        for item in self.reader.iter_events(seq):
-            rows.append(item)
-            if len(rows) >= 5000:
-                break
-        return rows
 
     def _note_unpublished(self, now: int) -> None:
         if self._oldest_unpublished_ms is None:

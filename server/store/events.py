@@ -24,7 +24,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
@@ -264,11 +264,16 @@ class EventTable:
                                    [new_subject, *part]).rowcount
         return n
 
-    def iter_events(self, after_seq: int = 0) -> Iterator[tuple[int, StoredEvent]]:
-        """Every event in ``seq`` order, streamed in chunks (startup rebuild, replays)."""
+    def iter_events(self, after_seq: int = 0, names: Collection[str] | None = None
+                    ) -> Iterator[tuple[int, StoredEvent]]:
+        """Every event in ``seq`` order (only those named one of ``names``, when given: SQLite skips the others
+        without building them), streamed in chunks (startup rebuild, replays, the learner's reward join)."""
         last = after_seq
+        where, extra = ("seq > ?", []) if names is None else (f"seq > ? AND name IN ({_marks(len(names))})",
+                                                              sorted(names))
         while True:
-            rows = self.conn.execute(f"{_SELECT_EVENT} WHERE seq > ? ORDER BY seq LIMIT 10000", (last,)).fetchall()
+            rows = self.conn.execute(f"{_SELECT_EVENT} WHERE {where} ORDER BY seq LIMIT 10000",
+                                     (last, *extra)).fetchall()
             if not rows:
                 return
             for row in rows:

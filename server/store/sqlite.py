@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -142,7 +142,8 @@ class EventLog(Protocol):
 
     def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int: ...
 
-    def iter_events(self, after_seq: int = 0) -> Iterator[tuple[int, StoredEvent]]: ...
+    def iter_events(self, after_seq: int = 0, names: Collection[str] | None = None
+                    ) -> Iterator[tuple[int, StoredEvent]]: ...
 
     def events_about(self, keys: SubjectKeys) -> list[StoredEvent]: ...
 
@@ -365,9 +366,11 @@ class SqliteStore:
         """Move events of ``old_subjects`` (e.g. ``anon:abc``) to ``new_subject``; returns rows changed."""
         return self.events.rekey_subjects(old_subjects, new_subject)
 
-    def iter_events(self, after_seq: int = 0) -> Iterator[tuple[int, StoredEvent]]:
-        """Every event in ``seq`` order, streamed in chunks (startup rebuild, replays)."""
-        return self.events.iter_events(after_seq)
+    def iter_events(self, after_seq: int = 0, names: Collection[str] | None = None
+                    ) -> Iterator[tuple[int, StoredEvent]]:
+        """Every event in ``seq`` order (only those named one of ``names``, when given), streamed in chunks
+        (startup rebuild, replays, the learner's reward join)."""
+        return self.events.iter_events(after_seq, names)
 
     def events_about(self, keys: SubjectKeys) -> list[StoredEvent]:
         """Every event stored under one of ``keys.subjects`` (never others' events that carry one of the

@@ -232,9 +232,11 @@ class Learner:
         try:
             while batch := feeds.decisions_after(reader, decisions[-1].id if decisions else self.pos.decisions):
                 decisions += batch
-            # only the events the joiner can use (success, dismissal, identify): the others are never built
+            # only the events the joiner can use (success, dismissal, identify; none while no decision waits
+            # for an outcome): the others are never built
             top = self._last_event_seq()
-            events = [ev for _, ev in reader.iter_events(self.pos.events, self.joiner.event_names)]
+            if decisions or len(self.joiner):
+                events = [ev for _, ev in reader.iter_events(self.pos.events, self.joiner.event_names)]
             self.pos.events = max(self.pos.events, top)
         finally:
             reader.conn.execute("COMMIT")

@@ -14,10 +14,11 @@ three levels, each a small integer-keyed table: new ids go to ``event_ids_0`` (k
 :data:`LEVEL_ROWS`\\[0] rows, so its pages stay few and hot), which is merged in key order into
 ``event_ids_1`` when full, which is merged into ``event_ids_2`` when full (at least a quarter of it, so a
 merge rewrites level 2 once per so many ids whatever its size); that last merge also drops the ids whose
-event time left the window. A lookup probes levels 0 and 1, and level 2 only for the keys its filter (the
-sorted high halves of its keys, :class:`~server.store.id_filter.KeyFilter`, kept in ``event_ids_filter`` and
-rewritten with every merge into level 2, in the same transaction) does not rule out: level 2 holds nearly
-every id of the window, far more pages than the cache, and a new id would otherwise cost a read of one. The shape is that of a NATS JetStream
+event time left the window. A lookup probes level 0, and levels 1 and 2 only for the keys their filters (the
+sorted high halves of a level's keys, :class:`~server.store.id_filter.KeyFilter`, kept in ``event_ids_filter``
+and rewritten with every merge into the level, in the same transaction) do not rule out: those levels hold
+nearly every id of the window, far more pages than the cache, and a new id would otherwise cost a read of a
+page of each. The shape is that of a NATS JetStream
 stream's duplicate window (``Nats-Msg-Id``): :meth:`EventTable.append_new` is the one atomic operation,
 "append these events, skipping ids seen within the window".
 """
@@ -47,7 +48,7 @@ DEFAULT_WINDOW_HOURS = 168  # 7 days of event time, as Amplitude's insert_id
 LEVELS = ("event_ids_0", "event_ids_1", "event_ids_2")
 LEVEL_ROWS = (100_000, 1_000_000)  # rows at which level 0 (1) is merged into level 1 (2) ...
 LAST_LEVEL_SHARE = 4  # ... level 1 also not before it holds a quarter of level 2's rows
-FILTER_TABLE = "event_ids_filter"  # level -> (token, KeyFilter bytes) of level 2; a new token with each body
+FILTER_TABLE = "event_ids_filter"  # level (1, 2) -> (token, KeyFilter bytes); a new token with each body
 LAST_LEVEL_ROWS_KEY = "event_ids_2_rows"  # meta: rows of level 2 after its last merge (not counted at open)
 LAYOUT_KEY = "event_log_layout"  # meta: 2 = this layout (1, implicit: a UNIQUE index on events.event_id)
 LAYOUT = "2"
@@ -108,8 +109,8 @@ class EventTable:
         self.window_ms = int(window_hours * HOUR_MS)
         self._insert = insert  # insert_flat(conn, table, columns, flat) of server/store/sqlite.py
         self._rows = [0, 0, 0]  # rows in each level (counted at open, level 2's read from meta, then kept up to date)
-        self._filter: KeyFilter | None = None  # level 2's filter as last read or written here ...
-        self._filter_token = 0  # ... and its token (another process's merge writes a new one)
+        # level -> (token, filter) as last read or written here (another process's merge writes a new token)
+        self._filters: dict[int, tuple[int, KeyFilter]] = {}
 
     # -- schema ------------------------------------------------------------------------------------------
     def create(self) -> None:
@@ -153,7 +154,7 @@ class EventTable:
             c.executemany(f"INSERT OR REPLACE INTO {LEVELS[-1]} (h, chk, ts) VALUES (?, ?, ?)",
                           ((h, chk, ts) for h, (chk, ts) in sorted(rows.items())))
             c.execute(f"DROP INDEX {OLD_EVENT_ID_INDEX}")
-            self._write_filter()
+            self._store_filter(2, self._scan_filter(2))
             c.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
                       "excluded.value", (LAYOUT_KEY, LAYOUT))
             if own:
@@ -174,9 +175,9 @@ class EventTable:
         is then built and stored)."""
         found: dict[int, tuple[int, int]] = {}
         keys = list(keys)
-        last = self._last_level_filter(write)
-        for level, asked in ((LEVELS[0], keys), (LEVELS[1], keys),
-                             (LEVELS[2], keys if last is None else last.maybe(keys))):
+        for i, level in enumerate(LEVELS):
+            kept = self._filter(i, write) if i else None
+            asked = keys if kept is None else kept.maybe(keys)
             for part in _chunks(asked):
                 for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {level} WHERE h IN "  # noqa: S608
                                                     f"({_marks(len(part))})", part):
@@ -185,28 +186,32 @@ class EventTable:
                         found[h] = (chk, ts)
         return found
 
-    def _last_level_filter(self, write: bool) -> KeyFilter | None:
-        """Level 2's filter as committed (read again when another process wrote a new one; built and stored
-        when there is none yet and ``write``); None = ask level 2 about every key."""
+    def _filter(self, level: int, write: bool) -> KeyFilter | None:
+        """The filter of ``level`` (1 or 2) as committed (read again when another process wrote a new one;
+        built and stored when there is none yet and ``write``); None = ask the level about every key."""
         try:
-            row = self.conn.execute(f"SELECT token FROM {FILTER_TABLE} WHERE level = 2").fetchone()
+            row = self.conn.execute(f"SELECT token FROM {FILTER_TABLE} WHERE level = ?", (level,)).fetchone()
         except sqlite3.OperationalError:  # a read-only connection to a log no writer has opened since
             return None
         if row is None:
-            return self._write_filter() if write else None
-        if row[0] != self._filter_token:
-            body = self.conn.execute(f"SELECT body FROM {FILTER_TABLE} WHERE level = 2").fetchone()[0]
-            self._filter, self._filter_token = KeyFilter.from_bytes(body), row[0]
-        return self._filter
+            return self._store_filter(level, self._scan_filter(level)) if write else None
+        mine = self._filters.get(level)
+        if mine is None or mine[0] != row[0]:
+            body = self.conn.execute(f"SELECT body FROM {FILTER_TABLE} WHERE level = ?", (level,)).fetchone()[0]
+            mine = self._filters[level] = (row[0], KeyFilter.from_bytes(body))
+        return mine[1]
 
-    def _write_filter(self) -> KeyFilter:
-        """Build level 2's filter from its keys and store it with a new token (in the caller's transaction)."""
-        keys = (h for (h,) in self.conn.execute(f"SELECT h FROM {LEVELS[-1]} ORDER BY h"))
-        built, token = KeyFilter.of_sorted(keys), secrets.randbits(62) + 1
-        self.conn.execute(f"INSERT INTO {FILTER_TABLE} (level, token, body) VALUES (2, ?, ?) ON CONFLICT (level) "
-                          "DO UPDATE SET token = excluded.token, body = excluded.body", (token, built.to_bytes()))
-        self._filter, self._filter_token = built, token
-        return built
+    def _scan_filter(self, level: int) -> KeyFilter:
+        """The filter of ``level`` built from all its keys."""
+        return KeyFilter.of_sorted(h for (h,) in self.conn.execute(f"SELECT h FROM {LEVELS[level]} ORDER BY h"))
+
+    def _store_filter(self, level: int, kept: KeyFilter) -> KeyFilter:
+        """Store ``kept`` as the filter of ``level`` with a new token (in the caller's transaction)."""
+        token = secrets.randbits(62) + 1
+        self.conn.execute(f"INSERT INTO {FILTER_TABLE} (level, token, body) VALUES (?, ?, ?) ON CONFLICT (level) "
+                          "DO UPDATE SET token = excluded.token, body = excluded.body", (level, token, kept.to_bytes()))
+        self._filters[level] = (token, kept)
+        return kept
 
     def _record(self, rows: list[tuple[int, int, int]], now_ms: int) -> None:
         """Add (key, check, event time) rows to level 0 (a key already there takes the new values), merging
@@ -229,6 +234,10 @@ class EventTable:
         last = dst == LEVELS[-1]
         if last:
             c.execute(f"DELETE FROM {dst} WHERE ts < ?", (now_ms - self.window_ms,))
+        else:  # level 1's filter gains level 0's keys (read before they move)
+            before = self._filter(1, write=True)
+            grown = (before or KeyFilter.of_sorted(())).with_sorted(
+                h for (h,) in c.execute(f"SELECT h FROM {src} ORDER BY h"))
         c.execute(f"INSERT INTO {dst} (h, chk, ts) SELECT h, chk, ts FROM {src} WHERE 1 ORDER BY h "
                   "ON CONFLICT (h) DO UPDATE SET chk = excluded.chk, ts = excluded.ts")
         c.execute(f"DELETE FROM {src}")
@@ -238,7 +247,10 @@ class EventTable:
         if last:
             c.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
                       "excluded.value", (LAST_LEVEL_ROWS_KEY, str(self._rows[2])))
-            self._write_filter()
+            self._store_filter(2, self._scan_filter(2))
+            self._store_filter(1, KeyFilter.of_sorted(()))
+        else:
+            self._store_filter(1, grown)
 
     def seen_within_window(self, event_ids: Sequence[str], now_ms: int) -> set[str]:
         """Which of ``event_ids`` were stored with an event time inside the window ending at ``now_ms``."""
@@ -332,16 +344,16 @@ class EventTable:
 
     def erase(self, subjects: Sequence[str]) -> int:
         """Delete the events stored under ``subjects`` and their ids from the dedupe window (so the window
-        keeps nothing of them, and a re-send is judged as for a new person: by consent; level 2's filter is
-        rebuilt when they were in level 2, a scan of its keys); returns events deleted."""
+        keeps nothing of them, and a re-send is judged as for a new person: by consent; the filter of a level
+        they were in is rebuilt, a scan of its keys); returns events deleted."""
         where, args = subjects_clause(subjects)
         keys = sorted({digest(eid)[0] for (eid,) in
                        self.conn.execute(f"SELECT event_id FROM events WHERE {where}", args)})
-        from_last = 0
+        deleted = [0] * len(LEVELS)
         for part in _chunks(keys):
-            for level in LEVELS:
-                n = self.conn.execute(f"DELETE FROM {level} WHERE h IN ({_marks(len(part))})", part).rowcount
-                from_last += n if level == LEVELS[-1] else 0
-        if from_last:  # level 2's filter keeps no part of their keys either
-            self._write_filter()
+            for i, level in enumerate(LEVELS):
+                deleted[i] += self.conn.execute(f"DELETE FROM {level} WHERE h IN ({_marks(len(part))})", part).rowcount
+        for i in (1, 2):
+            if deleted[i]:  # the level's filter keeps no part of their keys either
+                self._store_filter(i, self._scan_filter(i))
         return self.conn.execute(f"DELETE FROM events WHERE {where}", args).rowcount

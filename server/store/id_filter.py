@@ -1,5 +1,5 @@
-"""A compact in-memory filter over the keys of the dedupe window's largest level (server/store/events.py): the
-high 32 bits of each 64-bit key, sorted. Asked about a batch of keys, it answers "certainly absent" for nearly
+"""A compact in-memory filter over the keys of one of the dedupe window's larger levels (server/store/events.py):
+the high 32 bits of each 64-bit key, sorted. Asked about a batch of keys, it answers "certainly absent" for nearly
 every new key (a key is taken for present only when some stored key shares its high 32 bits: about one in 430
 with 10M keys stored), so the level, far larger than the page cache, is read only for the few keys it may
 hold. Never a false "absent": the keys it was built from stay "maybe present" until it is rebuilt.
@@ -36,6 +36,13 @@ class KeyFilter:
 
     def to_bytes(self) -> bytes:
         return self._high.tobytes()
+
+    def with_sorted(self, keys: Iterable[int]) -> KeyFilter:
+        """This filter with ``keys`` (ascending) added."""
+        more = (np.fromiter(keys, dtype=np.int64) >> 32).astype(_DTYPE)
+        both = np.concatenate((self._high, more))
+        both.sort(kind="stable")  # two sorted runs: a merge
+        return KeyFilter(both)
 
     def __len__(self) -> int:
         return len(self._high)

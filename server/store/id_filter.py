@@ -22,12 +22,9 @@ class KeyFilter:
         self._high = high
 
     @classmethod
-    def of_sorted(cls, keys: Iterable[int], count: int = -1) -> KeyFilter:
+    def of_sorted(cls, keys: Iterable[int] | np.ndarray) -> KeyFilter:
         """Built from ``keys`` in ascending order (as the level's integer primary key gives them)."""
-        high = (np.fromiter(keys, dtype=np.int64, count=count) >> 32).astype(_DTYPE)
-        if len(high) > 1 and bool((high[1:] < high[:-1]).any()):
-            high.sort()
-        return cls(high)
+        return cls(_highs(keys))
 
     @classmethod
     def from_bytes(cls, body: bytes) -> KeyFilter:
@@ -37,10 +34,13 @@ class KeyFilter:
     def to_bytes(self) -> bytes:
         return self._high.tobytes()
 
-    def with_sorted(self, keys: Iterable[int]) -> KeyFilter:
+    def with_sorted(self, keys: Iterable[int] | np.ndarray) -> KeyFilter:
         """This filter with ``keys`` (ascending) added."""
-        more = (np.fromiter(keys, dtype=np.int64) >> 32).astype(_DTYPE)
-        both = np.concatenate((self._high, more))
+        return self.union(KeyFilter(_highs(keys)))
+
+    def union(self, other: KeyFilter) -> KeyFilter:
+        """A filter of both filters' keys."""
+        both = np.concatenate((self._high, other._high))
         both.sort(kind="stable")  # two sorted runs: a merge
         return KeyFilter(both)
 
@@ -55,3 +55,11 @@ class KeyFilter:
         q = (np.fromiter(keys, dtype=np.int64, count=len(keys)) >> 32).astype(_DTYPE)
         at = np.minimum(np.searchsorted(high, q), len(high) - 1)
         return [keys[i] for i in np.flatnonzero(high[at] == q).tolist()]
+
+
+def _highs(keys: Iterable[int] | np.ndarray) -> np.ndarray:
+    arr = keys if isinstance(keys, np.ndarray) else np.fromiter(keys, dtype=np.int64)
+    high = (arr.astype(np.int64, copy=False) >> 32).astype(_DTYPE)
+    if len(high) > 1 and bool((high[1:] < high[:-1]).any()):
+        high.sort()
+    return high

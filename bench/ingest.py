@@ -3,8 +3,9 @@ client process, against Onramp (consented users) and a bare server that only cou
 
 The store's cost per event may grow with the events already stored (``bench/store_scaling.py``), so Onramp
 is first filled with ``prefill`` events through the same API (or a database filled earlier is reused:
-``--db``) and every figure says how many events were stored while it was measured. Event ids are random uuid4 hex, as ``onramp_client`` makes them; the
-``ordered`` runs (counters the index only appends) show the optimistic case earlier figures measured.
+``--db``) and every figure says how many events were stored while it was measured. Event ids are random uuid4
+hex, as ``onramp_client`` makes them; the ``ordered`` runs (counters the index only appends) show the
+optimistic case earlier figures measured.
 """
 from __future__ import annotations
 

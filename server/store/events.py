@@ -38,6 +38,7 @@ import numpy as np
 from server.base.records import StoredEvent
 from server.store.id_filter import KeyFilter
 from server.store.rows import Appended
+from server.store.sql import _chunks, _marks
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ LAST_LEVEL_ROWS_KEY = "event_ids_2_rows"  # meta: rows of level 2 after its last
 LAYOUT_KEY = "event_log_layout"  # meta: 2 = this layout (1, implicit: a UNIQUE index on events.event_id)
 LAYOUT = "2"
 OLD_EVENT_ID_INDEX = "idx_events_event_id"
-_CHUNK = 5000  # bound parameters per IN (...) query
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
 
 
@@ -64,15 +64,6 @@ def digest(event_id: str) -> tuple[int, int]:
     taken for one only when all 96 bits agree (about 1 in 10^13 for 10^8 ids in the window)."""
     d = blake2b(event_id.encode(), digest_size=12).digest()
     return int.from_bytes(d[:8], "big", signed=True), int.from_bytes(d[8:], "big")
-
-
-def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(values), size):
-        yield values[i:i + size]
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
 
 
 def event_from_row(row: Sequence[Any]) -> tuple[int, StoredEvent]:

@@ -224,10 +224,10 @@ class Learner:
         now = clock_ms() if now_ms is None else now_ms
         reader = self.reader
         # 1-2. decisions that wait for an outcome, then events (success events join rewards), read as of one
-        # moment: an event that rewards a decision is never seen before that decision
-        decisions, fed_events = reader.decisions_and_events_after(self.pos.decisions, self.pos.events)
-        if fed_events:
-            self.pos.events = fed_events[-1][0]
+        # moment: an event that rewards a decision is never seen before that decision. Only the events the
+        # joiner can use (success, dismissal, identify; none while no decision waits for an outcome) are built.
+        decisions, fed_events, self.pos.events = reader.decisions_and_events_after(
+            self.pos.decisions, self.pos.events, self.joiner.event_names, waiting=len(self.joiner) > 0)
         events = [ev for _, ev in fed_events]
         for d in decisions:
             self.joiner.add(Pending(d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.reward_deadline_ms))

@@ -1,5 +1,5 @@
 """``python -m bench [serving|ingest|learning|memory|auth|erasure|lag|replay|all] [--quick] [--repeats N] [--json PATH]``
-(lag also ``--rate``, ``--lag-workers``; serving also ``--driver aio|h2load``, ``--scenario personalized|capped``, ``--floor``, ``--workers 1,2``, ``--cpus 1:0``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``; learning also ``--peers``, ``--sweep``):
+(lag also ``--rate``, ``--lag-workers``; serving also ``--driver aio|h2load``, ``--scenario personalized|capped``, ``--floor``, ``--workers 1,2``, ``--cpus 1:0``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``, ``--db PATH``; learning also ``--peers``, ``--sweep``):
 run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
 from __future__ import annotations
 
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restarts", type=int, default=1, help="memory: restarts measured per build")
     ap.add_argument("--prefill", type=int, default=None, metavar="N",
                     help="ingest: events stored through the API before measuring (default 1,000,000; quick 2,000)")
+    ap.add_argument("--db", default=None, metavar="PATH",
+                    help="ingest: keep the database here, and reuse it when it exists (filled up to --prefill)")
     ap.add_argument("--peers", action="store_true",
                     help="learning: also run Vowpal Wabbit, MABWiser and River on every scenario (pip install -e '.[bench]')")
     ap.add_argument("--sweep", action="store_true",
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                               workers=workers, cpus=cpus)
             lines = serving.report(res)
         elif part == "ingest":
-            res = ingest.run(a.quick, repeats, duration=a.duration, prefill=a.prefill)
+            res = ingest.run(a.quick, repeats, duration=a.duration, prefill=a.prefill,
+                             db=Path(a.db) if a.db else None)
             lines = ingest.report(res)
         elif part == "lag":
             res = {str(n): learner_lag.run(a.quick, repeats, duration=a.duration, rate=a.rate, workers=int(n))

@@ -8,7 +8,7 @@ opted_out or erased).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from server.store.rows import ConsentRow
@@ -45,6 +45,18 @@ class ConsentBook:
         except KeyError:
             rows = self._records[subject] = {r.purpose: r for r in self._reads.consents_of([subject])}
             return rows
+
+    def read(self, subjects: Collection[str]) -> None:
+        """Read the records of ``subjects`` not read yet in one query per 500 (an ingest job's users at once,
+        rather than one query each)."""
+        todo = [s for s in subjects if s not in self._records]
+        for i in range(0, len(todo), 500):
+            part = todo[i:i + 500]
+            records = self._records
+            for s in part:
+                records[s] = {}
+            for row in self._reads.consents_of(part):
+                records[row.subject][row.purpose] = row
 
     def get(self, subject: str, purpose: str) -> ConsentRow | None:
         """The current record of ``subject`` for ``purpose``, or None when none was ever given."""

@@ -15,7 +15,7 @@ import concurrent.futures
 import inspect
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,14 @@ class _Profiles:
             body = self.store.profile_body(self.pseudonym(subject))
             p = self.loaded[subject] = Profile(subject) if body is None else decode_profile(subject, body)
         return p
+
+    def read(self, subjects: Collection[str]) -> None:
+        """Load the profiles of ``subjects`` not loaded yet, in one query per chunk (a job's people at once)."""
+        todo = {self.pseudonym(s): s for s in subjects if s not in self.loaded}
+        bodies = self.store.profile_bodies(list(todo))
+        for pseudo, subject in todo.items():
+            body = bodies.get(pseudo)
+            self.loaded[subject] = Profile(subject) if body is None else decode_profile(subject, body)
 
     def observe(self, ev: StoredEvent) -> None:
         subject = ev.subject
@@ -331,6 +339,7 @@ class Pipeline:
         # Links and consent as this transaction sees them, read by key once per job
         identity, consent, pseudo = IdentityGraph(store), ConsentBook(store), self.pseudonym
         resolve, gate = identity.resolve, consent.tracking_gate
+        consent.read({ev[1] for events, *_ in batches for ev in events if ev[1]})  # the users' records, at once
         encode = encode_properties
         results: list[IngestResult] = []
         for events, received_ms, ops, stored in batches:
@@ -386,6 +395,7 @@ class Pipeline:
         def profile_writes(done: Appended) -> ProfileWrites:
             appended(done)
             profiles = _Profiles(store, pseudo)
+            profiles.read({e.subject for *_, stored in batches for e in stored if id(e) not in skipped})
             for result, (_events, _received, ops, stored) in zip(results, batches):
                 if skipped:
                     stored[:] = [e for e in stored if id(e) not in skipped]

@@ -36,13 +36,13 @@ from server.learn.rewards import Pending, RewardJoiner
 from server.learn.rule_monitor import RuleMonitor, trial_of
 from server.learn.segments import Segmenter
 from server.store.interfaces import Store
-from server.store.rows import Snapshot, Unlearning
+from server.store.rows import ProfileChange, Snapshot, Unlearning
 from server.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
-LABEL_SWEEP_MS = 60_000  # how often expired activation windows get their label
+FORGET_INTERVAL_MS = 60_000  # how often the shows of people without tracking consent are looked at
 SAVE_INTERVAL_MS = 10_000  # how often the learner saves its state (and prunes what that state includes)
 RELEARN_CHUNK = 256  # profiles relearned between two turns of the event loop
 
@@ -132,7 +132,8 @@ class Learner:
         self.version = 0  # the latest snapshot published
         self._dirty = True  # models changed since the last snapshot
         self._saved_ms = 0
-        self._labeled_ms = 0
+        self._forgot_ms = 0
+        self.clock_ms = 0  # the River models' time: the latest profile change they learned (saved with them)
         self._oldest_unpublished_ms: int | None = None
         self._stop = asyncio.Event()
         self._started = False
@@ -149,6 +150,7 @@ class Learner:
         }
         if saved:
             state["rules"] = self.rule_monitor.to_state()
+            state["clock"] = self.clock_ms
         else:
             state["demoted_rules"] = sorted(self.rule_monitor.demoted_rules)
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
@@ -176,6 +178,7 @@ class Learner:
             self.decider.policy = policy
         self.rule_monitor = monitor
         self.stats.learned = int(state.get("learned", 0))
+        self.clock_ms = int(state.get("clock", 0))
         return True
 
     def open(self) -> None:
@@ -195,6 +198,8 @@ class Learner:
             for pseudo, body in self.reader.iter_profile_bodies():
                 p = decode_profile(pseudo, body)
                 self.segmenter.learn_one(p, p.last_seen_ms)
+                self.clock_ms = max(self.clock_ms, p.last_seen_ms)
+            self.segmenter.label_expired(self.clock_ms)
         # Decisions waiting for a reward (the pending index is rebuilt, not saved). Events are read on from the
         # saved position: one ingested while the learner was down may still reward a pending decision.
         self.pos.decisions = self.reader.feed_end("decisions")
@@ -219,10 +224,10 @@ class Learner:
         now = clock_ms() if now_ms is None else now_ms
         reader = self.reader
         # 1-2. decisions that wait for an outcome, then events (success events join rewards), read as of one
-        # moment: an event that rewards a decision is never seen before that decision
-        decisions, fed_events = reader.decisions_and_events_after(self.pos.decisions, self.pos.events)
-        if fed_events:
-            self.pos.events = fed_events[-1][0]
+        # moment: an event that rewards a decision is never seen before that decision. Only the events the
+        # joiner can use (success, dismissal, identify; none while no decision waits for an outcome) are built.
+        decisions, fed_events, self.pos.events = reader.decisions_and_events_after(
+            self.pos.decisions, self.pos.events, self.joiner.event_names, waiting=len(self.joiner) > 0)
         events = [ev for _, ev in fed_events]
         for d in decisions:
             self.joiner.add(Pending(d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.reward_deadline_ms))
@@ -257,14 +262,12 @@ class Learner:
             if not changes:
                 break
             for c in changes:
-                self.segmenter.learn_one(decode_profile(c.pseudo, c.body), c.timestamp_ms)
+                self._learn_change(c)
                 self.pos.changes = c.id
             self._dirty = True
-        # 7. activation labels of windows that passed without first value
-        if now - self._labeled_ms >= LABEL_SWEEP_MS:
-            self._labeled_ms = now
-            if self._label_expired(now):
-                self._dirty = True
+        # 7. shows no cap counts any more of people without tracking consent (the models do not change)
+        if now - self._forgot_ms >= FORGET_INTERVAL_MS:
+            self._forgot_ms = now
             await self.forget_untracked_shows(now)
         if erased:  # saved (and the queued erasure deleted) before the snapshot that EraseUser waits for
             await self.save(now, scrub=True)
@@ -341,17 +344,21 @@ class Learner:
         for i, (pseudo, body) in enumerate(self.reader.iter_profile_bodies()):
             p = decode_profile(pseudo, body)
             fresh.learn_one(p, p.last_seen_ms)
+            self.clock_ms = max(self.clock_ms, p.last_seen_ms)
             if i % RELEARN_CHUNK == RELEARN_CHUNK - 1:
                 await asyncio.sleep(0)
+        fresh.label_expired(self.clock_ms)
         self.segmenter = fresh
         self.stats.relearns += 1
 
-    def _label_expired(self, now: int) -> int:
-        pseudos = self.segmenter.unlabeled()
-        if not pseudos:
-            return 0
-        bodies = self.reader.profile_bodies(pseudos)
-        return self.segmenter.label_expired((decode_profile(p, b) for p, b in bodies.items()), now)
+    def _learn_change(self, change: ProfileChange) -> None:
+        """The River models learn one profile change at its time; activation windows that ended before it get
+        their label first. The models' clock is the change log's (the latest change time), not the wall's: a
+        learner restarted from its saved state labels at the same points of the log as one that never stopped."""
+        if change.timestamp_ms > self.clock_ms:
+            self.clock_ms = change.timestamp_ms
+            self.segmenter.label_expired(self.clock_ms)
+        self.segmenter.learn_one(decode_profile(change.pseudo, change.body), change.timestamp_ms)
 
     async def forget_untracked_shows(self, now_ms: int) -> int:
         """Take the pseudonym out of the logged shows of people without tracking consent, and drop their shown

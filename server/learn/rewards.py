@@ -114,6 +114,11 @@ class RewardJoiner:
         self._tasks: set[asyncio.Future[Any]] = set()
         self.joined = {REPORTED: 0, EVENT: 0, DEFAULT: 0}
 
+    @property
+    def event_names(self) -> frozenset[str]:
+        """The names of the events :meth:`on_events` looks at (the others cannot reward or move a decision)."""
+        return self._names
+
     # -- pending decisions ---------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._pending)

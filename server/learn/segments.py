@@ -17,6 +17,7 @@ Rule segments (thresholds in the catalog's ``[segments]`` and ``[guardrails]``):
 """
 from __future__ import annotations
 
+import heapq
 import math
 import pickle
 import threading
@@ -34,7 +35,7 @@ from server.learn.features import (BEHAVIOR_NAMES, BehaviorInputs, FeatureSpace,
 from server.base.records import SCREEN_SKIPPED, SESSION_START, TUTORIAL_COMPLETED
 from server.ingest.profiles import Profile
 
-STATE_FORMAT = 2  # 2: marks as tuples
+STATE_FORMAT = 3  # 2: marks as tuples; 3: with the first-seen time (expired windows are labeled from the marks)
 
 ENGAGED = "engaged"
 AT_RISK = "at_risk"
@@ -135,12 +136,15 @@ class SegmentResult:
 @dataclass(slots=True)
 class _Mark:
     """What the segmenter remembers per subject: when it last learned from the user, whether the
-    activation label is known, and the latest pre-activation behavior vector."""
+    activation label is known, the latest pre-activation behavior vector, and when the user was first seen
+    (so a window that passes without first value is labeled from the mark alone, see
+    :meth:`Segmenter.label_expired`)."""
 
     events: int = -1
     sessions: int = -1
     labeled: bool = False
     snapshot: BehaviorInputs | dict[str, float] | None = None  # a dict in states written before the tuple
+    first_seen: int = 0
 
 
 def _before_label(mark: _Mark, profile: Profile, now_ms: int, x: dict[str, float] | None) -> dict[str, float]:
@@ -249,7 +253,8 @@ class Segmenter:
     clustering at most once per new session or ``learn_every_events`` events, and by the
     activation model once, when its label becomes known (first value reached: positive, on the
     user's last vector before it; ``activation_window_hours`` passed without it: negative).
-    Thread-safe.
+    Time is what the caller passes (the learner: the time of the profile changes it learns), never the
+    wall clock, so the models are a function of what was learned in which order. Thread-safe.
     """
 
     def __init__(self, catalog: Catalog) -> None:
@@ -263,6 +268,7 @@ class Segmenter:
         self._window_ms = self.config.activation_window_hours * HOUR_MS
         self._parts_of: object = None  # the clusterer that _parts_cache belongs to
         self._parts_cache: _ClusterParts | None = None
+        self._due: list[tuple[int, str]] = []  # heap of (window end, subject) of unlabeled marks; stale ones skipped
 
     def _parts(self) -> _ClusterParts | None:
         clusterer = self._m.clusterer
@@ -298,6 +304,9 @@ class Segmenter:
                 mark.events, mark.sessions = profile.event_count, profile.sessions
             if not mark.labeled:
                 self._label(profile, now_ms, x, mark)
+            if not mark.labeled and profile.first_seen_ms > 0 and profile.first_seen_ms != mark.first_seen:
+                mark.first_seen = profile.first_seen_ms
+                heapq.heappush(self._due, (mark.first_seen + self._window_ms, profile.subject))
 
     def _label(self, profile: Profile, now_ms: int, x: dict[str, float] | None, mark: _Mark) -> None:
         if reached_first_value(profile, self.config):
@@ -314,27 +323,24 @@ class Segmenter:
         mark.labeled = True
         mark.snapshot = None
 
-    def label_expired(self, profiles: Iterable[Profile], now_ms: int) -> int:
-        """Give the negative activation label to users whose window passed without first value
-        (users who went silent never call :meth:`learn_one`). Returns how many were labeled."""
+    def label_expired(self, now_ms: int) -> int:
+        """Give the negative activation label, on their last vector, to users whose window passed before
+        ``now_ms`` without first value (users who went silent never call :meth:`learn_one` again), in the order
+        their windows ended (ties by subject). Reads only the marks, so the result depends on the time passed
+        and on what was learned before, not on when this runs. Returns how many were labeled."""
         n = 0
-        limit = self.config.activation_window_hours * HOUR_MS
-        for p in profiles:
-            with self._lock:
-                mark = self._m.marks.get(p.subject)
-                if mark is None or mark.labeled or p.first_seen_ms <= 0 or now_ms - p.first_seen_ms <= limit:
-                    continue
-                if reached_first_value(p, self.config):
-                    self._learn_activation(_before_label(mark, p, now_ms, None), True, mark)
-                else:
-                    self._learn_activation(_before_label(mark, p, now_ms, None), False, mark)
-                    n += 1
-        return n
-
-    def unlabeled(self) -> list[str]:
-        """The subjects whose activation label is not known yet (candidates for :meth:`label_expired`)."""
         with self._lock:
-            return [s for s, mark in self._m.marks.items() if not mark.labeled]
+            due, marks = self._due, self._m.marks
+            while due and due[0][0] < now_ms:
+                end, subject = heapq.heappop(due)
+                mark = marks.get(subject)
+                if mark is None or mark.labeled or mark.first_seen + self._window_ms != end:
+                    continue  # forgotten, labeled meanwhile, or first seen earlier since (another entry)
+                snap = mark.snapshot
+                self._learn_activation((snap if isinstance(snap, dict) else features_of_inputs(snap)) if snap else {},
+                                       False, mark)
+                n += 1
+        return n
 
     def forget(self, subject: str) -> bool:
         """Drop what is remembered about ``subject`` (erasure, or an alias merged into a user)."""
@@ -435,4 +441,6 @@ class Segmenter:
                          marks={s: _Mark(*t) for s, t in state["marks"].items()})
         seg = cls(catalog)
         seg._m = models
+        seg._due = [(m.first_seen + seg._window_ms, s) for s, m in models.marks.items() if not m.labeled and m.first_seen]
+        heapq.heapify(seg._due)
         return seg

@@ -14,7 +14,11 @@ three levels, each a small integer-keyed table: new ids go to ``event_ids_0`` (k
 :data:`LEVEL_ROWS`\\[0] rows, so its pages stay few and hot), which is merged in key order into
 ``event_ids_1`` when full, which is merged into ``event_ids_2`` when full (at least a quarter of it, so a
 merge rewrites level 2 once per so many ids whatever its size); that last merge also drops the ids whose
-event time left the window. A lookup probes the three levels. The shape is that of a NATS JetStream
+event time left the window. A lookup probes level 0, and levels 1 and 2 only for the keys their filters (the
+sorted high halves of a level's keys, :class:`~server.store.id_filter.KeyFilter`, kept in ``event_ids_filter``
+and rewritten with every merge into the level, in the same transaction) do not rule out: those levels hold
+nearly every id of the window, far more pages than the cache, and a new id would otherwise cost a read of a
+page of each. The shape is that of a NATS JetStream
 stream's duplicate window (``Nats-Msg-Id``): :meth:`EventTable.append_new` is the one atomic operation,
 "append these events, skipping ids seen within the window".
 """
@@ -22,14 +26,19 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from hashlib import blake2b
 from typing import Any
 
+import numpy as np
+
 from server.base.records import StoredEvent
+from server.store.id_filter import KeyFilter
 from server.store.rows import Appended
+from server.store.sql import _chunks, _marks
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +51,11 @@ DEFAULT_WINDOW_HOURS = 168  # 7 days of event time, as Amplitude's insert_id
 LEVELS = ("event_ids_0", "event_ids_1", "event_ids_2")
 LEVEL_ROWS = (100_000, 1_000_000)  # rows at which level 0 (1) is merged into level 1 (2) ...
 LAST_LEVEL_SHARE = 4  # ... level 1 also not before it holds a quarter of level 2's rows
+FILTER_TABLE = "event_ids_filter"  # level (1, 2) -> (token, KeyFilter bytes); a new token with each body
 LAST_LEVEL_ROWS_KEY = "event_ids_2_rows"  # meta: rows of level 2 after its last merge (not counted at open)
 LAYOUT_KEY = "event_log_layout"  # meta: 2 = this layout (1, implicit: a UNIQUE index on events.event_id)
 LAYOUT = "2"
 OLD_EVENT_ID_INDEX = "idx_events_event_id"
-_CHUNK = 5000  # bound parameters per IN (...) query
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
 
 
@@ -55,15 +64,6 @@ def digest(event_id: str) -> tuple[int, int]:
     taken for one only when all 96 bits agree (about 1 in 10^13 for 10^8 ids in the window)."""
     d = blake2b(event_id.encode(), digest_size=12).digest()
     return int.from_bytes(d[:8], "big", signed=True), int.from_bytes(d[8:], "big")
-
-
-def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(values), size):
-        yield values[i:i + size]
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
 
 
 def event_from_row(row: Sequence[Any]) -> tuple[int, StoredEvent]:
@@ -92,6 +92,8 @@ class EventTable:
         self.window_ms = int(window_hours * HOUR_MS)
         self._insert = insert  # insert_flat(conn, table, columns, flat) of server/store/sqlite.py
         self._rows = [0, 0, 0]  # rows in each level (counted at open, level 2's read from meta, then kept up to date)
+        # level -> (token, filter) as last read or written here (another process's merge writes a new token)
+        self._filters: dict[int, tuple[int, KeyFilter]] = {}
 
     # -- schema ------------------------------------------------------------------------------------------
     def create(self) -> None:
@@ -108,6 +110,8 @@ class EventTable:
         for level in LEVELS:
             c.execute(f"CREATE TABLE IF NOT EXISTS {level} (h INTEGER PRIMARY KEY, chk INTEGER NOT NULL, "
                       "ts INTEGER NOT NULL)")
+        c.execute(f"CREATE TABLE IF NOT EXISTS {FILTER_TABLE} (level INTEGER PRIMARY KEY, token INTEGER NOT NULL, "
+                  "body BLOB NOT NULL)")
         if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
                      (OLD_EVENT_ID_INDEX,)).fetchone():
             self.convert()
@@ -133,6 +137,7 @@ class EventTable:
             c.executemany(f"INSERT OR REPLACE INTO {LEVELS[-1]} (h, chk, ts) VALUES (?, ?, ?)",
                           ((h, chk, ts) for h, (chk, ts) in sorted(rows.items())))
             c.execute(f"DROP INDEX {OLD_EVENT_ID_INDEX}")
+            self._store_filter(2, self._scan_filter(2))
             c.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
                       "excluded.value", (LAYOUT_KEY, LAYOUT))
             if own:
@@ -147,17 +152,65 @@ class EventTable:
         return len(rows)
 
     # -- the dedupe window -------------------------------------------------------------------------------
-    def _seen(self, keys: Sequence[int]) -> dict[int, tuple[int, int]]:
-        """(check, newest event time) recorded for each of ``keys`` found in a level."""
+    def _seen(self, keys: Sequence[int], write: bool = False) -> dict[int, tuple[int, int]]:
+        """(check, newest event time) recorded for each of ``keys`` found in a level (level 2 asked only about
+        the keys its filter does not rule out). ``write``: inside the writer's transaction (a missing filter
+        is then built and stored)."""
         found: dict[int, tuple[int, int]] = {}
-        for part in _chunks(list(keys)):
-            marks = _marks(len(part))
-            for level in LEVELS:
-                for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {level} WHERE h IN ({marks})", part):
+        keys = list(keys)
+        for i, level in enumerate(LEVELS):
+            kept = self._filter(i, write) if i else None
+            asked = keys if kept is None else kept.maybe(keys)
+            for part in _chunks(asked):
+                for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {level} WHERE h IN "  # noqa: S608
+                                                    f"({_marks(len(part))})", part):
                     old = found.get(h)
                     if old is None or ts > old[1]:
                         found[h] = (chk, ts)
         return found
+
+    def _filter(self, level: int, write: bool) -> KeyFilter | None:
+        """The filter of ``level`` (1 or 2) as committed (read again when another process wrote a new one;
+        built and stored when there is none yet and ``write``); None = ask the level about every key."""
+        try:
+            row = self.conn.execute(f"SELECT token FROM {FILTER_TABLE} WHERE level = ?", (level,)).fetchone()
+        except sqlite3.OperationalError:  # a read-only connection to a log no writer has opened since
+            return None
+        if row is None:
+            return self._store_filter(level, self._scan_filter(level)) if write else None
+        mine = self._filters.get(level)
+        if mine is None or mine[0] != row[0]:
+            body = self.conn.execute(f"SELECT body FROM {FILTER_TABLE} WHERE level = ?", (level,)).fetchone()[0]
+            mine = self._filters[level] = (row[0], KeyFilter.from_bytes(body))
+        return mine[1]
+
+    def _scan_filter(self, level: int) -> KeyFilter:
+        """The filter of ``level`` built from all its keys."""
+        return KeyFilter.of_sorted(self._keys(LEVELS[level]))
+
+    def _keys(self, table: str, chunk: int = 500_000) -> np.ndarray:
+        """Every key of a level, ascending: as text from SQLite (``group_concat``), parsed by numpy, a chunk
+        at a time (several times faster than a row each)."""
+        parts: list[np.ndarray] = []
+        last: int | None = None
+        while True:
+            after = "" if last is None else "WHERE h > ?"
+            text, top, n = self.conn.execute(f"SELECT group_concat(h), max(h), count(*) FROM (SELECT h FROM {table} "
+                                             f"{after} ORDER BY h LIMIT {chunk})", () if last is None else (last,)
+                                             ).fetchone()
+            if n:
+                parts.append(np.fromstring(text, dtype=np.int64, sep=","))
+            if n < chunk:
+                return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            last = top
+
+    def _store_filter(self, level: int, kept: KeyFilter) -> KeyFilter:
+        """Store ``kept`` as the filter of ``level`` with a new token (in the caller's transaction)."""
+        token = secrets.randbits(62) + 1
+        self.conn.execute(f"INSERT INTO {FILTER_TABLE} (level, token, body) VALUES (?, ?, ?) ON CONFLICT (level) "
+                          "DO UPDATE SET token = excluded.token, body = excluded.body", (level, token, kept.to_bytes()))
+        self._filters[level] = (token, kept)
+        return kept
 
     def _record(self, rows: list[tuple[int, int, int]], now_ms: int) -> None:
         """Add (key, check, event time) rows to level 0 (a key already there takes the new values), merging
@@ -180,6 +233,11 @@ class EventTable:
         last = dst == LEVELS[-1]
         if last:
             c.execute(f"DELETE FROM {dst} WHERE ts < ?", (now_ms - self.window_ms,))
+        # the filter of dst gains src's keys (level 0's read before they move; level 1's is its filter); one of
+        # level 2 that holds twice its rows (ids dropped past the window) is built again from its keys
+        grown = self._filter(level + 1, write=True) or KeyFilter.of_sorted(())
+        grown = grown.union(self._filter(1, write=True) or KeyFilter.of_sorted(())) if last else \
+            grown.with_sorted(self._keys(src))
         c.execute(f"INSERT INTO {dst} (h, chk, ts) SELECT h, chk, ts FROM {src} WHERE 1 ORDER BY h "
                   "ON CONFLICT (h) DO UPDATE SET chk = excluded.chk, ts = excluded.ts")
         c.execute(f"DELETE FROM {src}")
@@ -189,6 +247,10 @@ class EventTable:
         if last:
             c.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
                       "excluded.value", (LAST_LEVEL_ROWS_KEY, str(self._rows[2])))
+            self._store_filter(2, grown if len(grown) <= 2 * self._rows[2] + LEVEL_ROWS[1] else self._scan_filter(2))
+            self._store_filter(1, KeyFilter.of_sorted(()))
+        else:
+            self._store_filter(1, grown)
 
     def seen_within_window(self, event_ids: Sequence[str], now_ms: int) -> set[str]:
         """Which of ``event_ids`` were stored with an event time inside the window ending at ``now_ms``."""
@@ -208,7 +270,7 @@ class EventTable:
         horizon = now_ms - self.window_ms
         ids, times = flat[0::_WIDTH], flat[_TS::_WIDTH]
         keys: list[tuple[int, int] | None] = [digest(ids[i]) if times[i] >= horizon else None for i in range(n)]
-        found = self._seen([k[0] for k in keys if k is not None])
+        found = self._seen([k[0] for k in keys if k is not None], write=True)
         duplicates: set[int] = set()
         record: dict[int, tuple[int, int, int]] = {}
         outside: set[int] = set()
@@ -254,11 +316,16 @@ class EventTable:
                                    [new_subject, *part]).rowcount
         return n
 
-    def iter_events(self, after_seq: int = 0) -> Iterator[tuple[int, StoredEvent]]:
-        """Every event in ``seq`` order, streamed in chunks (startup rebuild, replays)."""
+    def iter_events(self, after_seq: int = 0, names: Collection[str] | None = None
+                    ) -> Iterator[tuple[int, StoredEvent]]:
+        """Every event in ``seq`` order (only those named one of ``names``, when given: SQLite skips the others
+        without building them), streamed in chunks (startup rebuild, replays, the learner's reward join)."""
         last = after_seq
+        where, extra = ("seq > ?", []) if names is None else (f"seq > ? AND name IN ({_marks(len(names))})",
+                                                              sorted(names))
         while True:
-            rows = self.conn.execute(f"{_SELECT_EVENT} WHERE seq > ? ORDER BY seq LIMIT 10000", (last,)).fetchall()
+            rows = self.conn.execute(f"{_SELECT_EVENT} WHERE {where} ORDER BY seq LIMIT 10000",
+                                     (last, *extra)).fetchall()
             if not rows:
                 return
             for row in rows:
@@ -277,12 +344,16 @@ class EventTable:
 
     def erase(self, subjects: Sequence[str]) -> int:
         """Delete the events stored under ``subjects`` and their ids from the dedupe window (so the window
-        keeps nothing of them, and a re-send is judged as for a new person: by consent); returns events
-        deleted."""
+        keeps nothing of them, and a re-send is judged as for a new person: by consent; the filter of a level
+        they were in is rebuilt, a scan of its keys); returns events deleted."""
         where, args = subjects_clause(subjects)
         keys = sorted({digest(eid)[0] for (eid,) in
                        self.conn.execute(f"SELECT event_id FROM events WHERE {where}", args)})
+        deleted = [0] * len(LEVELS)
         for part in _chunks(keys):
-            for level in LEVELS:
-                self.conn.execute(f"DELETE FROM {level} WHERE h IN ({_marks(len(part))})", part)
+            for i, level in enumerate(LEVELS):
+                deleted[i] += self.conn.execute(f"DELETE FROM {level} WHERE h IN ({_marks(len(part))})", part).rowcount
+        for i in (1, 2):
+            if deleted[i]:  # the level's filter keeps no part of their keys either
+                self._store_filter(i, self._scan_filter(i))
         return self.conn.execute(f"DELETE FROM events WHERE {where}", args).rowcount

@@ -23,7 +23,7 @@ transaction from SQLite; what they need from a backend without one:
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from server.base.records import StoredEvent
@@ -52,7 +52,8 @@ class EventLog(Protocol):
 
     def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int: ...
 
-    def iter_events(self, after_seq: int = 0) -> Iterator[tuple[int, StoredEvent]]: ...
+    def iter_events(self, after_seq: int = 0, names: Collection[str] | None = None
+                    ) -> Iterator[tuple[int, StoredEvent]]: ...
 
     def last_event_seq(self) -> int: ...
 
@@ -110,8 +111,6 @@ class ProfileStore(Protocol):
 
     def profile_body(self, pseudo: str) -> str | None: ...
 
-    def profile_bodies(self, pseudos: Sequence[str]) -> dict[str, str]: ...
-
     def iter_profile_bodies(self) -> Iterator[tuple[str, str]]: ...
 
     def write_profiles(self, writes: ProfileWrites) -> None:
@@ -145,10 +144,13 @@ class LearningLog(Protocol):
         """The newest position of a feed ("decisions", "outcomes", "changes" or "unlearn")."""
         ...
 
-    def decisions_and_events_after(self, decision_pos: int, event_seq: int
-                                   ) -> tuple[list[FedDecision], list[tuple[int, StoredEvent]]]:
-        """Every decision fed after ``decision_pos`` and events after ``event_seq``, read as of one moment: an
-        event is never returned without a decision logged before it."""
+    def decisions_and_events_after(self, decision_pos: int, event_seq: int, names: Collection[str] | None = None,
+                                   waiting: bool = True
+                                   ) -> tuple[list[FedDecision], list[tuple[int, StoredEvent]], int]:
+        """Every decision fed after ``decision_pos`` and the events after ``event_seq`` (only those named one of
+        ``names`` when given; none when ``waiting`` is False and no decision was fed), read as of one moment: an
+        event is never returned without a decision logged before it. The last item is the newest event's
+        position as of that moment (where the next read starts: the events skipped are passed over)."""
         ...
 
     def outcomes_after(self, after_id: int, limit: int = 5000) -> list[FedOutcome]: ...

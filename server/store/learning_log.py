@@ -10,7 +10,7 @@ include, so learning is exactly-once across learner restarts, and ``version`` go
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from server.base.records import StoredEvent
@@ -98,20 +98,23 @@ def feed_end(store: SqliteStore, feed: str) -> int:
     return last_id(store, FEED_TABLES[feed])
 
 
-def decisions_and_events_after(store: SqliteStore, decision_pos: int, event_seq: int
-                               ) -> tuple[list[FedDecision], list[tuple[int, StoredEvent]]]:
-    """Every decision fed after ``decision_pos``, then events after ``event_seq``, in one read transaction: an
-    event that rewards a decision is never seen before that decision."""
+def decisions_and_events_after(store: SqliteStore, decision_pos: int, event_seq: int,
+                               names: Collection[str] | None = None, waiting: bool = True
+                               ) -> tuple[list[FedDecision], list[tuple[int, StoredEvent]], int]:
+    """Every decision fed after ``decision_pos``, then the events after ``event_seq`` (only those named one of
+    ``names`` when given; none when ``waiting`` is False and no decision was fed), and the newest event's
+    ``seq``, in one read transaction: an event that rewards a decision is never seen before that decision."""
     decisions: list[FedDecision] = []
     events: list[tuple[int, StoredEvent]] = []
     store.conn.execute("BEGIN")
     try:
         while batch := decisions_after(store, decisions[-1].id if decisions else decision_pos):
             decisions += batch
+        end = max(event_seq, store.last_event_seq())
         seq = event_seq
-        while True:
+        while waiting or decisions:
             rows: list[tuple[int, StoredEvent]] = []
-            for item in store.iter_events(seq):
+            for item in store.iter_events(seq, names):
                 rows.append(item)
                 if len(rows) >= _EVENTS_CHUNK:
                     break
@@ -121,7 +124,7 @@ def decisions_and_events_after(store: SqliteStore, decision_pos: int, event_seq:
             events += rows
     finally:
         store.conn.execute("COMMIT")
-    return decisions, events
+    return decisions, events, end
 
 
 def decisions_after(store: SqliteStore, after_id: int, limit: int = 5000) -> list[FedDecision]:

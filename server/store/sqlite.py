@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,9 +213,11 @@ class SqliteStore:
         """Move events of ``old_subjects`` (e.g. ``anon:abc``) to ``new_subject``; returns rows changed."""
         return self.events.rekey_subjects(old_subjects, new_subject)
 
-    def iter_events(self, after_seq: int = 0) -> Iterator[tuple[int, StoredEvent]]:
-        """Every event in ``seq`` order, streamed in chunks (startup rebuild, replays)."""
-        return self.events.iter_events(after_seq)
+    def iter_events(self, after_seq: int = 0, names: Collection[str] | None = None
+                    ) -> Iterator[tuple[int, StoredEvent]]:
+        """Every event in ``seq`` order (only those named one of ``names``, when given), streamed in chunks
+        (startup rebuild, replays, the learner's reward join)."""
+        return self.events.iter_events(after_seq, names)
 
     def events_about(self, keys: SubjectKeys) -> list[StoredEvent]:
         """Every event stored under one of ``keys.subjects`` (never others' events that carry one of the
@@ -391,7 +393,6 @@ class SqliteStore:
     # -- profiles and shown histories (their SQL: server/store/user_state.py) -----------------------------------
     # Bound as methods, so a call costs no extra frame on the hot paths.
     profile_body = _user_state.profile_body
-    profile_bodies = _user_state.profile_bodies
     iter_profile_bodies = _user_state.iter_profile_bodies
     profile_count = _user_state.profile_count
     profile_changes_after = _user_state.profile_changes_after

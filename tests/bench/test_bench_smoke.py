@@ -160,12 +160,17 @@ def test_store_scaling_reports_every_slice_of_every_variant(tmp_path: Path) -> N
 
 def test_store_scaling_plot_writes_a_png_with_one_line_per_variant(tmp_path: Path) -> None:
     from bench.plot_store_scaling import main as plot_main
+    from bench.plot_store_scaling import read_runs
     from bench.store_scaling import measure
 
     rows = [r for v in ("uuid", "v1-uuid") for r in measure(v, tmp_path, events=2000, group=500, every=1000, users=20)]
     (tmp_path / "s.json").write_text(json.dumps(rows))
     assert plot_main([str(tmp_path / "s.json"), "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    only = read_runs([f"{tmp_path / 's.json'}:v1-uuid"])["s"]
+    assert [r["stored"] for r in only] == [1000, 2000] and {r["variant"] for r in only} == {"v1-uuid"}
+    with pytest.raises(ValueError, match="no such file"):
+        read_runs([str(tmp_path / "missing.json")])
 
 
 @pytest.mark.timeout(180)

@@ -9,7 +9,6 @@ import asyncio
 import json
 import pickle
 import random
-import shutil
 import sqlite3
 import threading
 import time
@@ -17,18 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 
 from bench.common import ServerProc, start_onramp, warm_users, write_scenario_config
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.base.catalog import catalog_from_config
-from server.base.config import load_config
-from server.learn.learner import Learner
-from server.store.pseudonym_key import open_pseudonymizer
-from server.store.sqlite import open_store
-from server.store.writer import Writer
+from tests.e2e.learner_support import assert_same, copy_store, learner_on
 
 pytestmark = pytest.mark.timeout(600)
 SEED = 20261205
@@ -71,35 +64,13 @@ def snapshot_policy(db: Path) -> dict[str, Any]:
 def learned_once(db: Path, config_path: Path, tmp: Path) -> tuple[dict[str, Any], int]:
     """The bandit of a learner with no saved state reading a copy of ``db``'s outcome log once."""
     copy = tmp / "once.db"
-    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
-        source.backup(target)  # the WAL's commits included
-        target.execute("DELETE FROM learner_state")
-    shutil.copy2(f"{db}.key", f"{copy}.key")  # mode 0600 kept
-    config = load_config(str(config_path)).with_server(db_path=str(copy))
-    store = open_store(copy)
-    writer = Writer(store)
-    writer.start()
-    try:
-        learner = Learner(store, writer, catalog_from_config(config.raw),
-                          open_pseudonymizer(store, config.privacy).pseudonymize)
+    copy_store(db, copy)
+    with sqlite3.connect(copy) as conn:
+        conn.execute("DELETE FROM learner_state")
+    with learner_on(copy, config_path) as learner:
         asyncio.run(learner.step())
-        learner.close()
         assert learner.decider is not None
         return learner.decider.policy.to_state(), learner.stats.learned
-    finally:
-        writer.stop()
-        store.close()
-
-
-def assert_same(a: Any, b: Any) -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_same(a[k], b[k])
-    elif isinstance(a, (list, tuple, np.ndarray)) and np.asarray(a).dtype.kind == "f":
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-9)
-    else:
-        assert a == b if not isinstance(a, np.ndarray) else np.array_equal(a, b)
 
 
 def test_learning_after_sigkills_equals_learning_the_log_once(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import server.store.events as events_mod
 from server.base.clock import now_ms
 from server.store.events import HOUR_MS, LAYOUT, LAYOUT_KEY, LEVELS
+from server.store.id_filter import KeyFilter
 from server.store.sqlite import SqliteStore, SubjectKeys
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -150,3 +151,48 @@ def test_conversion_keeps_only_the_ids_within_the_window(tmp_path: pathlib.Path)
                                                 (horizon,)).fetchone()[0]
     finally:
         store.close()
+
+
+@given(st.lists(st.integers(-2**63, 2**63 - 1), max_size=60), st.lists(st.integers(-2**63, 2**63 - 1), max_size=30),
+       st.integers(0, 2**32 - 1))
+def test_the_key_filter_never_rules_out_a_key_it_was_built_from(stored: list[int], others: list[int],
+                                                                 low: int) -> None:
+    """Every stored key (and only keys sharing a stored key's high half) is "maybe"; keys that differ from a
+    stored one in the low half only are the filter's false positives."""
+    half = len(stored) // 2
+    f = KeyFilter.of_sorted(sorted(set(stored[:half]))).with_sorted(sorted(set(stored[half:])))
+    f = KeyFilter.from_bytes(f.to_bytes())
+    near = [((k >> 32) << 32) | low for k in stored]
+    asked = stored + others + near
+    highs = {k >> 32 for k in stored}
+    assert f.maybe(asked) == [k for k in asked if k >> 32 in highs]
+
+
+def test_a_merge_into_level_2_by_another_process_is_seen_by_the_next_lookup(tmp_path: pathlib.Path) -> None:
+    """Two connections (two workers): the second built the filters of levels 1 and 2 before the first merged
+    new ids into both; re-sent to the second, every one of those ids is a duplicate (it reads the new
+    filters)."""
+    path = tmp_path / "two.db"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    first, second = SqliteStore(path), SqliteStore(path)
+    try:
+        second.begin()
+        assert second.append_new_events(rows(("seed", NOW)), NOW).duplicates == frozenset()
+        second.commit()
+        sent = [(f"e{i}", NOW) for i in range(14)]
+        for k in range(0, len(sent), 2):
+            first.begin()
+            first.append_new_events(rows(*sent[k:k + 2]), NOW)
+            first.commit()
+        assert [first.conn.execute(f"SELECT COUNT(*) FROM {level}").fetchone()[0] > 0 for level in LEVELS[1:]] \
+            == [True, True]  # both filtered levels were merged into by the first connection
+        second.begin()
+        got = second.append_new_events(rows(*sent), NOW)
+        second.commit()
+        assert got.duplicates == frozenset(range(len(sent)))
+        assert stored_ids(second) == ["seed", *(eid for eid, _ in sent)]
+    finally:
+        first.close()
+        second.close()
+        mp.undo()

@@ -442,10 +442,10 @@ def test_activation_labels_and_probability_ranking() -> None:
             p.event_count += 1
             seg.learn_one(p, T0 + DAY + H)
         else:  # skimmers go silent; their window closes
-            assert seg.label_expired([p], T0 + 8 * DAY + 1) == 1
+            assert seg.label_expired(T0 + 8 * DAY + 1) == 1
     stats = seg.stats
     assert stats["activation_learned"] == 300 and stats["activation_positives"] == 150
-    assert seg.label_expired([synthetic_user(0, 1, rng)], T0 + 9 * DAY) == 0  # unknown subject
+    assert seg.label_expired(T0 + 9 * DAY) == 0  # every window labeled once
     probe_rng = random.Random(99)
     explorer = synthetic_user(1000, 0, probe_rng)
     skimmer = synthetic_user(1001, 1, probe_rng)

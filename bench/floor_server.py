@@ -28,8 +28,8 @@ from bench.bare_server import answer
 from server.base.catalog import Step
 from server.decide.engine import DecisionEngine
 from server.decide.engine_api import NextStep
-from server.store.decision_log import DecisionLogger
-from server.store.user_state import LoggedDecision
+from server.store.decision_logger import DecisionLogger
+from server.store.rows import LoggedDecision
 
 VARIANTS = ("floor", "nolog")
 _ids = itertools.count()

@@ -10,8 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from server.base.reasons import BOOSTED_PREFIX
-from server.store.decision_logger import (ANONYMOUS_ROW, Decision, DecisionLogger,  # noqa: F401 (re-exported)
-                                          _json_value)
+from server.store.decision_logger import _json_value
 from server.store.rows import DECISION_COLUMNS, JSON_DECISION_COLUMNS, JoinedRow, PendingRow
 from server.store.sql import insert_flat
 

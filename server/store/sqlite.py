@@ -393,6 +393,7 @@ class SqliteStore:
     # -- profiles and shown histories (their SQL: server/store/user_state.py) -----------------------------------
     # Bound as methods, so a call costs no extra frame on the hot paths.
     profile_body = _user_state.profile_body
+    profile_bodies = _user_state.profile_bodies
     iter_profile_bodies = _user_state.iter_profile_bodies
     profile_count = _user_state.profile_count
     profile_changes_after = _user_state.profile_changes_after

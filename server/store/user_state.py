@@ -13,8 +13,8 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from server.store.rows import (DECISION_COLUMNS, NO_SHOWS, LoggedDecision, ProfileChange,  # noqa: F401 (re-exported)
-                               ProfileWrites, Shows, merged_shows, with_show)
+from server.store.rows import (DECISION_COLUMNS, NO_SHOWS, LoggedDecision, ProfileChange, ProfileWrites, Shows,
+                               merged_shows)
 from server.store.sql import _chunks, _marks, insert_flat
 
 if TYPE_CHECKING:
@@ -25,6 +25,15 @@ _HISTORY_COLUMNS = ("pseudo", "version", "shows", "tracked", "last_ms")
 
 
 # -- profiles -------------------------------------------------------------------------------------------------
+def profile_bodies(store: SqliteStore, pseudos: Sequence[str]) -> dict[str, str]:
+    """The stored profile bodies of ``pseudos`` (absent ones are left out)."""
+    out: dict[str, str] = {}
+    for part in _chunks(list(pseudos)):
+        out.update(store.conn.execute(f"SELECT pseudo, body FROM profiles WHERE pseudo IN ({_marks(len(part))})",
+                                      part).fetchall())
+    return out
+
+
 def profile_body(store: SqliteStore, pseudo: str) -> str | None:
     row = store.conn.execute("SELECT body FROM profiles WHERE pseudo = ?", (pseudo,)).fetchone()
     return None if row is None else row[0]

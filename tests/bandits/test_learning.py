@@ -4,7 +4,6 @@ context can do) over the last 20 % of users: about 0.93 measured; the rest is wh
 preferences change) and its exploration floor (for offline evaluation) cost when nothing changes."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from bandits.exploration import Decider, EpsilonGreedy, SquareCB

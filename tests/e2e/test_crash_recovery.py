@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import queue
 import random
 import re
 import signal

@@ -3,7 +3,6 @@
 copies is checkpointed and truncated); the other people's ids are all still there."""
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Iterable

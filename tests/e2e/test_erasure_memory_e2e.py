@@ -7,22 +7,19 @@ published model snapshots, a restart does not bring the person back, and the per
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import pickle
-import shutil
 import sqlite3
 import threading
 import time
 import types
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc

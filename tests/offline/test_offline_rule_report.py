@@ -13,7 +13,8 @@ from server.offline.common import generic_order
 from server.offline.logdata import load_decisions
 from server.offline.rule_report import BETTER, NOT_EVALUABLE, UNCLEAR, WORSE, rule_report
 from server.ops.cli import main
-from server.store.decision_log import Decision, insert_rows
+from server.store.decision_log import insert_rows
+from server.store.decision_logger import Decision
 from server.store.sqlite import SqliteStore
 
 RULE, FORCED = "skipped_screens_core_benefits", "returned_re_engagement"

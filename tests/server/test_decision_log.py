@@ -11,9 +11,11 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.store.decision_log import Decision, DecisionLogger, _encoded, insert_rows
+from server.store.decision_log import _encoded, insert_rows
+from server.store.decision_logger import Decision, DecisionLogger
+from server.store.rows import LoggedDecision, Shows
 from server.store.sqlite import SqliteStore
-from server.store.user_state import LoggedDecision, Shows, read_shows
+from server.store.user_state import read_shows
 from server.store.writer import Writer, WriterClosed
 
 

@@ -336,7 +336,12 @@ class _LinearBase:
             w = math.exp(self._lam * (tt - self._t_ref))
         if self.change_z and t is not None and float(t) <= self._reset_at[a]:
             w = 0.0
-        if w:
+        if self._counts[a] == 1:  # the arm's last observation: exactly the prior, not the prior plus rounding
+            self._A[a] = np.eye(self.n_features) * self.ridge
+            self._A_inv[a] = np.eye(self.n_features) / self.ridge
+            self._b[a] = 0.0
+            self._theta[a] = 0.0
+        elif w:
             self._A[a] -= w * np.outer(x, x)
             self._b[a] -= (w * r) * x
             self._A_inv[a] = np.linalg.inv(self._A[a])

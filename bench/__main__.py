@@ -1,5 +1,5 @@
-"""``python -m bench [serving|ingest|learning|memory|auth|erasure|replay|all] [--quick] [--repeats N] [--json PATH]``
-(serving also ``--driver aio|h2load``, ``--scenario personalized|capped``, ``--floor``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``; learning also ``--peers``, ``--sweep``):
+"""``python -m bench [serving|ingest|learning|memory|auth|erasure|lag|replay|all] [--quick] [--repeats N] [--json PATH]``
+(lag also ``--rate``, ``--lag-workers``; serving also ``--driver aio|h2load``, ``--scenario personalized|capped``, ``--floor``; memory also ``--full``, ``--sizes USERS:EVENTS,...``, ``--restarts N``; ingest also ``--prefill N``; learning also ``--peers``, ``--sweep``):
 run the benchmarks, print medians with spread, optionally write the raw results as JSON."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import auth_flood, erasure, h2load, ingest, learning, learning_sweep, memory, serving
+from bench import auth_flood, erasure, h2load, ingest, learner_lag, learning, learning_sweep, memory, serving
 from bench.common import ROOT, PY, SCENARIOS, Summary, load_average
 
-PARTS = ("serving", "ingest", "learning", "memory", "auth", "erasure")
+PARTS = ("serving", "ingest", "learning", "memory", "auth", "erasure", "lag")
 
 
 def machine() -> str:
@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="learning: also run Vowpal Wabbit, MABWiser and River on every scenario (pip install -e '.[bench]')")
     ap.add_argument("--sweep", action="store_true",
                     help="learning: instead, the sweep that chooses the bandit's defaults (bench.learning_sweep)")
+    ap.add_argument("--rate", type=float, default=1000.0, help="lag: outcomes reported per second")
+    ap.add_argument("--lag-workers", default="1", metavar="N,...",
+                    help="lag: worker counts to measure, e.g. 1,2 (onramp serve --workers)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write all results here")
     a = ap.parse_args(argv)
     if a.floor and a.driver != "aio":
@@ -86,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "ingest":
             res = ingest.run(a.quick, repeats, duration=a.duration, prefill=a.prefill)
             lines = ingest.report(res)
+        elif part == "lag":
+            res = {str(n): learner_lag.run(a.quick, repeats, duration=a.duration, rate=a.rate, workers=int(n))
+                   for n in a.lag_workers.split(",")}
+            lines = [line for r in res.values() for line in learner_lag.report(r)]
         elif part == "auth":
             res = auth_flood.run(a.quick, repeats, duration=a.duration)
             lines = auth_flood.report(res)

@@ -93,8 +93,8 @@ def wait_ready(address: str, proc: subprocess.Popen[bytes], timeout: float = 60.
 
 
 def start_onramp(db: Path, ready_timeout: float = 60.0, config: Path | None = None,
-                 module: Sequence[str] = ("server",)) -> ServerProc:
-    """Start ``python -m server serve`` (or ``python -m <module...> serve``, e.g. ``("bench.floor_server",
+                 module: Sequence[str] = ("server",), workers: int = 1) -> ServerProc:
+    """Start ``python -m server serve --workers N`` (or ``python -m <module...> serve``, e.g. ``("bench.floor_server",
     "--variant", "nolog")``) on a free port with database ``db`` (and config file ``config``, e.g.
     :func:`write_scenario_config`'s; None = built-in defaults, demo catalog); wait (at most ``ready_timeout``
     seconds) until it accepts connections."""
@@ -102,7 +102,7 @@ def start_onramp(db: Path, ready_timeout: float = 60.0, config: Path | None = No
     t = time.perf_counter()
     extra = ["--config", str(config)] if config is not None else []
     proc = subprocess.Popen([PY, "-m", *module, "serve", "--host", "127.0.0.1", "--port", str(port), "--db",
-                             str(db), "--allow-insecure-no-auth", *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             str(db), "--workers", str(workers), "--allow-insecure-no-auth", *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     try:
@@ -231,9 +231,9 @@ def write_scenario_config(scenario: str, directory: Path) -> Path | None:
 
 
 def start_scenario_onramp(scenario: str, db: Path, ready_timeout: float = 60.0,
-                          module: Sequence[str] = ("server",)) -> ServerProc:
+                          module: Sequence[str] = ("server",), workers: int = 1) -> ServerProc:
     """:func:`start_onramp` with ``scenario``'s config (written next to ``db``)."""
-    return start_onramp(db, ready_timeout, write_scenario_config(scenario, db.parent), module)
+    return start_onramp(db, ready_timeout, write_scenario_config(scenario, db.parent), module, workers)
 
 
 def warm_events(uid: str, i: int, now_ms: int) -> list[pb.Event]:

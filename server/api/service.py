@@ -27,7 +27,7 @@ from server.base.records import ANON_PREFIX, StoredEvent
 from server.decide.engine_api import DecisionService, NextStep, ProfileEnricher, ServiceError
 from server.ingest.pipeline import IngestResult, Pipeline, UserData
 from server.ingest.profiles import Profile
-from server.store.sqlite import ConsentRow, LinkRow
+from server.store.rows import ConsentRow, LinkRow
 from server.api.validation import (EventValues, ValidationError, validate_batch_size, validate_consent, validate_event,
                                validate_next_step, validate_outcome, validate_subject_request)
 from server.base.clock import now_ms

@@ -50,9 +50,8 @@ from server.learn.features import request_mobile
 from server.learn.learner import build_decider, guard_horizon_ms, made_for
 from server.learn.rewards import REPORTED, Outcome, write_outcomes
 from server.learn.segments import SegmentResult, Segmenter, distinct_days
-from server.store.decision_log import ANONYMOUS_ROW, Decision, DecisionLogger
-from server.store.learning_log import latest_snapshot, latest_snapshot_version
-from server.store.user_state import NO_SHOWS, LoggedDecision, Shows, read_shows, with_show
+from server.store.decision_logger import ANONYMOUS_ROW, Decision, DecisionLogger
+from server.store.rows import NO_SHOWS, LoggedDecision, Shows, with_show
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +153,10 @@ class DecisionEngine:
     # -- snapshots -----------------------------------------------------------------------------------------
     def load_snapshot(self) -> bool:
         """Load the newest published snapshot if it is newer than the one in use; returns whether it changed."""
-        version = latest_snapshot_version(self._reader)
+        version = self._reader.latest_snapshot_version()
         if version <= self.snapshot_version:
             return False
-        snap = latest_snapshot(self._reader)
+        snap = self._reader.latest_snapshot()
         if snap is None:
             return False
         state = pickle.loads(snap.body)
@@ -244,7 +243,7 @@ class DecisionEngine:
         vector. The show is not recorded here (see :meth:`next_step`)."""
         pipeline = self.pipeline
         pseudo = pipeline.pseudonym(subject)
-        history = read_shows(self._reader, pseudo)  # before the profile: a show logged meanwhile bumps it
+        history = self._reader.read_shows(pseudo)  # before the profile: a show logged meanwhile bumps it
         consent = pipeline.consent
         personal = consent.granted(subject, PERSONALIZATION)
         # Without tracking consent (never given, withdrawn, or erased since) no reward is waited for, and the
@@ -364,7 +363,7 @@ class DecisionEngine:
                 break
             self.conflicts += 1
             # decided again, later: a show logged meanwhile by another worker is not in this decision's future
-            latest = max((t for times in read_shows(self._reader, c.pseudo).shows.values() for t in times), default=0)
+            latest = max((t for times in self._reader.read_shows(c.pseudo).shows.values() for t in times), default=0)
             now_ms = max(now_ms, latest)
         else:
             raise ServiceError("ABORTED", "user_id", f"this user's shown history changed {MAX_ATTEMPTS} times while "

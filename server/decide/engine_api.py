@@ -17,7 +17,7 @@ from server.base.reasons import Reason
 from server.ingest.consent import PERSONALIZATION
 from server.ingest.pipeline import Pipeline
 from server.ingest.profiles import Profile
-from server.store.sqlite import SqliteStore
+from server.store.interfaces import Store
 
 
 class ServiceError(Exception):
@@ -120,7 +120,7 @@ class StaticCoreFlow:
 
     async def report_outcome(self, decision_id: str, reward: float, outcome: str, now_ms: int) -> bool:
         """Record the first outcome of a decision; later ones are duplicates (False)."""
-        def job(store: SqliteStore) -> bool | None:
+        def job(store: Store) -> bool | None:
             decision = store.get_decision(decision_id)
             if decision is None:
                 return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from server.store.sqlite import ConsentRow
+from server.store.rows import ConsentRow
 
 TRACKING = "tracking"
 PERSONALIZATION = "personalization"

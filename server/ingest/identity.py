@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.base.records import ANON_PREFIX
-from server.store.sqlite import LinkRow
+from server.store.rows import LinkRow
 
 ANONYMOUS_ID = "anonymous_id"
 DEVICE_ID = "device_id"

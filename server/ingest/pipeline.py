@@ -26,11 +26,9 @@ from server.base.records import ANON_PREFIX, EventValues, StoredEvent
 from server.ingest.consent import OPTED_OUT, PERSONALIZATION, TRACKING, ConsentBook
 from server.ingest.identity import ANONYMOUS_ID, DEVICE_ID, MAX_DEVICE_HINTS, IdentityGraph, LinkPlan
 from server.ingest.profiles import Profile, ProfileBook, decode_profile, encode_profile
-from server.store import user_state
-from server.store.decision_log import JoinedRow, rewarded_rows_of
-from server.store.learning_log import outcome_ids_of, queue_unlearning
+from server.store.interfaces import Store
 from server.store.privacy import Pseudonymizer
-from server.store.sqlite import ConsentRow, LinkRow, SqliteStore, SubjectKeys, encode_properties
+from server.store.rows import Appended, ConsentRow, JoinedRow, LinkRow, ProfileWrites, SubjectKeys, encode_properties
 from server.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -59,10 +57,10 @@ SHOW_KEEP = 16  # show times kept per (person, step) when histories merge (the e
 
 
 class _Profiles:
-    """The profiles one ingest job changes: loaded from the store on first use, folded in order, written back
-    (with one change row each) before the job's transaction commits."""
+    """The profiles one ingest job changes: loaded from the store on first use, folded in order, and handed back
+    as :class:`ProfileWrites` (the store writes them with the job's events)."""
 
-    def __init__(self, store: SqliteStore, pseudonym: Callable[[str], str]) -> None:
+    def __init__(self, store: Store, pseudonym: Callable[[str], str]) -> None:
         self.store = store
         self.pseudonym = pseudonym
         self.loaded: dict[str, Profile] = {}
@@ -72,7 +70,7 @@ class _Profiles:
     def get(self, subject: str) -> Profile:
         p = self.loaded.get(subject)
         if p is None:
-            body = user_state.profile_body(self.store, self.pseudonym(subject))
+            body = self.store.profile_body(self.pseudonym(subject))
             p = self.loaded[subject] = Profile(subject) if body is None else decode_profile(subject, body)
         return p
 
@@ -93,17 +91,17 @@ class _Profiles:
             ts = self.changed.pop(alias_subject, other.last_seen_ms)
             self.changed[user] = max(self.changed.get(user, -1), ts)
 
-    def write(self, show_keep: int) -> None:
-        store, pseudonym = self.store, self.pseudonym
+    def writes(self, show_keep: int) -> ProfileWrites:
+        pseudonym = self.pseudonym
+        writes = ProfileWrites(show_keep, [(pseudonym(s), ts, encode_profile(self.loaded[s]))
+                                           for s, ts in self.changed.items() if s in self.loaded])
         if self.merged:
-            user_state.delete_profiles(store, [pseudonym(s) for s in self.merged])
+            writes.deleted.extend(pseudonym(s) for s in self.merged)
             into: dict[str, list[str]] = {}
             for alias, user in self.merged.items():
                 into.setdefault(user, []).append(pseudonym(alias))
-            for user, aliases in into.items():
-                user_state.merge_show_history(store, aliases, pseudonym(user), show_keep)
-        user_state.put_profiles(store, [(pseudonym(s), ts, encode_profile(self.loaded[s]))
-                                        for s, ts in self.changed.items() if s in self.loaded])
+            writes.show_merges.extend((aliases, pseudonym(user)) for user, aliases in into.items())
+        return writes
 
 
 @dataclass(slots=True)
@@ -142,14 +140,14 @@ class UserData:
 class Pipeline:
     """Runs every change through the writer, and reads identities, consent and profiles from the store."""
 
-    def __init__(self, store: SqliteStore, writer: Writer, pseudonymizer: Pseudonymizer,
+    def __init__(self, store: Store, writer: Writer, pseudonymizer: Pseudonymizer,
                  ingest: IngestConfig | None = None) -> None:
         self.store = store
         self.writer = writer
         self.pseudonymizer = pseudonymizer
         self.ingest_config = ingest or IngestConfig()
         self.show_keep = SHOW_KEEP
-        self._reader: SqliteStore | None = None  # profile, identity and consent reads on the event loop thread
+        self._reader: Store | None = None  # profile, identity and consent reads on the event loop thread
         self._listeners: list[Listener] = []
         self._erasure_listeners: list[ErasureListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -231,8 +229,8 @@ class Pipeline:
             book.apply(ev)
         store.begin()
         try:
-            user_state.put_profiles(store, [(self.pseudonym(p.subject), p.last_seen_ms, encode_profile(p))
-                                            for p in book.in_subject_order()])
+            store.write_profiles(ProfileWrites(self.show_keep, [(self.pseudonym(p.subject), p.last_seen_ms,
+                                                                 encode_profile(p)) for p in book.in_subject_order()]))
             store.meta_set(PROFILE_ROWS_KEY, "1")
             store.commit()
         except BaseException:
@@ -301,15 +299,16 @@ class Pipeline:
         """Store validated events and return their committed counts."""
         return await asyncio.wrap_future(self.submit_events(events, received_ms))
 
-    def _ingest_many(self, store: SqliteStore,
+    def _ingest_many(self, store: Store,
                      batches: list[tuple[list[EventValues], int, list[ProfileOp], list[StoredEvent]]]
                      ) -> list[IngestResult]:
         """Store batches in order, as if one after the other: resolve identities, gate on consent, append
         skipping ids stored within the dedupe window (or earlier in these batches); fill each batch's ``ops``
         and ``stored``.
 
-        All rows go into one append at the end (or before an identify re-keys earlier events); the events it
-        skips as duplicates are then taken out of the profile runs and the results."""
+        All rows go into one append at the end (or before an identify re-keys earlier events), which also writes
+        the profiles (:meth:`~server.store.interfaces.EventLog.append_with_profiles`); the events it skips as
+        duplicates are taken out of the profile runs and the results first."""
         pending: list[Any] = []  # EVENT_COLUMNS values of the events not appended yet
         pending_events: list[StoredEvent] = []  # ... and their events
         skipped: set[int] = set()  # id() of the events the appends skipped as duplicates
@@ -318,13 +317,15 @@ class Pipeline:
         identifies: set[str] = set()  # ids of the identify events of this call
         now = now_ms()
 
+        def appended(done: Appended) -> None:
+            skipped.update(id(pending_events[i]) for i in done.duplicates)
+            outside.update(id(pending_events[i]) for i in done.outside_window)
+            pending.clear()
+            pending_events.clear()
+
         def append() -> None:
             if pending:
-                done = store.append_new_events(pending, now)
-                skipped.update(id(pending_events[i]) for i in done.duplicates)
-                outside.update(id(pending_events[i]) for i in done.outside_window)
-                pending.clear()
-                pending_events.clear()
+                appended(store.append_new_events(pending, now))
         hints: dict[tuple[str, str], None] = {}  # (device_id, anonymous_id) seen unlinked, not noted yet
         note_device = hints.setdefault
         # Links and consent as this transaction sees them, read by key once per job
@@ -379,30 +380,33 @@ class Pipeline:
                     note_device((did, aid))
             result.stored = stored
             results.append(result)
-        append()
         if hints:
             store.note_device_hints(list(hints), MAX_DEVICE_HINTS)
-        profiles = _Profiles(store, pseudo)
-        for result, (_events, _received, ops, stored) in zip(results, batches):
-            if skipped:
-                stored[:] = [e for e in stored if id(e) not in skipped]
-                for kind, run_events, _ in ops:
+
+        def profile_writes(done: Appended) -> ProfileWrites:
+            appended(done)
+            profiles = _Profiles(store, pseudo)
+            for result, (_events, _received, ops, stored) in zip(results, batches):
+                if skipped:
+                    stored[:] = [e for e in stored if id(e) not in skipped]
+                    for kind, run_events, _ in ops:
+                        if kind == "events":
+                            run_events[:] = [e for e in run_events if id(e) not in skipped]
+                result.accepted = len(stored)
+                result.duplicates = result.received - result.accepted - sum(result.dropped.values())
+                result.outside_window = sum(1 for e in stored if id(e) in outside) if outside else 0
+                for kind, a, b in ops:  # the profile rows, in event order (a merge before the events after it)
                     if kind == "events":
-                        run_events[:] = [e for e in run_events if id(e) not in skipped]
-            result.accepted = len(stored)
-            result.duplicates = result.received - result.accepted - sum(result.dropped.values())
-            result.outside_window = sum(1 for e in stored if id(e) in outside) if outside else 0
-            for kind, a, b in ops:  # the profile rows, in event order (a merge before the events after it)
-                if kind == "events":
-                    for ev in a:
-                        profiles.observe(ev)
-                elif kind == "link":
-                    profiles.link(a, b)
-            ops[:] = [op for op in ops if op[0] not in ("events", "link")]  # applied: nothing to publish
-        profiles.write(self.show_keep)
+                        for ev in a:
+                            profiles.observe(ev)
+                    elif kind == "link":
+                        profiles.link(a, b)
+                ops[:] = [op for op in ops if op[0] not in ("events", "link")]  # applied: nothing to publish
+            return profiles.writes(self.show_keep)
+        store.append_with_profiles(pending, now, profile_writes)
         return results
 
-    def _identify(self, store: SqliteStore, identity: IdentityGraph, consent: ConsentBook, user_id: str,
+    def _identify(self, store: Store, identity: IdentityGraph, consent: ConsentBook, user_id: str,
                   anonymous_id: str, device_id: str, ts: int, append_pending: Callable[[], None],
                   ops: list[ProfileOp]) -> str | None:
         """Handle an identify event: carry consent over from the anonymous subjects, gate on the user's
@@ -447,7 +451,7 @@ class Pipeline:
                     break
         return out
 
-    def _write_consent(self, store: SqliteStore, row: ConsentRow, recorded_ms: int,
+    def _write_consent(self, store: Store, row: ConsentRow, recorded_ms: int,
                        consent: ConsentBook | None = None) -> None:
         """Write a consent record (a tracking grant clears a tombstone); ``consent`` forgets what it read."""
         store.set_consent(row, recorded_ms)
@@ -465,7 +469,7 @@ class Pipeline:
         erasure tombstone. Returns the subject's current records."""
         row = ConsentRow(subject, purpose, granted, source, timestamp_ms)
 
-        def job(store: SqliteStore) -> list[ConsentRow]:
+        def job(store: Store) -> list[ConsentRow]:
             consent = ConsentBook(store)
             self._write_consent(store, row, now_ms(), consent)
             return consent.records(subject)
@@ -500,18 +504,12 @@ class Pipeline:
         ops: list[ProfileOp] = []
         waits: list[Awaitable[None]] = []
 
-        def job(store: SqliteStore) -> dict[str, int]:
+        def job(store: Store) -> dict[str, int]:
             ops.clear()
             keys = self.keys_for(subject, IdentityGraph(store))
-            rewarded = tuple(rewarded_rows_of(store, keys.pseudonyms))
-            outcome_ids = outcome_ids_of(store, [row.decision_id for row in rewarded])
-            counts = store.erase(keys)
-            unlearning = queue_unlearning(store, keys.pseudonyms, rewarded, outcome_ids)
-            erased_ms = now_ms()
-            for p in keys.pseudonyms:
-                store.add_tombstone(p, erased_ms)
-            ops.append(("erased", Erasure(keys, rewarded, unlearning), waits))
-            return counts
+            erased = store.erase_person(keys, now_ms())
+            ops.append(("erased", Erasure(keys, erased.rewarded, erased.unlearning_id), waits))
+            return erased.counts
         counts = await self.writer.call(job, after_commit=self._published(ops, []), scrub_wal=True)
         for done in waits:  # the listeners ran before this task resumed (published first, in commit order)
             try:
@@ -535,7 +533,7 @@ class Pipeline:
                 reader.close()
         return await asyncio.to_thread(read)
 
-    def _loop_reader(self) -> SqliteStore:
+    def _loop_reader(self) -> Store:
         """The event loop thread's read connection: each read sees everything committed before it."""
         reader = self._reader
         if reader is None:
@@ -545,7 +543,7 @@ class Pipeline:
     def profile(self, subject: str) -> Profile | None:
         """The stored profile of a canonical subject (None when no event of it is stored), read on this
         thread's own connection: everything committed before is in it."""
-        body = user_state.profile_body(self._loop_reader(), self.pseudonym(subject))
+        body = self._loop_reader().profile_body(self.pseudonym(subject))
         return None if body is None else decode_profile(subject, body)
 
     def close_reader(self) -> None:

@@ -30,15 +30,13 @@ from server.base.catalog import Catalog
 from server.base.clock import DAY_MS, HOUR_MS
 from server.base.clock import now_ms as clock_ms
 from server.base.metrics import Metrics
-from server.base.records import ANON_PREFIX, StoredEvent
+from server.base.records import ANON_PREFIX
 from server.ingest.profiles import decode_profile
 from server.learn.rewards import Pending, RewardJoiner
 from server.learn.rule_monitor import RuleMonitor, trial_of
 from server.learn.segments import Segmenter
-from server.store import learning_log as feeds
-from server.store import user_state
-from server.store.decision_log import pending_rows
-from server.store.sqlite import SqliteStore
+from server.store.interfaces import Store
+from server.store.rows import Snapshot, Unlearning
 from server.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -107,7 +105,7 @@ class LearnerStats:
 class Learner:
     """Consumes the feeds of one store and publishes model snapshots (see the module docstring)."""
 
-    def __init__(self, store: SqliteStore, writer: Writer, catalog: Catalog, pseudonym: Callable[[str], str], *,
+    def __init__(self, store: Store, writer: Writer, catalog: Catalog, pseudonym: Callable[[str], str], *,
                  metrics: Metrics | None = None, interval_s: float = 0.1, reward_grace_ms: int | None = None,
                  save_interval_ms: int = SAVE_INTERVAL_MS) -> None:
         self.reader = store.reader()
@@ -182,7 +180,7 @@ class Learner:
     def open(self) -> None:
         """Load the saved state (or start from nothing: every profile learned once, every outcome from the start)
         and the decisions still waiting for a reward."""
-        saved = feeds.load_learner_state(self.reader)
+        saved = self.reader.load_learner_state()
         if saved is not None and self._restore(saved.body):
             self.pos = Positions.from_dict(saved.positions)
             learned_profiles = True
@@ -192,25 +190,21 @@ class Learner:
         if not learned_profiles:
             # No saved state: the River models learn every profile once, in pseudonym order, and the change
             # rows written meanwhile are learned after.
-            self.pos.changes = feeds.last_id(self.reader, "profile_changes")
-            for pseudo, body in user_state.iter_profile_bodies(self.reader):
+            self.pos.changes = self.reader.feed_end("changes")
+            for pseudo, body in self.reader.iter_profile_bodies():
                 p = decode_profile(pseudo, body)
                 self.segmenter.learn_one(p, p.last_seen_ms)
         # Decisions waiting for a reward (the pending index is rebuilt, not saved). Events are read on from the
         # saved position: one ingested while the learner was down may still reward a pending decision.
-        self.pos.decisions = feeds.last_id(self.reader, "decision_feed")
+        self.pos.decisions = self.reader.feed_end("decisions")
         if not learned_profiles:
-            self.pos.events = self._last_event_seq()
+            self.pos.events = self.reader.last_event_seq()
         self.joiner.load(Pending(r.decision_id, r.user_pseudo, r.timestamp_ms, r.step_id, r.reward_deadline_ms)
-                         for r in pending_rows(self.reader))
-        latest = feeds.latest_snapshot(self.reader)
+                         for r in self.reader.pending_rows())
+        latest = self.reader.latest_snapshot()
         self.version = latest.version if latest is not None else 0
         self._dirty = True
         self._started = True
-
-    def _last_event_seq(self) -> int:
-        row = self.reader.conn.execute("SELECT max(seq) FROM events").fetchone()
-        return int(row[0] or 0)
 
     def _anonymous_subjects(self, user_id: str) -> list[str]:
         return [ANON_PREFIX + link.alias for link in self.reader.links_of([user_id]) if link.alias_kind == "anonymous_id"]
@@ -223,19 +217,12 @@ class Learner:
             self.open()
         now = clock_ms() if now_ms is None else now_ms
         reader = self.reader
-        # 1-2. decisions that wait for an outcome, then events (success events join rewards), read in one
-        # read transaction: an event that rewards a decision is never seen before that decision
-        decisions: list[feeds.FedDecision] = []
-        events: list[StoredEvent] = []
-        reader.conn.execute("BEGIN")
-        try:
-            while batch := feeds.decisions_after(reader, decisions[-1].id if decisions else self.pos.decisions):
-                decisions += batch
-            while rows := self._events_after(self.pos.events):
-                self.pos.events = rows[-1][0]
-                events += [ev for _, ev in rows]
-        finally:
-            reader.conn.execute("COMMIT")
+        # 1-2. decisions that wait for an outcome, then events (success events join rewards), read as of one
+        # moment: an event that rewards a decision is never seen before that decision
+        decisions, fed_events = reader.decisions_and_events_after(self.pos.decisions, self.pos.events)
+        if fed_events:
+            self.pos.events = fed_events[-1][0]
+        events = [ev for _, ev in fed_events]
         for d in decisions:
             self.joiner.add(Pending(d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.reward_deadline_ms))
             self.pos.decisions = d.id
@@ -247,7 +234,7 @@ class Learner:
         await self.joiner.sweep(now)
         # 4. committed outcomes, in commit order: the bandit learns each once
         while True:
-            outcomes = feeds.outcomes_after(reader, self.pos.outcomes)
+            outcomes = reader.outcomes_after(self.pos.outcomes)
             if not outcomes:
                 break
             for o in outcomes:
@@ -265,7 +252,7 @@ class Learner:
             self._dirty = True
         # 6. profile changes: the River models learn each once
         while True:
-            changes = user_state.profile_changes_after(reader, self.pos.changes)
+            changes = reader.profile_changes_after(self.pos.changes)
             if not changes:
                 break
             for c in changes:
@@ -291,7 +278,7 @@ class Learner:
     def _take_erasures(self) -> bool:
         """Unlearn every queued erasure and forget the person's pending decisions; whether there was one. (A
         function of its own: nothing about the person stays in a frame of the learner's task.)"""
-        erased = feeds.unlearning_after(self.reader, self.pos.unlearn)
+        erased = self.reader.unlearning_after(self.pos.unlearn)
         for item, outcome_ids in erased:
             self._unlearn(item, outcome_ids)
             for p in item.pseudonyms:
@@ -301,14 +288,6 @@ class Learner:
         # queue read above: none is waiting for a later round
         self._passed_over.clear()
         return bool(erased)
-
-    def _events_after(self, seq: int) -> list[tuple[int, StoredEvent]]:
-        rows: list[tuple[int, StoredEvent]] = []
-        for item in self.reader.iter_events(seq):
-            rows.append(item)
-            if len(rows) >= 5000:
-                break
-        return rows
 
     def _note_unpublished(self, now: int) -> None:
         if self._oldest_unpublished_ms is None:
@@ -334,7 +313,7 @@ class Learner:
         if trial is not None:
             self.rule_monitor.learn_one(trial, reward)
 
-    def _unlearn(self, item: feeds.Unlearning, outcome_ids: dict[str, int]) -> None:
+    def _unlearn(self, item: Unlearning, outcome_ids: dict[str, int]) -> None:
         for row in item.rewarded:
             oid = outcome_ids.get(row.decision_id, 0)
             if not oid or oid > self.pos.outcomes or oid in self._passed_over:
@@ -357,8 +336,8 @@ class Learner:
         """Replace the River models by fresh ones that learned each remaining profile once (River's models
         cannot remove one person's updates)."""
         fresh = Segmenter(self.catalog)
-        self.pos.changes = feeds.last_id(self.reader, "profile_changes")
-        for i, (pseudo, body) in enumerate(user_state.iter_profile_bodies(self.reader)):
+        self.pos.changes = self.reader.feed_end("changes")
+        for i, (pseudo, body) in enumerate(self.reader.iter_profile_bodies()):
             p = decode_profile(pseudo, body)
             fresh.learn_one(p, p.last_seen_ms)
             if i % RELEARN_CHUNK == RELEARN_CHUNK - 1:
@@ -370,18 +349,14 @@ class Learner:
         pseudos = self.segmenter.unlabeled()
         if not pseudos:
             return 0
-        bodies = user_state.profile_bodies(self.reader, pseudos)
+        bodies = self.reader.profile_bodies(pseudos)
         return self.segmenter.label_expired((decode_profile(p, b) for p, b in bodies.items()), now)
 
     async def forget_untracked_shows(self, now_ms: int) -> int:
         """Take the pseudonym out of the logged shows of people without tracking consent, and drop their shown
         history, once no cap, cooldown or gap counts them any more; returns decision rows changed."""
         before = now_ms - self.horizon_ms
-
-        def job(store: SqliteStore) -> int:
-            user_state.forget_untracked_history(store, before)
-            return store.forget_untracked_shows(before)
-        return await self.writer.call(job)
+        return await self.writer.call(lambda store: store.forget_untracked(before))
 
     # -- publishing ----------------------------------------------------------------------------------------
     async def publish(self, now_ms: int | None = None) -> int:
@@ -389,7 +364,7 @@ class Learner:
         now = clock_ms() if now_ms is None else now_ms
         body = self.snapshot_body()
         positions = self.pos.as_dict()
-        self.version = await self.writer.call(lambda store: feeds.publish_snapshot(store, now, positions, body))
+        self.version = await self.writer.call(lambda store: store.publish_snapshot(now, positions, body))
         self._dirty = False
         self.stats.published += 1
         if self._oldest_unpublished_ms is not None:
@@ -401,17 +376,9 @@ class Learner:
     async def save(self, now_ms: int, scrub: bool = False) -> None:
         """Save the learner's state with its positions, then delete what it includes: change rows and queued
         erasures (``scrub``: and truncate the WAL, the queue held the person's contexts)."""
-        body = self._state_body()
-        positions = self.pos.as_dict()
-        upto_changes, upto_unlearn = self.pos.changes, self.pos.unlearn
-
-        def job(store: SqliteStore) -> None:
-            feeds.save_learner_state(store, now_ms, positions, body)
-            if scrub:  # after an erasure: the published snapshots learned from the person (the next one did not)
-                feeds.drop_snapshots(store)
-            user_state.prune_profile_changes(store, upto_changes)
-            feeds.delete_unlearning(store, upto_unlearn)
-        await self.writer.call(job, scrub_wal=scrub)
+        state = Snapshot(0, now_ms, self.pos.as_dict(), self._state_body())
+        # after an erasure (scrub): the published snapshots learned from the person (the next one did not)
+        await self.writer.call(lambda store: store.save_learner_state(state, drop_snapshots=scrub), scrub_wal=scrub)
         self._saved_ms = now_ms
 
     # -- running -------------------------------------------------------------------------------------------

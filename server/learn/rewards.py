@@ -34,7 +34,7 @@ import numpy as np
 from server.base.catalog import Catalog, Rewards, Step
 from server.base.metrics import Metrics
 from server.base.records import IDENTIFY, STEP_COMPLETED, STEP_DISMISSED, StoredEvent
-from server.store.sqlite import SqliteStore
+from server.store.interfaces import Store
 from server.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Outcome:
     timestamp_ms: int
 
 
-def write_outcomes(store: SqliteStore, outcomes: list[Outcome]) -> list[bool | None]:
+def write_outcomes(store: Store, outcomes: list[Outcome]) -> list[bool | None]:
     """Record each outcome if its decision has none yet (inside the caller's transaction): True when recorded,
     False when the decision already had one, None when the decision does not exist (unknown or erased)."""
     out: list[bool | None] = []

@@ -25,11 +25,11 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
 
 from server.base.records import StoredEvent
+from server.store.rows import Appended
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,6 @@ def digest(event_id: str) -> tuple[int, int]:
     taken for one only when all 96 bits agree (about 1 in 10^13 for 10^8 ids in the window)."""
     d = blake2b(event_id.encode(), digest_size=12).digest()
     return int.from_bytes(d[:8], "big", signed=True), int.from_bytes(d[8:], "big")
-
-
-@dataclass(frozen=True, slots=True)
-class Appended:
-    """What :meth:`EventTable.append_new` did with the rows it was given: the positions of those not stored
-    (their id was stored before, within the window, or earlier in the same call) and the positions of the
-    stored ones that were outside the window (older event time: stored without the check)."""
-
-    duplicates: frozenset[int]
-    outside_window: frozenset[int]
 
 
 def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:

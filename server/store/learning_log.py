@@ -1,4 +1,5 @@
-"""What the learner reads and writes: the feeds of new decisions and outcomes (ids that are never reused, in
+"""The SQL of what the learner reads and writes (:class:`~server.store.interfaces.LearningLog`; functions of a
+SqliteStore, bound as its methods): the feeds of new decisions and outcomes (ids that are never reused, in
 commit order), the queue of erased decisions to unlearn, the learner's own saved state, and the model snapshots
 it publishes for the workers.
 
@@ -10,24 +11,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from server.store.decision_log import BOOSTED_PROBABILITIES, JoinedRow, _context
-from server.store.sqlite import SqliteStore
+from server.base.records import StoredEvent
+from server.store.decision_log import BOOSTED_PROBABILITIES, _context
+from server.store.user_state import prune_profile_changes
+from server.store.rows import FedDecision, FedOutcome, JoinedRow, Snapshot, Unlearning  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    from server.store.sqlite import SqliteStore
 
 KEEP_SNAPSHOTS = 3  # published snapshots kept (workers load the latest; older ones help debugging)
+_EVENTS_CHUNK = 5000  # events read per query by decisions_and_events_after
 SNAPSHOT_VERSION_KEY = "snapshot_version"  # meta: the last version handed out (versions never repeat)
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A published model snapshot."""
-
-    version: int
-    created_ms: int
-    positions: dict[str, int]
-    body: bytes
 
 
 def latest_snapshot_version(store: SqliteStore) -> int:
@@ -76,24 +72,56 @@ def drop_learner_state(store: SqliteStore) -> None:
     store.conn.execute("DELETE FROM learner_state")
 
 
+def save_state_and_prune(store: SqliteStore, state: Snapshot, drop_published: bool = False) -> None:
+    """Save the learner's state, then delete what its positions include: profile change rows and queued
+    erasures (and, with ``drop_published``, every published snapshot), inside the caller's transaction."""
+    save_learner_state(store, state.created_ms, state.positions, state.body)
+    if drop_published:  # after an erasure: the published snapshots learned from the person (the next one did not)
+        drop_snapshots(store)
+    prune_profile_changes(store, state.positions.get("changes", 0))
+    delete_unlearning(store, state.positions.get("unlearn", 0))
+
+
 # -- feeds -----------------------------------------------------------------------------------------------------
+FEED_TABLES = {"decisions": "decision_feed", "outcomes": "outcome_log", "changes": "profile_changes",
+               "unlearn": "unlearn_queue"}  # the learner's positions -> tables
+
+
 def last_id(store: SqliteStore, table: str) -> int:
     """The newest id of a feed table (its AUTOINCREMENT counter: ids of deleted rows are never handed out again)."""
     row = store.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
     return int(row[0]) if row else 0
 
 
-@dataclass(frozen=True, slots=True)
-class FedDecision:
-    """A logged decision that waits for an outcome (what the reward joiner matches events and deadlines to; the
-    context is read with the outcome, when the models learn)."""
+def feed_end(store: SqliteStore, feed: str) -> int:
+    """The newest position of a feed named as in the learner's positions (:data:`FEED_TABLES`)."""
+    return last_id(store, FEED_TABLES[feed])
 
-    id: int
-    decision_id: str
-    user_pseudo: str
-    timestamp_ms: int
-    step_id: str
-    reward_deadline_ms: int
+
+def decisions_and_events_after(store: SqliteStore, decision_pos: int, event_seq: int
+                               ) -> tuple[list[FedDecision], list[tuple[int, StoredEvent]]]:
+    """Every decision fed after ``decision_pos``, then events after ``event_seq``, in one read transaction: an
+    event that rewards a decision is never seen before that decision."""
+    decisions: list[FedDecision] = []
+    events: list[tuple[int, StoredEvent]] = []
+    store.conn.execute("BEGIN")
+    try:
+        while batch := decisions_after(store, decisions[-1].id if decisions else decision_pos):
+            decisions += batch
+        seq = event_seq
+        while True:
+            rows: list[tuple[int, StoredEvent]] = []
+            for item in store.iter_events(seq):
+                rows.append(item)
+                if len(rows) >= _EVENTS_CHUNK:
+                    break
+            if not rows:
+                break
+            seq = rows[-1][0]
+            events += rows
+    finally:
+        store.conn.execute("COMMIT")
+    return decisions, events
 
 
 def decisions_after(store: SqliteStore, after_id: int, limit: int = 5000) -> list[FedDecision]:
@@ -102,23 +130,6 @@ def decisions_after(store: SqliteStore, after_id: int, limit: int = 5000) -> lis
         "FROM decision_feed f JOIN decisions d ON d.decision_id = f.decision_id WHERE f.id > ? ORDER BY f.id LIMIT ?",
         (after_id, limit))
     return [FedDecision(*row) for row in cur]
-
-
-@dataclass(frozen=True, slots=True)
-class FedOutcome:
-    """A committed outcome joined to its decision, in commit order. ``probabilities`` (the logged distribution)
-    is read for a proposing rule's decisions only (reason ``boosted:...``: the rule monitor), else empty."""
-
-    id: int
-    decision_id: str
-    user_pseudo: str
-    timestamp_ms: int
-    step_id: str
-    context: dict[str, float]
-    reward: float
-    source: str
-    reason: str = ""
-    probabilities: dict[str, float] = field(default_factory=dict)
 
 
 def outcomes_after(store: SqliteStore, after_id: int, limit: int = 5000) -> list[FedOutcome]:
@@ -131,16 +142,6 @@ def outcomes_after(store: SqliteStore, after_id: int, limit: int = 5000) -> list
 
 
 # -- unlearning -------------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Unlearning:
-    """An erasure the learner must take out of its models: the person's pseudonyms and the rewarded decisions
-    of theirs that the bandit may have learned from (held only until the learner has removed them)."""
-
-    id: int
-    pseudonyms: tuple[str, ...]
-    rewarded: tuple[JoinedRow, ...]
-
-
 def queue_unlearning(store: SqliteStore, pseudonyms: Sequence[str], rewarded: Sequence[JoinedRow],
                      outcome_ids: Mapping[str, int]) -> int:
     """Queue an erasure for the learner (inside the erasure's transaction); ``outcome_ids`` are the feed ids of

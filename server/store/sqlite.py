@@ -1,206 +1,54 @@
 """The SQLite store (created with sqlite-utils, WAL mode): the event log, identity links, consent, tombstones,
-decisions, outcomes and a small meta table.
+decisions, outcomes, profiles, shown histories, the learner's feeds and snapshots, and a small meta table.
+
+:class:`SqliteStore` implements the Protocols of server/store/interfaces.py. The SQL of the per-user state, the
+learner's tables and the decision reads lives in server/store/user_state.py, server/store/learning_log.py and
+server/store/decision_log.py (functions of a SqliteStore, bound here as its methods); the event log's layout in
+server/store/events.py.
 
 Writes happen on one connection owned by the writer thread (server/store/writer.py), which wraps groups of calls
 in one transaction; the methods here never commit themselves. Reads for exports use a separate read-only
-connection (:meth:`SqliteStore.reader`). The narrow Protocols :class:`EventLog`, :class:`SubjectStore` and
-:class:`DecisionLog` are what the rest of the server relies on, so another backend can be fitted later.
+connection (:meth:`SqliteStore.reader`).
 """
 from __future__ import annotations
 
-import functools
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import sqlite_utils
 
 from server.base.clock import now_ms as _now_ms
 from server.base.records import StoredEvent
-from server.store.events import DEFAULT_WINDOW_HOURS, EVENT_COLUMNS, Appended, EventTable
+from server.store import decision_log as _decisions
+from server.store import learning_log as _learning
+from server.store import user_state as _user_state
+from server.store.events import DEFAULT_WINDOW_HOURS, EVENT_COLUMNS, EventTable
+from server.store.interfaces import DecisionLog, EventLog, SubjectStore
+from server.store.rows import (DECISION_COLUMNS, JSON_DECISION_COLUMNS, OUTCOME_COLUMNS, Appended, ConsentRow,
+                               Erased, LinkRow, ProfileWrites, Snapshot, SubjectKeys, _encode_properties,
+                               encode_properties)
+from server.store.sql import _chunks, _marks, insert_flat
 
-DECISION_COLUMNS = ("decision_id", "user_pseudo", "timestamp_ms", "surface", "step_id", "propensity", "reason",
-                    "policy_version", "experiment", "arm", "context", "eligible", "probabilities",
-                    "reward_deadline_ms")
-OUTCOME_COLUMNS = ("decision_id", "user_pseudo", "reward", "source", "outcome", "timestamp_ms")
-JSON_DECISION_COLUMNS = ("context", "eligible", "probabilities")
+__all__ = ["DECISION_COLUMNS", "EVENT_COLUMNS", "OUTCOME_COLUMNS", "TABLES", "ConsentRow", "DecisionLog",
+           "EventLog", "LinkRow", "SqliteStore", "SubjectKeys", "SubjectStore", "encode_properties", "insert_flat",
+           "open_store"]
+
 TABLES = ("events", "identities", "device_hints", "consents", "consent_history", "tombstones", "meta", "decisions",
           "outcomes", "profiles", "profile_changes", "show_history", "outcome_log", "decision_feed", "unlearn_queue")
-_CHUNK = 5000  # bound parameters per IN (...) query
 BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for a lock held by another connection
 SCRUB_WAIT_MS = 1000  # how long scrub_wal waits for readers of older WAL frames (it holds up the writer)
-
-_INSERT_SIZES = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT statement (few distinct statements to cache)
-_MAX_EXACT_ROWS = 1024  # a statement of exactly n rows (14 columns: 14,336 parameters, under SQLite's 32,766)
-_MAX_EXACT_SIZES = 6  # distinct exact sizes kept per table (a prepared statement holds ~1.9 KB per row: <= ~11 MiB)
-_EXACT_AFTER = 3  # an exact size gets its own statement once this many inserts had that many rows
-
-
-@functools.lru_cache(maxsize=64)
-def _insert_sql(table: str, columns: tuple[str, ...], n_rows: int, verb: str = "INSERT") -> str:
-    one = f"({', '.join('?' * len(columns))})"
-    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([one] * n_rows)
-
-
-class _ExactSizes:
-    """Which row counts recur for a table (a client sending batches of 200 makes groups of 200, 400, ...): those
-    are inserted with one statement of exactly that many rows. Preparing such a statement costs about as much
-    as inserting its rows (~15 us per row), so a count gets one only after it recurred, and few are kept."""
-
-    def __init__(self) -> None:
-        self.seen: dict[tuple[str, int], int] = {}
-        self.exact: dict[str, set[int]] = {}
-
-    def use(self, table: str, n: int) -> bool:
-        sizes = self.exact.setdefault(table, set())
-        if n in sizes:
-            return True
-        if n > _MAX_EXACT_ROWS or n in _INSERT_SIZES or len(sizes) >= _MAX_EXACT_SIZES:
-            return False
-        key = (table, n)
-        count = self.seen.get(key, 0) + 1
-        if count < _EXACT_AFTER:
-            if len(self.seen) < 4096:
-                self.seen[key] = count
-            return False
-        self.seen.pop(key, None)
-        sizes.add(n)
-        return True
-
-
-_exact_sizes = _ExactSizes()  # used from the writer thread only
-
-
-def insert_flat(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], flat: Sequence[Any],
-                verb: str = "INSERT") -> None:
-    """Insert ``len(flat) // len(columns)`` rows (their values one after the other in ``flat``), in order, with
-    one INSERT of exactly that many rows when that count recurs (:class:`_ExactSizes`), else few multi-row
-    INSERTs of 512, 256, ... 1 rows. Each statement gives up and re-takes the GIL, which under load from the
-    event loop thread costs far more than the insert itself (the writer thread then waits behind the loop);
-    that is also why this is not executemany, which steps SQLite once per row. ``verb`` may be e.g.
-    "INSERT OR REPLACE"."""
-    width = len(columns)
-    n, i = len(flat) // width, 0
-    if n > 1 and _exact_sizes.use(table, n):
-        conn.execute(_insert_sql(table, columns, n, verb), flat)
-        return
-    for rows in _INSERT_SIZES:
-        while n - i >= rows:
-            conn.execute(_insert_sql(table, columns, rows, verb), flat[i * width:(i + rows) * width])
-            i += rows
-
 
 # A decision that showed a step to someone without tracking consent (no reward window) and still holds their
 # pseudonym: kept only while the caps need it (SqliteStore.forget_untracked_shows).
 _UNTRACKED_SHOW = "reward_deadline_ms = 0 AND step_id != '' AND user_pseudo != ''"
-_encode_properties = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-encode_properties = _encode_properties  # the JSON text of an event's properties as stored
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentRow:
-    """The current consent of one subject for one purpose."""
-
-    subject: str
-    purpose: str
-    granted: bool
-    source: str
-    timestamp_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class LinkRow:
-    """An identity link: ``alias_kind`` is "anonymous_id" or "device_id"."""
-
-    alias_kind: str
-    alias: str
-    user_id: str
-    linked_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class SubjectKeys:
-    """Everything that identifies one person's rows: canonical subjects (user and ``anon:`` aliases), raw ids
-    and pseudonyms."""
-
-    subjects: tuple[str, ...]
-    user_ids: tuple[str, ...]
-    anonymous_ids: tuple[str, ...]
-    device_ids: tuple[str, ...]
-    pseudonyms: tuple[str, ...]
-
-
-class EventLog(Protocol):
-    """The append-only event log, idempotent by event_id within the dedupe window (server/store/events.py)."""
-
-    def append_new_events(self, flat: Sequence[Any], now_ms: int) -> Appended: ...
-
-    def append_events(self, events: Sequence[StoredEvent]) -> None: ...
-
-    def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int: ...
-
-    def iter_events(self, after_seq: int = 0) -> Iterator[tuple[int, StoredEvent]]: ...
-
-    def events_about(self, keys: SubjectKeys) -> list[StoredEvent]: ...
-
-
-class SubjectStore(Protocol):
-    """Identity links, device hints, consent (current + history), tombstones and meta values, read by key (the
-    workers read them per request and per ingest job: any process may have changed them)."""
-
-    def identity_of(self, alias_kind: str, alias: str) -> str | None: ...
-
-    def links_of(self, user_ids: Sequence[str]) -> list[LinkRow]: ...
-
-    def link_alias(self, alias_kind: str, alias: str, user_id: str, linked_ms: int) -> None: ...
-
-    def device_anonymous_ids(self, device_id: str) -> list[str]: ...
-
-    def note_device_hints(self, pairs: Sequence[tuple[str, str]], per_device: int) -> None: ...
-
-    def forget_device_hints(self, device_ids: Sequence[str]) -> None: ...
-
-    def consents_of(self, subjects: Sequence[str]) -> list[ConsentRow]: ...
-
-    def set_consent(self, row: ConsentRow, recorded_ms: int) -> None: ...
-
-    def is_tombstoned(self, user_pseudo: str) -> bool: ...
-
-    def add_tombstone(self, user_pseudo: str, erased_ms: int) -> None: ...
-
-    def remove_tombstone(self, user_pseudo: str) -> bool: ...
-
-    def meta_get(self, key: str) -> str | None: ...
-
-    def meta_set(self, key: str, value: str) -> None: ...
-
-    def meta_delete(self, key: str) -> bool: ...
-
-
-class DecisionLog(Protocol):
-    """Decisions and their outcomes (one outcome per decision)."""
-
-    def insert_decisions(self, rows: Sequence[Mapping[str, Any]]) -> None: ...
-
-    def insert_outcome(self, row: Mapping[str, Any]) -> bool: ...
-
-    def get_decision(self, decision_id: str) -> dict[str, Any] | None: ...
-
-
-def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(values), size):
-        yield values[i:i + size]
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
+_NOTHING_APPENDED = Appended(frozenset(), frozenset())
 
 
 class SqliteStore:
-    """The SQLite implementation of :class:`EventLog`, :class:`SubjectStore` and :class:`DecisionLog`.
+    """The SQLite implementation of :class:`server.store.interfaces.Store`.
 
     One instance = one connection. The writer thread owns the write instance; :meth:`reader` opens another
     (read-only) instance for exports. Methods do not commit: callers use :meth:`begin`/:meth:`commit`.
@@ -538,6 +386,54 @@ class SqliteStore:
             [*pseudonyms, *pseudonyms])
         return [dict(zip(OUTCOME_COLUMNS, row)) for row in cur]
 
+    pending_rows = _decisions.pending_rows  # its SQL: server/store/decision_log.py
+
+    # -- profiles and shown histories (their SQL: server/store/user_state.py) -----------------------------------
+    # Bound as methods, so a call costs no extra frame on the hot paths.
+    profile_body = _user_state.profile_body
+    profile_bodies = _user_state.profile_bodies
+    iter_profile_bodies = _user_state.iter_profile_bodies
+    profile_count = _user_state.profile_count
+    profile_changes_after = _user_state.profile_changes_after
+    write_profiles = _user_state.write_profiles
+    read_shows = _user_state.read_shows
+    log_decisions = _user_state.log_decisions
+
+    def append_with_profiles(self, flat: Sequence[Any], now_ms: int,
+                             profiles: Callable[[Appended], ProfileWrites]) -> Appended:
+        """Append events as :meth:`append_new_events` (nothing when ``flat`` is empty), then write the profile
+        changes ``profiles`` computes from what was stored, in the caller's transaction."""
+        done = self.events.append_new(flat, now_ms) if flat else _NOTHING_APPENDED
+        _user_state.write_profiles(self, profiles(done))
+        return done
+
+    def forget_untracked(self, before_ms: int) -> int:
+        """Drop the shown history of people without tracking consent, and the pseudonym of their logged shows,
+        made before ``before_ms``; returns decision rows changed."""
+        _user_state.forget_untracked_history(self, before_ms)
+        return self.forget_untracked_shows(before_ms)
+
+    # -- the learner's feeds, state and snapshots (their SQL: server/store/learning_log.py) ---------------------
+    feed_end = _learning.feed_end
+    decisions_and_events_after = _learning.decisions_and_events_after
+    outcomes_after = _learning.outcomes_after
+    unlearning_after = _learning.unlearning_after
+    latest_snapshot_version = _learning.latest_snapshot_version
+    latest_snapshot = _learning.latest_snapshot
+    publish_snapshot = _learning.publish_snapshot
+    load_learner_state = _learning.load_learner_state
+    drop_learner_state = _learning.drop_learner_state
+
+    def save_learner_state(self, state: Snapshot, drop_snapshots: bool = False) -> None:
+        """Save the learner's state and delete what its positions include (and, with ``drop_snapshots``,
+        every published snapshot)."""
+        _learning.save_state_and_prune(self, state, drop_snapshots)
+
+    def last_event_seq(self) -> int:
+        """The ``seq`` of the newest stored event (0: none)."""
+        row = self.conn.execute("SELECT max(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
     # -- erasure --------------------------------------------------------------------------------------------
     def erase(self, keys: SubjectKeys) -> dict[str, int]:
         """Delete every row about ``keys`` from every table; returns rows deleted per table."""
@@ -574,6 +470,17 @@ class SqliteStore:
         else:
             deleted["outcomes"] = deleted["decisions"] = deleted["profiles"] = deleted["show_history"] = 0
         return deleted
+
+    def erase_person(self, keys: SubjectKeys, erased_ms: int) -> Erased:
+        """Read the person's rewarded decisions (what the models may have learned), delete every row about
+        ``keys``, queue the erasure for the learner and tombstone the pseudonyms, in the caller's transaction."""
+        rewarded = tuple(_decisions.rewarded_rows_of(self, keys.pseudonyms))
+        outcome_ids = _learning.outcome_ids_of(self, [row.decision_id for row in rewarded])
+        counts = self.erase(keys)
+        unlearning = _learning.queue_unlearning(self, keys.pseudonyms, rewarded, outcome_ids)
+        for p in keys.pseudonyms:
+            self.add_tombstone(p, erased_ms)
+        return Erased(counts, rewarded, unlearning)
 
     def rows_about(self, keys: SubjectKeys) -> dict[str, int]:
         """How many rows of each table are about ``keys`` (used by tests and the erase check)."""

@@ -1,6 +1,8 @@
-"""Per-user state that any worker reads and writes in the store: profile rows (updated in the transaction that
-stores the events, with a change row for the learner) and each person's shown history with a version (caps,
-cooldowns and gaps hold across workers: a show is logged only if the version it was decided on is current).
+"""The SQL of per-user state that any worker reads and writes (:class:`~server.store.interfaces.ProfileStore`,
+:class:`~server.store.interfaces.ShowHistory`; functions of a SqliteStore, bound as its methods): profile rows
+(updated in the transaction that stores the events, with a change row for the learner) and each person's shown
+history with a version (caps, cooldowns and gaps hold across workers: a show is logged only if the version it was
+decided on is current).
 
 Rows are keyed by the person's pseudonym and hold no raw id. Bodies are opaque JSON text made by the layer
 above (server/ingest/profiles.py encodes profiles; the shown history is ``{step_id: [times...]}``).
@@ -8,11 +10,15 @@ above (server/ingest/profiles.py encodes profiles; the shown history is ``{step_
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from server.store.sqlite import DECISION_COLUMNS, SqliteStore, _chunks, _marks, insert_flat
+from server.store.rows import (DECISION_COLUMNS, NO_SHOWS, LoggedDecision, ProfileChange,  # noqa: F401 (re-exported)
+                               ProfileWrites, Shows, merged_shows, with_show)
+from server.store.sql import _chunks, _marks, insert_flat
+
+if TYPE_CHECKING:
+    from server.store.sqlite import SqliteStore
 
 _SHOWS = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
@@ -47,6 +53,16 @@ def put_profiles(store: SqliteStore, rows: Sequence[tuple[str, int, str]]) -> No
     insert_flat(store.conn, "profile_changes", ("pseudo", "timestamp_ms", "body"), changes)
 
 
+def write_profiles(store: SqliteStore, writes: ProfileWrites) -> None:
+    """Delete the merged-away profiles, move their shown histories, then put the changed profiles (the order
+    of :class:`~server.store.rows.ProfileWrites`), inside the caller's transaction."""
+    if writes.deleted:
+        delete_profiles(store, writes.deleted)
+    for aliases, into in writes.show_merges:
+        merge_show_history(store, aliases, into, writes.show_keep)
+    put_profiles(store, writes.puts)
+
+
 def delete_profiles(store: SqliteStore, pseudos: Sequence[str]) -> int:
     """Delete the profiles of ``pseudos`` and their change rows (merged into another profile, or erased)."""
     n = 0
@@ -73,16 +89,6 @@ def profile_count(store: SqliteStore) -> int:
     return store.conn.execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
 
 
-@dataclass(frozen=True, slots=True)
-class ProfileChange:
-    """One committed change of a profile, in commit order (what the learner's River models learn from)."""
-
-    id: int
-    pseudo: str
-    timestamp_ms: int
-    body: str
-
-
 def profile_changes_after(store: SqliteStore, after_id: int, limit: int = 5000) -> list[ProfileChange]:
     cur = store.conn.execute("SELECT id, pseudo, timestamp_ms, body FROM profile_changes WHERE id > ? ORDER BY id "
                              "LIMIT ?", (after_id, limit))
@@ -95,50 +101,11 @@ def prune_profile_changes(store: SqliteStore, upto_id: int) -> int:
 
 
 # -- shown history ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Shows:
-    """One person's shown history as read: ``version`` is 0 when there is none yet."""
-
-    version: int
-    shows: dict[str, list[int]]
-
-
-NO_SHOWS = Shows(0, {})
-
-
 def read_shows(store: SqliteStore, pseudo: str) -> Shows:
     row = store.conn.execute("SELECT version, shows FROM show_history WHERE pseudo = ?", (pseudo,)).fetchone()
     if row is None:
         return NO_SHOWS
     return Shows(row[0], json.loads(row[1]))
-
-
-def with_show(shows: Mapping[str, list[int]], step_id: str, ts_ms: int, keep: int) -> dict[str, list[int]]:
-    """A copy of ``shows`` with one more show of ``step_id`` at ``ts_ms`` (times ascending, the latest ``keep``
-    per step: caps need only the latest ``max_per_day`` of them)."""
-    out = dict(shows)
-    out[step_id] = sorted([*shows.get(step_id, ()), ts_ms])[-keep:]
-    return out
-
-
-def merged_shows(a: Mapping[str, list[int]], b: Mapping[str, list[int]], keep: int) -> dict[str, list[int]]:
-    out = {k: list(v) for k, v in a.items()}
-    for step, times in b.items():
-        out[step] = sorted([*out.get(step, ()), *times])[-keep:]
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedDecision:
-    """A decision row to log, and -- when it shows a step -- the person's new shown history, written only if
-    their history is still at ``expected_version``."""
-
-    row: tuple[Any, ...]  # DECISION_COLUMNS values
-    pseudo: str = ""  # the shown history's key ("" = the decision shows nothing: no check, no change)
-    expected_version: int = 0
-    shows: Mapping[str, list[int]] | None = None
-    tracked: bool = True
-    feed: bool = False  # the learner waits for its outcome (a shown step with a reward window)
 
 
 def log_decisions(store: SqliteStore, items: Sequence[LoggedDecision]) -> list[bool]:

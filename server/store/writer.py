@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from server.store.sqlite import SqliteStore
+from server.store.interfaces import Store
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class WriterClosed(RuntimeError):
     """The writer was stopped; no more jobs are accepted."""
 
 
-RunMany = Callable[[SqliteStore, list[Any]], list[Any]]
+RunMany = Callable[[Store, list[Any]], list[Any]]
 
 
 @dataclass(slots=True)
@@ -45,7 +45,7 @@ class Job(Generic[T]):
     ``arg`` instead of ``run``: consecutive jobs with the same ``many`` run as ``many(store, [arg, ...])``,
     which returns their results in order."""
 
-    run: Callable[[SqliteStore], T] | None
+    run: Callable[[Store], T] | None
     future: concurrent.futures.Future[T]
     weight: int = 1
     after_commit: Callable[[T], None] | None = None
@@ -58,9 +58,10 @@ _STOP = object()
 
 
 class Writer:
-    """Owns the write connection of a :class:`SqliteStore` and runs submitted jobs on one thread."""
+    """Owns the write handle of a :class:`~server.store.interfaces.Store` (a SqliteStore's write connection)
+    and runs submitted jobs on one thread, between ``begin`` and ``commit``."""
 
-    def __init__(self, store: SqliteStore, *, max_group_weight: int = 20_000,
+    def __init__(self, store: Store, *, max_group_weight: int = 20_000,
                  on_rollback: Callable[[], None] | None = None, name: str = "onramp-writer") -> None:
         self.store = store
         self.max_group_weight = max_group_weight
@@ -84,7 +85,7 @@ class Writer:
         """Jobs waiting (for the ``onramp_queue_depth`` gauge)."""
         return self._queue.qsize()
 
-    def submit(self, run: Callable[[SqliteStore], T], *, weight: int = 1,
+    def submit(self, run: Callable[[Store], T], *, weight: int = 1,
                after_commit: Callable[[T], None] | None = None,
                scrub_wal: bool = False) -> concurrent.futures.Future[T]:
         """Queue ``run`` and return a future resolved after its transaction commits (and, with
@@ -109,13 +110,13 @@ class Writer:
             self._queue.put(Job(None, future, max(1, weight), after_commit, many, arg))
         return future
 
-    async def call(self, run: Callable[[SqliteStore], T], *, weight: int = 1,
+    async def call(self, run: Callable[[Store], T], *, weight: int = 1,
                    after_commit: Callable[[T], None] | None = None, scrub_wal: bool = False) -> T:
         """Submit ``run`` and await its committed result (from a coroutine)."""
         return await asyncio.wrap_future(self.submit(run, weight=weight, after_commit=after_commit,
                                                      scrub_wal=scrub_wal))
 
-    def run_sync(self, run: Callable[[SqliteStore], T], timeout: float | None = None) -> T:
+    def run_sync(self, run: Callable[[Store], T], timeout: float | None = None) -> T:
         """Submit ``run`` and block until committed (for code outside the event loop)."""
         return self.submit(run).result(timeout)
 

@@ -155,3 +155,12 @@ def test_store_scaling_plot_writes_a_png_with_one_line_per_variant(tmp_path: Pat
     (tmp_path / "s.json").write_text(json.dumps(rows))
     assert plot_main([str(tmp_path / "s.json"), "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(180)
+def test_lag_reports_the_time_until_outcomes_reach_every_worker(tmp_path: Path) -> None:
+    out, res = run_bench("lag", tmp_path, "--lag-workers", "2", "--duration", "1", "--rate", "500")
+    run = res["2"]["runs"][0]
+    assert run["sent"] == 500 and run["not_logged"] == 0 and run["never_seen"] == 0, run
+    assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+    assert "learner lag:" in out and "p99" in out

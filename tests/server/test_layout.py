@@ -3,6 +3,8 @@ protobuf (``onramp.v1``) only at the API edge and in the process wiring above it
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
@@ -70,3 +72,44 @@ def test_protobuf_stays_at_the_api_edge():
              if role not in PROTOBUF_ROLES for module in _imports(path)
              if module.startswith("onramp.v1") or module.startswith("google.protobuf")]
     assert wrong == [], "\n".join(wrong)
+
+
+# The workers' and the learner's roles use the store only through its Protocols (server/store/interfaces.py), so a
+# second backend fits without touching them: these server.store modules hold no SQL and import no backend.
+STORE_USERS = ("ingest", "learn", "decide", "api")
+STORE_SEAM = {"server.store.interfaces", "server.store.rows", "server.store.writer", "server.store.decision_logger",
+              "server.store.privacy"}
+BACKENDS = ("sqlite3", "sqlite_utils", "server.store.sqlite")
+
+
+def _store_imports(path: Path) -> set[str]:
+    """Like :func:`_imports`, with ``from server.store import x`` read as ``server.store.x``."""
+    found = _imports(path)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "server.store":
+            found.discard("server.store")
+            found |= {f"server.store.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_workers_and_the_learner_import_only_the_store_protocols():
+    wrong = []
+    for role, path in _modules():
+        if role not in STORE_USERS:
+            continue
+        for module in _store_imports(path):
+            if module.split(".")[0] in BACKENDS[:2] or (module.startswith("server.store") and module not in STORE_SEAM):
+                wrong.append(f"{path.relative_to(SERVER.parent)} imports {module}")
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_the_store_protocols_pull_in_no_backend():
+    """Importing every module of the workers' and the learner's roles loads neither SQLite nor the SQLite store."""
+    modules = [".".join(path.relative_to(SERVER.parent).with_suffix("").parts) for role, path in _modules()
+               if role in STORE_USERS]
+    assert "server.decide.engine" in modules and "server.learn.learner" in modules
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            f"print(sorted(m for m in sys.modules if m in {BACKENDS!r} or m.startswith('server.store.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=SERVER.parent, capture_output=True, text=True, check=True)
+    loaded = set(ast.literal_eval(out.stdout.strip()))
+    assert loaded <= STORE_SEAM, loaded - STORE_SEAM

@@ -9,7 +9,7 @@ import pytest
 
 from server.base.clock import now_ms
 from server.base.records import StoredEvent
-import server.store.sqlite
+import server.store.sql
 from server.store.sqlite import TABLES, ConsentRow, SqliteStore, SubjectKeys
 from server.store.user_state import profile_body, profile_changes_after, put_profiles, read_shows
 
@@ -72,7 +72,7 @@ def test_append_keeps_order_and_every_field_for_any_count(store: SqliteStore, n:
 
 def test_a_recurring_row_count_gets_one_statement_and_rows_stay_in_order(store: SqliteStore,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server.store.sqlite, "_exact_sizes", server.store.sqlite._ExactSizes())  # counts start from zero
+    monkeypatch.setattr(server.store.sql, "_exact_sizes", server.store.sql._ExactSizes())  # counts start from zero
     statements: list[str] = []
     store.conn.set_trace_callback(lambda sql: statements.append(sql) if sql.startswith("INSERT INTO events") else None)
     stored: list[StoredEvent] = []

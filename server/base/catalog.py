@@ -226,9 +226,10 @@ class SegmentsConfig:
 class BanditConfig:
     """The contextual bandit: scoring algorithm, its parameters and the exploration scheme.
 
-    Defaults: LinUCB with a narrow bonus plus an epsilon-greedy floor, forgetting with a 4-day half-life. Every
-    probability is exact (a function of the learned state and the context) and every eligible step keeps at
-    least ``epsilon / n_eligible``; chosen by ``python -m bench learning --sweep`` across the simulator's
+    Defaults: LinUCB with its bonus on the predictive sd (``noise_sd``) plus an epsilon-greedy floor, and per-step
+    change detection (a step is relearned from scratch when its residuals say its reward moved; no time-based
+    forgetting). Every probability is exact (a function of the learned state and the context) and every eligible
+    step keeps at least ``epsilon / n_eligible``; chosen by ``python -m bench learning --sweep`` across the simulator's
     scenarios, weighing reward against the effective sample size offline evaluation gets (docs/benchmarks.md)."""
 
     algorithm: str = "linucb"

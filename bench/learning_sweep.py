@@ -26,7 +26,8 @@ CHANGE_ZS = (4.0, 5.0, 6.0)
 CHANGE_WINDOWS = (200.0, 500.0, 1000.0)
 HALF_LIVES = (8.0, 16.0)  # time-based forgetting on top of the chosen change test (0 is in the second grid)
 FIRST = {"noise_sd": 1.0, "change_z": 5.0, "change_window": 500.0, "half_life_days": 0.0}  # during the first grid
-# the defaults before change detection (issue 16's first sweep): a reference row of the first grid
+# the defaults before change detection (issue 16's first sweep): a reference row of the first grid, not a candidate
+# (it has no change test, which the second grid tunes at the first grid's choice)
 FORMER = {"alpha": 0.05, "epsilon": 0.03, "noise_sd": 0.0, "change_z": 0.0, "half_life_days": 4.0}
 TOLERANCE = 0.01  # reward ratio points given up for more effective sample size
 SWITCH_TARGET = 0.9  # issue 16: last-20 % reward after a switch, as a share of the context oracle's
@@ -88,14 +89,15 @@ def run(quick: bool = False, rounds: int | None = None, seeds: int | None = None
     with ProcessPoolExecutor(WORKERS) as pool:
         first = _grid([{"alpha": a, "epsilon": e, **FIRST} for a, e in itertools.product(alphas, epsilons)]
                       + [FORMER], rounds, seeds, pool)
-        winner = first[choose(first)]["changes"]
+        chosen = choose({k: r for k, r in first.items() if k != _key(FORMER)})  # the former: a reference row
+        winner = first[chosen]["changes"]
         base = {k: v for k, v in winner.items() if k in ("alpha", "epsilon", "noise_sd")}
         second = _grid([{**base, "change_z": z, "change_window": w, "half_life_days": 0.0}
                         for z, w in itertools.product(zs, windows)], rounds, seeds, pool)
         test = {k: v for k, v in second[choose(second)]["changes"].items() if k != "half_life_days"}
         third = _grid([{**test, "half_life_days": h} for h in lives], rounds, seeds, pool)
         change = {**second, **third}
-    return {"rounds": rounds, "seeds": seeds, "alpha_epsilon": first, "chosen": choose(first), "change": change,
+    return {"rounds": rounds, "seeds": seeds, "alpha_epsilon": first, "chosen": chosen, "change": change,
             "chosen_change": choose(change)}
 
 

@@ -20,6 +20,19 @@ the observation has now.
 estimate for LinUCB, a posterior draw for Thompson sampling, the ridge estimate for greedy) and
 ``to_state``/``from_state`` turn a policy into plain numpy/python values for checkpoints.
 
+With ``change_z > 0`` the policy also watches each arm for a change of its reward (a test on its one-step-ahead
+residuals): before learning an observation it adds the residual ``e = r - x.theta_a`` to an exponentially
+weighted sum ``S_a`` (``change_window`` observations of that arm long) and ``e**2`` to ``Q_a``; when
+``|S_a| > change_z * sqrt(Q_a)`` (a self-normalised z-test of "the residuals have mean zero", after at least
+:data:`MIN_DETECT` observations) the arm's statistics are reset to the prior and everything it learned up to
+then stops counting. So a stationary model keeps all its data (no fixed horizon to waste it), and a step
+whose reward moved is relearned at once. A reset is recorded as a time per arm (``reset_at``: the latest
+time it had learned), and an observation of time ``t <= reset_at`` weighs 0, so ``unlearn_one`` stays exact;
+the detector's two running sums are a trigger, not part of the model, and are not unlearned (they decay
+within ``change_window`` observations of the arm). Change detection needs the observations' times: one
+learned without a time (``t = None``) is not tested and is never dropped, so a stream without times never
+resets (and one arm should not mix observations with and without times when change detection is on).
+
 >>> p = LinUCB(n_arms=3, n_features=2, alpha=0.0)
 >>> for _ in range(50):
 ...     p.learn_one(np.array([1.0, 0.0]), 2, 1.0)
@@ -37,6 +50,7 @@ ArmsLike = Sequence[int] | np.ndarray | None
 
 ALGORITHMS = ("linucb", "lints", "ridge")
 GRID_PER_HALF_LIFE = 8  # t_ref steps this often per half-life: every weight stays below 2 ** (1/8)
+MIN_DETECT = 50  # observations of an arm since its last reset before its change test may fire
 
 
 @runtime_checkable
@@ -94,7 +108,8 @@ class _LinearBase:
 
     algorithm = "linear"
 
-    def __init__(self, n_arms: int, n_features: int, ridge: float = 1.0, half_life: float = 0.0) -> None:
+    def __init__(self, n_arms: int, n_features: int, ridge: float = 1.0, half_life: float = 0.0,
+                 change_z: float = 0.0, change_window: float = 500.0) -> None:
         if int(n_arms) < 1:
             raise ValueError(f"n_arms must be >= 1 (got {n_arms})")
         if int(n_features) < 1:
@@ -103,10 +118,17 @@ class _LinearBase:
             raise ValueError(f"ridge must be a finite number > 0 (got {ridge})")
         if not (half_life >= 0 and math.isfinite(half_life)):
             raise ValueError(f"half_life must be a finite number >= 0 (got {half_life})")
+        if not (change_z >= 0 and math.isfinite(change_z)):
+            raise ValueError(f"change_z must be a finite number >= 0 (got {change_z})")
+        if not (change_window >= 1 and math.isfinite(change_window)):
+            raise ValueError(f"change_window must be a finite number >= 1 (got {change_window})")
         self.n_arms = int(n_arms)
         self.n_features = int(n_features)
         self.ridge = float(ridge)
         self.half_life = float(half_life)  # 0: never forget
+        self.change_z = float(change_z)  # 0: no change detection
+        self.change_window = float(change_window)
+        self._decay = 1.0 - 1.0 / self.change_window
         self._lam = math.log(2.0) / self.half_life if self.half_life > 0 else 0.0
         self._grid = self.half_life / GRID_PER_HALF_LIFE
         self.clock: float | None = None  # the latest t learned (forgetting policies only)
@@ -123,6 +145,12 @@ class _LinearBase:
         self._A[...] = np.eye(d) * self.ridge
         self._b = np.zeros((k, d))
         self._counts = np.zeros(k, dtype=np.int64)
+        # change detection: per arm the latest time learned, the reset time (what is not later weighs 0), the
+        # residual sums S and Q, the observations since the last reset and the number of resets
+        self._latest = np.full(k, -math.inf)
+        self._reset_at = np.full(k, -math.inf)
+        self._det = np.zeros((k, 3))  # S, Q, n
+        self._resets = np.zeros(k, dtype=np.int64)
         # scratch buffers of the hot path (no allocation per call for these)
         self._u = np.empty(d)
         self._v = np.empty(d)
@@ -149,12 +177,20 @@ class _LinearBase:
         return {"ridge": self.ridge, **self._forgetting()}
 
     def _forgetting(self) -> dict[str, float]:
-        return {"half_life": self.half_life} if self.half_life > 0 else {}
+        out = {"half_life": self.half_life} if self.half_life > 0 else {}
+        if self.change_z > 0:
+            out.update(change_z=self.change_z, change_window=self.change_window)
+        return out
 
     @property
     def counts(self) -> np.ndarray:
         """Number of updates of each arm (a copy)."""
         return self._counts.copy()
+
+    @property
+    def resets(self) -> np.ndarray:
+        """Number of times change detection reset each arm (a copy)."""
+        return self._resets.copy()
 
     def A(self, arm: int) -> np.ndarray:
         """A copy of the current design matrix of ``arm``."""
@@ -209,6 +245,23 @@ class _LinearBase:
         denom = 1.0 + float(x.dot(u))  # NaN or inf here iff x has a NaN/inf (or overflows): refuse before any change
         if not math.isfinite(denom):
             raise ValueError("x must contain only finite numbers")
+        if self.change_z and t is not None:
+            tt = float(t)
+            if not math.isfinite(tt):
+                raise ValueError(f"t must be a finite time (got {t!r})")
+            if tt <= self._reset_at[a]:  # learned before the arm's last reset would have dropped it: weighs 0
+                self.advance(tt)
+                self._counts[a] += 1
+                self.n_updates += 1
+                return
+            if tt > self._latest[a]:
+                self._latest[a] = tt
+            if self._detect(a, float(x.dot(self._theta[a])), r):
+                self._reset(a)
+                self.advance(tt)
+                self._counts[a] += 1
+                self.n_updates += 1
+                return
         w = 1.0
         if self._lam:
             tt = self._time(t)
@@ -234,9 +287,29 @@ class _LinearBase:
         self._counts[a] += 1
         self.n_updates += 1
 
+    def _detect(self, a: int, predicted: float, r: float) -> bool:
+        """Add the residual of arm ``a``'s prediction to its change test; True when the test fires."""
+        det = self._det[a]
+        e = r - predicted
+        det[0] = self._decay * det[0] + e
+        det[1] = self._decay * self._decay * det[1] + e * e
+        det[2] += 1
+        return bool(det[2] >= MIN_DETECT and det[0] * det[0] > self.change_z * self.change_z * det[1])
+
+    def _reset(self, a: int) -> None:
+        """Arm ``a`` back to the prior: what it learned up to its latest time weighs 0 from now on."""
+        self._reset_at[a] = self._latest[a]
+        self._A[a] = np.eye(self.n_features) * self.ridge
+        self._A_inv[a] = np.eye(self.n_features) / self.ridge
+        self._b[a] = 0.0
+        self._theta[a] = 0.0
+        self._det[a] = 0.0
+        self._resets[a] += 1
+
     def unlearn_one(self, x: np.ndarray, arm: int, reward: float, t: float | None = None) -> None:
         """Remove one observation that :meth:`learn_one` added: ``A -= w x x^T`` and ``b -= w r x`` exactly
-        (``w``: the weight an observation of time ``t`` has now; 1 for a policy that never forgets), then
+        (``w``: the weight an observation of time ``t`` has now; 1 for a policy that never forgets, 0 for one
+        learned before a change-detection reset of the arm), then
         ``A^{-1}`` and ``theta`` re-derived from them (O(d^3) for that arm). ValueError when the arm has no
         observation to remove or ``t`` is later than the clock (nothing of that time was learned).
 
@@ -261,10 +334,18 @@ class _LinearBase:
             if self.clock is None or tt > self.clock:
                 raise ValueError(f"t = {tt:g} is later than every observation learned (clock {self.clock})")
             w = math.exp(self._lam * (tt - self._t_ref))
-        self._A[a] -= w * np.outer(x, x)
-        self._b[a] -= (w * r) * x
-        self._A_inv[a] = np.linalg.inv(self._A[a])
-        np.matmul(self._A_inv[a], self._b[a], out=self._theta[a])
+        if self.change_z and t is not None and float(t) <= self._reset_at[a]:
+            w = 0.0
+        if self._counts[a] == 1:  # the arm's last observation: exactly the prior, not the prior plus rounding
+            self._A[a] = np.eye(self.n_features) * self.ridge
+            self._A_inv[a] = np.eye(self.n_features) / self.ridge
+            self._b[a] = 0.0
+            self._theta[a] = 0.0
+        elif w:
+            self._A[a] -= w * np.outer(x, x)
+            self._b[a] -= (w * r) * x
+            self._A_inv[a] = np.linalg.inv(self._A[a])
+            np.matmul(self._A_inv[a], self._b[a], out=self._theta[a])
         self._counts[a] -= 1
         self.n_updates -= 1
 
@@ -356,6 +437,10 @@ class _LinearBase:
             "counts": self._counts.copy(),
             "clock": self.clock,
             "t_ref": self._t_ref,
+            "latest": self._latest.copy(),
+            "reset_at": self._reset_at.copy(),
+            "detector": self._det.copy(),
+            "resets": self._resets.copy(),
         }
 
     def _load(self, state: Mapping[str, Any]) -> None:
@@ -381,6 +466,13 @@ class _LinearBase:
         clock = state.get("clock")
         self.clock = None if clock is None else float(clock)
         self._t_ref = float(state.get("t_ref", 0.0))
+        for key, arr in (("latest", self._latest), ("reset_at", self._reset_at), ("detector", self._det),
+                         ("resets", self._resets)):
+            if key in state:  # a state written before change detection has none: no reset yet
+                value = np.asarray(state[key], dtype=arr.dtype)
+                if value.shape != arr.shape:
+                    raise ValueError(f"state array {key} must have shape {arr.shape} (got {value.shape})")
+                arr[...] = value
 
     def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
         """Pickle and ``copy.deepcopy`` through :meth:`to_state`: the arrays are views of one block, which
@@ -405,24 +497,42 @@ class RidgeGreedy(_LinearBase):
 
 
 class LinUCB(_LinearBase):
-    """Disjoint LinUCB (Li et al. 2010): score = ``x.theta_a + alpha * sqrt(x^T A_a^{-1} x)``."""
+    """Disjoint LinUCB (Li et al. 2010): score = ``x.theta_a + alpha * sqrt(x^T A_a^{-1} x)``.
+
+    With ``noise_sd = s > 0`` the bound is taken on the posterior predictive of a Bayesian linear regression
+    with noise sd ``s`` (prior precision = ``ridge``): score = ``x.theta_a + alpha * (sqrt(s^2 + x^T A_a^{-1} x)
+    - s)`` (River's ``LinUCBDisjoint`` with ``alpha = s = 1``; the ``- s`` is the same for every arm and keeps
+    scores on the reward scale). The bonus then shrinks like the variance once the model is sure (``~ alpha *
+    x^T A^{-1} x / 2s``) instead of like its square root, so a well-learned arm stops paying for exploration
+    sooner, while an arm never seen keeps a bonus of about ``alpha * |x| / sqrt(ridge)``.
+    """
 
     algorithm = "linucb"
 
     def __init__(self, n_arms: int, n_features: int, alpha: float = 1.0, ridge: float = 1.0,
-                 half_life: float = 0.0) -> None:
+                 half_life: float = 0.0, noise_sd: float = 0.0, change_z: float = 0.0,
+                 change_window: float = 500.0) -> None:
         if not (alpha >= 0 and math.isfinite(alpha)):
             raise ValueError(f"alpha must be a finite number >= 0 (got {alpha})")
-        super().__init__(n_arms, n_features, ridge, half_life)
+        if not (noise_sd >= 0 and math.isfinite(noise_sd)):
+            raise ValueError(f"noise_sd must be a finite number >= 0 (got {noise_sd})")
+        super().__init__(n_arms, n_features, ridge, half_life, change_z, change_window)
         self.alpha = float(alpha)
+        self.noise_sd = float(noise_sd)
 
     def _params(self) -> dict[str, float]:
-        return {"alpha": self.alpha, "ridge": self.ridge, **self._forgetting()}
+        noise = {"noise_sd": self.noise_sd} if self.noise_sd > 0 else {}
+        return {"alpha": self.alpha, "ridge": self.ridge, **noise, **self._forgetting()}
 
     def _all_scores(self, x: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """Upper confidence bound of every arm (scratch buffer)."""
         mean, var = self._mean_and_var(x)
+        s = self.noise_sd
+        if s:
+            var += s * s
         np.sqrt(var, out=var)
+        if s:
+            var -= s
         var *= self.alpha
         return np.add(mean, var, out=self._score)
 
@@ -433,7 +543,10 @@ class LinUCB(_LinearBase):
             raise ValueError(f"arms must be indices in [0, {self.n_arms - 1}] (got {arms})")
         mean, var = self._mean_and_var(self._x(x))
         m, v = mean.tolist(), var.tolist()
-        alpha, sqrt = self.alpha, math.sqrt
+        alpha, sqrt, s = self.alpha, math.sqrt, self.noise_sd
+        if s:
+            s2 = s * s
+            return [m[a] + alpha * (sqrt(v[a] + s2) - s) for a in arms]
         return [m[a] + alpha * sqrt(v[a]) for a in arms]
 
 
@@ -448,10 +561,10 @@ class LinearTS(_LinearBase):
     algorithm = "lints"
 
     def __init__(self, n_arms: int, n_features: int, v: float = 0.5, ridge: float = 1.0, seed: int | None = 0,
-                 half_life: float = 0.0) -> None:
+                 half_life: float = 0.0, change_z: float = 0.0, change_window: float = 500.0) -> None:
         if not (v >= 0 and math.isfinite(v)):
             raise ValueError(f"v must be a finite number >= 0 (got {v})")
-        super().__init__(n_arms, n_features, ridge, half_life)
+        super().__init__(n_arms, n_features, ridge, half_life, change_z, change_window)
         self.v = float(v)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
@@ -486,16 +599,19 @@ _CLASSES: dict[str, type[_LinearBase]] = {c.algorithm: c for c in (LinUCB, Linea
 
 
 def build_policy(algorithm: str, n_arms: int, n_features: int, *, alpha: float = 1.0, l2: float = 1.0,
-                 seed: int | None = 0, half_life: float = 0.0) -> Policy:
-    """A policy by catalog name: ``linucb`` (bonus width ``alpha``), ``lints`` (posterior scale
-    ``v = alpha``, draws from ``seed``) or ``ridge`` (greedy); ``l2`` is the ridge of all three and
-    ``half_life`` (in the unit of the learned timestamps; 0 = never) how fast they forget."""
+                 seed: int | None = 0, half_life: float = 0.0, noise_sd: float = 0.0, change_z: float = 0.0,
+                 change_window: float = 500.0) -> Policy:
+    """A policy by catalog name: ``linucb`` (bonus width ``alpha``, on the predictive sd when ``noise_sd`` >
+    0), ``lints`` (posterior scale ``v = alpha``, draws from ``seed``) or ``ridge`` (greedy); ``l2`` is the
+    ridge of all three, ``half_life`` (in the unit of the learned timestamps; 0 = never) how fast they forget
+    and ``change_z`` (0 = off) / ``change_window`` their per-arm change detection."""
+    change = {"half_life": half_life, "change_z": change_z, "change_window": change_window}
     if algorithm == "linucb":
-        return LinUCB(n_arms, n_features, alpha=alpha, ridge=l2, half_life=half_life)
+        return LinUCB(n_arms, n_features, alpha=alpha, ridge=l2, noise_sd=noise_sd, **change)
     if algorithm == "lints":
-        return LinearTS(n_arms, n_features, v=alpha, ridge=l2, seed=seed, half_life=half_life)
+        return LinearTS(n_arms, n_features, v=alpha, ridge=l2, seed=seed, **change)
     if algorithm == "ridge":
-        return RidgeGreedy(n_arms, n_features, ridge=l2, half_life=half_life)
+        return RidgeGreedy(n_arms, n_features, ridge=l2, **change)
     raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)} (got {algorithm!r})")
 
 

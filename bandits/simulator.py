@@ -9,6 +9,7 @@ and the context oracle) with common random numbers, so their rewards compare fai
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -223,7 +224,9 @@ class DeciderLearner:
             self._arms = list(range(self.decider.policy.n_arms))
         c = self.decider.decide(x, self._arms, rng)
         k = len(self._arms)
-        self._inv_p += sum(1.0 / p for p in c.probabilities.values()) / (k * k)
+        ps = c.probabilities.values()
+        # an arm of probability 0: the uniform policy's IPS estimate has no support (ESS 0)
+        self._inv_p += sum(1.0 / p for p in ps) / (k * k) if min(ps) > 0 else math.inf
         self.n += 1
         return c.arm
 
@@ -234,7 +237,7 @@ class DeciderLearner:
     def ess_fraction(self) -> float:
         """Effective sample size of an IPS estimate of the uniform random policy from these decisions, as a
         fraction of their number (``1 / mean E[w^2 | x]``; a deterministic target gets about ``1/K`` of it)."""
-        return self.n / self._inv_p if self._inv_p else 0.0
+        return self.n / self._inv_p if self._inv_p else 0.0  # n / inf = 0 when any decision lacked support
 
 
 def run_scenario(scenario: Scenario, learner: Learner, n_rounds: int, seed: int = 0) -> dict[str, np.ndarray]:

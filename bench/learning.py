@@ -7,14 +7,18 @@ all rounds and the last 20 %, regret vs the oracle. Also in-process decide+updat
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 from bandits.exploration import Decider
-from bandits.simulator import SCENARIOS, OnboardingSimulator, run_policy
+from bandits.simulator import SCENARIOS, Learner, OnboardingSimulator, run_policy
 from bench import learning_scenarios, peers
 from bench.bandit_speed import cycles_per_second
 from bench.common import summarize
 from server.base.catalog import Catalog, load_catalog
 
+NO_FLOOR = "onramp, no floor"
+WORKERS = 2  # processes running the scenario table (as the sweep: bench.learning_sweep.WORKERS)
 NAMES = {"uniform": "uniform", "best_fixed": "best fixed", "fixed_order": "generic order", "bandit": "our bandit",
          "bayes": "context oracle", "oracle": "type oracle"}
 
@@ -61,18 +65,38 @@ def run(quick: bool = False, repeats: int = 3, rounds: int | None = None, cycles
 
 
 def run_scenarios(rounds: int, repeats: int, with_peers: bool) -> dict:
-    """Every scenario, ``repeats`` seeds each: Onramp's default bandit and (``with_peers``) each installed peer."""
-    learners = {"onramp": learning_scenarios.onramp()}
+    """Every scenario, ``repeats`` seeds each: Onramp's default bandit and (``with_peers``) each installed peer,
+    on :data:`WORKERS` processes (each run is seeded: the figures do not depend on the number of workers)."""
+    names = ["onramp"]
     skipped: list[str] = []
     if with_peers:
+        # the same policy without its exploration floor (deterministic like River's and MABWiser's LinUCB, and
+        # like them leaving offline evaluation nothing to work with): what the floor costs
+        names.append(NO_FLOOR)
         found, skipped = peers.available()
-        learners.update({p.name: p.make for p in found})
+        names += [p.name for p in found]
+    jobs = [(name, sc.name, rounds, seed) for sc in SCENARIOS for name in names for seed in range(repeats)]
+    with ProcessPoolExecutor(WORKERS) as pool:
+        runs = list(pool.map(_measure, jobs))
     out: dict[str, dict] = {}
-    for sc in SCENARIOS:
-        out[sc.name] = {name: learning_scenarios.table(
-            [learning_scenarios.measure(sc, make, rounds, seed) for seed in range(repeats)])
-            for name, make in learners.items()}
-    return {"rounds": rounds, "repeats": repeats, "skipped": skipped, "table": out}
+    for (name, scenario, _, _), res in zip(jobs, runs):
+        out.setdefault(scenario, {}).setdefault(name, []).append(res)
+    table = {sc: {name: learning_scenarios.table(r) for name, r in by.items()} for sc, by in out.items()}
+    return {"rounds": rounds, "repeats": repeats, "skipped": skipped, "table": table}
+
+
+def _learner(name: str) -> Callable[[int, int, int], Learner]:
+    """The factory of the learner called ``name`` in the scenario tables."""
+    if name == "onramp":
+        return learning_scenarios.onramp()
+    if name == NO_FLOOR:
+        return learning_scenarios.onramp(epsilon=0.0)
+    return next(p.make for p in peers.PEERS if p.name == name)
+
+
+def _measure(job: tuple[str, str, int, int]) -> dict[str, float]:
+    name, scenario, rounds, seed = job
+    return learning_scenarios.measure(learning_scenarios.scenario(scenario), _learner(name), rounds, seed)
 
 
 def report(res: dict) -> list[str]:
@@ -107,11 +131,13 @@ def report_scenarios(res: dict) -> list[str]:
             ess = f"  ESS {row['ess'].fmt('.3f')} of n" if "ess" in row else ""
             out.append(f"    {learner:16s} last 20% {row['bandit_last20'].fmt('.4f')} = "
                        f"{row['vs_context_last20'].fmt('.3f')}  all {row['vs_context_avg'].fmt('.3f')}{ess}")
-        others = {k: v for k, v in by.items() if k != "onramp"}
+        others = {k: v for k, v in by.items() if k not in ("onramp", NO_FLOOR)}
         if others:
             best = max(others, key=lambda k: others[k]["vs_context_last20"].median)
-            verdicts.append(f"{name}: {'yes' if ref['vs_context_last20'].median >= others[best]['vs_context_last20'].median else 'NO'}"
-                            f" (best peer {best})")
+            top = others[best]["vs_context_last20"].median
+            marks = [f"{'yes' if by[k]['vs_context_last20'].median >= top else 'NO'}" for k in ("onramp", NO_FLOOR)
+                     if k in by]
+            verdicts.append(f"{name}: {' / '.join(marks)} (best peer {best})")
     if verdicts:
-        out.append("  onramp at or above the best peer over the last 20%: " + "; ".join(verdicts))
+        out.append(f"  at or above the best peer over the last 20% (onramp / {NO_FLOOR}): " + "; ".join(verdicts))
     return out

@@ -20,8 +20,7 @@ LAST = 0.2  # the share of the run reported as "last 20 %"
 
 def decider(config: BanditConfig, max_exploration: float, n_arms: int, n_features: int) -> Decider:
     """The bandit the decision engine builds from ``config`` (server/decide/engine.py), with the same calls."""
-    policy = build_policy(config.algorithm, n_arms, n_features, alpha=config.alpha, l2=config.l2, seed=config.seed,
-                          half_life=config.half_life_ms)
+    policy = build_policy(config.algorithm, n_arms, n_features, **config.policy_params())
     exploration = build_exploration(config.exploration, epsilon=config.epsilon, gamma=config.gamma,
                                     max_exploration=max_exploration)
     return Decider(policy, exploration, seed=config.seed)

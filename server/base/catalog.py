@@ -226,24 +226,34 @@ class SegmentsConfig:
 class BanditConfig:
     """The contextual bandit: scoring algorithm, its parameters and the exploration scheme.
 
-    Defaults: LinUCB with a narrow bonus plus an epsilon-greedy floor, forgetting with a 4-day half-life. Every
-    probability is exact (a function of the learned state and the context) and every eligible step keeps at
-    least ``epsilon / n_eligible``; chosen by ``python -m bench learning --sweep`` across the simulator's
+    Defaults: LinUCB with its bonus on the predictive sd (``noise_sd``) plus an epsilon-greedy floor, and per-step
+    change detection (a step is relearned from scratch when its residuals say its reward moved; no time-based
+    forgetting). Every probability is exact (a function of the learned state and the context) and every eligible
+    step keeps at least ``epsilon / n_eligible``; chosen by ``python -m bench learning --sweep`` across the simulator's
     scenarios, weighing reward against the effective sample size offline evaluation gets (docs/benchmarks.md)."""
 
     algorithm: str = "linucb"
-    alpha: float = 0.05
+    alpha: float = 1.0
     l2: float = 1.0
     exploration: str = "epsilon_greedy"
     epsilon: float = 0.03
     gamma: float = 50.0
-    half_life_days: float = 4.0
+    half_life_days: float = 0.0
+    noise_sd: float = 1.0
+    change_z: float = 5.0
+    change_window: float = 500.0
     seed: int = 0
 
     @property
     def half_life_ms(self) -> float:
         """How fast the bandit forgets, in the unit of decision timestamps (0: never)."""
         return self.half_life_days * DAY_MS
+
+    def policy_params(self) -> dict[str, float | int]:
+        """The keyword arguments of ``bandits.policies.build_policy`` for this configuration (every caller
+        builds the policy the same way: the learner, offline replay, the benchmarks)."""
+        return {"alpha": self.alpha, "l2": self.l2, "seed": self.seed, "half_life": self.half_life_ms,
+                "noise_sd": self.noise_sd, "change_z": self.change_z, "change_window": self.change_window}
 
 
 @dataclass(frozen=True, slots=True)
@@ -715,6 +725,9 @@ def _parse_bandit(t: _Table, guardrails: Guardrails) -> BanditConfig:
         epsilon=t.number("epsilon", d.epsilon, min=0.0, max=1.0),
         gamma=t.number("gamma", d.gamma, min=0.0, min_exclusive=True),
         half_life_days=t.number("half_life_days", d.half_life_days, min=0.0),
+        noise_sd=t.number("noise_sd", d.noise_sd, min=0.0),
+        change_z=t.number("change_z", d.change_z, min=0.0),
+        change_window=t.number("change_window", d.change_window, min=1.0),
         seed=t.integer("seed", d.seed, min=0),
     )
     t.done()

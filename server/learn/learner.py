@@ -61,8 +61,7 @@ def build_decider(catalog: Catalog, n_features: int) -> Decider | None:
     if not arms:
         return None
     b = catalog.bandit
-    policy = build_policy(b.algorithm, len(arms), n_features, alpha=b.alpha, l2=b.l2, seed=b.seed,
-                          half_life=b.half_life_ms)
+    policy = build_policy(b.algorithm, len(arms), n_features, **b.policy_params())
     exploration = build_exploration(b.exploration, epsilon=b.epsilon, gamma=b.gamma,
                                     max_exploration=catalog.guardrails.max_exploration)
     return Decider(policy, exploration, seed=b.seed)

@@ -287,7 +287,7 @@ def target_candidate(r: Rounds, candidate: Candidate, seed: int = 0, progress: P
     b = candidate.catalog.bandit
     k = r.logging_dist.shape[1]
     d = max(1, r.context.shape[1])
-    policy = build_policy(b.algorithm, k, d, alpha=b.alpha, l2=b.l2, seed=b.seed, half_life=b.half_life_ms)
+    policy = build_policy(b.algorithm, k, d, **b.policy_params())
     explore = build_exploration(b.exploration, epsilon=b.epsilon, gamma=b.gamma,
                                 max_exploration=candidate.catalog.guardrails.max_exploration)
     rows = np.flatnonzero(r.bandit)

@@ -253,6 +253,11 @@ BANDIT = Section("[bandit]", BanditConfig, DEMO, "The contextual bandit.", (
     Key("gamma", "number > 0", "Greediness of `squarecb`."),
     Key("half_life_days", "number >= 0",
         "A rewarded decision counts half as much this many days after it was made (0: never forget)."),
+    Key("noise_sd", "number >= 0", "`linucb`: the bonus is on the predictive sd of a Bayesian linear regression with "
+        "this noise sd, `alpha * (sqrt(noise_sd^2 + x'A^-1x) - noise_sd)` (0: the classic `alpha * sqrt(x'A^-1x)`)."),
+    Key("change_z", "number >= 0", "Change detection: a step's statistics are reset when the weighted mean of its "
+        "prediction residuals is this many standard errors from 0 (0: off)."),
+    Key("change_window", "number >= 1", "Observations of a step that the change test weighs (exponentially)."),
     Key("seed", "integer >= 0", "Seed of the random draws."),
 ), demo_path="bandit")
 

@@ -32,14 +32,15 @@ def test_peers_run_on_every_scenario_or_are_skipped_with_a_line(tmp_path: Path) 
     table = res["scenarios"]["table"]
     assert list(table) == [s.name for s in SCENARIOS]
     for name, by in table.items():
-        assert set(by) == {"onramp", *(p.name for p in found)}, name
+        assert set(by) == {"onramp", "onramp, no floor", *(p.name for p in found)}, name
         for learner, row in by.items():
             assert 0 <= row["bandit_avg"]["median"] <= 1 and row["vs_context_last20"]["median"] >= 0, (name, learner)
         assert 0 < by["onramp"]["ess"]["median"] <= 1
+        assert by["onramp, no floor"]["ess"]["median"] == 0  # deterministic: no support off the greedy step
     assert res["scenarios"]["skipped"] == skipped
     for line in skipped:
         assert line in out
-    assert "onramp at or above the best peer over the last 20%:" in out or not found
+    assert "at or above the best peer over the last 20% (onramp / onramp, no floor):" in out or not found
 
 
 def test_a_missing_peer_is_skipped_with_a_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,9 +54,9 @@ def test_a_missing_peer_is_skipped_with_a_clear_line(monkeypatch: pytest.MonkeyP
 @pytest.mark.timeout(300)
 def test_sweep_prints_both_tables_and_its_choice(tmp_path: Path) -> None:
     out, res = _bench(tmp_path, "--sweep")
-    assert res["chosen"] in res["alpha_epsilon"] and res["chosen_half_life"] in res["half_life"]
-    assert len(res["half_life"]) == 4
-    for r in [*res["alpha_epsilon"].values(), *res["half_life"].values()]:
+    assert res["chosen"] in res["alpha_epsilon"] and res["chosen_change"] in res["change"]
+    assert len(res["alpha_epsilon"]) == 2 and len(res["change"]) == 3  # quick: one of each grid, the former
+    for r in [*res["alpha_epsilon"].values(), *res["change"].values()]:
         assert 0 < r["reward"] <= 1.5 and 0 < r["ess"] <= 1 and set(r["per"]) == {s.name for s in SCENARIOS}
     assert out.count("<- chosen") == 2
 

@@ -4,6 +4,7 @@ depend on when (or in how many rounds) the learner ran."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ USERS = ("ann", "bob", "cat", "dan")
 
 def test_snapshot_bandit_learned_each_outcome_at_its_decision_time(tmp_path: Path) -> None:
     catalog = catalog_with(experiments=None)
-    assert catalog.bandit.half_life_days > 0  # forgetting is on by default
+    # a half-life on top of the default change detection (the default forgets only on a detected change)
+    catalog = dataclasses.replace(catalog, bandit=dataclasses.replace(catalog.bandit, half_life_days=4.0))
+    assert catalog.bandit.change_z > 0
     h = Harness(tmp_path / "f.db", catalog)
 
     async def main() -> tuple[list[list[float]], list[list[float]], float | None, float]:

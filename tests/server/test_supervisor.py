@@ -124,7 +124,9 @@ def test_a_child_that_cannot_start_fails_the_start_with_its_words_and_code(tmp_p
         sup.close()
     assert code == 3, log
     assert "start failed: child 1: cannot start: told to fail (3)" in log
-    assert "child 0" in log and "stopped: exit status 0" in log  # the other one was drained
+    # the other one was drained: SIGTERM ends it with status 0 once its handler is set, and a loaded machine may
+    # deliver it before (the child is still starting: nothing of it to lose)
+    assert re.search(r"child 0 \(pid \d+\) stopped: (exit status 0|killed by SIGTERM)", log), log
 
 
 def test_a_killed_child_is_restarted_and_a_crash_loop_is_given_up_on(tmp_path: pathlib.Path) -> None:

@@ -22,6 +22,7 @@ from google.protobuf.json_format import MessageToDict
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
+from server.learn.segments import CLUSTER_PREFIX
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEED = 20261129
@@ -255,12 +256,14 @@ def test_sigkill_during_ingest_loses_no_acknowledged_write(tmp_path: pathlib.Pat
         for side in (crashed, expected):
             for consent in side["consents"]:
                 consent.pop("timestampMs")  # when SetConsent was called, not part of the event log
-            # The cluster values now match (each start resumes from a checkpoint and replays the later events
-            # in their ingest batches). activation_prob cannot: its negative labels are given by the reward
-            # sweep on the wall clock (every minute, and at each start) to users whose activation window
-            # passed -- here all of them, the events are dated weeks ago -- so a server started 12 times
-            # labels at other points of the stream than one that ran for less than a minute.
-            side["features"].pop("activation_prob")
+            # What the River models give (the cluster, its one-hot and activation_prob) is left out: they learn
+            # from the profile change log as committed, one row per person per ingest commit, and re-sent
+            # batches commit in other groups than one uninterrupted stream (docs/operations.md, known limits).
+            # That a learner's models after a crash equal one that read the same log once is checked in
+            # tests/e2e/test_supervised_faults_e2e.py; here, everything the events make must match.
+            side["segments"] = [s for s in side.get("segments", []) if not s.startswith(CLUSTER_PREFIX)]
+            side["features"] = {k: v for k, v in side["features"].items()
+                                if not k.startswith("cluster_") and k != "activation_prob"}
         assert crashed == expected, user
 
 

@@ -23,13 +23,15 @@ estimate for LinUCB, a posterior draw for Thompson sampling, the ridge estimate 
 With ``change_z > 0`` the policy also watches each arm for a change of its reward (a test on its one-step-ahead
 residuals): before learning an observation it adds the residual ``e = r - x.theta_a`` to an exponentially
 weighted sum ``S_a`` (``change_window`` observations of that arm long) and ``e**2`` to ``Q_a``; when
-``|S_a| > change_z * sqrt(Q_a)`` (a self-normalised z-test of "the residuals have mean zero", after at least
-:data:`MIN_DETECT` observations) the arm's statistics are reset to the prior and everything it learned up to
+``|S_a| > change_z * sqrt(V_a)`` (a z-test of "the residuals have mean zero", after at least
+:data:`MIN_DETECT` observations; ``V_a`` is ``Q_a`` floored at the variance a residual has over a
+:data:`VARIANCE_WINDOWS` times longer memory, so a run of failures at a rare reward, which makes ``Q_a`` tiny,
+is not a change) the arm's statistics are reset to the prior and everything it learned up to
 then stops counting. So a stationary model keeps all its data (no fixed horizon to waste it), and a step
 whose reward moved is relearned at once. A reset is recorded as a time per arm (``reset_at``: the latest
 time it had learned), and an observation of time ``t <= reset_at`` weighs 0, so ``unlearn_one`` stays exact;
-the detector's two running sums are a trigger, not part of the model, and are not unlearned (they decay
-within ``change_window`` observations of the arm). Change detection needs the observations' times: one
+the detector's running sums are a trigger, not part of the model, and are not unlearned (they decay
+within a few ``change_window`` of the arm's observations). Change detection needs the observations' times: one
 learned without a time (``t = None``) is not tested and is never dropped, so a stream without times never
 resets (and one arm should not mix observations with and without times when change detection is on).
 
@@ -51,6 +53,12 @@ ArmsLike = Sequence[int] | np.ndarray | None
 ALGORITHMS = ("linucb", "lints", "ridge")
 GRID_PER_HALF_LIFE = 8  # t_ref steps this often per half-life: every weight stays below 2 ** (1/8)
 MIN_DETECT = 50  # observations of an arm since its last reset before its change test may fire
+VARIANCE_WINDOWS = 2  # the change test's variance floor remembers this many change_windows
+
+
+def _weight_sum(decay: float, n: float | np.ndarray) -> Any:
+    """``sum(decay ** i for i in range(n))``: the total weight of ``n`` exponentially weighted terms."""
+    return (1.0 - decay ** n) / (1.0 - decay) if decay < 1.0 else n
 
 
 @runtime_checkable
@@ -129,6 +137,7 @@ class _LinearBase:
         self.change_z = float(change_z)  # 0: no change detection
         self.change_window = float(change_window)
         self._decay = 1.0 - 1.0 / self.change_window
+        self._var_decay = 1.0 - 1.0 / (VARIANCE_WINDOWS * self.change_window)
         self._lam = math.log(2.0) / self.half_life if self.half_life > 0 else 0.0
         self._grid = self.half_life / GRID_PER_HALF_LIFE
         self.clock: float | None = None  # the latest t learned (forgetting policies only)
@@ -149,7 +158,7 @@ class _LinearBase:
         # residual sums S and Q, the observations since the last reset and the number of resets
         self._latest = np.full(k, -math.inf)
         self._reset_at = np.full(k, -math.inf)
-        self._det = np.zeros((k, 3))  # S, Q, n
+        self._det = np.zeros((k, 4))  # S, Q, n, L (e**2 weighted over VARIANCE_WINDOWS windows)
         self._resets = np.zeros(k, dtype=np.int64)
         # scratch buffers of the hot path (no allocation per call for these)
         self._u = np.empty(d)
@@ -288,13 +297,25 @@ class _LinearBase:
         self.n_updates += 1
 
     def _detect(self, a: int, predicted: float, r: float) -> bool:
-        """Add the residual of arm ``a``'s prediction to its change test; True when the test fires."""
+        """Add the residual of arm ``a``'s prediction to its change test; True when the test fires.
+
+        The test's variance is the larger of the window's realised ``Q`` and what the arm's residual variance
+        over a :data:`VARIANCE_WINDOWS` times longer memory (``L / sum of its weights``) gives the window's
+        weights. With rare rewards a run of failures makes ``Q`` tiny (every residual is about ``-p``), and a
+        test normalised by ``Q`` alone fires on such a run although the reward did not move; the longer
+        memory does not shrink with it, yet forgets the large residuals of relearning after a reset."""
         det = self._det[a]
         e = r - predicted
-        det[0] = self._decay * det[0] + e
-        det[1] = self._decay * self._decay * det[1] + e * e
+        d, dl = self._decay, self._var_decay
+        det[0] = d * det[0] + e
+        det[1] = d * d * det[1] + e * e
         det[2] += 1
-        return bool(det[2] >= MIN_DETECT and det[0] * det[0] > self.change_z * self.change_z * det[1])
+        det[3] = dl * det[3] + e * e
+        n = det[2]
+        if n < MIN_DETECT:
+            return False
+        var = max(det[1], det[3] / _weight_sum(dl, n) * _weight_sum(d * d, n))
+        return bool(det[0] * det[0] > self.change_z * self.change_z * var)
 
     def _reset(self, a: int) -> None:
         """Arm ``a`` back to the prior: what it learned up to its latest time weighs 0 from now on."""
@@ -470,9 +491,17 @@ class _LinearBase:
                          ("resets", self._resets)):
             if key in state:  # a state written before change detection has none: no reset yet
                 value = np.asarray(state[key], dtype=arr.dtype)
+                if key == "detector" and value.shape == (self.n_arms, 3):  # saved before L was kept
+                    value = np.column_stack([value, self._long_run_from_window(value)])
                 if value.shape != arr.shape:
                     raise ValueError(f"state array {key} must have shape {arr.shape} (got {value.shape})")
                 arr[...] = value
+
+    def _long_run_from_window(self, det: np.ndarray) -> np.ndarray:
+        """``L`` for a detector saved without it: the window's variance ``Q / sum of squared weights``."""
+        d, dl, n = self._decay, self._var_decay, det[:, 2]
+        w2 = np.maximum(_weight_sum(d * d, n), 1e-300)
+        return np.where(n > 0, det[:, 1] / w2 * _weight_sum(dl, n), 0.0)
 
     def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
         """Pickle and ``copy.deepcopy`` through :meth:`to_state`: the arrays are views of one block, which

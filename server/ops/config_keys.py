@@ -256,7 +256,8 @@ BANDIT = Section("[bandit]", BanditConfig, DEMO, "The contextual bandit.", (
     Key("noise_sd", "number >= 0", "`linucb`: the bonus is on the predictive sd of a Bayesian linear regression with "
         "this noise sd, `alpha * (sqrt(noise_sd^2 + x'A^-1x) - noise_sd)` (0: the classic `alpha * sqrt(x'A^-1x)`)."),
     Key("change_z", "number >= 0", "Change detection: a step's statistics are reset when the weighted mean of its "
-        "prediction residuals is this many standard errors from 0 (0: off)."),
+        "prediction residuals is this many standard errors from 0 (0: off); the variance is the larger of the "
+        "window's and that over twice the window, so a run of failures at a rare reward is not a change."),
     Key("change_window", "number >= 1", "Observations of a step that the change test weighs (exponentially)."),
     Key("seed", "integer >= 0", "Seed of the random draws."),
 ), demo_path="bandit")

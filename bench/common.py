@@ -96,15 +96,22 @@ def process_tree(root: int) -> list[ProcStat]:
     return [stats[pid] for pid in descendants(root, {p: s.ppid for p, s in stats.items()}) if pid in stats]
 
 
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size now of process ``pid`` (VmRSS from /proc; "self": this process). Raises OSError when
+    the process is gone, RuntimeError when it has no resident set (a zombie)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
 def tree_rss_bytes(root: int) -> int:
     """Resident set size now (VmRSS from /proc) of ``root``'s process tree, summed over its processes (pages
     the workers share count once per process)."""
     total = 0
     for s in process_tree(root):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{s.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+        with contextlib.suppress(OSError, RuntimeError):
+            total += rss_bytes(s.pid)
     if total == 0:
         raise RuntimeError(f"no VmRSS for {root}")
     return total

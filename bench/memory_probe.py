@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import PY, ROOT, free_port, run_client, wait_ready
+from bench.common import PY, ROOT, free_port, rss_bytes, run_client, wait_ready
 
 LEAF_TYPES: tuple[type, ...] = (type, types.ModuleType, types.FunctionType, types.MethodType,
                                 types.BuiltinFunctionType, types.CodeType, types.FrameType, threading.Thread,
@@ -99,14 +99,6 @@ def breakdown(parts: list[tuple[str, object]], depth: int = 1) -> list[dict]:
         visit(name, o, depth)
     rows.sort(key=lambda r: -r["bytes"])
     return rows
-
-
-def rss_bytes() -> int:
-    """VmRSS of this process."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 def malloc_info() -> dict[str, int]:

@@ -2,16 +2,18 @@
 CPU lists of ``--cpus``, the worker counts of ``--workers``, and how the workers' CPU is split."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from bench.common import (CpuSplit, ProcStat, cpu_delta, cpu_list, descendants, listening_in, parse_cpu_list,
-                          parse_stat, parse_workers, pinned, process_tree, role_cpu_per_call, role_of, tree_cpu_s,
-                          tree_rss_bytes, worker_shares)
+                          parse_stat, parse_workers, pinned, process_tree, role_cpu_per_call, role_of, rss_bytes,
+                          tree_cpu_s, tree_rss_bytes, worker_shares)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -31,14 +33,29 @@ def test_tree_cpu_counts_reaped_children_too() -> None:
     assert tree_cpu_s([ProcStat(1, 0, 1.5, 0.5), ProcStat(2, 1, 2.0, 0.0)]) == pytest.approx(4.0)
 
 
-def test_the_tree_of_a_real_process_holds_its_child_and_its_cpu() -> None:
-    code = ("import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', "
-            "'import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.6: pass\\ntime.sleep(60)']);"
-            " print(c.pid, flush=True); c.wait()")
+@contextlib.contextmanager
+def parent_and_child(child_code: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A real process whose one child runs ``child_code`` (which prints a line once it is set up); yields the
+    parent and the child's pid once that line came, and kills both after."""
+    code = (f"import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', {child_code!r}], "
+            "stdout=subprocess.PIPE); c.stdout.readline(); print(c.pid, flush=True); c.wait()")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = 0
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
+        yield parent, child
+    finally:
+        parent.kill()
+        parent.wait(5)
+        if child:
+            os.kill(child, 9)
+
+
+def test_the_tree_of_a_real_process_holds_its_child_and_its_cpu() -> None:
+    burn = ("import time\nprint(1, flush=True)\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.6: pass\ntime.sleep(60)")
+    with parent_and_child(burn) as (parent, child):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             tree = process_tree(parent.pid)
@@ -48,34 +65,14 @@ def test_the_tree_of_a_real_process_holds_its_child_and_its_cpu() -> None:
         assert [s.pid for s in tree] == [parent.pid, child]
         assert tree[1].ppid == parent.pid and tree[1].cpu_s >= 0.5
         assert tree_cpu_s(tree) >= tree[1].cpu_s
-    finally:
-        parent.kill()
-        parent.wait(5)
-        os.kill(child, 9)
-
-
-def own_rss(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status").read().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def test_the_rss_of_a_tree_counts_a_childs_memory() -> None:
-    code = ("import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', "
-            "'import time\\nb = bytearray(64 << 20)\\nprint(1, flush=True)\\ntime.sleep(60)'], stdout=subprocess.PIPE);"
-            " c.stdout.readline(); print(c.pid, flush=True); c.wait()")
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert parent.stdout is not None
-        child = int(parent.stdout.readline())
+    hold = "import time\nb = bytearray(64 << 20)\nprint(1, flush=True)\ntime.sleep(60)"
+    with parent_and_child(hold) as (parent, child):
         total = tree_rss_bytes(parent.pid)
-        assert total >= own_rss(parent.pid) + (64 << 20)
+        assert total >= rss_bytes(parent.pid) + (64 << 20)
         assert tree_rss_bytes(child) < total
-    finally:
-        parent.kill()
-        parent.wait(5)
-        os.kill(child, 9)
 
 
 @pytest.mark.parametrize("text, cpus", [("0", {0}), ("0,2", {0, 2}), ("0-3,6", {0, 1, 2, 3, 6}), (" 1 ", {1})])

@@ -70,10 +70,10 @@ def rewarded_rows_of(store: SqliteStore, pseudonyms: Sequence[str]) -> list[Join
 def pending_rows(store: SqliteStore) -> list[PendingRow]:
     """Decisions that showed a step and have no outcome (their reward is still to be joined)."""
     cur = store.conn.execute(
-        "SELECT d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.context, d.reward_deadline_ms "
+        "SELECT d.decision_id, d.user_pseudo, d.timestamp_ms, d.step_id, d.reward_deadline_ms "
         "FROM decisions d LEFT JOIN outcomes o ON o.decision_id = d.decision_id "
         "WHERE o.decision_id IS NULL AND d.step_id != '' AND d.reward_deadline_ms > 0 ORDER BY d.timestamp_ms")
-    return [PendingRow(i, u, t, s, _context(c), dl) for i, u, t, s, c, dl in cur]
+    return [PendingRow(*row) for row in cur]
 
 
 def joined_rows(store: SqliteStore, step_ids: Sequence[str], after_outcome_rowid: int = 0) -> Iterator[JoinedRow]:

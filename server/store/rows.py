@@ -136,13 +136,13 @@ class LoggedDecision:
 # -- decisions and outcomes, as the learner and erasure read them ------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PendingRow:
-    """A logged decision that showed a step and has no outcome yet."""
+    """A logged decision that showed a step and has no outcome yet (its context is read with the outcome, when
+    the models learn)."""
 
     decision_id: str
     user_pseudo: str
     timestamp_ms: int
     step_id: str
-    context: dict[str, float]
     reward_deadline_ms: int
 
 

@@ -47,16 +47,14 @@ class ConsentBook:
             return rows
 
     def read(self, subjects: Collection[str]) -> None:
-        """Read the records of ``subjects`` not read yet in one query per 500 (an ingest job's users at once,
-        rather than one query each)."""
-        todo = [s for s in subjects if s not in self._records]
-        for i in range(0, len(todo), 500):
-            part = todo[i:i + 500]
-            records = self._records
-            for s in part:
-                records[s] = {}
-            for row in self._reads.consents_of(part):
-                records[row.subject][row.purpose] = row
+        """Read the records of ``subjects`` not read yet with one call (an ingest job's users at once, rather than
+        one query each)."""
+        records = self._records
+        todo = [s for s in subjects if s not in records]
+        for s in todo:
+            records[s] = {}
+        for row in self._reads.consents_of(todo):
+            records[row.subject][row.purpose] = row
 
     def get(self, subject: str, purpose: str) -> ConsentRow | None:
         """The current record of ``subject`` for ``purpose``, or None when none was ever given."""

@@ -290,11 +290,14 @@ class SqliteStore:
             yield ConsentRow(s, p, bool(g), src, ts)
 
     def consents_of(self, subjects: Sequence[str]) -> list[ConsentRow]:
-        if not subjects:
-            return []
-        cur = self.conn.execute("SELECT subject, purpose, granted, source, timestamp_ms FROM consents WHERE "
-                                f"subject IN ({_marks(len(subjects))}) ORDER BY subject, purpose", list(subjects))
-        return [ConsentRow(s, p, bool(g), src, ts) for s, p, g, src, ts in cur]
+        """The current consent records of ``subjects``, by subject and purpose (one query per chunk of ids)."""
+        rows: list[ConsentRow] = []
+        for part in _chunks(list(subjects)):
+            cur = self.conn.execute("SELECT subject, purpose, granted, source, timestamp_ms FROM consents WHERE "
+                                    f"subject IN ({_marks(len(part))})", part)
+            rows += [ConsentRow(s, p, bool(g), src, ts) for s, p, g, src, ts in cur]
+        rows.sort(key=lambda r: (r.subject, r.purpose))
+        return rows
 
     def consent_history_of(self, subjects: Sequence[str]) -> list[ConsentRow]:
         if not subjects:

@@ -317,8 +317,8 @@ class DecisionEngine:
 
     def segments_of(self, subject: str, profile: Profile, now_ms: int,
                     request_context: Mapping[str, str]) -> SegmentResult:
-        """The segments and context of a user now (the snapshot's models), reused while the profile, the minute of ``now_ms`` and the
-        request's device class stay the same (repeated requests within a minute see one context)."""
+        """The segments and context of a user now (the snapshot's models), reused while the profile, the minute of
+        ``now_ms`` and the request's device class stay the same (repeated requests within a minute see one context)."""
         key = (profile.event_count, profile.last_seen_ms, now_ms // SEGMENT_CACHE_MS, request_mobile(request_context))
         hit = self._segment_cache.get(subject)
         if hit is not None and hit[0] == key:

@@ -95,7 +95,10 @@ def _cluster_parts(clusterer: object) -> _ClusterParts | None:
     return scaler, km
 
 
-def _activation_parts(activation: object) -> tuple[preprocessing.StandardScaler, linear_model.LogisticRegression] | None:
+_ActivationParts = tuple[preprocessing.StandardScaler, linear_model.LogisticRegression]
+
+
+def _activation_parts(activation: object) -> _ActivationParts | None:
     """The scaler and logistic regression of a ``StandardScaler | LogisticRegression`` River pipeline whose
     prediction :class:`SegmentModel` makes (plain scaler, log loss: the sigmoid), else None."""
     steps = getattr(activation, "steps", None)

@@ -63,7 +63,7 @@ def river_distance(seg: Segmenter, x: dict[str, float], c: int) -> float:
 @settings(max_examples=200, deadline=None)
 @given(stream=streams, probes=st.lists(st.tuples(vectors, unseen), min_size=1, max_size=5))
 def test_the_segment_model_predicts_as_the_river_models(stream: list[tuple[dict[str, float], bool | None]],
-                                                        probes: list[tuple[dict[str, float], dict[str, float]]]) -> None:
+                                                        probes: list[tuple[dict[str, float], dict[str, Any]]]) -> None:
     seg = trained(stream)
     model = as_a_worker_reads_it(seg)
     m = seg._m  # noqa: SLF001

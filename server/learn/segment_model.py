@@ -199,7 +199,6 @@ class SegmentModel:
         object.__setattr__(self, "_means", means)
         object.__setattr__(self, "_stds", stds)
 
-
     @classmethod
     def untrained(cls, n_clusters: int, names: Sequence[str] = BEHAVIOR_NAMES) -> SegmentModel:
         """Models that learned nothing: no cluster, activation probability 0.5."""

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from server.base.records import StoredEvent
-from server.store.id_filter import KeyFilter
+from server.store.id_filter import KeyFilter, Query
 from server.store.rows import Appended
 from server.store.sql import _chunks, _marks
 
@@ -264,8 +264,9 @@ class EventTable:
         keys = list(keys)
         probes = [(LEVELS[0], None), (LEVELS[1], self._filter(1, write)),
                   *((run.table, run.filter) for run in self._runs_now())]
+        query = Query.of(keys) if keys else None
         for table, kept in probes:
-            asked = keys if kept is None else kept.maybe(keys)
+            asked = keys if kept is None else [keys[i] for i in kept.hits(query).tolist()] if query else []
             for part in _chunks(asked):
                 for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {table} WHERE h IN "  # noqa: S608
                                                     f"({_marks(len(part))})", part):

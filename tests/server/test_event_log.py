@@ -284,12 +284,14 @@ def test_a_database_of_layout_2_opens_with_its_last_level_as_the_first_run(tmp_p
     assert sqlite3.connect(db).execute(f"SELECT COUNT(*) FROM {RUNS_TABLE}").fetchone()[0] == 0
 
 
-@given(st.lists(st.integers(-2**63, 2**63 - 1), max_size=60), st.lists(st.integers(-2**63, 2**63 - 1), max_size=30),
+@given(st.lists(st.integers(-2**63, 2**63 - 1), max_size=150), st.lists(st.integers(-2**63, 2**63 - 1), max_size=30),
        st.integers(0, 2**32 - 1))
+@example([((i // 20) << 32) + i for i in range(100)], [k << 32 for k in range(-2, 8)], 5)  # equal highs over edges
 def test_the_key_filter_never_rules_out_a_key_it_was_built_from(stored: list[int], others: list[int],
                                                                  low: int) -> None:
-    """Every stored key (and only keys sharing a stored key's high half) is "maybe"; keys that differ from a
-    stored one in the low half only are the filter's false positives."""
+    """Every stored key (and only keys sharing a stored key's high half) is "maybe", in blocks and across
+    their edges (up to 150 keys: ten blocks); keys that differ from a stored one in the low half only are the
+    filter's false positives."""
     half = len(stored) // 2
     f = KeyFilter.of_sorted(sorted(set(stored[:half]))).with_sorted(sorted(set(stored[half:])))
     f = KeyFilter.from_bytes(f.to_bytes())

@@ -128,7 +128,8 @@ def test_runs_are_dropped_once_out_of_the_window_and_a_late_resend_is_stored_aga
         assert s.events.id_tables()[len(LEVELS):] == tables[2:]
         names = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert not set(tables[:2]) & names
-        assert stored_ids(s).count("h0-0") == 2 and stored_ids(s).count("h1-0") == 2 and stored_ids(s).count("h2-0") == 1
+        ids = stored_ids(s)
+        assert (ids.count("h0-0"), ids.count("h1-0"), ids.count("h2-0")) == (2, 2, 1)
     finally:
         s.close()
         mp.undo()
@@ -213,7 +214,8 @@ def test_conversion_keeps_only_the_ids_within_the_window(tmp_path: pathlib.Path)
     horizon = newest - 9 * HOUR_MS - HOUR_MS // 2
     store = SqliteStore(db, dedupe_window_hours=(now_ms() - horizon) / HOUR_MS)
     try:
-        held = sum(store.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in store.events.id_tables())
+        held = sum(store.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                   for table in store.events.id_tables())
         assert held == 10 == store.conn.execute("SELECT COUNT(*) FROM events WHERE timestamp_ms >= ?",
                                                 (horizon,)).fetchone()[0]
     finally:

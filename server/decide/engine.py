@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import pickle
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +51,7 @@ from server.learn.learner import build_decider, guard_horizon_ms, made_for
 from server.learn.rewards import REPORTED, Outcome, write_outcomes
 from server.learn.segments import SegmentResult, Segmenter, distinct_days
 from server.store.decision_logger import ANONYMOUS_ROW, Decision, DecisionLogger
-from server.store.rows import NO_SHOWS, LoggedDecision, Shows, with_show
+from server.store.rows import NO_SHOWS, LoggedDecision, Shows, latest_show, with_show
 
 log = logging.getLogger(__name__)
 
@@ -253,13 +253,14 @@ class DecisionEngine:
         experiment, arm, arm_kind = self.assignment(subject)
         shown = history.shows
         if profile is None:
-            hist = UserHistory(shown=shown)
+            hist = UserHistory(shown=shown, ascending=True)  # a stored history's times are ascending
             segments: list[str] = []
             context: dict[str, float] = {}
             x = None
         else:
             hist = UserHistory(shown=shown, completed=profile.steps_completed, dismissed=profile.steps_dismissed,
-                               sessions=profile.sessions, distinct_days=distinct_days(profile.session_starts_ms))
+                               sessions=profile.sessions, distinct_days=distinct_days(profile.session_starts_ms),
+                               ascending=True)
             seg = self.segments_of(subject, profile, now_ms, request_context)
             segments, context, x = seg.segments, seg.features, seg.vector
         el = eligible(self.specs, hist, self._eligibility, now_ms, surface or None)
@@ -329,7 +330,7 @@ class DecisionEngine:
         return seg
 
     @staticmethod
-    def generic_pick(candidates: list[str], shown: Mapping[str, list[int]]) -> str:
+    def generic_pick(candidates: list[str], shown: Mapping[str, Sequence[int]]) -> str:
         """The generic default order: the first candidate (catalog order) never shown, else the first."""
         for s in candidates:
             if s not in shown:
@@ -363,8 +364,7 @@ class DecisionEngine:
                 break
             self.conflicts += 1
             # decided again, later: a show logged meanwhile by another worker is not in this decision's future
-            latest = max((t for times in self._reader.read_shows(c.pseudo).shows.values() for t in times), default=0)
-            now_ms = max(now_ms, latest)
+            now_ms = max(now_ms, latest_show(self._reader.read_shows(c.pseudo).shows))
         else:
             raise ServiceError("ABORTED", "user_id", f"this user's shown history changed {MAX_ATTEMPTS} times while "
                                                      "deciding (many concurrent GetNextStep calls for one user); retry")

@@ -45,7 +45,7 @@ from server.decide.engine_api import NextStep, ServiceError
 from server.decide.rules import first_firing
 from server.ingest.consent import PERSONALIZATION
 from server.ingest.pipeline import Erasure, Pipeline
-from server.ingest.profiles import Profile
+from server.ingest.profiles import Profile, decode_profile
 from server.learn.features import request_mobile
 from server.learn.learner import build_decider, guard_horizon_ms, made_for
 from server.learn.rewards import REPORTED, Outcome, write_outcomes
@@ -243,13 +243,16 @@ class DecisionEngine:
         vector. The show is not recorded here (see :meth:`next_step`)."""
         pipeline = self.pipeline
         pseudo = pipeline.pseudonym(subject)
-        history = self._reader.read_shows(pseudo)  # before the profile: a show logged meanwhile bumps it
+        inputs = self._reader.decision_inputs(pseudo, subject)  # shown history, profile and consent at one point
+        history = inputs.shows
         consent = pipeline.consent
+        consent.know(subject, inputs.consents)
         personal = consent.granted(subject, PERSONALIZATION)
         # Without tracking consent (never given, withdrawn, or erased since) no reward is waited for, and the
         # row keeps the pseudonym only if it shows a step, for the caps, until forget_untracked_shows.
         tracked = consent.tracking_gate(subject, pipeline.pseudonym) is None
-        profile = pipeline.profile(subject)  # None without tracking consent: no event of it is stored
+        # None without tracking consent: no event of it is stored
+        profile = None if inputs.profile_body is None else decode_profile(subject, inputs.profile_body)
         experiment, arm, arm_kind = self.assignment(subject)
         shown = history.shows
         if profile is None:

@@ -140,6 +140,16 @@ def merged_shows(a: Mapping[str, Sequence[int]], b: Mapping[str, Sequence[int]],
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class DecisionInputs:
+    """What a decision reads of one person, at one point: the shown history, the profile body (None: no event
+    of theirs is stored) and their current consent records (by purpose)."""
+
+    shows: Shows
+    profile_body: str | None
+    consents: tuple[ConsentRow, ...]
+
+
 def latest_show(shows: Mapping[str, Sequence[int]]) -> int:
     """The latest show time of ``shows`` (times ascending), 0 without any."""
     return max((times[-1] for times in shows.values() if times), default=0)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from server.store.rows import (DECISION_COLUMNS, NO_SHOWS, LoggedDecision, ProfileChange, ProfileWrites, Shows,
-                               latest_show, merged_shows)
+from server.store.rows import (DECISION_COLUMNS, NO_SHOWS, ConsentRow, DecisionInputs, LoggedDecision, ProfileChange,
+                               ProfileWrites, Shows, latest_show, merged_shows)
 from server.store.show_codec import decode_shows, encode_shows
 from server.store.sql import _chunks, _marks, insert_flat
 
@@ -107,6 +107,27 @@ def read_shows(store: SqliteStore, pseudo: str) -> Shows:
     if row is None:
         return NO_SHOWS
     return Shows(row[0], decode_shows(row[1]))
+
+
+# one statement, so one read transaction (one snapshot, one look at the WAL) instead of three; kind 0: the shown
+# history, 1: the profile, 2: a consent record
+_INPUTS = ("SELECT 0, version, shows, NULL, NULL FROM show_history WHERE pseudo = ?1 "
+           "UNION ALL SELECT 1, NULL, body, NULL, NULL FROM profiles WHERE pseudo = ?1 "
+           "UNION ALL SELECT 2, granted, purpose, source, timestamp_ms FROM consents WHERE subject = ?2")
+
+
+def decision_inputs(store: SqliteStore, pseudo: str, subject: str) -> DecisionInputs:
+    """What a decision reads of one person (:meth:`~server.store.interfaces.ShowHistory.decision_inputs`)."""
+    shows, body, consents = NO_SHOWS, None, []
+    for kind, a, b, c, d in store.conn.execute(_INPUTS, (pseudo, subject)):
+        if kind == 0:
+            shows = Shows(a, decode_shows(b))
+        elif kind == 1:
+            body = b
+        else:
+            consents.append(ConsentRow(subject, b, bool(a), c, d))
+    consents.sort(key=lambda r: r.purpose)
+    return DecisionInputs(shows, body, tuple(consents))
 
 
 def log_decisions(store: SqliteStore, items: Sequence[LoggedDecision]) -> list[bool]:

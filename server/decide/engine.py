@@ -50,7 +50,7 @@ from server.learn.features import request_mobile
 from server.learn.learner import build_decider, guard_horizon_ms, made_for
 from server.learn.rewards import REPORTED, Outcome, write_outcomes
 from server.learn.segments import SegmentResult, Segmenter, distinct_days
-from server.store.decision_logger import ANONYMOUS_ROW, Decision, DecisionLogger
+from server.store.decision_logger import ANONYMOUS_ROW, Decision, DecisionLogger, json_column
 from server.store.rows import NO_SHOWS, LoggedDecision, Shows, latest_show, with_show
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class DecisionEngine:
         self.logger = DecisionLogger(pipeline.writer)
         self._reader = pipeline.store.reader()
         self._poller: asyncio.Task[None] | None = None
-        self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult]] = {}
+        self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult, str]] = {}
         self.conflicts = 0  # decisions decided again because another one showed the person something first
         pipeline.add_erasure_listener(self.erased)
         self.load_snapshot()
@@ -258,14 +258,14 @@ class DecisionEngine:
         if profile is None:
             hist = UserHistory(shown=shown, ascending=True)  # a stored history's times are ascending
             segments: list[str] = []
-            context: dict[str, float] = {}
+            context: dict[str, float] | str = {}
             x = None
         else:
             hist = UserHistory(shown=shown, completed=profile.steps_completed, dismissed=profile.steps_dismissed,
                                sessions=profile.sessions, distinct_days=distinct_days(profile.session_starts_ms),
                                ascending=True)
-            seg = self.segments_of(subject, profile, now_ms, request_context)
-            segments, context, x = seg.segments, seg.features, seg.vector
+            seg, context = self._segments_and_context(subject, profile, now_ms, request_context)
+            segments, x = seg.segments, seg.vector
         el = eligible(self.specs, hist, self._eligibility, now_ms, surface or None)
         allowed = el.eligible
 
@@ -321,16 +321,23 @@ class DecisionEngine:
                     request_context: Mapping[str, str]) -> SegmentResult:
         """The segmenter's result for a user now, reused while the profile, the minute of ``now_ms`` and the
         request's device class stay the same (repeated requests within a minute see one context)."""
+        return self._segments_and_context(subject, profile, now_ms, request_context)[0]
+
+    def _segments_and_context(self, subject: str, profile: Profile, now_ms: int,
+                              request_context: Mapping[str, str]) -> tuple[SegmentResult, str]:
+        """:meth:`segments_of` and its context features as the decision row's JSON text, encoded once per
+        cached result rather than once per decision."""
         key = (profile.event_count, profile.last_seen_ms, now_ms // SEGMENT_CACHE_MS, request_mobile(request_context))
         hit = self._segment_cache.get(subject)
         if hit is not None and hit[0] == key:
-            return hit[1]
+            return hit[1], hit[2]
         seg = self.segmenter.predict_one(profile, now_ms, request_context)
+        text = json_column(seg.features)
         cache = self._segment_cache
         if len(cache) >= SEGMENT_CACHE_SIZE:
             cache.clear()
-        cache[subject] = (key, seg)
-        return seg
+        cache[subject] = (key, seg, text)
+        return seg, text
 
     @staticmethod
     def generic_pick(candidates: list[str], shown: Mapping[str, Sequence[int]]) -> str:

@@ -8,9 +8,10 @@ Decoded, each step's times are an ``array('q')`` (no Python int per time: the gu
 show is inserted into a copy, and encoding copies the arrays' bytes). The binary form:
 
 - byte 0: :data:`FORMAT` (JSON text starts with ``{`` and is stored as text, so neither is mistaken for the
-  other);
-- a 16-bit step count, then per step (in key order) the UTF-8 length (16-bit) of its id, its time count
-  (32-bit) and the id's bytes;
+  other), then the step count (16-bit);
+- each step's time count (32-bit), in key order;
+- the byte length (32-bit) of the step ids, then the ids in UTF-8 joined by NUL (catalog step ids are
+  ``[a-z][a-z0-9_]*``);
 - every step's times, one step after the other, as signed 64-bit values.
 
 Every integer is little-endian.
@@ -27,26 +28,30 @@ from server.store.rows import TIME_CODE
 
 FORMAT = 1
 _HEAD = struct.Struct("<BH")  # format, step count
-_STEP = struct.Struct("<HI")  # id length, time count
+_NAMES = struct.Struct("<I")  # byte length of the joined step ids
+_SEP = "\x00"
 _SWAP = sys.byteorder != "little"
-assert array(TIME_CODE).itemsize == 8, "the codec stores times as 64-bit array items"
+assert array(TIME_CODE).itemsize == 8 and array("I").itemsize == 4, "the item sizes the stored form is made of"
+
+
+def _little(a: array) -> bytes:
+    if _SWAP:
+        a = array(a.typecode, a)
+        a.byteswap()
+    return a.tobytes()
 
 
 def encode_shows(shows: Mapping[str, Sequence[int]]) -> bytes:
     """The stored value of ``shows`` (each step's times ascending; a step without times keeps its key)."""
     keys = sorted(shows)
-    parts = [_HEAD.pack(FORMAT, len(keys))]
-    bodies = []
-    for key in keys:
-        times = shows[key]
-        if type(times) is not array or times.typecode != TIME_CODE or _SWAP:
-            times = array(TIME_CODE, times)
-            if _SWAP:
-                times.byteswap()
-        raw = key.encode("utf-8")
-        parts += (_STEP.pack(len(raw), len(times)), raw)
-        bodies.append(times.tobytes())
-    return b"".join(parts + bodies)
+    joined = _SEP.join(keys)
+    if joined.count(_SEP) != max(0, len(keys) - 1):
+        raise ValueError("a shown history's step id holds a NUL character")
+    names = joined.encode("utf-8")
+    times = [t if type(t) is array and t.typecode == TIME_CODE else array(TIME_CODE, t)
+             for t in map(shows.__getitem__, keys)]
+    head = [_HEAD.pack(FORMAT, len(keys)), _little(array("I", map(len, times))), _NAMES.pack(len(names)), names]
+    return b"".join(head + (list(map(_little, times)) if _SWAP else [t.tobytes() for t in times]))
 
 
 def decode_shows(value: bytes | str) -> dict[str, array]:
@@ -57,24 +62,23 @@ def decode_shows(value: bytes | str) -> dict[str, array]:
     fmt, n = _HEAD.unpack_from(value, 0)
     if fmt != FORMAT:
         raise ValueError(f"unknown shown-history format {fmt}")
-    pos = _HEAD.size
-    keys: list[tuple[str, int]] = []
-    unpack, size_of = _STEP.unpack_from, _STEP.size
-    for _ in range(n):
-        size, count = unpack(value, pos)
-        pos += size_of
-        keys.append((value[pos:pos + size].decode("utf-8"), count))
-        pos += size
-    view = memoryview(value)
+    pos = _HEAD.size + 4 * n
+    counts = array("I")
+    counts.frombytes(value[_HEAD.size:pos])
+    (size,) = _NAMES.unpack_from(value, pos)
+    pos += _NAMES.size
+    names = value[pos:pos + size].decode("utf-8").split(_SEP) if n else []
+    times = array(TIME_CODE)
+    times.frombytes(value[pos + size:])
+    if _SWAP:
+        counts.byteswap()
+        times.byteswap()
+    if len(names) != n or sum(counts) != len(times):
+        raise ValueError(f"a shown history of {len(value)} bytes that does not match its header")
     out: dict[str, array] = {}
-    for key, count in keys:
-        times = array(TIME_CODE)
-        end = pos + 8 * count
-        times.frombytes(view[pos:end])
-        if _SWAP:
-            times.byteswap()
-        out[key] = times
-        pos = end
-    if pos != len(value):
-        raise ValueError(f"a shown history of {len(value)} bytes whose header counts {pos} bytes")
+    i = 0
+    for name, count in zip(names, counts):
+        j = i + count
+        out[name] = times[i:j]
+        i = j
     return out

@@ -103,6 +103,18 @@ class Choice:
     tracked: bool = True
 
 
+@dataclass(slots=True)
+class _Context:
+    """A user's segment cache entry (see :meth:`DecisionEngine.segments_of`): the segmenter's result, its
+    context features as the decision row's JSON text, and the bandit's scores of every arm for its vector
+    (worked out at the first bandit decision; the cache is cleared when a new snapshot is loaded)."""
+
+    key: tuple[int, int, int, float]
+    result: SegmentResult
+    context: str
+    scores: list[float] | None = None
+
+
 class DecisionEngine:
     """Implements :class:`server.decide.engine_api.DecisionService` (and the ``ProfileEnricher`` hook) over the
     store and the learner's snapshots; see the module docstring."""
@@ -145,7 +157,7 @@ class DecisionEngine:
         self.logger = DecisionLogger(pipeline.writer)
         self._reader = pipeline.store.reader()
         self._poller: asyncio.Task[None] | None = None
-        self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult, str]] = {}
+        self._segment_cache: dict[str, _Context] = {}
         self.conflicts = 0  # decisions decided again because another one showed the person something first
         pipeline.add_erasure_listener(self.erased)
         self.load_snapshot()
@@ -264,7 +276,8 @@ class DecisionEngine:
             hist = UserHistory(shown=shown, completed=profile.steps_completed, dismissed=profile.steps_dismissed,
                                sessions=profile.sessions, distinct_days=distinct_days(profile.session_starts_ms),
                                ascending=True)
-            seg, context = self._segments_and_context(subject, profile, now_ms, request_context)
+            cached = self._segments_and_context(subject, profile, now_ms, request_context)
+            seg, context = cached.result, cached.context
             segments, x = seg.segments, seg.vector
         el = eligible(self.specs, hist, self._eligibility, now_ms, surface or None)
         allowed = el.eligible
@@ -309,7 +322,9 @@ class DecisionEngine:
             if self.decider is not None and x is not None:
                 # a proposing rule's step is boosted inside the bandit's distribution (docs/decisions.md)
                 boosted = None if fired is None else (self.arm_index[fired.step_id], fired.boost)
-                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng, boosted)
+                if cached.scores is None:  # scored once per cached context and snapshot (cleared with it)
+                    cached.scores = self.decider.all_scores(x)
+                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng, boosted, cached.scores)
                 arms = self.arms
                 probs = {arms[a]: p for a, p in c.probabilities.items()}
                 reason = Reason.BANDIT if fired is None else fired.reason
@@ -321,23 +336,22 @@ class DecisionEngine:
                     request_context: Mapping[str, str]) -> SegmentResult:
         """The segmenter's result for a user now, reused while the profile, the minute of ``now_ms`` and the
         request's device class stay the same (repeated requests within a minute see one context)."""
-        return self._segments_and_context(subject, profile, now_ms, request_context)[0]
+        return self._segments_and_context(subject, profile, now_ms, request_context).result
 
     def _segments_and_context(self, subject: str, profile: Profile, now_ms: int,
-                              request_context: Mapping[str, str]) -> tuple[SegmentResult, str]:
-        """:meth:`segments_of` and its context features as the decision row's JSON text, encoded once per
-        cached result rather than once per decision."""
+                              request_context: Mapping[str, str]) -> _Context:
+        """:meth:`segments_of` with what is worked out once per cached result rather than once per decision."""
         key = (profile.event_count, profile.last_seen_ms, now_ms // SEGMENT_CACHE_MS, request_mobile(request_context))
         hit = self._segment_cache.get(subject)
-        if hit is not None and hit[0] == key:
-            return hit[1], hit[2]
+        if hit is not None and hit.key == key:
+            return hit
         seg = self.segmenter.predict_one(profile, now_ms, request_context)
-        text = json_column(seg.features)
+        entry = _Context(key, seg, json_column(seg.features))
         cache = self._segment_cache
         if len(cache) >= SEGMENT_CACHE_SIZE:
             cache.clear()
-        cache[subject] = (key, seg, text)
-        return seg, text
+        cache[subject] = entry
+        return entry
 
     @staticmethod
     def generic_pick(candidates: list[str], shown: Mapping[str, Sequence[int]]) -> str:

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,13 +44,13 @@ from server.decide.engine_api import NextStep, ServiceError
 from server.decide.rules import first_firing
 from server.ingest.consent import PERSONALIZATION
 from server.ingest.pipeline import Erasure, Pipeline
-from server.ingest.profiles import Profile
+from server.ingest.profiles import Profile, decode_profile
 from server.learn.features import request_mobile
 from server.learn.rewards import REPORTED, Outcome, write_outcomes
 from server.learn.segment_model import SegmentPredictor, SegmentResult, distinct_days
 from server.learn.snapshot import UnusableSnapshot, build_decider, guard_horizon_ms, read_snapshot
-from server.store.decision_logger import ANONYMOUS_ROW, Decision, DecisionLogger
-from server.store.rows import NO_SHOWS, LoggedDecision, Shows, with_show
+from server.store.decision_logger import ANONYMOUS_ROW, Decision, DecisionLogger, json_column
+from server.store.rows import NO_SHOWS, LoggedDecision, Shows, latest_show, with_show
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,18 @@ class Choice:
     tracked: bool = True
 
 
+@dataclass(slots=True)
+class _Context:
+    """A user's segment cache entry (see :meth:`DecisionEngine.segments_of`): the segments from the snapshot's
+    models, its context features as the decision row's JSON text, and the bandit's scores of every arm for its vector
+    (worked out at the first bandit decision; the cache is cleared when a new snapshot is loaded)."""
+
+    key: tuple[int, int, int, float]
+    result: SegmentResult
+    context: str
+    scores: list[float] | None = None
+
+
 class DecisionEngine:
     """Implements :class:`server.decide.engine_api.DecisionService` (and the ``ProfileEnricher`` hook) over the
     store and the learner's snapshots; see the module docstring."""
@@ -144,7 +156,7 @@ class DecisionEngine:
         self.logger = DecisionLogger(pipeline.writer)
         self._reader = pipeline.store.reader()
         self._poller: asyncio.Task[None] | None = None
-        self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult]] = {}
+        self._segment_cache: dict[str, _Context] = {}
         self.conflicts = 0  # decisions decided again because another one showed the person something first
         pipeline.add_erasure_listener(self.erased)
         self.load_snapshot()
@@ -245,25 +257,30 @@ class DecisionEngine:
         vector. The show is not recorded here (see :meth:`next_step`)."""
         pipeline = self.pipeline
         pseudo = pipeline.pseudonym(subject)
-        history = self._reader.read_shows(pseudo)  # before the profile: a show logged meanwhile bumps it
+        inputs = self._reader.decision_inputs(pseudo, subject)  # shown history, profile and consent at one point
+        history = inputs.shows
         consent = pipeline.consent
+        consent.know(subject, inputs.consents)
         personal = consent.granted(subject, PERSONALIZATION)
         # Without tracking consent (never given, withdrawn, or erased since) no reward is waited for, and the
         # row keeps the pseudonym only if it shows a step, for the caps, until forget_untracked_shows.
         tracked = consent.tracking_gate(subject, pipeline.pseudonym) is None
-        profile = pipeline.profile(subject)  # None without tracking consent: no event of it is stored
+        # None without tracking consent: no event of it is stored
+        profile = None if inputs.profile_body is None else decode_profile(subject, inputs.profile_body)
         experiment, arm, arm_kind = self.assignment(subject)
         shown = history.shows
         if profile is None:
-            hist = UserHistory(shown=shown)
+            hist = UserHistory(shown=shown, ascending=True)  # a stored history's times are ascending
             segments: list[str] = []
-            context: dict[str, float] = {}
+            context: dict[str, float] | str = {}
             x = None
         else:
             hist = UserHistory(shown=shown, completed=profile.steps_completed, dismissed=profile.steps_dismissed,
-                               sessions=profile.sessions, distinct_days=distinct_days(profile.session_starts_ms))
-            seg = self.segments_of(subject, profile, now_ms, request_context)
-            segments, context, x = seg.segments, seg.features, seg.vector
+                               sessions=profile.sessions, distinct_days=distinct_days(profile.session_starts_ms),
+                               ascending=True)
+            cached = self._segments_and_context(subject, profile, now_ms, request_context)
+            seg, context = cached.result, cached.context
+            segments, x = seg.segments, seg.vector
         el = eligible(self.specs, hist, self._eligibility, now_ms, surface or None)
         allowed = el.eligible
 
@@ -307,7 +324,9 @@ class DecisionEngine:
             if self.decider is not None and x is not None:
                 # a proposing rule's step is boosted inside the bandit's distribution (docs/decisions.md)
                 boosted = None if fired is None else (self.arm_index[fired.step_id], fired.boost)
-                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng, boosted)
+                if cached.scores is None:  # scored once per cached context and snapshot (cleared with it)
+                    cached.scores = self.decider.all_scores(x)
+                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng, boosted, cached.scores)
                 arms = self.arms
                 probs = {arms[a]: p for a, p in c.probabilities.items()}
                 reason = Reason.BANDIT if fired is None else fired.reason
@@ -319,19 +338,25 @@ class DecisionEngine:
                     request_context: Mapping[str, str]) -> SegmentResult:
         """The segments and context of a user now (the snapshot's models), reused while the profile, the minute of
         ``now_ms`` and the request's device class stay the same (repeated requests within a minute see one context)."""
+        return self._segments_and_context(subject, profile, now_ms, request_context).result
+
+    def _segments_and_context(self, subject: str, profile: Profile, now_ms: int,
+                              request_context: Mapping[str, str]) -> _Context:
+        """:meth:`segments_of` with what is worked out once per cached result rather than once per decision."""
         key = (profile.event_count, profile.last_seen_ms, now_ms // SEGMENT_CACHE_MS, request_mobile(request_context))
         hit = self._segment_cache.get(subject)
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        if hit is not None and hit.key == key:
+            return hit
         seg = self.segments.predict_one(profile, now_ms, request_context)
+        entry = _Context(key, seg, json_column(seg.features))
         cache = self._segment_cache
         if len(cache) >= SEGMENT_CACHE_SIZE:
             cache.clear()
-        cache[subject] = (key, seg)
-        return seg
+        cache[subject] = entry
+        return entry
 
     @staticmethod
-    def generic_pick(candidates: list[str], shown: Mapping[str, list[int]]) -> str:
+    def generic_pick(candidates: list[str], shown: Mapping[str, Sequence[int]]) -> str:
         """The generic default order: the first candidate (catalog order) never shown, else the first."""
         for s in candidates:
             if s not in shown:
@@ -365,8 +390,7 @@ class DecisionEngine:
                 break
             self.conflicts += 1
             # decided again, later: a show logged meanwhile by another worker is not in this decision's future
-            latest = max((t for times in self._reader.read_shows(c.pseudo).shows.values() for t in times), default=0)
-            now_ms = max(now_ms, latest)
+            now_ms = max(now_ms, latest_show(self._reader.read_shows(c.pseudo).shows))
         else:
             raise ServiceError("ABORTED", "user_id", f"this user's shown history changed {MAX_ATTEMPTS} times while "
                                                      "deciding (many concurrent GetNextStep calls for one user); retry")

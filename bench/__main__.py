@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="serving (aio driver): also measure bench.floor_server's variants: the decision row "
                          "not written (nolog), no decision (floor)")
     ap.add_argument("--workers", default="1", metavar="N,...",
-                    help="serving: worker counts of the Onramp servers measured side by side, e.g. 1,2 (default 1)")
+                    help="serving: worker counts of the Onramp servers measured side by side, e.g. 1,2 (default 1); "
+                         "ingest: the one worker count measured (2 on this machine is onramp serve's default: a "
+                         "supervisor, 2 workers and the learner process)")
     ap.add_argument("--cpus", default=None, metavar="SERVER:LOADGEN",
                     help="serving: CPU lists to pin the servers (every process of each) and the load generator "
                          "apart, e.g. 1:0 or 2-3:0-1 (default: not pinned)")
@@ -100,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                               workers=workers, cpus=cpus)
             lines = serving.report(res)
         elif part == "ingest":
+            if len(workers) != 1:
+                ap.error("ingest measures one worker count: --workers N")
             res = ingest.run(a.quick, repeats, duration=a.duration, prefill=a.prefill,
-                             db=Path(a.db) if a.db else None)
+                             db=Path(a.db) if a.db else None, workers=workers[0])
             lines = ingest.report(res)
         elif part == "lag":
             res = {str(n): learner_lag.run(a.quick, repeats, duration=a.duration, rate=a.rate, workers=int(n))

@@ -29,11 +29,14 @@ def stored_events(db: Path) -> int:
 
 
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
-        batch: int = BATCH, window: int = WINDOW, prefill: int | None = None, db: Path | None = None) -> dict:
+        batch: int = BATCH, window: int = WINDOW, prefill: int | None = None, db: Path | None = None,
+        workers: int = 1) -> dict:
     """Fill Onramp with ``prefill`` events (4 streams, uuid ids), then measure 1 and 4 streams ``repeats``
     times: Onramp with uuid and with ordered event ids, and the bare server; return raw runs and medians.
     ``db``: a database file kept after the run; when it exists it is reused, filled up to ``prefill`` events
-    only (a 10M prefill takes a quarter of an hour)."""
+    only (a 10M prefill takes a quarter of an hour). ``workers``: ``onramp serve --workers`` (0 = one per
+    core, the default deployment: a supervisor, the workers and the learner process); each stream has its
+    own connection, so the kernel spreads streams (not batches) over the workers."""
     duration = duration if duration is not None else (0.5 if quick else 5.0)
     users = users if users is not None else (200 if quick else 2000)
     prefill = prefill if prefill is not None else (2_000 if quick else FULL_PREFILL)
@@ -41,7 +44,7 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
     with tempfile.TemporaryDirectory(prefix="onramp-bench-") as tmp:
         db = db if db is not None else Path(tmp) / "ingest.db"
         reused = stored_events(db) if db.exists() else 0
-        onramp = start_onramp(db, ready_timeout=600.0)
+        onramp = start_onramp(db, ready_timeout=600.0, workers=workers)
         bare = start_bare()
         try:
             warm_users(onramp.address, users, requests_per_user=0)
@@ -78,6 +81,7 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
         row["stored_min"], row["stored_max"] = min(stored), max(stored)
         table[key] = row
     return {"duration_s": duration, "users": users, "batch": batch, "window": window, "repeats": repeats,
+            "workers": workers,
             "prefill": prefill, "prefill_s": prefill_s, "reused": reused,
             "prefill_per_s": (fill["accepted"] / fill["elapsed_s"]) if fill else 0.0,
             "stored_after": stored_after, "table": table, "raw": raw}
@@ -87,7 +91,7 @@ def report(res: dict) -> list[str]:
     """Human-readable lines of a :func:`run` result."""
     out = [f"ingest: IngestEventBatches, batches of {res['batch']} events, at most {res['window']} unacked per "
            f"stream, over {res['users']} consented users, {res['duration_s']} s per run, medians [min..max] of "
-           f"{res['repeats']} repeats",
+           f"{res['repeats']} repeats; onramp serve --workers {res.get('workers', 1)}",
            f"  prefill: {res['prefill']:,} events (uuid ids, 4 streams; {res.get('reused', 0):,} of them already in "
            f"the reused database) in {res['prefill_s']:.1f} s "
            f"({res['prefill_per_s']:,.0f} ev/s); {res['stored_after']:,} events stored at the end"]

@@ -108,12 +108,15 @@ async def ingest(target: str, streams: int, duration: float, batch: int, window:
         raise ValueError(f"ids: expected one of {', '.join(ID_KINDS)} (got {ids!r})")
     random_ids = ids == "uuid"
     totals = {"accepted": 0, "duplicates": 0, "dropped": 0, "rejected": 0, "sent": 0}
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = pb_grpc.OnrampStub(ch)
+    # One connection per stream, as separate clients would have: with several workers behind one port the
+    # kernel spreads connections (not calls) over them.
+    chans = [grpc.aio.insecure_channel(target) for _ in range(streams)]
+    try:
         start = time.perf_counter()
         end = start + duration
 
         async def one_stream(s: int) -> None:
+            stub = pb_grpc.OnrampStub(chans[s])
             sem = asyncio.Semaphore(window)
             seq = itertools.count()
 
@@ -138,6 +141,8 @@ async def ingest(target: str, streams: int, duration: float, batch: int, window:
 
         await asyncio.gather(*(one_stream(s) for s in range(streams)))
         elapsed = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(c.close() for c in chans))
     acked = totals["accepted"] + totals["duplicates"] + totals["dropped"] + totals["rejected"]
     return {"mode": "ingest", "streams": streams, "batch": batch, "elapsed_s": elapsed, **totals,
             "acked": acked, "acked_per_s": acked / elapsed, "accepted_per_s": totals["accepted"] / elapsed}

@@ -50,8 +50,10 @@ def test_serving_reports_throughput_latency_and_ratios_for_every_load(tmp_path: 
 
 
 @pytest.mark.timeout(150)
-def test_ingest_reports_acked_events_per_second_on_one_and_four_streams(tmp_path: Path) -> None:
-    out, res = run_bench("ingest", tmp_path)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ingest_reports_acked_events_per_second_on_one_and_four_streams(tmp_path: Path, workers: int) -> None:
+    out, res = run_bench("ingest", tmp_path, "--workers", str(workers))
+    assert res["workers"] == workers and f"onramp serve --workers {workers}" in out
     assert set(res["table"]) == {"1 stream", "4 streams"}
     assert res["prefill"] == 2_000 and res["prefill_per_s"] > 0
     for row in res["table"].values():

@@ -275,16 +275,32 @@ class Decider:
         """Policy and exploration identity, e.g. ``linucb(...)+EpsilonGreedy(...)``."""
         return self._version
 
+    def all_scores(self, x: np.ndarray) -> list[float] | None:
+        """Every arm's score for context ``x``, to pass to :meth:`decide` for later decisions on the same
+        ``x`` while the policy does not change (a server's repeated asks of one user); None for a policy whose
+        scores are random draws (Thompson sampling), which must score each decision afresh."""
+        policy = self.policy
+        if not getattr(policy, "deterministic_scores", False):
+            return None
+        return policy.score_list(x, list(range(policy.n_arms)))
+
     def decide(self, x: np.ndarray, eligible_arms: Sequence[int] | np.ndarray,
-               rng: np.random.Generator | None = None, boosted: tuple[int, float] | None = None) -> Choice:
+               rng: np.random.Generator | None = None, boosted: tuple[int, float] | None = None,
+               scores: Sequence[float] | None = None) -> Choice:
         """Choose one of ``eligible_arms`` for context ``x`` (ValueError when none is eligible).
 
         ``boosted = (arm, beta)``: the exploration's probabilities mixed by :func:`boost` toward ``arm`` (one
         of ``eligible_arms``) before sampling; the choice's probabilities are the mixture's. The random draws
-        taken are the same with or without it."""
+        taken are the same with or without it. ``scores``: :meth:`all_scores` of this ``x`` under the current
+        policy, used instead of scoring again (the same numbers, so the same choice and probabilities)."""
         arm_list = _arm_list(eligible_arms)
         g = self._rng if rng is None else rng
-        score_list = self.policy.score_list(x, arm_list, g)
+        if scores is None:
+            score_list = self.policy.score_list(x, arm_list, g)
+        else:
+            if min(arm_list) < 0 or max(arm_list) >= len(scores):
+                raise ValueError(f"arms must be indices in [0, {len(scores) - 1}] (got {arm_list})")
+            score_list = [scores[a] for a in arm_list]
         if len(arm_list) == 1:
             if not math.isfinite(score_list[0]):
                 raise ValueError("scores must be finite numbers (check the context features)")

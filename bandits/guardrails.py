@@ -13,6 +13,7 @@ consistent behavior), ``cooldown``, ``cap:step``, ``cap:channel:<channel>``, ``c
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -58,13 +59,17 @@ class GuardrailConfig:
 @dataclass(slots=True)
 class UserHistory:
     """What the user has seen and done: show times per step (epoch ms), completed and dismissed
-    steps (a set, or a mapping step -> time), sessions and distinct active days so far."""
+    steps (a set, or a mapping step -> time), sessions and distinct active days so far. ``ascending``
+    says each step's show times are in ascending order (a server's stored history keeps them so): the
+    guardrails then count a step's shows in the 24 h window by bisection and take its latest show as the
+    last time, instead of looking at every time (up to hundreds per step under high caps)."""
 
     shown: Mapping[str, Sequence[int]] = field(default_factory=dict)
     completed: Mapping[str, int] | set[str] | frozenset[str] = field(default_factory=dict)
     dismissed: Mapping[str, int] | set[str] | frozenset[str] = field(default_factory=dict)
     sessions: int = 0
     distinct_days: int = 0
+    ascending: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,22 +128,27 @@ def eligible(steps: Sequence[StepSpec], history: UserHistory, config: GuardrailC
     per_channel: dict[str, int] = {}
     total = 0
     last_shown = None
+    ascending = history.ascending
     if shown:
         channel_of = _channel_of(steps)
         for step_id, times in shown.items():
             if not times:
                 shown_today[step_id] = 0
                 continue
-            n = 0
-            for t in times:
-                if t > since:
-                    n += 1
+            if ascending:
+                n = len(times) - bisect_right(times, since)
+                latest = times[-1]
+            else:
+                n = 0
+                for t in times:
+                    if t > since:
+                        n += 1
+                latest = max(times)
             shown_today[step_id] = n
             total += n
             ch = channel_of.get(step_id)
             if ch is not None and n:
                 per_channel[ch] = per_channel.get(ch, 0) + n
-            latest = max(times)
             if last_shown is None or latest > last_shown:
                 last_shown = latest
     personal_ok = personalization_allowed(history, config)
@@ -174,7 +184,7 @@ def eligible(steps: Sequence[StepSpec], history: UserHistory, config: GuardrailC
                 reason = "min_sessions"
             else:
                 times = shown.get(sid, ()) if shown else ()
-                if times and now_ms - max(times) < s.cooldown_ms:
+                if times and now_ms - (times[-1] if ascending else max(times)) < s.cooldown_ms:
                     reason = "cooldown"
                 elif shown_today.get(sid, 0) >= s.max_per_day:
                     reason = "cap:step"

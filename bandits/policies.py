@@ -584,6 +584,7 @@ class RidgeGreedy(_LinearBase):
     exploration scheme on top)."""
 
     algorithm = "ridge"
+    deterministic_scores = True  # a context's scores are a function of the model: they may be reused
 
 
 class LinUCB(_LinearBase):
@@ -598,6 +599,7 @@ class LinUCB(_LinearBase):
     """
 
     algorithm = "linucb"
+    deterministic_scores = True  # a context's scores are a function of the model: they may be reused
 
     def __init__(self, n_arms: int, n_features: int, alpha: float = 1.0, ridge: float = 1.0,
                  half_life: float = 0.0, noise_sd: float = 0.0, change_z: float = 0.0,

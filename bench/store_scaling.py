@@ -2,7 +2,7 @@
 ``--group`` events as the ingest pipeline's writer thread runs them, per slice of ``--every`` events: CPU and
 wall microseconds per event and the database size.
 
-Variants: the event log as it is (``SqliteStore.append_new_events``: the dedupe window's three levels, the
+Variants: the event log as it is (``SqliteStore.append_new_events``: the dedupe window's levels and runs, the
 append-only ``events`` table and its subject index; server/store/events.py) and as it was before
 (``v1-``: a UNIQUE index on ``events.event_id``, a SELECT ... IN duplicate check, then the INSERT), each with
 event ids random (uuid4 hex, as ``onramp_client`` makes them) or ordered (counters). Every event is inside
@@ -38,8 +38,9 @@ def _v1_append(store: SqliteStore, ids: list[str], flat: list[object]) -> None:
 def measure(variant: str, directory: Path, events: int, group: int = 8000, every: int = 200_000,
             users: int = 2000, on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """Store ``events`` events of ``users`` subjects in transactions of ``group``; one row per ``every``
-    events: stored count, CPU and wall µs per event over that slice, database MB (each also passed to
-    ``on_row`` as it is measured: a 10M run takes a quarter of an hour)."""
+    events: stored count, CPU and wall µs per event over that slice, the slice's longest transaction (wall
+    and CPU ms, from its BEGIN to its COMMIT: how long the writer holds every ack), database MB (each also
+    passed to ``on_row`` as it is measured: a 10M run takes a quarter of an hour)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {', '.join(VARIANTS)} (got {variant!r})")
     path = directory / f"{variant}.db"
@@ -54,6 +55,7 @@ def measure(variant: str, directory: Path, events: int, group: int = 8000, every
     n = 0
     slice_start = n
     cpu0, wall0 = time.thread_time(), time.perf_counter()
+    longest_wall = longest_cpu = 0.0
     try:
         while n < events:
             size = min(group, events - n)
@@ -64,22 +66,27 @@ def measure(variant: str, directory: Path, events: int, group: int = 8000, every
                 ts = start_ms + n + j
                 flat.extend((eid, subject, subject, "", "", "feature_used", ts, ts, "web", "desktop", "reports",
                              "", "", "{}"))
+            t_cpu, t_wall = time.thread_time(), time.perf_counter()
             store.begin()
             if v1:
                 _v1_append(store, ids, flat)
             else:
                 store.append_new_events(flat, start_ms + n + size)
             store.commit()
+            longest_wall = max(longest_wall, time.perf_counter() - t_wall)
+            longest_cpu = max(longest_cpu, time.thread_time() - t_cpu)
             n += size
             if n - slice_start >= every or n >= events:
                 cpu, wall = time.thread_time(), time.perf_counter()
                 done = n - slice_start
                 rows.append({"variant": variant, "stored": n, "cpu_us_per_event": (cpu - cpu0) / done * 1e6,
                              "wall_us_per_event": (wall - wall0) / done * 1e6,
+                             "longest_txn_wall_ms": longest_wall * 1e3, "longest_txn_cpu_ms": longest_cpu * 1e3,
                              "db_mb": path.stat().st_size / 1e6})
                 if on_row is not None:
                     on_row(rows[-1])
                 slice_start, cpu0, wall0 = n, cpu, wall
+                longest_wall = longest_cpu = 0.0
     finally:
         store.close()
     return rows
@@ -109,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     def show(row: dict) -> None:
         out.append(row)
         print(f"  {row['variant']:12s} {row['stored']:>10,} stored  CPU {row['cpu_us_per_event']:6.1f} µs/event  "
-              f"wall {row['wall_us_per_event']:6.1f} µs/event  db {row['db_mb']:,.0f} MB", flush=True)
+              f"wall {row['wall_us_per_event']:6.1f} µs/event  longest txn {row['longest_txn_wall_ms']:6.0f} ms "
+              f"(CPU {row['longest_txn_cpu_ms']:.0f})  db {row['db_mb']:,.0f} MB", flush=True)
         if a.json:
             Path(a.json).write_text(json.dumps(out, indent=1))
     with tempfile.TemporaryDirectory(prefix="onramp-store-scaling-", dir=a.dir) as tmp:

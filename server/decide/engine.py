@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import pickle
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,13 +45,13 @@ from server.decide.engine_api import NextStep, ServiceError
 from server.decide.rules import first_firing
 from server.ingest.consent import PERSONALIZATION
 from server.ingest.pipeline import Erasure, Pipeline
-from server.ingest.profiles import Profile
+from server.ingest.profiles import Profile, decode_profile
 from server.learn.features import request_mobile
 from server.learn.learner import build_decider, guard_horizon_ms, made_for
 from server.learn.rewards import REPORTED, Outcome, write_outcomes
 from server.learn.segments import SegmentResult, Segmenter, distinct_days
-from server.store.decision_logger import ANONYMOUS_ROW, Decision, DecisionLogger
-from server.store.rows import NO_SHOWS, LoggedDecision, Shows, with_show
+from server.store.decision_logger import ANONYMOUS_ROW, Decision, DecisionLogger, json_column
+from server.store.rows import NO_SHOWS, LoggedDecision, Shows, latest_show, with_show
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,18 @@ class Choice:
     tracked: bool = True
 
 
+@dataclass(slots=True)
+class _Context:
+    """A user's segment cache entry (see :meth:`DecisionEngine.segments_of`): the segmenter's result, its
+    context features as the decision row's JSON text, and the bandit's scores of every arm for its vector
+    (worked out at the first bandit decision; the cache is cleared when a new snapshot is loaded)."""
+
+    key: tuple[int, int, int, float]
+    result: SegmentResult
+    context: str
+    scores: list[float] | None = None
+
+
 class DecisionEngine:
     """Implements :class:`server.decide.engine_api.DecisionService` (and the ``ProfileEnricher`` hook) over the
     store and the learner's snapshots; see the module docstring."""
@@ -145,7 +157,7 @@ class DecisionEngine:
         self.logger = DecisionLogger(pipeline.writer)
         self._reader = pipeline.store.reader()
         self._poller: asyncio.Task[None] | None = None
-        self._segment_cache: dict[str, tuple[tuple[int, int, int, float], SegmentResult]] = {}
+        self._segment_cache: dict[str, _Context] = {}
         self.conflicts = 0  # decisions decided again because another one showed the person something first
         pipeline.add_erasure_listener(self.erased)
         self.load_snapshot()
@@ -243,25 +255,30 @@ class DecisionEngine:
         vector. The show is not recorded here (see :meth:`next_step`)."""
         pipeline = self.pipeline
         pseudo = pipeline.pseudonym(subject)
-        history = self._reader.read_shows(pseudo)  # before the profile: a show logged meanwhile bumps it
+        inputs = self._reader.decision_inputs(pseudo, subject)  # shown history, profile and consent at one point
+        history = inputs.shows
         consent = pipeline.consent
+        consent.know(subject, inputs.consents)
         personal = consent.granted(subject, PERSONALIZATION)
         # Without tracking consent (never given, withdrawn, or erased since) no reward is waited for, and the
         # row keeps the pseudonym only if it shows a step, for the caps, until forget_untracked_shows.
         tracked = consent.tracking_gate(subject, pipeline.pseudonym) is None
-        profile = pipeline.profile(subject)  # None without tracking consent: no event of it is stored
+        # None without tracking consent: no event of it is stored
+        profile = None if inputs.profile_body is None else decode_profile(subject, inputs.profile_body)
         experiment, arm, arm_kind = self.assignment(subject)
         shown = history.shows
         if profile is None:
-            hist = UserHistory(shown=shown)
+            hist = UserHistory(shown=shown, ascending=True)  # a stored history's times are ascending
             segments: list[str] = []
-            context: dict[str, float] = {}
+            context: dict[str, float] | str = {}
             x = None
         else:
             hist = UserHistory(shown=shown, completed=profile.steps_completed, dismissed=profile.steps_dismissed,
-                               sessions=profile.sessions, distinct_days=distinct_days(profile.session_starts_ms))
-            seg = self.segments_of(subject, profile, now_ms, request_context)
-            segments, context, x = seg.segments, seg.features, seg.vector
+                               sessions=profile.sessions, distinct_days=distinct_days(profile.session_starts_ms),
+                               ascending=True)
+            cached = self._segments_and_context(subject, profile, now_ms, request_context)
+            seg, context = cached.result, cached.context
+            segments, x = seg.segments, seg.vector
         el = eligible(self.specs, hist, self._eligibility, now_ms, surface or None)
         allowed = el.eligible
 
@@ -305,7 +322,9 @@ class DecisionEngine:
             if self.decider is not None and x is not None:
                 # a proposing rule's step is boosted inside the bandit's distribution (docs/decisions.md)
                 boosted = None if fired is None else (self.arm_index[fired.step_id], fired.boost)
-                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng, boosted)
+                if cached.scores is None:  # scored once per cached context and snapshot (cleared with it)
+                    cached.scores = self.decider.all_scores(x)
+                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng, boosted, cached.scores)
                 arms = self.arms
                 probs = {arms[a]: p for a, p in c.probabilities.items()}
                 reason = Reason.BANDIT if fired is None else fired.reason
@@ -317,19 +336,25 @@ class DecisionEngine:
                     request_context: Mapping[str, str]) -> SegmentResult:
         """The segmenter's result for a user now, reused while the profile, the minute of ``now_ms`` and the
         request's device class stay the same (repeated requests within a minute see one context)."""
+        return self._segments_and_context(subject, profile, now_ms, request_context).result
+
+    def _segments_and_context(self, subject: str, profile: Profile, now_ms: int,
+                              request_context: Mapping[str, str]) -> _Context:
+        """:meth:`segments_of` with what is worked out once per cached result rather than once per decision."""
         key = (profile.event_count, profile.last_seen_ms, now_ms // SEGMENT_CACHE_MS, request_mobile(request_context))
         hit = self._segment_cache.get(subject)
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        if hit is not None and hit.key == key:
+            return hit
         seg = self.segmenter.predict_one(profile, now_ms, request_context)
+        entry = _Context(key, seg, json_column(seg.features))
         cache = self._segment_cache
         if len(cache) >= SEGMENT_CACHE_SIZE:
             cache.clear()
-        cache[subject] = (key, seg)
-        return seg
+        cache[subject] = entry
+        return entry
 
     @staticmethod
-    def generic_pick(candidates: list[str], shown: Mapping[str, list[int]]) -> str:
+    def generic_pick(candidates: list[str], shown: Mapping[str, Sequence[int]]) -> str:
         """The generic default order: the first candidate (catalog order) never shown, else the first."""
         for s in candidates:
             if s not in shown:
@@ -363,8 +388,7 @@ class DecisionEngine:
                 break
             self.conflicts += 1
             # decided again, later: a show logged meanwhile by another worker is not in this decision's future
-            latest = max((t for times in self._reader.read_shows(c.pseudo).shows.values() for t in times), default=0)
-            now_ms = max(now_ms, latest)
+            now_ms = max(now_ms, latest_show(self._reader.read_shows(c.pseudo).shows))
         else:
             raise ServiceError("ABORTED", "user_id", f"this user's shown history changed {MAX_ATTEMPTS} times while "
                                                      "deciding (many concurrent GetNextStep calls for one user); retry")

@@ -46,6 +46,11 @@ class ConsentBook:
             rows = self._records[subject] = {r.purpose: r for r in self._reads.consents_of([subject])}
             return rows
 
+    def know(self, subject: str, rows: Sequence[ConsentRow]) -> None:
+        """Take ``rows`` as every current record of ``subject`` (read together with other state, e.g. a
+        decision's inputs), instead of reading them."""
+        self._records[subject] = {r.purpose: r for r in rows}
+
     def read(self, subjects: Collection[str]) -> None:
         """Read the records of ``subjects`` not read yet with one call (an ingest job's users at once, rather than
         one query each)."""

@@ -40,7 +40,7 @@ class Decision:
     policy_version: str
     experiment: str
     arm: str
-    context: dict[str, float]
+    context: dict[str, float] | str  # or its JSON text (json_column), as the row stores it
     eligible: list[str]
     probabilities: dict[str, float]
     reward_deadline_ms: int
@@ -132,12 +132,18 @@ _JSON_CHUNKS = None if c_make_encoder is None else c_make_encoder(
 
 
 def _json_value(v: Any) -> Any:
-    """One JSON column's stored value: strings and None as they are, empty values as constants."""
+    """One JSON column's stored value: strings (text already encoded, e.g. by :func:`json_column`) and None as
+    they are, empty values as constants."""
     if v is None or isinstance(v, str):
         return v
     if not v:
         return "{}" if isinstance(v, dict) else "[]"
     return _JSON.encode(v) if _JSON_CHUNKS is None else "".join(_JSON_CHUNKS(v, 0))
+
+
+def json_column(v: dict[str, Any] | list[Any]) -> str:
+    """The JSON text a decision row stores for ``v`` (e.g. a context to log many times, encoded once)."""
+    return _json_value(v)
 
 
 # Decision.flat lists the columns in this order; fail at import, not with misplaced values, if it changes.

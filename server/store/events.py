@@ -1,5 +1,5 @@
 """The event log's layout in SQLite: events appended by an increasing key, and the event ids of the dedupe
-window in a small log-structured set whose cost per event does not grow with the log.
+window in a small log-structured set whose cost per event does not grow with the log or with the window.
 
 ``events`` is keyed by ``seq`` (appends only) with one index, on ``subject`` (export, erasure, re-keying: a
 new row lands at the end of its subject's run, one hot page per active subject). It has no index on
@@ -9,18 +9,43 @@ event once that index outgrows a transaction.
 Idempotency is promised within a window of event time instead (``[ingest] dedupe_window_hours``): an event
 whose ``timestamp_ms`` is at most the window older than the server's clock is stored at most once per
 ``event_id``; an older one is stored without the check (a re-send of it is stored again) and counted as
-``outside_window``. The ids of the window are kept as 96-bit digests (a 64-bit key and a 32-bit check) in
-three levels, each a small integer-keyed table: new ids go to ``event_ids_0`` (kept below
-:data:`LEVEL_ROWS`\\[0] rows, so its pages stay few and hot), which is merged in key order into
-``event_ids_1`` when full, which is merged into ``event_ids_2`` when full (at least a quarter of it, so a
-merge rewrites level 2 once per so many ids whatever its size); that last merge also drops the ids whose
-event time left the window. A lookup probes level 0, and levels 1 and 2 only for the keys their filters (the
-sorted high halves of a level's keys, :class:`~server.store.id_filter.KeyFilter`, kept in ``event_ids_filter``
-and rewritten with every merge into the level, in the same transaction) do not rule out: those levels hold
-nearly every id of the window, far more pages than the cache, and a new id would otherwise cost a read of a
-page of each. The shape is that of a NATS JetStream
-stream's duplicate window (``Nats-Msg-Id``): :meth:`EventTable.append_new` is the one atomic operation,
-"append these events, skipping ids seen within the window".
+``outside_window``. The ids of the window are kept as 96-bit digests (a 64-bit key and a 32-bit check), each
+row (key, check, event time) of a small integer-keyed table, in two levels and a tier of sealed runs:
+
+- new ids go to ``event_ids_0`` (kept below :data:`LEVEL_ROWS`\\[0] rows, so its pages stay few and hot),
+  which is merged in key order into ``event_ids_1`` when full;
+- ``event_ids_1``, once it holds :data:`LEVEL_ROWS`\\[1] ids, is sealed as a run: renamed to
+  ``event_ids_r<N>`` (no row is copied) and listed in ``event_id_runs`` with its id count, the newest event
+  time it holds and its key filter; a new empty level 1 takes its place;
+- a run is never written again: it is dropped whole (``DROP TABLE`` and its row of ``event_id_runs``, in the
+  writer's transaction) once its newest event time has left the window.
+
+So an id is written twice (level 0, then the merge into level 1) whatever the window holds, and no
+transaction rewrites more than level 1 (at most about :data:`LEVEL_ROWS`\\[1] ids): no step grows with
+the window. A lookup probes level 0, then level 1 and each run only for the keys their filters (the sorted
+high halves of their keys, :class:`~server.store.id_filter.KeyFilter`; level 1's in ``event_ids_filter``,
+rewritten with every merge into it; a run's beside it in ``event_id_runs``, written once; each stored in the
+same transaction as the ids) do not rule out: those tables hold nearly every id of the window, far more pages
+than the cache, and a new id would otherwise cost a read of a page of each.
+
+Runs are not merged with each other, and have one size: with 100M ids in the window there are 100 runs. A
+merge of runs (size-tiered or leveled) would write each id again and, for large runs, hold the writer for
+the seconds a large rewrite takes, which is what this layout removes. What grows with the number of runs is
+the in-memory probe: each run's filter is asked about every key of a batch, about one cache miss per key per
+run (blocks behind a small top index, :class:`~server.store.id_filter.KeyFilter`), measured at 0.13-0.18 µs
+per key per run on the 2-core machine of docs/benchmarks.md: ~1.5 µs per event at 10M ids (10 runs), ~15 µs
+at 100M, when the rest of the event log costs ~20 µs. Windows of 100M ids would want one in-memory filter
+over all runs (each entry tagged with its run, a new run merged into it at a seal); not built. The filters'
+memory is 4 bytes per id whatever the number of runs, and the point reads after a false "maybe" stay as few
+as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its pages once more
+(``secure_delete`` zeroes them), once per run.
+
+The shape is that of a NATS JetStream stream's duplicate window (``Nats-Msg-Id``): :meth:`EventTable.append_new`
+is the one atomic operation, "append these events, skipping ids seen within the window".
+
+Layouts (``meta.event_log_layout``): 3 is this one; 2 (a last level ``event_ids_2`` rewritten by each merge
+into it) is converted on open by renaming that level to the first run; 1 (a UNIQUE index on
+``events.event_id``) by recording the ids of the window as the first run and dropping the index.
 """
 from __future__ import annotations
 
@@ -30,13 +55,14 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
 
 import numpy as np
 
 from server.base.records import StoredEvent
-from server.store.id_filter import KeyFilter
+from server.store.id_filter import KeyFilter, Query
 from server.store.rows import Appended
 from server.store.sql import _chunks, _marks
 
@@ -48,14 +74,18 @@ _WIDTH = len(EVENT_COLUMNS)
 _TS = EVENT_COLUMNS.index("timestamp_ms")
 HOUR_MS = 3_600_000
 DEFAULT_WINDOW_HOURS = 168  # 7 days of event time, as Amplitude's insert_id
-LEVELS = ("event_ids_0", "event_ids_1", "event_ids_2")
-LEVEL_ROWS = (100_000, 1_000_000)  # rows at which level 0 (1) is merged into level 1 (2) ...
-LAST_LEVEL_SHARE = 4  # ... level 1 also not before it holds a quarter of level 2's rows
-FILTER_TABLE = "event_ids_filter"  # level (1, 2) -> (token, KeyFilter bytes); a new token with each body
-LAST_LEVEL_ROWS_KEY = "event_ids_2_rows"  # meta: rows of level 2 after its last merge (not counted at open)
-LAYOUT_KEY = "event_log_layout"  # meta: 2 = this layout (1, implicit: a UNIQUE index on events.event_id)
-LAYOUT = "2"
+LEVELS = ("event_ids_0", "event_ids_1")
+LEVEL_ROWS = (100_000, 1_000_000)  # rows at which level 0 is merged into level 1, and level 1 sealed as a run
+FILTER_TABLE = "event_ids_filter"  # level (1) -> (token, KeyFilter bytes); a new token with each body
+RUNS_TABLE = "event_id_runs"  # run -> (ids, newest event time, token, KeyFilter bytes); table RUN_PREFIX + run
+RUN_PREFIX = "event_ids_r"
+LEVEL_1_NEWEST_KEY = "event_ids_1_newest"  # meta: newest event time in level 1 (kept by each merge into it)
+LAYOUT_KEY = "event_log_layout"  # meta: 3 = this layout (2: a leveled last level; 1: a UNIQUE index on event_id)
+LAYOUT = "3"
 OLD_EVENT_ID_INDEX = "idx_events_event_id"
+OLD_LAST_LEVEL = "event_ids_2"  # layout 2's last level (its filter was level 2 of FILTER_TABLE) ...
+OLD_LAST_LEVEL_ROWS_KEY = "event_ids_2_rows"  # ... and its row count in meta
+_ID_COLUMNS = "(h INTEGER PRIMARY KEY, chk INTEGER NOT NULL, ts INTEGER NOT NULL)"
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
 
 
@@ -83,6 +113,22 @@ def subjects_clause(subjects: Sequence[str]) -> tuple[str, list[Any]]:
     return f"subject IN ({_marks(len(subjects))})", subjects
 
 
+@dataclass(frozen=True)
+class Run:
+    """One sealed run of the window's ids, as listed in :data:`RUNS_TABLE` (its ids never change but by an
+    erasure, which writes a new token)."""
+
+    id: int
+    token: int
+    rows: int
+    newest: int  # the newest event time among its ids: the run leaves the window with it
+    filter: KeyFilter
+
+    @property
+    def table(self) -> str:
+        return f"{RUN_PREFIX}{self.id}"
+
+
 class EventTable:
     """The event log and its dedupe window on one SQLite connection (the caller owns transactions)."""
 
@@ -91,14 +137,15 @@ class EventTable:
         self.conn = conn
         self.window_ms = int(window_hours * HOUR_MS)
         self._insert = insert  # insert_flat(conn, table, columns, flat) of server/store/sqlite.py
-        self._rows = [0, 0, 0]  # rows in each level (counted at open, level 2's read from meta, then kept up to date)
-        # level -> (token, filter) as last read or written here (another process's merge writes a new token)
+        self._rows = [0, 0]  # rows in each level (counted at open, then kept up to date)
+        # level 1's (token, filter) as last read or written here (another process's merge writes a new token)
         self._filters: dict[int, tuple[int, KeyFilter]] = {}
+        self._runs: dict[int, Run] = {}  # the runs as last read (each lookup reads the list again)
 
     # -- schema ------------------------------------------------------------------------------------------
     def create(self) -> None:
-        """Create the tables and indexes (idempotent) and convert a log written with the unique
-        ``event_id`` index (:meth:`convert`)."""
+        """Create the tables and indexes (idempotent) and convert a log of layout 1 (the unique ``event_id``
+        index, :meth:`convert`) or 2 (:meth:`convert_last_level`)."""
         c = self.conn
         # seq is never handed out twice (AUTOINCREMENT), so the learner, which reads events by seq, cannot miss
         # one appended after the newest events were erased
@@ -108,70 +155,149 @@ class EventTable:
                   "step_id TEXT, decision_id TEXT, properties TEXT)")
         c.execute("CREATE INDEX IF NOT EXISTS idx_events_subject ON events (subject)")
         for level in LEVELS:
-            c.execute(f"CREATE TABLE IF NOT EXISTS {level} (h INTEGER PRIMARY KEY, chk INTEGER NOT NULL, "
-                      "ts INTEGER NOT NULL)")
+            c.execute(f"CREATE TABLE IF NOT EXISTS {level} {_ID_COLUMNS}")
         c.execute(f"CREATE TABLE IF NOT EXISTS {FILTER_TABLE} (level INTEGER PRIMARY KEY, token INTEGER NOT NULL, "
                   "body BLOB NOT NULL)")
-        if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
-                     (OLD_EVENT_ID_INDEX,)).fetchone():
+        c.execute(f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (run INTEGER PRIMARY KEY, rows INTEGER NOT NULL, "
+                  "newest INTEGER NOT NULL, token INTEGER NOT NULL, body BLOB NOT NULL)")
+        if self._has(OLD_EVENT_ID_INDEX, "index"):
             self.convert()
-        last = c.execute("SELECT value FROM meta WHERE key = ?", (LAST_LEVEL_ROWS_KEY,)).fetchone()
-        self._rows = [*(c.execute(f"SELECT COUNT(*) FROM {level}").fetchone()[0] for level in LEVELS[:2]),  # noqa: S608
-                      int(last[0]) if last else c.execute(f"SELECT COUNT(*) FROM {LEVELS[2]}").fetchone()[0]]
+        if self._has(OLD_LAST_LEVEL):
+            self.convert_last_level()
+        if self._meta(LAYOUT_KEY) != LAYOUT:
+            self._set_meta(LAYOUT_KEY, LAYOUT)
+        self._rows = [c.execute(f"SELECT COUNT(*) FROM {level}").fetchone()[0] for level in LEVELS]  # noqa: S608
+
+    def _has(self, name: str, kind: str = "table") -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?", (kind, name)
+                                 ).fetchone() is not None
+
+    def _meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                              "excluded.value", (key, value))
+
+    def _transaction(self) -> bool:
+        """Begin a write transaction unless the caller holds one; True when this call began it."""
+        if self.conn.in_transaction:
+            return False
+        self.conn.execute("BEGIN IMMEDIATE")
+        return True
+
+    def _end(self, own: bool, ok: bool) -> None:
+        if own and self.conn.in_transaction:
+            self.conn.execute("COMMIT" if ok else "ROLLBACK")
 
     def convert(self, now_ms: int | None = None) -> int:
-        """Convert a log of the earlier layout (every id in a UNIQUE index on ``events``): record the ids of
-        the events within the window in the last level, then drop that index. One transaction; returns the
-        ids recorded."""
+        """Convert a log of layout 1 (every id in a UNIQUE index on ``events``): record the ids of the events
+        within the window as a run, then drop that index. One transaction; returns the ids recorded."""
         c = self.conn
         started = time.perf_counter()
         horizon = (now_ms if now_ms is not None else int(time.time() * 1000)) - self.window_ms
-        own = not c.in_transaction
-        if own:
-            c.execute("BEGIN IMMEDIATE")
+        own = self._transaction()
         try:
             rows: dict[int, tuple[int, int]] = {}
-            for eid, ts in c.execute("SELECT event_id, timestamp_ms FROM events WHERE timestamp_ms >= ?", (horizon,)):
-                h, chk = digest(eid)
-                rows[h] = (chk, ts)
-            c.executemany(f"INSERT OR REPLACE INTO {LEVELS[-1]} (h, chk, ts) VALUES (?, ?, ?)",
-                          ((h, chk, ts) for h, (chk, ts) in sorted(rows.items())))
-            c.execute(f"DROP INDEX {OLD_EVENT_ID_INDEX}")
-            self._store_filter(2, self._scan_filter(2))
-            c.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
-                      "excluded.value", (LAYOUT_KEY, LAYOUT))
-            if own:
-                c.execute("COMMIT")
+            if self._has(OLD_EVENT_ID_INDEX, "index"):  # another process may have converted it meanwhile
+                for eid, ts in c.execute("SELECT event_id, timestamp_ms FROM events WHERE timestamp_ms >= ?",
+                                         (horizon,)):
+                    h, chk = digest(eid)
+                    rows[h] = (chk, ts)
+                if rows:
+                    run = self._next_run()
+                    c.execute(f"CREATE TABLE {RUN_PREFIX}{run} {_ID_COLUMNS}")
+                    keys = sorted(rows)
+                    c.executemany(f"INSERT INTO {RUN_PREFIX}{run} (h, chk, ts) VALUES (?, ?, ?)",
+                                  ((h, *rows[h]) for h in keys))
+                    self._store_run(run, len(keys), max(ts for _, ts in rows.values()), KeyFilter.of_sorted(keys))
+                c.execute(f"DROP INDEX {OLD_EVENT_ID_INDEX}")
+                self._set_meta(LAYOUT_KEY, LAYOUT)
+            self._end(own, True)
         except BaseException:
-            if own and c.in_transaction:
-                c.execute("ROLLBACK")
+            self._end(own, False)
             raise
         log.info("event log converted to the windowed-dedupe layout: %d ids of the last %.0f h recorded, the "
                  "unique event_id index dropped (%.1f s)", len(rows), self.window_ms / HOUR_MS,
                  time.perf_counter() - started)
         return len(rows)
 
+    def convert_last_level(self) -> int:
+        """Convert a log of layout 2 (a last level ``event_ids_2``, rewritten by every merge into it): that
+        level becomes the first run (renamed, its filter moved to the run's row; its newest event time read
+        once). One transaction; returns the ids it holds."""
+        c = self.conn
+        own = self._transaction()
+        n = 0
+        try:
+            if self._has(OLD_LAST_LEVEL):  # another process may have converted it meanwhile
+                n, newest = c.execute(f"SELECT COUNT(*), max(ts) FROM {OLD_LAST_LEVEL}").fetchone()
+                if n:
+                    body = c.execute(f"SELECT body FROM {FILTER_TABLE} WHERE level = 2").fetchone()
+                    run = self._next_run()
+                    c.execute(f"ALTER TABLE {OLD_LAST_LEVEL} RENAME TO {RUN_PREFIX}{run}")
+                    kept = KeyFilter.from_bytes(body[0]) if body else \
+                        KeyFilter.of_sorted(self._keys(f"{RUN_PREFIX}{run}"))
+                    self._store_run(run, n, newest, kept)
+                else:
+                    c.execute(f"DROP TABLE {OLD_LAST_LEVEL}")
+                c.execute(f"DELETE FROM {FILTER_TABLE} WHERE level = 2")
+                self._set_meta(OLD_LAST_LEVEL_ROWS_KEY, None)
+                self._set_meta(LAYOUT_KEY, LAYOUT)
+            self._end(own, True)
+        except BaseException:
+            self._end(own, False)
+            raise
+        log.info("event log converted to sealed runs of ids: the last level's %d ids are the first run", n)
+        return n
+
     # -- the dedupe window -------------------------------------------------------------------------------
+    def id_tables(self) -> list[str]:
+        """The tables holding the window's ids: the levels, then the runs oldest first."""
+        return [*LEVELS, *(run.table for run in self._runs_now())]
+
     def _seen(self, keys: Sequence[int], write: bool = False) -> dict[int, tuple[int, int]]:
-        """(check, newest event time) recorded for each of ``keys`` found in a level (level 2 asked only about
-        the keys its filter does not rule out). ``write``: inside the writer's transaction (a missing filter
-        is then built and stored)."""
+        """(check, newest event time) recorded for each of ``keys`` found in a level or run (level 1 and the
+        runs asked only about the keys their filters do not rule out). ``write``: inside the writer's
+        transaction (a missing filter of level 1 is then built and stored)."""
         found: dict[int, tuple[int, int]] = {}
         keys = list(keys)
-        for i, level in enumerate(LEVELS):
-            kept = self._filter(i, write) if i else None
-            asked = keys if kept is None else kept.maybe(keys)
+        probes = [(LEVELS[0], None), (LEVELS[1], self._filter(1, write)),
+                  *((run.table, run.filter) for run in self._runs_now())]
+        query = Query.of(keys) if keys else None
+        for table, kept in probes:
+            asked = keys if kept is None else [keys[i] for i in kept.hits(query).tolist()] if query else []
             for part in _chunks(asked):
-                for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {level} WHERE h IN "  # noqa: S608
+                for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {table} WHERE h IN "  # noqa: S608
                                                     f"({_marks(len(part))})", part):
                     old = found.get(h)
                     if old is None or ts > old[1]:
                         found[h] = (chk, ts)
         return found
 
+    def _runs_now(self) -> list[Run]:
+        """The runs as committed (a run's filter read again only when its token changed), oldest first."""
+        try:
+            listed = self.conn.execute(f"SELECT run, token, rows, newest FROM {RUNS_TABLE} ORDER BY run").fetchall()
+        except sqlite3.OperationalError:  # a read-only connection to a log no writer of this layout opened
+            return []
+        runs: dict[int, Run] = {}
+        for run, token, rows, newest in listed:
+            mine = self._runs.get(run)
+            if mine is None or mine.token != token:
+                body = self.conn.execute(f"SELECT body FROM {RUNS_TABLE} WHERE run = ?", (run,)).fetchone()[0]
+                mine = Run(run, token, rows, newest, KeyFilter.from_bytes(body))
+            runs[run] = mine
+        self._runs = runs
+        return list(runs.values())
+
     def _filter(self, level: int, write: bool) -> KeyFilter | None:
-        """The filter of ``level`` (1 or 2) as committed (read again when another process wrote a new one;
-        built and stored when there is none yet and ``write``); None = ask the level about every key."""
+        """The filter of ``level`` (1) as committed (read again when another process wrote a new one; built
+        and stored when there is none yet and ``write``); None = ask the level about every key."""
         try:
             row = self.conn.execute(f"SELECT token FROM {FILTER_TABLE} WHERE level = ?", (level,)).fetchone()
         except sqlite3.OperationalError:  # a read-only connection to a log no writer has opened since
@@ -189,8 +315,8 @@ class EventTable:
         return KeyFilter.of_sorted(self._keys(LEVELS[level]))
 
     def _keys(self, table: str, chunk: int = 500_000) -> np.ndarray:
-        """Every key of a level, ascending: as text from SQLite (``group_concat``), parsed by numpy, a chunk
-        at a time (several times faster than a row each)."""
+        """Every key of a level or run, ascending: as text from SQLite (``group_concat``), parsed by numpy, a
+        chunk at a time (several times faster than a row each)."""
         parts: list[np.ndarray] = []
         last: int | None = None
         while True:
@@ -212,45 +338,73 @@ class EventTable:
         self._filters[level] = (token, kept)
         return kept
 
-    def _record(self, rows: list[tuple[int, int, int]], now_ms: int) -> None:
-        """Add (key, check, event time) rows to level 0 (a key already there takes the new values), merging
-        levels down when full."""
-        if not rows:
-            return
-        self.conn.executemany(f"INSERT INTO {LEVELS[0]} (h, chk, ts) VALUES (?, ?, ?) ON CONFLICT (h) DO UPDATE "
-                              "SET chk = excluded.chk, ts = excluded.ts", rows)
-        self._rows[0] += len(rows)
-        if self._rows[0] >= LEVEL_ROWS[0]:
-            self._merge(0, now_ms)
-            if self._rows[1] >= max(LEVEL_ROWS[1], self._rows[2] // LAST_LEVEL_SHARE):
-                self._merge(1, now_ms)
+    def _next_run(self) -> int:
+        return self.conn.execute(f"SELECT coalesce(max(run), 0) + 1 FROM {RUNS_TABLE}").fetchone()[0]
 
-    def _merge(self, level: int, now_ms: int) -> None:
-        """Move every row of ``level`` into the next, in key order (each page of the next level is written
-        once); into the last level, drop its ids whose event time left the window first."""
-        src, dst = LEVELS[level], LEVELS[level + 1]
+    def _store_run(self, run: int, rows: int, newest: int, kept: KeyFilter) -> None:
+        """List (or list again, with a new token) run ``run`` (in the caller's transaction)."""
+        token = secrets.randbits(62) + 1
+        self.conn.execute(f"INSERT INTO {RUNS_TABLE} (run, rows, newest, token, body) VALUES (?, ?, ?, ?, ?) "
+                          "ON CONFLICT (run) DO UPDATE SET rows = excluded.rows, newest = excluded.newest, "
+                          "token = excluded.token, body = excluded.body", (run, rows, newest, token, kept.to_bytes()))
+        self._runs[run] = Run(run, token, rows, newest, kept)
+
+    def _drop_run(self, run: Run) -> None:
+        self.conn.execute(f"DROP TABLE IF EXISTS {run.table}")
+        self.conn.execute(f"DELETE FROM {RUNS_TABLE} WHERE run = ?", (run.id,))
+        self._runs.pop(run.id, None)
+
+    def _record(self, rows: list[tuple[int, int, int]], now_ms: int, upsert: bool = True) -> None:
+        """Add (key, check, event time) rows to level 0 (a key already there takes the new values, unless not
+        ``upsert``: then it raises ``sqlite3.IntegrityError``), merging level 0 into level 1 when full,
+        sealing level 1 as a run when full, and dropping the runs that left the window."""
+        if rows:
+            self.conn.executemany(f"INSERT INTO {LEVELS[0]} (h, chk, ts) VALUES (?, ?, ?)" + (
+                " ON CONFLICT (h) DO UPDATE SET chk = excluded.chk, ts = excluded.ts" if upsert else ""), rows)
+            self._rows[0] += len(rows)
+            if self._rows[0] >= LEVEL_ROWS[0]:
+                self._merge()
+                if self._rows[1] >= LEVEL_ROWS[1]:
+                    self._seal()
+        horizon = now_ms - self.window_ms
+        for run in [r for r in self._runs.values() if r.newest < horizon]:
+            self._drop_run(run)
+
+    def _merge(self) -> None:
+        """Move every row of level 0 into level 1, in key order (each page of level 1 is written once); level
+        1's filter gains level 0's keys, its newest event time level 0's."""
+        src, dst = LEVELS
         c = self.conn
-        last = dst == LEVELS[-1]
-        if last:
-            c.execute(f"DELETE FROM {dst} WHERE ts < ?", (now_ms - self.window_ms,))
-        # the filter of dst gains src's keys (level 0's read before they move; level 1's is its filter); one of
-        # level 2 that holds twice its rows (ids dropped past the window) is built again from its keys
-        grown = self._filter(level + 1, write=True) or KeyFilter.of_sorted(())
-        grown = grown.union(self._filter(1, write=True) or KeyFilter.of_sorted(())) if last else \
-            grown.with_sorted(self._keys(src))
+        grown = (self._filter(1, write=True) or KeyFilter.of_sorted(())).with_sorted(self._keys(src))
+        newest = c.execute(f"SELECT max(ts) FROM {src}").fetchone()[0]
         c.execute(f"INSERT INTO {dst} (h, chk, ts) SELECT h, chk, ts FROM {src} WHERE 1 ORDER BY h "
                   "ON CONFLICT (h) DO UPDATE SET chk = excluded.chk, ts = excluded.ts")
+        self._rows[1] += c.execute("SELECT changes()").fetchone()[0]
         c.execute(f"DELETE FROM {src}")
-        self._rows[level] = 0
-        self._rows[level + 1] = c.execute(f"SELECT COUNT(*) FROM {dst}").fetchone()[0] if last else \
-            self._rows[level + 1] + c.execute("SELECT changes()").fetchone()[0]
-        if last:
-            c.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
-                      "excluded.value", (LAST_LEVEL_ROWS_KEY, str(self._rows[2])))
-            self._store_filter(2, grown if len(grown) <= 2 * self._rows[2] + LEVEL_ROWS[1] else self._scan_filter(2))
-            self._store_filter(1, KeyFilter.of_sorted(()))
-        else:
-            self._store_filter(1, grown)
+        self._rows[0] = 0
+        self._store_filter(1, grown)
+        if newest is not None:
+            self._set_meta(LEVEL_1_NEWEST_KEY, str(max(newest, self._level_1_newest() or newest)))
+
+    def _level_1_newest(self) -> int | None:
+        kept = self._meta(LEVEL_1_NEWEST_KEY)
+        return int(kept) if kept is not None else self.conn.execute(f"SELECT max(ts) FROM {LEVELS[1]}").fetchone()[0]
+
+    def _seal(self) -> None:
+        """Seal level 1 as the newest run: the table renamed (no row copied), listed with its filter, its id
+        count and its newest event time; an empty level 1 in its place."""
+        c = self.conn
+        newest = self._level_1_newest()
+        if newest is None:  # empty
+            return
+        kept = self._filter(1, write=True) or self._scan_filter(1)
+        run = self._next_run()
+        c.execute(f"ALTER TABLE {LEVELS[1]} RENAME TO {RUN_PREFIX}{run}")
+        c.execute(f"CREATE TABLE {LEVELS[1]} {_ID_COLUMNS}")
+        self._store_run(run, c.execute(f"SELECT COUNT(*) FROM {RUN_PREFIX}{run}").fetchone()[0], newest, kept)
+        self._store_filter(1, KeyFilter.of_sorted(()))
+        self._set_meta(LEVEL_1_NEWEST_KEY, None)
+        self._rows[1] = 0
 
     def seen_within_window(self, event_ids: Sequence[str], now_ms: int) -> set[str]:
         """Which of ``event_ids`` were stored with an event time inside the window ending at ``now_ms``."""
@@ -300,12 +454,9 @@ class EventTable:
         self._insert(self.conn, "events", EVENT_COLUMNS, flat)
         now = now_ms if now_ms is not None else int(time.time() * 1000)
         horizon = now - self.window_ms
-        rows = [(*digest(eid), ts) for eid, ts in zip(flat[0::_WIDTH], flat[_TS::_WIDTH]) if ts >= horizon]
-        if rows:
-            self.conn.executemany(f"INSERT INTO {LEVELS[0]} (h, chk, ts) VALUES (?, ?, ?)", rows)
-            self._rows[0] += len(rows)
-            if self._rows[0] >= LEVEL_ROWS[0]:
-                self._merge(0, now)
+        self._runs_now()
+        self._record([(*digest(eid), ts) for eid, ts in zip(flat[0::_WIDTH], flat[_TS::_WIDTH]) if ts >= horizon],
+                     now, upsert=False)
 
     # -- per-subject access ------------------------------------------------------------------------------
     def rekey_subjects(self, old_subjects: Sequence[str], new_subject: str) -> int:
@@ -345,15 +496,24 @@ class EventTable:
     def erase(self, subjects: Sequence[str]) -> int:
         """Delete the events stored under ``subjects`` and their ids from the dedupe window (so the window
         keeps nothing of them, and a re-send is judged as for a new person: by consent; the filter of a level
-        they were in is rebuilt, a scan of its keys); returns events deleted."""
+        or run they were in is rebuilt, a scan of its keys, and a run left empty is dropped); returns events
+        deleted."""
         where, args = subjects_clause(subjects)
         keys = sorted({digest(eid)[0] for (eid,) in
                        self.conn.execute(f"SELECT event_id FROM events WHERE {where}", args)})
-        deleted = [0] * len(LEVELS)
+        runs = self._runs_now() if keys else []
+        tables = [*LEVELS, *(run.table for run in runs)]
+        deleted = [0] * len(tables)
         for part in _chunks(keys):
-            for i, level in enumerate(LEVELS):
-                deleted[i] += self.conn.execute(f"DELETE FROM {level} WHERE h IN ({_marks(len(part))})", part).rowcount
-        for i in (1, 2):
-            if deleted[i]:  # the level's filter keeps no part of their keys either
-                self._store_filter(i, self._scan_filter(i))
+            for i, table in enumerate(tables):
+                deleted[i] += self.conn.execute(f"DELETE FROM {table} WHERE h IN ({_marks(len(part))})", part).rowcount
+        self._rows[0] -= deleted[0]
+        self._rows[1] -= deleted[1]
+        if deleted[1]:  # the level's filter keeps no part of their keys either
+            self._store_filter(1, self._scan_filter(1))
+        for run, gone in zip(runs, deleted[len(LEVELS):]):
+            if gone and gone >= run.rows:
+                self._drop_run(run)
+            elif gone:
+                self._store_run(run.id, run.rows - gone, run.newest, KeyFilter.of_sorted(self._keys(run.table)))
         return self.conn.execute(f"DELETE FROM events WHERE {where}", args).rowcount

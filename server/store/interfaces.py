@@ -27,8 +27,9 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from server.base.records import StoredEvent
-from server.store.rows import (Appended, ConsentRow, Erased, FedDecision, FedOutcome, LinkRow, LoggedDecision,
-                               PendingRow, ProfileChange, ProfileWrites, Shows, Snapshot, SubjectKeys, Unlearning)
+from server.store.rows import (Appended, ConsentRow, DecisionInputs, Erased, FedDecision, FedOutcome, LinkRow,
+                               LoggedDecision, PendingRow, ProfileChange, ProfileWrites, Shows, Snapshot, SubjectKeys,
+                               Unlearning)
 
 
 class EventLog(Protocol):
@@ -127,6 +128,11 @@ class ShowHistory(Protocol):
     key-value bucket whose revision is the version: compare-and-set)."""
 
     def read_shows(self, pseudo: str) -> Shows: ...
+
+    def decision_inputs(self, pseudo: str, subject: str) -> DecisionInputs:
+        """The shown history and profile body of ``pseudo`` and the consent records of ``subject`` (its
+        canonical subject), as committed at one point: one read per GetNextStep instead of three."""
+        ...
 
     def log_decisions(self, items: Sequence[LoggedDecision]) -> list[bool]:
         """Log each decision whose person's shown history is still at its expected version (bumping it); False

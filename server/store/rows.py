@@ -2,14 +2,18 @@
 column order of a decision row, nothing tied to one backend.
 
 Bodies (profiles, snapshots) are opaque to the store: the layer above encodes them (server/ingest/profiles.py,
-server/learn/learner.py); the shown history is ``{step_id: [times...]}``.
+server/learn/learner.py); the shown history is ``{step_id: times}``, each step's times ascending
+(server/store/show_codec.py stores it).
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from array import array
+from bisect import insort
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
 
 # A decision row's values in this order (Decision.flat, LoggedDecision.row); context/eligible/probabilities are
 # JSON text.
@@ -96,28 +100,59 @@ class ProfileWrites:
 # -- shown history ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Shows:
-    """One person's shown history as read: ``version`` is 0 when there is none yet."""
+    """One person's shown history as read: ``version`` is 0 when there is none yet; ``shows`` maps each step
+    to its show times, ascending (as read from a store, ``array('q')`` values: server/store/show_codec.py)."""
 
     version: int
-    shows: dict[str, list[int]]
+    shows: Mapping[str, Sequence[int]]
 
 
 NO_SHOWS = Shows(0, {})
+TIME_CODE = "q"  # the array type code of a step's show times (signed 64-bit)
 
 
-def with_show(shows: Mapping[str, list[int]], step_id: str, ts_ms: int, keep: int) -> dict[str, list[int]]:
-    """A copy of ``shows`` with one more show of ``step_id`` at ``ts_ms`` (times ascending, the latest ``keep``
-    per step: caps need only the latest ``max_per_day`` of them)."""
+def times_array(times: Sequence[int]) -> array:
+    """A copy of ``times`` as the ``array('q')`` a shown history read from a store holds."""
+    return array(TIME_CODE, times)
+
+
+def with_show(shows: Mapping[str, Sequence[int]], step_id: str, ts_ms: int, keep: int) -> dict[str, Sequence[int]]:
+    """A copy of ``shows`` (times ascending) with one more show of ``step_id`` at ``ts_ms``, keeping the latest
+    ``keep`` times per step (caps need only the latest ``max_per_day`` of them)."""
     out = dict(shows)
-    out[step_id] = sorted([*shows.get(step_id, ()), ts_ms])[-keep:]
+    times = times_array(shows.get(step_id, ()))
+    if not times or ts_ms >= times[-1]:
+        times.append(ts_ms)
+    else:
+        insort(times, ts_ms)
+    if len(times) > keep:
+        del times[:len(times) - keep]
+    out[step_id] = times
     return out
 
 
-def merged_shows(a: Mapping[str, list[int]], b: Mapping[str, list[int]], keep: int) -> dict[str, list[int]]:
-    out = {k: list(v) for k, v in a.items()}
+def merged_shows(a: Mapping[str, Sequence[int]], b: Mapping[str, Sequence[int]], keep: int
+                 ) -> dict[str, Sequence[int]]:
+    """The shows of ``a`` and ``b`` together (times ascending, the latest ``keep`` per step)."""
+    out: dict[str, Sequence[int]] = {k: times_array(v) for k, v in a.items()}
     for step, times in b.items():
-        out[step] = sorted([*out.get(step, ()), *times])[-keep:]
+        out[step] = times_array(sorted([*out.get(step, ()), *times])[-keep:])
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionInputs:
+    """What a decision reads of one person, at one point: the shown history, the profile body (None: no event
+    of theirs is stored) and their current consent records (by purpose)."""
+
+    shows: Shows
+    profile_body: str | None
+    consents: tuple[ConsentRow, ...]
+
+
+def latest_show(shows: Mapping[str, Sequence[int]]) -> int:
+    """The latest show time of ``shows`` (times ascending), 0 without any."""
+    return max((times[-1] for times in shows.values() if times), default=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +163,7 @@ class LoggedDecision:
     row: tuple[Any, ...]  # DECISION_COLUMNS values
     pseudo: str = ""  # the shown history's key ("" = the decision shows nothing: no check, no change)
     expected_version: int = 0
-    shows: Mapping[str, list[int]] | None = None
+    shows: Mapping[str, Sequence[int]] | None = None
     tracked: bool = True
     feed: bool = False  # the learner waits for its outcome (a shown step with a reward window)
 

@@ -402,6 +402,7 @@ class SqliteStore:
     profile_changes_after = _user_state.profile_changes_after
     write_profiles = _user_state.write_profiles
     read_shows = _user_state.read_shows
+    decision_inputs = _user_state.decision_inputs
     log_decisions = _user_state.log_decisions
 
     def append_with_profiles(self, flat: Sequence[Any], now_ms: int,

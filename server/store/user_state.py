@@ -4,23 +4,23 @@
 history with a version (caps, cooldowns and gaps hold across workers: a show is logged only if the version it was
 decided on is current).
 
-Rows are keyed by the person's pseudonym and hold no raw id. Bodies are opaque JSON text made by the layer
-above (server/ingest/profiles.py encodes profiles; the shown history is ``{step_id: [times...]}``).
+Rows are keyed by the person's pseudonym and hold no raw id. Profile bodies are opaque JSON text made by the
+layer above (server/ingest/profiles.py); the shown history is stored in server/store/show_codec.py's binary form
+(rows written before it hold JSON text, still read).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from server.store.rows import (DECISION_COLUMNS, NO_SHOWS, LoggedDecision, ProfileChange, ProfileWrites, Shows,
-                               merged_shows)
+from server.store.rows import (DECISION_COLUMNS, NO_SHOWS, ConsentRow, DecisionInputs, LoggedDecision, ProfileChange,
+                               ProfileWrites, Shows, latest_show, merged_shows)
+from server.store.show_codec import decode_shows, encode_shows
 from server.store.sql import _chunks, _marks, insert_flat
 
 if TYPE_CHECKING:
     from server.store.sqlite import SqliteStore
 
-_SHOWS = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 _HISTORY_COLUMNS = ("pseudo", "version", "shows", "tracked", "last_ms")
 
 
@@ -106,7 +106,28 @@ def read_shows(store: SqliteStore, pseudo: str) -> Shows:
     row = store.conn.execute("SELECT version, shows FROM show_history WHERE pseudo = ?", (pseudo,)).fetchone()
     if row is None:
         return NO_SHOWS
-    return Shows(row[0], json.loads(row[1]))
+    return Shows(row[0], decode_shows(row[1]))
+
+
+# one statement, so one read transaction (one snapshot, one look at the WAL) instead of three; kind 0: the shown
+# history, 1: the profile, 2: a consent record
+_INPUTS = ("SELECT 0, version, shows, NULL, NULL FROM show_history WHERE pseudo = ?1 "
+           "UNION ALL SELECT 1, NULL, body, NULL, NULL FROM profiles WHERE pseudo = ?1 "
+           "UNION ALL SELECT 2, granted, purpose, source, timestamp_ms FROM consents WHERE subject = ?2")
+
+
+def decision_inputs(store: SqliteStore, pseudo: str, subject: str) -> DecisionInputs:
+    """What a decision reads of one person (:meth:`~server.store.interfaces.ShowHistory.decision_inputs`)."""
+    shows, body, consents = NO_SHOWS, None, []
+    for kind, a, b, c, d in store.conn.execute(_INPUTS, (pseudo, subject)):
+        if kind == 0:
+            shows = Shows(a, decode_shows(b))
+        elif kind == 1:
+            body = b
+        else:
+            consents.append(ConsentRow(subject, b, bool(a), c, d))
+    consents.sort(key=lambda r: r.purpose)
+    return DecisionInputs(shows, body, tuple(consents))
 
 
 def log_decisions(store: SqliteStore, items: Sequence[LoggedDecision]) -> list[bool]:
@@ -134,8 +155,7 @@ def log_decisions(store: SqliteStore, items: Sequence[LoggedDecision]) -> list[b
             tracked = max(tracked, int(item.tracked))
             current[item.pseudo] = (version + 1, tracked)
             shows = item.shows or {}
-            last = max((t for times in shows.values() for t in times), default=0)
-            histories[item.pseudo] = (item.pseudo, version + 1, _SHOWS.encode(shows), tracked, last)
+            histories[item.pseudo] = (item.pseudo, version + 1, encode_shows(shows), tracked, latest_show(shows))
         flat += item.row
         if item.feed:
             feed.append(item.row[0])
@@ -164,12 +184,12 @@ def merge_show_history(store: SqliteStore, from_pseudos: Sequence[str], into: st
     target = c.execute("SELECT version, shows, tracked, last_ms FROM show_history WHERE pseudo = ?",
                        (into,)).fetchone()
     version, shows, tracked, last = (0, {}, 0, 0) if target is None else (
-        target[0], json.loads(target[1]), target[2], target[3])
+        target[0], decode_shows(target[1]), target[2], target[3])
     for _p, body, tr, lm in rows:
-        shows = merged_shows(shows, json.loads(body), keep)
+        shows = merged_shows(shows, decode_shows(body), keep)
         tracked, last = max(tracked, tr), max(last, lm)
     c.execute("INSERT OR REPLACE INTO show_history (pseudo, version, shows, tracked, last_ms) VALUES (?, ?, ?, ?, ?)",
-              (into, version + 1, _SHOWS.encode(shows), tracked, last))
+              (into, version + 1, encode_shows(shows), tracked, last))
     c.execute(f"DELETE FROM show_history WHERE pseudo IN ({_marks(len(from_pseudos))})", from_pseudos)
 
 

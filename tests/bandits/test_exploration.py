@@ -154,3 +154,33 @@ def test_epsilon_greedy_floor_is_exact_and_positive(scores, epsilon, cap):
         assert np.allclose(p[off], floor, rtol=1e-12, atol=0)
         assert (p[off] > 0).all() == (floor > 0)
     assert abs(p.sum() - 1.0) <= 1e-12 and p[off].sum() <= cap + 1e-12
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**16), eligible=st.lists(st.integers(0, 5), min_size=1, max_size=6, unique=True),
+       boost_it=st.booleans(), ridge=st.booleans(), noise=st.sampled_from([0.0, 1.0]))
+def test_reused_scores_give_the_same_choice_and_probabilities(seed, eligible, boost_it, ridge, noise):
+    """A decision given :meth:`Decider.all_scores` of its context chooses exactly as one that scores afresh:
+    same arm, same probabilities (exact propensities), same random draws taken."""
+    from bandits.policies import RidgeGreedy
+
+    data = np.random.default_rng(seed)
+    policy = RidgeGreedy(6, 4) if ridge else LinUCB(6, 4, alpha=1.5, noise_sd=noise)
+    for _ in range(30):
+        policy.learn_one(data.normal(size=4), int(data.integers(6)), float(data.normal()))
+    decider = Decider(policy, EpsilonGreedy(0.2))
+    x = data.normal(size=4)
+    scores = decider.all_scores(x)
+    assert scores is not None and len(scores) == 6
+    boosted = (eligible[0], 0.3) if boost_it else None
+    for _ in range(3):  # reused for several decisions on the same context
+        fresh = decider.decide(x, eligible, np.random.default_rng(seed), boosted)
+        reused = decider.decide(x, eligible, np.random.default_rng(seed), boosted, scores)
+        assert (reused.arm, reused.probability, reused.probabilities, reused.scores) == \
+            (fresh.arm, fresh.probability, fresh.probabilities, fresh.scores)
+
+
+def test_thompson_scores_are_never_reused():
+    assert Decider(LinearTS(3, 2), EpsilonGreedy(0.1)).all_scores(np.ones(2)) is None
+    with pytest.raises(ValueError, match="indices"):
+        Decider(LinUCB(3, 2), EpsilonGreedy(0.1)).decide(np.ones(2), [0, 3], scores=[0.0, 0.1, 0.2])

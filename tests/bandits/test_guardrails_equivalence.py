@@ -91,7 +91,7 @@ def scenarios(draw):
                           min_sessions_for_personalization=draw(st.integers(0, 5)),
                           min_distinct_days_for_personalization=draw(st.integers(0, 3)))
     # shows of catalog steps and of unknown ones (a step removed from the catalog), empty lists included
-    shown = {sid: draw(st.lists(st.integers(NOW - 3 * DAY_MS, NOW + HOUR), max_size=4))
+    shown = {sid: draw(st.lists(st.integers(NOW - 3 * DAY_MS, NOW + HOUR), max_size=draw(st.sampled_from([4, 40]))))
              for sid in draw(st.lists(st.sampled_from([*STEP_IDS, "gone"]), unique=True))}
     completed = {sid: NOW - DAY_MS for sid in draw(st.lists(st.sampled_from(STEP_IDS), unique=True))}
     dismissed_ids = draw(st.lists(st.sampled_from(STEP_IDS), unique=True))
@@ -111,6 +111,18 @@ def test_eligible_matches_the_reference_implementation(scenario):
     assert eligible(steps, hist, cfg, now, surface) == reference_eligible(steps, hist, cfg, now, surface)
     # a second call (channel map now remembered for a tuple) answers the same
     assert eligible(steps, hist, cfg, now, surface) == reference_eligible(steps, hist, cfg, now, surface)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), st.booleans())
+def test_ascending_histories_get_the_reference_verdicts(scenario, as_tuples):
+    """A history flagged ``ascending`` (each step's times sorted, as the server stores them) is counted by
+    bisection; every verdict and reason equals the reference's on the same times."""
+    steps, cfg, hist, surface, now = scenario
+    shown = {sid: (tuple if as_tuples else list)(sorted(times)) for sid, times in hist.shown.items()}
+    fast = UserHistory(shown=shown, completed=hist.completed, dismissed=hist.dismissed, sessions=hist.sessions,
+                       distinct_days=hist.distinct_days, ascending=True)
+    assert eligible(steps, fast, cfg, now, surface) == reference_eligible(steps, hist, cfg, now, surface)
 
 
 def test_a_new_steps_tuple_with_other_channels_is_not_served_a_stale_channel_map():

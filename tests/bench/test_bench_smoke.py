@@ -147,6 +147,9 @@ def test_store_scaling_reports_every_slice_of_every_variant(tmp_path: Path) -> N
         rows = measure(variant, tmp_path, events=3000, group=500, every=1000, users=50)
         assert [r["stored"] for r in rows] == [1000, 2000, 3000], variant
         assert all(r["cpu_us_per_event"] > 0 and r["wall_us_per_event"] > 0 and r["db_mb"] > 0 for r in rows)
+        # the longest transaction of a slice of 1,000 events: within the slice's total (µs per event x 1,000)
+        assert all(0 < r["longest_txn_wall_ms"] <= r["wall_us_per_event"] for r in rows), rows
+        assert all(0 <= r["longest_txn_cpu_ms"] <= r["cpu_us_per_event"] for r in rows), rows
     with pytest.raises(ValueError, match="variant: expected one of"):
         measure("random", tmp_path, events=10)
     proc = subprocess.run([sys.executable, "-m", "bench.store_scaling", "--events", "2000", "--group", "500",

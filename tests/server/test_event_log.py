@@ -5,7 +5,6 @@ written with the unique event_id index (Onramp at main b6789c1) is converted whe
 from __future__ import annotations
 
 import pathlib
-import random
 import shutil
 import sqlite3
 from typing import Any
@@ -16,7 +15,7 @@ from hypothesis import strategies as st
 
 import server.store.events as events_mod
 from server.base.clock import now_ms
-from server.store.events import HOUR_MS, LAYOUT, LAYOUT_KEY, LEVELS
+from server.store.events import HOUR_MS, LAYOUT, LAYOUT_KEY, LEVELS, RUNS_TABLE
 from server.store.id_filter import KeyFilter
 from server.store.sqlite import SqliteStore, SubjectKeys
 
@@ -59,13 +58,15 @@ def test_an_id_is_stored_once_within_the_window_and_again_outside_it(store: Sqli
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 2 * WINDOW_H)), min_size=1, max_size=80),
-       st.integers(1, 6), st.randoms(use_true_random=False))
-@example([(i, 1) for i in range(10)] + [(0, 1)], 1, random.Random(1))  # id0 re-sent after two merges
-def test_levels_merge_and_prune_without_losing_an_id_of_the_window(
+       st.integers(1, 6), st.lists(st.integers(0, 60), min_size=27, max_size=27))
+@example([(i, 1) for i in range(10)] + [(0, 1)], 1, [0] * 27)  # id0 re-sent after two merges and seals
+@example([(i, 1) for i in range(12)] + [(0, 1), (13, 1), (1, 200)], 1, [0, 0, 0, 0, WINDOW_H])  # two runs dropped
+def test_levels_merge_seal_and_drop_without_losing_an_id_of_the_window(
         tmp_path_factory: pytest.TempPathFactory, sends: list[tuple[int, int]], level_rows: int,
-        rnd: random.Random) -> None:
+        hours: list[int]) -> None:
     """Against a model (a dict of id -> newest event time stored): with levels a few rows large, every
-    merge and prune happens, and each append stores exactly the ids the model says are new."""
+    merge, seal and drop of a run happens, each append stores exactly the ids the model says are new (each id
+    of the window once), every id of the window stays held, and no run outlives its newest event time."""
     path = tmp_path_factory.mktemp("levels") / "l.db"
     mp = pytest.MonkeyPatch()
     mp.setattr(events_mod, "LEVEL_ROWS", (level_rows, level_rows * 2))
@@ -75,7 +76,7 @@ def test_levels_merge_and_prune_without_losing_an_id_of_the_window(
         clock = NOW
         expected: list[str] = []
         for k in range(0, len(sends), 3):
-            clock += rnd.randint(0, 12) * HOUR_MS
+            clock += hours[k // 3] * HOUR_MS  # the server's clock: runs leave the window within an example
             horizon = clock - WINDOW_H * HOUR_MS
             part = [(f"id{n}", clock - age * HOUR_MS) for n, age in sends[k:k + 3]]
             want_dup, want_out = set(), set()
@@ -91,9 +92,76 @@ def test_levels_merge_and_prune_without_losing_an_id_of_the_window(
             s.commit()
             assert (got.duplicates, got.outside_window) == (want_dup, want_out)
             expected += [eid for i, (eid, _) in enumerate(part) if i not in want_dup]
+            runs = s.conn.execute(f"SELECT run, newest FROM {RUNS_TABLE}").fetchall()
+            assert all(newest >= horizon for _, newest in runs)  # a run that left the window is dropped
+            held = {h for t in s.events.id_tables() for (h,) in s.conn.execute(f"SELECT h FROM {t}")}
+            assert {events_mod.digest(eid)[0] for eid, ts in model.items() if ts >= horizon} <= held
         assert stored_ids(s) == expected
     finally:
         s.close()
+        mp.undo()
+
+
+def test_runs_are_dropped_once_out_of_the_window_and_a_late_resend_is_stored_again(tmp_path: pathlib.Path) -> None:
+    """Runs of 4 ids sealed an hour apart in event time: as the server's clock passes each run's newest event
+    time plus the window, that run's table and listing go, and the others stay; an id of a dropped run sent
+    again with its old event time is stored again and counted outside the window."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    s = SqliteStore(tmp_path / "drop.db", dedupe_window_hours=WINDOW_H)
+    try:
+        for hour in range(3):
+            ts = NOW + hour * HOUR_MS
+            s.begin()
+            assert not s.append_new_events(rows(*((f"h{hour}-{i}", ts) for i in range(4))), ts).duplicates
+            s.commit()
+        runs = s.conn.execute(f"SELECT run, newest FROM {RUNS_TABLE} ORDER BY run").fetchall()
+        assert [newest for _, newest in runs] == [NOW, NOW + HOUR_MS, NOW + 2 * HOUR_MS]
+        tables = s.events.id_tables()[len(LEVELS):]
+        assert len(tables) == 3
+        # the clock an hour and a half past the first run's window: the first run goes, the others stay
+        later = NOW + WINDOW_H * HOUR_MS + HOUR_MS + HOUR_MS // 2
+        s.begin()
+        again = s.append_new_events(rows(("h0-0", NOW), ("h1-0", NOW + HOUR_MS), ("h2-0", NOW + 2 * HOUR_MS)), later)
+        s.commit()
+        assert (again.outside_window, again.duplicates) == ({0, 1}, {2})  # h1's time has just left the window too
+        assert s.events.id_tables()[len(LEVELS):] == tables[2:]
+        names = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert not set(tables[:2]) & names
+        ids = stored_ids(s)
+        assert (ids.count("h0-0"), ids.count("h1-0"), ids.count("h2-0")) == (2, 2, 1)
+    finally:
+        s.close()
+        mp.undo()
+
+
+def test_lookups_find_ids_in_every_run_and_level(tmp_path: pathlib.Path) -> None:
+    """Ids spread over five runs, level 1 and level 0 (by another connection after a reopen too): each is a
+    duplicate when re-sent, and only those."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (3, 9))
+    path = tmp_path / "runs.db"
+    s = SqliteStore(path, dedupe_window_hours=WINDOW_H)
+    try:
+        sent = [f"id{i}" for i in range(66)]
+        for k in range(0, len(sent), 2):  # a run of 12 ids sealed every 12 ids
+            s.begin()
+            s.append_new_events(rows(*((eid, NOW) for eid in sent[k:k + 2])), NOW)
+            s.commit()
+        counts = [s.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in s.events.id_tables()]
+        assert len(counts) == 2 + 5 and all(counts)  # level 0, level 1 and five runs all hold ids
+        assert sum(counts) == len(sent)
+    finally:
+        s.close()
+    reopened = SqliteStore(path, dedupe_window_hours=WINDOW_H)
+    try:
+        assert reopened.existing_event_ids([*sent, "new"], NOW) == set(sent)
+        reopened.begin()
+        got = reopened.append_new_events(rows(*((eid, NOW) for eid in ["new", *sent])), NOW)
+        reopened.commit()
+        assert got.duplicates == frozenset(range(1, len(sent) + 1)) and not got.outside_window
+    finally:
+        reopened.close()
         mp.undo()
 
 
@@ -101,7 +169,7 @@ def test_erasure_takes_the_persons_ids_out_of_the_window(store: SqliteStore) -> 
     store.append_new_events(rows(("a1", NOW), ("a2", NOW), subject="ann") + rows(("b1", NOW), subject="bob"), NOW)
     keys = SubjectKeys(("ann",), ("ann",), (), (), ())
     assert store.erase(keys)["events"] == 2
-    held = {h for level in LEVELS for (h,) in store.conn.execute(f"SELECT h FROM {level}")}
+    held = {h for table in store.events.id_tables() for (h,) in store.conn.execute(f"SELECT h FROM {table}")}
     assert held == {events_mod.digest("b1")[0]}
     again = store.append_new_events(rows(("a1", NOW), subject="ann") + rows(("b1", NOW), subject="bob"), NOW)
     assert again.duplicates == {1}  # a1 is judged anew (the pipeline's consent gate drops it: tombstone)
@@ -146,19 +214,86 @@ def test_conversion_keeps_only_the_ids_within_the_window(tmp_path: pathlib.Path)
     horizon = newest - 9 * HOUR_MS - HOUR_MS // 2
     store = SqliteStore(db, dedupe_window_hours=(now_ms() - horizon) / HOUR_MS)
     try:
-        held = sum(store.conn.execute(f"SELECT COUNT(*) FROM {level}").fetchone()[0] for level in LEVELS)
+        held = sum(store.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                   for table in store.events.id_tables())
         assert held == 10 == store.conn.execute("SELECT COUNT(*) FROM events WHERE timestamp_ms >= ?",
                                                 (horizon,)).fetchone()[0]
     finally:
         store.close()
 
 
-@given(st.lists(st.integers(-2**63, 2**63 - 1), max_size=60), st.lists(st.integers(-2**63, 2**63 - 1), max_size=30),
+def layout_2_database(path: pathlib.Path, levels: list[list[tuple[str, int]]]) -> None:
+    """A database as layout 2 wrote it (Onramp at main cbf7e3b): the events, and their ids in
+    ``event_ids_0``, ``event_ids_1`` and the leveled last level ``event_ids_2``, the filters of levels 1 and 2
+    in ``event_ids_filter``, level 2's row count and the layout in ``meta``; the schema as that code created
+    it (the other tables are created when the store opens it)."""
+    c = sqlite3.connect(path)
+    c.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, subject TEXT NOT "
+              "NULL, user_id TEXT, anonymous_id TEXT, device_id TEXT, name TEXT NOT NULL, timestamp_ms INTEGER, "
+              "received_ms INTEGER, channel TEXT, device_type TEXT, feature TEXT, step_id TEXT, decision_id TEXT, "
+              "properties TEXT)")
+    c.execute("CREATE INDEX idx_events_subject ON events (subject)")
+    c.execute("CREATE TABLE [meta] ([key] TEXT PRIMARY KEY, [value] TEXT)")
+    for level in ("event_ids_0", "event_ids_1", "event_ids_2"):
+        c.execute(f"CREATE TABLE {level} (h INTEGER PRIMARY KEY, chk INTEGER NOT NULL, ts INTEGER NOT NULL)")
+    c.execute("CREATE TABLE event_ids_filter (level INTEGER PRIMARY KEY, token INTEGER NOT NULL, body BLOB NOT NULL)")
+    for i, ids in enumerate(levels):
+        c.executemany("INSERT INTO events (event_id, subject, user_id, name, timestamp_ms, received_ms, properties) "
+                      "VALUES (?, 'u1', 'u1', 'feature_used', ?, ?, '{}')", [(eid, ts, ts) for eid, ts in ids])
+        keyed = sorted((*events_mod.digest(eid), ts) for eid, ts in ids)
+        c.executemany(f"INSERT INTO event_ids_{i} (h, chk, ts) VALUES (?, ?, ?)", keyed)
+        if i:
+            c.execute("INSERT INTO event_ids_filter (level, token, body) VALUES (?, ?, ?)",
+                      (i, 1000 + i, KeyFilter.of_sorted([h for h, _, _ in keyed]).to_bytes()))
+    c.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                  [("event_log_layout", "2"), ("event_ids_2_rows", str(len(levels[2])))])
+    c.commit()
+    c.close()
+
+
+def test_a_database_of_layout_2_opens_with_its_last_level_as_the_first_run(tmp_path: pathlib.Path) -> None:
+    db = tmp_path / "v2.db"
+    levels = [[(f"l{i}-{k}", NOW - (3 - i) * HOUR_MS + k) for k in range(n)] for i, n in enumerate((5, 10, 30))]
+    layout_2_database(db, levels)
+    reader = SqliteStore(db, readonly=True)  # the offline tools read it as it is
+    assert len(list(reader.iter_events())) == 45
+    reader.close()
+    store = SqliteStore(db, dedupe_window_hours=WINDOW_H)
+    try:
+        assert store.meta_get(LAYOUT_KEY) == LAYOUT and store.meta_get("event_ids_2_rows") is None
+        names = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "event_ids_2" not in names
+        assert store.conn.execute(f"SELECT run, rows, newest FROM {RUNS_TABLE}").fetchall() == \
+            [(1, 30, max(ts for _, ts in levels[2]))]
+        assert [lv for (lv,) in store.conn.execute("SELECT level FROM event_ids_filter")] == [1]
+        assert store.events.id_tables() == [*LEVELS, "event_ids_r1"]
+        sent = [e for level in levels for e in level]
+        store.begin()
+        again = store.append_new_events(rows(*sent, ("new", NOW)), NOW)
+        store.commit()
+        assert again.duplicates == frozenset(range(45)) and not again.outside_window
+        assert stored_ids(store)[-1] == "new" and len(stored_ids(store)) == 46
+        # the converted run leaves the window with its newest event (l2-29, 1 hour before NOW)
+        later = NOW + WINDOW_H * HOUR_MS - HOUR_MS // 2
+        store.begin()
+        late = store.append_new_events(rows(("l2-0", later), ("l1-0", NOW - 2 * HOUR_MS)), later)
+        store.commit()
+        assert (late.duplicates, late.outside_window) == (frozenset(), frozenset({1}))
+        assert store.events.id_tables() == list(LEVELS)
+    finally:
+        store.close()
+    SqliteStore(db).close()  # opening a converted database again changes nothing
+    assert sqlite3.connect(db).execute(f"SELECT COUNT(*) FROM {RUNS_TABLE}").fetchone()[0] == 0
+
+
+@given(st.lists(st.integers(-2**63, 2**63 - 1), max_size=150), st.lists(st.integers(-2**63, 2**63 - 1), max_size=30),
        st.integers(0, 2**32 - 1))
+@example([((i // 20) << 32) + i for i in range(100)], [k << 32 for k in range(-2, 8)], 5)  # equal highs over edges
 def test_the_key_filter_never_rules_out_a_key_it_was_built_from(stored: list[int], others: list[int],
                                                                  low: int) -> None:
-    """Every stored key (and only keys sharing a stored key's high half) is "maybe"; keys that differ from a
-    stored one in the low half only are the filter's false positives."""
+    """Every stored key (and only keys sharing a stored key's high half) is "maybe", in blocks and across
+    their edges (up to 150 keys: ten blocks); keys that differ from a stored one in the low half only are the
+    filter's false positives."""
     half = len(stored) // 2
     f = KeyFilter.of_sorted(sorted(set(stored[:half]))).with_sorted(sorted(set(stored[half:])))
     f = KeyFilter.from_bytes(f.to_bytes())
@@ -168,10 +303,10 @@ def test_the_key_filter_never_rules_out_a_key_it_was_built_from(stored: list[int
     assert f.maybe(asked) == [k for k in asked if k >> 32 in highs]
 
 
-def test_a_merge_into_level_2_by_another_process_is_seen_by_the_next_lookup(tmp_path: pathlib.Path) -> None:
-    """Two connections (two workers): the second built the filters of levels 1 and 2 before the first merged
-    new ids into both; re-sent to the second, every one of those ids is a duplicate (it reads the new
-    filters)."""
+def test_a_merge_and_a_seal_by_another_process_are_seen_by_the_next_lookup(tmp_path: pathlib.Path) -> None:
+    """Two connections (two workers): the second read the filter of level 1 and the (empty) list of runs
+    before the first merged new ids into level 1 and sealed runs; re-sent to the second, every one of those
+    ids is a duplicate (it reads the new filter and the new runs)."""
     path = tmp_path / "two.db"
     mp = pytest.MonkeyPatch()
     mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
@@ -185,8 +320,8 @@ def test_a_merge_into_level_2_by_another_process_is_seen_by_the_next_lookup(tmp_
             first.begin()
             first.append_new_events(rows(*sent[k:k + 2]), NOW)
             first.commit()
-        assert [first.conn.execute(f"SELECT COUNT(*) FROM {level}").fetchone()[0] > 0 for level in LEVELS[1:]] \
-            == [True, True]  # both filtered levels were merged into by the first connection
+        tables = first.events.id_tables()
+        assert first.conn.execute(f"SELECT COUNT(*) FROM {LEVELS[1]}").fetchone()[0] > 0 and len(tables) > 3
         second.begin()
         got = second.append_new_events(rows(*sent), NOW)
         second.commit()

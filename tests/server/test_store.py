@@ -36,7 +36,7 @@ def test_schema_and_wal(store: SqliteStore, tmp_path: pathlib.Path) -> None:
     indexes = {r[0] for r in store.conn.execute("SELECT sql FROM sqlite_master WHERE type='index' AND sql IS NOT NULL")}
     assert any("ON events (subject)" in sql for sql in indexes)
     assert not any("event_id" in sql for sql in indexes)  # ids live in the dedupe levels (server/store/events.py)
-    assert {"event_ids_0", "event_ids_1", "event_ids_2"} <= names
+    assert {"event_ids_0", "event_ids_1", "event_id_runs"} <= names
     assert any('"decisions" ("user_pseudo")' in sql for sql in indexes)
     cols = [r[1] for r in store.conn.execute("PRAGMA table_info(events)")]
     assert cols[0] == "seq" and "properties" in cols and "decision_id" in cols

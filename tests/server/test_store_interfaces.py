@@ -9,8 +9,8 @@ import pytest
 
 from server.base.records import StoredEvent
 from server.store import interfaces
-from server.store.rows import (DECISION_COLUMNS, JoinedRow, LoggedDecision, ProfileWrites, Snapshot, SubjectKeys,
-                               encode_properties)
+from server.store.rows import (DECISION_COLUMNS, ConsentRow, DecisionInputs, JoinedRow, LoggedDecision, ProfileWrites,
+                               Snapshot, SubjectKeys, encode_properties)
 from server.store.sqlite import SqliteStore, open_store
 from server.store.writer import Writer
 
@@ -102,6 +102,27 @@ def test_log_decisions_checks_the_version_and_forget_untracked_drops_the_history
     assert store.forget_untracked(before_ms=100) == 1
     store.commit()
     assert store.read_shows("p1").version == 0 and store.get_decision("d1")["user_pseudo"] == ""
+
+
+def test_decision_inputs_are_the_three_reads_of_one_person(store: SqliteStore) -> None:
+    """One read gives what read_shows, profile_body and consents_of give, and nothing of another person."""
+    assert store.decision_inputs("p1", "u1") == DecisionInputs(store.read_shows("p1"), None, ())
+    values = dict.fromkeys(DECISION_COLUMNS, "")
+    values.update(decision_id="d1", user_pseudo="p1", timestamp_ms=10, step_id="s", propensity=1.0, reward_deadline_ms=0)
+    store.begin()
+    store.log_decisions([LoggedDecision(tuple(values[c] for c in DECISION_COLUMNS), "p1", 0, {"s": [10], "t": [3, 7]})])
+    store.log_decisions([LoggedDecision(tuple({**values, "decision_id": "d2", "user_pseudo": "p2"}[c]
+                                              for c in DECISION_COLUMNS), "p2", 0, {"s": [99]})])
+    store.write_profiles(ProfileWrites(16, puts=[("p1", 10, '{"v":1}'), ("p2", 10, '{"v":2}')]))
+    for subject, purpose, granted in (("u1", "tracking", True), ("u1", "personalization", False),
+                                      ("u2", "tracking", True)):
+        store.set_consent(ConsentRow(subject, purpose, granted, "test", 5), recorded_ms=6)
+    store.commit()
+    inputs = store.decision_inputs("p1", "u1")
+    assert (inputs.shows.version, {k: list(v) for k, v in inputs.shows.shows.items()}) == (1, {"s": [10], "t": [3, 7]})
+    assert inputs.profile_body == store.profile_body("p1") == '{"v":1}'
+    assert list(inputs.consents) == store.consents_of(["u1"]) == [ConsentRow("u1", "personalization", False, "test", 5),
+                                                                    ConsentRow("u1", "tracking", True, "test", 5)]
 
 
 def test_erase_person_queues_the_unlearning_and_tombstones(store: SqliteStore) -> None:

@@ -28,7 +28,13 @@ weighted sum ``S_a`` (``change_window`` observations of that arm long) and ``e**
 :data:`VARIANCE_WINDOWS` times longer memory, so a run of failures at a rare reward, which makes ``Q_a`` tiny,
 is not a change) the arm's statistics are reset to the prior and everything it learned up to
 then stops counting. So a stationary model keeps all its data (no fixed horizon to waste it), and a step
-whose reward moved is relearned at once. A reset is recorded as a time per arm (``reset_at``: the latest
+whose reward moved is relearned at once. A reset of an arm whose test had run for :data:`SETTLED_WINDOWS`
+windows (a young estimate's early residuals are biased by its own selection; a settled arm's are not) also
+discounts every other arm: what they learned up to then weighs :data:`SHRINK_OTHERS` as much (``A - ridge*I``
+and ``b`` scaled; recorded as a time per arm, and an observation of an earlier time weighs that much less, so
+``unlearn_one`` stays exact) and their tests start again, because users' preferences seldom move for one step
+alone and a step shown only through the exploration floor is seen too rarely for its own test to notice that it
+became the best for some users. A reset is recorded as a time per arm (``reset_at``: the latest
 time it had learned), and an observation of time ``t <= reset_at`` weighs 0, so ``unlearn_one`` stays exact;
 the detector's running sums are a trigger, not part of the model, and are not unlearned (they decay
 within a few ``change_window`` of the arm's observations). Change detection needs the observations' times: one
@@ -43,6 +49,7 @@ resets (and one arm should not mix observations with and without times when chan
 """
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -54,6 +61,8 @@ ALGORITHMS = ("linucb", "lints", "ridge")
 GRID_PER_HALF_LIFE = 8  # t_ref steps this often per half-life: every weight stays below 2 ** (1/8)
 MIN_DETECT = 50  # observations of an arm since its last reset before its change test may fire
 VARIANCE_WINDOWS = 2  # the change test's variance floor remembers this many change_windows
+SETTLED_WINDOWS = 2  # a reset after this many change_windows of testing an arm also discounts the other arms
+SHRINK_OTHERS = 0.5  # ... by this factor: what they learned so far weighs that much less
 
 
 def _weight_sum(decay: float, n: float | np.ndarray) -> Any:
@@ -160,6 +169,9 @@ class _LinearBase:
         self._reset_at = np.full(k, -math.inf)
         self._det = np.zeros((k, 4))  # S, Q, n, L (e**2 weighted over VARIANCE_WINDOWS windows)
         self._resets = np.zeros(k, dtype=np.int64)
+        # per arm the times at which a settled reset of another arm discounted it (ascending; emptied by its own
+        # reset): an observation of time t weighs SHRINK_OTHERS ** (how many of them are >= t)
+        self._shrinks: list[list[float]] = [[] for _ in range(k)]
         # scratch buffers of the hot path (no allocation per call for these)
         self._u = np.empty(d)
         self._v = np.empty(d)
@@ -266,7 +278,10 @@ class _LinearBase:
             if tt > self._latest[a]:
                 self._latest[a] = tt
             if self._detect(a, float(x.dot(self._theta[a])), r):
+                settled = self._det[a, 2] >= SETTLED_WINDOWS * self.change_window
                 self._reset(a)
+                if settled:
+                    self._shrink_others(a)
                 self.advance(tt)
                 self._counts[a] += 1
                 self.n_updates += 1
@@ -279,6 +294,9 @@ class _LinearBase:
             if self._t_ref != ref:  # the frame moved: A^-1 was rescaled
                 u = np.matmul(A_inv, x, out=self._u)
             w = math.exp(self._lam * (tt - self._t_ref))
+        if self._shrinks[a] and t is not None:
+            w *= self._shrink_weight(a, float(t))
+        if self._lam or w != 1.0:
             denom = 1.0 / w + float(x.dot(u)) if w > 0.0 else math.inf  # (A + w x x^T)^-1, Sherman-Morrison
         v = np.divide(u, denom, out=self._v)
         A_inv -= np.multiply(self._u_col, v, out=self._outer)  # u v^T through a kept column view of u
@@ -326,6 +344,35 @@ class _LinearBase:
         self._theta[a] = 0.0
         self._det[a] = 0.0
         self._resets[a] += 1
+        self._shrinks[a].clear()  # everything they discounted now weighs 0
+
+    def _shrink_others(self, a: int) -> None:
+        """After a settled reset of arm ``a`` (its test had run for :data:`SETTLED_WINDOWS` windows, so this is
+        unlikely to be the early noise of a young estimate): what every other arm learned up to its latest time
+        weighs :data:`SHRINK_OTHERS` times less, and its change test starts again.
+
+        A change of users' preferences seldom moves one step alone, and a step the policy rarely shows (only
+        through the exploration floor) gets too few observations for its own test to see that it became the
+        best for some users; with its old data discounted its confidence widens and the policy tries it
+        again. A false alarm costs the others only part of their data, not all of it."""
+        f, eye = SHRINK_OTHERS, np.eye(self.n_features) * self.ridge
+        for o in range(self.n_arms):
+            if o == a or self._latest[o] <= self._reset_at[o]:  # nothing learned with a time since its reset
+                continue
+            self._shrinks[o].append(float(self._latest[o]))
+            A = self._A[o]
+            A -= eye
+            A *= f
+            A += eye
+            self._b[o] *= f
+            self._A_inv[o] = np.linalg.inv(A)
+            np.matmul(self._A_inv[o], self._b[o], out=self._theta[o])
+            self._det[o] = 0.0
+
+    def _shrink_weight(self, a: int, t: float) -> float:
+        """The factor by which the discounts of arm ``a`` weigh an observation of time ``t``."""
+        times = self._shrinks[a]
+        return SHRINK_OTHERS ** (len(times) - bisect.bisect_left(times, t))
 
     def unlearn_one(self, x: np.ndarray, arm: int, reward: float, t: float | None = None) -> None:
         """Remove one observation that :meth:`learn_one` added: ``A -= w x x^T`` and ``b -= w r x`` exactly
@@ -357,6 +404,8 @@ class _LinearBase:
             w = math.exp(self._lam * (tt - self._t_ref))
         if self.change_z and t is not None and float(t) <= self._reset_at[a]:
             w = 0.0
+        elif self._shrinks[a] and t is not None:
+            w *= self._shrink_weight(a, float(t))
         if self._counts[a] == 1:  # the arm's last observation: exactly the prior, not the prior plus rounding
             self._A[a] = np.eye(self.n_features) * self.ridge
             self._A_inv[a] = np.eye(self.n_features) / self.ridge
@@ -462,7 +511,15 @@ class _LinearBase:
             "reset_at": self._reset_at.copy(),
             "detector": self._det.copy(),
             "resets": self._resets.copy(),
+            "shrinks": self._shrink_array(),
         }
+
+    def _shrink_array(self) -> np.ndarray:
+        """The discount times per arm as a (k, longest) array padded with NaN."""
+        out = np.full((self.n_arms, max((len(s) for s in self._shrinks), default=0)), np.nan)
+        for a, times in enumerate(self._shrinks):
+            out[a, : len(times)] = times
+        return out
 
     def _load(self, state: Mapping[str, Any]) -> None:
         k, d = self.n_arms, self.n_features
@@ -496,6 +553,10 @@ class _LinearBase:
                 if value.shape != arr.shape:
                     raise ValueError(f"state array {key} must have shape {arr.shape} (got {value.shape})")
                 arr[...] = value
+        shrinks = np.asarray(state.get("shrinks", np.zeros((k, 0))), dtype=np.float64)
+        if shrinks.ndim != 2 or shrinks.shape[0] != k:
+            raise ValueError(f"state array shrinks must have {k} rows (got shape {shrinks.shape})")
+        self._shrinks = [[float(v) for v in row if not math.isnan(v)] for row in shrinks]
 
     def _long_run_from_window(self, det: np.ndarray) -> np.ndarray:
         """``L`` for a detector saved without it: the window's variance ``Q / sum of squared weights``."""

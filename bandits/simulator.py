@@ -240,12 +240,26 @@ class DeciderLearner:
         return self.n / self._inv_p if self._inv_p else 0.0  # n / inf = 0 when any decision lacked support
 
 
-def run_scenario(scenario: Scenario, learner: Learner, n_rounds: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Per-round rewards ``(n_rounds,)`` of ``learner`` (key ``bandit``) and of the references of
-    :func:`run_policy` on one seeded stream of users, where the references know the success table in force:
-    ``best_fixed`` is the best single step of each phase (before and after a switch; each tenth of a drift),
-    ``bayes`` the context oracle and ``oracle`` the type oracle. The users, reward draws and delays depend on
-    ``seed`` only, so every learner sees the same arrivals; the learner draws from its own stream."""
+@dataclass(frozen=True, slots=True)
+class World:
+    """One seeded stream of :func:`run_scenario`: contexts ``x``, hidden ``types``, the uniform reward draws ``u``,
+    the ``delays``, the success probability of every step for every round in force then (``probs``, (n, K)), the
+    context oracle's step (``oracle_arm``: the best any policy that sees only the context can choose) and the best
+    fixed step of each phase (``best_arm``)."""
+
+    x: np.ndarray
+    types: np.ndarray
+    u: np.ndarray
+    delays: np.ndarray
+    probs: np.ndarray
+    oracle_arm: np.ndarray
+    best_arm: np.ndarray
+    uniform_arm: np.ndarray
+
+
+def world(scenario: Scenario, n_rounds: int, seed: int = 0) -> World:
+    """The users, reward draws, delays and success tables :func:`run_scenario` uses for ``seed`` (a function of
+    the scenario, ``n_rounds`` and ``seed`` only)."""
     s = scenario
     sim = OnboardingSimulator(s.n_steps, s.n_features, s.n_types, seed=seed)
     after = OnboardingSimulator(s.n_steps, s.n_features, s.n_types, seed=seed + 10_000).success_probs
@@ -269,11 +283,24 @@ def run_scenario(scenario: Scenario, learner: Learner, n_rounds: int, seed: int 
     for ph in np.unique(phase):
         rows = phase == ph
         best[rows] = int(np.argmax(probs[rows].mean(axis=0)))
-    k = s.n_steps
+    uniform = g.integers(s.n_steps, size=n_rounds)
+    return World(x, types, u, delays, probs, np.argmax(expected, axis=1), best, uniform)
+
+
+def run_scenario(scenario: Scenario, learner: Learner, n_rounds: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-round rewards ``(n_rounds,)`` of ``learner`` (key ``bandit``) and of the references of
+    :func:`run_policy` on one seeded stream of users (:func:`world`), where the references know the success table
+    in force: ``best_fixed`` is the best single step of each phase (before and after a switch; each tenth of a
+    drift), ``bayes`` the context oracle and ``oracle`` the type oracle. The users, reward draws and delays depend
+    on ``seed`` only, so every learner sees the same arrivals; the learner draws from its own stream."""
+    s = scenario
+    w = world(s, n_rounds, seed)
+    x, u, delays, probs = w.x, w.u, w.delays, w.probs
+    idx = np.arange(n_rounds)
     out = {
-        "uniform": (u < probs[idx, g.integers(k, size=n_rounds)]).astype(np.float64),
-        "best_fixed": (u < probs[idx, best]).astype(np.float64),
-        "bayes": (u < probs[idx, np.argmax(expected, axis=1)]).astype(np.float64),
+        "uniform": (u < probs[idx, w.uniform_arm]).astype(np.float64),
+        "best_fixed": (u < probs[idx, w.best_arm]).astype(np.float64),
+        "bayes": (u < probs[idx, w.oracle_arm]).astype(np.float64),
         "oracle": (u < probs[idx, np.argmax(probs, axis=1)]).astype(np.float64),
     }
     rng = np.random.default_rng([seed, 12])

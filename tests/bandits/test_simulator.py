@@ -5,7 +5,7 @@ import numpy as np
 
 from bandits.exploration import Decider, EpsilonGreedy
 from bandits.policies import LinUCB
-from bandits.simulator import OnboardingSimulator, collect_log, run_policy
+from bandits.simulator import SCENARIOS, OnboardingSimulator, collect_log, run_policy, run_scenario, world
 
 
 def test_seeded_and_shaped():
@@ -43,3 +43,28 @@ def test_run_policy_and_collect_log_shapes():
     log = collect_log(sim, Decider(LinUCB(5, 6), EpsilonGreedy(0.1)), 300, seed=3)
     assert np.allclose(log.action_dist.sum(axis=1), 1.0)
     assert np.array_equal(log.pscores, log.action_dist[np.arange(300), log.actions])
+
+
+class _Follow:
+    """A learner that shows, round after round, the steps it is given."""
+
+    def __init__(self, arms: np.ndarray) -> None:
+        self.arms, self.i = arms, 0
+
+    def choose(self, x: np.ndarray, rng: np.random.Generator) -> int:
+        self.i += 1
+        return int(self.arms[self.i - 1])
+
+    def learn(self, x: np.ndarray, arm: int, reward: float, t_ms: float) -> None:
+        pass
+
+
+def test_the_world_is_the_stream_run_scenario_plays():
+    """A learner that follows the world's context oracle (its best fixed step) earns exactly run_scenario's
+    ``bayes`` (``best_fixed``) rewards, on every kind of scenario."""
+    for scenario in SCENARIOS:
+        w = world(scenario, 600, seed=3)
+        assert w.probs.shape == (600, scenario.n_steps) and w.oracle_arm.shape == (600,)
+        for arms, key in ((w.oracle_arm, "bayes"), (w.best_arm, "best_fixed"), (w.uniform_arm, "uniform")):
+            out = run_scenario(scenario, _Follow(arms), 600, seed=3)
+            assert np.array_equal(out["bandit"], out[key]), (scenario.name, key)

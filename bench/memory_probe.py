@@ -1,7 +1,7 @@
 """Where a server's memory goes: runs the real server assembly (``server.ops.app.build_server``, as
 ``onramp serve`` does) and, on SIGUSR1, writes a breakdown of its in-memory state to a JSON file: the deep
 size of every attribute of the pipeline and the decision engine (expanded one level into Onramp's own
-objects, e.g. ``engine.segmenter.*``), plus, when started with ``--tracemalloc``, the top allocation sites.
+objects, e.g. ``engine.segments.*``), plus, when started with ``--tracemalloc``, the top allocation sites.
 
 Deep sizes walk ``gc.get_referents`` from each attribute in turn with one shared "seen" set, so an object
 reachable from two parts (a user id string that keys both the profiles and the consent book) is counted once,

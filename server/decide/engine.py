@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import pickle
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -47,9 +46,9 @@ from server.ingest.consent import PERSONALIZATION
 from server.ingest.pipeline import Erasure, Pipeline
 from server.ingest.profiles import Profile, decode_profile
 from server.learn.features import request_mobile
-from server.learn.learner import build_decider, guard_horizon_ms, made_for
 from server.learn.rewards import REPORTED, Outcome, write_outcomes
-from server.learn.segments import SegmentResult, Segmenter, distinct_days
+from server.learn.segment_model import SegmentPredictor, SegmentResult, distinct_days
+from server.learn.snapshot import UnusableSnapshot, build_decider, guard_horizon_ms, read_snapshot
 from server.store.decision_logger import ANONYMOUS_ROW, Decision, DecisionLogger, json_column
 from server.store.rows import NO_SHOWS, LoggedDecision, Shows, latest_show, with_show
 
@@ -105,8 +104,8 @@ class Choice:
 
 @dataclass(slots=True)
 class _Context:
-    """A user's segment cache entry (see :meth:`DecisionEngine.segments_of`): the segmenter's result, its
-    context features as the decision row's JSON text, and the bandit's scores of every arm for its vector
+    """A user's segment cache entry (see :meth:`DecisionEngine.segments_of`): the segments from the snapshot's
+    models, its context features as the decision row's JSON text, and the bandit's scores of every arm for its vector
     (worked out at the first bandit decision; the cache is cleared when a new snapshot is loaded)."""
 
     key: tuple[int, int, int, float]
@@ -125,8 +124,8 @@ class DecisionEngine:
         self.catalog = catalog
         self.metrics = metrics
         self.snapshot_poll_s = snapshot_poll_s
-        self.segmenter = Segmenter(catalog)
-        self.space = self.segmenter.space
+        self.segments = SegmentPredictor(catalog)  # untrained models until the first snapshot
+        self.space = self.segments.space
         self.specs = tuple(step_specs(catalog))  # a tuple: eligible() remembers its channel map
         self.guardrails = guardrail_config(catalog)
         # Eligibility is computed without the consistency threshold; personalization_allowed() applies it
@@ -171,16 +170,18 @@ class DecisionEngine:
         snap = self._reader.latest_snapshot()
         if snap is None:
             return False
-        state = pickle.loads(snap.body)
-        if not made_for(state, self.catalog, self.arms, self.space.names):
-            log.warning("snapshot %d was made for another catalog; waiting for the learner's next", snap.version)
+        try:
+            models = read_snapshot(snap.body, self.catalog, self.arms, self.space.names)
+        except UnusableSnapshot as exc:
+            log.warning("model snapshot %d %s; deciding with the models in use (version %d) until the learner "
+                        "publishes its next", snap.version, exc, self.snapshot_version)
             self.snapshot_version = snap.version
             return False
-        self.segmenter = Segmenter.from_state(state["segmenter"], self.catalog)
-        if self.decider is not None and state.get("policy") is not None:
-            self.decider.policy = policy_from_state(state["policy"])
-        self.learned = int(state.get("learned", 0))
-        self.demoted_rules = frozenset(state.get("demoted_rules", ()))
+        self.segments = SegmentPredictor(self.catalog, models.segments)
+        if self.decider is not None and models.policy is not None:
+            self.decider.policy = policy_from_state(models.policy)
+        self.learned = models.learned
+        self.demoted_rules = models.demoted_rules
         self.snapshot_version = snap.version
         self.snapshot_positions = snap.positions
         self.policy_version = f"{self._base_version}@{snap.version}"
@@ -233,8 +234,9 @@ class DecisionEngine:
             await asyncio.sleep(0.02)
 
     def enrich(self, profile: Profile, now_ms: int) -> tuple[list[str], dict[str, float]]:
-        """The ``ProfileEnricher`` hook of GetUserProfile: the segmenter's segments and context features."""
-        return self.segmenter.enrich(profile, now_ms)
+        """The ``ProfileEnricher`` hook of GetUserProfile: the segments and context features of the snapshot's
+        models."""
+        return self.segments.enrich(profile, now_ms)
 
     # -- deciding ------------------------------------------------------------------------------------------
     def assignment(self, subject: str) -> tuple[str, str, str]:
@@ -334,8 +336,8 @@ class DecisionEngine:
 
     def segments_of(self, subject: str, profile: Profile, now_ms: int,
                     request_context: Mapping[str, str]) -> SegmentResult:
-        """The segmenter's result for a user now, reused while the profile, the minute of ``now_ms`` and the
-        request's device class stay the same (repeated requests within a minute see one context)."""
+        """The segments and context of a user now (the snapshot's models), reused while the profile, the minute of
+        ``now_ms`` and the request's device class stay the same (repeated requests within a minute see one context)."""
         return self._segments_and_context(subject, profile, now_ms, request_context).result
 
     def _segments_and_context(self, subject: str, profile: Profile, now_ms: int,
@@ -345,7 +347,7 @@ class DecisionEngine:
         hit = self._segment_cache.get(subject)
         if hit is not None and hit.key == key:
             return hit
-        seg = self.segmenter.predict_one(profile, now_ms, request_context)
+        seg = self.segments.predict_one(profile, now_ms, request_context)
         entry = _Context(key, seg, json_column(seg.features))
         cache = self._segment_cache
         if len(cache) >= SEGMENT_CACHE_SIZE:

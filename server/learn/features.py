@@ -188,7 +188,7 @@ def context_features(
     activation_prob: float = 0.5,
 ) -> dict[str, float]:
     """All context features of ``space`` for one decision, given the user's rule segments, cluster
-    and activation probability (computed by :class:`server.learn.segments.Segmenter`)."""
+    and activation probability (the River models' predictions: :class:`server.learn.segment_model.SegmentModel`)."""
     seg = set(segments)
     x = behavior_features(profile, now_ms)
     used = profile.features_used

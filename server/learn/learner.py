@@ -20,14 +20,11 @@ import asyncio
 import logging
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from bandits.exploration import Decider, build_exploration
-from bandits.policies import build_policy, policy_from_state
+from bandits.policies import policy_from_state
 from server.base.catalog import Catalog
-from server.base.clock import DAY_MS, HOUR_MS
 from server.base.clock import now_ms as clock_ms
 from server.base.metrics import Metrics
 from server.base.records import ANON_PREFIX
@@ -35,43 +32,16 @@ from server.ingest.profiles import decode_profile
 from server.learn.rewards import Pending, RewardJoiner
 from server.learn.rule_monitor import RuleMonitor, trial_of
 from server.learn.segments import Segmenter
+from server.learn.snapshot import STATE_FORMAT, build_decider, guard_horizon_ms, made_for, snapshot_body
 from server.store.interfaces import Store
 from server.store.rows import ProfileChange, Snapshot, Unlearning
 from server.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
 FORGET_INTERVAL_MS = 60_000  # how often the shows of people without tracking consent are looked at
 SAVE_INTERVAL_MS = 10_000  # how often the learner saves its state (and prunes what that state includes)
 RELEARN_CHUNK = 256  # profiles relearned between two turns of the event loop
-
-
-def guard_horizon_ms(catalog: Catalog) -> int:
-    """How long a show counts for a cap (24 h), a cooldown or the min gap: the shown history of people without
-    tracking consent is kept that long."""
-    g = catalog.guardrails
-    return max([DAY_MS, int(round(g.min_gap_minutes * 60_000)),
-                *(int(round(s.cooldown_hours * HOUR_MS)) for s in catalog.steps)])
-
-
-def build_decider(catalog: Catalog, n_features: int) -> Decider | None:
-    """The catalog's bandit (policy + exploration), or None when no step is personalised."""
-    arms = catalog.personalized_steps
-    if not arms:
-        return None
-    b = catalog.bandit
-    policy = build_policy(b.algorithm, len(arms), n_features, **b.policy_params())
-    exploration = build_exploration(b.exploration, epsilon=b.epsilon, gamma=b.gamma,
-                                    max_exploration=catalog.guardrails.max_exploration)
-    return Decider(policy, exploration, seed=b.seed)
-
-
-def made_for(state: dict[str, Any], catalog: Catalog, arms: Sequence[str], features: Sequence[str]) -> bool:
-    """Whether a model body (:meth:`Learner._body`, unpickled) was made for this catalog, arms and context
-    features: the learner's saved state and the snapshots workers load are both checked this way."""
-    return (state.get("format") == STATE_FORMAT and state.get("catalog") == catalog.version
-            and state.get("arms") == list(arms) and state.get("features") == list(features))
 
 
 @dataclass(slots=True)
@@ -138,28 +108,24 @@ class Learner:
         self._started = False
 
     # -- state ---------------------------------------------------------------------------------------------
-    def _body(self, saved: bool) -> bytes:
-        """The models as bytes: for the learner's saved state (``saved``: with the River models' per-user marks and
-        the rule statistics) or for the snapshot workers load (without marks; the demoted rules)."""
+    def _state_body(self) -> bytes:
+        """The learner's saved state: the bandit policy, the River models with their per-user marks, the rule
+        statistics and the models' clock."""
         state = {
             "format": STATE_FORMAT, "catalog": self.catalog.version, "arms": list(self.arms),
             "features": list(self.space.names),
             "policy": self.decider.policy.to_state() if self.decider is not None else None,
-            "segmenter": self.segmenter.to_state(marks=saved), "learned": self.stats.learned,
+            "segmenter": self.segmenter.to_state(marks=True), "learned": self.stats.learned,
+            "rules": self.rule_monitor.to_state(), "clock": self.clock_ms,
         }
-        if saved:
-            state["rules"] = self.rule_monitor.to_state()
-            state["clock"] = self.clock_ms
-        else:
-            state["demoted_rules"] = sorted(self.rule_monitor.demoted_rules)
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def _state_body(self) -> bytes:
-        return self._body(saved=True)
-
     def snapshot_body(self) -> bytes:
-        """What workers load: the bandit policy, the River models (no per-user marks) and the demoted rules."""
-        return self._body(saved=False)
+        """What workers load (server/learn/snapshot.py): the bandit policy, the River models as plain numbers and
+        the demoted rules."""
+        return snapshot_body(self.catalog, self.arms, self.space.names,
+                             self.decider.policy.to_state() if self.decider is not None else None,
+                             self.segmenter.model(), self.stats.learned, self.rule_monitor.demoted_rules)
 
     def _restore(self, body: bytes) -> bool:
         try:

@@ -1,16 +1,7 @@
-"""Behavioral segments from interaction *sequences* (not static attributes), and the online River
-models over them: K-Means clusters of behavior vectors and an activation ("first value") predictor.
-
-Rule segments (thresholds in the catalog's ``[segments]`` and ``[guardrails]``):
-
-- ``engaged`` / ``at_risk``: at least ``engaged_min_features`` distinct features first used within
-  ``engaged_window_hours`` of first seen (boundary inclusive), else at risk;
-- ``power_user`` / ``new_explorer``: any of ``advanced_features`` first used within
-  ``power_user_window_hours`` of first seen, else new explorer;
-- ``consistent``: at least ``min_sessions_for_personalization`` sessions, started on at least
-  ``min_distinct_days_for_personalization`` distinct UTC days (the engine personalises only then);
-- ``activated``: the user reached first value (the configured activation event);
-- ``cluster:<k>``: the online K-Means cluster of the user's behavior vector.
+"""The online River models over user profiles, trained by the learner (the only process that imports River): K-Means
+clusters of behavior vectors and an activation ("first value") predictor. They are published to the workers as
+plain numbers (:meth:`Segmenter.model`, a :class:`~server.learn.segment_model.SegmentModel`), which predict from
+them without River; the rule segments live beside that model (server/learn/segment_model.py).
 
 :class:`Segmenter` satisfies the server's ``ProfileEnricher`` hook (``enrich``); call
 :meth:`Segmenter.learn_one` after a profile changes so the models learn.
@@ -23,114 +14,24 @@ import pickle
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
-from river import cluster, linear_model, preprocessing
+from river import cluster, linear_model, optim, preprocessing
 
-from server.base.catalog import FEATURE_USED, STEP_COMPLETED, Catalog, Guardrails, SegmentsConfig
-from server.base.clock import DAY_MS, HOUR_MS
-from server.learn.features import (BEHAVIOR_NAMES, BehaviorInputs, FeatureSpace, behavior_features, behavior_inputs,
-                                   context_features, features_of_inputs, tracked_features)
-from server.base.records import SCREEN_SKIPPED, SESSION_START, TUTORIAL_COMPLETED
+from server.base.catalog import Catalog, SegmentsConfig
+from server.base.clock import HOUR_MS
 from server.ingest.profiles import Profile
+from server.learn.features import BEHAVIOR_NAMES, BehaviorInputs, behavior_features, behavior_inputs, features_of_inputs
+from server.learn.segment_model import (  # noqa: F401 - the rule segments' names, also imported from here
+    ACTIVATED, AT_RISK, CLUSTER_PREFIX, CONSISTENT, ENGAGED, NEW_EXPLORER, POWER_USER, SegmentModel, SegmentResult,
+    distinct_days, early_features, feature_space, is_consistent, is_engaged, is_power_user, reached_first_value,
+    rule_segments, segment_result)
 
 STATE_FORMAT = 3  # 2: marks as tuples; 3: with the first-seen time (expired windows are labeled from the marks)
 
-ENGAGED = "engaged"
-AT_RISK = "at_risk"
-POWER_USER = "power_user"
-NEW_EXPLORER = "new_explorer"
-CONSISTENT = "consistent"
-ACTIVATED = "activated"
-CLUSTER_PREFIX = "cluster:"
-
-
-# ---------------------------------------------------------------------------------------------
-# Rule segments (pure functions of a profile)
-
-
-def early_features(profile: Profile, window_hours: float) -> list[str]:
-    """Features first used within ``window_hours`` of the profile's first event (inclusive)."""
-    if profile.first_seen_ms <= 0:
-        return []
-    limit = profile.first_seen_ms + window_hours * HOUR_MS
-    return sorted(f for f, t in profile.feature_first_ms.items() if t <= limit)
-
-
-def is_engaged(profile: Profile, cfg: SegmentsConfig) -> bool:
-    """3+ (``engaged_min_features``) distinct features within 48 h (``engaged_window_hours``) of first seen."""
-    return len(early_features(profile, cfg.engaged_window_hours)) >= cfg.engaged_min_features
-
-
-def is_power_user(profile: Profile, cfg: SegmentsConfig) -> bool:
-    """An advanced feature first used within the first week (``power_user_window_hours``)."""
-    advanced = set(cfg.advanced_features)
-    return any(f in advanced for f in early_features(profile, cfg.power_user_window_hours))
-
-
-def distinct_days(times_ms: Iterable[int]) -> int:
-    """Number of distinct UTC calendar days among epoch-millisecond times."""
-    return len({t // DAY_MS for t in times_ms})
-
-
-def is_consistent(profile: Profile, guardrails: Guardrails) -> bool:
-    """Enough sessions on enough distinct days for personalization (the seed's guardrail)."""
-    return (
-        profile.sessions >= guardrails.min_sessions_for_personalization
-        and distinct_days(profile.session_starts_ms) >= guardrails.min_distinct_days_for_personalization
-    )
-
-
-def reached_first_value(profile: Profile, cfg: SegmentsConfig) -> bool:
-    """Whether the profile holds the activation event (default: ``step_completed`` of ``first_project``).
-
-    ``feature_used`` counts a use of ``activation_feature`` (any feature when none is set);
-    ``session_start``, ``screen_skipped`` and ``tutorial_completed`` count their counters; any
-    other name counts as a custom event.
-    """
-    name = cfg.activation_event
-    if name == STEP_COMPLETED:
-        return cfg.activation_step in profile.steps_completed
-    if name == FEATURE_USED:
-        if cfg.activation_feature:
-            return profile.features_used.get(cfg.activation_feature, 0) > 0
-        return bool(profile.features_used)
-    if name == TUTORIAL_COMPLETED:
-        return profile.tutorials_completed > 0
-    if name == SESSION_START:
-        return profile.sessions > 0
-    if name == SCREEN_SKIPPED:
-        return profile.screens_skipped > 0
-    return profile.custom_events.get(name, 0) > 0
-
-
-def rule_segments(profile: Profile, catalog: Catalog) -> list[str]:
-    """The rule segments of a profile, in a fixed order: engaged|at_risk, power_user|new_explorer,
-    then ``consistent`` and ``activated`` when they hold."""
-    cfg = catalog.segments
-    out = [
-        ENGAGED if is_engaged(profile, cfg) else AT_RISK,
-        POWER_USER if is_power_user(profile, cfg) else NEW_EXPLORER,
-    ]
-    if is_consistent(profile, catalog.guardrails):
-        out.append(CONSISTENT)
-    if reached_first_value(profile, cfg):
-        out.append(ACTIVATED)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Online models
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentResult:
-    """Segments of a user at one moment, with the named context features and their vector."""
-
-    segments: list[str]
-    features: dict[str, float]
-    vector: np.ndarray
 
 
 @dataclass(slots=True)
@@ -192,6 +93,23 @@ def _cluster_parts(clusterer: object) -> _ClusterParts | None:
             or getattr(scaler, "window_size", None) is not None or km.p != 2):
         return None
     return scaler, km
+
+
+_ActivationParts = tuple[preprocessing.StandardScaler, linear_model.LogisticRegression]
+
+
+def _activation_parts(activation: object) -> _ActivationParts | None:
+    """The scaler and logistic regression of a ``StandardScaler | LogisticRegression`` River pipeline whose
+    prediction :class:`SegmentModel` makes (plain scaler, log loss: the sigmoid), else None."""
+    steps = getattr(activation, "steps", None)
+    if not isinstance(steps, Mapping) or len(steps) != 2:
+        return None
+    scaler, lr = steps.get("StandardScaler"), steps.get("LogisticRegression")
+    if (type(scaler) is not preprocessing.StandardScaler or type(lr) is not linear_model.LogisticRegression
+            or not scaler.with_std or getattr(scaler, "window_size", None) is not None
+            or type(lr.loss) is not optim.losses.Log):
+        return None
+    return scaler, lr
 
 
 def _closest_cluster(km: cluster.KMeans, z: Mapping[str, float]) -> int:
@@ -260,8 +178,7 @@ class Segmenter:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.config = catalog.segments
-        self.space = FeatureSpace(self.config.n_clusters, tracked_features(
-            (s.feature for s in catalog.steps), self.config.advanced_features))
+        self.space = feature_space(catalog)
         self._m = _new_models(self.config)
         self._lock = threading.Lock()
         self._learn_every = self.config.learn_every_events
@@ -372,14 +289,8 @@ class Segmenter:
     def predict_one(self, profile: Profile, now_ms: int,
                     request_context: Mapping[str, str] | None = None) -> SegmentResult:
         """Segments, named context features and the feature vector of a user now (learns nothing)."""
-        segments = rule_segments(profile, self.catalog)
         k, p = self._predict_models(behavior_features(profile, now_ms))
-        if k is not None:
-            segments.append(f"{CLUSTER_PREFIX}{k}")
-        features = context_features(
-            profile, now_ms, request_context, space=self.space, segments=segments, cluster=k, activation_prob=p,
-        )
-        return SegmentResult(segments=segments, features=features, vector=self.space.vector(features))
+        return segment_result(self.catalog, self.space, profile, now_ms, request_context, k, p)
 
     def context_features(self, profile: Profile, now_ms: int,
                          request_context: Mapping[str, str] | None = None) -> dict[str, float]:
@@ -403,6 +314,33 @@ class Segmenter:
                 "activation_positives": self._m.positives,
                 "subjects": len(self._m.marks),
             }
+
+    def model(self) -> SegmentModel:
+        """The models as plain numbers (:class:`SegmentModel`), which predict as these River models do: what the
+        snapshots for the workers hold. ValueError for models of another shape than :func:`_new_models` builds."""
+        with self._lock:
+            m = self._m
+            parts, act = _cluster_parts(m.clusterer), _activation_parts(m.activation)
+            if parts is None or act is None:
+                raise ValueError("the segmenter's models are not StandardScaler | KMeans and "
+                                 "StandardScaler | LogisticRegression pipelines")
+            (scaler, km), (a_scaler, lr) = parts, act
+            weights = lr.weights
+            seen = {*scaler.means, *scaler.vars, *a_scaler.means, *a_scaler.vars, *weights}
+            for center in km.centers.values():
+                seen.update(center)
+            names = BEHAVIOR_NAMES + tuple(sorted(seen.difference(BEHAVIOR_NAMES)))
+
+            def values(d: Mapping[str, float]) -> np.ndarray:  # .get: River's defaultdicts gain no key
+                return np.array([float(d.get(n, 0.0)) for n in names], dtype=np.float64)
+
+            if list(km.centers) != list(range(len(km.centers))):
+                raise ValueError("K-Means centres are not numbered 0..k-1 in order")
+            centres = np.array([values(center) for center in km.centers.values()], dtype=np.float64)
+            return SegmentModel(
+                names, values(scaler.means), values(scaler.vars), centres.reshape(len(km.centers), len(names)),
+                values(a_scaler.means), values(a_scaler.vars), values(weights), float(lr.intercept),
+                m.cluster_learned, m.activation_learned, m.positives)
 
     def to_state(self, marks: bool = True) -> bytes:
         """The models and (``marks``) the per-user marks as bytes (pickle): with marks for the learner's saved

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -34,13 +34,15 @@ from server.decide.engine_api import DecisionService, ProfileEnricher
 from server.ingest.consent import ConsentBook
 from server.ingest.identity import IdentityGraph
 from server.ingest.pipeline import Pipeline
-from server.ops.dashboard_data import DashboardSource, LiveModel, TtlCache, analytics, live_model
-from server.ops.dashboard_http import PREFIX as DASHBOARD_PREFIX, DashboardApp
-from server.learn.learner import Learner
 from server.store.privacy import Pseudonymizer
 from server.store.pseudonym_key import open_pseudonymizer
 from server.store.sqlite import SqliteStore, open_store
 from server.store.writer import Writer
+
+if TYPE_CHECKING:  # imported where they run: a worker of `onramp serve` never imports the learner (nor River), and
+    # only a server that serves the dashboard imports the offline reports behind it
+    from server.learn.learner import Learner
+    from server.ops.dashboard_data import LiveModel
 
 log = logging.getLogger("onramp.app")
 LIVE_TIMEOUT_S = 2.0  # how long the dashboard waits for the event loop to read the live model figures
@@ -197,8 +199,10 @@ def build_server(config: Config | None = None, *, decision_factory: DecisionFact
         if decision_factory is not None:
             decisions = decision_factory(runtime)
         else:
-            learner = None if not run_learner else Learner(runtime.store, runtime.writer, runtime.catalog, runtime.pipeline.pseudonym,
-                              metrics=runtime.metrics)
+            if run_learner:
+                from server.learn.learner import Learner
+                learner = Learner(runtime.store, runtime.writer, runtime.catalog, runtime.pipeline.pseudonym,
+                                  metrics=runtime.metrics)
             decisions = DecisionEngine(runtime.pipeline, runtime.catalog, metrics=runtime.metrics)
         enricher = enricher_factory(runtime) if enricher_factory is not None else \
             (decisions if isinstance(decisions, ProfileEnricher) else None)
@@ -220,6 +224,9 @@ def _install_dashboard(ops: Operations, runtime: Runtime, decisions: DecisionSer
                        learner: Learner | None) -> None:
     """Serve the operator's dashboard on the metrics port (server/ops/dashboard_http.py): the reports over a
     read-only connection to this server's database, and the live model figures read on this event loop."""
+    from server.ops.dashboard_data import DashboardSource, TtlCache, analytics, live_model
+    from server.ops.dashboard_http import PREFIX as DASHBOARD_PREFIX, DashboardApp
+
     loop = asyncio.get_running_loop()
     source = DashboardSource(runtime.config.server.db_path, runtime.catalog, runtime.config.privacy)
 

@@ -143,7 +143,8 @@ def model_traces(db: str, needles: list[str]) -> list[str]:
         bodies += [b for (b,) in conn.execute("SELECT body FROM learner_state")]
     for body in bodies:
         state = pickle.loads(body)
-        state["segmenter"] = pickle.loads(state["segmenter"])
+        if "segmenter" in state:  # the learner's saved state (a snapshot holds the models as plain numbers)
+            state["segmenter"] = pickle.loads(state["segmenter"])
         found += traces([state], needles)
     return found
 

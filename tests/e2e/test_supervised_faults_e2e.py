@@ -435,7 +435,7 @@ def test_kill_9_of_workers_learner_and_supervisor_loses_nothing_and_learns_the_s
     phase("the learner that read the logs once is done")
     assert_same(snapshot_body, once_snapshot)
     assert_same(state_body, once_state)
-    learned, labeled, positives = pickle.loads(pickle.loads(snapshot_body)["segmenter"])["counts"]
+    learned, labeled, positives = pickle.loads(snapshot_body)["segments"]["counts"]
     phase(f"{len(seen.events)} events, {len(seen.answered)} decisions, {len(seen.rewarded)} outcomes; River models "
           f"learned {learned} changes, labeled {labeled} windows ({positives} with first value)")
     assert learned > 100 and labeled - positives >= 3 and positives >= 5  # windows passed with and without value

@@ -2,7 +2,8 @@
 test_workers_share_state.py, tests/server/test_identity_across_workers.py). Both workers serve Health and GetNextStep on the one shared
 port, /metrics (worker 0's) adds up both and worker 0 serves the dashboard, a worker killed with SIGKILL is
 restarted, SIGTERM drains both (every event either acknowledged is in the database) and the supervisor exits
-0 without having imported grpc, and a supervisor killed with SIGKILL leaves no worker serving."""
+0 without having imported grpc, a supervisor killed with SIGKILL leaves no worker serving, and the workers decide
+without River or scipy in their memory (the learner has them), also from a database an earlier version left."""
 from __future__ import annotations
 
 import os
@@ -183,5 +184,70 @@ def test_killing_the_supervisor_leaves_no_worker_serving(tmp_path: pathlib.Path)
             with pytest.raises(grpc.RpcError) as refused:
                 health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.close()
+
+
+def _mapped(pid: int, packages: tuple[str, ...]) -> set[str]:
+    """Which of ``packages`` have a shared object mapped into process ``pid`` (River's Rust core, scipy's
+    extensions: loaded once any of their modules is imported)."""
+    found = set()
+    for line in pathlib.Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split()[-1]
+        found.update(p for p in packages if f"/site-packages/{p}/" in path)
+    return found
+
+
+def _publish_old_snapshot(db: pathlib.Path) -> None:
+    """A snapshot as the version before plain-number models wrote it (River models pickled), in a new database."""
+    import pickle
+
+    from server.base.catalog import load_catalog
+    from server.learn.segments import Segmenter
+    from server.learn.snapshot import STATE_FORMAT
+    from server.store.sqlite import open_store
+
+    catalog = load_catalog(None)
+    segmenter = Segmenter(catalog)
+    body = pickle.dumps({"format": STATE_FORMAT, "catalog": catalog.version,
+                         "arms": [s.id for s in catalog.personalized_steps], "features": list(segmenter.space.names),
+                         "policy": None, "segmenter": segmenter.to_state(marks=False), "learned": 0,
+                         "demoted_rules": []})
+    store = open_store(str(db))
+    try:
+        store.begin()
+        assert store.publish_snapshot(int(time.time() * 1000), {}, body) == 1
+        store.commit()
+    finally:
+        store.close()
+
+
+def test_workers_decide_without_river_also_from_an_old_snapshot(tmp_path: pathlib.Path) -> None:
+    """Worker 0 starts on a database whose latest snapshot an earlier version wrote: it says it waits for the
+    learner's next one, and both workers then answer with the learner's snapshots; neither has River or scipy
+    loaded (nor needs them to read any snapshot), the learner process has both."""
+    _publish_old_snapshot(tmp_path / "o.db")
+    server = TwoWorkers(tmp_path)
+    try:
+        server.wait_for(r"model snapshot 1 was written by an earlier version of Onramp .* until the learner "
+                        r"publishes its next")
+        learner = int(server.wait_for(r"learner pid (\d+)\)").group(1))
+        deadline = time.monotonic() + 60
+        while True:  # every connection's worker decides with a snapshot the learner published since
+            versions = []
+            for i in range(CONNECTIONS):
+                with grpc.insecure_channel(f"127.0.0.1:{server.port}",
+                                           options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                    reply = pb_grpc.OnrampStub(channel).GetNextStep(pb.NextStepRequest(user_id=f"r{i}"), timeout=10)
+                    versions.append(int(reply.policy_version.rpartition("@")[2]))
+            if min(versions) >= 2:
+                break
+            assert time.monotonic() < deadline, versions
+            time.sleep(0.2)
+        assert all(_served(_metrics_dir(server.pids[0]), pid) for pid in server.pids), server.text()
+        for pid in server.pids:
+            assert _mapped(pid, ("river", "scipy")) == set(), pid
+        assert _mapped(learner, ("river", "scipy")) == {"river", "scipy"}
+        assert "Traceback" not in server.text()
     finally:
         server.close()

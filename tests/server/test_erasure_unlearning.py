@@ -121,7 +121,7 @@ def test_erased_person_leaves_no_trace_in_the_models(tmp_path: Path, half_life_d
         counts = await h.erase(ERASED, ERASE_MS)
         assert counts["decisions"] == len(h.catalog.core_order) + 3  # core steps, then three bandit decisions
         clock["erased"] = engine.decider.policy.clock
-        return {"before": before, "after": _bandit(engine), "river": _river(engine.segmenter),
+        return {"before": before, "after": _bandit(engine), "river": _river(h.learner.segmenter),
                 "river_with": _river(relearned_with), "learned": engine.learned}
 
     catalog = None if half_life_days is None else \

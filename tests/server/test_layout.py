@@ -113,3 +113,28 @@ def test_the_store_protocols_pull_in_no_backend():
     out = subprocess.run([sys.executable, "-c", code], cwd=SERVER.parent, capture_output=True, text=True, check=True)
     loaded = set(ast.literal_eval(out.stdout.strip()))
     assert loaded <= STORE_SEAM, loaded - STORE_SEAM
+
+
+# A decision worker of `onramp serve` imports neither River nor scipy (their imports were most of its start, so of a
+# restart): it predicts from the plain numbers of the learner's snapshots (server/learn/segment_model.py). Only the
+# learner, which trains the River models, imports them.
+HEAVY = ("river", "scipy")
+WORKER_ENTRY = ("server.ops.worker", "server.ops.cli", "server.ops.app", "server.ops.supervisor", "server.ops.ports",
+                "server.ops.dashboard_data", "server.ops.dashboard_http")
+
+
+def _heavy_imported(modules: list[str]) -> set[str]:
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=SERVER.parent, capture_output=True, text=True, check=True)
+    return set(ast.literal_eval(out.stdout.strip()))
+
+
+def test_a_worker_imports_neither_river_nor_scipy():
+    """What a worker process loads (its entry point, the process wiring, every module of the decision and API
+    roles) pulls in no River and no scipy; the learner process's modules do."""
+    modules = [*WORKER_ENTRY, *(".".join(path.relative_to(SERVER.parent).with_suffix("").parts)
+                                for role, path in _modules() if role in ("decide", "api"))]
+    assert "server.decide.engine" in modules and "server.api.service" in modules
+    assert _heavy_imported(modules) == set()
+    assert _heavy_imported(["server.ops.learner_process", "server.learn.learner"]) == set(HEAVY)

@@ -174,3 +174,20 @@ def run(tmp_path: Path, scenario: Scenario, **kw: Any) -> Harness:
             await h.close()
     asyncio.run(main())
     return h
+
+
+def run_on(db_path: Path, body: Callable[[Harness, DecisionEngine], Awaitable[Any]],
+           catalog: Catalog | None = None) -> Any:
+    """Run ``body(harness, engine)`` against a harness on ``db_path`` (the catalog without experiments unless
+    given) on its own event loop, closing it afterwards; returns what ``body`` returned."""
+    h = Harness(db_path, catalog if catalog is not None else catalog_with(experiments=None))
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        engine = h.open(asyncio.get_running_loop())
+        try:
+            box["out"] = await body(h, engine)
+        finally:
+            await h.close()
+    asyncio.run(main())
+    return box["out"]

@@ -10,14 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.base.catalog import Catalog
 from server.decide.engine import DecisionEngine
 from server.ingest.profiles import decode_profile
 from server.learn.learner import Learner
 from server.learn.segments import Segmenter
 from server.store.learning_log import drop_learner_state, last_id
 from server.store.user_state import iter_profile_bodies, profile_count
-from tests.server.engine_support import DAY_MS, HOUR_MS, T0, Harness, catalog_with, demo_raw
+from tests.server.engine_support import DAY_MS, HOUR_MS, T0, Harness, catalog_with, run_on, demo_raw
 
 OTHERS = ("ann", "cat", "dan")
 ERASED = "bob"
@@ -83,20 +82,6 @@ def _close(a: dict[str, float], b: dict[str, float], tol: float = 1e-9) -> bool:
     return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= tol for k in a)
 
 
-def _run(db: Path, body: Any, catalog: Catalog | None = None) -> Any:
-    h = Harness(db, catalog if catalog is not None else catalog_with(experiments=None))
-    box: dict[str, Any] = {}
-
-    async def main() -> None:
-        engine = h.open(asyncio.get_running_loop())
-        try:
-            box["out"] = await body(h, engine)
-        finally:
-            await h.close()
-    asyncio.run(main())
-    return box["out"]
-
-
 @pytest.mark.parametrize("half_life_days", [None, 4.0], ids=["default", "half-life"])
 def test_erased_person_leaves_no_trace_in_the_models(tmp_path: Path, half_life_days: float | None) -> None:
     """With the default bandit (change detection; with a half-life it also forgets with time) the reference is a
@@ -126,8 +111,8 @@ def test_erased_person_leaves_no_trace_in_the_models(tmp_path: Path, half_life_d
 
     catalog = None if half_life_days is None else \
         catalog_with(experiments=None, bandit={**demo_raw()["bandit"], "half_life_days": half_life_days})
-    erased = _run(tmp_path / "erased.db", saw_then_erased, catalog)
-    reference = _run(tmp_path / "never.db", never_saw, catalog)
+    erased = run_on(tmp_path / "erased.db", saw_then_erased, catalog)
+    reference = run_on(tmp_path / "never.db", never_saw, catalog)
     # the person's rewarded decisions were learned (how many of everyone's windows had closed by then depends on
     # the steps the bandit chose, whose reward windows differ)
     assert erased["before"]["n"] > reference["n"]
@@ -147,7 +132,7 @@ def test_erased_person_leaves_no_trace_in_the_models(tmp_path: Path, half_life_d
         await learner.step(ERASE_MS)
         learner.close()
         return _river(learner.segmenter)
-    reference_river = _run(tmp_path / "never.db", restarted)
+    reference_river = run_on(tmp_path / "never.db", restarted)
     assert _close(erased["river"], reference_river)
     assert not _close(erased["river_with"], reference_river)
 
@@ -185,7 +170,7 @@ def test_outcome_erased_before_the_learner_read_it_is_not_unlearned(tmp_path: Pa
         return out[0], out[1]
 
     bandit = {**demo_raw()["bandit"], "half_life_days": half_life_days}
-    now, once = _run(tmp_path / "race.db", body, catalog_with(experiments=None, bandit=bandit))
+    now, once = run_on(tmp_path / "race.db", body, catalog_with(experiments=None, bandit=bandit))
     assert now[:2] == once[:2]
     np.testing.assert_allclose(now[2], once[2], rtol=0, atol=1e-9)
 
@@ -203,5 +188,5 @@ def test_erasures_sent_together_share_relearns(tmp_path: Path) -> None:
         await erasures
         return h.learner.stats.relearns - relearns, profile_count(h.store)
 
-    relearns, left = _run(tmp_path / "together.db", body)
+    relearns, left = run_on(tmp_path / "together.db", body)
     assert left == 0 and relearns == 1

@@ -3,7 +3,6 @@ the plain numbers a snapshot holds; a worker decides with it, and a snapshot an 
 models) is skipped with a log line until the learner publishes its next."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import pickle
@@ -21,7 +20,7 @@ from server.learn.features import BEHAVIOR_NAMES
 from server.learn.segment_model import SegmentModel
 from server.learn.segments import Segmenter
 from server.learn.snapshot import STATE_FORMAT, UnusableSnapshot, read_snapshot
-from tests.server.engine_support import DAY_MS, HOUR_MS, T0, Harness, catalog_with
+from tests.server.engine_support import DAY_MS, HOUR_MS, T0, Harness, run_on
 
 CATALOG = load_catalog(None)
 TOLERANCE = 1e-9
@@ -128,20 +127,6 @@ def test_a_state_that_is_no_segment_model_is_refused() -> None:
 
 
 # -- the engine and snapshots ------------------------------------------------------------------------------------
-def _run(db: Path, body: Any) -> Any:
-    h = Harness(db, catalog_with(experiments=None))
-    box: dict[str, Any] = {}
-
-    async def main() -> None:
-        engine = h.open(asyncio.get_running_loop())
-        try:
-            box["out"] = await body(h, engine)
-        finally:
-            await h.close()
-    asyncio.run(main())
-    return box["out"]
-
-
 async def _users(h: Harness, n: int) -> list[str]:
     users = [f"u{i}" for i in range(n)]
     for i, uid in enumerate(users):
@@ -175,7 +160,7 @@ def test_the_engine_segments_users_as_the_learners_river_models(tmp_path: Path) 
             np.testing.assert_allclose(ours.vector, river.vector, rtol=0, atol=TOLERANCE)
             clusters.add(next(s for s in ours.segments if s.startswith("cluster:")))
         assert len(clusters) > 1
-    _run(tmp_path / "e.db", body)
+    run_on(tmp_path / "e.db", body)
 
 
 def _old_snapshot_body(h: Harness, engine: Any) -> bytes:
@@ -209,7 +194,7 @@ def test_a_snapshot_of_the_earlier_version_is_skipped_until_the_learner_publishe
         assert engine.segments.model.cluster_learned == h.learner.segmenter.stats["cluster_learned"] > 0
         answer = await h.ask("u2", T0 + 10 * DAY_MS)
         assert answer.policy_version.endswith(f"@{h.learner.version}")
-    _run(tmp_path / "old.db", body)
+    run_on(tmp_path / "old.db", body)
 
 
 def test_a_snapshot_that_cannot_be_read_is_skipped(tmp_path: Path) -> None:
@@ -219,4 +204,4 @@ def test_a_snapshot_that_cannot_be_read_is_skipped(tmp_path: Path) -> None:
                 read_snapshot(garbage, h.catalog, engine.arms, engine.space.names)
             version = await h.writer.call(lambda store, g=garbage: store.publish_snapshot(T0, {}, g))
             assert not engine.load_snapshot() and engine.snapshot_version == version
-    _run(tmp_path / "garbage.db", body)
+    run_on(tmp_path / "garbage.db", body)

@@ -104,7 +104,7 @@ class Choice:
 
 @dataclass(slots=True)
 class _Context:
-    """A user's segment cache entry (see :meth:`DecisionEngine.segments_of`): the segments from the snapshot's
+    """A user's segment cache entry (see :meth:`DecisionEngine._segments_and_context`): the segments from the snapshot's
     models, its context features as the decision row's JSON text, and the bandit's scores of every arm for its vector
     (worked out at the first bandit decision; the cache is cleared when a new snapshot is loaded)."""
 
@@ -334,15 +334,11 @@ class DecisionEngine:
                               pseudo, history, tracked)
         return deterministic(self.generic_pick(candidates, shown), Reason.GENERIC, candidates)
 
-    def segments_of(self, subject: str, profile: Profile, now_ms: int,
-                    request_context: Mapping[str, str]) -> SegmentResult:
-        """The segments and context of a user now (the snapshot's models), reused while the profile, the minute of
-        ``now_ms`` and the request's device class stay the same (repeated requests within a minute see one context)."""
-        return self._segments_and_context(subject, profile, now_ms, request_context).result
-
     def _segments_and_context(self, subject: str, profile: Profile, now_ms: int,
                               request_context: Mapping[str, str]) -> _Context:
-        """:meth:`segments_of` with what is worked out once per cached result rather than once per decision."""
+        """The segments and context of a user now (the snapshot's models), reused while the profile, the minute of
+        ``now_ms`` and the request's device class stay the same (repeated requests within a minute see one context),
+        with what is worked out once per cached result rather than once per decision."""
         key = (profile.event_count, profile.last_seen_ms, now_ms // SEGMENT_CACHE_MS, request_mobile(request_context))
         hit = self._segment_cache.get(subject)
         if hit is not None and hit.key == key:

@@ -23,10 +23,7 @@ from server.base.catalog import Catalog, SegmentsConfig
 from server.base.clock import HOUR_MS
 from server.ingest.profiles import Profile
 from server.learn.features import BEHAVIOR_NAMES, BehaviorInputs, behavior_features, behavior_inputs, features_of_inputs
-from server.learn.segment_model import (  # noqa: F401 - the rule segments' names, also imported from here
-    ACTIVATED, AT_RISK, CLUSTER_PREFIX, CONSISTENT, ENGAGED, NEW_EXPLORER, POWER_USER, SegmentModel, SegmentResult,
-    distinct_days, early_features, feature_space, is_consistent, is_engaged, is_power_user, reached_first_value,
-    rule_segments, segment_result)
+from server.learn.segment_model import SegmentModel, SegmentResult, feature_space, reached_first_value, segment_result
 
 STATE_FORMAT = 3  # 2: marks as tuples; 3: with the first-seen time (expired windows are labeled from the marks)
 

@@ -22,7 +22,7 @@ from google.protobuf.json_format import MessageToDict
 
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
-from server.learn.segments import CLUSTER_PREFIX
+from server.learn.segment_model import CLUSTER_PREFIX
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEED = 20261129

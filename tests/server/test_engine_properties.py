@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from server.base.catalog import load_catalog
 from server.base.reasons import boosted_rule
-from server.learn.segments import distinct_days
+from server.learn.segment_model import distinct_days
 from tests.server.engine_support import DAY_MS, HOUR_MS, MIN_MS, T0, Harness, decision_rows
 
 CATALOG = load_catalog(None)

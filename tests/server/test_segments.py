@@ -19,7 +19,8 @@ from server.learn.features import (BEHAVIOR_NAMES, CHANNEL_FEATURES, COUNT_CAP, 
                              request_mobile)
 from server.base.records import StoredEvent
 from server.ingest.profiles import Profile, ProfileBook
-from server.learn.segments import Segmenter, distinct_days, is_consistent, rule_segments
+from server.learn.segment_model import distinct_days, is_consistent, rule_segments
+from server.learn.segments import Segmenter
 
 H = 3_600_000
 DAY = 24 * H

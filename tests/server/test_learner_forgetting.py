@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.learn.learner import build_decider
+from server.learn.snapshot import build_decider
 from server.store.decision_log import joined_rows
 from tests.server.engine_support import DAY_MS, HOUR_MS, Harness, catalog_with
 

@@ -75,7 +75,6 @@ class SqliteStore:
             return
         if self.path != ":memory:":
             self.write_lock = WriteLock(lock_path(self.path))
-        if self.path != ":memory:":
             self.db.enable_wal()
         self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         # Deleted rows are overwritten with zeros, not just unlinked, so an erased person's ids do not stay
@@ -200,8 +199,8 @@ class SqliteStore:
         lock = self.write_lock
         if lock is not None:  # the other processes' writers wait in the lock meanwhile, not in the busy handler
             lock.acquire()
-        self.conn.execute(f"PRAGMA busy_timeout={int(self.scrub_wait_ms if wait_ms is None else wait_ms)}")
         try:
+            self.conn.execute(f"PRAGMA busy_timeout={int(self.scrub_wait_ms if wait_ms is None else wait_ms)}")
             busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
             self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

@@ -20,7 +20,6 @@ import asyncio
 import concurrent.futures
 import logging
 import queue
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,12 +56,6 @@ class Job(Generic[T]):
 
 _STOP = object()
 
-# The longest the writer thread waits for the GIL while the event loop's thread runs Python (CPython's default
-# is 5 ms): the writer gives the GIL up in every SQLite call of a commit and needs it back right after, and each
-# decision's answer waits for that commit. Measured at 1000 GetNextStep/s (docs/benchmarks.md, "The durable
-# decision row"): the wait for the decision row's commit had a p99 of about half the default's, at the same CPU.
-SWITCH_INTERVAL_S = 0.0005
-
 
 class Writer:
     """Owns the write handle of a :class:`~server.store.interfaces.Store` (a SqliteStore's write connection)
@@ -82,10 +75,6 @@ class Writer:
 
     # -- public API ----------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the thread, and shorten the process's GIL switch interval to :data:`SWITCH_INTERVAL_S` (never
-        lengthen it)."""
-        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._thread.start()
 
     @property

@@ -1,13 +1,11 @@
 """The single writer thread: futures resolve after COMMIT, jobs are grouped, a failing job is isolated,
-stop flushes everything queued, an erasure's job truncates the WAL (retried while readers hold it), starting it
-shortens the GIL switch interval (never lengthens it)."""
+stop flushes everything queued, an erasure's job truncates the WAL (retried while readers hold it)."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import pathlib
 import sqlite3
-import sys
 import threading
 
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from server.base.clock import now_ms
 from server.base.records import StoredEvent
 from server.store.sqlite import SqliteStore
-from server.store.writer import SWITCH_INTERVAL_S, Writer, WriterClosed
+from server.store.writer import Writer, WriterClosed
 
 
 def ev(eid: str) -> StoredEvent:
@@ -182,20 +180,3 @@ def test_a_scrub_wal_job_truncates_the_wal_and_a_reader_only_defers_it(store: Sq
     assert not store.scrub_pending and _wal_bytes(store) == b""
     assert b"raw-id-2718" not in pathlib.Path(store.path).read_bytes()
     writer.stop()
-
-
-def test_starting_the_writer_shortens_the_gil_switch_interval_and_never_lengthens_it(store: SqliteStore) -> None:
-    before = sys.getswitchinterval()
-    try:
-        sys.setswitchinterval(0.005)  # CPython's default
-        writer = Writer(store)
-        writer.start()
-        writer.stop()
-        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
-        sys.setswitchinterval(SWITCH_INTERVAL_S / 2)
-        again = Writer(store)
-        again.start()
-        again.stop()
-        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S / 2)
-    finally:
-        sys.setswitchinterval(before)

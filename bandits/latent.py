@@ -36,9 +36,12 @@ def _softmax_rows(z: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class ClusterMap:
-    """An isotropic Gaussian mixture over standardised contexts: column ``mean`` and ``scale`` (1 / sd; 0 for a
-    constant column, which is left out), ``centres`` (M, d) in standard units, ``log_weights`` (M,) and one
-    shared ``variance``. :meth:`memberships` is the posterior of each component (the soft cluster of ``x``)."""
+    """An isotropic Gaussian mixture over centred contexts: column ``mean``, ``scale`` (1, or 0 for a column
+    constant over the fit, which is left out), ``centres`` (M, d), ``log_weights`` (M,) and one ``variance``
+    shared by every component and column (so the log-posterior is linear in ``x``, as for the simulator's users).
+    The distances are in the context's own units: the server's features are bounded and of comparable scale
+    (``server/learn/features.py``); a column measured on a much larger scale would dominate them.
+    :meth:`memberships` is the posterior of each component (the soft cluster of ``x``)."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -73,8 +76,7 @@ def fit_cluster_map(contexts: np.ndarray, n_clusters: int, seed: int = 0,
     if n < n_clusters:
         raise ValueError(f"need at least n_clusters = {n_clusters} contexts to fit the map (got {n})")
     mean = x.mean(axis=0)
-    sd = x.std(axis=0)
-    scale = np.where(sd > MIN_SCALE, 1.0 / np.where(sd > MIN_SCALE, sd, 1.0), 0.0)
+    scale = (x.std(axis=0) > MIN_SCALE).astype(np.float64)
     z = (x - mean) * scale
     d_used = max(1, int((scale > 0).sum()))
     g = np.random.default_rng(seed)

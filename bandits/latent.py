@@ -24,6 +24,7 @@ import numpy as np
 from bandits.policies import ArmsLike, LinUCB
 
 EM_ITERATIONS = 100  # EM passes of the map's fit (a 1,000 x 16 fit converges in far fewer)
+EM_STARTS = 5  # k-means++ starts of the map's fit; the most likely fit is kept
 MIN_SCALE = 1e-9  # a context column whose spread over the fit is below this is left out of the map
 
 
@@ -67,10 +68,11 @@ class ClusterMap:
                    variance=float(state["variance"]))
 
 
-def fit_cluster_map(contexts: np.ndarray, n_clusters: int, seed: int = 0,
-                    iterations: int = EM_ITERATIONS) -> ClusterMap:
-    """Fit a :class:`ClusterMap` of ``n_clusters`` components to ``contexts`` (n, d) by EM, from a k-means++
-    start drawn with ``seed`` (the same contexts and seed give the same map)."""
+def fit_cluster_map(contexts: np.ndarray, n_clusters: int, seed: int = 0, iterations: int = EM_ITERATIONS,
+                    starts: int = EM_STARTS) -> ClusterMap:
+    """Fit a :class:`ClusterMap` of ``n_clusters`` components to ``contexts`` (n, d) by EM from ``starts``
+    k-means++ starts drawn with ``seed``, keeping the fit of highest likelihood (one start can settle with two
+    components on one type; the same contexts and seed give the same map)."""
     x = np.asarray(contexts, dtype=np.float64)
     n = x.shape[0]
     if n < n_clusters:
@@ -80,26 +82,34 @@ def fit_cluster_map(contexts: np.ndarray, n_clusters: int, seed: int = 0,
     z = (x - mean) * scale
     d_used = max(1, int((scale > 0).sum()))
     g = np.random.default_rng(seed)
-    picks = [int(g.integers(n))]
-    d2 = ((z - z[picks[0]]) ** 2).sum(axis=1)
-    for _ in range(n_clusters - 1):
-        total = d2.sum()
-        nxt = int(g.choice(n, p=d2 / total)) if total > 0 else int(g.integers(n))
-        picks.append(nxt)
-        d2 = np.minimum(d2, ((z - z[nxt]) ** 2).sum(axis=1))
-    centres = z[picks].copy()
-    log_w = np.full(n_clusters, -math.log(n_clusters))
-    var = 1.0
     zz = (z * z).sum(axis=1)[:, None]
-    for _ in range(iterations):
-        sq = np.maximum(zz - 2.0 * z @ centres.T + (centres ** 2).sum(axis=1)[None, :], 0.0)
-        resp = _softmax_rows(-0.5 * sq / var + log_w[None, :])
-        nk = resp.sum(axis=0) + 1e-12
-        centres = (resp.T @ z) / nk[:, None]
-        log_w = np.log(nk / n)
-        sq = np.maximum(zz - 2.0 * z @ centres.T + (centres ** 2).sum(axis=1)[None, :], 0.0)
-        var = max(float((resp * sq).sum() / (n * d_used)), 1e-6)
-    return ClusterMap(mean, scale, centres, log_w, var)
+    best: tuple[float, np.ndarray, np.ndarray, float] | None = None
+    for _ in range(starts):
+        picks = [int(g.integers(n))]
+        d2 = ((z - z[picks[0]]) ** 2).sum(axis=1)
+        for _ in range(n_clusters - 1):
+            total = d2.sum()
+            nxt = int(g.choice(n, p=d2 / total)) if total > 0 else int(g.integers(n))
+            picks.append(nxt)
+            d2 = np.minimum(d2, ((z - z[nxt]) ** 2).sum(axis=1))
+        centres = z[picks].copy()
+        log_w = np.full(n_clusters, -math.log(n_clusters))
+        var = 1.0
+        for _ in range(iterations):
+            sq = np.maximum(zz - 2.0 * z @ centres.T + (centres ** 2).sum(axis=1)[None, :], 0.0)
+            resp = _softmax_rows(-0.5 * sq / var + log_w[None, :])
+            nk = resp.sum(axis=0) + 1e-12
+            centres = (resp.T @ z) / nk[:, None]
+            log_w = np.log(nk / n)
+            sq = np.maximum(zz - 2.0 * z @ centres.T + (centres ** 2).sum(axis=1)[None, :], 0.0)
+            var = max(float((resp * sq).sum() / (n * d_used)), 1e-6)
+        joint = -0.5 * sq / var + log_w[None, :]
+        top = joint.max(axis=1)
+        ll = float((top + np.log(np.exp(joint - top[:, None]).sum(axis=1))).sum() - 0.5 * n * d_used * math.log(var))
+        if best is None or ll > best[0]:
+            best = (ll, centres, log_w, var)
+    assert best is not None
+    return ClusterMap(mean, scale, best[1], best[2], best[3])
 
 
 class ClusterLinUCB:

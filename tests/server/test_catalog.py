@@ -209,12 +209,6 @@ def test_explicit_feature_step_map() -> None:
 # Validation: each rule names its key
 
 
-def _cluster_bandit(**keys: Any) -> Callable[[dict[str, Any]], None]:
-    def mutate(raw: dict[str, Any]) -> None:
-        raw["bandit"].update(algorithm="cluster_linucb", **keys)
-    return mutate
-
-
 def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
     def mutate(raw: dict[str, Any]) -> None:
         node = raw
@@ -441,11 +435,6 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("seg_unknown_key", _set(["segments", "clusters"], 3), "segments.clusters", "did you mean 'n_clusters'"),
     ("bandit_algorithm", _set(["bandit", "algorithm"], "thompson"), "bandit.algorithm",
      "must be one of linucb, lints, ridge, cluster_linucb"),
-    ("bandit_cluster_half_life", _cluster_bandit(half_life_days=4.0), "bandit.half_life_days",
-     'must be 0 with algorithm = "cluster_linucb"'),
-    ("bandit_cluster_warmup", _cluster_bandit(clusters=8, cluster_warmup=5), "bandit.cluster_warmup",
-     "must be >= bandit.clusters = 8"),
-    ("bandit_clusters_range", _set(["bandit", "clusters"], 0), "bandit.clusters", "must be >= 1"),
     ("bandit_exploration", _set(["bandit", "exploration"], "softmax"), "bandit.exploration",
      "must be one of epsilon_greedy, squarecb"),
     ("bandit_epsilon_range", _set(["bandit", "epsilon"], 1.2), "bandit.epsilon", "must be <= 1"),

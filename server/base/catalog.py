@@ -35,7 +35,7 @@ RULE_KINDS = ("feature_explored", "screens_skipped", "returned_after_inactive")
 PROPOSE, FORCE = "propose", "force"
 RULE_MODES = (PROPOSE, FORCE)
 ARM_KINDS = ("tailored", "generic", "holdout")
-ALGORITHMS = ("linucb", "lints", "ridge", "cluster_linucb")
+ALGORITHMS = ("linucb", "lints", "ridge")
 EXPLORATIONS = ("epsilon_greedy", "squarecb")
 
 CATALOG_SECTIONS = ("steps", "core", "guardrails", "rules", "rewards", "experiments", "segments", "bandit")
@@ -242,8 +242,6 @@ class BanditConfig:
     noise_sd: float = 1.0
     change_z: float = 5.0
     change_window: float = 500.0
-    clusters: int = 5
-    cluster_warmup: int = 1000
     seed: int = 0
 
     @property
@@ -255,8 +253,7 @@ class BanditConfig:
         """The keyword arguments of ``bandits.policies.build_policy`` for this configuration (every caller
         builds the policy the same way: the learner, offline replay, the benchmarks)."""
         return {"alpha": self.alpha, "l2": self.l2, "seed": self.seed, "half_life": self.half_life_ms,
-                "noise_sd": self.noise_sd, "change_z": self.change_z, "change_window": self.change_window,
-                "n_clusters": self.clusters, "warmup": self.cluster_warmup}
+                "noise_sd": self.noise_sd, "change_z": self.change_z, "change_window": self.change_window}
 
 
 @dataclass(frozen=True, slots=True)
@@ -731,16 +728,9 @@ def _parse_bandit(t: _Table, guardrails: Guardrails) -> BanditConfig:
         noise_sd=t.number("noise_sd", d.noise_sd, min=0.0),
         change_z=t.number("change_z", d.change_z, min=0.0),
         change_window=t.number("change_window", d.change_window, min=1.0),
-        clusters=t.integer("clusters", d.clusters, min=1, max=64),
-        cluster_warmup=t.integer("cluster_warmup", d.cluster_warmup, min=1),
         seed=t.integer("seed", d.seed, min=0),
     )
     t.done()
-    if b.algorithm == "cluster_linucb" and b.half_life_days > 0:
-        raise CatalogError("bandit.half_life_days", "must be 0 with algorithm = \"cluster_linucb\" (its change test "
-                                                    f"relearns a step; got {b.half_life_days:g})")
-    if b.algorithm == "cluster_linucb" and b.cluster_warmup < b.clusters:
-        raise CatalogError("bandit.cluster_warmup", f"must be >= bandit.clusters = {b.clusters} (got {b.cluster_warmup})")
     if b.exploration == "epsilon_greedy" and b.epsilon > guardrails.max_exploration:
         raise CatalogError("bandit.epsilon", f"must be <= guardrails.max_exploration = {guardrails.max_exploration:g} "
                                              f"(got {b.epsilon:g})")

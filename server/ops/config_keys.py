@@ -245,7 +245,7 @@ SEGMENTS = Section("[segments]", SegmentsConfig, DEMO, "Segment thresholds, clus
 ), demo_path="segments")
 
 BANDIT = Section("[bandit]", BanditConfig, DEMO, "The contextual bandit.", (
-    Key("algorithm", "`linucb`, `lints`, `ridge` or `cluster_linucb`", "Scoring of the eligible steps."),
+    Key("algorithm", "`linucb`, `lints` or `ridge`", "Scoring of the eligible steps."),
     Key("alpha", "number >= 0", "Width of the confidence bonus (`linucb`) or posterior (`lints`)."),
     Key("l2", "number > 0", "Ridge regularisation of the per-step models."),
     Key("exploration", "`epsilon_greedy` or `squarecb`", "How the exact probabilities are formed."),
@@ -259,10 +259,6 @@ BANDIT = Section("[bandit]", BanditConfig, DEMO, "The contextual bandit.", (
         "prediction residuals is this many standard errors from 0 (0: off); the variance is the larger of the "
         "window's and that over twice the window, so a run of failures at a rare reward is not a change."),
     Key("change_window", "number >= 1", "Observations of a step that the change test weighs (exponentially)."),
-    Key("clusters", "integer in [1, 64]", "`cluster_linucb`: soft clusters of the context it scores on "
-        "(bandits/latent.py)."),
-    Key("cluster_warmup", "integer >= `clusters`", "`cluster_linucb`: outcomes learned (on the context itself) before "
-        "the clusters are fitted on their contexts and frozen."),
     Key("seed", "integer >= 0", "Seed of the random draws."),
 ), demo_path="bandit")
 

@@ -434,7 +434,7 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
      "only applies when"),
     ("seg_unknown_key", _set(["segments", "clusters"], 3), "segments.clusters", "did you mean 'n_clusters'"),
     ("bandit_algorithm", _set(["bandit", "algorithm"], "thompson"), "bandit.algorithm",
-     "must be one of linucb, lints, ridge, cluster_linucb"),
+     "must be one of linucb, lints, ridge"),
     ("bandit_exploration", _set(["bandit", "exploration"], "softmax"), "bandit.exploration",
      "must be one of epsilon_greedy, squarecb"),
     ("bandit_epsilon_range", _set(["bandit", "epsilon"], 1.2), "bandit.epsilon", "must be <= 1"),

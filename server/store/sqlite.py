@@ -31,6 +31,7 @@ from server.store.rows import (DECISION_COLUMNS, JSON_DECISION_COLUMNS, OUTCOME_
                                Erased, LinkRow, ProfileWrites, Snapshot, SubjectKeys, _encode_properties,
                                encode_properties)
 from server.store.sql import _chunks, _marks, insert_flat
+from server.store.write_lock import WriteLock, lock_path
 
 __all__ = ["DECISION_COLUMNS", "EVENT_COLUMNS", "OUTCOME_COLUMNS", "TABLES", "ConsentRow", "DecisionLog",
            "EventLog", "LinkRow", "SqliteStore", "SubjectKeys", "SubjectStore", "encode_properties", "insert_flat",
@@ -66,10 +67,14 @@ class SqliteStore:
                                     timeout=BUSY_TIMEOUT_MS / 1000)
         self.db = sqlite_utils.Database(self.conn)
         self.events = EventTable(self.conn, dedupe_window_hours, insert_flat)
+        # Held from begin() to commit()/rollback(), so a writer of another process waits in the kernel, woken
+        # when this one is done, not in SQLite's busy handler (server/store/write_lock.py).
+        self.write_lock: WriteLock | None = None
         if readonly:
             self.conn.execute("PRAGMA query_only=ON")
             return
         if self.path != ":memory:":
+            self.write_lock = WriteLock(lock_path(self.path))
             self.db.enable_wal()
         self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         # Deleted rows are overwritten with zeros, not just unlinked, so an erased person's ids do not stay
@@ -149,18 +154,37 @@ class SqliteStore:
 
     # -- transactions ------------------------------------------------------------------------------------
     def begin(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """Take the write lock (waiting for another process's writer to finish), then ``BEGIN IMMEDIATE``."""
+        lock = self.write_lock
+        if lock is None:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return
+        lock.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            lock.release()
+            raise
 
     def commit(self) -> None:
+        """``COMMIT``, then release the write lock (kept when the COMMIT failed: :meth:`rollback` releases it)."""
         self.conn.execute("COMMIT")
+        if self.write_lock is not None:
+            self.write_lock.release()
 
     def rollback(self) -> None:
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        finally:
+            if self.write_lock is not None:
+                self.write_lock.release()
 
     def close(self) -> None:
         self.rollback()
         self.conn.close()
+        if self.write_lock is not None:
+            self.write_lock.close()
 
     def scrub_wal(self, wait_ms: int | None = None) -> bool:
         """Copy every committed page into the database file and truncate the WAL to zero bytes
@@ -172,11 +196,16 @@ class SqliteStore:
         if self.path == ":memory:" or self.readonly:
             return True
         self.scrub_pending = True
-        self.conn.execute(f"PRAGMA busy_timeout={int(self.scrub_wait_ms if wait_ms is None else wait_ms)}")
+        lock = self.write_lock
+        if lock is not None:  # the other processes' writers wait in the lock meanwhile, not in the busy handler
+            lock.acquire()
         try:
+            self.conn.execute(f"PRAGMA busy_timeout={int(self.scrub_wait_ms if wait_ms is None else wait_ms)}")
             busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
             self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            if lock is not None:
+                lock.release()
         self.scrub_pending = busy != 0
         return not self.scrub_pending
 

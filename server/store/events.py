@@ -1,10 +1,15 @@
 """The event log's layout in SQLite: events appended by an increasing key, and the event ids of the dedupe
 window in a small log-structured set whose cost per event does not grow with the log or with the window.
 
-``events`` is keyed by ``seq`` (appends only) with one index, on ``subject`` (export, erasure, re-keying: a
-new row lands at the end of its subject's run, one hot page per active subject). It has no index on
-``event_id``: a uuid4 id would land at a random page of an index as large as the log, one page write per
-event once that index outgrows a transaction.
+``events`` is keyed by ``seq`` (appends only) with one index, on ``(seq >> EPOCH_BITS, subject)``: the log is
+cut into epochs of :data:`EPOCH_SIZE` consecutive events, and the index holds each epoch's entries sorted by
+subject. A new entry lands in the newest epoch's part of the index (a few hundred pages, all in the cache),
+whatever the log holds; an index on ``subject`` alone would put it at the end of its subject's run, spread
+over the whole index, so that each page split read pages long out of the cache and each COMMIT wrote one
+page per active subject. Per-subject access (export, erasure, re-keying an alias's events) asks each epoch in
+turn (:data:`EPOCHS`: one index search per epoch and subject, about 150 at 10M events; SQLite's plan is
+checked by tests/server/test_event_log.py). It has no index on ``event_id``: a uuid4 id would land at a random
+page of an index as large as the log, one page write per event once that index outgrows a transaction.
 
 Idempotency is promised within a window of event time instead (``[ingest] dedupe_window_hours``): an event
 whose ``timestamp_ms`` is at most the window older than the server's clock is stored at most once per
@@ -42,6 +47,9 @@ as with one filter (about ids/2^32 per key, summed over runs). Dropping a run wr
 
 The shape is that of a NATS JetStream stream's duplicate window (``Nats-Msg-Id``): :meth:`EventTable.append_new`
 is the one atomic operation, "append these events, skipping ids seen within the window".
+
+A log whose subject index is on ``subject`` alone (:data:`OLD_SUBJECT_INDEX`, before the epochs) is converted
+on open: that index dropped and the epoch one built, one transaction (about a minute per 25M events).
 
 Layouts (``meta.event_log_layout``): 3 is this one; 2 (a last level ``event_ids_2`` rewritten by each merge
 into it) is converted on open by renaming that level to the first run; 1 (a UNIQUE index on
@@ -85,6 +93,14 @@ LAYOUT = "3"
 OLD_EVENT_ID_INDEX = "idx_events_event_id"
 OLD_LAST_LEVEL = "event_ids_2"  # layout 2's last level (its filter was level 2 of FILTER_TABLE) ...
 OLD_LAST_LEVEL_ROWS_KEY = "event_ids_2_rows"  # ... and its row count in meta
+EPOCH_BITS = 16  # the subject index's epochs: events seq >> EPOCH_BITS
+EPOCH_SIZE = 1 << EPOCH_BITS  # 65,536 events: the newest epoch's part of the index stays a few hundred pages
+SUBJECT_INDEX = "idx_events_epoch_subject"  # events ((seq >> EPOCH_BITS), subject)
+OLD_SUBJECT_INDEX = "idx_events_subject"  # events (subject): converted on open
+CONVERT_WAIT_MS = 600_000  # how long another process opening the log waits for a conversion that holds the lock
+# Every epoch of the log, oldest first, read in the statement that uses it (so a reader sees one snapshot).
+EPOCHS = (f"WITH RECURSIVE epoch(e) AS (SELECT (SELECT min(seq) FROM events) >> {EPOCH_BITS} UNION ALL SELECT "
+          f"e + 1 FROM epoch WHERE e < (SELECT max(seq) FROM events) >> {EPOCH_BITS}) SELECT e FROM epoch")
 _ID_COLUMNS = "(h INTEGER PRIMARY KEY, chk INTEGER NOT NULL, ts INTEGER NOT NULL)"
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
 
@@ -106,11 +122,12 @@ def event_from_row(row: Sequence[Any]) -> tuple[int, StoredEvent]:
 def subjects_clause(subjects: Sequence[str]) -> tuple[str, list[Any]]:
     """Events belong to the subject they were stored under (the person the event was attributed to then),
     never to whoever else's ids they carry: a shared device or a reused anonymous id links events to
-    several people, and export and erasure must cover exactly one of them (docs/decisions.md)."""
+    several people, and export and erasure must cover exactly one of them (docs/decisions.md). The clause asks
+    the subject index epoch by epoch (:data:`EPOCHS`)."""
     subjects = [s for s in subjects if s]
     if not subjects:
         return "0", []
-    return f"subject IN ({_marks(len(subjects))})", subjects
+    return f"(seq >> {EPOCH_BITS}) IN ({EPOCHS}) AND subject IN ({_marks(len(subjects))})", subjects
 
 
 @dataclass(frozen=True)
@@ -153,7 +170,9 @@ class EventTable:
                   "subject TEXT NOT NULL, user_id TEXT, anonymous_id TEXT, device_id TEXT, name TEXT NOT NULL, "
                   "timestamp_ms INTEGER, received_ms INTEGER, channel TEXT, device_type TEXT, feature TEXT, "
                   "step_id TEXT, decision_id TEXT, properties TEXT)")
-        c.execute("CREATE INDEX IF NOT EXISTS idx_events_subject ON events (subject)")
+        if self._has(OLD_SUBJECT_INDEX, "index"):
+            self.convert_subject_index()
+        c.execute(f"CREATE INDEX IF NOT EXISTS {SUBJECT_INDEX} ON events ((seq >> {EPOCH_BITS}), subject)")
         for level in LEVELS:
             c.execute(f"CREATE TABLE IF NOT EXISTS {level} {_ID_COLUMNS}")
         c.execute(f"CREATE TABLE IF NOT EXISTS {FILTER_TABLE} (level INTEGER PRIMARY KEY, token INTEGER NOT NULL, "
@@ -193,6 +212,28 @@ class EventTable:
     def _end(self, own: bool, ok: bool) -> None:
         if own and self.conn.in_transaction:
             self.conn.execute("COMMIT" if ok else "ROLLBACK")
+
+    def convert_subject_index(self) -> None:
+        """Replace the index on ``subject`` alone by the epoch index (:data:`SUBJECT_INDEX`), in one transaction.
+        Another process opening the log meanwhile waits for it (up to :data:`CONVERT_WAIT_MS`)."""
+        c = self.conn
+        started = time.perf_counter()
+        timeout = c.execute("PRAGMA busy_timeout").fetchone()[0]
+        c.execute(f"PRAGMA busy_timeout={CONVERT_WAIT_MS}")
+        try:
+            own = self._transaction()
+            try:
+                if self._has(OLD_SUBJECT_INDEX, "index"):  # another process may have converted it meanwhile
+                    c.execute(f"DROP INDEX {OLD_SUBJECT_INDEX}")
+                    c.execute(f"CREATE INDEX IF NOT EXISTS {SUBJECT_INDEX} ON events ((seq >> {EPOCH_BITS}), subject)")
+                self._end(own, True)
+            except BaseException:
+                self._end(own, False)
+                raise
+        finally:
+            c.execute(f"PRAGMA busy_timeout={timeout}")
+        log.info("event log's subject index converted to epochs of %d events (%.1f s)", EPOCH_SIZE,
+                 time.perf_counter() - started)
 
     def convert(self, now_ms: int | None = None) -> int:
         """Convert a log of layout 1 (every id in a UNIQUE index on ``events``): record the ids of the events
@@ -463,8 +504,8 @@ class EventTable:
         """Move events of ``old_subjects`` (e.g. ``anon:abc``) to ``new_subject``; returns rows changed."""
         n = 0
         for part in _chunks(list(old_subjects)):
-            n += self.conn.execute(f"UPDATE events SET subject = ? WHERE subject IN ({_marks(len(part))})",
-                                   [new_subject, *part]).rowcount
+            where, args = subjects_clause(part)
+            n += self.conn.execute(f"UPDATE events SET subject = ? WHERE {where}", [new_subject, *args]).rowcount
         return n
 
     def iter_events(self, after_seq: int = 0, names: Collection[str] | None = None

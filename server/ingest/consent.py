@@ -28,6 +28,8 @@ class ConsentReads(Protocol):
 
     def consents_of(self, subjects: Sequence[str]) -> list[ConsentRow]: ...
 
+    def granted_of(self, subjects: Sequence[str], purpose: str) -> dict[str, bool]: ...
+
     def is_tombstoned(self, user_pseudo: str) -> bool: ...
 
 
@@ -37,6 +39,8 @@ class ConsentBook:
     def __init__(self, reads: ConsentReads) -> None:
         self._reads = reads
         self._records: dict[str, dict[str, ConsentRow]] = {}  # subject -> purpose -> record, as read
+        # subject -> granted, of the subjects whose tracking record alone was read (read(); None: no record)
+        self._tracking: dict[str, bool | None] = {}
         self._tombstoned: dict[str, bool] = {}
 
     def _of(self, subject: str) -> dict[str, ConsentRow]:
@@ -52,14 +56,15 @@ class ConsentBook:
         self._records[subject] = {r.purpose: r for r in rows}
 
     def read(self, subjects: Collection[str]) -> None:
-        """Read the records of ``subjects`` not read yet with one call (an ingest job's users at once, rather than
-        one query each)."""
-        records = self._records
-        todo = [s for s in subjects if s not in records]
-        for s in todo:
-            records[s] = {}
-        for row in self._reads.consents_of(todo):
-            records[row.subject][row.purpose] = row
+        """Read whether ``subjects`` grant tracking (those not read yet), with one call: an ingest job's users at
+        once, for its consent gate, which needs no other purpose and no record's details (a full record is still
+        read, one subject at a time, when asked for)."""
+        tracking, records = self._tracking, self._records
+        todo = [s for s in subjects if s not in tracking and s not in records]
+        if todo:
+            granted = self._reads.granted_of(todo, TRACKING)
+            for s in todo:
+                tracking[s] = granted.get(s)
 
     def get(self, subject: str, purpose: str) -> ConsentRow | None:
         """The current record of ``subject`` for ``purpose``, or None when none was ever given."""
@@ -85,13 +90,19 @@ class ConsentBook:
     def tracking_gate(self, subject: str, pseudonym: Callable[[str], str]) -> str | None:
         """None when events of ``subject`` may be stored, else the drop reason (no_consent, opted_out,
         erased). ``pseudonym`` is only called when needed (to look for a tombstone)."""
-        row = self._of(subject).get(TRACKING)
-        if row is not None:
-            return None if row.granted else OPTED_OUT
+        rows = self._records.get(subject)
+        if rows is not None or subject not in self._tracking:
+            row = (rows if rows is not None else self._of(subject)).get(TRACKING)
+            granted = None if row is None else row.granted
+        else:
+            granted = self._tracking[subject]
+        if granted is not None:
+            return None if granted else OPTED_OUT
         return ERASED if self.is_tombstoned(pseudonym(subject)) else NO_CONSENT
 
     def changed(self, subject: str, user_pseudo: str = "") -> None:
         """Forget what was read of ``subject`` (and of ``user_pseudo``'s tombstone): it was just written."""
         self._records.pop(subject, None)
+        self._tracking.pop(subject, None)
         if user_pseudo:
             self._tombstoned.pop(user_pseudo, None)

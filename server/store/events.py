@@ -35,14 +35,14 @@ than the cache, and a new id would otherwise cost a read of a page of each.
 
 Runs are not merged with each other, and have one size: with 100M ids in the window there are 100 runs. A
 merge of runs (size-tiered or leveled) would write each id again and, for large runs, hold the writer for
-the seconds a large rewrite takes, which is what this layout removes. What grows with the number of runs is
-the in-memory probe: each run's filter is asked about every key of a batch, about one cache miss per key per
-run (blocks behind a small top index, :class:`~server.store.id_filter.KeyFilter`), measured at 0.13-0.18 µs
-per key per run on the 2-core machine of docs/benchmarks.md: ~1.5 µs per event at 10M ids (10 runs), ~15 µs
-at 100M, when the rest of the event log costs ~20 µs. Windows of 100M ids would want one in-memory filter
-over all runs (each entry tagged with its run, a new run merged into it at a seal); not built. The filters'
-memory is 4 bytes per id whatever the number of runs, and the point reads after a false "maybe" stay as few
-as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its pages once more
+the seconds a large rewrite takes, which is what this layout removes. With several runs, a batch's keys are
+first asked of one in-memory filter over all of them (their union, built again in memory when a run is sealed,
+dropped or erased from: a merge of their sorted arrays), and each run's filter only about the few keys (about
+ids/2^32 of them) the union does not rule out: one probe per key (one cache miss, blocks behind a small top
+index, :class:`~server.store.id_filter.KeyFilter`; 0.13-0.18 µs on the 2-core machine of docs/benchmarks.md)
+whatever the number of runs, where asking each run's filter cost that per run (~1.5 µs per event at 10 runs).
+The filters' memory is 8 bytes per id of the runs (each run's and the union), and the point reads after a false
+"maybe" stay as few as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its pages once more
 (``secure_delete`` zeroes them), once per run.
 
 The shape is that of a NATS JetStream stream's duplicate window (``Nats-Msg-Id``): :meth:`EventTable.append_new`
@@ -158,6 +158,8 @@ class EventTable:
         # level 1's (token, filter) as last read or written here (another process's merge writes a new token)
         self._filters: dict[int, tuple[int, KeyFilter]] = {}
         self._runs: dict[int, Run] = {}  # the runs as last read (each lookup reads the list again)
+        # one filter over all runs' keys, and the (run, token) pairs it was built from (built again when they change)
+        self._union: tuple[frozenset[tuple[int, int]], KeyFilter] | None = None
 
     # -- schema ------------------------------------------------------------------------------------------
     def create(self) -> None:
@@ -307,11 +309,14 @@ class EventTable:
         transaction (a missing filter of level 1 is then built and stored)."""
         found: dict[int, tuple[int, int]] = {}
         keys = list(keys)
-        probes = [(LEVELS[0], None), (LEVELS[1], self._filter(1, write)),
-                  *((run.table, run.filter) for run in self._runs_now())]
         query = Query.of(keys) if keys else None
-        for table, kept in probes:
-            asked = keys if kept is None else [keys[i] for i in kept.hits(query).tolist()] if query else []
+        asks = [(LEVELS[0], keys), (LEVELS[1], self._maybe(self._filter(1, write), keys, query))]
+        runs = self._runs_now()
+        if len(runs) > 1 and query is not None:  # the runs' filters asked only about what their union may hold
+            keys = self._maybe(self._union_of(runs), keys, query)
+            query = Query.of(keys) if keys else None
+        asks += [(run.table, self._maybe(run.filter, keys, query)) for run in runs]
+        for table, asked in asks:
             for part in _chunks(asked):
                 for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {table} WHERE h IN "  # noqa: S608
                                                     f"({_marks(len(part))})", part):
@@ -319,6 +324,23 @@ class EventTable:
                     if old is None or ts > old[1]:
                         found[h] = (chk, ts)
         return found
+
+    @staticmethod
+    def _maybe(kept: KeyFilter | None, keys: list[int], query: Query | None) -> list[int]:
+        """The keys of ``keys`` (whose :class:`Query` is ``query``) that ``kept`` does not rule out (all of them
+        when there is no filter)."""
+        if kept is None:
+            return keys
+        return [keys[i] for i in kept.hits(query).tolist()] if query is not None else []
+
+    def _union_of(self, runs: list[Run]) -> KeyFilter:
+        """One filter over the keys of all ``runs``: a new key is ruled out by one probe, not one per run (the
+        runs' own filters are then asked only about the few it does not rule out). Built again when a run was
+        sealed, dropped or erased from (once per :data:`LEVEL_ROWS`\\[1] ids, a merge of sorted arrays)."""
+        listed = frozenset((run.id, run.token) for run in runs)
+        if self._union is None or self._union[0] != listed:
+            self._union = (listed, KeyFilter.union_of([run.filter for run in runs]))
+        return self._union[1]
 
     def _runs_now(self) -> list[Run]:
         """The runs as committed (a run's filter read again only when its token changed), oldest first."""

@@ -409,3 +409,34 @@ def test_a_database_with_the_subject_index_alone_is_converted_to_epochs(tmp_path
         assert store.append_new_events(rows(("a1", NOW), ("a3", NOW), subject="ann"), NOW).duplicates == {0}
     finally:
         store.close()
+
+
+def test_a_run_sealed_again_under_a_dropped_runs_number_is_seen_by_another_connection(tmp_path: pathlib.Path) -> None:
+    """Connection A holds the runs' union filter; B erases the person whose ids were the whole newest run (it is
+    dropped) and seals new ids as a run of the same number: A still finds those ids (its union is built again),
+    and no longer the erased ones."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    path = tmp_path / "union.db"
+    a, b = SqliteStore(path, dedupe_window_hours=WINDOW_H), SqliteStore(path, dedupe_window_hours=WINDOW_H)
+    try:
+        for who in ("ann", "bob"):  # run 1: ann's 4 ids, run 2: bob's 4 ids
+            for k in range(0, 4, 2):
+                a.begin()
+                a.append_new_events(rows(*((f"{who}{i}", NOW) for i in range(k, k + 2)), subject=who), NOW)
+                a.commit()
+        assert a.conn.execute(f"SELECT run FROM {RUNS_TABLE} ORDER BY run").fetchall() == [(1,), (2,)]
+        assert a.existing_event_ids(["ann0", "bob3", "cat0"], NOW) == {"ann0", "bob3"}  # union built
+        b.begin()
+        b.erase(SubjectKeys(("bob",), ("bob",), (), (), ()))
+        b.commit()
+        for k in range(0, 4, 2):
+            b.begin()
+            b.append_new_events(rows(*((f"cat{i}", NOW) for i in range(k, k + 2)), subject="cat"), NOW)
+            b.commit()
+        assert b.conn.execute(f"SELECT run FROM {RUNS_TABLE} ORDER BY run").fetchall() == [(1,), (2,)]
+        assert a.existing_event_ids(["ann0", "bob3", "cat0", "cat3"], NOW) == {"ann0", "cat0", "cat3"}
+    finally:
+        a.close()
+        b.close()
+        mp.undo()

@@ -21,6 +21,7 @@ NO_CONSENT = "no_consent"
 OPTED_OUT = "opted_out"
 ERASED = "erased"
 DROP_REASONS = (NO_CONSENT, OPTED_OUT, ERASED)
+_UNREAD = object()  # a subject whose tracking consent ConsentBook.read did not read
 
 
 class ConsentReads(Protocol):
@@ -39,7 +40,8 @@ class ConsentBook:
     def __init__(self, reads: ConsentReads) -> None:
         self._reads = reads
         self._records: dict[str, dict[str, ConsentRow]] = {}  # subject -> purpose -> record, as read
-        # subject -> granted, of the subjects whose tracking record alone was read (read(); None: no record)
+        # subject -> granted, of the subjects whose tracking record was read by read() (None: no record); the
+        # same as their full records say, read in the same transaction (every write is followed by changed())
         self._tracking: dict[str, bool | None] = {}
         self._tombstoned: dict[str, bool] = {}
 
@@ -54,6 +56,7 @@ class ConsentBook:
         """Take ``rows`` as every current record of ``subject`` (read together with other state, e.g. a
         decision's inputs), instead of reading them."""
         self._records[subject] = {r.purpose: r for r in rows}
+        self._tracking.pop(subject, None)
 
     def read(self, subjects: Collection[str]) -> None:
         """Read whether ``subjects`` grant tracking (those not read yet), with one call: an ingest job's users at
@@ -90,12 +93,10 @@ class ConsentBook:
     def tracking_gate(self, subject: str, pseudonym: Callable[[str], str]) -> str | None:
         """None when events of ``subject`` may be stored, else the drop reason (no_consent, opted_out,
         erased). ``pseudonym`` is only called when needed (to look for a tombstone)."""
-        rows = self._records.get(subject)
-        if rows is not None or subject not in self._tracking:
-            row = (rows if rows is not None else self._of(subject)).get(TRACKING)
+        granted = self._tracking.get(subject, _UNREAD)
+        if granted is _UNREAD:
+            row = self._of(subject).get(TRACKING)
             granted = None if row is None else row.granted
-        else:
-            granted = self._tracking[subject]
         if granted is not None:
             return None if granted else OPTED_OUT
         return ERASED if self.is_tombstoned(pseudonym(subject)) else NO_CONSENT

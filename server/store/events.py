@@ -42,14 +42,15 @@ ids/2^32 of them) the union does not rule out: one probe per key (one cache miss
 index, :class:`~server.store.id_filter.KeyFilter`; 0.13-0.18 µs on the 2-core machine of docs/benchmarks.md)
 whatever the number of runs, where asking each run's filter cost that per run (~1.5 µs per event at 10 runs).
 The filters' memory is 8 bytes per id of the runs (each run's and the union), and the point reads after a false
-"maybe" stay as few as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its pages once more
-(``secure_delete`` zeroes them), once per run.
+"maybe" stay as few as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its
+pages once more (``secure_delete`` zeroes them), once per run.
 
 The shape is that of a NATS JetStream stream's duplicate window (``Nats-Msg-Id``): :meth:`EventTable.append_new`
 is the one atomic operation, "append these events, skipping ids seen within the window".
 
 A log whose subject index is on ``subject`` alone (:data:`OLD_SUBJECT_INDEX`, before the epochs) is converted
-on open: that index dropped and the epoch one built, one transaction (about a minute per 25M events).
+on open: that index dropped and the epoch one built, one transaction (143 s, 24 s of it CPU, for 24.5M events on
+the loaded machine of docs/benchmarks.md).
 
 Layouts (``meta.event_log_layout``): 3 is this one; 2 (a last level ``event_ids_2`` rewritten by each merge
 into it) is converted on open by renaming that level to the first run; 1 (a UNIQUE index on

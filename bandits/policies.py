@@ -57,7 +57,7 @@ import numpy as np
 
 ArmsLike = Sequence[int] | np.ndarray | None
 
-ALGORITHMS = ("linucb", "lints", "ridge")
+ALGORITHMS = ("linucb", "lints", "ridge", "cluster_linucb")
 GRID_PER_HALF_LIFE = 8  # t_ref steps this often per half-life: every weight stays below 2 ** (1/8)
 MIN_DETECT = 50  # observations of an arm since its last reset before its change test may fire
 VARIANCE_WINDOWS = 2  # the change test's variance floor remembers this many change_windows
@@ -692,12 +692,21 @@ _CLASSES: dict[str, type[_LinearBase]] = {c.algorithm: c for c in (LinUCB, Linea
 
 def build_policy(algorithm: str, n_arms: int, n_features: int, *, alpha: float = 1.0, l2: float = 1.0,
                  seed: int | None = 0, half_life: float = 0.0, noise_sd: float = 0.0, change_z: float = 0.0,
-                 change_window: float = 500.0) -> Policy:
+                 change_window: float = 500.0, n_clusters: int = 5, warmup: int = 1000) -> Policy:
     """A policy by catalog name: ``linucb`` (bonus width ``alpha``, on the predictive sd when ``noise_sd`` >
-    0), ``lints`` (posterior scale ``v = alpha``, draws from ``seed``) or ``ridge`` (greedy); ``l2`` is the
-    ridge of all three, ``half_life`` (in the unit of the learned timestamps; 0 = never) how fast they forget
-    and ``change_z`` (0 = off) / ``change_window`` their per-arm change detection."""
+    0), ``lints`` (posterior scale ``v = alpha``, draws from ``seed``), ``ridge`` (greedy) or ``cluster_linucb``
+    (LinUCB on ``n_clusters`` soft cluster memberships fitted on the first ``warmup`` contexts,
+    :mod:`bandits.latent`; no half-life); ``l2`` is the ridge of all, ``half_life`` (in the unit of the learned
+    timestamps; 0 = never) how fast they forget and ``change_z`` (0 = off) / ``change_window`` their per-arm
+    change detection."""
     change = {"half_life": half_life, "change_z": change_z, "change_window": change_window}
+    if algorithm == "cluster_linucb":
+        from bandits.latent import ClusterLinUCB  # it builds on LinUCB: imported here, not at the top
+
+        if half_life:
+            raise ValueError("cluster_linucb does not forget by a half-life (its change test relearns a step)")
+        return ClusterLinUCB(n_arms, n_features, n_clusters=n_clusters, warmup=warmup, alpha=alpha, ridge=l2,
+                             noise_sd=noise_sd, change_z=change_z, change_window=change_window, seed=seed or 0)
     if algorithm == "linucb":
         return LinUCB(n_arms, n_features, alpha=alpha, ridge=l2, noise_sd=noise_sd, **change)
     if algorithm == "lints":
@@ -710,6 +719,10 @@ def build_policy(algorithm: str, n_arms: int, n_features: int, *, alpha: float =
 def policy_from_state(state: Mapping[str, Any]) -> Policy:
     """Rebuild any policy of this module from its :meth:`to_state` output."""
     algorithm = state.get("algorithm")
+    if algorithm == "cluster_linucb":
+        from bandits.latent import ClusterLinUCB
+
+        return ClusterLinUCB.from_state(state)
     cls = _CLASSES.get(str(algorithm))
     if cls is None:
         raise ValueError(f"state algorithm must be one of {', '.join(ALGORITHMS)} (got {algorithm!r})")

@@ -166,9 +166,10 @@ class WrittenProfiles:
     profile of each of its people: decoding was the largest Python cost per person). Another process's write,
     an erasure or a rolled-back job leaves a different body (or none), which is decoded as before: a kept
     profile is handed out only against the exact body encoded from it, and is taken out when handed out (the
-    job changes it), so what is kept always decodes from its body. Bounded; used on the writer thread only."""
+    job changes it), so what is kept always decodes from its body. Bounded (about 2.3 KB a profile of 20 events
+    measured with tracemalloc: ~23 MB at the default limit); used on the writer thread only."""
 
-    def __init__(self, limit: int = 50_000) -> None:
+    def __init__(self, limit: int = 10_000) -> None:
         self._limit = limit
         self._kept: dict[str, tuple[str, Profile]] = {}
 

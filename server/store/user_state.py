@@ -10,6 +10,7 @@ layer above (server/ingest/profiles.py); the shown history is stored in server/s
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -134,14 +135,18 @@ def log_decisions(store: SqliteStore, items: Sequence[LoggedDecision]) -> list[b
     """Log each decision whose shown history is still at its expected version (bumping the version), in
     order; a decision whose version moved (another worker showed this person something meanwhile, or an
     earlier item of ``items``) is not logged: False, decide again. One call, atomic inside the caller's
-    transaction: the versions are read with one statement and the histories written with one more (each
-    statement releases and re-takes the GIL, which the event loop thread holds most of the time)."""
+    transaction: the versions are read with one statement returning one row and the histories written with one
+    more (each statement, and each row fetched, releases and re-takes the GIL, which the event loop thread holds
+    most of the time)."""
     c = store.conn
     pseudos = list({item.pseudo for item in items if item.pseudo})
     current: dict[str, tuple[int, int]] = {}  # pseudo -> (version, tracked)
     for chunk in _chunks(pseudos):
-        current.update((p, (v, t)) for p, v, t in c.execute(
-            f"SELECT pseudo, version, tracked FROM show_history WHERE pseudo IN ({_marks(len(chunk))})", chunk))
+        # one row (a JSON list) whatever the count: fetching each row of a plain SELECT is one more SQLite step,
+        # and each step gives up and re-takes the GIL
+        (found,) = c.execute(f"SELECT json_group_array(json_array(pseudo, version, tracked)) FROM show_history "
+                             f"WHERE pseudo IN ({_marks(len(chunk))})", chunk).fetchone()
+        current.update((p, (v, t)) for p, v, t in json.loads(found))
     ok: list[bool] = []
     flat: list[Any] = []
     feed: list[Any] = []

@@ -62,8 +62,9 @@ def test_sweep_prints_both_tables_and_its_choice(tmp_path: Path) -> None:
 
 
 def test_choice_trades_a_little_reward_for_effective_sample_size() -> None:
-    results = {"a": {"reward": 0.90, "ess": 0.02, "switch_min": 0.91}, "b": {"reward": 0.895, "ess": 0.05,
-               "switch_min": 0.92}, "c": {"reward": 0.85, "ess": 0.10, "switch_min": 0.95},
-               "d": {"reward": 0.95, "ess": 0.20, "switch_min": 0.85}}  # d misses the switch target
+    results = {"a": {"reward": 0.90, "ess": 0.02, "switch_min": 0.91, "last20_min": 0.85},
+               "b": {"reward": 0.895, "ess": 0.05, "switch_min": 0.92, "last20_min": 0.80},
+               "c": {"reward": 0.85, "ess": 0.10, "switch_min": 0.95, "last20_min": 0.80},
+               "d": {"reward": 0.95, "ess": 0.20, "switch_min": 0.85, "last20_min": 0.90}}  # d misses the switch target
     assert choose(results) == "b"
     assert choose({"d": results["d"]}) == "d"  # none meets it: the rule still answers

@@ -1,11 +1,12 @@
 """The decision log's writer path: a decision is committed when ``DecisionLogger.log`` returns True (rows of
-one loop iteration share one writer job; a show decided on a shown history that moved meanwhile is refused), its JSON columns are exactly ``json.dumps(sort_keys=True,
+one loop iteration share one writer job, those queued behind a commit wait out the group-commit window unless full; a show decided on a shown history that moved meanwhile is refused), its JSON columns are exactly ``json.dumps(sort_keys=True,
 separators=(",", ":"))``, and a stopped writer fails every waiting caller."""
 from __future__ import annotations
 
 import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -169,3 +170,59 @@ def test_a_failing_insert_fails_the_callers_of_that_job(tmp_path: Path):
     finally:
         writer.stop()
         store.close()
+
+
+def _group_commit(tmp_path: Path, window_s: float, full: int, scenario) -> object:  # type: ignore[no-untyped-def]
+    """Run ``scenario(logger)`` with a real writer on a real database and a logger of that window."""
+    store = SqliteStore(tmp_path / "d.db")
+    writer = Writer(store)
+    writer.start()
+    try:
+        return asyncio.run(scenario(DecisionLogger(writer, window_s=window_s, full=full)))
+    finally:
+        writer.stop()
+        store.close()
+
+
+def test_a_decision_made_while_no_commit_runs_is_sent_at_once(tmp_path: Path):
+    async def scenario(logger: DecisionLogger) -> float:
+        t = time.perf_counter()
+        assert await asyncio.wait_for(logger.log(_logged(_decision(1))), 5)
+        return time.perf_counter() - t
+
+    assert _group_commit(tmp_path, window_s=30.0, full=32, scenario=scenario) < 5  # not held for the window
+
+
+def test_decisions_queued_behind_a_commit_wait_out_their_window(tmp_path: Path):
+    window = 0.5
+
+    async def scenario(logger: DecisionLogger) -> tuple[float, int]:
+        first = logger.log(_logged(_decision(1)))
+        await asyncio.sleep(0)  # sent: its job is with the writer
+        queued_at = time.perf_counter()
+        later = [logger.log(_logged(_decision(i))) for i in (2, 3, 4)]  # queued behind it
+        assert await first
+        await asyncio.sleep(0.05)
+        assert not any(f.done() for f in later) and logger.batches == 1  # held: their window has not ended
+        assert all(await asyncio.gather(*later))
+        return time.perf_counter() - queued_at, logger.batches
+
+    waited, batches = _group_commit(tmp_path, window_s=window, full=32, scenario=scenario)
+    assert waited >= window * 0.9 and batches == 2  # one commit for the three, after the window
+
+
+def test_a_full_batch_is_sent_without_waiting_out_its_window(tmp_path: Path):
+    async def scenario(logger: DecisionLogger) -> int:
+        first = logger.log(_logged(_decision(1)))
+        await asyncio.sleep(0)  # sent: its job is with the writer
+        two = [logger.log(_logged(_decision(i))) for i in (2, 3)]
+        assert await first
+        await asyncio.sleep(0.05)
+        assert not any(f.done() for f in two)  # 2 of 4: waiting out the window
+        more = [logger.log(_logged(_decision(i))) for i in (4, 5)]  # now 4 wait: full
+        assert all(await asyncio.wait_for(asyncio.gather(*two, *more), 5))
+        queued = [logger.log(_logged(_decision(i, ""))) for i in range(6, 14)]  # 8 behind nothing: sent at once
+        assert all(await asyncio.wait_for(asyncio.gather(*queued), 5))
+        return logger.batches
+
+    assert _group_commit(tmp_path, window_s=30.0, full=4, scenario=scenario) == 3

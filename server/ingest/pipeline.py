@@ -25,7 +25,7 @@ from server.base.config import IngestConfig
 from server.base.records import ANON_PREFIX, EventValues, StoredEvent
 from server.ingest.consent import OPTED_OUT, PERSONALIZATION, TRACKING, ConsentBook
 from server.ingest.identity import ANONYMOUS_ID, DEVICE_ID, MAX_DEVICE_HINTS, IdentityGraph, LinkPlan
-from server.ingest.profiles import Profile, ProfileBook, decode_profile, encode_profile
+from server.ingest.profiles import Profile, ProfileBook, WrittenProfiles, decode_profile, encode_profile
 from server.store.interfaces import Store
 from server.store.privacy import Pseudonymizer
 from server.store.rows import Appended, ConsentRow, JoinedRow, LinkRow, ProfileWrites, SubjectKeys, encode_properties
@@ -60,9 +60,10 @@ class _Profiles:
     """The profiles one ingest job changes: loaded from the store on first use, folded in order, and handed back
     as :class:`ProfileWrites` (the store writes them with the job's events)."""
 
-    def __init__(self, store: Store, pseudonym: Callable[[str], str]) -> None:
+    def __init__(self, store: Store, pseudonym: Callable[[str], str], written: WrittenProfiles) -> None:
         self.store = store
         self.pseudonym = pseudonym
+        self.written = written  # profiles read back as written by an earlier job are not decoded again
         self.loaded: dict[str, Profile] = {}
         self.changed: dict[str, int] = {}  # subject -> latest event time folded in
         self.merged: dict[str, str] = {}  # merged-away subject -> the user it went to
@@ -78,9 +79,10 @@ class _Profiles:
         """Load the profiles of ``subjects`` not loaded yet, in one query per chunk (a job's people at once)."""
         todo = {self.pseudonym(s): s for s in subjects if s not in self.loaded}
         bodies = self.store.profile_bodies(list(todo))
+        decode = self.written.decode
         for pseudo, subject in todo.items():
             body = bodies.get(pseudo)
-            self.loaded[subject] = Profile(subject) if body is None else decode_profile(subject, body)
+            self.loaded[subject] = Profile(subject) if body is None else decode(subject, pseudo, body)
 
     def observe(self, ev: StoredEvent) -> None:
         subject = ev.subject
@@ -100,9 +102,14 @@ class _Profiles:
             self.changed[user] = max(self.changed.get(user, -1), ts)
 
     def writes(self, show_keep: int) -> ProfileWrites:
-        pseudonym = self.pseudonym
-        writes = ProfileWrites(show_keep, [(pseudonym(s), ts, encode_profile(self.loaded[s]))
-                                           for s, ts in self.changed.items() if s in self.loaded])
+        pseudonym, loaded, wrote = self.pseudonym, self.loaded, self.written.wrote
+        writes = ProfileWrites(show_keep, [])
+        for s, ts in self.changed.items():
+            profile = loaded.get(s)
+            if profile is not None:
+                pseudo, body = pseudonym(s), encode_profile(profile)
+                writes.puts.append((pseudo, ts, body))
+                wrote(pseudo, body, profile)
         if self.merged:
             writes.deleted.extend(pseudonym(s) for s in self.merged)
             into: dict[str, list[str]] = {}
@@ -159,6 +166,7 @@ class Pipeline:
         self._listeners: list[Listener] = []
         self._erasure_listeners: list[ErasureListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._written = WrittenProfiles()  # the profiles the writer thread last wrote (ingest jobs only)
 
     # -- wiring ----------------------------------------------------------------------------------------------
     def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -394,7 +402,7 @@ class Pipeline:
 
         def profile_writes(done: Appended) -> ProfileWrites:
             appended(done)
-            profiles = _Profiles(store, pseudo)
+            profiles = _Profiles(store, pseudo, self._written)
             profiles.read({e.subject for *_, stored in batches for e in stored if id(e) not in skipped})
             for result, (_events, _received, ops, stored) in zip(results, batches):
                 if skipped:
@@ -518,6 +526,7 @@ class Pipeline:
             ops.clear()
             keys = self.keys_for(subject, IdentityGraph(store))
             erased = store.erase_person(keys, now_ms())
+            self._written.forget(keys.pseudonyms)
             ops.append(("erased", Erasure(keys, erased.rewarded, erased.unlearning_id), waits))
             return erased.counts
         counts = await self.writer.call(job, after_commit=self._published(ops, []), scrub_wal=True)

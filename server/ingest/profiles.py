@@ -12,7 +12,7 @@ profiles and merges two profiles when an ``identify`` event links an anonymous i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -158,6 +158,41 @@ def encode_profile(profile: Profile) -> str:
 def decode_profile(subject: str, body: str) -> Profile:
     """The :class:`Profile` of ``subject`` stored as ``body`` (:func:`encode_profile`)."""
     return Profile(subject, *_DECODE(body))
+
+
+class WrittenProfiles:
+    """The profiles an ingest writer last wrote, by pseudonym, each with the body it wrote: a body read back
+    unchanged in a later job is taken from here instead of decoded again (each job reads, folds and writes the
+    profile of each of its people: decoding was the largest Python cost per person). Another process's write,
+    an erasure or a rolled-back job leaves a different body (or none), which is decoded as before: a kept
+    profile is handed out only against the exact body encoded from it, and is taken out when handed out (the
+    job changes it), so what is kept always decodes from its body. Bounded (about 2.3 KB a profile of 20 events
+    measured with tracemalloc: ~23 MB at the default limit); used on the writer thread only."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._limit = limit
+        self._kept: dict[str, tuple[str, Profile]] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def decode(self, subject: str, pseudo: str, body: str) -> Profile:
+        """The profile stored as ``body`` (kept, when it is the body written from it; else decoded)."""
+        kept = self._kept.pop(pseudo, None)
+        if kept is not None and kept[0] == body:
+            return kept[1]
+        return decode_profile(subject, body)
+
+    def wrote(self, pseudo: str, body: str, profile: Profile) -> None:
+        """Keep ``profile``, just encoded as ``body`` for writing (the caller changes it no more)."""
+        if len(self._kept) >= self._limit:
+            self._kept.clear()
+        self._kept[pseudo] = (body, profile)
+
+    def forget(self, pseudos: Iterable[str]) -> None:
+        """Drop what is kept of ``pseudos`` (erasure: nothing of the person kept in memory)."""
+        for pseudo in pseudos:
+            self._kept.pop(pseudo, None)
 
 
 def _copy(value: object) -> object:

@@ -1,10 +1,15 @@
 """The event log's layout in SQLite: events appended by an increasing key, and the event ids of the dedupe
 window in a small log-structured set whose cost per event does not grow with the log or with the window.
 
-``events`` is keyed by ``seq`` (appends only) with one index, on ``subject`` (export, erasure, re-keying: a
-new row lands at the end of its subject's run, one hot page per active subject). It has no index on
-``event_id``: a uuid4 id would land at a random page of an index as large as the log, one page write per
-event once that index outgrows a transaction.
+``events`` is keyed by ``seq`` (appends only) with one index, on ``(seq >> EPOCH_BITS, subject)``: the log is
+cut into epochs of :data:`EPOCH_SIZE` consecutive events, and the index holds each epoch's entries sorted by
+subject. A new entry lands in the newest epoch's part of the index (a few hundred pages, all in the cache),
+whatever the log holds; an index on ``subject`` alone would put it at the end of its subject's run, spread
+over the whole index, so that each page split read pages long out of the cache and each COMMIT wrote one
+page per active subject. Per-subject access (export, erasure, re-keying an alias's events) asks each epoch in
+turn (:data:`EPOCHS`: one index search per epoch and subject, about 150 at 10M events; SQLite's plan is
+checked by tests/server/test_event_log.py). It has no index on ``event_id``: a uuid4 id would land at a random
+page of an index as large as the log, one page write per event once that index outgrows a transaction.
 
 Idempotency is promised within a window of event time instead (``[ingest] dedupe_window_hours``): an event
 whose ``timestamp_ms`` is at most the window older than the server's clock is stored at most once per
@@ -30,18 +35,22 @@ than the cache, and a new id would otherwise cost a read of a page of each.
 
 Runs are not merged with each other, and have one size: with 100M ids in the window there are 100 runs. A
 merge of runs (size-tiered or leveled) would write each id again and, for large runs, hold the writer for
-the seconds a large rewrite takes, which is what this layout removes. What grows with the number of runs is
-the in-memory probe: each run's filter is asked about every key of a batch, about one cache miss per key per
-run (blocks behind a small top index, :class:`~server.store.id_filter.KeyFilter`), measured at 0.13-0.18 µs
-per key per run on the 2-core machine of docs/benchmarks.md: ~1.5 µs per event at 10M ids (10 runs), ~15 µs
-at 100M, when the rest of the event log costs ~20 µs. Windows of 100M ids would want one in-memory filter
-over all runs (each entry tagged with its run, a new run merged into it at a seal); not built. The filters'
-memory is 4 bytes per id whatever the number of runs, and the point reads after a false "maybe" stay as few
-as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its pages once more
-(``secure_delete`` zeroes them), once per run.
+the seconds a large rewrite takes, which is what this layout removes. With several runs, a batch's keys are
+first asked of one in-memory filter over all of them (their union, built again in memory when a run is sealed,
+dropped or erased from: a merge of their sorted arrays), and each run's filter only about the few keys (about
+ids/2^32 of them) the union does not rule out: one probe per key (one cache miss, blocks behind a small top
+index, :class:`~server.store.id_filter.KeyFilter`; 0.13-0.18 µs on the 2-core machine of docs/benchmarks.md)
+whatever the number of runs, where asking each run's filter cost that per run (~1.5 µs per event at 10 runs).
+The filters' memory is 8 bytes per id of the runs (each run's and the union), and the point reads after a false
+"maybe" stay as few as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its
+pages once more (``secure_delete`` zeroes them), once per run.
 
 The shape is that of a NATS JetStream stream's duplicate window (``Nats-Msg-Id``): :meth:`EventTable.append_new`
 is the one atomic operation, "append these events, skipping ids seen within the window".
+
+A log whose subject index is on ``subject`` alone (:data:`OLD_SUBJECT_INDEX`, before the epochs) is converted
+on open: that index dropped and the epoch one built, one transaction (143 s, 24 s of it CPU, for 24.5M events on
+the loaded machine of docs/benchmarks.md).
 
 Layouts (``meta.event_log_layout``): 3 is this one; 2 (a last level ``event_ids_2`` rewritten by each merge
 into it) is converted on open by renaming that level to the first run; 1 (a UNIQUE index on
@@ -85,6 +94,14 @@ LAYOUT = "3"
 OLD_EVENT_ID_INDEX = "idx_events_event_id"
 OLD_LAST_LEVEL = "event_ids_2"  # layout 2's last level (its filter was level 2 of FILTER_TABLE) ...
 OLD_LAST_LEVEL_ROWS_KEY = "event_ids_2_rows"  # ... and its row count in meta
+EPOCH_BITS = 16  # the subject index's epochs: events seq >> EPOCH_BITS
+EPOCH_SIZE = 1 << EPOCH_BITS  # 65,536 events: the newest epoch's part of the index stays a few hundred pages
+SUBJECT_INDEX = "idx_events_epoch_subject"  # events ((seq >> EPOCH_BITS), subject)
+OLD_SUBJECT_INDEX = "idx_events_subject"  # events (subject): converted on open
+CONVERT_WAIT_MS = 600_000  # how long another process opening the log waits for a conversion that holds the lock
+# Every epoch of the log, oldest first, read in the statement that uses it (so a reader sees one snapshot).
+EPOCHS = (f"WITH RECURSIVE epoch(e) AS (SELECT (SELECT min(seq) FROM events) >> {EPOCH_BITS} UNION ALL SELECT "
+          f"e + 1 FROM epoch WHERE e < (SELECT max(seq) FROM events) >> {EPOCH_BITS}) SELECT e FROM epoch")
 _ID_COLUMNS = "(h INTEGER PRIMARY KEY, chk INTEGER NOT NULL, ts INTEGER NOT NULL)"
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
 
@@ -106,11 +123,12 @@ def event_from_row(row: Sequence[Any]) -> tuple[int, StoredEvent]:
 def subjects_clause(subjects: Sequence[str]) -> tuple[str, list[Any]]:
     """Events belong to the subject they were stored under (the person the event was attributed to then),
     never to whoever else's ids they carry: a shared device or a reused anonymous id links events to
-    several people, and export and erasure must cover exactly one of them (docs/decisions.md)."""
+    several people, and export and erasure must cover exactly one of them (docs/decisions.md). The clause asks
+    the subject index epoch by epoch (:data:`EPOCHS`)."""
     subjects = [s for s in subjects if s]
     if not subjects:
         return "0", []
-    return f"subject IN ({_marks(len(subjects))})", subjects
+    return f"(seq >> {EPOCH_BITS}) IN ({EPOCHS}) AND subject IN ({_marks(len(subjects))})", subjects
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,8 @@ class EventTable:
         # level 1's (token, filter) as last read or written here (another process's merge writes a new token)
         self._filters: dict[int, tuple[int, KeyFilter]] = {}
         self._runs: dict[int, Run] = {}  # the runs as last read (each lookup reads the list again)
+        # one filter over all runs' keys, and the (run, token) pairs it was built from (built again when they change)
+        self._union: tuple[frozenset[tuple[int, int]], KeyFilter] | None = None
 
     # -- schema ------------------------------------------------------------------------------------------
     def create(self) -> None:
@@ -153,7 +173,9 @@ class EventTable:
                   "subject TEXT NOT NULL, user_id TEXT, anonymous_id TEXT, device_id TEXT, name TEXT NOT NULL, "
                   "timestamp_ms INTEGER, received_ms INTEGER, channel TEXT, device_type TEXT, feature TEXT, "
                   "step_id TEXT, decision_id TEXT, properties TEXT)")
-        c.execute("CREATE INDEX IF NOT EXISTS idx_events_subject ON events (subject)")
+        if self._has(OLD_SUBJECT_INDEX, "index"):
+            self.convert_subject_index()
+        c.execute(f"CREATE INDEX IF NOT EXISTS {SUBJECT_INDEX} ON events ((seq >> {EPOCH_BITS}), subject)")
         for level in LEVELS:
             c.execute(f"CREATE TABLE IF NOT EXISTS {level} {_ID_COLUMNS}")
         c.execute(f"CREATE TABLE IF NOT EXISTS {FILTER_TABLE} (level INTEGER PRIMARY KEY, token INTEGER NOT NULL, "
@@ -193,6 +215,28 @@ class EventTable:
     def _end(self, own: bool, ok: bool) -> None:
         if own and self.conn.in_transaction:
             self.conn.execute("COMMIT" if ok else "ROLLBACK")
+
+    def convert_subject_index(self) -> None:
+        """Replace the index on ``subject`` alone by the epoch index (:data:`SUBJECT_INDEX`), in one transaction.
+        Another process opening the log meanwhile waits for it (up to :data:`CONVERT_WAIT_MS`)."""
+        c = self.conn
+        started = time.perf_counter()
+        timeout = c.execute("PRAGMA busy_timeout").fetchone()[0]
+        c.execute(f"PRAGMA busy_timeout={CONVERT_WAIT_MS}")
+        try:
+            own = self._transaction()
+            try:
+                if self._has(OLD_SUBJECT_INDEX, "index"):  # another process may have converted it meanwhile
+                    c.execute(f"DROP INDEX {OLD_SUBJECT_INDEX}")
+                    c.execute(f"CREATE INDEX IF NOT EXISTS {SUBJECT_INDEX} ON events ((seq >> {EPOCH_BITS}), subject)")
+                self._end(own, True)
+            except BaseException:
+                self._end(own, False)
+                raise
+        finally:
+            c.execute(f"PRAGMA busy_timeout={timeout}")
+        log.info("event log's subject index converted to epochs of %d events (%.1f s)", EPOCH_SIZE,
+                 time.perf_counter() - started)
 
     def convert(self, now_ms: int | None = None) -> int:
         """Convert a log of layout 1 (every id in a UNIQUE index on ``events``): record the ids of the events
@@ -266,11 +310,14 @@ class EventTable:
         transaction (a missing filter of level 1 is then built and stored)."""
         found: dict[int, tuple[int, int]] = {}
         keys = list(keys)
-        probes = [(LEVELS[0], None), (LEVELS[1], self._filter(1, write)),
-                  *((run.table, run.filter) for run in self._runs_now())]
         query = Query.of(keys) if keys else None
-        for table, kept in probes:
-            asked = keys if kept is None else [keys[i] for i in kept.hits(query).tolist()] if query else []
+        asks = [(LEVELS[0], keys), (LEVELS[1], self._maybe(self._filter(1, write), keys, query))]
+        runs = self._runs_now()
+        if len(runs) > 1 and query is not None:  # the runs' filters asked only about what their union may hold
+            keys = self._maybe(self._union_of(runs), keys, query)
+            query = Query.of(keys) if keys else None
+        asks += [(run.table, self._maybe(run.filter, keys, query)) for run in runs]
+        for table, asked in asks:
             for part in _chunks(asked):
                 for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {table} WHERE h IN "  # noqa: S608
                                                     f"({_marks(len(part))})", part):
@@ -278,6 +325,23 @@ class EventTable:
                     if old is None or ts > old[1]:
                         found[h] = (chk, ts)
         return found
+
+    @staticmethod
+    def _maybe(kept: KeyFilter | None, keys: list[int], query: Query | None) -> list[int]:
+        """The keys of ``keys`` (whose :class:`Query` is ``query``) that ``kept`` does not rule out (all of them
+        when there is no filter)."""
+        if kept is None:
+            return keys
+        return [keys[i] for i in kept.hits(query).tolist()] if query is not None else []
+
+    def _union_of(self, runs: list[Run]) -> KeyFilter:
+        """One filter over the keys of all ``runs``: a new key is ruled out by one probe, not one per run (the
+        runs' own filters are then asked only about the few it does not rule out). Built again when a run was
+        sealed, dropped or erased from (once per :data:`LEVEL_ROWS`\\[1] ids, a merge of sorted arrays)."""
+        listed = frozenset((run.id, run.token) for run in runs)
+        if self._union is None or self._union[0] != listed:
+            self._union = (listed, KeyFilter.union_of([run.filter for run in runs]))
+        return self._union[1]
 
     def _runs_now(self) -> list[Run]:
         """The runs as committed (a run's filter read again only when its token changed), oldest first."""
@@ -463,8 +527,8 @@ class EventTable:
         """Move events of ``old_subjects`` (e.g. ``anon:abc``) to ``new_subject``; returns rows changed."""
         n = 0
         for part in _chunks(list(old_subjects)):
-            n += self.conn.execute(f"UPDATE events SET subject = ? WHERE subject IN ({_marks(len(part))})",
-                                   [new_subject, *part]).rowcount
+            where, args = subjects_clause(part)
+            n += self.conn.execute(f"UPDATE events SET subject = ? WHERE {where}", [new_subject, *args]).rowcount
         return n
 
     def iter_events(self, after_seq: int = 0, names: Collection[str] | None = None

@@ -71,6 +71,13 @@ class KeyFilter:
         both.sort(kind="stable")  # two sorted runs: a merge
         return KeyFilter(both)
 
+    @classmethod
+    def union_of(cls, filters: Sequence[KeyFilter]) -> KeyFilter:
+        """One filter of the keys of all ``filters`` (a merge of their sorted arrays)."""
+        both = np.concatenate([f._high[:f._n] for f in filters]) if filters else np.zeros(0, dtype=_DTYPE)
+        both.sort(kind="stable")  # sorted runs: timsort merges them
+        return cls(both)
+
     def __len__(self) -> int:
         return self._n
 

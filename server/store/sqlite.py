@@ -328,6 +328,16 @@ class SqliteStore:
         rows.sort(key=lambda r: (r.subject, r.purpose))
         return rows
 
+    def granted_of(self, subjects: Sequence[str], purpose: str) -> dict[str, bool]:
+        """Whether each of ``subjects`` that has a record for ``purpose`` grants it (the ingest job's consent gate:
+        one value per person, no row object)."""
+        out: dict[str, bool] = {}
+        for part in _chunks(list(subjects)):
+            out.update((s, g != 0) for s, g in self.conn.execute(
+                f"SELECT subject, granted FROM consents WHERE purpose = ? AND subject IN ({_marks(len(part))})",
+                [purpose, *part]))
+        return out
+
     def consent_history_of(self, subjects: Sequence[str]) -> list[ConsentRow]:
         if not subjects:
             return []

@@ -1,7 +1,9 @@
 """The event log's layout (server/store/events.py): an event_id is stored once among events whose time is
 within the dedupe window, an older one is stored again and reported as such, the dedupe levels merge and
-prune without losing an id of the window, erasure takes a person's ids out of the window, and a database
-written with the unique event_id index (Onramp at main b6789c1) is converted when opened for writing."""
+prune without losing an id of the window, erasure takes a person's ids out of the window, per-subject access
+finds a person's events in every epoch of the subject index (and SQLite searches that index for it), and a
+database written with the unique event_id index (Onramp at main b6789c1) or the index on subject alone is
+converted when opened for writing."""
 from __future__ import annotations
 
 import pathlib
@@ -15,7 +17,8 @@ from hypothesis import strategies as st
 
 import server.store.events as events_mod
 from server.base.clock import now_ms
-from server.store.events import HOUR_MS, LAYOUT, LAYOUT_KEY, LEVELS, RUNS_TABLE
+from server.store.events import (EPOCH_SIZE, HOUR_MS, LAYOUT, LAYOUT_KEY, LEVELS, OLD_SUBJECT_INDEX, RUNS_TABLE,
+                                 SUBJECT_INDEX)
 from server.store.id_filter import KeyFilter
 from server.store.sqlite import SqliteStore, SubjectKeys
 
@@ -196,7 +199,8 @@ def test_a_database_of_the_earlier_layout_is_converted_when_opened(tmp_path: pat
     try:
         assert store.meta_get(LAYOUT_KEY) == LAYOUT
         indexes = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert "idx_events_event_id" not in indexes and "idx_events_subject" in indexes
+        assert "idx_events_event_id" not in indexes and OLD_SUBJECT_INDEX not in indexes
+        assert SUBJECT_INDEX in indexes
         assert store.conn.execute("SELECT * FROM events ORDER BY seq").fetchall() == rows_before
         again = store.append_new_events(rows(*sorted(times.items())) + rows(("new", NOW)), NOW)
         assert len(again.duplicates) == 40 and not again.outside_window
@@ -330,4 +334,109 @@ def test_a_merge_and_a_seal_by_another_process_are_seen_by_the_next_lookup(tmp_p
     finally:
         first.close()
         second.close()
+        mp.undo()
+
+
+def jump_to_epoch(store: SqliteStore, epoch: int) -> None:
+    """Make the next appended event the first of ``epoch`` (as if the events between had been stored and erased)."""
+    store.conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (epoch * EPOCH_SIZE - 1,))
+
+
+def test_per_subject_access_finds_events_in_every_epoch(store: SqliteStore) -> None:
+    """A person's events spread over epochs 0, 1, 3 and 7 (epochs between without any of theirs, one without any
+    event at all) are read, counted, re-keyed and erased in full; nobody else's are touched."""
+    placed: dict[int, list[int]] = {}
+    for n, epoch in enumerate((0, 1, 3, 7)):
+        if epoch:
+            jump_to_epoch(store, epoch)
+        store.append_new_events(rows((f"ann-{n}", NOW), (f"anon-{n}", NOW), subject="ann")
+                                + rows((f"bob-{n}", NOW), subject="bob")
+                                + rows((f"v-{n}", NOW), subject="anon:v"), NOW)
+        placed[epoch] = [seq for (seq,) in store.conn.execute("SELECT seq FROM events WHERE event_id = ?",
+                                                              (f"ann-{n}",))]
+    assert sorted(seq >> events_mod.EPOCH_BITS for seqs in placed.values() for seq in seqs) == [0, 1, 3, 7]
+    ann = SubjectKeys(("ann",), ("ann",), (), (), ())
+    assert [e.event_id for e in store.events_about(ann)] == [f"{p}-{n}" for n in range(4) for p in ("ann", "anon")]
+    assert store.rows_about(ann)["events"] == 8
+    assert store.rekey_subjects(["anon:v"], "ann") == 4
+    assert store.events.count_about(["ann"]) == 12 and store.events.count_about(["anon:v"]) == 0
+    assert store.erase(ann)["events"] == 12
+    assert [e.event_id for e in store.events_about(SubjectKeys(("bob",), ("bob",), (), (), ()))] == \
+        [f"bob-{n}" for n in range(4)]
+    assert store.events.count_about(["ann", "anon:v"]) == 0
+
+
+def test_per_subject_statements_search_the_epoch_index(store: SqliteStore) -> None:
+    """Every statement that reads, re-keys or deletes a person's events searches the subject index by epoch and
+    subject (SQLite's plan), never scans the log."""
+    for epoch in (0, 2):
+        jump_to_epoch(store, epoch) if epoch else None
+        store.append_new_events(rows((f"a{epoch}", NOW), subject="ann") + rows((f"b{epoch}", NOW), subject="bob"),
+                                NOW)
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    try:
+        ann = SubjectKeys(("ann",), ("ann",), (), (), ())
+        store.events_about(ann)
+        store.rows_about(ann)
+        store.rekey_subjects(["bob"], "bob2")
+        store.erase(ann)
+    finally:
+        store.conn.set_trace_callback(None)
+    per_subject = [q for q in statements if " events " in f"{q} " and "subject IN" in q]
+    assert len(per_subject) >= 5, per_subject  # read, count, re-key, the erased ids, delete
+    for q in per_subject:
+        plan = [row[3] for row in store.conn.execute(f"EXPLAIN QUERY PLAN {q}")]
+        assert any(f"INDEX {SUBJECT_INDEX} (<expr>=? AND subject=?)" in step for step in plan), (q, plan)
+        assert not any(step.startswith("SCAN events") for step in plan), (q, plan)
+
+
+def test_a_database_with_the_subject_index_alone_is_converted_to_epochs(tmp_path: pathlib.Path) -> None:
+    """The log as Onramp wrote it before the epochs (main 7202311: an index on subject alone) opens with that
+    index replaced, and a person's events are still found."""
+    db = tmp_path / "old-index.db"
+    old = SqliteStore(db)
+    old.append_new_events(rows(("a1", NOW), ("a2", NOW), subject="ann") + rows(("b1", NOW), subject="bob"), NOW)
+    old.conn.execute(f"DROP INDEX {SUBJECT_INDEX}")
+    old.conn.execute(f"CREATE INDEX {OLD_SUBJECT_INDEX} ON events (subject)")
+    old.close()
+    store = SqliteStore(db)
+    try:
+        indexes = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                                                    "tbl_name = 'events'")}
+        assert indexes == {SUBJECT_INDEX}
+        assert [e.event_id for e in store.events_about(SubjectKeys(("ann",), ("ann",), (), (), ()))] == ["a1", "a2"]
+        assert store.append_new_events(rows(("a1", NOW), ("a3", NOW), subject="ann"), NOW).duplicates == {0}
+    finally:
+        store.close()
+
+
+def test_a_run_sealed_again_under_a_dropped_runs_number_is_seen_by_another_connection(tmp_path: pathlib.Path) -> None:
+    """Connection A holds the runs' union filter; B erases the person whose ids were the whole newest run (it is
+    dropped) and seals new ids as a run of the same number: A still finds those ids (its union is built again),
+    and no longer the erased ones."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    path = tmp_path / "union.db"
+    a, b = SqliteStore(path, dedupe_window_hours=WINDOW_H), SqliteStore(path, dedupe_window_hours=WINDOW_H)
+    try:
+        for who in ("ann", "bob"):  # run 1: ann's 4 ids, run 2: bob's 4 ids
+            for k in range(0, 4, 2):
+                a.begin()
+                a.append_new_events(rows(*((f"{who}{i}", NOW) for i in range(k, k + 2)), subject=who), NOW)
+                a.commit()
+        assert a.conn.execute(f"SELECT run FROM {RUNS_TABLE} ORDER BY run").fetchall() == [(1,), (2,)]
+        assert a.existing_event_ids(["ann0", "bob3", "cat0"], NOW) == {"ann0", "bob3"}  # union built
+        b.begin()
+        b.erase(SubjectKeys(("bob",), ("bob",), (), (), ()))
+        b.commit()
+        for k in range(0, 4, 2):
+            b.begin()
+            b.append_new_events(rows(*((f"cat{i}", NOW) for i in range(k, k + 2)), subject="cat"), NOW)
+            b.commit()
+        assert b.conn.execute(f"SELECT run FROM {RUNS_TABLE} ORDER BY run").fetchall() == [(1,), (2,)]
+        assert a.existing_event_ids(["ann0", "bob3", "cat0", "cat3"], NOW) == {"ann0", "cat0", "cat3"}
+    finally:
+        a.close()
+        b.close()
         mp.undo()

@@ -130,6 +130,27 @@ def test_an_erasure_on_one_worker_is_honoured_by_the_other(tmp_path: Path) -> No
     on_two_workers(tmp_path, scenario)
 
 
+
+def test_a_profile_written_by_both_workers_counts_every_event(tmp_path: Path) -> None:
+    """Each writer keeps the profiles it wrote (not decoded again when read back unchanged): a profile the other
+    worker changed meanwhile, or that an erasure dropped, is read as stored, so no event is lost or counted twice."""
+    async def scenario(a: Worker, b: Worker) -> None:
+        await a.h.consent("ann")
+        sent = 0
+        for k, worker in enumerate((a, a, b, a, b, b, a)):
+            assert (await worker.send(f"e{k}", "feature_used", user="ann")).accepted == 1
+            sent += 1
+            for w in (a, b):
+                profile = w.pipeline.profile("ann")
+                assert profile is not None and profile.event_count == sent
+        await b.pipeline.erase("ann")
+        await b.h.consent("ann", "tracking")
+        assert (await a.send("after", "feature_used", user="ann")).accepted == 1
+        profile = b.pipeline.profile("ann")
+        assert profile is not None and profile.event_count == 1
+    on_two_workers(tmp_path, scenario)
+
+
 def test_device_hints_are_rows_noted_once_from_an_older_event_log(tmp_path: Path) -> None:
     """Device hints live in their own table; a database from before that gets them from its event log once,
     and a restart then reads no event."""

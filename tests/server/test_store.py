@@ -34,7 +34,7 @@ def test_schema_and_wal(store: SqliteStore, tmp_path: pathlib.Path) -> None:
     assert set(TABLES) <= names
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     indexes = {r[0] for r in store.conn.execute("SELECT sql FROM sqlite_master WHERE type='index' AND sql IS NOT NULL")}
-    assert any("ON events (subject)" in sql for sql in indexes)
+    assert any("ON events ((seq >> 16), subject)" in sql for sql in indexes)  # by epochs (server/store/events.py)
     assert not any("event_id" in sql for sql in indexes)  # ids live in the dedupe levels (server/store/events.py)
     assert {"event_ids_0", "event_ids_1", "event_id_runs"} <= names
     assert any('"decisions" ("user_pseudo")' in sql for sql in indexes)

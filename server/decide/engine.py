@@ -177,6 +177,7 @@ class DecisionEngine:
                         "publishes its next", snap.version, exc, self.snapshot_version)
             self.snapshot_version = snap.version
             return False
+        erased_since = snap.positions.get("unlearn", 0) > self.snapshot_positions.get("unlearn", 0)
         self.segments = SegmentPredictor(self.catalog, models.segments)
         if self.decider is not None and models.policy is not None:
             self.decider.policy = policy_from_state(models.policy)
@@ -186,7 +187,19 @@ class DecisionEngine:
         self.snapshot_positions = snap.positions
         self.policy_version = f"{self._base_version}@{snap.version}"
         self._segment_cache.clear()  # computed with the old models
+        if erased_since:  # the learner took an erasure in, done by this worker or another: forget everyone held
+            self._forget_people()
         return True
+
+    def _forget_people(self) -> None:
+        """Drop every person this worker holds in memory: an erasure committed by another process named people
+        whose raw ids, profiles or contexts may be cached here (which ones is not known here). Run when a
+        snapshot includes a newer erasure, so at most a learner round and a snapshot poll after the commit."""
+        self._segment_cache.clear()
+        self._assignments.clear()
+        self._reader.close()  # its page cache held the person's rows
+        self._reader = self.pipeline.store.reader()
+        self.pipeline.forget_people()
 
     async def start(self) -> None:
         """Start loading new snapshots as the learner publishes them."""

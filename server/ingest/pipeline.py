@@ -565,6 +565,14 @@ class Pipeline:
         body = self._loop_reader().profile_body(self.pseudonym(subject))
         return None if body is None else decode_profile(subject, body)
 
+    def forget_people(self) -> None:
+        """Drop every person held in memory (cached pseudonyms, the writer's kept profiles, the read connection
+        and its page cache) after an erasure that another process committed: the engine calls it once a model
+        snapshot includes an erasure this process did not do itself."""
+        self.pseudonymizer.forget_all()
+        self._written.clear()
+        self.close_reader()
+
     def close_reader(self) -> None:
         """Close the connection :meth:`profile` reads on (stop, or after an erasure: its page cache held the
         person's rows)."""

@@ -194,6 +194,11 @@ class WrittenProfiles:
         for pseudo in pseudos:
             self._kept.pop(pseudo, None)
 
+    def clear(self) -> None:
+        """Drop everything kept (an erasure another process committed; safe from another thread: a profile
+        not found here is decoded from its row)."""
+        self._kept.clear()
+
 
 def _copy(value: object) -> object:
     if isinstance(value, dict):

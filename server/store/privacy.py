@@ -53,6 +53,11 @@ class Pseudonymizer:
         """Drop a subject from the cache (erasure: no raw id kept in memory)."""
         self._cache.pop(subject, None)
 
+    def forget_all(self) -> None:
+        """Drop every cached subject (an erasure another process committed: which raw ids it named is not
+        known here, only that it happened)."""
+        self._cache.clear()
+
     @property
     def fingerprint(self) -> str:
         """A short non-secret fingerprint of the key (to notice a changed key)."""

@@ -15,6 +15,7 @@ from server.api.validation import event_values
 from server.decide.engine import Choice
 from server.ingest.pipeline import DEVICE_HINTS_KEY, IngestResult
 from server.learn.learner import Learner
+from tests.memory_traces import traces
 from tests.server.engine_support import MIN_MS, T0, Harness
 
 
@@ -130,6 +131,24 @@ def test_an_erasure_on_one_worker_is_honoured_by_the_other(tmp_path: Path) -> No
     on_two_workers(tmp_path, scenario)
 
 
+
+def test_an_erasure_on_one_worker_leaves_no_trace_in_the_others_memory(tmp_path: Path) -> None:
+    """The other worker held the person (cached pseudonyms, its writer's kept profile, segment cache, experiment
+    assignment, its readers' page caches); once it loads the snapshot that includes the erasure (what its poll
+    does within a learner round), nothing reachable from its engine and pipeline names them."""
+    async def scenario(a: Worker, b: Worker) -> None:
+        await a.h.consent("carol")
+        for k in range(3):
+            assert (await a.send(f"e{k}", user="carol")).accepted == 1
+        assert a.choose("carol").tracked
+        assert a.pipeline.profile("carol") is not None
+        assert traces([a.h.engine, a.pipeline], ["carol"])  # held before
+
+        await b.pipeline.erase("carol")  # answers once the learner published models without her
+        a.h.engine.load_snapshot()  # a's poll (it may have run already)
+        assert traces([a.h.engine, a.pipeline], ["carol"]) == []
+        assert not a.choose("carol").tracked  # and she is served as unknown
+    on_two_workers(tmp_path, scenario)
 
 def test_a_profile_written_by_both_workers_counts_every_event(tmp_path: Path) -> None:
     """Each writer keeps the profiles it wrote (not decoded again when read back unchanged): a profile the other

@@ -197,8 +197,7 @@ class DecisionEngine:
         snapshot includes a newer erasure, so at most a learner round and a snapshot poll after the commit."""
         self._segment_cache.clear()
         self._assignments.clear()
-        self._reader.close()  # its page cache held the person's rows
-        self._reader = self.pipeline.store.reader()
+        self._reopen_reader()
         self.pipeline.forget_people()
 
     async def start(self) -> None:
@@ -230,9 +229,13 @@ class DecisionEngine:
         for subject in erasure.keys.subjects:
             self._segment_cache.pop(subject, None)
             self._assignments.pop(subject, None)
-        self._reader.close()  # its page cache held the person's rows
-        self._reader = self.pipeline.store.reader()
+        self._reopen_reader()
         return self._wait_unlearned(erasure.unlearning_id)
+
+    def _reopen_reader(self) -> None:
+        """A new read connection after an erasure: the old one's page cache held the person's rows."""
+        self._reader.close()
+        self._reader = self.pipeline.store.reader()
 
     async def _wait_unlearned(self, unlearning_id: int, timeout_s: float = ERASE_WAIT_S) -> None:
         deadline = asyncio.get_running_loop().time() + timeout_s

@@ -567,8 +567,8 @@ class Pipeline:
 
     def forget_people(self) -> None:
         """Drop every person held in memory (cached pseudonyms, the writer's kept profiles, the read connection
-        and its page cache) after an erasure that another process committed: the engine calls it once a model
-        snapshot includes an erasure this process did not do itself."""
+        and its page cache): the engine calls it once a model snapshot includes a newer erasure, which another
+        process may have committed (so which people it named is not known here)."""
         self.pseudonymizer.forget_all()
         self._written.clear()
         self.close_reader()

@@ -42,7 +42,7 @@ from server.base.metrics import Metrics
 from server.base.reasons import Reason
 from server.decide.engine_api import NextStep, ServiceError
 from server.decide.rules import first_firing
-from server.ingest.consent import PERSONALIZATION
+from server.ingest.consent import PERSONALIZATION, TRACKING
 from server.ingest.pipeline import Erasure, Pipeline
 from server.ingest.profiles import Profile, decode_profile
 from server.learn.features import request_mobile
@@ -304,12 +304,16 @@ class DecisionEngine:
         pseudo = pipeline.pseudonym(subject)
         inputs = self._reader.decision_inputs(pseudo, subject)  # shown history, profile and consent at one point
         history = inputs.shows
-        consent = pipeline.consent
-        consent.know(subject, inputs.consents)
-        personal = consent.granted(subject, PERSONALIZATION)
+        # the current records, read with the rest (what ConsentBook.granted and .tracking_gate would answer from
+        # them; no tombstone read: erased or never given, either way not tracked)
+        personal = tracked = False
+        for record in inputs.consents:
+            if record.purpose == PERSONALIZATION:
+                personal = record.granted
+            elif record.purpose == TRACKING:
+                tracked = record.granted
         # Without tracking consent (never given, withdrawn, or erased since) no reward is waited for, and the
         # row keeps the pseudonym only if it shows a step, for the caps, until forget_untracked_shows.
-        tracked = consent.tracking_gate(subject, pipeline.pseudonym) is None
         # None without tracking consent: no event of it is stored
         known = None if inputs.profile_body is None else self._profile(subject, inputs.profile_body)
         experiment, arm, arm_kind = self.assignment(subject)

@@ -73,7 +73,7 @@ import numpy as np
 from server.base.records import StoredEvent
 from server.store.id_filter import KeyFilter, Query
 from server.store.rows import Appended
-from server.store.sql import _chunks, _marks
+from server.store.sql import _chunks, _marks, insert_flat
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ CONVERT_WAIT_MS = 600_000  # how long another process opening the log waits for 
 EPOCHS = (f"WITH RECURSIVE epoch(e) AS (SELECT (SELECT min(seq) FROM events) >> {EPOCH_BITS} UNION ALL SELECT "
           f"e + 1 FROM epoch WHERE e < (SELECT max(seq) FROM events) >> {EPOCH_BITS}) SELECT e FROM epoch")
 _ID_COLUMNS = "(h INTEGER PRIMARY KEY, chk INTEGER NOT NULL, ts INTEGER NOT NULL)"
+_ID_NAMES = ("h", "chk", "ts")
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
 
 
@@ -154,7 +155,7 @@ class EventTable:
                  insert: Any = None) -> None:
         self.conn = conn
         self.window_ms = int(window_hours * HOUR_MS)
-        self._insert = insert  # insert_flat(conn, table, columns, flat) of server/store/sqlite.py
+        self._insert = insert or insert_flat  # insert_flat(conn, table, columns, flat[, verb]) of server/store/sql.py
         self._rows = [0, 0]  # rows in each level (counted at open, then kept up to date)
         # level 1's (token, filter) as last read or written here (another process's merge writes a new token)
         self._filters: dict[int, tuple[int, KeyFilter]] = {}
@@ -421,10 +422,13 @@ class EventTable:
     def _record(self, rows: list[tuple[int, int, int]], now_ms: int, upsert: bool = True) -> None:
         """Add (key, check, event time) rows to level 0 (a key already there takes the new values, unless not
         ``upsert``: then it raises ``sqlite3.IntegrityError``), merging level 0 into level 1 when full,
-        sealing level 1 as a run when full, and dropping the runs that left the window."""
+        sealing level 1 as a run when full, and dropping the runs that left the window. Multi-row INSERTs, not
+        executemany (one SQLite step per row, each giving up and re-taking the GIL: under load from the event
+        loop thread the writer waited for it once per id, holding the write lock)."""
         if rows:
-            self.conn.executemany(f"INSERT INTO {LEVELS[0]} (h, chk, ts) VALUES (?, ?, ?)" + (
-                " ON CONFLICT (h) DO UPDATE SET chk = excluded.chk, ts = excluded.ts" if upsert else ""), rows)
+            # a row replaced is the row upserted: the table has no other column, index or trigger
+            self._insert(self.conn, LEVELS[0], _ID_NAMES, [v for row in rows for v in row],
+                         "INSERT OR REPLACE" if upsert else "INSERT")
             self._rows[0] += len(rows)
             if self._rows[0] >= LEVEL_ROWS[0]:
                 self._merge()

@@ -166,3 +166,22 @@ def test_erase_removes_every_row_about_a_person(store: SqliteStore) -> None:
     # the other person's profile, its change row and shown history stay
     assert (profile_body(store, "p2"), read_shows(store, "p2").version) == ("{}", 1)
     assert [c.pseudo for c in profile_changes_after(store, 0)] == ["p2"]
+
+
+def test_profile_bodies_and_consent_verdicts_read_back_exactly_in_chunks(store: SqliteStore) -> None:
+    """The ingest job's reads inside its transaction come back as one JSON row per chunk: every body exactly as
+    written (quotes, backslashes, non-ASCII), absent people left out, more people than one IN list holds."""
+    odd = '{"f":{"a \\"b\\" \\\\ é ✓":1},"s":"tab\\tnl"}'
+    rows = [(f"p{i}", NOW, odd if i % 7 == 0 else f'[{i}]') for i in range(6_001)]
+    store.begin()
+    put_profiles(store, rows)
+    for i in range(6_001):
+        if i % 3:
+            store.set_consent(ConsentRow(f"u{i}", "tracking", i % 3 == 1, "test", NOW), NOW)
+    store.set_consent(ConsentRow("u0", "personalization", True, "test", NOW), NOW)  # another purpose only
+    store.commit()
+    asked = [f"p{i}" for i in range(6_001)] + ["nobody"]
+    assert store.profile_bodies(asked) == {p: body for p, _, body in rows}
+    verdicts = store.granted_of([f"u{i}" for i in range(6_001)] + ["nobody"], "tracking")
+    assert verdicts == {f"u{i}": i % 3 == 1 for i in range(6_001) if i % 3}
+    assert store.granted_of([], "tracking") == {} and store.profile_bodies([]) == {}

@@ -65,14 +65,13 @@ import sqlite3
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from hashlib import blake2b
 from typing import Any
 
 import numpy as np
 
 from server.base.records import StoredEvent
 from server.store.id_filter import KeyFilter, Query
-from server.store.rows import Appended
+from server.store.rows import Appended, IdKey, digest
 from server.store.sql import _chunks, _marks, insert_flat
 
 log = logging.getLogger(__name__)
@@ -105,13 +104,6 @@ EPOCHS = (f"WITH RECURSIVE epoch(e) AS (SELECT (SELECT min(seq) FROM events) >> 
 _ID_COLUMNS = "(h INTEGER PRIMARY KEY, chk INTEGER NOT NULL, ts INTEGER NOT NULL)"
 _ID_NAMES = ("h", "chk", "ts")
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
-
-
-def digest(event_id: str) -> tuple[int, int]:
-    """The 64-bit key (signed, an SQLite INTEGER) and 32-bit check of an event id: two different ids are
-    taken for one only when all 96 bits agree (about 1 in 10^13 for 10^8 ids in the window)."""
-    d = blake2b(event_id.encode(), digest_size=12).digest()
-    return int.from_bytes(d[:8], "big", signed=True), int.from_bytes(d[8:], "big")
 
 
 def event_from_row(row: Sequence[Any]) -> tuple[int, StoredEvent]:
@@ -483,15 +475,20 @@ class EventTable:
                 if (hit := found.get(h)) is not None and hit[0] == chk and hit[1] >= horizon}
 
     # -- appending ---------------------------------------------------------------------------------------
-    def append_new(self, flat: Sequence[Any], now_ms: int) -> Appended:
+    def append_new(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None) -> Appended:
         """Append the events given as :data:`EVENT_COLUMNS` values one after the other, in order, skipping
         each whose ``event_id`` was stored with an event time within the window ending at ``now_ms`` (or
-        earlier in ``flat``); events older than the window are stored unchecked. Atomic with the caller's
-        transaction."""
+        earlier in ``flat``); events older than the window are stored unchecked. ``digests``: the ids'
+        :func:`~server.store.rows.digest`, one per event, when the caller worked them out already (before
+        the transaction). Atomic with the caller's transaction."""
         n = len(flat) // _WIDTH
         horizon = now_ms - self.window_ms
-        ids, times = flat[0::_WIDTH], flat[_TS::_WIDTH]
-        keys: list[tuple[int, int] | None] = [digest(ids[i]) if times[i] >= horizon else None for i in range(n)]
+        times = flat[_TS::_WIDTH]
+        if digests is None:
+            ids = flat[0::_WIDTH]
+            keys: list[IdKey | None] = [digest(ids[i]) if times[i] >= horizon else None for i in range(n)]
+        else:
+            keys = [digests[i] if times[i] >= horizon else None for i in range(n)]
         found = self._seen([k[0] for k in keys if k is not None], write=True)
         duplicates: set[int] = set()
         record: dict[int, tuple[int, int, int]] = {}

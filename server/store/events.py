@@ -36,12 +36,13 @@ than the cache, and a new id would otherwise cost a read of a page of each.
 Runs are not merged with each other, and have one size: with 100M ids in the window there are 100 runs. A
 merge of runs (size-tiered or leveled) would write each id again and, for large runs, hold the writer for
 the seconds a large rewrite takes, which is what this layout removes. With several runs, a batch's keys are
-first asked of one in-memory filter over all of them (their union, built again in memory when a run is sealed,
-dropped or erased from: a merge of their sorted arrays), and each run's filter only about the few keys (about
+first asked of one in-memory filter over all of them (their union: a run sealed is merged into it, one pass;
+the keys of runs dropped or erased from stay until they are a quarter of it, then it is built again from the
+runs' sorted arrays), and each run's filter only about the few keys (about
 ids/2^32 of them) the union does not rule out: one probe per key (one cache miss, blocks behind a small top
 index, :class:`~server.store.id_filter.KeyFilter`; 0.13-0.18 µs on the 2-core machine of docs/benchmarks.md)
 whatever the number of runs, where asking each run's filter cost that per run (~1.5 µs per event at 10 runs).
-The filters' memory is 8 bytes per id of the runs (each run's and the union), and the point reads after a false
+The filters' memory is 8-9 bytes per id of the runs (each run's and the union), and the point reads after a false
 "maybe" stay as few as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its
 pages once more (``secure_delete`` zeroes them), once per run.
 
@@ -152,7 +153,8 @@ class EventTable:
         # level 1's (token, filter) as last read or written here (another process's merge writes a new token)
         self._filters: dict[int, tuple[int, KeyFilter]] = {}
         self._runs: dict[int, Run] = {}  # the runs as last read (each lookup reads the list again)
-        # one filter over all runs' keys, and the (run, token) pairs it was built from (built again when they change)
+        # one filter holding every key of the runs listed beside it as (run, token) pairs (and maybe keys of runs
+        # since dropped or erased from), see _union_of
         self._union: tuple[frozenset[tuple[int, int]], KeyFilter] | None = None
 
     # -- schema ------------------------------------------------------------------------------------------
@@ -328,13 +330,25 @@ class EventTable:
         return [keys[i] for i in kept.hits(query).tolist()] if query is not None else []
 
     def _union_of(self, runs: list[Run]) -> KeyFilter:
-        """One filter over the keys of all ``runs``: a new key is ruled out by one probe, not one per run (the
-        runs' own filters are then asked only about the few it does not rule out). Built again when a run was
-        sealed, dropped or erased from (once per :data:`LEVEL_ROWS`\\[1] ids, a merge of sorted arrays)."""
+        """One filter that holds every key of ``runs``: a new key is ruled out by one probe, not one per run (the
+        runs' own filters are then asked only about the few it does not rule out). A run it has not seen (sealed,
+        or listed again under a new token) is merged into it: one pass over it (about 0.05 s of CPU at 37M ids,
+        where building it from every run took 0.7-1.4 s, inside a write transaction, in each process that looks
+        up ids). The keys of runs dropped or erased from since stay in it (they are then asked of the runs' own
+        filters, which rule them out) until they are over a quarter of it: it is then built from the runs again."""
         listed = frozenset((run.id, run.token) for run in runs)
-        if self._union is None or self._union[0] != listed:
-            self._union = (listed, KeyFilter.union_of([run.filter for run in runs]))
-        return self._union[1]
+        held = self._union
+        if held is not None and held[0] == listed:
+            return held[1]
+        if held is None:
+            union = KeyFilter.union_of([run.filter for run in runs])
+        else:
+            new = [run.filter for run in runs if (run.id, run.token) not in held[0]]
+            union = KeyFilter.union_of([held[1], *new]) if new else held[1]
+            if len(union) - sum(len(run.filter) for run in runs) > len(union) // 4:
+                union = KeyFilter.union_of([run.filter for run in runs])
+        self._union = (listed, union)
+        return union
 
     def _runs_now(self) -> list[Run]:
         """The runs as committed (a run's filter read again only when its token changed), oldest first."""

@@ -237,6 +237,13 @@ def _arm_list(eligible_arms: Sequence[int] | np.ndarray) -> list[int]:
     return arms
 
 
+def _scores_of(arm_list: list[int], scores: Sequence[float]) -> list[float]:
+    """The scores of ``arm_list`` out of every arm's ``scores`` (ValueError for an index out of range)."""
+    if min(arm_list) < 0 or max(arm_list) >= len(scores):
+        raise ValueError(f"arms must be indices in [0, {len(scores) - 1}] (got {arm_list})")
+    return [scores[a] for a in arm_list]
+
+
 @dataclass(slots=True)
 class Choice:
     """One decision: the chosen arm, its exact probability (the propensity), the probability and
@@ -298,9 +305,28 @@ class Decider:
         if scores is None:
             score_list = self.policy.score_list(x, arm_list, g)
         else:
-            if min(arm_list) < 0 or max(arm_list) >= len(scores):
-                raise ValueError(f"arms must be indices in [0, {len(scores) - 1}] (got {arm_list})")
-            score_list = [scores[a] for a in arm_list]
+            score_list = _scores_of(arm_list, scores)
+        probs = self._probabilities(arm_list, score_list, boosted)
+        i = sample(probs, g) if len(probs) > 1 else 0
+        return Choice(
+            arm=arm_list[i],
+            probability=probs[i],
+            probabilities=dict(zip(arm_list, probs)),
+            scores=dict(zip(arm_list, score_list)),
+            greedy_arm=arm_list[score_list.index(max(score_list))],
+            policy_version=self._version,
+        )
+
+    def distribution(self, eligible_arms: Sequence[int] | np.ndarray, boosted: tuple[int, float] | None,
+                     scores: Sequence[float]) -> tuple[list[int], list[float]]:
+        """The eligible arms (as a list) and the exact probability of each, as :meth:`decide` draws from them given
+        :meth:`all_scores` ``scores``: a caller deciding again on the same scores and arms may keep them and draw
+        with :func:`sample` (when more than one arm; :meth:`decide` takes no draw for a single arm)."""
+        arm_list = _arm_list(eligible_arms)
+        return arm_list, self._probabilities(arm_list, _scores_of(arm_list, scores), boosted)
+
+    def _probabilities(self, arm_list: list[int], score_list: list[float],
+                       boosted: tuple[int, float] | None) -> list[float]:
         if len(arm_list) == 1:
             if not math.isfinite(score_list[0]):
                 raise ValueError("scores must be finite numbers (check the context features)")
@@ -311,15 +337,7 @@ class Decider:
             if boosted[0] not in arm_list:
                 raise ValueError(f"boosted arm {boosted[0]} is not eligible (eligible: {arm_list})")
             probs = boost(probs, arm_list.index(boosted[0]), boosted[1])
-        i = sample(probs, g) if len(probs) > 1 else 0
-        return Choice(
-            arm=arm_list[i],
-            probability=probs[i],
-            probabilities=dict(zip(arm_list, probs)),
-            scores=dict(zip(arm_list, score_list)),
-            greedy_arm=arm_list[score_list.index(max(score_list))],
-            policy_version=self._version,
-        )
+        return probs
 
     def learn_one(self, x: np.ndarray, arm: int, reward: float, t: float | None = None) -> None:
         """Pass one observed reward to the policy, with the time ``t`` of its decision."""

@@ -98,22 +98,27 @@ def _in_window(times: Iterable[int], since: int) -> int:
     return sum(1 for t in times if t > since)
 
 
-_CHANNELS: dict[int, tuple[Sequence[StepSpec], dict[str, str]]] = {}
+# What eligible() reads of each step, as plain tuples, with the step id -> channel map: remembered for steps
+# tuples (immutable, so it cannot go stale), which is what a server passes on every request.
+_Row = tuple[str, str, bool, tuple[str, ...], int, int, bool]
+_LAYOUTS: dict[int, tuple[Sequence[StepSpec], dict[str, str], list[_Row]]] = {}
 
 
-def _channel_of(steps: Sequence[StepSpec]) -> dict[str, str]:
-    """step id -> channel of ``steps``; remembered for tuples (immutable, so the map cannot go stale), which
-    is what a server passes on every request."""
-    if not isinstance(steps, tuple):
-        return {s.step_id: s.channel for s in steps}
-    hit = _CHANNELS.get(id(steps))
-    if hit is not None and hit[0] is steps:
-        return hit[1]
-    if len(_CHANNELS) >= 64:
-        _CHANNELS.clear()
+def _layout(steps: Sequence[StepSpec]) -> tuple[dict[str, str], list[_Row]]:
+    """step id -> channel of ``steps``, and per step (id, channel, personalized, prerequisites, cooldown_ms,
+    max_per_day, repeatable)."""
+    if isinstance(steps, tuple):
+        hit = _LAYOUTS.get(id(steps))
+        if hit is not None and hit[0] is steps:
+            return hit[1], hit[2]
     channels = {s.step_id: s.channel for s in steps}
-    _CHANNELS[id(steps)] = (steps, channels)
-    return channels
+    rows = [(s.step_id, s.channel, s.kind == "personalized", tuple(s.prerequisites), s.cooldown_ms, s.max_per_day,
+             s.repeatable) for s in steps]
+    if isinstance(steps, tuple):
+        if len(_LAYOUTS) >= 64:
+            _LAYOUTS.clear()
+        _LAYOUTS[id(steps)] = (steps, channels, rows)
+    return channels, rows
 
 
 def eligible(steps: Sequence[StepSpec], history: UserHistory, config: GuardrailConfig, now_ms: int,
@@ -121,7 +126,7 @@ def eligible(steps: Sequence[StepSpec], history: UserHistory, config: GuardrailC
     """Split ``steps`` into those that may be shown at ``now_ms`` on ``surface`` (a channel; None or
     "" = any) and those blocked, with the first failing rule as the reason (see the module doc).
 
-    Runs on every GetNextStep: pass the steps as a tuple (their channel map is then built once)."""
+    Runs on every GetNextStep: pass the steps as a tuple (what is read of them is then laid out once)."""
     since = now_ms - DAY_MS
     shown = history.shown
     shown_today: dict[str, int] = {}
@@ -129,8 +134,8 @@ def eligible(steps: Sequence[StepSpec], history: UserHistory, config: GuardrailC
     total = 0
     last_shown = None
     ascending = history.ascending
+    channel_of, rows = _layout(steps)
     if shown:
-        channel_of = _channel_of(steps)
         for step_id, times in shown.items():
             if not times:
                 shown_today[step_id] = 0
@@ -160,40 +165,41 @@ def eligible(steps: Sequence[StepSpec], history: UserHistory, config: GuardrailC
     no_repeat = config.never_repeat_completed
     channel_caps = config.max_per_day_per_channel
     max_total = config.max_per_day_total
+    shown_get = shown.get if shown else None
+    today_get = shown_today.get
 
     ok: list[str] = []
     blocked: dict[str, str] = {}
-    for s in steps:
-        sid = s.step_id
+    for sid, channel, personalized, prerequisites, cooldown_ms, max_per_day, repeatable in rows:
+        if sid in completed and no_repeat and not repeatable:
+            blocked[sid] = "completed"
+            continue
+        if sid in dismissed and (dismissed_at is None or now_ms - dismissed_at[sid] < cooldown_ms):
+            blocked[sid] = "dismissed"
+            continue
         reason = None
-        if sid in completed and no_repeat and not s.repeatable:
-            reason = "completed"
-        elif sid in dismissed and (dismissed_at is None or now_ms - dismissed_at[sid] < s.cooldown_ms):
-            reason = "dismissed"
+        for p in prerequisites:
+            if p not in completed:
+                reason = f"prerequisite:{p}"
+                break
+        if reason is not None:
+            pass
+        elif surface and channel != surface:
+            reason = "surface"
+        elif personalized and not personal_ok:
+            reason = "min_sessions"
         else:
-            missing = None
-            for p in s.prerequisites:
-                if p not in completed:
-                    missing = p
-                    break
-            if missing is not None:
-                reason = f"prerequisite:{missing}"
-            elif surface and s.channel != surface:
-                reason = "surface"
-            elif not personal_ok and s.kind == "personalized":
-                reason = "min_sessions"
-            else:
-                times = shown.get(sid, ()) if shown else ()
-                if times and now_ms - (times[-1] if ascending else max(times)) < s.cooldown_ms:
-                    reason = "cooldown"
-                elif shown_today.get(sid, 0) >= s.max_per_day:
-                    reason = "cap:step"
-                elif per_channel.get(s.channel, 0) >= channel_caps.get(s.channel, max_total):
-                    reason = f"cap:channel:{s.channel}"
-                elif total_full:
-                    reason = "cap:total"
-                elif gap_blocked:
-                    reason = "min_gap"
+            times = shown_get(sid, ()) if shown_get is not None else ()
+            if times and now_ms - (times[-1] if ascending else max(times)) < cooldown_ms:
+                reason = "cooldown"
+            elif today_get(sid, 0) >= max_per_day:
+                reason = "cap:step"
+            elif per_channel.get(channel, 0) >= channel_caps.get(channel, max_total):
+                reason = f"cap:channel:{channel}"
+            elif total_full:
+                reason = "cap:total"
+            elif gap_blocked:
+                reason = "min_gap"
         if reason is None:
             ok.append(sid)
         else:

@@ -209,10 +209,12 @@ def validate_event(ev: pb.Event, limits: IngestConfig, now_ms: int) -> EventValu
 def _subject(user_id: str, anonymous_id: str, limits: IngestConfig) -> None:
     if not user_id and not anonymous_id:
         raise ValidationError("user_id", "one of user_id and anonymous_id is required (both are empty)")
-    if user_id:
-        _user_id("user_id", user_id, limits.max_id_chars)
-    if anonymous_id:
-        _id("anonymous_id", anonymous_id, limits.max_id_chars)
+    limit = limits.max_id_chars
+    # the checks in C first (_bad_id); the full checks, which name the problem, only for an id they flag
+    if user_id and (_bad_id(user_id, limit) or user_id.startswith(r.ANON_PREFIX)):
+        _user_id("user_id", user_id, limit)
+    if anonymous_id and _bad_id(anonymous_id, limit):
+        _id("anonymous_id", anonymous_id, limit)
 
 
 def validate_subject_request(req: pb.EraseUserRequest | pb.ExportUserDataRequest | pb.GetUserProfileRequest,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bandits.exploration import Decider
+from bandits.exploration import Decider, sample
 from bandits.guardrails import GuardrailConfig, StepSpec, UserHistory, eligible, personalization_allowed
 from bandits.policies import policy_from_state
 from server.base.catalog import Catalog
@@ -42,7 +42,7 @@ from server.base.metrics import Metrics
 from server.base.reasons import Reason
 from server.decide.engine_api import NextStep, ServiceError
 from server.decide.rules import first_firing
-from server.ingest.consent import PERSONALIZATION
+from server.ingest.consent import PERSONALIZATION, TRACKING
 from server.ingest.pipeline import Erasure, Pipeline
 from server.ingest.profiles import Profile, decode_profile
 from server.learn.features import request_mobile
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 SEGMENT_CACHE_MS = 60_000  # a user's segments/context are recomputed at least once a minute ...
 SEGMENT_CACHE_SIZE = 100_000  # ... for at most this many recent users
+PROFILE_CACHE_SIZE = 10_000  # decoded profiles kept (by stored body) for the most recent users (~2 KB each)
 SNAPSHOT_POLL_S = 0.1  # how often a worker looks for a newer model snapshot
 ERASE_WAIT_S = 30.0  # how long EraseUser waits for the learner to publish models without the person
 MAX_ATTEMPTS = 8  # decisions of one user decided again at most this often when another show got in first
@@ -112,6 +113,31 @@ class _Context:
     result: SegmentResult
     context: str
     scores: list[float] | None = None
+    # (eligible steps, boosted arm and beta) -> the bandit's distribution over them with the logged JSON columns;
+    # made from ``scores``, so it is exact for this context and snapshot (a few entries: a person's candidates)
+    draws: dict[tuple[tuple[str, ...], tuple[int, float] | None], _Draw] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Draw:
+    """The bandit's distribution over one set of eligible steps for one cached context (see :class:`_Context`):
+    the arms and their exact probabilities, and the row's ``eligible`` and ``probabilities`` columns as JSON."""
+
+    arms: list[int]
+    probabilities: list[float]
+    eligible_json: str
+    probabilities_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A person's profile as last decoded by this worker, with the stored body it was decoded from: handed out
+    again only against that exact body (any write, by any process, stores another), with the values derived from
+    it once (the guardrails' distinct active days)."""
+
+    body: str
+    profile: Profile
+    distinct_days: int
 
 
 class DecisionEngine:
@@ -157,6 +183,7 @@ class DecisionEngine:
         self._reader = pipeline.store.reader()
         self._poller: asyncio.Task[None] | None = None
         self._segment_cache: dict[str, _Context] = {}
+        self._profiles: dict[str, _Known] = {}  # subject -> its profile as last decoded (see _profile)
         self.conflicts = 0  # decisions decided again because another one showed the person something first
         pipeline.add_erasure_listener(self.erased)
         self.load_snapshot()
@@ -196,6 +223,7 @@ class DecisionEngine:
         whose raw ids, profiles or contexts may be cached here (which ones is not known here). Run when a
         snapshot includes a newer erasure, so at most a learner round and a snapshot poll after the commit."""
         self._segment_cache.clear()
+        self._profiles.clear()
         self._assignments.clear()
         self._reopen_reader()
         self.pipeline.forget_people()
@@ -228,6 +256,7 @@ class DecisionEngine:
         until the learner published models without them (the returned awaitable; ``EraseUser`` answers after)."""
         for subject in erasure.keys.subjects:
             self._segment_cache.pop(subject, None)
+            self._profiles.pop(subject, None)
             self._assignments.pop(subject, None)
         self._reopen_reader()
         return self._wait_unlearned(erasure.unlearning_id)
@@ -275,32 +304,37 @@ class DecisionEngine:
         pseudo = pipeline.pseudonym(subject)
         inputs = self._reader.decision_inputs(pseudo, subject)  # shown history, profile and consent at one point
         history = inputs.shows
-        consent = pipeline.consent
-        consent.know(subject, inputs.consents)
-        personal = consent.granted(subject, PERSONALIZATION)
+        # the current records, read with the rest (what ConsentBook.granted and .tracking_gate would answer from
+        # them; no tombstone read: erased or never given, either way not tracked)
+        personal = tracked = False
+        for record in inputs.consents:
+            if record.purpose == PERSONALIZATION:
+                personal = record.granted
+            elif record.purpose == TRACKING:
+                tracked = record.granted
         # Without tracking consent (never given, withdrawn, or erased since) no reward is waited for, and the
         # row keeps the pseudonym only if it shows a step, for the caps, until forget_untracked_shows.
-        tracked = consent.tracking_gate(subject, pipeline.pseudonym) is None
         # None without tracking consent: no event of it is stored
-        profile = None if inputs.profile_body is None else decode_profile(subject, inputs.profile_body)
+        known = None if inputs.profile_body is None else self._profile(subject, inputs.profile_body)
         experiment, arm, arm_kind = self.assignment(subject)
         shown = history.shows
-        if profile is None:
+        if known is None:
+            profile = None
             hist = UserHistory(shown=shown, ascending=True)  # a stored history's times are ascending
             segments: list[str] = []
             context: dict[str, float] | str = {}
             x = None
         else:
+            profile = known.profile
             hist = UserHistory(shown=shown, completed=profile.steps_completed, dismissed=profile.steps_dismissed,
-                               sessions=profile.sessions, distinct_days=distinct_days(profile.session_starts_ms),
-                               ascending=True)
+                               sessions=profile.sessions, distinct_days=known.distinct_days, ascending=True)
             cached = self._segments_and_context(subject, profile, now_ms, request_context)
             seg, context = cached.result, cached.context
             segments, x = seg.segments, seg.vector
         el = eligible(self.specs, hist, self._eligibility, now_ms, surface or None)
         allowed = el.eligible
 
-        def decision(step_id: str, reason: str, candidates: list[str], probabilities: dict[str, float],
+        def decision(step_id: str, reason: str, candidates: list[str] | str, probabilities: dict[str, float] | str,
                      propensity: float = 1.0) -> Decision:
             deadline = now_ms + self._window_ms[step_id] if step_id and tracked else 0
             return Decision(new_decision_id(), pseudo if tracked or step_id else ANONYMOUS_ROW, now_ms, surface,
@@ -342,13 +376,53 @@ class DecisionEngine:
                 boosted = None if fired is None else (self.arm_index[fired.step_id], fired.boost)
                 if cached.scores is None:  # scored once per cached context and snapshot (cleared with it)
                     cached.scores = self.decider.all_scores(x)
-                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng, boosted, cached.scores)
-                arms = self.arms
-                probs = {arms[a]: p for a, p in c.probabilities.items()}
                 reason = Reason.BANDIT if fired is None else fired.reason
+                arms = self.arms
+                if cached.scores is not None:  # deterministic scores: the distribution too, per eligible set
+                    draw = self._draw(cached, candidates, boosted)
+                    probs_list = draw.probabilities
+                    i = sample(probs_list, self._rng) if len(probs_list) > 1 else 0  # as Decider.decide draws
+                    return Choice(decision(arms[draw.arms[i]], reason, draw.eligible_json, draw.probabilities_json,
+                                           probs_list[i]), segments, x, pseudo, history, tracked)
+                c = self.decider.decide(x, [self.arm_index[s] for s in candidates], self._rng, boosted)
+                probs = {arms[a]: p for a, p in c.probabilities.items()}
                 return Choice(decision(arms[c.arm], reason, candidates, probs, c.probability), segments, x,
                               pseudo, history, tracked)
         return deterministic(self.generic_pick(candidates, shown), Reason.GENERIC, candidates)
+
+    def _profile(self, subject: str, body: str) -> _Known:
+        """The profile of ``subject`` stored as ``body``: decoded once per stored body (a person asked for again
+        before any event of theirs changed it costs a string comparison), the entry replaced by any other body,
+        and dropped with the person on an erasure (see :meth:`erased`, :meth:`_forget_people`)."""
+        hit = self._profiles.get(subject)
+        if hit is not None and hit.body == body:
+            return hit
+        profile = decode_profile(subject, body)
+        known = _Known(body, profile, distinct_days(profile.session_starts_ms))
+        if len(self._profiles) >= PROFILE_CACHE_SIZE:
+            self._profiles.clear()
+        self._profiles[subject] = known
+        return known
+
+    def _draw(self, cached: _Context, candidates: list[str], boosted: tuple[int, float] | None) -> _Draw:
+        """The bandit's distribution over ``candidates`` (boosted toward ``boosted``) for the cached context's scores,
+        worked out once per eligible set while the context and snapshot hold (the same numbers each time: the
+        logged propensities stay exact), with the row's JSON columns encoded once."""
+        key = (tuple(candidates), boosted)
+        draws = cached.draws
+        if draws is None:
+            draws = cached.draws = {}
+        hit = draws.get(key)
+        if hit is not None:
+            return hit
+        arm_index, names = self.arm_index, self.arms
+        arms, probs = self.decider.distribution([arm_index[s] for s in candidates], boosted, cached.scores)
+        draw = _Draw(arms, probs, json_column(candidates),
+                     json_column({names[a]: p for a, p in zip(arms, probs)}))
+        if len(draws) >= 16:  # a person's eligible sets change slowly; bound it anyway
+            draws.clear()
+        draws[key] = draw
+        return draw
 
     def _segments_and_context(self, subject: str, profile: Profile, now_ms: int,
                               request_context: Mapping[str, str]) -> _Context:

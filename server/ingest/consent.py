@@ -52,12 +52,6 @@ class ConsentBook:
             rows = self._records[subject] = {r.purpose: r for r in self._reads.consents_of([subject])}
             return rows
 
-    def know(self, subject: str, rows: Sequence[ConsentRow]) -> None:
-        """Take ``rows`` as every current record of ``subject`` (read together with other state, e.g. a
-        decision's inputs), instead of reading them."""
-        self._records[subject] = {r.purpose: r for r in rows}
-        self._tracking.pop(subject, None)
-
     def read(self, subjects: Collection[str]) -> None:
         """Read whether ``subjects`` grant tracking (those not read yet), with one call: an ingest job's users at
         once, for its consent gate, which needs no other purpose and no record's details (a full record is still

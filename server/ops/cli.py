@@ -98,6 +98,16 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return config.with_server(host=args.host, port=args.port, db_path=args.db, workers=workers)
 
 
+# The garbage collector's thresholds while serving (Python's default: 700, 10, 10). A call allocates a few
+# hundred tracked objects, nearly all freed by reference counting within the call, and grpc's cython layer
+# leaves a few reference cycles per call: at the default, a young collection ran every few calls and found
+# mostly live in-flight calls' objects, promoting them, and the older generations (caches, pending rewards)
+# were traversed again every few seconds. Measured at 1000 GetNextStep/s with one worker (gc.callbacks,
+# thread CPU, a loaded 2-core machine): about 24 us of collection per call at the default, about 2 us at these
+# values, and no full collection in 15 s instead of four of ~36 ms each.
+GC_THRESHOLDS = (3000, 20, 20)
+
+
 def child_config(args: argparse.Namespace, link: "SupervisorLink | None") -> Config | int:
     """The config of a supervisor's child (a worker, the learner), or exit code 2 after saying why it is wrong
     (to the supervisor over ``link``, else on stderr)."""
@@ -133,6 +143,7 @@ async def serve(config: Config, stop_signals: Sequence[int] = (signal.SIGINT, si
     # The startup heap (catalog, models, modules) lives as long as the server: out of the garbage collector's
     # reach, full collections under load stall the event loop less.
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in stop_signals:

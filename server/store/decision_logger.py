@@ -48,8 +48,8 @@ class Decision:
     experiment: str
     arm: str
     context: dict[str, float] | str  # or its JSON text (json_column), as the row stores it
-    eligible: list[str]
-    probabilities: dict[str, float]
+    eligible: list[str] | str  # (each JSON column: the value, or its JSON text)
+    probabilities: dict[str, float] | str
     reward_deadline_ms: int
 
     def flat(self) -> tuple[Any, ...]:

@@ -178,6 +178,11 @@ def test_reused_scores_give_the_same_choice_and_probabilities(seed, eligible, bo
         reused = decider.decide(x, eligible, np.random.default_rng(seed), boosted, scores)
         assert (reused.arm, reused.probability, reused.probabilities, reused.scores) == \
             (fresh.arm, fresh.probability, fresh.probabilities, fresh.scores)
+        # the kept distribution and one draw of sample() (none for one arm) choose as decide() does
+        arms, probs = decider.distribution(eligible, boosted, scores)
+        assert dict(zip(arms, probs)) == fresh.probabilities
+        i = sample(probs, np.random.default_rng(seed)) if len(probs) > 1 else 0
+        assert (arms[i], probs[i]) == (fresh.arm, fresh.probability)
 
 
 def test_thompson_scores_are_never_reused():

@@ -132,7 +132,7 @@ class Checkpointer:
         while not self._stop.wait(self.interval_s):
             try:
                 self.run_once()
-            except sqlite3.Error:  # e.g. the file went away; the writers' fallback still bounds the WAL
+            except (sqlite3.Error, OSError):  # e.g. the file went away; the writers' fallback still bounds the WAL
                 self.stats.failures += 1
                 if self.stats.failures in (1, 10, 100) or self.stats.failures % 1000 == 0:
                     log.exception("WAL checkpoint failed (%d so far); retrying", self.stats.failures)

@@ -34,7 +34,6 @@ from server.decide.engine_api import DecisionService, ProfileEnricher
 from server.ingest.consent import ConsentBook
 from server.ingest.identity import IdentityGraph
 from server.ingest.pipeline import Pipeline
-from server.store.checkpointer import FALLBACK_AUTOCHECKPOINT_FRAMES, Checkpointer
 from server.store.privacy import Pseudonymizer
 from server.store.pseudonym_key import open_pseudonymizer
 from server.store.sqlite import SqliteStore, open_store
@@ -98,8 +97,7 @@ def open_runtime(config: Config, metrics: Metrics | None = None) -> Runtime:
     log.info("catalog %s: the demo catalog%s", catalog.version,
              f" with these keys from {config.source}: {', '.join(overrides)}" if overrides else ", as shipped")
     store = open_store(config.server.db_path, synchronous=config.ingest.synchronous,
-                       dedupe_window_hours=config.ingest.dedupe_window_hours,
-                       autocheckpoint=FALLBACK_AUTOCHECKPOINT_FRAMES)  # the learner's process checkpoints
+                       dedupe_window_hours=config.ingest.dedupe_window_hours)
     try:
         pseudonymizer = open_pseudonymizer(store, config.privacy)
         _remove_old_checkpoint(config.server.db_path)
@@ -120,10 +118,9 @@ class OnrampServer:
     """A built server: the grpc.aio server, its operations layer and the runtime it serves."""
 
     def __init__(self, runtime: Runtime, server: grpc.aio.Server, ops: Operations, service: OnrampService,
-                 learner: Learner | None = None, checkpointer: Checkpointer | None = None) -> None:
+                 learner: Learner | None = None) -> None:
         self.runtime = runtime
         self.learner = learner  # the models' learner (None with a custom decision service)
-        self.checkpointer = checkpointer  # the WAL's, in the process that runs the learner
         self._learning: asyncio.Task[None] | None = None
         self.grpc_server: grpc.aio.Server | None = server
         self.ops = ops
@@ -149,8 +146,6 @@ class OnrampServer:
             await start()
         if self.learner is not None:
             self._learning = asyncio.get_running_loop().create_task(self.learner.run(), name="onramp-learner")
-        if self.checkpointer is not None:
-            self.checkpointer.start()
         await self.ops.started()
         return self.port
 
@@ -176,8 +171,6 @@ class OnrampServer:
             self.learner.close()
         self.runtime.pipeline.close_reader()
         await asyncio.to_thread(self.runtime.writer.stop)
-        if self.checkpointer is not None:
-            await asyncio.to_thread(self.checkpointer.stop)
         self.ops.stopped()
         await asyncio.sleep(0)  # let the last post-commit callbacks run
         self.runtime.pipeline.attach_loop(None)
@@ -194,8 +187,8 @@ def build_server(config: Config | None = None, *, decision_factory: DecisionFact
                  run_learner: bool = True) -> OnrampServer:
     """Assemble a server (call from a coroutine: grpc.aio needs the running loop). Nothing listens until
     :meth:`OnrampServer.start`; ``reuse_port`` shares the port with the other workers of a supervisor;
-    ``run_learner`` runs the learner and the WAL's checkpointer (server/store/checkpointer.py) in this process
-    (off in the workers of a supervisor, which runs them as a process of its own: server/ops/learner_process.py)."""
+    ``run_learner`` runs the learner in this process (off in the workers of a supervisor, which runs it as a
+    process of its own: server/ops/learner_process.py)."""
     config = config or Config()
     ops_config = ops_config_for(config)
     if ops is None:
@@ -224,8 +217,7 @@ def build_server(config: Config | None = None, *, decision_factory: DecisionFact
         runtime.writer.stop()
         runtime.store.close()
         raise
-    checkpointer = Checkpointer(runtime.store.path) if run_learner and runtime.store.path != ":memory:" else None
-    return OnrampServer(runtime, server, ops, service, learner, checkpointer)
+    return OnrampServer(runtime, server, ops, service, learner)
 
 
 def _install_dashboard(ops: Operations, runtime: Runtime, decisions: DecisionService,

@@ -2,9 +2,8 @@
 serve flags), started by the supervisor (server/ops/supervisor.py) beside the workers.
 
 It opens the same database with its own writer, runs the :class:`~server.learn.learner.Learner` (the only place
-models learn: rewards joined, the bandit and the River models updated, snapshots published) and the WAL's
-checkpointer (server/store/checkpointer.py: the workers' commits then do not checkpoint), reports ready over its
-link once its state is loaded, and on SIGTERM finishes its round, saves its state and exits 0.
+models learn: rewards joined, the bandit and the River models updated, snapshots published), reports ready over
+its link once its state is loaded, and on SIGTERM finishes its round, saves its state and exits 0.
 """
 from __future__ import annotations
 
@@ -25,22 +24,18 @@ async def run_learner(config: object, ready: Callable[[], None] | None = None) -
     from server.base.catalog import catalog_from_config
     from server.base.config import Config
     from server.learn.learner import Learner
-    from server.store.checkpointer import FALLBACK_AUTOCHECKPOINT_FRAMES, Checkpointer
     from server.store.pseudonym_key import open_pseudonymizer
     from server.store.sqlite import open_store
     from server.store.writer import Writer
 
     assert isinstance(config, Config)
     catalog = catalog_from_config(config.raw)
-    store = open_store(config.server.db_path, synchronous=config.ingest.synchronous,
-                       autocheckpoint=FALLBACK_AUTOCHECKPOINT_FRAMES)
+    store = open_store(config.server.db_path, synchronous=config.ingest.synchronous)
     writer = Writer(store, max_group_weight=config.ingest.writer_max_events, name="onramp-learner-writer")
-    checkpointer = Checkpointer(store.path)  # every worker's WAL frames, off their commits
     learner: Learner | None = None
     try:
         pseudonymizer = open_pseudonymizer(store, config.privacy)
         writer.start()
-        checkpointer.start()
         learner = Learner(store, writer, catalog, pseudonymizer.pseudonymize)
         learner.open()
         stop = asyncio.Event()
@@ -59,7 +54,6 @@ async def run_learner(config: object, ready: Callable[[], None] | None = None) -
         if learner is not None:
             learner.close()
         await asyncio.to_thread(writer.stop)
-        await asyncio.to_thread(checkpointer.stop)
         store.close()
 
 

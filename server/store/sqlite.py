@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ TABLES = ("events", "identities", "device_hints", "consents", "consent_history",
           "outcomes", "profiles", "profile_changes", "show_history", "outcome_log", "decision_feed", "unlearn_queue")
 BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for a lock held by another connection
 SCRUB_WAIT_MS = 1000  # how long scrub_wal waits for readers of older WAL frames (it holds up the writer)
-SCRUB_RETRY_S = 0.001  # scrub_wal's pause before trying again while another connection checkpoints
 
 # A decision that showed a step to someone without tracking consent (no reward window) and still holds their
 # pseudonym: kept only while the caps need it (SqliteStore.forget_untracked_shows).
@@ -58,7 +56,7 @@ class SqliteStore:
     """
 
     def __init__(self, path: str | Path, *, synchronous: str = "full", readonly: bool = False,
-                 dedupe_window_hours: float = DEFAULT_WINDOW_HOURS, autocheckpoint: int | None = None) -> None:
+                 dedupe_window_hours: float = DEFAULT_WINDOW_HOURS) -> None:
         self.path = str(path)
         self.readonly = readonly
         self.scrub_pending = False  # a scrub_wal that could not truncate the WAL yet (readers of older frames)
@@ -79,8 +77,6 @@ class SqliteStore:
             self.write_lock = WriteLock(lock_path(self.path))
             self.db.enable_wal()
         self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        if autocheckpoint is not None:  # the WAL frames past which a COMMIT checkpoints (server/store/checkpointer.py)
-            self.conn.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
         # Deleted rows are overwritten with zeros, not just unlinked, so an erased person's ids do not stay
         # in free space of the database file (the WAL's older copies go with scrub_wal).
         self.conn.execute("PRAGMA secure_delete=ON")
@@ -194,28 +190,18 @@ class SqliteStore:
         """Copy every committed page into the database file and truncate the WAL to zero bytes
         (``PRAGMA wal_checkpoint(TRUNCATE)``), so the WAL keeps no older copy of rows just deleted (an
         erasure). Call outside a transaction, after the commit. Readers are never disturbed: the checkpoint
-        waits up to ``wait_ms`` (default :attr:`scrub_wait_ms`) for those still reading older WAL frames, and for
-        a checkpoint another connection is running (server/store/checkpointer.py), and returns False when
-        some still are (:attr:`scrub_pending` then stays set and the writer retries after its next commits);
-        True when the WAL is empty."""
+        waits up to ``wait_ms`` (default :attr:`scrub_wait_ms`) for those still reading older WAL frames and
+        returns False when some still are (:attr:`scrub_pending` then stays set and the writer retries after
+        its next commits); True when the WAL is empty."""
         if self.path == ":memory:" or self.readonly:
             return True
         self.scrub_pending = True
         lock = self.write_lock
-        wait_s = (self.scrub_wait_ms if wait_ms is None else wait_ms) / 1000
         if lock is not None:  # the other processes' writers wait in the lock meanwhile, not in the busy handler
             lock.acquire()
         try:
-            deadline = time.monotonic() + wait_s
-            while True:
-                left_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
-                self.conn.execute(f"PRAGMA busy_timeout={left_ms}")
-                # busy: readers of older frames outlasted the busy timeout, or another connection holds the
-                # checkpoint lock (SQLite answers that at once, without the busy handler: retried here)
-                busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                if not busy or time.monotonic() >= deadline:
-                    break
-                time.sleep(SCRUB_RETRY_S)
+            self.conn.execute(f"PRAGMA busy_timeout={int(self.scrub_wait_ms if wait_ms is None else wait_ms)}")
+            busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
             self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if lock is not None:
@@ -567,9 +553,7 @@ class SqliteStore:
 
 
 def open_store(path: str | Path, synchronous: str = "full",
-               dedupe_window_hours: float = DEFAULT_WINDOW_HOURS, autocheckpoint: int | None = None) -> SqliteStore:
-    """Open (creating if needed, converting an older event log) the store at ``path`` for writing; with
-    ``autocheckpoint``, a COMMIT checkpoints only once the WAL holds that many frames (SQLite's default: 1000)."""
-    return SqliteStore(path, synchronous=synchronous, dedupe_window_hours=dedupe_window_hours,
-                       autocheckpoint=autocheckpoint)
+               dedupe_window_hours: float = DEFAULT_WINDOW_HOURS) -> SqliteStore:
+    """Open (creating if needed, converting an older event log) the store at ``path`` for writing."""
+    return SqliteStore(path, synchronous=synchronous, dedupe_window_hours=dedupe_window_hours)
 

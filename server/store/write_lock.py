@@ -6,9 +6,8 @@ learner's writer thread, the offline commands) takes this lock before ``BEGIN IM
 waiting in SQLite's busy handler instead sleeps in fixed steps (up to 100 ms) and retries, so under two
 workers' steady writes it woke late and the wait set the p99 (docs/benchmarks.md). SQLite's busy timeout stays
 as the backstop for writes that do not take this lock (creating the schema at start, a statement run outside
-``begin``). The WAL checkpoints run in a thread of their own (server/store/checkpointer.py), which takes the
-lock only for the few frames committed while it copied the others; the truncating checkpoint after an erasure
-(``SqliteStore.scrub_wal``) takes it too.
+``begin``). The WAL checkpoint SQLite runs inside a COMMIT now and then happens inside the lock; the
+truncating checkpoint after an erasure (``SqliteStore.scrub_wal``) takes it too.
 
 The kernel releases the lock when its holder's file descriptor closes, so also when the holder is killed: the
 other writers go on (SQLite's own locks are released the same way). A waiter blocks, with the GIL released,

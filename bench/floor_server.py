@@ -6,10 +6,15 @@ serve``) runs the real server with
   access line), validation and identity resolution, then answers a constant response of a bandit answer's
   shape (:func:`bench.bare_server.answer`) without deciding, counting the show or logging;
 - ``nolog``: the engine decides and counts the show as always, but the decision row is neither encoded nor
-  written (the answer does not wait for a commit).
+  written (the answer does not wait for a commit);
+- ``fresh``: Onramp as it is, except that every ask finds none of what the engine derived from the person's
+  profile at their last ask (decoded profile, segments, context, scores, distribution): the cost of an ask
+  after the person's events changed their profile, which the load (a few warm users asked again and again,
+  no events) would otherwise never show.
 
 Measured beside Onramp and the bare server (``python -m bench serving --floor``), they show what the server
-around the decision, the decision itself and its durable log row each cost.
+around the decision, the decision itself and its durable log row each cost, and what the engine's per-person
+caches save.
 
 The patches hold in the process they are made in, so a variant always runs as one server process: ``--workers 1``
 is passed to ``onramp serve`` (the default of ``onramp serve``, one worker per core, would start unpatched
@@ -31,7 +36,7 @@ from server.decide.engine_api import NextStep
 from server.store.decision_logger import DecisionLogger
 from server.store.rows import LoggedDecision
 
-VARIANTS = ("floor", "nolog")
+VARIANTS = ("floor", "nolog", "fresh")
 _ids = itertools.count()
 
 
@@ -52,6 +57,18 @@ def unlogged(self: DecisionLogger, item: LoggedDecision) -> asyncio.Future[bool]
     return fut
 
 
+_next_step = DecisionEngine.next_step
+
+
+async def fresh_next_step(self: DecisionEngine, subject: str, surface: str, context: Mapping[str, str],
+                          now_ms: int) -> NextStep:
+    """:meth:`DecisionEngine.next_step` after dropping what the engine derived from ``subject``'s profile before
+    (as a new stored body would make it do), so each ask decodes, segments and scores the person again."""
+    for cache in (self._segment_cache, getattr(self, "_profiles", {})):
+        cache.pop(subject, None)
+    return await _next_step(self, subject, surface, context, now_ms)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Patch what ``--variant`` names, then run the ``onramp`` command line with the remaining arguments."""
     ap = argparse.ArgumentParser(prog="python -m bench.floor_server", description=__doc__)
@@ -62,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--workers {a.workers}: a variant runs as one process (its patches would not reach workers)")
     if a.variant == "floor":
         DecisionEngine.next_step = constant_next_step  # type: ignore[method-assign]
+    elif a.variant == "fresh":
+        DecisionEngine.next_step = fresh_next_step  # type: ignore[method-assign]
     else:
         DecisionLogger.log = unlogged  # type: ignore[method-assign]
     return server.ops.cli.main([*rest, "--workers", "1"] if rest[:1] == ["serve"] else rest)

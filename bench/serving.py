@@ -14,7 +14,7 @@ from bench.common import (CpuSplit, bandit_propensities, decisions_by_reason, lo
                           start_scenario_onramp, warm_users, worker_report, workers_heading)
 
 RATES = (500, 1000, 2000)
-FLOOR_VARIANTS = ("nolog", "floor")  # bench.floor_server, measured with --floor
+FLOOR_VARIANTS = ("fresh", "nolog", "floor")  # bench.floor_server, measured with --floor
 
 
 def run(quick: bool = False, repeats: int = 3, duration: float | None = None, users: int | None = None,
@@ -22,8 +22,8 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
         workers: tuple[int, ...] = (1,), cpus: CpuSplit = CpuSplit(), channels: int = 4) -> dict:
     """Measure every load ``repeats`` times on Onramp (one server per entry of ``workers``) and the bare
     server in ``scenario`` (see :mod:`bench.common`), and on :mod:`bench.floor_server`'s variants too when
-    ``floor`` (``nolog``: Onramp deciding without writing the decision row; ``floor``: Onramp answering a
-    constant without deciding; each one process); return raw runs, medians and the decisions the first Onramp
+    ``floor`` (``fresh``: Onramp with no per-person cache hit; ``nolog``: Onramp deciding without writing the
+    decision row; ``floor``: Onramp answering a constant without deciding; each one process); return raw runs, medians and the decisions the first Onramp
     logged under load by reason."""
     duration = duration if duration is not None else (0.5 if quick else 5.0)
     users = users if users is not None else (200 if quick else 2000)

@@ -31,10 +31,10 @@ def test_serving_reports_throughput_latency_and_ratios_for_every_load(tmp_path: 
     assert set(res["table"]) == {"500 rps", "1000 rps", "2000 rps", "closed loop"}
     for key, row in res["table"].items():
         assert re.search(rf"{key}\s+ratio\s+throughput onramp/bare \d", out), key
-        for name in ("nolog", "floor"):
+        for name in ("fresh", "nolog", "floor"):
             assert re.search(rf"{key}\s+ratio\s+throughput {name}/bare \d", out), (key, name)
             assert row[f"{name}_throughput_ratio"]["median"] > 0 and row[f"{name}_p99_ratio"]["median"] > 0
-        for name in ("onramp", "nolog", "floor", "bare"):
+        for name in ("onramp", "fresh", "nolog", "floor", "bare"):
             assert row[f"{name}_throughput"]["median"] > 0
             assert 0 < row[f"{name}_p50_ms"]["median"] <= row[f"{name}_p95_ms"]["median"] <= row[f"{name}_p99_ms"]["median"]
             runs = res["raw"][key][name]

@@ -1,6 +1,7 @@
 """bench.floor_server: the real Onramp server with part of GetNextStep skipped, so the serving benchmark can
 split the cost. ``--variant floor`` must answer a constant without deciding or logging; ``nolog`` must decide
-as Onramp does but write no decision row; both must keep the rest (bad input is still refused)."""
+as Onramp does but write no decision row; both must keep the rest (bad input is still refused); ``fresh`` must
+decide as Onramp does with nothing derived from the person's profile kept from their last ask."""
 from __future__ import annotations
 
 import sqlite3
@@ -11,9 +12,13 @@ import grpc
 import pytest
 
 from bench.bare_server import answer
-from bench.common import start_scenario_onramp, warm_users
+from bench.common import bench_catalog, start_scenario_onramp, warm_users
+from bench.floor_server import fresh_next_step
 from onramp.v1 import onramp_pb2 as pb
 from onramp.v1 import onramp_pb2_grpc as pb_grpc
+from server.base.catalog import Catalog, parse_catalog
+from server.decide.engine import DecisionEngine
+from tests.server.engine_support import MIN_MS, Harness, run
 
 
 def ask_twice_and_a_bad_one(address: str) -> list[pb.NextStepResponse]:
@@ -67,6 +72,30 @@ def test_nolog_decides_like_onramp_but_writes_no_decision_row(tmp_path: Path) ->
     assert count(db, "decisions") == 0
 
 
+
+def test_fresh_decides_again_from_the_profile_at_every_ask(tmp_path: Path) -> None:
+    """Onramp keeps what it derived from a person's profile for their next ask; the ``fresh`` variant's asks
+    derive it anew (a new cached context each time) and decide as Onramp does."""
+    seen: dict[str, list[object]] = {"onramp": [], "fresh": []}
+
+    async def scenario(h: Harness, engine: DecisionEngine) -> None:
+        t = await h.consistent_user("ann")
+        for name, ask in (("onramp", DecisionEngine.next_step), ("fresh", fresh_next_step)):
+            for i in range(2):
+                subject = h.pipeline.resolve("ann", "")
+                got = await ask(engine, subject, "", {}, t + i)  # within the minute the cache keys by
+                assert got.step is not None and got.reason in ("bandit", "rule"), got.reason
+                seen[name].append(engine._segment_cache[subject])
+            t += 10 * MIN_MS
+
+    run(tmp_path, scenario, catalog=catalog_without_gaps())
+    assert seen["onramp"][0] is seen["onramp"][1]
+    assert seen["fresh"][0] is not seen["fresh"][1]
+
+
+def catalog_without_gaps() -> Catalog:
+    """The bench's personalized catalog: repeated asks of one person all reach the bandit or a rule."""
+    return parse_catalog(bench_catalog())
 
 
 def test_a_variant_runs_as_one_process_only(capsys: pytest.CaptureFixture[str]) -> None:

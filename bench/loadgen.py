@@ -108,9 +108,9 @@ async def ingest(target: str, streams: int, duration: float, batch: int, window:
         raise ValueError(f"ids: expected one of {', '.join(ID_KINDS)} (got {ids!r})")
     random_ids = ids == "uuid"
     totals = {"accepted": 0, "duplicates": 0, "dropped": 0, "rejected": 0, "sent": 0}
-    # One connection per stream, as separate clients would have: with several workers behind one port the
-    # kernel spreads connections (not calls) over them.
-    chans = [grpc.aio.insecure_channel(target) for _ in range(streams)]
+    # One connection per stream, as separate clients would have (onramp_client's channels too): with several
+    # workers behind one port the kernel spreads connections (not calls) over them.
+    chans = [grpc.aio.insecure_channel(target, options=[SEPARATE_CONNECTION]) for _ in range(streams)]
     try:
         start = time.perf_counter()
         end = start + duration

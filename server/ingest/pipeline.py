@@ -28,7 +28,8 @@ from server.ingest.identity import ANONYMOUS_ID, DEVICE_ID, MAX_DEVICE_HINTS, Id
 from server.ingest.profiles import Profile, ProfileBook, WrittenProfiles, decode_profile, encode_profile
 from server.store.interfaces import Store
 from server.store.privacy import Pseudonymizer
-from server.store.rows import Appended, ConsentRow, JoinedRow, LinkRow, ProfileWrites, SubjectKeys, encode_properties
+from server.store.rows import (Appended, ConsentRow, IdKey, JoinedRow, LinkRow, ProfileWrites, SubjectKeys, digest,
+                               encode_properties)
 from server.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,45 @@ class IngestResult:
         self.outside_window += other.outside_window
         self.dropped.update(other.dropped)
 
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What storing a batch needs that no row of the store decides, worked out when it is submitted (on the
+    caller's thread, the event loop's), not in the job, so the writer holds the write lock only for what must be
+    read and written under it: each event's id digest; and, for an event with a user id (its subject, whatever
+    the links and consent say), the stored event and its row of :data:`~server.store.events.EVENT_COLUMNS`
+    (None for an event with only an anonymous or device id: its subject is resolved in the job)."""
+
+    digests: list[IdKey]
+    events: list[StoredEvent | None]
+    rows: list[tuple[Any, ...] | None]
+
+
+def prepare(events: Sequence[EventValues], received_ms: int) -> Prepared:
+    """The :class:`Prepared` values of validated events received at ``received_ms``."""
+    digests: list[IdKey] = []
+    stored: list[StoredEvent | None] = []
+    rows: list[tuple[Any, ...] | None] = []
+    add_digest, add_event, add_row = digests.append, stored.append, rows.append
+    encode = encode_properties
+    for eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props in events:
+        add_digest(digest(eid))
+        if not uid:
+            add_event(None)
+            add_row(None)
+            continue
+        ts = ts or received_ms
+        if props:
+            properties = dict(props)  # the event's own copy (the caller's dict may be shared)
+            text = encode(properties)
+        else:
+            properties, text = {}, "{}"
+        add_event(StoredEvent(eid, uid, name, ts, received_ms, uid, aid, did, channel, device_type, feature, step_id,
+                              decision_id, properties))
+        add_row((eid, uid, uid, aid, did, name, ts, received_ms, channel, device_type, feature, step_id, decision_id,
+                 text))
+    return Prepared(digests, stored, rows)
 
 
 @dataclass(slots=True)
@@ -299,16 +339,18 @@ class Pipeline:
         """Queue validated events (the :data:`EventValues` the API edge read from the messages); the future
         resolves after they are committed (profiles updated first).
 
-        The writer thread (which the ingest rate waits on) only dedupes, gates and inserts. Batches that wait
-        at the writer together are stored by one
+        The writer thread (which the ingest rate waits on) only resolves, gates, dedupes and inserts, holding the
+        write lock that every worker's writer takes turns on; what needs no store read (id digests, the rows of
+        events with a user id) is worked out here first (:func:`prepare`). Batches that wait at the writer
+        together are stored by one
         :meth:`_ingest_many` call (one duplicate check and one INSERT for all of them); each keeps its own
         result, publication and future."""
         received = now_ms() if received_ms is None else received_ms
         batch = events if isinstance(events, list) else list(events)
         ops: list[ProfileOp] = []
         stored: list[StoredEvent] = []
-        return self.writer.submit_combined(self._ingest_many, (batch, received, ops, stored), weight=len(batch),
-                                           after_commit=self._published(ops, stored))
+        return self.writer.submit_combined(self._ingest_many, (batch, received, ops, stored, prepare(batch, received)),
+                                           weight=len(batch), after_commit=self._published(ops, stored))
 
     async def ingest(self, events: Sequence[EventValues], received_ms: int | None = None
                      ) -> IngestResult:
@@ -316,7 +358,7 @@ class Pipeline:
         return await asyncio.wrap_future(self.submit_events(events, received_ms))
 
     def _ingest_many(self, store: Store,
-                     batches: list[tuple[list[EventValues], int, list[ProfileOp], list[StoredEvent]]]
+                     batches: list[tuple[list[EventValues], int, list[ProfileOp], list[StoredEvent], Prepared]]
                      ) -> list[IngestResult]:
         """Store batches in order, as if one after the other: resolve identities, gate on consent, append
         skipping ids stored within the dedupe window (or earlier in these batches); fill each batch's ``ops``
@@ -326,10 +368,11 @@ class Pipeline:
         the profiles (:meth:`~server.store.interfaces.EventLog.append_with_profiles`); the events it skips as
         duplicates are taken out of the profile runs and the results first."""
         pending: list[Any] = []  # EVENT_COLUMNS values of the events not appended yet
-        pending_events: list[StoredEvent] = []  # ... and their events
+        pending_events: list[StoredEvent] = []  # ... their events
+        pending_digests: list[IdKey] = []  # ... and their ids' digests
         skipped: set[int] = set()  # id() of the events the appends skipped as duplicates
         outside: set[int] = set()  # id() of the events appended without the check (older than the window)
-        add_row, add_pending = pending.extend, pending_events.append
+        add_row, add_pending, add_digest = pending.extend, pending_events.append, pending_digests.append
         identifies: set[str] = set()  # ids of the identify events of this call
         now = now_ms()
 
@@ -338,10 +381,11 @@ class Pipeline:
             outside.update(id(pending_events[i]) for i in done.outside_window)
             pending.clear()
             pending_events.clear()
+            pending_digests.clear()
 
         def append() -> None:
             if pending:
-                appended(store.append_new_events(pending, now))
+                appended(store.append_new_events(pending, now, pending_digests))
         hints: dict[tuple[str, str], None] = {}  # (device_id, anonymous_id) seen unlinked, not noted yet
         note_device = hints.setdefault
         # Links and consent as this transaction sees them, read by key once per job
@@ -350,7 +394,7 @@ class Pipeline:
         consent.read({ev[1] for events, *_ in batches for ev in events if ev[1]})  # the users' records, at once
         encode = encode_properties
         results: list[IngestResult] = []
-        for events, received_ms, ops, stored in batches:
+        for events, received_ms, ops, stored, prepared in batches:
             ops.clear()
             stored.clear()
             result = IngestResult(received=len(events))
@@ -358,7 +402,21 @@ class Pipeline:
             run: list[StoredEvent] = []  # events applied to the profiles one after the other
             ops.append(("events", run, None))
             keep = stored.append
-            for eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props in events:
+            digests, ready_events, ready_rows = prepared.digests, prepared.events, prepared.rows
+            for i, (eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props) in \
+                    enumerate(events):
+                se = ready_events[i]
+                if se is not None and name != r.IDENTIFY:  # a user's event, built before the lock: gate it
+                    reason = gate(uid, pseudo)
+                    if reason is not None:
+                        dropped[reason] += 1
+                        continue
+                    add_row(ready_rows[i])  # type: ignore[arg-type]
+                    add_digest(digests[i])
+                    add_pending(se)
+                    keep(se)
+                    run.append(se)
+                    continue
                 ts = ts or received_ms
                 if name == r.IDENTIFY:
                     # A re-sent identify must not link again (its alias may be linked to someone else since):
@@ -381,15 +439,19 @@ class Pipeline:
                 if reason is not None:
                     dropped[reason] += 1
                     continue
-                if props:
-                    properties = dict(props)  # the event's own copy (the caller's dict may be shared)
-                    text = encode(properties)
-                else:
-                    properties, text = {}, "{}"
-                se = StoredEvent(eid, subject, name, ts, received_ms, uid, aid, did, channel, device_type,
-                                 feature, step_id, decision_id, properties)
-                add_row((eid, subject, uid, aid, did, name, ts, received_ms, channel, device_type, feature,
-                         step_id, decision_id, text))
+                if se is None:  # an anonymous or device id's event: its subject is known only now
+                    if props:
+                        properties = dict(props)  # the event's own copy (the caller's dict may be shared)
+                        text = encode(properties)
+                    else:
+                        properties, text = {}, "{}"
+                    se = StoredEvent(eid, subject, name, ts, received_ms, uid, aid, did, channel, device_type,
+                                     feature, step_id, decision_id, properties)
+                    add_row((eid, subject, uid, aid, did, name, ts, received_ms, channel, device_type, feature,
+                             step_id, decision_id, text))
+                else:  # an identify event (its subject is its user id)
+                    add_row(ready_rows[i])  # type: ignore[arg-type]
+                add_digest(digests[i])
                 add_pending(se)
                 keep(se)
                 run.append(se)
@@ -403,8 +465,8 @@ class Pipeline:
         def profile_writes(done: Appended) -> ProfileWrites:
             appended(done)
             profiles = _Profiles(store, pseudo, self._written)
-            profiles.read({e.subject for *_, stored in batches for e in stored if id(e) not in skipped})
-            for result, (_events, _received, ops, stored) in zip(results, batches):
+            profiles.read({e.subject for _e, _r, _o, stored, _p in batches for e in stored if id(e) not in skipped})
+            for result, (_events, _received, ops, stored, _prepared) in zip(results, batches):
                 if skipped:
                     stored[:] = [e for e in stored if id(e) not in skipped]
                     for kind, run_events, _ in ops:
@@ -421,7 +483,7 @@ class Pipeline:
                         profiles.link(a, b)
                 ops[:] = [op for op in ops if op[0] not in ("events", "link")]  # applied: nothing to publish
             return profiles.writes(self.show_keep)
-        store.append_with_profiles(pending, now, profile_writes)
+        store.append_with_profiles(pending, now, profile_writes, pending_digests)
         return results
 
     def _identify(self, store: Store, identity: IdentityGraph, consent: ConsentBook, user_id: str,

@@ -36,12 +36,13 @@ than the cache, and a new id would otherwise cost a read of a page of each.
 Runs are not merged with each other, and have one size: with 100M ids in the window there are 100 runs. A
 merge of runs (size-tiered or leveled) would write each id again and, for large runs, hold the writer for
 the seconds a large rewrite takes, which is what this layout removes. With several runs, a batch's keys are
-first asked of one in-memory filter over all of them (their union, built again in memory when a run is sealed,
-dropped or erased from: a merge of their sorted arrays), and each run's filter only about the few keys (about
+first asked of one in-memory filter over all of them (their union: a run sealed is merged into it, one pass;
+the keys of runs dropped or erased from stay until they are a quarter of it, then it is built again from the
+runs' sorted arrays), and each run's filter only about the few keys (about
 ids/2^32 of them) the union does not rule out: one probe per key (one cache miss, blocks behind a small top
 index, :class:`~server.store.id_filter.KeyFilter`; 0.13-0.18 µs on the 2-core machine of docs/benchmarks.md)
 whatever the number of runs, where asking each run's filter cost that per run (~1.5 µs per event at 10 runs).
-The filters' memory is 8 bytes per id of the runs (each run's and the union), and the point reads after a false
+The filters' memory is 8-9 bytes per id of the runs (each run's and the union), and the point reads after a false
 "maybe" stay as few as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its
 pages once more (``secure_delete`` zeroes them), once per run.
 
@@ -65,15 +66,14 @@ import sqlite3
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from hashlib import blake2b
 from typing import Any
 
 import numpy as np
 
 from server.base.records import StoredEvent
 from server.store.id_filter import KeyFilter, Query
-from server.store.rows import Appended
-from server.store.sql import _chunks, _marks
+from server.store.rows import Appended, IdKey, digest
+from server.store.sql import _chunks, _marks, insert_flat
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,8 @@ CONVERT_WAIT_MS = 600_000  # how long another process opening the log waits for 
 EPOCHS = (f"WITH RECURSIVE epoch(e) AS (SELECT (SELECT min(seq) FROM events) >> {EPOCH_BITS} UNION ALL SELECT "
           f"e + 1 FROM epoch WHERE e < (SELECT max(seq) FROM events) >> {EPOCH_BITS}) SELECT e FROM epoch")
 _ID_COLUMNS = "(h INTEGER PRIMARY KEY, chk INTEGER NOT NULL, ts INTEGER NOT NULL)"
+_ID_NAMES = ("h", "chk", "ts")
 _SELECT_EVENT = f"SELECT seq, {', '.join(EVENT_COLUMNS)} FROM events"
-
-
-def digest(event_id: str) -> tuple[int, int]:
-    """The 64-bit key (signed, an SQLite INTEGER) and 32-bit check of an event id: two different ids are
-    taken for one only when all 96 bits agree (about 1 in 10^13 for 10^8 ids in the window)."""
-    d = blake2b(event_id.encode(), digest_size=12).digest()
-    return int.from_bytes(d[:8], "big", signed=True), int.from_bytes(d[8:], "big")
 
 
 def event_from_row(row: Sequence[Any]) -> tuple[int, StoredEvent]:
@@ -154,12 +148,13 @@ class EventTable:
                  insert: Any = None) -> None:
         self.conn = conn
         self.window_ms = int(window_hours * HOUR_MS)
-        self._insert = insert  # insert_flat(conn, table, columns, flat) of server/store/sqlite.py
+        self._insert = insert or insert_flat  # insert_flat(conn, table, columns, flat[, verb]) of server/store/sql.py
         self._rows = [0, 0]  # rows in each level (counted at open, then kept up to date)
         # level 1's (token, filter) as last read or written here (another process's merge writes a new token)
         self._filters: dict[int, tuple[int, KeyFilter]] = {}
         self._runs: dict[int, Run] = {}  # the runs as last read (each lookup reads the list again)
-        # one filter over all runs' keys, and the (run, token) pairs it was built from (built again when they change)
+        # one filter holding every key of the runs listed beside it as (run, token) pairs (and maybe keys of runs
+        # since dropped or erased from), see _union_of
         self._union: tuple[frozenset[tuple[int, int]], KeyFilter] | None = None
 
     # -- schema ------------------------------------------------------------------------------------------
@@ -335,13 +330,25 @@ class EventTable:
         return [keys[i] for i in kept.hits(query).tolist()] if query is not None else []
 
     def _union_of(self, runs: list[Run]) -> KeyFilter:
-        """One filter over the keys of all ``runs``: a new key is ruled out by one probe, not one per run (the
-        runs' own filters are then asked only about the few it does not rule out). Built again when a run was
-        sealed, dropped or erased from (once per :data:`LEVEL_ROWS`\\[1] ids, a merge of sorted arrays)."""
+        """One filter that holds every key of ``runs``: a new key is ruled out by one probe, not one per run (the
+        runs' own filters are then asked only about the few it does not rule out). A run it has not seen (sealed,
+        or listed again under a new token) is merged into it: one pass over it (about 0.05 s of CPU at 37M ids,
+        where building it from every run took 0.7-1.4 s, inside a write transaction, in each process that looks
+        up ids). The keys of runs dropped or erased from since stay in it (they are then asked of the runs' own
+        filters, which rule them out) until they are over a quarter of it: it is then built from the runs again."""
         listed = frozenset((run.id, run.token) for run in runs)
-        if self._union is None or self._union[0] != listed:
-            self._union = (listed, KeyFilter.union_of([run.filter for run in runs]))
-        return self._union[1]
+        held = self._union
+        if held is not None and held[0] == listed:
+            return held[1]
+        if held is None:
+            union = KeyFilter.union_of([run.filter for run in runs])
+        else:
+            new = [run.filter for run in runs if (run.id, run.token) not in held[0]]
+            union = KeyFilter.union_of([held[1], *new]) if new else held[1]
+            if len(union) - sum(len(run.filter) for run in runs) > len(union) // 4:
+                union = KeyFilter.union_of([run.filter for run in runs])
+        self._union = (listed, union)
+        return union
 
     def _runs_now(self) -> list[Run]:
         """The runs as committed (a run's filter read again only when its token changed), oldest first."""
@@ -421,10 +428,13 @@ class EventTable:
     def _record(self, rows: list[tuple[int, int, int]], now_ms: int, upsert: bool = True) -> None:
         """Add (key, check, event time) rows to level 0 (a key already there takes the new values, unless not
         ``upsert``: then it raises ``sqlite3.IntegrityError``), merging level 0 into level 1 when full,
-        sealing level 1 as a run when full, and dropping the runs that left the window."""
+        sealing level 1 as a run when full, and dropping the runs that left the window. Multi-row INSERTs, not
+        executemany (one SQLite step per row, each giving up and re-taking the GIL: under load from the event
+        loop thread the writer waited for it once per id, holding the write lock)."""
         if rows:
-            self.conn.executemany(f"INSERT INTO {LEVELS[0]} (h, chk, ts) VALUES (?, ?, ?)" + (
-                " ON CONFLICT (h) DO UPDATE SET chk = excluded.chk, ts = excluded.ts" if upsert else ""), rows)
+            # a row replaced is the row upserted: the table has no other column, index or trigger
+            self._insert(self.conn, LEVELS[0], _ID_NAMES, [v for row in rows for v in row],
+                         "INSERT OR REPLACE" if upsert else "INSERT")
             self._rows[0] += len(rows)
             if self._rows[0] >= LEVEL_ROWS[0]:
                 self._merge()
@@ -479,15 +489,20 @@ class EventTable:
                 if (hit := found.get(h)) is not None and hit[0] == chk and hit[1] >= horizon}
 
     # -- appending ---------------------------------------------------------------------------------------
-    def append_new(self, flat: Sequence[Any], now_ms: int) -> Appended:
+    def append_new(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None) -> Appended:
         """Append the events given as :data:`EVENT_COLUMNS` values one after the other, in order, skipping
         each whose ``event_id`` was stored with an event time within the window ending at ``now_ms`` (or
-        earlier in ``flat``); events older than the window are stored unchecked. Atomic with the caller's
-        transaction."""
+        earlier in ``flat``); events older than the window are stored unchecked. ``digests``: the ids'
+        :func:`~server.store.rows.digest`, one per event, when the caller worked them out already (before
+        the transaction). Atomic with the caller's transaction."""
         n = len(flat) // _WIDTH
         horizon = now_ms - self.window_ms
-        ids, times = flat[0::_WIDTH], flat[_TS::_WIDTH]
-        keys: list[tuple[int, int] | None] = [digest(ids[i]) if times[i] >= horizon else None for i in range(n)]
+        times = flat[_TS::_WIDTH]
+        if digests is None:
+            ids = flat[0::_WIDTH]
+            keys: list[IdKey | None] = [digest(ids[i]) if times[i] >= horizon else None for i in range(n)]
+        else:
+            keys = [digests[i] if times[i] >= horizon else None for i in range(n)]
         found = self._seen([k[0] for k in keys if k is not None], write=True)
         duplicates: set[int] = set()
         record: dict[int, tuple[int, int, int]] = {}

@@ -27,22 +27,25 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from server.base.records import StoredEvent
-from server.store.rows import (Appended, ConsentRow, DecisionInputs, Erased, FedDecision, FedOutcome, LinkRow,
-                               LoggedDecision, PendingRow, ProfileChange, ProfileWrites, Shows, Snapshot, SubjectKeys,
-                               Unlearning)
+from server.store.rows import (Appended, ConsentRow, DecisionInputs, Erased, FedDecision, FedOutcome, IdKey,
+                               LinkRow, LoggedDecision, PendingRow, ProfileChange, ProfileWrites, Shows, Snapshot,
+                               SubjectKeys, Unlearning)
 
 
 class EventLog(Protocol):
     """The append-only event log, idempotent by event_id within the dedupe window (server/store/events.py; on
     NATS, a stream's duplicate window with the event id as ``Nats-Msg-Id``)."""
 
-    def append_new_events(self, flat: Sequence[Any], now_ms: int) -> Appended:
+    def append_new_events(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None
+                          ) -> Appended:
         """Append events given as their EVENT_COLUMNS values one after the other (properties as JSON text),
-        skipping ids stored within the window; atomic."""
+        skipping ids stored within the window; atomic. ``digests``: each event id's
+        :func:`~server.store.rows.digest`, worked out by the caller before the transaction (None: here)."""
         ...
 
     def append_with_profiles(self, flat: Sequence[Any], now_ms: int,
-                             profiles: Callable[[Appended], ProfileWrites]) -> Appended:
+                             profiles: Callable[[Appended], ProfileWrites],
+                             digests: Sequence[IdKey] | None = None) -> Appended:
         """Append as :meth:`append_new_events`, then write the profile changes that ``profiles`` computes from
         what was stored: one atomic unit (an acknowledged event is in the profile any worker reads next)."""
         ...

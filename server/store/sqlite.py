@@ -28,7 +28,7 @@ from server.store import user_state as _user_state
 from server.store.events import DEFAULT_WINDOW_HOURS, EVENT_COLUMNS, EventTable
 from server.store.interfaces import DecisionLog, EventLog, SubjectStore
 from server.store.rows import (DECISION_COLUMNS, JSON_DECISION_COLUMNS, OUTCOME_COLUMNS, Appended, ConsentRow,
-                               Erased, LinkRow, ProfileWrites, Snapshot, SubjectKeys, _encode_properties,
+                               Erased, IdKey, LinkRow, ProfileWrites, Snapshot, SubjectKeys, _encode_properties,
                                encode_properties)
 from server.store.sql import _chunks, _marks, insert_flat
 from server.store.write_lock import WriteLock, lock_path
@@ -217,10 +217,11 @@ class SqliteStore:
         return self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 (fixed names)
 
     # -- events (server/store/events.py) ------------------------------------------------------------------
-    def append_new_events(self, flat: Sequence[Any], now_ms: int) -> Appended:
+    def append_new_events(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None
+                          ) -> Appended:
         """Append events given as their :data:`EVENT_COLUMNS` values one after the other (properties already
         JSON text), skipping ids stored within the dedupe window (:meth:`EventTable.append_new`)."""
-        return self.events.append_new(flat, now_ms)
+        return self.events.append_new(flat, now_ms, digests)
 
     def existing_event_ids(self, event_ids: Sequence[str], now_ms: int | None = None) -> set[str]:
         """Which of ``event_ids`` were stored with an event time within the dedupe window (ending now)."""
@@ -333,9 +334,11 @@ class SqliteStore:
         one value per person, no row object)."""
         out: dict[str, bool] = {}
         for part in _chunks(list(subjects)):
-            out.update((s, g != 0) for s, g in self.conn.execute(
-                f"SELECT subject, granted FROM consents WHERE purpose = ? AND subject IN ({_marks(len(part))})",
-                [purpose, *part]))
+            # one row of JSON, not a row per person: each row is a SQLite step that gives up and re-takes the GIL
+            (found,) = self.conn.execute(
+                "SELECT json_group_object(subject, granted) FROM consents WHERE purpose = ? AND subject IN "
+                f"({_marks(len(part))})", [purpose, *part]).fetchone()
+            out.update((s, g != 0) for s, g in json.loads(found).items())
         return out
 
     def consent_history_of(self, subjects: Sequence[str]) -> list[ConsentRow]:
@@ -445,10 +448,11 @@ class SqliteStore:
     log_decisions = _user_state.log_decisions
 
     def append_with_profiles(self, flat: Sequence[Any], now_ms: int,
-                             profiles: Callable[[Appended], ProfileWrites]) -> Appended:
+                             profiles: Callable[[Appended], ProfileWrites],
+                             digests: Sequence[IdKey] | None = None) -> Appended:
         """Append events as :meth:`append_new_events` (nothing when ``flat`` is empty), then write the profile
         changes ``profiles`` computes from what was stored, in the caller's transaction."""
-        done = self.events.append_new(flat, now_ms) if flat else _NOTHING_APPENDED
+        done = self.events.append_new(flat, now_ms, digests) if flat else _NOTHING_APPENDED
         _user_state.write_profiles(self, profiles(done))
         return done
 

@@ -27,11 +27,14 @@ _HISTORY_COLUMNS = ("pseudo", "version", "shows", "tracked", "last_ms")
 
 # -- profiles -------------------------------------------------------------------------------------------------
 def profile_bodies(store: SqliteStore, pseudos: Sequence[str]) -> dict[str, str]:
-    """The stored profile bodies of ``pseudos`` (absent ones are left out)."""
+    """The stored profile bodies of ``pseudos`` (absent ones are left out), as one row of JSON per chunk: a row
+    per person is a SQLite step each, and each step gives up and re-takes the GIL (the ingest job reads these
+    inside its write transaction, where waiting for the event loop thread holds up every writer)."""
     out: dict[str, str] = {}
     for part in _chunks(list(pseudos)):
-        out.update(store.conn.execute(f"SELECT pseudo, body FROM profiles WHERE pseudo IN ({_marks(len(part))})",
-                                      part).fetchall())
+        (found,) = store.conn.execute(f"SELECT json_group_object(pseudo, body) FROM profiles WHERE pseudo IN "
+                                      f"({_marks(len(part))})", part).fetchone()
+        out.update(json.loads(found))
     return out
 
 

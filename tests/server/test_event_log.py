@@ -440,3 +440,49 @@ def test_a_run_sealed_again_under_a_dropped_runs_number_is_seen_by_another_conne
         a.close()
         b.close()
         mp.undo()
+
+
+def test_the_runs_union_takes_in_each_new_run_and_sheds_dropped_ones(tmp_path: pathlib.Path) -> None:
+    """Connection A's union of the runs' keys: a run B seals is merged into it (A then finds its ids), the keys of
+    runs B drops stay in it only until they are a quarter of it (then it is built from the runs again), and no id
+    is ever taken for absent while a run holds it."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    path = tmp_path / "union.db"
+    a, b = SqliteStore(path, dedupe_window_hours=WINDOW_H), SqliteStore(path, dedupe_window_hours=WINDOW_H)
+
+    def seal(store: SqliteStore, who: str) -> None:  # one run of 4 ids, all of ``who``
+        for k in range(0, 4, 2):
+            store.begin()
+            store.append_new_events(rows(*((f"{who}{i}", NOW) for i in range(k, k + 2)), subject=who), NOW)
+            store.commit()
+
+    def union_size() -> tuple[int, int]:
+        union = a.events._union
+        assert union is not None
+        return len(union[1]), sum(len(run.filter) for run in a.events._runs.values())
+
+    try:
+        people = [f"p{n}" for n in range(8)]
+        for who in people[:4]:
+            seal(a, who)
+        ids = [f"{who}{i}" for who in people for i in range(4)]
+        assert a.existing_event_ids(ids, NOW) == {f"{who}{i}" for who in people[:4] for i in range(4)}
+        assert union_size() == (16, 16)
+        for who in people[4:]:  # B seals four more runs; A merges each in when it next looks
+            seal(b, who)
+            assert f"{who}0" in a.existing_event_ids([f"{who}0", "nobody"], NOW)
+        assert a.existing_event_ids(ids, NOW) == set(ids) and union_size() == (32, 32)
+        sizes = []
+        for n, who in enumerate(people[:3]):  # B erases three people: their runs are dropped
+            b.begin()
+            b.erase(SubjectKeys((who,), (who,), (), (), ()))
+            b.commit()
+            kept = {f"{p}{i}" for p in people[n + 1:] for i in range(4)}
+            assert a.existing_event_ids(ids, NOW) == kept
+            sizes.append(union_size())
+        assert sizes == [(32, 28), (32, 24), (20, 20)]  # stale keys kept while at most a quarter, then rebuilt
+    finally:
+        a.close()
+        b.close()
+        mp.undo()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from onramp.v1 import onramp_pb2 as pb
 from server.api.validation import event_values
+from server.base.clock import now_ms
+from server.base.records import EventValues
 from server.decide.engine import Choice
 from server.ingest.pipeline import DEVICE_HINTS_KEY, IngestResult
 from server.learn.learner import Learner
@@ -191,3 +193,50 @@ def test_device_hints_are_rows_noted_once_from_an_older_event_log(tmp_path: Path
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM device_hints").fetchone()[0] == 0  # linked: hints dropped
         assert conn.execute("SELECT value FROM meta WHERE key = ?", (DEVICE_HINTS_KEY,)).fetchone() == ("1",)
+
+
+def test_two_workers_ingesting_the_same_people_at_once_store_each_event_once(tmp_path: Path) -> None:
+    """Both workers get every batch at once (a client re-sending through the other worker while the first still
+    works on it): their writers take turns on the one file, each batch's digests and rows worked out before its
+    transaction, so each event is stored and counted once, the other copy counted as a duplicate, and every
+    profile counts each of its person's events once, whichever worker wrote it last."""
+    people, batches, size = 40, 30, 60
+    now = now_ms()
+
+    def batch(b: int) -> list[EventValues]:
+        out = []
+        for j in range(size):
+            k = b * size + j
+            if k % 10 == 3:  # a returning visitor, by anonymous id only (its subject resolved in the job)
+                ev = pb.Event(event_id=f"e{k}", anonymous_id=f"v{k % 3}", name="page_view", timestamp_ms=now)
+            else:
+                ev = pb.Event(event_id=f"e{k}", user_id=f"p{k % people}", name="feature_used", feature="reports",
+                              timestamp_ms=now - k)
+            out.append(event_values(ev))
+        return out
+
+    async def scenario(a: Worker, b: Worker) -> None:
+        for p in range(people):
+            await a.h.consent(f"p{p}", "tracking")
+        for v in range(3):
+            await b.h.consent(f"anon:v{v}", "tracking")
+        sent = [batch(i) for i in range(batches)]
+        futures = []
+        for events in sent:  # each batch to both workers, their jobs queued together
+            futures += [a.pipeline.submit_events(events), b.pipeline.submit_events(list(reversed(events)))]
+        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        total = batches * size
+        assert sum(r.accepted for r in results) == total
+        assert sum(r.duplicates for r in results) == total
+        assert not any(r.dropped for r in results)
+        assert a.h.store.count("events") == total
+        expected: dict[str, int] = {}
+        for events in sent:
+            for ev in events:
+                subject = ev[1] or f"anon:{ev[2]}"
+                expected[subject] = expected.get(subject, 0) + 1
+        for w in (a, b):
+            for subject, n in expected.items():
+                profile = w.pipeline.profile(subject)
+                assert profile is not None and profile.event_count == n, subject
+    on_two_workers(tmp_path, scenario)

@@ -10,6 +10,7 @@ import pytest
 from server.base.clock import now_ms
 from server.base.records import StoredEvent
 import server.store.sql
+from server.store.rows import digest
 from server.store.sqlite import TABLES, ConsentRow, SqliteStore, SubjectKeys
 from server.store.user_state import profile_body, profile_changes_after, put_profiles, read_shows
 
@@ -166,3 +167,30 @@ def test_erase_removes_every_row_about_a_person(store: SqliteStore) -> None:
     # the other person's profile, its change row and shown history stay
     assert (profile_body(store, "p2"), read_shows(store, "p2").version) == ("{}", 1)
     assert [c.pseudo for c in profile_changes_after(store, 0)] == ["p2"]
+
+
+def test_profile_bodies_and_consent_verdicts_read_back_exactly_in_chunks(store: SqliteStore) -> None:
+    """The ingest job's reads inside its transaction come back as one JSON row per chunk: every body exactly as
+    written (quotes, backslashes, non-ASCII), absent people left out, more people than one IN list holds."""
+    odd = '{"f":{"a \\"b\\" \\\\ é ✓":1},"s":"tab\\tnl"}'
+    rows = [(f"p{i}", NOW, odd if i % 7 == 0 else f'[{i}]') for i in range(6_001)]
+    store.begin()
+    put_profiles(store, rows)
+    for i in range(6_001):
+        if i % 3:
+            store.set_consent(ConsentRow(f"u{i}", "tracking", i % 3 == 1, "test", NOW), NOW)
+    store.set_consent(ConsentRow("u0", "personalization", True, "test", NOW), NOW)  # another purpose only
+    store.commit()
+    asked = [f"p{i}" for i in range(6_001)] + ["nobody"]
+    assert store.profile_bodies(asked) == {p: body for p, _, body in rows}
+    verdicts = store.granted_of([f"u{i}" for i in range(6_001)] + ["nobody"], "tracking")
+    assert verdicts == {f"u{i}": i % 3 == 1 for i in range(6_001) if i % 3}
+    assert store.granted_of([], "tracking") == {} and store.profile_bodies([]) == {}
+
+
+def test_id_digests_keep_the_stored_format() -> None:
+    """The dedupe window's keys on disk (levels and sealed runs) were written with these digests: blake2b-96 of
+    the id, its first 8 bytes as a signed big-endian key and the last 4 as an unsigned check."""
+    assert digest("0f8fad5bd9cb469fa16570867728950e") == (6598707833948693054, 2810344281)
+    assert digest("e1") == (729547475541546804, 508692457)
+    assert digest("e2") == (-2522096635904086873, 3383667273)

@@ -27,12 +27,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
 DEFAULT_DB = "./onramp.db"
 SHUTDOWN_GRACE_S = 10.0
-# The garbage collector's thresholds while serving: Python's defaults (700, 10) for the young generations, and a
-# full collection after 100 collections of the middle one instead of 10. A full collection walks every object
-# that lived long (cached profiles and contexts, the learner's pending decisions with --workers 1) and stalled
-# the event loop for 10-50 ms of CPU at 1000 req/s (loaded machine); with the default it ran every 3-5 s there,
-# often enough to reach the p99 of the answers. Garbage in reference cycles that lived that long is freed later.
-GC_THRESHOLDS = (700, 10, 100)
 
 Command = Callable[[argparse.Namespace], int]
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
@@ -107,11 +101,13 @@ def resolve_config(args: argparse.Namespace) -> Config:
 # The garbage collector's thresholds while serving (Python's default: 700, 10, 10). A call allocates a few
 # hundred tracked objects, nearly all freed by reference counting within the call, and grpc's cython layer
 # leaves a few reference cycles per call: at the default, a young collection ran every few calls and found
-# mostly live in-flight calls' objects, promoting them, and the older generations (caches, pending rewards)
-# were traversed again every few seconds. Measured at 1000 GetNextStep/s with one worker (gc.callbacks,
-# thread CPU, a loaded 2-core machine): about 24 us of collection per call at the default, about 2 us at these
-# values, and no full collection in 15 s instead of four of ~36 ms each.
-GC_THRESHOLDS = (3000, 20, 20)
+# mostly live in-flight calls' objects, promoting them, and the older generations were traversed again every
+# few seconds. A full collection walks every object that lived long (cached profiles and contexts, the learner's
+# pending decisions with --workers 1) and stalled the event loop for 10-50 ms of CPU every 3-5 s. Measured at
+# 1000 GetNextStep/s with one worker (gc.callbacks, thread CPU, a loaded 2-core machine): collection cost about
+# 24 us a call at the default and about 2 us with the young thresholds 3000 and 20; a full collection after 100
+# middle ones instead of 10 ran none in 10-15 s. Garbage in reference cycles that lived that long is freed later.
+GC_THRESHOLDS = (3000, 20, 100)
 
 
 def child_config(args: argparse.Namespace, link: "SupervisorLink | None") -> Config | int:

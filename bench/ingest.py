@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import read_only, run_loadgen, start_bare, start_onramp, summarize, warm_users
+from bench.common import (measure_server_cpu, read_only, run_loadgen, start_bare, start_onramp, summarize,
+                          warm_users)
 
 # As onramp_client sends: batches of its default batch_size (500), several unacknowledged at once (the
 # client keeps streaming while up to max_queue = 100,000 events wait for their ack; 16 batches here).
@@ -60,10 +61,14 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
                     for name, srv, ids in (("onramp", onramp, "uuid"), ("onramp_ordered", onramp, "ordered"),
                                            ("bare", bare, "uuid")):
                         before = stored_events(db)
-                        res = run_loadgen(["ingest", "--target", srv.address, "--streams", str(streams),
-                                           "--duration", str(duration), "--batch", str(batch), "--window",
-                                           str(window), "--users", str(users), "--ids", ids])
+                        args = ["ingest", "--target", srv.address, "--streams", str(streams), "--duration",
+                                str(duration), "--batch", str(batch), "--window", str(window), "--users", str(users),
+                                "--ids", ids]
+                        res = measure_server_cpu(srv, lambda: run_loadgen(args), lambda r: r["accepted"])
                         res["stored_before"] = before
+                        # the cores the run kept busy: the server's process tree and the load generator's process
+                        res["cores_busy"] = (res["server_cpu_us_per_call"] * res["server_calls"] / 1e6
+                                             + res.get("client_cpu_s", 0.0)) / res["elapsed_s"]
                         raw.setdefault(key, {}).setdefault(name, []).append(res)
             stored_after = stored_events(db)
         finally:
@@ -72,7 +77,7 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
     table = {}
     for key, by in raw.items():
         row = {f"{n}_{f}": summarize([r[f] for r in runs]) for n, runs in by.items()
-               for f in ("accepted_per_s", "acked_per_s", "dropped")}
+               for f in ("accepted_per_s", "acked_per_s", "dropped", "server_cpu_us_per_call", "cores_busy")}
         for n in ("onramp", "onramp_ordered"):
             suffix = "" if n == "onramp" else "_ordered"
             row[f"ratio{suffix}"] = summarize([o["accepted_per_s"] / b["accepted_per_s"]
@@ -98,7 +103,9 @@ def report(res: dict) -> list[str]:
     for key, row in res["table"].items():
         out.append(f"  {key:9s} ({row['stored_min']:,}..{row['stored_max']:,} events stored)")
         out.append(f"    onramp, uuid ids     accepted {row['onramp_accepted_per_s'].fmt(',.0f', ' ev/s')} "
-                   f"(dropped {row['onramp_dropped'].median:,.0f})  ratio {row['ratio'].fmt('.3f', 'x')}")
+                   f"(dropped {row['onramp_dropped'].median:,.0f})  ratio {row['ratio'].fmt('.3f', 'x')}  "
+                   f"server CPU/event {row['onramp_server_cpu_us_per_call'].fmt('.1f', ' us')}  "
+                   f"cores busy (server + load generator) {row['onramp_cores_busy'].fmt('.2f')}")
         out.append(f"    onramp, ordered ids  accepted {row['onramp_ordered_accepted_per_s'].fmt(',.0f', ' ev/s')} "
                    f"(dropped {row['onramp_ordered_dropped'].median:,.0f})  ratio {row['ratio_ordered'].fmt('.3f', 'x')}")
         out.append(f"    bare                 {row['bare_accepted_per_s'].fmt(',.0f', ' ev/s')}")

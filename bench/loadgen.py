@@ -112,7 +112,7 @@ async def ingest(target: str, streams: int, duration: float, batch: int, window:
     # workers behind one port the kernel spreads connections (not calls) over them.
     chans = [grpc.aio.insecure_channel(target, options=[SEPARATE_CONNECTION]) for _ in range(streams)]
     try:
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         end = start + duration
 
         async def one_stream(s: int) -> None:
@@ -140,12 +140,13 @@ async def ingest(target: str, streams: int, duration: float, batch: int, window:
                 sem.release()
 
         await asyncio.gather(*(one_stream(s) for s in range(streams)))
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
     finally:
         await asyncio.gather(*(c.close() for c in chans))
     acked = totals["accepted"] + totals["duplicates"] + totals["dropped"] + totals["rejected"]
     return {"mode": "ingest", "streams": streams, "batch": batch, "elapsed_s": elapsed, **totals,
-            "acked": acked, "acked_per_s": acked / elapsed, "accepted_per_s": totals["accepted"] / elapsed}
+            "acked": acked, "acked_per_s": acked / elapsed, "accepted_per_s": totals["accepted"] / elapsed,
+            "client_cpu_s": cpu}
 
 
 def main() -> None:

@@ -61,12 +61,15 @@ def test_ingest_reports_acked_events_per_second_on_one_and_four_streams(tmp_path
             assert row[f"{name}_accepted_per_s"]["median"] > 0, name
         assert row["onramp_dropped"]["median"] == row["onramp_ordered_dropped"]["median"] == 0  # all consented
         assert row["ratio"]["median"] > 0 and row["ratio_ordered"]["median"] > 0
+        # the server spent CPU on what it accepted, and the run kept some of the machine's cores busy
+        assert row["onramp_server_cpu_us_per_call"]["median"] > 0
+        assert 0 < row["onramp_cores_busy"]["median"] <= (os.cpu_count() or 1) + 0.5
         # every measured run saw at least the prefill stored, and the log grew by what was accepted
         assert res["prefill"] <= row["stored_min"] <= row["stored_max"] < res["stored_after"]
     ordered = [r for key in res["raw"] for r in res["raw"][key]["onramp_ordered"]]
     assert all(r["duplicates"] == 0 for r in ordered)
     assert re.search(r"1 stream\s+\([\d,]+\.\.[\d,]+ events stored\)", out)
-    assert re.search(r"onramp, uuid ids\s+accepted [\d,]+ ev/s", out)
+    assert re.search(r"onramp, uuid ids\s+accepted [\d,]+ ev/s.*server CPU/event [\d.]+ us.*cores busy", out)
     assert re.search(r"onramp, ordered ids\s+accepted [\d,]+ ev/s", out)
     assert "prefill: 2,000 events" in out
 

@@ -160,24 +160,33 @@ def prepare(events: Sequence[EventValues], received_ms: int) -> Prepared:
     stored: list[StoredEvent | None] = []
     rows: list[tuple[Any, ...] | None] = []
     add_digest, add_event, add_row = digests.append, stored.append, rows.append
-    encode = encode_properties
-    for eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props in events:
-        add_digest(digest(eid))
-        if not uid:
+    for values in events:
+        add_digest(digest(values[0]))
+        uid = values[1]
+        if uid:
+            se, row = stored_event(values, uid, received_ms)
+            add_event(se)
+            add_row(row)
+        else:
             add_event(None)
             add_row(None)
-            continue
-        ts = ts or received_ms
-        if props:
-            properties = dict(props)  # the event's own copy (the caller's dict may be shared)
-            text = encode(properties)
-        else:
-            properties, text = {}, "{}"
-        add_event(StoredEvent(eid, uid, name, ts, received_ms, uid, aid, did, channel, device_type, feature, step_id,
-                              decision_id, properties))
-        add_row((eid, uid, uid, aid, did, name, ts, received_ms, channel, device_type, feature, step_id, decision_id,
-                 text))
     return Prepared(digests, stored, rows)
+
+
+def stored_event(values: EventValues, subject: str, received_ms: int) -> tuple[StoredEvent, tuple[Any, ...]]:
+    """A validated event as stored for ``subject`` (its own copy of the properties; a time of 0 is the receipt
+    time), with its row of :data:`~server.store.events.EVENT_COLUMNS` (the properties as JSON text)."""
+    eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props = values
+    ts = ts or received_ms
+    if props:
+        properties = dict(props)  # the event's own copy (the caller's dict may be shared)
+        text = encode_properties(properties)
+    else:
+        properties, text = {}, "{}"
+    return (StoredEvent(eid, subject, name, ts, received_ms, uid, aid, did, channel, device_type, feature, step_id,
+                        decision_id, properties),
+            (eid, subject, uid, aid, did, name, ts, received_ms, channel, device_type, feature, step_id, decision_id,
+             text))
 
 
 @dataclass(slots=True)
@@ -392,7 +401,6 @@ class Pipeline:
         identity, consent, pseudo = IdentityGraph(store), ConsentBook(store), self.pseudonym
         resolve, gate = identity.resolve, consent.tracking_gate
         consent.read({ev[1] for events, *_ in batches for ev in events if ev[1]})  # the users' records, at once
-        encode = encode_properties
         results: list[IngestResult] = []
         for events, received_ms, ops, stored, prepared in batches:
             ops.clear()
@@ -440,15 +448,8 @@ class Pipeline:
                     dropped[reason] += 1
                     continue
                 if se is None:  # an anonymous or device id's event: its subject is known only now
-                    if props:
-                        properties = dict(props)  # the event's own copy (the caller's dict may be shared)
-                        text = encode(properties)
-                    else:
-                        properties, text = {}, "{}"
-                    se = StoredEvent(eid, subject, name, ts, received_ms, uid, aid, did, channel, device_type,
-                                     feature, step_id, decision_id, properties)
-                    add_row((eid, subject, uid, aid, did, name, ts, received_ms, channel, device_type, feature,
-                             step_id, decision_id, text))
+                    se, row = stored_event(events[i], subject, received_ms)
+                    add_row(row)
                 else:  # an identify event (its subject is its user id)
                     add_row(ready_rows[i])  # type: ignore[arg-type]
                 add_digest(digests[i])

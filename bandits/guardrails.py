@@ -178,12 +178,13 @@ def eligible(steps: Sequence[StepSpec], history: UserHistory, config: GuardrailC
             blocked[sid] = "dismissed"
             continue
         reason = None
+        missing = None
         for p in prerequisites:
             if p not in completed:
-                reason = f"prerequisite:{p}"
+                missing = p
                 break
-        if reason is not None:
-            pass
+        if missing is not None:
+            reason = f"prerequisite:{missing}"
         elif surface and channel != surface:
             reason = "surface"
         elif personalized and not personal_ok:

@@ -64,8 +64,8 @@ async def fresh_next_step(self: DecisionEngine, subject: str, surface: str, cont
                           now_ms: int) -> NextStep:
     """:meth:`DecisionEngine.next_step` after dropping what the engine derived from ``subject``'s profile before
     (as a new stored body would make it do), so each ask decodes, segments and scores the person again."""
-    for cache in (self._segment_cache, getattr(self, "_profiles", {})):
-        cache.pop(subject, None)
+    self._segment_cache.pop(subject, None)
+    self._profiles.pop(subject, None)
     return await _next_step(self, subject, surface, context, now_ms)
 
 

@@ -108,6 +108,7 @@ def open_runtime(config: Config, metrics: Metrics | None = None) -> Runtime:
         store.close()
         raise
     writer.start()
+    store.preload_id_filters()  # the dedupe window's union filter, built before the first ingest batch needs it
     metrics = metrics if metrics is not None else Metrics()
     metrics.track_queue("writer", writer.qsize)
     log.info("database %s", store.path)

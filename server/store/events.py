@@ -46,6 +46,13 @@ The filters' memory is 8-9 bytes per id of the runs (each run's and the union), 
 "maybe" stay as few as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its
 pages once more (``secure_delete`` zeroes them), once per run.
 
+Only level 0 has to be asked holding the write lock. Level 1 and each run change only together with their token
+(a merge, a seal or an erasure writes a new one), so the writer looks a batch's ids up in them before it takes
+the lock (:meth:`EventTable.look_ahead`, in a read transaction of its own), and the append inside the transaction
+reads every token in one row and asks level 0, plus only the parts whose token changed or that are new since.
+The filters' probes, the reads of the runs and the union's merges after a seal are then out of the time the
+other workers' writers wait for.
+
 The shape is that of a NATS JetStream stream's duplicate window (``Nats-Msg-Id``): :meth:`EventTable.append_new`
 is the one atomic operation, "append these events, skipping ids seen within the window".
 
@@ -59,12 +66,14 @@ into it) is converted on open by renaming that level to the first run; 1 (a UNIQ
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import secrets
 import sqlite3
+import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +81,7 @@ import numpy as np
 
 from server.base.records import StoredEvent
 from server.store.id_filter import KeyFilter, Query
-from server.store.rows import Appended, IdKey, digest
+from server.store.rows import Appended, IdKey, IdLookahead, digest
 from server.store.sql import _chunks, _marks, insert_flat
 
 log = logging.getLogger(__name__)
@@ -156,6 +165,7 @@ class EventTable:
         # one filter holding every key of the runs listed beside it as (run, token) pairs (and maybe keys of runs
         # since dropped or erased from), see _union_of
         self._union: tuple[frozenset[tuple[int, int]], KeyFilter] | None = None
+        self._preloading: concurrent.futures.Future[tuple[frozenset[tuple[int, int]], KeyFilter] | None] | None = None
 
     # -- schema ------------------------------------------------------------------------------------------
     def create(self) -> None:
@@ -299,27 +309,95 @@ class EventTable:
         """The tables holding the window's ids: the levels, then the runs oldest first."""
         return [*LEVELS, *(run.table for run in self._runs_now())]
 
-    def _seen(self, keys: Sequence[int], write: bool = False) -> dict[int, tuple[int, int]]:
+    def _seen(self, keys: Sequence[int], write: bool = False, ahead: IdLookahead | None = None
+              ) -> dict[int, tuple[int, int]]:
         """(check, newest event time) recorded for each of ``keys`` found in a level or run (level 1 and the
         runs asked only about the keys their filters do not rule out). ``write``: inside the writer's
-        transaction (a missing filter of level 1 is then built and stored)."""
-        found: dict[int, tuple[int, int]] = {}
+        transaction (a missing filter of level 1 is then built and stored). ``ahead``: what :meth:`look_ahead`
+        found for these keys (or more): level 0 is asked, and of the other parts only those whose token changed
+        since (a merge, a seal, an erasure) or that are new; a part gone since (a run dropped) held nothing of
+        the window."""
         keys = list(keys)
+        found = self._ask(LEVELS[0], keys)
+        if ahead is None or not ahead.keys.issuperset(keys):
+            parts = self._lookup(keys, self._filter(1, write), self._runs_now())
+        else:
+            tokens = self._tokens()
+            stale = [part for part, token in tokens.items()
+                     if (held := ahead.parts.get(part)) is None or held[0] != token]
+            parts = [hits for part, (token, hits) in ahead.parts.items() if tokens.get(part) == token]
+            if LEVELS[1] not in tokens:  # no filter stored yet: level 1 is asked about every key
+                stale.append(LEVELS[1])
+            if stale:
+                query = Query.of(keys) if keys else None
+                runs = {run.table: run for run in self._runs_now()} if set(stale) - {LEVELS[1]} else {}
+                for part in stale:
+                    if part == LEVELS[1]:
+                        parts.append(self._ask(part, self._maybe(self._filter(1, write), keys, query)))
+                    elif part in runs:
+                        parts.append(self._ask(part, self._maybe(runs[part].filter, keys, query)))
+        for hits in parts:
+            for h, hit in hits.items():
+                old = found.get(h)
+                if old is None or hit[1] > old[1]:
+                    found[h] = hit
+        return found
+
+    def look_ahead(self, keys: Sequence[int]) -> IdLookahead:
+        """What level 1 and the runs hold of ``keys``, with each one's token, read in one read transaction of its
+        own (call it outside the writer's transaction: the write lock is not taken). An append given it asks
+        only level 0 and the parts changed since (:meth:`_seen`), so the filters' probes, the reads of the runs
+        and the rebuilds of their union after a seal happen before the write lock is taken."""
+        c = self.conn
+        keys = list(keys)
+        own = not c.in_transaction
+        if own:
+            c.execute("BEGIN")  # tokens and contents as of one snapshot
+        try:
+            level_1 = self._filter(1, write=False)
+            runs = self._runs_now()
+            found = self._lookup(keys, level_1, runs)
+            parts: dict[str, tuple[int, Mapping[int, tuple[int, int]]]] = {
+                run.table: (run.token, found[i + 1]) for i, run in enumerate(runs)}
+            if level_1 is not None:  # no filter stored yet: the append asks level 1 itself
+                parts[LEVELS[1]] = (self._filters[1][0], found[0])
+        finally:
+            if own:
+                c.execute("COMMIT")
+        return IdLookahead(frozenset(keys), parts)
+
+    def _lookup(self, keys: list[int], level_1: KeyFilter | None, runs: list[Run]
+                ) -> list[dict[int, tuple[int, int]]]:
+        """What level 1 (``level_1``: its filter) and then each of ``runs`` hold of ``keys``: each asked only
+        about the keys its filter does not rule out; with several runs, their filters only about the keys
+        their union does not rule out."""
         query = Query.of(keys) if keys else None
-        asks = [(LEVELS[0], keys), (LEVELS[1], self._maybe(self._filter(1, write), keys, query))]
-        runs = self._runs_now()
+        asks = [(LEVELS[1], self._maybe(level_1, keys, query))]
         if len(runs) > 1 and query is not None:  # the runs' filters asked only about what their union may hold
             keys = self._maybe(self._union_of(runs), keys, query)
             query = Query.of(keys) if keys else None
         asks += [(run.table, self._maybe(run.filter, keys, query)) for run in runs]
-        for table, asked in asks:
-            for part in _chunks(asked):
-                for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {table} WHERE h IN "  # noqa: S608
-                                                    f"({_marks(len(part))})", part):
-                    old = found.get(h)
-                    if old is None or ts > old[1]:
-                        found[h] = (chk, ts)
+        return [self._ask(table, asked) for table, asked in asks]
+
+    def _ask(self, table: str, keys: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """(check, event time) of each of ``keys`` that ``table`` (a level or run) holds."""
+        found: dict[int, tuple[int, int]] = {}
+        for part in _chunks(keys):
+            for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {table} WHERE h IN "  # noqa: S608
+                                                f"({_marks(len(part))})", part):
+                found[h] = (chk, ts)
         return found
+
+    def _tokens(self) -> dict[str, int]:
+        """The token of level 1's filter and of each run, by table, as committed: one row (each row read gives up
+        and re-takes the GIL, and this is read holding the write lock)."""
+        try:
+            (text,) = self.conn.execute(
+                f"SELECT json_group_object(part, token) FROM (SELECT ? AS part, token FROM {FILTER_TABLE} WHERE "
+                f"level = 1 UNION ALL SELECT ? || run, token FROM {RUNS_TABLE})", (LEVELS[1], RUN_PREFIX)).fetchone()
+        except sqlite3.OperationalError:  # a read-only connection to a log no writer of this layout opened
+            return {}
+        return json.loads(text)
 
     @staticmethod
     def _maybe(kept: KeyFilter | None, keys: list[int], query: Query | None) -> list[int]:
@@ -338,6 +416,12 @@ class EventTable:
         filters, which rule them out) until they are over a quarter of it: it is then built from the runs again."""
         listed = frozenset((run.id, run.token) for run in runs)
         held = self._union
+        if held is None and self._preloading is not None:  # built by preload(): wait for it, then adopt it
+            try:
+                held = self._union = self._preloading.result()
+            except Exception:  # noqa: BLE001 - build it here instead
+                log.exception("building the dedupe window's key filters ahead failed; building them now")
+            self._preloading = None
         if held is not None and held[0] == listed:
             return held[1]
         if held is None:
@@ -349,6 +433,30 @@ class EventTable:
                 union = KeyFilter.union_of([run.filter for run in runs])
         self._union = (listed, union)
         return union
+
+    def preload(self, connect: Callable[[], sqlite3.Connection]) -> concurrent.futures.Future[Any]:
+        """Build the runs' union (:meth:`_union_of`) on a thread of its own, on the read-only connection that
+        ``connect`` opens (and this closes), so that this table's first lookup adopts it instead of building it
+        then: with tens of millions of ids in the window that takes seconds, which a worker's first ingest batch
+        after a start would wait for. The future resolves once it is built (None: fewer than two runs)."""
+        future: concurrent.futures.Future[tuple[frozenset[tuple[int, int]], KeyFilter] | None] = \
+            concurrent.futures.Future()
+
+        def build() -> None:
+            try:
+                conn = connect()
+                try:
+                    table = EventTable(conn, self.window_ms / HOUR_MS)
+                    runs = table._runs_now()
+                    future.set_result((frozenset((run.id, run.token) for run in runs), table._union_of(runs))
+                                      if len(runs) > 1 else None)
+                finally:
+                    conn.close()
+            except BaseException as exc:  # noqa: BLE001 - the lookup that waits for it reports it
+                future.set_exception(exc)
+        self._preloading = future
+        threading.Thread(target=build, name="onramp-id-filters", daemon=True).start()
+        return future
 
     def _runs_now(self) -> list[Run]:
         """The runs as committed (a run's filter read again only when its token changed), oldest first."""
@@ -489,12 +597,14 @@ class EventTable:
                 if (hit := found.get(h)) is not None and hit[0] == chk and hit[1] >= horizon}
 
     # -- appending ---------------------------------------------------------------------------------------
-    def append_new(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None) -> Appended:
+    def append_new(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None,
+                   ahead: IdLookahead | None = None) -> Appended:
         """Append the events given as :data:`EVENT_COLUMNS` values one after the other, in order, skipping
         each whose ``event_id`` was stored with an event time within the window ending at ``now_ms`` (or
         earlier in ``flat``); events older than the window are stored unchecked. ``digests``: the ids'
         :func:`~server.store.rows.digest`, one per event, when the caller worked them out already (before
-        the transaction). Atomic with the caller's transaction."""
+        the transaction); ``ahead``: what :meth:`look_ahead` found for them before it. Atomic with the caller's
+        transaction."""
         n = len(flat) // _WIDTH
         horizon = now_ms - self.window_ms
         times = flat[_TS::_WIDTH]
@@ -503,7 +613,7 @@ class EventTable:
             keys: list[IdKey | None] = [digest(ids[i]) if times[i] >= horizon else None for i in range(n)]
         else:
             keys = [digests[i] if times[i] >= horizon else None for i in range(n)]
-        found = self._seen([k[0] for k in keys if k is not None], write=True)
+        found = self._seen([k[0] for k in keys if k is not None], write=True, ahead=ahead)
         duplicates: set[int] = set()
         record: dict[int, tuple[int, int, int]] = {}
         outside: set[int] = set()

@@ -7,7 +7,10 @@ back and its jobs re-run one transaction each, so only the faulty job fails.
 
 Jobs submitted with :meth:`Writer.submit_combined` and the same ``run_many`` function that follow one another
 in a group run as one call of ``run_many(store, [arg, ...])`` (e.g. ingest batches: one duplicate check and
-one INSERT for all of them, fewer SQLite calls, each of which gives up and re-takes the GIL).
+one INSERT for all of them, fewer SQLite calls, each of which gives up and re-takes the GIL). Their ``ahead``
+function, when given, is called as ``ahead(store, [arg, ...])`` first, before the transaction begins (so without
+the write lock every worker's writer takes turns on): for the reads whose results the jobs can check cheaply
+inside it (the dedupe window's parts that change only with a new token, server/store/events.py).
 
 A job submitted with ``scrub_wal=True`` (an erasure) has the WAL checkpointed and truncated right after its
 transaction commits, before its future resolves (:meth:`SqliteStore.scrub_wal`): the WAL then holds no older
@@ -21,7 +24,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -36,6 +39,7 @@ class WriterClosed(RuntimeError):
 
 
 RunMany = Callable[[Store, list[Any]], list[Any]]
+RunAhead = Callable[[Store, list[Any]], None]
 
 
 @dataclass(slots=True)
@@ -52,6 +56,7 @@ class Job(Generic[T]):
     many: RunMany | None = None
     arg: Any = None
     scrub_wal: bool = False
+    ahead: RunAhead | None = None
 
 
 _STOP = object()
@@ -98,16 +103,19 @@ class Writer:
         return future
 
     def submit_combined(self, many: RunMany, arg: Any, *, weight: int = 1,
-                        after_commit: Callable[[Any], None] | None = None) -> concurrent.futures.Future[Any]:
+                        after_commit: Callable[[Any], None] | None = None,
+                        ahead: RunAhead | None = None) -> concurrent.futures.Future[Any]:
         """Queue ``many(store, [arg])``'s single result as a job that runs together with the jobs of the same
         ``many`` next to it in a group (``many(store, [arg1, arg2, ...])``, one result per arg, in order);
         the future resolves after the transaction commits. If the combined call raises, the group is rolled
-        back and every job re-runs alone, as for any job."""
+        back and every job re-runs alone, as for any job. ``ahead(store, [arg1, arg2, ...])`` runs before the
+        transaction (once per group, not again for a re-run); if it raises, the failure is logged and the jobs
+        run as they would without it."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._submit_lock:
             if self._closed:
                 raise WriterClosed("the writer is stopped")
-            self._queue.put(Job(None, future, max(1, weight), after_commit, many, arg))
+            self._queue.put(Job(None, future, max(1, weight), after_commit, many, arg, ahead=ahead))
         return future
 
     async def call(self, run: Callable[[Store], T], *, weight: int = 1,
@@ -149,30 +157,49 @@ class Writer:
                     break
                 group.append(item)
                 weight += item.weight
+            self._look_ahead(group)
             self._run_group(group)
         # Jobs submitted before the stop mark are all taken by now (FIFO); nothing is left behind.
+
+    @staticmethod
+    def _spans(group: list[Job[Any]]) -> Iterator[tuple[int, int]]:
+        """``(i, j)`` for each job run as one call: a job on its own, or consecutive combined jobs of one
+        ``many`` (``group[i:j]``)."""
+        i, n = 0, len(group)
+        while i < n:
+            many = group[i].many
+            j = i + 1
+            if many is not None:
+                while j < n and group[j].many == many:
+                    j += 1
+            yield i, j
+            i = j
+
+    def _look_ahead(self, group: list[Job[Any]]) -> None:
+        """Call the ``ahead`` function of each run of combined jobs, before the group's transaction."""
+        for i, j in self._spans(group):
+            ahead = group[i].ahead
+            if ahead is not None:
+                try:
+                    ahead(self.store, [g.arg for g in group[i:j]])
+                except Exception:  # noqa: BLE001 - the jobs look everything up inside the transaction instead
+                    log.exception("writer look-ahead failed; its jobs run without it")
 
     def _run_group(self, group: list[Job[Any]]) -> None:
         store = self.store
         results: list[Any] = []
         try:
             store.begin()
-            i, n = 0, len(group)
-            while i < n:
+            for i, j in self._spans(group):
                 job = group[i]
                 many = job.many
                 if many is None:
                     results.append(job.run(store))  # type: ignore[misc]
-                    i += 1
                     continue
-                j = i + 1
-                while j < n and group[j].many == many:
-                    j += 1
                 out = many(store, [g.arg for g in group[i:j]])
                 if len(out) != j - i:
                     raise RuntimeError(f"combined writer job returned {len(out)} results for {j - i} jobs")
                 results.extend(out)
-                i = j
             store.commit()
         except BaseException as exc:  # noqa: BLE001 - isolate the faulty job below
             store.rollback()

@@ -337,6 +337,120 @@ def test_a_merge_and_a_seal_by_another_process_are_seen_by_the_next_lookup(tmp_p
         mp.undo()
 
 
+SENDS = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 2 * WINDOW_H)), min_size=1, max_size=6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(SENDS, st.lists(SENDS, max_size=8), SENDS,
+       st.lists(st.one_of(st.tuples(st.just("send"), SENDS), st.tuples(st.just("erase"), st.integers(0, 2)),
+                          st.tuples(st.just("wait"), st.integers(1, WINDOW_H))), max_size=6))
+@example([(1, 0)], [[(2, 0), (3, 0), (4, 0), (5, 0)]], [(1, 0), (2, 0), (6, 0)], [])  # found in a run, ahead
+@example([(1, 0)], [], [(1, 0), (7, 0)], [("send", [(7, 0), (8, 0), (9, 0), (10, 0)])])  # sent by B meanwhile
+@example([(1, 0)], [[(2, 0), (5, 0), (8, 0), (11, 0)]], [(2, 0), (5, 0)], [("erase", 2)])  # erased meanwhile
+@example([(1, 0)], [[(2, 0), (3, 0), (4, 0), (5, 0)]], [(2, 0), (3, 0)], [("wait", WINDOW_H), ("wait", 1)])
+def test_a_look_ahead_before_another_writers_changes_answers_as_asking_everything(
+        tmp_path_factory: pytest.TempPathFactory, first: list[tuple[int, int]], earlier: list[list[tuple[int, int]]],
+        batch: list[tuple[int, int]], meanwhile: list[tuple[str, Any]]) -> None:
+    """Writer A looks a batch's ids up ahead (outside its transaction), then writer B (another connection, as
+    another worker) sends ids, merging, sealing and dropping runs (levels a few rows large), erases a person or
+    lets time pass; A's append given that look-ahead stores exactly the ids a model of the window says are new.
+    Ids the window held in level 1 or a run at the look-ahead are in it (it looked them up)."""
+    path = tmp_path_factory.mktemp("ahead") / "a.db"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    a, b = SqliteStore(path, dedupe_window_hours=WINDOW_H), SqliteStore(path, dedupe_window_hours=WINDOW_H)
+    model: dict[str, int] = {}  # id -> newest event time stored
+    clock = NOW
+
+    def subject(eid: str) -> str:
+        return f"s{int(eid[2:]) % 3}"
+
+    def send(store: SqliteStore, sends: list[tuple[int, int]], ahead: Any = None) -> None:
+        part = [(f"id{n}", clock - age * HOUR_MS) for n, age in sends]
+        horizon = clock - WINDOW_H * HOUR_MS
+        want_dup, want_out = set(), set()
+        for i, (eid, ts) in enumerate(part):
+            if ts < horizon:
+                want_out.add(i)
+            elif model.get(eid, horizon - 1) >= horizon:
+                want_dup.add(i)
+            else:
+                model[eid] = ts
+        flat = [v for eid, ts in part for v in rows((eid, ts), subject=subject(eid))]
+        store.begin()
+        got = store.append_new_events(flat, clock, ahead=ahead)
+        store.commit()
+        assert (got.duplicates, got.outside_window) == (want_dup, want_out)
+
+    try:
+        for sends in [first, *earlier]:
+            send(b, sends)
+        keys = [events_mod.digest(f"id{n}")[0] for n, _ in batch]
+        ahead = a.look_ahead(keys)
+        assert not a.conn.in_transaction and not a.write_lock.held
+        level_0 = {h for (h,) in a.conn.execute(f"SELECT h FROM {LEVELS[0]}")}
+        held = {h for t in a.events.id_tables() for (h,) in a.conn.execute(f"SELECT h FROM {t}")} - level_0
+        assert set(keys) & held <= {h for _, hits in ahead.parts.values() for h in hits}
+        for kind, arg in meanwhile:
+            if kind == "send":
+                send(b, arg)
+            elif kind == "erase":
+                b.begin()
+                b.erase(SubjectKeys((f"s{arg}",), (f"s{arg}",), (), (), ()))
+                b.commit()
+                model = {eid: ts for eid, ts in model.items() if subject(eid) != f"s{arg}"}
+            else:
+                clock += arg * HOUR_MS
+        send(a, batch, ahead)
+    finally:
+        a.close()
+        b.close()
+        mp.undo()
+
+
+def test_the_union_of_the_runs_is_built_ahead_and_adopted_by_the_first_lookup(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A store opened on runs written earlier builds their union on a thread of its own; its first lookup adopts
+    it (and merges a run sealed since), and finds every id. When the build fails, the lookup builds it and says
+    so."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    path = tmp_path / "preload.db"
+    writer = SqliteStore(path, dedupe_window_hours=WINDOW_H)
+    sent = [f"id{i}" for i in range(26)]
+    try:
+        for k in range(0, 20, 2):  # five runs of 4 ids
+            writer.append_new_events(rows(*((eid, NOW) for eid in sent[k:k + 2])), NOW)
+        store = SqliteStore(path, dedupe_window_hours=WINDOW_H)
+        built = store.preload_id_filters().result(30)
+        assert built is not None and len(built[0]) == 5 and len(built[1]) == 20
+        for k in range(20, 26, 2):  # another run sealed after the build
+            writer.append_new_events(rows(*((eid, NOW) for eid in sent[k:k + 2])), NOW)
+        merged: list[int] = []  # how many filters each union built here merges
+        union_of = KeyFilter.union_of.__func__
+        mp.setattr(KeyFilter, "union_of", classmethod(lambda cls, fs: merged.append(len(fs)) or union_of(cls, fs)))
+        store.begin()
+        got = store.append_new_events(rows(*((eid, NOW) for eid in [*sent, "new"])), NOW)
+        store.commit()
+        assert got.duplicates == frozenset(range(len(sent)))
+        assert merged == [2]  # the union built ahead, and the run sealed since: not the six runs again
+        store.close()
+
+        failing = SqliteStore(path, dedupe_window_hours=WINDOW_H)
+
+        def broken() -> sqlite3.Connection:
+            raise sqlite3.OperationalError("unable to open database file")
+        with pytest.raises(sqlite3.OperationalError):
+            failing.events.preload(broken).result(30)
+        with caplog.at_level("ERROR", logger="server.store.events"):
+            assert failing.existing_event_ids([*sent, "other"], NOW) == set(sent)
+        assert "building them now" in caplog.text
+        failing.close()
+    finally:
+        writer.close()
+        mp.undo()
+
+
 def jump_to_epoch(store: SqliteStore, epoch: int) -> None:
     """Make the next appended event the first of ``epoch`` (as if the events between had been stored and erased)."""
     store.conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (epoch * EPOCH_SIZE - 1,))

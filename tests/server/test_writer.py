@@ -130,6 +130,37 @@ def test_combined_jobs_next_to_each_other_run_as_one_call_with_their_own_results
     writer.stop()
 
 
+def test_a_combined_runs_ahead_function_runs_once_before_its_transaction_and_may_fail(
+        store: SqliteStore, caplog: pytest.LogCaptureFixture) -> None:
+    """``ahead`` sees each run of combined jobs once, with the write lock free (outside the transaction), before
+    ``many`` sees the same args; a run whose ``ahead`` raises still runs (the failure is logged)."""
+    writer = Writer(store)
+    gate = threading.Event()
+    seen: list[tuple[str, list[str], bool]] = []
+
+    def ahead(s: SqliteStore, args: list[str]) -> None:
+        seen.append(("ahead", list(args), s.conn.in_transaction or s.write_lock.held))
+        if "boom" in args:
+            raise RuntimeError("look-ahead failed")
+
+    def many(s: SqliteStore, args: list[str]) -> list[str]:
+        seen.append(("many", list(args), s.conn.in_transaction and s.write_lock.held))
+        return args
+    writer.start()
+    writer.submit(lambda s: gate.wait(10))
+    first = [writer.submit_combined(many, a, ahead=ahead) for a in ("a", "b")]
+    writer.submit(lambda s: None)
+    second = [writer.submit_combined(many, a, ahead=ahead) for a in ("boom", "c")]
+    with caplog.at_level(logging.ERROR, logger="server.store.writer"):
+        gate.set()
+        assert [f.result(10) for f in first + second] == ["a", "b", "boom", "c"]
+    # one group, one transaction: both runs look ahead before it begins
+    assert seen == [("ahead", ["a", "b"], False), ("ahead", ["boom", "c"], False),
+                    ("many", ["a", "b"], True), ("many", ["boom", "c"], True)]
+    assert "look-ahead failed" in caplog.text
+    writer.stop()
+
+
 def test_a_failing_combined_call_is_rerun_job_by_job_so_only_the_faulty_job_fails(store: SqliteStore) -> None:
     writer = Writer(store)
     gate = threading.Event()

@@ -405,7 +405,9 @@ class Pipeline:
             pending_events.clear()
             pending_digests.clear()
 
-        ahead = batches[0][4].ahead  # the group's look-ahead (a batch re-run alone keeps it: it covers more ids)
+        # the group's look-ahead (a batch re-run alone keeps it; batches that joined once the write lock was
+        # taken have none: their ids are looked up in full)
+        ahead = next((prepared.ahead for *_, prepared in batches if prepared.ahead is not None), None)
 
         def append() -> None:
             if pending:

@@ -314,18 +314,24 @@ class EventTable:
         """(check, newest event time) recorded for each of ``keys`` found in a level or run (level 1 and the
         runs asked only about the keys their filters do not rule out). ``write``: inside the writer's
         transaction (a missing filter of level 1 is then built and stored). ``ahead``: what :meth:`look_ahead`
-        found for these keys (or more): level 0 is asked, and of the other parts only those whose token changed
-        since (a merge, a seal, an erasure) or that are new; a part gone since (a run dropped) held nothing of
-        the window."""
+        found for these keys (or some of them): level 0 is asked, and, about the keys it looked up, of the other
+        parts only those whose token changed since (a merge, a seal, an erasure) or that are new (a part gone
+        since, a run dropped, held nothing of the window); about the others, every part."""
         keys = list(keys)
         found = self._ask(LEVELS[0], keys)
-        if ahead is None or not ahead.keys.issuperset(keys):
+        if ahead is None:
             parts = self._lookup(keys, self._filter(1, write), self._runs_now())
         else:
+            if not ahead.keys.issuperset(keys):  # keys it did not look up are asked of every part
+                covered = ahead.keys
+                parts = self._lookup([k for k in keys if k not in covered], self._filter(1, write), self._runs_now())
+                keys = [k for k in keys if k in covered]
+            else:
+                parts = []
             tokens = self._tokens()
             stale = [part for part, token in tokens.items()
                      if (held := ahead.parts.get(part)) is None or held[0] != token]
-            parts = [hits for part, (token, hits) in ahead.parts.items() if tokens.get(part) == token]
+            parts += [hits for part, (token, hits) in ahead.parts.items() if tokens.get(part) == token]
             if LEVELS[1] not in tokens:  # no filter stored yet: level 1 is asked about every key
                 stale.append(LEVELS[1])
             if stale:

@@ -146,20 +146,25 @@ class Writer:
             if first is _STOP:
                 break
             group: list[Job[Any]] = [first]
-            weight = first.weight
-            while weight < self.max_group_weight:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                group.append(item)
-                weight += item.weight
+            stopping = self._take(group)
             self._look_ahead(group)
-            self._run_group(group)
+            stopping = self._run_group(group, top_up=not stopping) or stopping
         # Jobs submitted before the stop mark are all taken by now (FIFO); nothing is left behind.
+
+    def _take(self, group: list[Job[Any]]) -> bool:
+        """Add the jobs waiting in the queue to ``group``, up to ``max_group_weight`` events in all; True when the
+        stop mark was taken (the thread ends after this group)."""
+        weight = sum(job.weight for job in group)
+        while weight < self.max_group_weight:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            group.append(item)
+            weight += item.weight
+        return False
 
     @staticmethod
     def _spans(group: list[Job[Any]]) -> Iterator[tuple[int, int]]:
@@ -185,11 +190,17 @@ class Writer:
                 except Exception:  # noqa: BLE001 - the jobs look everything up inside the transaction instead
                     log.exception("writer look-ahead failed; its jobs run without it")
 
-    def _run_group(self, group: list[Job[Any]]) -> None:
+    def _run_group(self, group: list[Job[Any]], top_up: bool = False) -> bool:
+        """Run ``group`` in one transaction. With ``top_up``, the jobs queued while ``begin`` waited for the write
+        lock (another process's writer held it) join the group first (they have not looked ahead: they look
+        everything up inside). Returns True when that took the stop mark."""
         store = self.store
         results: list[Any] = []
+        stopping = False
         try:
             store.begin()
+            if top_up:
+                stopping = self._take(group)
             for i, j in self._spans(group):
                 job = group[i]
                 many = job.many
@@ -207,10 +218,10 @@ class Writer:
                 self.on_rollback()
             if len(group) == 1:
                 self._fail(group[0], exc)
-                return
+                return stopping
             for job in group:  # one transaction each, so only the faulty job fails
                 self._run_group([job])
-            return
+            return stopping
         self.commits += 1
         self.jobs_done += len(group)
         scrub = any(job.scrub_wal for job in group)
@@ -225,6 +236,7 @@ class Writer:
             if not job.future.set_running_or_notify_cancel():
                 continue
             job.future.set_result(result)
+        return stopping
 
     def _scrub_wal(self, wait: bool) -> None:
         """Truncate the WAL after a committed erasure (waiting a little for readers when ``wait``); while it

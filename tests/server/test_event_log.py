@@ -341,20 +341,22 @@ SENDS = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 2 * WINDOW_H)), mi
 
 
 @settings(max_examples=80, deadline=None)
-@given(SENDS, st.lists(SENDS, max_size=8), SENDS,
+@given(SENDS, st.lists(SENDS, max_size=8), SENDS, st.integers(0, 6),
        st.lists(st.one_of(st.tuples(st.just("send"), SENDS), st.tuples(st.just("erase"), st.integers(0, 2)),
                           st.tuples(st.just("wait"), st.integers(1, WINDOW_H))), max_size=6))
-@example([(1, 0)], [[(2, 0), (3, 0), (4, 0), (5, 0)]], [(1, 0), (2, 0), (6, 0)], [])  # found in a run, ahead
-@example([(1, 0)], [], [(1, 0), (7, 0)], [("send", [(7, 0), (8, 0), (9, 0), (10, 0)])])  # sent by B meanwhile
-@example([(1, 0)], [[(2, 0), (5, 0), (8, 0), (11, 0)]], [(2, 0), (5, 0)], [("erase", 2)])  # erased meanwhile
-@example([(1, 0)], [[(2, 0), (3, 0), (4, 0), (5, 0)]], [(2, 0), (3, 0)], [("wait", WINDOW_H), ("wait", 1)])
+@example([(1, 0)], [[(2, 0), (3, 0), (4, 0), (5, 0)]], [(1, 0), (2, 0), (6, 0)], 6, [])  # found in a run, ahead
+@example([(1, 0)], [], [(1, 0), (7, 0)], 6, [("send", [(7, 0), (8, 0), (9, 0), (10, 0)])])  # sent by B meanwhile
+@example([(1, 0)], [[(2, 0), (5, 0), (8, 0), (11, 0)]], [(2, 0), (5, 0)], 6, [("erase", 2)])  # erased meanwhile
+@example([(1, 0)], [[(2, 0), (3, 0), (4, 0), (5, 0)]], [(2, 0), (3, 0)], 6, [("wait", WINDOW_H), ("wait", 1)])
+@example([(1, 0)], [[(2, 0), (3, 0), (4, 0), (5, 0)]], [(6, 0), (2, 0), (3, 0)], 1, [])  # in a run, not ahead
 def test_a_look_ahead_before_another_writers_changes_answers_as_asking_everything(
         tmp_path_factory: pytest.TempPathFactory, first: list[tuple[int, int]], earlier: list[list[tuple[int, int]]],
-        batch: list[tuple[int, int]], meanwhile: list[tuple[str, Any]]) -> None:
-    """Writer A looks a batch's ids up ahead (outside its transaction), then writer B (another connection, as
-    another worker) sends ids, merging, sealing and dropping runs (levels a few rows large), erases a person or
-    lets time pass; A's append given that look-ahead stores exactly the ids a model of the window says are new.
-    Ids the window held in level 1 or a run at the look-ahead are in it (it looked them up)."""
+        batch: list[tuple[int, int]], ahead_of: int, meanwhile: list[tuple[str, Any]]) -> None:
+    """Writer A looks the first ``ahead_of`` ids of a batch up ahead (outside its transaction; the others join
+    later, as batches queued while the write lock was awaited), then writer B (another connection, as another
+    worker) sends ids, merging, sealing and dropping runs (levels a few rows large), erases a person or lets
+    time pass; A's append of the batch given that look-ahead stores exactly the ids a model of the window says
+    are new. Ids the window held in level 1 or a run at the look-ahead are in it (it looked them up)."""
     path = tmp_path_factory.mktemp("ahead") / "a.db"
     mp = pytest.MonkeyPatch()
     mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
@@ -385,7 +387,7 @@ def test_a_look_ahead_before_another_writers_changes_answers_as_asking_everythin
     try:
         for sends in [first, *earlier]:
             send(b, sends)
-        keys = [events_mod.digest(f"id{n}")[0] for n, _ in batch]
+        keys = [events_mod.digest(f"id{n}")[0] for n, _ in batch[:ahead_of]]
         ahead = a.look_ahead(keys)
         assert not a.conn.in_transaction and not a.write_lock.held
         level_0 = {h for (h,) in a.conn.execute(f"SELECT h FROM {LEVELS[0]}")}

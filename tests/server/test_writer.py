@@ -161,6 +161,40 @@ def test_a_combined_runs_ahead_function_runs_once_before_its_transaction_and_may
     writer.stop()
 
 
+def test_jobs_queued_while_another_process_holds_the_write_lock_join_the_waiting_group(tmp_path: pathlib.Path) -> None:
+    """The writer took one job, looked ahead for it and waits for the write lock another store (another worker)
+    holds; the jobs queued meanwhile run in the same transaction once it has the lock, without looking ahead."""
+    path = tmp_path / "two.db"
+    store, other = SqliteStore(path), SqliteStore(path)
+    writer = Writer(store)
+    looked = threading.Event()
+    calls: list[tuple[str, list[str]]] = []
+
+    def ahead(s: SqliteStore, args: list[str]) -> None:
+        calls.append(("ahead", list(args)))
+        looked.set()
+
+    def many(s: SqliteStore, args: list[str]) -> list[str]:
+        calls.append(("many", list(args)))
+        return args
+    writer.start()
+    other.begin()
+    try:
+        first = writer.submit_combined(many, "a", ahead=ahead)
+        assert looked.wait(10)
+        later = [writer.submit_combined(many, x, ahead=ahead) for x in ("b", "c")]
+        plain = writer.submit(lambda s: "p")
+        assert not first.done() and writer.commits == 0
+    finally:
+        other.commit()
+    assert [f.result(10) for f in [first, *later, plain]] == ["a", "b", "c", "p"]
+    assert calls == [("ahead", ["a"]), ("many", ["a", "b", "c"])]
+    assert writer.commits == 1
+    writer.stop()
+    store.close()
+    other.close()
+
+
 def test_a_failing_combined_call_is_rerun_job_by_job_so_only_the_faulty_job_fails(store: SqliteStore) -> None:
     writer = Writer(store)
     gate = threading.Event()

@@ -36,9 +36,11 @@ than the cache, and a new id would otherwise cost a read of a page of each.
 Runs are not merged with each other, and have one size: with 100M ids in the window there are 100 runs. A
 merge of runs (size-tiered or leveled) would write each id again and, for large runs, hold the writer for
 the seconds a large rewrite takes, which is what this layout removes. With several runs, a batch's keys are
-first asked of one in-memory filter over all of them (their union: a run sealed is merged into it, one pass;
-the keys of runs dropped or erased from stay until they are a quarter of it, then it is built again from the
-runs' sorted arrays), and each run's filter only about the few keys (about
+first asked of one in-memory filter over all of them (their union: a run sealed is merged into it, one pass,
+on a thread of its own once the union is large, the new run asked on its own meanwhile; the keys of runs
+dropped or erased from stay until they are a quarter of it, then it is built again from the runs' sorted
+arrays; a server builds it when it starts, :meth:`EventTable.preload`), and each run's filter only about the
+few keys (about
 ids/2^32 of them) the union does not rule out: one probe per key (one cache miss, blocks behind a small top
 index, :class:`~server.store.id_filter.KeyFilter`; 0.13-0.18 µs on the 2-core machine of docs/benchmarks.md)
 whatever the number of runs, where asking each run's filter cost that per run (~1.5 µs per event at 10 runs).
@@ -107,6 +109,7 @@ EPOCH_BITS = 16  # the subject index's epochs: events seq >> EPOCH_BITS
 EPOCH_SIZE = 1 << EPOCH_BITS  # 65,536 events: the newest epoch's part of the index stays a few hundred pages
 SUBJECT_INDEX = "idx_events_epoch_subject"  # events ((seq >> EPOCH_BITS), subject)
 OLD_SUBJECT_INDEX = "idx_events_subject"  # events (subject): converted on open
+MERGE_AHEAD_KEYS = 2_000_000  # a runs' union larger than this takes in a new run on a thread of its own
 CONVERT_WAIT_MS = 600_000  # how long another process opening the log waits for a conversion that holds the lock
 # Every epoch of the log, oldest first, read in the statement that uses it (so a reader sees one snapshot).
 EPOCHS = (f"WITH RECURSIVE epoch(e) AS (SELECT (SELECT min(seq) FROM events) >> {EPOCH_BITS} UNION ALL SELECT "
@@ -132,6 +135,29 @@ def subjects_clause(subjects: Sequence[str]) -> tuple[str, list[Any]]:
     if not subjects:
         return "0", []
     return f"(seq >> {EPOCH_BITS}) IN ({EPOCHS}) AND subject IN ({_marks(len(subjects))})", subjects
+
+
+def merged_union(held: tuple[frozenset[tuple[int, int]], KeyFilter] | None, runs: list[Run]
+                 ) -> tuple[frozenset[tuple[int, int]], KeyFilter]:
+    """The union filter of ``runs`` and the (run, token) pairs it holds: ``held`` (an earlier union and what it
+    held) with the runs it does not hold merged in, or built from the runs alone when there is none or when the
+    keys of runs gone or erased from since are over a quarter of it. Pure: runs on any thread."""
+    listed = frozenset((run.id, run.token) for run in runs)
+    if held is None:
+        return listed, KeyFilter.union_of([run.filter for run in runs])
+    new = [run.filter for run in runs if (run.id, run.token) not in held[0]]
+    union = KeyFilter.union_of([held[1], *new]) if new else held[1]
+    if len(union) - sum(len(run.filter) for run in runs) > len(union) // 4:
+        union = KeyFilter.union_of([run.filter for run in runs])
+    return listed, union
+
+
+def _resolve(future: concurrent.futures.Future[Any], fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn(*args)`` and resolve ``future`` with what it returns or raises (the body of a helper thread)."""
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - whoever waits for the future reports it
+        future.set_exception(exc)
 
 
 @dataclass(frozen=True)
@@ -166,6 +192,7 @@ class EventTable:
         # since dropped or erased from), see _union_of
         self._union: tuple[frozenset[tuple[int, int]], KeyFilter] | None = None
         self._preloading: concurrent.futures.Future[tuple[frozenset[tuple[int, int]], KeyFilter] | None] | None = None
+        self._merging: concurrent.futures.Future[tuple[frozenset[tuple[int, int]], KeyFilter]] | None = None
 
     # -- schema ------------------------------------------------------------------------------------------
     def create(self) -> None:
@@ -375,14 +402,18 @@ class EventTable:
     def _lookup(self, keys: list[int], level_1: KeyFilter | None, runs: list[Run]
                 ) -> list[dict[int, tuple[int, int]]]:
         """What level 1 (``level_1``: its filter) and then each of ``runs`` hold of ``keys``: each asked only
-        about the keys its filter does not rule out; with several runs, their filters only about the keys
-        their union does not rule out."""
+        about the keys its filter does not rule out; with several runs, the runs the union holds only about the
+        keys it does not rule out, the others (sealed or erased from since it was built) about all of them."""
         query = Query.of(keys) if keys else None
         asks = [(LEVELS[1], self._maybe(level_1, keys, query))]
-        if len(runs) > 1 and query is not None:  # the runs' filters asked only about what their union may hold
-            keys = self._maybe(self._union_of(runs), keys, query)
-            query = Query.of(keys) if keys else None
-        asks += [(run.table, self._maybe(run.filter, keys, query)) for run in runs]
+        if len(runs) > 1 and query is not None:
+            union, held = self._union_of(runs)
+            maybe = self._maybe(union, keys, query)
+            maybe_query = Query.of(maybe) if maybe else None
+            asks += [(run.table, self._maybe(run.filter, maybe, maybe_query) if (run.id, run.token) in held
+                      else self._maybe(run.filter, keys, query)) for run in runs]
+        else:
+            asks += [(run.table, self._maybe(run.filter, keys, query)) for run in runs]
         return [self._ask(table, asked) for table, asked in asks]
 
     def _ask(self, table: str, keys: Sequence[int]) -> dict[int, tuple[int, int]]:
@@ -413,32 +444,44 @@ class EventTable:
             return keys
         return [keys[i] for i in kept.hits(query).tolist()] if query is not None else []
 
-    def _union_of(self, runs: list[Run]) -> KeyFilter:
-        """One filter that holds every key of ``runs``: a new key is ruled out by one probe, not one per run (the
-        runs' own filters are then asked only about the few it does not rule out). A run it has not seen (sealed,
-        or listed again under a new token) is merged into it: one pass over it (about 0.05 s of CPU at 37M ids,
-        where building it from every run took 0.7-1.4 s, inside a write transaction, in each process that looks
-        up ids). The keys of runs dropped or erased from since stay in it (they are then asked of the runs' own
-        filters, which rule them out) until they are over a quarter of it: it is then built from the runs again."""
+    def _union_of(self, runs: list[Run]) -> tuple[KeyFilter, frozenset[tuple[int, int]]]:
+        """One filter that holds every key of the runs it lists as (run, token) pairs: a new key is ruled out by
+        one probe, not one per run (the runs' own filters are then asked only about the few it does not rule
+        out). It takes in a run it does not hold (sealed, or listed again under a new token after an erasure)
+        with one pass over both, at once while it is small, and on a thread of its own once it holds more than
+        :data:`MERGE_AHEAD_KEYS` keys (0.1-1 s at 50M keys): until then the lookups ask that run's own filter
+        about every key, and the writer does not stop for it. The keys of runs dropped or erased from since
+        stay in it (the runs' own filters rule them out) until they are over a quarter of it: it is then built
+        from the runs again, the same way. Returns the filter and the runs it holds."""
         listed = frozenset((run.id, run.token) for run in runs)
-        held = self._union
-        if held is None and self._preloading is not None:  # built by preload(): wait for it, then adopt it
-            try:
-                held = self._union = self._preloading.result()
-            except Exception:  # noqa: BLE001 - build it here instead
-                log.exception("building the dedupe window's key filters ahead failed; building them now")
+        if self._union is None and self._preloading is not None:  # built by preload(): wait for it, adopt it
+            self._union = self._adopt(self._preloading, "building the dedupe window's key filters ahead")
             self._preloading = None
+        if self._merging is not None and self._merging.done():
+            self._union = self._adopt(self._merging, "merging a run into the dedupe window's union") or self._union
+            self._merging = None
+        held = self._union
         if held is not None and held[0] == listed:
-            return held[1]
-        if held is None:
-            union = KeyFilter.union_of([run.filter for run in runs])
-        else:
-            new = [run.filter for run in runs if (run.id, run.token) not in held[0]]
-            union = KeyFilter.union_of([held[1], *new]) if new else held[1]
-            if len(union) - sum(len(run.filter) for run in runs) > len(union) // 4:
-                union = KeyFilter.union_of([run.filter for run in runs])
-        self._union = (listed, union)
-        return union
+            return held[1], held[0]
+        if held is None or len(held[1]) <= MERGE_AHEAD_KEYS:
+            self._union = merged_union(held, runs)
+            return self._union[1], self._union[0]
+        if self._merging is None:
+            future: concurrent.futures.Future[tuple[frozenset[tuple[int, int]], KeyFilter]] = \
+                concurrent.futures.Future()
+            self._merging = future
+            threading.Thread(target=_resolve, args=(future, merged_union, held, runs), name="onramp-id-union",
+                             daemon=True).start()
+        return held[1], held[0]
+
+    @staticmethod
+    def _adopt(future: concurrent.futures.Future[Any], what: str) -> Any:
+        """The result of a union built on another thread (None, logged, when that failed: built again here)."""
+        try:
+            return future.result()
+        except Exception:  # noqa: BLE001 - the lookups go on without it
+            log.exception("%s failed; building it again", what)
+            return None
 
     def preload(self, connect: Callable[[], sqlite3.Connection]) -> concurrent.futures.Future[Any]:
         """Build the runs' union (:meth:`_union_of`) on a thread of its own, on the read-only connection that
@@ -448,20 +491,15 @@ class EventTable:
         future: concurrent.futures.Future[tuple[frozenset[tuple[int, int]], KeyFilter] | None] = \
             concurrent.futures.Future()
 
-        def build() -> None:
+        def build() -> tuple[frozenset[tuple[int, int]], KeyFilter] | None:
+            conn = connect()
             try:
-                conn = connect()
-                try:
-                    table = EventTable(conn, self.window_ms / HOUR_MS)
-                    runs = table._runs_now()
-                    future.set_result((frozenset((run.id, run.token) for run in runs), table._union_of(runs))
-                                      if len(runs) > 1 else None)
-                finally:
-                    conn.close()
-            except BaseException as exc:  # noqa: BLE001 - the lookup that waits for it reports it
-                future.set_exception(exc)
+                runs = EventTable(conn, self.window_ms / HOUR_MS)._runs_now()
+            finally:
+                conn.close()
+            return merged_union(None, runs) if len(runs) > 1 else None
         self._preloading = future
-        threading.Thread(target=build, name="onramp-id-filters", daemon=True).start()
+        threading.Thread(target=_resolve, args=(future, build), name="onramp-id-filters", daemon=True).start()
         return future
 
     def _runs_now(self) -> list[Run]:

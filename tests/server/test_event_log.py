@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 import sqlite3
+import threading
 from typing import Any
 
 import pytest
@@ -446,7 +447,7 @@ def test_the_union_of_the_runs_is_built_ahead_and_adopted_by_the_first_lookup(
             failing.events.preload(broken).result(30)
         with caplog.at_level("ERROR", logger="server.store.events"):
             assert failing.existing_event_ids([*sent, "other"], NOW) == set(sent)
-        assert "building them now" in caplog.text
+        assert "building it again" in caplog.text
         failing.close()
     finally:
         writer.close()
@@ -552,6 +553,51 @@ def test_a_run_sealed_again_under_a_dropped_runs_number_is_seen_by_another_conne
             b.commit()
         assert b.conn.execute(f"SELECT run FROM {RUNS_TABLE} ORDER BY run").fetchall() == [(1,), (2,)]
         assert a.existing_event_ids(["ann0", "bob3", "cat0", "cat3"], NOW) == {"ann0", "cat0", "cat3"}
+    finally:
+        a.close()
+        b.close()
+        mp.undo()
+
+
+def test_a_large_union_takes_in_a_new_run_on_a_thread_of_its_own_and_lookups_do_not_wait(
+        tmp_path: pathlib.Path) -> None:
+    """Once the union is over MERGE_AHEAD_KEYS, a run B seals is merged into A's union on a thread of its own:
+    A's lookups meanwhile return at once and find the new run's ids (its own filter is asked), and a later
+    lookup adopts the merged union; a merge that fails is logged and tried again."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    mp.setattr(events_mod, "MERGE_AHEAD_KEYS", 0)
+    path = tmp_path / "ahead.db"
+    a, b = SqliteStore(path, dedupe_window_hours=WINDOW_H), SqliteStore(path, dedupe_window_hours=WINDOW_H)
+    gate = threading.Event()
+    merged_union = events_mod.merged_union
+    fail = [True]
+
+    def held_back(held: Any, runs: Any) -> Any:
+        if threading.current_thread().name == "onramp-id-union":
+            assert gate.wait(10)
+            if fail.pop() if fail else False:
+                raise MemoryError("no room for the union")
+        return merged_union(held, runs)
+    mp.setattr(events_mod, "merged_union", held_back)
+
+    def seal(store: SqliteStore, who: str) -> None:  # one run of 4 ids, all of ``who``
+        for k in range(0, 4, 2):
+            store.append_new_events(rows(*((f"{who}{i}", NOW) for i in range(k, k + 2)), subject=who), NOW)
+    try:
+        seal(a, "ann")
+        seal(a, "bob")
+        assert a.existing_event_ids(["ann0", "bob3", "cat0"], NOW) == {"ann0", "bob3"}  # built at once: none held
+        seal(b, "cat")
+        assert a.existing_event_ids(["ann0", "cat0", "cat3", "dan0"], NOW) == {"ann0", "cat0", "cat3"}
+        assert len(a.events._union[0]) == 2  # the merge waits behind the gate; the lookup did not
+        gate.set()
+        with pytest.raises(MemoryError):
+            a.events._merging.result(10)
+        assert a.existing_event_ids(["cat1"], NOW) == {"cat1"} and len(a.events._union[0]) == 2  # tried again
+        a.events._merging.result(10)
+        assert a.existing_event_ids(["cat2", "bob0"], NOW) == {"cat2", "bob0"}
+        assert len(a.events._union[0]) == 3 and len(a.events._union[1]) == 12
     finally:
         a.close()
         b.close()

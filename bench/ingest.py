@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench.common import (measure_server_cpu, read_only, run_loadgen, start_bare, start_onramp, summarize,
-                          warm_users)
+                          warm_users, worker_shares)
 
 # As onramp_client sends: batches of its default batch_size (500), several unacknowledged at once (the
 # client keeps streaming while up to max_queue = 100,000 events wait for their ack; 16 batches here).
@@ -69,6 +69,7 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
                         # the cores the run kept busy: the server's process tree and the load generator's process
                         res["cores_busy"] = (res["server_cpu_us_per_call"] * res["server_calls"] / 1e6
                                              + res.get("client_cpu_s", 0.0)) / res["elapsed_s"]
+                        res["workers_cpu_split"] = workers_split(res["server_cpu_by_role_s"])
                         raw.setdefault(key, {}).setdefault(name, []).append(res)
             stored_after = stored_events(db)
         finally:
@@ -92,6 +93,13 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
             "stored_after": stored_after, "table": table, "raw": raw}
 
 
+def workers_split(by_role: dict[str, float]) -> list[float]:
+    """Each worker's share of the workers' CPU in one run, busiest first (empty with one server process): the
+    kernel spreads connections, not streams' batches, over the workers, so four streams may land 2:2, 3:1 or
+    4:0, and the figures differ with it."""
+    return sorted(worker_shares([{"server_cpu_by_role_s": by_role}]).values(), reverse=True)
+
+
 def report(res: dict) -> list[str]:
     """Human-readable lines of a :func:`run` result."""
     out = [f"ingest: IngestEventBatches, batches of {res['batch']} events, at most {res['window']} unacked per "
@@ -106,6 +114,10 @@ def report(res: dict) -> list[str]:
                    f"(dropped {row['onramp_dropped'].median:,.0f})  ratio {row['ratio'].fmt('.3f', 'x')}  "
                    f"server CPU/event {row['onramp_server_cpu_us_per_call'].fmt('.1f', ' us')}  "
                    f"cores busy (server + load generator) {row['onramp_cores_busy'].fmt('.2f')}")
+        splits = [r.get("workers_cpu_split") for r in res.get("raw", {}).get(key, {}).get("onramp", [])]
+        if any(splits):
+            out.append("    onramp, uuid ids: the workers' CPU split per run (the kernel spreads connections): "
+                       + ", ".join("/".join(f"{share * 100:.0f}" for share in split) for split in splits if split))
         out.append(f"    onramp, ordered ids  accepted {row['onramp_ordered_accepted_per_s'].fmt(',.0f', ' ev/s')} "
                    f"(dropped {row['onramp_ordered_dropped'].median:,.0f})  ratio {row['ratio_ordered'].fmt('.3f', 'x')}")
         out.append(f"    bare                 {row['bare_accepted_per_s'].fmt(',.0f', ' ev/s')}")

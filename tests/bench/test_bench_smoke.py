@@ -72,6 +72,12 @@ def test_ingest_reports_acked_events_per_second_on_one_and_four_streams(tmp_path
     assert re.search(r"onramp, uuid ids\s+accepted [\d,]+ ev/s.*server CPU/event [\d.]+ us.*cores busy", out)
     assert re.search(r"onramp, ordered ids\s+accepted [\d,]+ ev/s", out)
     assert "prefill: 2,000 events" in out
+    splits = [r["workers_cpu_split"] for key in res["raw"] for r in res["raw"][key]["onramp"]]
+    if workers == 1:
+        assert not any(splits) and "CPU split" not in out
+    else:  # both workers' shares, busiest first, for every run
+        assert all(len(split) == 2 and split[0] >= split[1] and abs(sum(split) - 1) < 1e-9 for split in splits)
+        assert re.search(r"the workers' CPU split per run \(the kernel spreads connections\): \d+/\d+(, \d+/\d+)*", out)
 
 
 @pytest.mark.timeout(150)

@@ -107,8 +107,8 @@ def open_runtime(config: Config, metrics: Metrics | None = None) -> Runtime:
     except BaseException:
         store.close()
         raise
+    store.preload_id_filters()  # the dedupe window's key filters, read before the first ingest batch needs them
     writer.start()
-    store.preload_id_filters()  # the dedupe window's union filter, built before the first ingest batch needs it
     metrics = metrics if metrics is not None else Metrics()
     metrics.track_queue("writer", writer.qsize)
     log.info("database %s", store.path)

@@ -40,10 +40,10 @@ first asked of one in-memory filter over all of them (their union: a run sealed 
 on a thread of its own once the union is large, the new run asked on its own meanwhile; the keys of runs
 dropped or erased from stay until they are a quarter of it, then it is built again from the runs' sorted
 arrays; a server builds it when it starts, :meth:`EventTable.preload`), and each run's filter only about the
-few keys (about
-ids/2^32 of them) the union does not rule out: one probe per key (one cache miss, blocks behind a small top
-index, :class:`~server.store.id_filter.KeyFilter`; 0.13-0.18 µs on the 2-core machine of docs/benchmarks.md)
-whatever the number of runs, where asking each run's filter cost that per run (~1.5 µs per event at 10 runs).
+few keys (about ids/2^32 of them) the union does not rule out: one probe per key (one cache miss, blocks behind
+a small top index, :class:`~server.store.id_filter.KeyFilter`; 0.13-0.18 µs on the 2-core machine of
+docs/benchmarks.md) whatever the number of runs, where asking each run's filter cost that per run (~1.5 µs per
+event at 10 runs).
 The filters' memory is 8-9 bytes per id of the runs (each run's and the union), and the point reads after a false
 "maybe" stay as few as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its
 pages once more (``secure_delete`` zeroes them), once per run.
@@ -109,6 +109,7 @@ EPOCH_BITS = 16  # the subject index's epochs: events seq >> EPOCH_BITS
 EPOCH_SIZE = 1 << EPOCH_BITS  # 65,536 events: the newest epoch's part of the index stays a few hundred pages
 SUBJECT_INDEX = "idx_events_epoch_subject"  # events ((seq >> EPOCH_BITS), subject)
 OLD_SUBJECT_INDEX = "idx_events_subject"  # events (subject): converted on open
+RunUnion = tuple[frozenset[tuple[int, int]], KeyFilter]  # a filter over runs, and the (run, token) pairs it holds
 MERGE_AHEAD_KEYS = 2_000_000  # a runs' union larger than this takes in a new run on a thread of its own
 CONVERT_WAIT_MS = 600_000  # how long another process opening the log waits for a conversion that holds the lock
 # Every epoch of the log, oldest first, read in the statement that uses it (so a reader sees one snapshot).
@@ -137,11 +138,10 @@ def subjects_clause(subjects: Sequence[str]) -> tuple[str, list[Any]]:
     return f"(seq >> {EPOCH_BITS}) IN ({EPOCHS}) AND subject IN ({_marks(len(subjects))})", subjects
 
 
-def merged_union(held: tuple[frozenset[tuple[int, int]], KeyFilter] | None, runs: list[Run]
-                 ) -> tuple[frozenset[tuple[int, int]], KeyFilter]:
-    """The union filter of ``runs`` and the (run, token) pairs it holds: ``held`` (an earlier union and what it
-    held) with the runs it does not hold merged in, or built from the runs alone when there is none or when the
-    keys of runs gone or erased from since are over a quarter of it. Pure: runs on any thread."""
+def merged_union(held: RunUnion | None, runs: list[Run]) -> RunUnion:
+    """The (run, token) pairs of ``runs`` and a filter holding every key of them: ``held`` (an earlier union) with
+    the runs it does not hold merged in, or built from the runs alone when there is none or when the keys of runs
+    gone or erased from since are over a quarter of it. Pure: runs on any thread."""
     listed = frozenset((run.id, run.token) for run in runs)
     if held is None:
         return listed, KeyFilter.union_of([run.filter for run in runs])
@@ -190,9 +190,9 @@ class EventTable:
         self._runs: dict[int, Run] = {}  # the runs as last read (each lookup reads the list again)
         # one filter holding every key of the runs listed beside it as (run, token) pairs (and maybe keys of runs
         # since dropped or erased from), see _union_of
-        self._union: tuple[frozenset[tuple[int, int]], KeyFilter] | None = None
-        self._preloading: concurrent.futures.Future[tuple[frozenset[tuple[int, int]], KeyFilter] | None] | None = None
-        self._merging: concurrent.futures.Future[tuple[frozenset[tuple[int, int]], KeyFilter]] | None = None
+        self._union: RunUnion | None = None
+        self._preloading: concurrent.futures.Future[tuple[list[Run], RunUnion | None]] | None = None  # preload()
+        self._merging: concurrent.futures.Future[RunUnion] | None = None  # a merge on a thread of its own
 
     # -- schema ------------------------------------------------------------------------------------------
     def create(self) -> None:
@@ -341,9 +341,10 @@ class EventTable:
         """(check, newest event time) recorded for each of ``keys`` found in a level or run (level 1 and the
         runs asked only about the keys their filters do not rule out). ``write``: inside the writer's
         transaction (a missing filter of level 1 is then built and stored). ``ahead``: what :meth:`look_ahead`
-        found for these keys (or some of them): level 0 is asked, and, about the keys it looked up, of the other
-        parts only those whose token changed since (a merge, a seal, an erasure) or that are new (a part gone
-        since, a run dropped, held nothing of the window); about the others, every part."""
+        found for some or all of these keys. Level 0 is always asked. For the keys it looked up, its answers
+        stand for each part whose token is unchanged, and only the parts that are new or have a new token (a
+        merge, a seal, an erasure) are asked again; a part gone since (a run dropped) is out of the window. The
+        keys it did not look up are asked of every part."""
         keys = list(keys)
         found = self._ask(LEVELS[0], keys)
         if ahead is None:
@@ -379,35 +380,36 @@ class EventTable:
     def look_ahead(self, keys: Sequence[int]) -> IdLookahead:
         """What level 1 and the runs hold of ``keys``, with each one's token, read in one read transaction of its
         own (call it outside the writer's transaction: the write lock is not taken). An append given it asks
-        only level 0 and the parts changed since (:meth:`_seen`), so the filters' probes, the reads of the runs
-        and the rebuilds of their union after a seal happen before the write lock is taken."""
+        only level 0 and the parts changed since (:meth:`_seen`), so the filters' probes and the reads of the runs
+        happen before the write lock is taken."""
         c = self.conn
         keys = list(keys)
         own = not c.in_transaction
         if own:
             c.execute("BEGIN")  # tokens and contents as of one snapshot
         try:
-            level_1 = self._filter(1, write=False)
+            level_1 = self._filter(1, write=False)  # None: no filter stored yet, the append asks level 1 itself
             runs = self._runs_now()
-            found = self._lookup(keys, level_1, runs)
+            found = self._lookup(keys, level_1, runs, level_1 is not None)
             parts: dict[str, tuple[int, Mapping[int, tuple[int, int]]]] = {
                 run.table: (run.token, found[i + 1]) for i, run in enumerate(runs)}
-            if level_1 is not None:  # no filter stored yet: the append asks level 1 itself
+            if level_1 is not None:
                 parts[LEVELS[1]] = (self._filters[1][0], found[0])
         finally:
             if own:
                 c.execute("COMMIT")
         return IdLookahead(frozenset(keys), parts)
 
-    def _lookup(self, keys: list[int], level_1: KeyFilter | None, runs: list[Run]
+    def _lookup(self, keys: list[int], level_1: KeyFilter | None, runs: list[Run], ask_level_1: bool = True
                 ) -> list[dict[int, tuple[int, int]]]:
-        """What level 1 (``level_1``: its filter) and then each of ``runs`` hold of ``keys``: each asked only
-        about the keys its filter does not rule out; with several runs, the runs the union holds only about the
-        keys it does not rule out, the others (sealed or erased from since it was built) about all of them."""
+        """What level 1 (``level_1``: its filter; not asked unless ``ask_level_1``) and then each of ``runs`` hold
+        of ``keys``: each asked only about the keys its filter does not rule out; with several runs, the runs the
+        union holds only about the keys it does not rule out, the others (sealed or erased from since it was
+        built) about all of them."""
         query = Query.of(keys) if keys else None
-        asks = [(LEVELS[1], self._maybe(level_1, keys, query))]
+        asks = [(LEVELS[1], self._maybe(level_1, keys, query) if ask_level_1 else [])]
         if len(runs) > 1 and query is not None:
-            union, held = self._union_of(runs)
+            held, union = self._union_of(runs)
             maybe = self._maybe(union, keys, query)
             maybe_query = Query.of(maybe) if maybe else None
             asks += [(run.table, self._maybe(run.filter, maybe, maybe_query) if (run.id, run.token) in held
@@ -444,66 +446,74 @@ class EventTable:
             return keys
         return [keys[i] for i in kept.hits(query).tolist()] if query is not None else []
 
-    def _union_of(self, runs: list[Run]) -> tuple[KeyFilter, frozenset[tuple[int, int]]]:
+    def _union_of(self, runs: list[Run]) -> RunUnion:
         """One filter that holds every key of the runs it lists as (run, token) pairs: a new key is ruled out by
         one probe, not one per run (the runs' own filters are then asked only about the few it does not rule
         out). It takes in a run it does not hold (sealed, or listed again under a new token after an erasure)
-        with one pass over both, at once while it is small, and on a thread of its own once it holds more than
-        :data:`MERGE_AHEAD_KEYS` keys (0.1-1 s at 50M keys): until then the lookups ask that run's own filter
-        about every key, and the writer does not stop for it. The keys of runs dropped or erased from since
-        stay in it (the runs' own filters rule them out) until they are over a quarter of it: it is then built
-        from the runs again, the same way. Returns the filter and the runs it holds."""
+        with one pass over both: at once while it is small, and on a thread of its own once it holds more than
+        :data:`MERGE_AHEAD_KEYS` keys (0.1-1 s at 50M keys), the lookups meanwhile asking that run's own filter
+        about every key (a merge that fails there is done here instead). The keys of runs dropped or erased from
+        since stay in it (the runs' own filters rule them out) until they are over a quarter of it: it is then
+        built from the runs again, the same way."""
         listed = frozenset((run.id, run.token) for run in runs)
-        if self._union is None and self._preloading is not None:  # built by preload(): wait for it, adopt it
-            self._union = self._adopt(self._preloading, "building the dedupe window's key filters ahead")
-            self._preloading = None
-        if self._merging is not None and self._merging.done():
-            self._union = self._adopt(self._merging, "merging a run into the dedupe window's union") or self._union
+        merging = self._merging
+        if merging is not None and merging.done():
             self._merging = None
+            try:
+                self._union = merging.result()
+            except Exception:  # noqa: BLE001 - merged on this thread instead, below
+                log.exception("merging runs into the dedupe window's union on a thread of its own failed; merging "
+                              "them on the writer's")
+                self._union = merged_union(self._union, runs)
         held = self._union
         if held is not None and held[0] == listed:
-            return held[1], held[0]
+            return held
         if held is None or len(held[1]) <= MERGE_AHEAD_KEYS:
             self._union = merged_union(held, runs)
-            return self._union[1], self._union[0]
+            return self._union
         if self._merging is None:
-            future: concurrent.futures.Future[tuple[frozenset[tuple[int, int]], KeyFilter]] = \
-                concurrent.futures.Future()
-            self._merging = future
-            threading.Thread(target=_resolve, args=(future, merged_union, held, runs), name="onramp-id-union",
+            self._merging = concurrent.futures.Future()
+            threading.Thread(target=_resolve, args=(self._merging, merged_union, held, runs), name="onramp-id-union",
                              daemon=True).start()
-        return held[1], held[0]
-
-    @staticmethod
-    def _adopt(future: concurrent.futures.Future[Any], what: str) -> Any:
-        """The result of a union built on another thread (None, logged, when that failed: built again here)."""
-        try:
-            return future.result()
-        except Exception:  # noqa: BLE001 - the lookups go on without it
-            log.exception("%s failed; building it again", what)
-            return None
+        return held
 
     def preload(self, connect: Callable[[], sqlite3.Connection]) -> concurrent.futures.Future[Any]:
-        """Build the runs' union (:meth:`_union_of`) on a thread of its own, on the read-only connection that
-        ``connect`` opens (and this closes), so that this table's first lookup adopts it instead of building it
-        then: with tens of millions of ids in the window that takes seconds, which a worker's first ingest batch
-        after a start would wait for. The future resolves once it is built (None: fewer than two runs)."""
-        future: concurrent.futures.Future[tuple[frozenset[tuple[int, int]], KeyFilter] | None] = \
-            concurrent.futures.Future()
-
-        def build() -> tuple[frozenset[tuple[int, int]], KeyFilter] | None:
+        """Read the runs' filters and build their union (:meth:`_union_of`) on a thread of its own, on the
+        read-only connection that ``connect`` opens (and this closes); the first lookup takes both instead of
+        doing it then: with tens of millions of ids in the window that takes seconds, which a worker's first
+        ingest batch after a start would wait for. Call before the thread that owns this table uses it. The
+        future resolves to the runs and their union (None: fewer than two runs)."""
+        def build() -> tuple[list[Run], RunUnion | None]:
             conn = connect()
             try:
+                conn.execute("BEGIN")  # the list of runs and their filters as of one snapshot
                 runs = EventTable(conn, self.window_ms / HOUR_MS)._runs_now()
+                conn.execute("COMMIT")
             finally:
                 conn.close()
-            return merged_union(None, runs) if len(runs) > 1 else None
-        self._preloading = future
-        threading.Thread(target=_resolve, args=(future, build), name="onramp-id-filters", daemon=True).start()
-        return future
+            return runs, (merged_union(None, runs) if len(runs) > 1 else None)
+        self._preloading = concurrent.futures.Future()
+        threading.Thread(target=_resolve, args=(self._preloading, build), name="onramp-id-filters",
+                         daemon=True).start()
+        return self._preloading
+
+    def _adopt_preload(self) -> None:
+        """Wait for :meth:`preload`'s runs and union and take them (on the thread that owns this table)."""
+        future, self._preloading = self._preloading, None
+        try:
+            runs, union = future.result()  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - read and built when first needed instead
+            log.exception("reading the dedupe window's key filters ahead failed; reading them when first needed")
+            return
+        for run in runs:
+            self._runs.setdefault(run.id, run)
+        if self._union is None:
+            self._union = union
 
     def _runs_now(self) -> list[Run]:
         """The runs as committed (a run's filter read again only when its token changed), oldest first."""
+        if self._preloading is not None:
+            self._adopt_preload()
         try:
             listed = self.conn.execute(f"SELECT run, token, rows, newest FROM {RUNS_TABLE} ORDER BY run").fetchall()
         except sqlite3.OperationalError:  # a read-only connection to a log no writer of this layout opened

@@ -219,8 +219,9 @@ class SqliteStore:
 
     # -- events (server/store/events.py) ------------------------------------------------------------------
     def preload_id_filters(self) -> concurrent.futures.Future[Any] | None:
-        """Start building the dedupe window's union filter in the background (:meth:`EventTable.preload`); the
-        server calls it once its writer has started. None for a database in memory or a read-only store."""
+        """Start reading the dedupe window's key filters and building their union in the background
+        (:meth:`EventTable.preload`); the server calls it before its writer starts. None for a database in memory
+        or a read-only store."""
         if self.path == ":memory:" or self.readonly:
             return None
         path = self.path

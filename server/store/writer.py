@@ -24,6 +24,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -60,6 +61,7 @@ class Job(Generic[T]):
 
 
 _STOP = object()
+AHEAD_LOG_EVERY_S = 60.0  # a look-ahead that keeps failing is logged this often at most
 
 
 class Writer:
@@ -76,6 +78,8 @@ class Writer:
         self._closed = False
         self._submit_lock = threading.Lock()
         self.commits = 0  # transactions committed (for stats and tests)
+        self._ahead_failures = 0
+        self._ahead_logged = 0.0  # time.monotonic() of the last look-ahead failure logged
         self.jobs_done = 0
 
     # -- public API ----------------------------------------------------------------------------------------
@@ -181,14 +185,20 @@ class Writer:
             i = j
 
     def _look_ahead(self, group: list[Job[Any]]) -> None:
-        """Call the ``ahead`` function of each run of combined jobs, before the group's transaction."""
+        """Call the ``ahead`` function of each run of combined jobs, before the group's transaction. Failures are
+        logged with their traceback and the number so far, at most once a minute."""
         for i, j in self._spans(group):
             ahead = group[i].ahead
             if ahead is not None:
                 try:
                     ahead(self.store, [g.arg for g in group[i:j]])
                 except Exception:  # noqa: BLE001 - the jobs look everything up inside the transaction instead
-                    log.exception("writer look-ahead failed; its jobs run without it")
+                    self._ahead_failures += 1
+                    now = time.monotonic()
+                    if self._ahead_failures == 1 or now - self._ahead_logged >= AHEAD_LOG_EVERY_S:
+                        log.exception("writer look-ahead failed (failure %d; logged once a minute at most); its "
+                                      "jobs run without it", self._ahead_failures)
+                        self._ahead_logged = now
 
     def _run_group(self, group: list[Job[Any]], top_up: bool = False) -> bool:
         """Run ``group`` in one transaction. With ``top_up``, the jobs queued while ``begin`` waited for the write

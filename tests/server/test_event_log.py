@@ -36,6 +36,21 @@ def rows(*events: tuple[str, int], subject: str = "u1") -> list[Any]:
     return flat
 
 
+def expect(model: dict[str, int], part: list[tuple[str, int]], horizon: int) -> tuple[set[int], set[int]]:
+    """The positions an append of ``part`` ((event_id, event time) pairs) must report as duplicates and as outside
+    the window starting at ``horizon``, by a model of the window (id -> newest event time stored), which it
+    updates with the ids stored."""
+    duplicates, outside = set(), set()
+    for i, (eid, ts) in enumerate(part):
+        if ts < horizon:
+            outside.add(i)
+        elif model.get(eid, horizon - 1) >= horizon:
+            duplicates.add(i)
+        else:
+            model[eid] = ts
+    return duplicates, outside
+
+
 def stored_ids(store: SqliteStore) -> list[str]:
     return [e.event_id for _, e in store.iter_events()]
 
@@ -83,14 +98,7 @@ def test_levels_merge_seal_and_drop_without_losing_an_id_of_the_window(
             clock += hours[k // 3] * HOUR_MS  # the server's clock: runs leave the window within an example
             horizon = clock - WINDOW_H * HOUR_MS
             part = [(f"id{n}", clock - age * HOUR_MS) for n, age in sends[k:k + 3]]
-            want_dup, want_out = set(), set()
-            for i, (eid, ts) in enumerate(part):
-                if ts < horizon:
-                    want_out.add(i)
-                elif model.get(eid, horizon - 1) >= horizon:
-                    want_dup.add(i)
-                else:
-                    model[eid] = ts
+            want_dup, want_out = expect(model, part, horizon)
             s.begin()
             got = s.append_new_events(rows(*part), clock)
             s.commit()
@@ -370,15 +378,7 @@ def test_a_look_ahead_before_another_writers_changes_answers_as_asking_everythin
 
     def send(store: SqliteStore, sends: list[tuple[int, int]], ahead: Any = None) -> None:
         part = [(f"id{n}", clock - age * HOUR_MS) for n, age in sends]
-        horizon = clock - WINDOW_H * HOUR_MS
-        want_dup, want_out = set(), set()
-        for i, (eid, ts) in enumerate(part):
-            if ts < horizon:
-                want_out.add(i)
-            elif model.get(eid, horizon - 1) >= horizon:
-                want_dup.add(i)
-            else:
-                model[eid] = ts
+        want_dup, want_out = expect(model, part, clock - WINDOW_H * HOUR_MS)
         flat = [v for eid, ts in part for v in rows((eid, ts), subject=subject(eid))]
         store.begin()
         got = store.append_new_events(flat, clock, ahead=ahead)
@@ -411,6 +411,37 @@ def test_a_look_ahead_before_another_writers_changes_answers_as_asking_everythin
         mp.undo()
 
 
+def test_one_look_ahead_serves_both_appends_of_a_transaction_across_its_own_merge_and_seal(store: SqliteStore) -> None:
+    """As an ingest job with an identify event: its first append merges level 0 into level 1 and seals level 1
+    as a run, and its second append, given the same look-ahead, still finds the ids the first stored and those
+    level 1 held at the look-ahead. With level 1's filter row missing (a database converted from layout 2), the
+    look-ahead leaves level 1 to the append, which finds its ids."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    try:
+        store.append_new_events(rows(("x0", NOW), ("x1", NOW)), NOW)  # merged into level 1
+        ids = ["x0", "x1", "y0", "y1", "y2", "y3"]
+        ahead = store.look_ahead([events_mod.digest(eid)[0] for eid in ids])
+        assert {h for _, hits in ahead.parts.values() for h in hits} == {events_mod.digest(e)[0] for e in ids[:2]}
+        store.begin()
+        first = store.append_new_events(rows(("y0", NOW), ("y1", NOW)), NOW, ahead=ahead)  # merge, then seal
+        assert not store.conn.execute(f"SELECT COUNT(*) FROM {LEVELS[1]}").fetchone()[0]
+        second = store.append_new_events(rows(("x0", NOW), ("y0", NOW), ("y2", NOW), ("y3", NOW)), NOW, ahead=ahead)
+        store.commit()
+        assert (first.duplicates, second.duplicates) == (frozenset(), frozenset({0, 1}))
+
+        store.append_new_events(rows(("z0", NOW), ("z1", NOW)), NOW)  # level 1: z0, z1
+        store.conn.execute("DELETE FROM event_ids_filter WHERE level = 1")
+        ahead = store.look_ahead([events_mod.digest(eid)[0] for eid in ("z0", "z2")])
+        assert LEVELS[1] not in ahead.parts
+        store.begin()
+        again = store.append_new_events(rows(("z0", NOW), ("z2", NOW)), NOW, ahead=ahead)
+        store.commit()
+        assert again.duplicates == frozenset({0})
+    finally:
+        mp.undo()
+
+
 def test_the_union_of_the_runs_is_built_ahead_and_adopted_by_the_first_lookup(
         tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     """A store opened on runs written earlier builds their union on a thread of its own; its first lookup adopts
@@ -425,8 +456,8 @@ def test_the_union_of_the_runs_is_built_ahead_and_adopted_by_the_first_lookup(
         for k in range(0, 20, 2):  # five runs of 4 ids
             writer.append_new_events(rows(*((eid, NOW) for eid in sent[k:k + 2])), NOW)
         store = SqliteStore(path, dedupe_window_hours=WINDOW_H)
-        built = store.preload_id_filters().result(30)
-        assert built is not None and len(built[0]) == 5 and len(built[1]) == 20
+        runs, built = store.preload_id_filters().result(30)
+        assert len(runs) == 5 and built is not None and len(built[0]) == 5 and len(built[1]) == 20
         for k in range(20, 26, 2):  # another run sealed after the build
             writer.append_new_events(rows(*((eid, NOW) for eid in sent[k:k + 2])), NOW)
         merged: list[int] = []  # how many filters each union built here merges
@@ -447,7 +478,7 @@ def test_the_union_of_the_runs_is_built_ahead_and_adopted_by_the_first_lookup(
             failing.events.preload(broken).result(30)
         with caplog.at_level("ERROR", logger="server.store.events"):
             assert failing.existing_event_ids([*sent, "other"], NOW) == set(sent)
-        assert "building it again" in caplog.text
+        assert "reading them when first needed" in caplog.text
         failing.close()
     finally:
         writer.close()
@@ -560,10 +591,11 @@ def test_a_run_sealed_again_under_a_dropped_runs_number_is_seen_by_another_conne
 
 
 def test_a_large_union_takes_in_a_new_run_on_a_thread_of_its_own_and_lookups_do_not_wait(
-        tmp_path: pathlib.Path) -> None:
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     """Once the union is over MERGE_AHEAD_KEYS, a run B seals is merged into A's union on a thread of its own:
     A's lookups meanwhile return at once and find the new run's ids (its own filter is asked), and a later
-    lookup adopts the merged union; a merge that fails is logged and tried again."""
+    lookup adopts the merged union. A merge that fails there is done on the writer's thread at the next
+    lookup."""
     mp = pytest.MonkeyPatch()
     mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
     mp.setattr(events_mod, "MERGE_AHEAD_KEYS", 0)
@@ -571,12 +603,12 @@ def test_a_large_union_takes_in_a_new_run_on_a_thread_of_its_own_and_lookups_do_
     a, b = SqliteStore(path, dedupe_window_hours=WINDOW_H), SqliteStore(path, dedupe_window_hours=WINDOW_H)
     gate = threading.Event()
     merged_union = events_mod.merged_union
-    fail = [True]
+    outcomes = ["merge", "fail"]  # of A's merges on a thread of their own, in turn (B's merge as they would)
 
     def held_back(held: Any, runs: Any) -> Any:
-        if threading.current_thread().name == "onramp-id-union":
+        if threading.current_thread().name == "onramp-id-union" and held is a.events._union:
             assert gate.wait(10)
-            if fail.pop() if fail else False:
+            if outcomes.pop(0) == "fail":
                 raise MemoryError("no room for the union")
         return merged_union(held, runs)
     mp.setattr(events_mod, "merged_union", held_back)
@@ -592,12 +624,16 @@ def test_a_large_union_takes_in_a_new_run_on_a_thread_of_its_own_and_lookups_do_
         assert a.existing_event_ids(["ann0", "cat0", "cat3", "dan0"], NOW) == {"ann0", "cat0", "cat3"}
         assert len(a.events._union[0]) == 2  # the merge waits behind the gate; the lookup did not
         gate.set()
+        a.events._merging.result(10)
+        assert a.existing_event_ids(["cat1", "bob0"], NOW) == {"cat1", "bob0"}
+        assert len(a.events._union[0]) == 3 and len(a.events._union[1]) == 12  # adopted
+        seal(b, "dan")
+        assert a.existing_event_ids(["dan0"], NOW) == {"dan0"} and len(a.events._union[0]) == 3
         with pytest.raises(MemoryError):
             a.events._merging.result(10)
-        assert a.existing_event_ids(["cat1"], NOW) == {"cat1"} and len(a.events._union[0]) == 2  # tried again
-        a.events._merging.result(10)
-        assert a.existing_event_ids(["cat2", "bob0"], NOW) == {"cat2", "bob0"}
-        assert len(a.events._union[0]) == 3 and len(a.events._union[1]) == 12
+        with caplog.at_level("ERROR", logger="server.store.events"):
+            assert a.existing_event_ids(["dan1", "ann1", "eve0"], NOW) == {"dan1", "ann1"}
+        assert len(a.events._union[0]) == 4 and "merging them on the writer's" in caplog.text
     finally:
         a.close()
         b.close()

@@ -69,10 +69,14 @@ class Writer:
     and runs submitted jobs on one thread, between ``begin`` and ``commit``."""
 
     def __init__(self, store: Store, *, max_group_weight: int = 20_000,
-                 on_rollback: Callable[[], None] | None = None, name: str = "onramp-writer") -> None:
+                 on_rollback: Callable[[], None] | None = None, name: str = "onramp-writer",
+                 on_transaction: Callable[[float, float], None] | None = None) -> None:
         self.store = store
         self.max_group_weight = max_group_weight
         self.on_rollback = on_rollback
+        # called after each transaction with the seconds begin() waited (for another process's writer) and the
+        # seconds from then to the commit or rollback (e.g. Metrics.record_transaction)
+        self.on_transaction = on_transaction
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._closed = False
@@ -207,8 +211,11 @@ class Writer:
         store = self.store
         results: list[Any] = []
         stopping = False
+        asked = began = 0.0
         try:
+            asked = time.perf_counter()
             store.begin()
+            began = time.perf_counter()
             if top_up:
                 stopping = self._take(group)
             for i, j in self._spans(group):
@@ -224,6 +231,8 @@ class Writer:
             store.commit()
         except BaseException as exc:  # noqa: BLE001 - isolate the faulty job below
             store.rollback()
+            if began:
+                self._timed(began - asked, time.perf_counter() - began)
             if self.on_rollback is not None:
                 self.on_rollback()
             if len(group) == 1:
@@ -232,6 +241,7 @@ class Writer:
             for job in group:  # one transaction each, so only the faulty job fails
                 self._run_group([job])
             return stopping
+        self._timed(began - asked, time.perf_counter() - began)
         self.commits += 1
         self.jobs_done += len(group)
         scrub = any(job.scrub_wal for job in group)
@@ -247,6 +257,13 @@ class Writer:
                 continue
             job.future.set_result(result)
         return stopping
+
+    def _timed(self, waited_s: float, held_s: float) -> None:
+        if self.on_transaction is not None:
+            try:
+                self.on_transaction(waited_s, held_s)
+            except Exception:  # noqa: BLE001 - a failing probe must not fail the jobs
+                log.exception("transaction probe failed")
 
     def _scrub_wal(self, wait: bool) -> None:
         """Truncate the WAL after a committed erasure (waiting a little for readers when ``wait``); while it

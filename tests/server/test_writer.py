@@ -236,6 +236,26 @@ def test_a_topped_up_group_that_fails_reruns_job_by_job_and_a_stop_taken_with_it
         bad.result(10)
     assert calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
     assert not writer.running and writer.commits == 2
+def test_each_transaction_reports_its_wait_for_the_write_lock_and_how_long_it_held_it(tmp_path: pathlib.Path) -> None:
+    """``on_transaction(waited, held)``: the wait behind another store's transaction (another worker), then the
+    time from begin to commit, for committed and rolled-back transactions alike."""
+    path = tmp_path / "timed.db"
+    store, other = SqliteStore(path), SqliteStore(path)
+    timed: list[tuple[float, float]] = []
+    writer = Writer(store, on_transaction=lambda waited, held: timed.append((waited, held)))
+    writer.start()
+    other.begin()
+    slow = writer.submit(lambda s: time.sleep(0.05) or "slow")
+    time.sleep(0.2)
+    other.commit()
+    assert slow.result(10) == "slow"
+    failed = writer.submit(lambda s: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failed.result(10)
+    writer.stop()
+    (waited, held), (waited_again, held_again) = timed
+    assert waited >= 0.15 and held >= 0.05  # behind the other transaction; then the job's own time
+    assert waited_again < 0.15 and 0 <= held_again < 0.05
     store.close()
     other.close()
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -437,6 +438,23 @@ def run_client(module: str, args: list[str], timeout: float = 600.0) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"{module} exited with {out.returncode}: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def metrics_config(directory: Path) -> tuple[Path, int]:
+    """A config file (in ``directory``) that turns on Onramp's Prometheus endpoint on a free port; (its path,
+    the port)."""
+    port = free_port()
+    path = directory / "bench-metrics.toml"
+    path.write_text(f"[metrics]\nenabled = true\nport = {port}\n", encoding="utf-8")
+    return path, port
+
+
+def scrape(port: int, name: str) -> float:
+    """The value of the unlabelled series ``name`` on the Prometheus endpoint at 127.0.0.1:``port`` (0 when
+    absent)."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", body, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
 
 
 def run_loadgen(args: list[str], timeout: float = 600.0) -> dict:

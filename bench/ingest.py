@@ -13,9 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (measure_server_cpu, read_only, run_loadgen, start_bare, start_onramp, summarize,
-                          warm_users)
+from bench.common import (measure_server_cpu, metrics_config, read_only, run_loadgen, scrape, start_bare,
+                          start_onramp, summarize, warm_users, worker_shares)
 
+LOCK_HELD = "onramp_write_lock_held_seconds_total"  # the workers' writers' time holding the write lock, summed
 # As onramp_client sends: batches of its default batch_size (500), several unacknowledged at once (the
 # client keeps streaming while up to max_queue = 100,000 events wait for their ack; 16 batches here).
 BATCH = 500
@@ -45,7 +46,8 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
     with tempfile.TemporaryDirectory(prefix="onramp-bench-") as tmp:
         db = db if db is not None else Path(tmp) / "ingest.db"
         reused = stored_events(db) if db.exists() else 0
-        onramp = start_onramp(db, ready_timeout=600.0, workers=workers)
+        config, metrics_port = metrics_config(Path(tmp))
+        onramp = start_onramp(db, ready_timeout=600.0, workers=workers, config=config)
         bare = start_bare()
         try:
             warm_users(onramp.address, users, requests_per_user=0)
@@ -61,6 +63,7 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
                     for name, srv, ids in (("onramp", onramp, "uuid"), ("onramp_ordered", onramp, "ordered"),
                                            ("bare", bare, "uuid")):
                         before = stored_events(db)
+                        held = scrape(metrics_port, LOCK_HELD) if srv is onramp else 0.0
                         args = ["ingest", "--target", srv.address, "--streams", str(streams), "--duration",
                                 str(duration), "--batch", str(batch), "--window", str(window), "--users", str(users),
                                 "--ids", ids]
@@ -69,6 +72,9 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
                         # the cores the run kept busy: the server's process tree and the load generator's process
                         res["cores_busy"] = (res["server_cpu_us_per_call"] * res["server_calls"] / 1e6
                                              + res.get("client_cpu_s", 0.0)) / res["elapsed_s"]
+                        res["workers_cpu_split"] = workers_split(res["server_cpu_by_role_s"])
+                        if srv is onramp:  # the share of the run's time some worker's writer held the write lock
+                            res["write_lock_busy"] = (scrape(metrics_port, LOCK_HELD) - held) / res["elapsed_s"]
                         raw.setdefault(key, {}).setdefault(name, []).append(res)
             stored_after = stored_events(db)
         finally:
@@ -78,6 +84,7 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
     for key, by in raw.items():
         row = {f"{n}_{f}": summarize([r[f] for r in runs]) for n, runs in by.items()
                for f in ("accepted_per_s", "acked_per_s", "dropped", "server_cpu_us_per_call", "cores_busy")}
+        row["onramp_write_lock_busy"] = summarize([r["write_lock_busy"] for r in by["onramp"]])
         for n in ("onramp", "onramp_ordered"):
             suffix = "" if n == "onramp" else "_ordered"
             row[f"ratio{suffix}"] = summarize([o["accepted_per_s"] / b["accepted_per_s"]
@@ -90,6 +97,13 @@ def run(quick: bool = False, repeats: int = 3, duration: float | None = None, us
             "prefill": prefill, "prefill_s": prefill_s, "reused": reused,
             "prefill_per_s": (fill["accepted"] / fill["elapsed_s"]) if fill else 0.0,
             "stored_after": stored_after, "table": table, "raw": raw}
+
+
+def workers_split(by_role: dict[str, float]) -> list[float]:
+    """Each worker's share of the workers' CPU in one run, busiest first (empty with one server process): the
+    kernel spreads connections, not streams' batches, over the workers, so four streams may land 2:2, 3:1 or
+    4:0, and the figures differ with it."""
+    return sorted(worker_shares([{"server_cpu_by_role_s": by_role}]).values(), reverse=True)
 
 
 def report(res: dict) -> list[str]:
@@ -105,7 +119,12 @@ def report(res: dict) -> list[str]:
         out.append(f"    onramp, uuid ids     accepted {row['onramp_accepted_per_s'].fmt(',.0f', ' ev/s')} "
                    f"(dropped {row['onramp_dropped'].median:,.0f})  ratio {row['ratio'].fmt('.3f', 'x')}  "
                    f"server CPU/event {row['onramp_server_cpu_us_per_call'].fmt('.1f', ' us')}  "
-                   f"cores busy (server + load generator) {row['onramp_cores_busy'].fmt('.2f')}")
+                   f"cores busy (server + load generator) {row['onramp_cores_busy'].fmt('.2f')}  "
+                   f"write lock busy {row['onramp_write_lock_busy'].fmt('.0%')}")
+        splits = [r.get("workers_cpu_split") for r in res.get("raw", {}).get(key, {}).get("onramp", [])]
+        if any(splits):
+            out.append("    onramp, uuid ids: the workers' CPU split per run (the kernel spreads connections): "
+                       + ", ".join("/".join(f"{share * 100:.0f}" for share in split) for split in splits if split))
         out.append(f"    onramp, ordered ids  accepted {row['onramp_ordered_accepted_per_s'].fmt(',.0f', ' ev/s')} "
                    f"(dropped {row['onramp_ordered_dropped'].median:,.0f})  ratio {row['ratio_ordered'].fmt('.3f', 'x')}")
         out.append(f"    bare                 {row['bare_accepted_per_s'].fmt(',.0f', ' ev/s')}")

@@ -144,6 +144,16 @@ class Metrics:
             "no longer boosts its step), else 0, by rule.", ["rule"], registry=r)
         self.rule_demotions_total = Counter(
             "onramp_rule_demotions_total", "Proposing rules demoted by this process, by rule.", ["rule"], registry=r)
+        self.write_lock_wait_seconds = Counter(
+            "onramp_write_lock_wait_seconds", "Time this server's writer waited to begin a transaction: the write "
+            "lock another process's writer held (all workers' writers take turns on it).", registry=r)
+        self.write_lock_held_seconds = Counter(
+            "onramp_write_lock_held_seconds", "Time this server's writer held the write lock, from beginning a "
+            "transaction to its commit or rollback: its rate is the share of the time the lock was busy.",
+            registry=r)
+        self.write_transactions = Counter(
+            "onramp_write_transactions", "Write transactions of this server's writer (several jobs share one).",
+            registry=r)
         self.queue_depth = Gauge(
             "onramp_queue_depth", "Items waiting in an internal queue, by queue name.", ["queue"], registry=r,
             multiprocess_mode="livesum")
@@ -187,6 +197,12 @@ class Metrics:
             if n:
                 self.events_total.labels(result="dropped").inc(n)
                 self.events_dropped_total.labels(reason=reason).inc(n)
+
+    def record_transaction(self, waited_s: float, held_s: float) -> None:
+        """Count one write transaction: how long its writer waited for the write lock and then held it."""
+        self.write_lock_wait_seconds.inc(waited_s)
+        self.write_lock_held_seconds.inc(held_s)
+        self.write_transactions.inc()
 
     def record_decision(self, reason: str, step: str) -> None:
         """Count one GetNextStep answer (``step`` empty when nothing was shown)."""

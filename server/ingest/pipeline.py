@@ -28,8 +28,8 @@ from server.ingest.identity import ANONYMOUS_ID, DEVICE_ID, MAX_DEVICE_HINTS, Id
 from server.ingest.profiles import Profile, ProfileBook, WrittenProfiles, decode_profile, encode_profile
 from server.store.interfaces import Store
 from server.store.privacy import Pseudonymizer
-from server.store.rows import (Appended, ConsentRow, IdKey, JoinedRow, LinkRow, ProfileWrites, SubjectKeys, digest,
-                               encode_properties)
+from server.store.rows import (Appended, ConsentRow, IdKey, IdLookahead, JoinedRow, LinkRow, ProfileWrites,
+                               SubjectKeys, digest, encode_properties)
 from server.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -141,17 +141,19 @@ class IngestResult:
 
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prepared:
     """What storing a batch needs that no row of the store decides, worked out when it is submitted (on the
     caller's thread, the event loop's), not in the job, so the writer holds the write lock only for what must be
     read and written under it: each event's id digest; and, for an event with a user id (its subject, whatever
     the links and consent say), the stored event and its row of :data:`~server.store.events.EVENT_COLUMNS`
-    (None for an event with only an anonymous or device id: its subject is resolved in the job)."""
+    (None for an event with only an anonymous or device id: its subject is resolved in the job). ``ahead`` is
+    set on the writer thread just before the job's transaction (:meth:`Pipeline._look_ahead`)."""
 
     digests: list[IdKey]
     events: list[StoredEvent | None]
     rows: list[tuple[Any, ...] | None]
+    ahead: IdLookahead | None = None
 
 
 def prepare(events: Sequence[EventValues], received_ms: int) -> Prepared:
@@ -359,12 +361,23 @@ class Pipeline:
         ops: list[ProfileOp] = []
         stored: list[StoredEvent] = []
         return self.writer.submit_combined(self._ingest_many, (batch, received, ops, stored, prepare(batch, received)),
-                                           weight=len(batch), after_commit=self._published(ops, stored))
+                                           weight=len(batch), after_commit=self._published(ops, stored),
+                                           ahead=self._look_ahead)
 
     async def ingest(self, events: Sequence[EventValues], received_ms: int | None = None
                      ) -> IngestResult:
         """Store validated events and return their committed counts."""
         return await asyncio.wrap_future(self.submit_events(events, received_ms))
+
+    @staticmethod
+    def _look_ahead(store: Store, batches: list[tuple[list[EventValues], int, list[ProfileOp], list[StoredEvent],
+                                                      Prepared]]) -> None:
+        """Look the batches' ids up, before their transaction, in the parts of the dedupe window a job can trust
+        without asking again while no writer changes them (:meth:`~server.store.interfaces.EventLog.look_ahead`);
+        the job then asks only the rest, holding the write lock."""
+        ahead = store.look_ahead([key for *_, prepared in batches for key, _check in prepared.digests])
+        for *_, prepared in batches:
+            prepared.ahead = ahead
 
     def _ingest_many(self, store: Store,
                      batches: list[tuple[list[EventValues], int, list[ProfileOp], list[StoredEvent], Prepared]]
@@ -392,9 +405,13 @@ class Pipeline:
             pending_events.clear()
             pending_digests.clear()
 
+        # the group's look-ahead (a batch re-run alone keeps it; batches that joined once the write lock was
+        # taken have none: their ids are looked up in full)
+        ahead = next((prepared.ahead for *_, prepared in batches if prepared.ahead is not None), None)
+
         def append() -> None:
             if pending:
-                appended(store.append_new_events(pending, now, pending_digests))
+                appended(store.append_new_events(pending, now, pending_digests, ahead))
         hints: dict[tuple[str, str], None] = {}  # (device_id, anonymous_id) seen unlinked, not noted yet
         note_device = hints.setdefault
         # Links and consent as this transaction sees them, read by key once per job
@@ -484,7 +501,7 @@ class Pipeline:
                         profiles.link(a, b)
                 ops[:] = [op for op in ops if op[0] not in ("events", "link")]  # applied: nothing to publish
             return profiles.writes(self.show_keep)
-        store.append_with_profiles(pending, now, profile_writes, pending_digests)
+        store.append_with_profiles(pending, now, profile_writes, pending_digests, ahead)
         return results
 
     def _identify(self, store: Store, identity: IdentityGraph, consent: ConsentBook, user_id: str,

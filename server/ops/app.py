@@ -101,14 +101,16 @@ def open_runtime(config: Config, metrics: Metrics | None = None) -> Runtime:
     try:
         pseudonymizer = open_pseudonymizer(store, config.privacy)
         _remove_old_checkpoint(config.server.db_path)
-        writer = Writer(store, max_group_weight=config.ingest.writer_max_events)
+        metrics = metrics if metrics is not None else Metrics()
+        writer = Writer(store, max_group_weight=config.ingest.writer_max_events,
+                        on_transaction=metrics.record_transaction)
         pipeline = Pipeline(store, writer, pseudonymizer, config.ingest)
         pipeline.rebuild()
     except BaseException:
         store.close()
         raise
+    store.preload_id_filters()  # the dedupe window's key filters, read before the first ingest batch needs them
     writer.start()
-    metrics = metrics if metrics is not None else Metrics()
     metrics.track_queue("writer", writer.qsize)
     log.info("database %s", store.path)
     return Runtime(config, store, writer, pipeline, pseudonymizer, catalog, metrics)

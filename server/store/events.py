@@ -36,15 +36,24 @@ than the cache, and a new id would otherwise cost a read of a page of each.
 Runs are not merged with each other, and have one size: with 100M ids in the window there are 100 runs. A
 merge of runs (size-tiered or leveled) would write each id again and, for large runs, hold the writer for
 the seconds a large rewrite takes, which is what this layout removes. With several runs, a batch's keys are
-first asked of one in-memory filter over all of them (their union: a run sealed is merged into it, one pass;
-the keys of runs dropped or erased from stay until they are a quarter of it, then it is built again from the
-runs' sorted arrays), and each run's filter only about the few keys (about
-ids/2^32 of them) the union does not rule out: one probe per key (one cache miss, blocks behind a small top
-index, :class:`~server.store.id_filter.KeyFilter`; 0.13-0.18 µs on the 2-core machine of docs/benchmarks.md)
-whatever the number of runs, where asking each run's filter cost that per run (~1.5 µs per event at 10 runs).
+first asked of one in-memory filter over all of them (their union: a run sealed is merged into it, one pass,
+on a thread of its own once the union is large, the new run asked on its own meanwhile; the keys of runs
+dropped or erased from stay until they are a quarter of it, then it is built again from the runs' sorted
+arrays; a server builds it when it starts, :meth:`EventTable.preload`), and each run's filter only about the
+few keys (about ids/2^32 of them) the union does not rule out: one probe per key (one cache miss, blocks behind
+a small top index, :class:`~server.store.id_filter.KeyFilter`; 0.13-0.18 µs on the 2-core machine of
+docs/benchmarks.md) whatever the number of runs, where asking each run's filter cost that per run (~1.5 µs per
+event at 10 runs).
 The filters' memory is 8-9 bytes per id of the runs (each run's and the union), and the point reads after a false
 "maybe" stay as few as with one filter (about ids/2^32 per key, summed over runs). Dropping a run writes its
 pages once more (``secure_delete`` zeroes them), once per run.
+
+Only level 0 has to be asked holding the write lock. Level 1 and each run change only together with their token
+(a merge, a seal or an erasure writes a new one), so the writer looks a batch's ids up in them before it takes
+the lock (:meth:`EventTable.look_ahead`, in a read transaction of its own), and the append inside the transaction
+reads every token in one row and asks level 0, plus only the parts whose token changed or that are new since.
+The filters' probes, the reads of the runs and the union's merges after a seal are then out of the time the
+other workers' writers wait for.
 
 The shape is that of a NATS JetStream stream's duplicate window (``Nats-Msg-Id``): :meth:`EventTable.append_new`
 is the one atomic operation, "append these events, skipping ids seen within the window".
@@ -59,12 +68,14 @@ into it) is converted on open by renaming that level to the first run; 1 (a UNIQ
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import secrets
 import sqlite3
+import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +83,7 @@ import numpy as np
 
 from server.base.records import StoredEvent
 from server.store.id_filter import KeyFilter, Query
-from server.store.rows import Appended, IdKey, digest
+from server.store.rows import Appended, IdKey, IdLookahead, digest
 from server.store.sql import _chunks, _marks, insert_flat
 
 log = logging.getLogger(__name__)
@@ -98,6 +109,8 @@ EPOCH_BITS = 16  # the subject index's epochs: events seq >> EPOCH_BITS
 EPOCH_SIZE = 1 << EPOCH_BITS  # 65,536 events: the newest epoch's part of the index stays a few hundred pages
 SUBJECT_INDEX = "idx_events_epoch_subject"  # events ((seq >> EPOCH_BITS), subject)
 OLD_SUBJECT_INDEX = "idx_events_subject"  # events (subject): converted on open
+RunUnion = tuple[frozenset[tuple[int, int]], KeyFilter]  # a filter over runs, and the (run, token) pairs it holds
+MERGE_AHEAD_KEYS = 2_000_000  # a runs' union larger than this takes in a new run on a thread of its own
 CONVERT_WAIT_MS = 600_000  # how long another process opening the log waits for a conversion that holds the lock
 # Every epoch of the log, oldest first, read in the statement that uses it (so a reader sees one snapshot).
 EPOCHS = (f"WITH RECURSIVE epoch(e) AS (SELECT (SELECT min(seq) FROM events) >> {EPOCH_BITS} UNION ALL SELECT "
@@ -123,6 +136,28 @@ def subjects_clause(subjects: Sequence[str]) -> tuple[str, list[Any]]:
     if not subjects:
         return "0", []
     return f"(seq >> {EPOCH_BITS}) IN ({EPOCHS}) AND subject IN ({_marks(len(subjects))})", subjects
+
+
+def merged_union(held: RunUnion | None, runs: list[Run]) -> RunUnion:
+    """The (run, token) pairs of ``runs`` and a filter holding every key of them: ``held`` (an earlier union) with
+    the runs it does not hold merged in, or built from the runs alone when there is none or when the keys of runs
+    gone or erased from since are over a quarter of it. Pure: runs on any thread."""
+    listed = frozenset((run.id, run.token) for run in runs)
+    if held is None:
+        return listed, KeyFilter.union_of([run.filter for run in runs])
+    new = [run.filter for run in runs if (run.id, run.token) not in held[0]]
+    union = KeyFilter.union_of([held[1], *new]) if new else held[1]
+    if len(union) - sum(len(run.filter) for run in runs) > len(union) // 4:
+        union = KeyFilter.union_of([run.filter for run in runs])
+    return listed, union
+
+
+def _resolve(future: concurrent.futures.Future[Any], fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn(*args)`` and resolve ``future`` with what it returns or raises (the body of a helper thread)."""
+    try:
+        future.set_result(fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - whoever waits for the future reports it
+        future.set_exception(exc)
 
 
 @dataclass(frozen=True)
@@ -155,7 +190,9 @@ class EventTable:
         self._runs: dict[int, Run] = {}  # the runs as last read (each lookup reads the list again)
         # one filter holding every key of the runs listed beside it as (run, token) pairs (and maybe keys of runs
         # since dropped or erased from), see _union_of
-        self._union: tuple[frozenset[tuple[int, int]], KeyFilter] | None = None
+        self._union: RunUnion | None = None
+        self._preloading: concurrent.futures.Future[tuple[list[Run], RunUnion | None]] | None = None  # preload()
+        self._merging: concurrent.futures.Future[RunUnion] | None = None  # a merge on a thread of its own
 
     # -- schema ------------------------------------------------------------------------------------------
     def create(self) -> None:
@@ -299,27 +336,107 @@ class EventTable:
         """The tables holding the window's ids: the levels, then the runs oldest first."""
         return [*LEVELS, *(run.table for run in self._runs_now())]
 
-    def _seen(self, keys: Sequence[int], write: bool = False) -> dict[int, tuple[int, int]]:
+    def _seen(self, keys: Sequence[int], write: bool = False, ahead: IdLookahead | None = None
+              ) -> dict[int, tuple[int, int]]:
         """(check, newest event time) recorded for each of ``keys`` found in a level or run (level 1 and the
         runs asked only about the keys their filters do not rule out). ``write``: inside the writer's
-        transaction (a missing filter of level 1 is then built and stored)."""
-        found: dict[int, tuple[int, int]] = {}
+        transaction (a missing filter of level 1 is then built and stored). ``ahead``: what :meth:`look_ahead`
+        found for some or all of these keys. Level 0 is always asked. For the keys it looked up, its answers
+        stand for each part whose token is unchanged, and only the parts that are new or have a new token (a
+        merge, a seal, an erasure) are asked again; a part gone since (a run dropped) is out of the window. The
+        keys it did not look up are asked of every part."""
         keys = list(keys)
-        query = Query.of(keys) if keys else None
-        asks = [(LEVELS[0], keys), (LEVELS[1], self._maybe(self._filter(1, write), keys, query))]
-        runs = self._runs_now()
-        if len(runs) > 1 and query is not None:  # the runs' filters asked only about what their union may hold
-            keys = self._maybe(self._union_of(runs), keys, query)
-            query = Query.of(keys) if keys else None
-        asks += [(run.table, self._maybe(run.filter, keys, query)) for run in runs]
-        for table, asked in asks:
-            for part in _chunks(asked):
-                for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {table} WHERE h IN "  # noqa: S608
-                                                    f"({_marks(len(part))})", part):
-                    old = found.get(h)
-                    if old is None or ts > old[1]:
-                        found[h] = (chk, ts)
+        found = self._ask(LEVELS[0], keys)
+        if ahead is None:
+            parts = self._lookup(keys, self._filter(1, write), self._runs_now())
+        else:
+            if not ahead.keys.issuperset(keys):  # keys it did not look up are asked of every part
+                covered = ahead.keys
+                parts = self._lookup([k for k in keys if k not in covered], self._filter(1, write), self._runs_now())
+                keys = [k for k in keys if k in covered]
+            else:
+                parts = []
+            tokens = self._tokens()
+            stale = [part for part, token in tokens.items()
+                     if (held := ahead.parts.get(part)) is None or held[0] != token]
+            parts += [hits for part, (token, hits) in ahead.parts.items() if tokens.get(part) == token]
+            if LEVELS[1] not in tokens:  # no filter stored yet: level 1 is asked about every key
+                stale.append(LEVELS[1])
+            if stale:
+                query = Query.of(keys) if keys else None
+                runs = {run.table: run for run in self._runs_now()} if set(stale) - {LEVELS[1]} else {}
+                for part in stale:
+                    if part == LEVELS[1]:
+                        parts.append(self._ask(part, self._maybe(self._filter(1, write), keys, query)))
+                    elif part in runs:
+                        parts.append(self._ask(part, self._maybe(runs[part].filter, keys, query)))
+        for hits in parts:
+            for h, hit in hits.items():
+                old = found.get(h)
+                if old is None or hit[1] > old[1]:
+                    found[h] = hit
         return found
+
+    def look_ahead(self, keys: Sequence[int]) -> IdLookahead:
+        """What level 1 and the runs hold of ``keys``, with each one's token, read in one read transaction of its
+        own (call it outside the writer's transaction: the write lock is not taken). An append given it asks
+        only level 0 and the parts changed since (:meth:`_seen`), so the filters' probes and the reads of the runs
+        happen before the write lock is taken."""
+        c = self.conn
+        keys = list(keys)
+        own = not c.in_transaction
+        if own:
+            c.execute("BEGIN")  # tokens and contents as of one snapshot
+        try:
+            level_1 = self._filter(1, write=False)  # None: no filter stored yet, the append asks level 1 itself
+            runs = self._runs_now()
+            found = self._lookup(keys, level_1, runs, level_1 is not None)
+            parts: dict[str, tuple[int, Mapping[int, tuple[int, int]]]] = {
+                run.table: (run.token, found[i + 1]) for i, run in enumerate(runs)}
+            if level_1 is not None:
+                parts[LEVELS[1]] = (self._filters[1][0], found[0])
+        finally:
+            if own:
+                c.execute("COMMIT")
+        return IdLookahead(frozenset(keys), parts)
+
+    def _lookup(self, keys: list[int], level_1: KeyFilter | None, runs: list[Run], ask_level_1: bool = True
+                ) -> list[dict[int, tuple[int, int]]]:
+        """What level 1 (``level_1``: its filter; not asked unless ``ask_level_1``) and then each of ``runs`` hold
+        of ``keys``: each asked only about the keys its filter does not rule out; with several runs, the runs the
+        union holds only about the keys it does not rule out, the others (sealed or erased from since it was
+        built) about all of them."""
+        query = Query.of(keys) if keys else None
+        asks = [(LEVELS[1], self._maybe(level_1, keys, query) if ask_level_1 else [])]
+        if len(runs) > 1 and query is not None:
+            held, union = self._union_of(runs)
+            maybe = self._maybe(union, keys, query)
+            maybe_query = Query.of(maybe) if maybe else None
+            asks += [(run.table, self._maybe(run.filter, maybe, maybe_query) if (run.id, run.token) in held
+                      else self._maybe(run.filter, keys, query)) for run in runs]
+        else:
+            asks += [(run.table, self._maybe(run.filter, keys, query)) for run in runs]
+        return [self._ask(table, asked) for table, asked in asks]
+
+    def _ask(self, table: str, keys: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """(check, event time) of each of ``keys`` that ``table`` (a level or run) holds."""
+        found: dict[int, tuple[int, int]] = {}
+        for part in _chunks(keys):
+            for h, chk, ts in self.conn.execute(f"SELECT h, chk, ts FROM {table} WHERE h IN "  # noqa: S608
+                                                f"({_marks(len(part))})", part):
+                found[h] = (chk, ts)
+        return found
+
+    def _tokens(self) -> dict[str, int]:
+        """The token of level 1's filter and of each run, by table, as committed: one row (each row read gives up
+        and re-takes the GIL, and this is read holding the write lock)."""
+        try:
+            (text,) = self.conn.execute(
+                f"SELECT json_group_object(part, token) FROM (SELECT ? AS part, token FROM {FILTER_TABLE} WHERE "
+                f"level = 1 UNION ALL SELECT ? || run, token FROM {RUNS_TABLE})", (LEVELS[1], RUN_PREFIX)).fetchone()
+        except sqlite3.OperationalError:  # a read-only connection to a log no writer of this layout opened
+            return {}
+        return json.loads(text)
 
     @staticmethod
     def _maybe(kept: KeyFilter | None, keys: list[int], query: Query | None) -> list[int]:
@@ -329,29 +446,74 @@ class EventTable:
             return keys
         return [keys[i] for i in kept.hits(query).tolist()] if query is not None else []
 
-    def _union_of(self, runs: list[Run]) -> KeyFilter:
-        """One filter that holds every key of ``runs``: a new key is ruled out by one probe, not one per run (the
-        runs' own filters are then asked only about the few it does not rule out). A run it has not seen (sealed,
-        or listed again under a new token) is merged into it: one pass over it (about 0.05 s of CPU at 37M ids,
-        where building it from every run took 0.7-1.4 s, inside a write transaction, in each process that looks
-        up ids). The keys of runs dropped or erased from since stay in it (they are then asked of the runs' own
-        filters, which rule them out) until they are over a quarter of it: it is then built from the runs again."""
+    def _union_of(self, runs: list[Run]) -> RunUnion:
+        """One filter that holds every key of the runs it lists as (run, token) pairs: a new key is ruled out by
+        one probe, not one per run (the runs' own filters are then asked only about the few it does not rule
+        out). It takes in a run it does not hold (sealed, or listed again under a new token after an erasure)
+        with one pass over both: at once while it is small, and on a thread of its own once it holds more than
+        :data:`MERGE_AHEAD_KEYS` keys (0.1-1 s at 50M keys), the lookups meanwhile asking that run's own filter
+        about every key (a merge that fails there is done here instead). The keys of runs dropped or erased from
+        since stay in it (the runs' own filters rule them out) until they are over a quarter of it: it is then
+        built from the runs again, the same way."""
         listed = frozenset((run.id, run.token) for run in runs)
+        merging = self._merging
+        if merging is not None and merging.done():
+            self._merging = None
+            try:
+                self._union = merging.result()
+            except Exception:  # noqa: BLE001 - merged on this thread instead, below
+                log.exception("merging runs into the dedupe window's union on a thread of its own failed; merging "
+                              "them on the writer's")
+                self._union = merged_union(self._union, runs)
         held = self._union
         if held is not None and held[0] == listed:
-            return held[1]
-        if held is None:
-            union = KeyFilter.union_of([run.filter for run in runs])
-        else:
-            new = [run.filter for run in runs if (run.id, run.token) not in held[0]]
-            union = KeyFilter.union_of([held[1], *new]) if new else held[1]
-            if len(union) - sum(len(run.filter) for run in runs) > len(union) // 4:
-                union = KeyFilter.union_of([run.filter for run in runs])
-        self._union = (listed, union)
-        return union
+            return held
+        if held is None or len(held[1]) <= MERGE_AHEAD_KEYS:
+            self._union = merged_union(held, runs)
+            return self._union
+        if self._merging is None:
+            self._merging = concurrent.futures.Future()
+            threading.Thread(target=_resolve, args=(self._merging, merged_union, held, runs), name="onramp-id-union",
+                             daemon=True).start()
+        return held
+
+    def preload(self, connect: Callable[[], sqlite3.Connection]) -> concurrent.futures.Future[Any]:
+        """Read the runs' filters and build their union (:meth:`_union_of`) on a thread of its own, on the
+        read-only connection that ``connect`` opens (and this closes); the first lookup takes both instead of
+        doing it then: with tens of millions of ids in the window that takes seconds, which a worker's first
+        ingest batch after a start would wait for. Call before the thread that owns this table uses it. The
+        future resolves to the runs and their union (None: fewer than two runs)."""
+        def build() -> tuple[list[Run], RunUnion | None]:
+            conn = connect()
+            try:
+                conn.execute("BEGIN")  # the list of runs and their filters as of one snapshot
+                runs = EventTable(conn, self.window_ms / HOUR_MS)._runs_now()
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            return runs, (merged_union(None, runs) if len(runs) > 1 else None)
+        self._preloading = concurrent.futures.Future()
+        threading.Thread(target=_resolve, args=(self._preloading, build), name="onramp-id-filters",
+                         daemon=True).start()
+        return self._preloading
+
+    def _adopt_preload(self) -> None:
+        """Wait for :meth:`preload`'s runs and union and take them (on the thread that owns this table)."""
+        future, self._preloading = self._preloading, None
+        try:
+            runs, union = future.result()  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - read and built when first needed instead
+            log.exception("reading the dedupe window's key filters ahead failed; reading them when first needed")
+            return
+        for run in runs:
+            self._runs.setdefault(run.id, run)
+        if self._union is None:
+            self._union = union
 
     def _runs_now(self) -> list[Run]:
         """The runs as committed (a run's filter read again only when its token changed), oldest first."""
+        if self._preloading is not None:
+            self._adopt_preload()
         try:
             listed = self.conn.execute(f"SELECT run, token, rows, newest FROM {RUNS_TABLE} ORDER BY run").fetchall()
         except sqlite3.OperationalError:  # a read-only connection to a log no writer of this layout opened
@@ -489,12 +651,14 @@ class EventTable:
                 if (hit := found.get(h)) is not None and hit[0] == chk and hit[1] >= horizon}
 
     # -- appending ---------------------------------------------------------------------------------------
-    def append_new(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None) -> Appended:
+    def append_new(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None,
+                   ahead: IdLookahead | None = None) -> Appended:
         """Append the events given as :data:`EVENT_COLUMNS` values one after the other, in order, skipping
         each whose ``event_id`` was stored with an event time within the window ending at ``now_ms`` (or
         earlier in ``flat``); events older than the window are stored unchecked. ``digests``: the ids'
         :func:`~server.store.rows.digest`, one per event, when the caller worked them out already (before
-        the transaction). Atomic with the caller's transaction."""
+        the transaction); ``ahead``: what :meth:`look_ahead` found for them before it. Atomic with the caller's
+        transaction."""
         n = len(flat) // _WIDTH
         horizon = now_ms - self.window_ms
         times = flat[_TS::_WIDTH]
@@ -503,7 +667,7 @@ class EventTable:
             keys: list[IdKey | None] = [digest(ids[i]) if times[i] >= horizon else None for i in range(n)]
         else:
             keys = [digests[i] if times[i] >= horizon else None for i in range(n)]
-        found = self._seen([k[0] for k in keys if k is not None], write=True)
+        found = self._seen([k[0] for k in keys if k is not None], write=True, ahead=ahead)
         duplicates: set[int] = set()
         record: dict[int, tuple[int, int, int]] = {}
         outside: set[int] = set()

@@ -28,24 +28,32 @@ from typing import Any, Protocol
 
 from server.base.records import StoredEvent
 from server.store.rows import (Appended, ConsentRow, DecisionInputs, Erased, FedDecision, FedOutcome, IdKey,
-                               LinkRow, LoggedDecision, PendingRow, ProfileChange, ProfileWrites, Shows, Snapshot,
-                               SubjectKeys, Unlearning)
+                               IdLookahead, LinkRow, LoggedDecision, PendingRow, ProfileChange, ProfileWrites, Shows,
+                               Snapshot, SubjectKeys, Unlearning)
 
 
 class EventLog(Protocol):
     """The append-only event log, idempotent by event_id within the dedupe window (server/store/events.py; on
     NATS, a stream's duplicate window with the event id as ``Nats-Msg-Id``)."""
 
-    def append_new_events(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None
-                          ) -> Appended:
+    def look_ahead(self, keys: Sequence[int]) -> IdLookahead | None:
+        """Look up id keys (the first half of each :func:`~server.store.rows.digest`) in the parts of the window
+        that appends inside a transaction can trust without asking again while no writer changes them; call
+        outside the writer's transaction, so the write lock is not held for it. None: nothing to look up ahead
+        (the append asks everything)."""
+        ...
+
+    def append_new_events(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None,
+                          ahead: IdLookahead | None = None) -> Appended:
         """Append events given as their EVENT_COLUMNS values one after the other (properties as JSON text),
         skipping ids stored within the window; atomic. ``digests``: each event id's
-        :func:`~server.store.rows.digest`, worked out by the caller before the transaction (None: here)."""
+        :func:`~server.store.rows.digest`, worked out by the caller before the transaction (None: here);
+        ``ahead``: what :meth:`look_ahead` found for them before the transaction."""
         ...
 
     def append_with_profiles(self, flat: Sequence[Any], now_ms: int,
                              profiles: Callable[[Appended], ProfileWrites],
-                             digests: Sequence[IdKey] | None = None) -> Appended:
+                             digests: Sequence[IdKey] | None = None, ahead: IdLookahead | None = None) -> Appended:
         """Append as :meth:`append_new_events`, then write the profile changes that ``profiles`` computes from
         what was stored: one atomic unit (an acknowledged event is in the profile any worker reads next)."""
         ...

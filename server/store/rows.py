@@ -54,6 +54,17 @@ class Appended:
     outside_window: frozenset[int]
 
 
+@dataclass(frozen=True, slots=True)
+class IdLookahead:
+    """Event ids looked up before the write transaction (:meth:`~server.store.interfaces.EventLog.look_ahead`),
+    in the parts of the dedupe window that change only together with their version token: per part, the token it
+    had and what it held of ``keys`` (key -> (check, event time)). An append inside the transaction asks again
+    only the parts whose token has changed since, and the part appends write to."""
+
+    keys: frozenset[int]
+    parts: Mapping[str, tuple[int, Mapping[int, tuple[int, int]]]]
+
+
 # -- identity and consent ------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ConsentRow:

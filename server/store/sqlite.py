@@ -12,6 +12,7 @@ connection (:meth:`SqliteStore.reader`).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -28,8 +29,8 @@ from server.store import user_state as _user_state
 from server.store.events import DEFAULT_WINDOW_HOURS, EVENT_COLUMNS, EventTable
 from server.store.interfaces import DecisionLog, EventLog, SubjectStore
 from server.store.rows import (DECISION_COLUMNS, JSON_DECISION_COLUMNS, OUTCOME_COLUMNS, Appended, ConsentRow,
-                               Erased, IdKey, LinkRow, ProfileWrites, Snapshot, SubjectKeys, _encode_properties,
-                               encode_properties)
+                               Erased, IdKey, IdLookahead, LinkRow, ProfileWrites, Snapshot, SubjectKeys,
+                               _encode_properties, encode_properties)
 from server.store.sql import _chunks, _marks, insert_flat
 from server.store.write_lock import WriteLock, lock_path
 
@@ -217,11 +218,25 @@ class SqliteStore:
         return self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 (fixed names)
 
     # -- events (server/store/events.py) ------------------------------------------------------------------
-    def append_new_events(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None
-                          ) -> Appended:
+    def preload_id_filters(self) -> concurrent.futures.Future[Any] | None:
+        """Start reading the dedupe window's key filters and building their union in the background
+        (:meth:`EventTable.preload`); the server calls it before its writer starts. None for a database in memory
+        or a read-only store."""
+        if self.path == ":memory:" or self.readonly:
+            return None
+        path = self.path
+        return self.events.preload(lambda: SqliteStore(path, readonly=True).conn)
+
+    def look_ahead(self, keys: Sequence[int]) -> IdLookahead:
+        """Look up id keys in the dedupe window's level 1 and runs before the writer's transaction
+        (:meth:`EventTable.look_ahead`)."""
+        return self.events.look_ahead(keys)
+
+    def append_new_events(self, flat: Sequence[Any], now_ms: int, digests: Sequence[IdKey] | None = None,
+                          ahead: IdLookahead | None = None) -> Appended:
         """Append events given as their :data:`EVENT_COLUMNS` values one after the other (properties already
         JSON text), skipping ids stored within the dedupe window (:meth:`EventTable.append_new`)."""
-        return self.events.append_new(flat, now_ms, digests)
+        return self.events.append_new(flat, now_ms, digests, ahead)
 
     def existing_event_ids(self, event_ids: Sequence[str], now_ms: int | None = None) -> set[str]:
         """Which of ``event_ids`` were stored with an event time within the dedupe window (ending now)."""
@@ -449,10 +464,10 @@ class SqliteStore:
 
     def append_with_profiles(self, flat: Sequence[Any], now_ms: int,
                              profiles: Callable[[Appended], ProfileWrites],
-                             digests: Sequence[IdKey] | None = None) -> Appended:
+                             digests: Sequence[IdKey] | None = None, ahead: IdLookahead | None = None) -> Appended:
         """Append events as :meth:`append_new_events` (nothing when ``flat`` is empty), then write the profile
         changes ``profiles`` computes from what was stored, in the caller's transaction."""
-        done = self.events.append_new(flat, now_ms, digests) if flat else _NOTHING_APPENDED
+        done = self.events.append_new(flat, now_ms, digests, ahead) if flat else _NOTHING_APPENDED
         _user_state.write_profiles(self, profiles(done))
         return done
 

@@ -64,14 +64,22 @@ def test_ingest_reports_acked_events_per_second_on_one_and_four_streams(tmp_path
         # the server spent CPU on what it accepted, and the run kept some of the machine's cores busy
         assert row["onramp_server_cpu_us_per_call"]["median"] > 0
         assert 0 < row["onramp_cores_busy"]["median"] <= (os.cpu_count() or 1) + 0.5
+        assert 0 < row["onramp_write_lock_busy"]["median"] <= 1.05  # a share of the run's time (scrape edges)
         # every measured run saw at least the prefill stored, and the log grew by what was accepted
         assert res["prefill"] <= row["stored_min"] <= row["stored_max"] < res["stored_after"]
     ordered = [r for key in res["raw"] for r in res["raw"][key]["onramp_ordered"]]
     assert all(r["duplicates"] == 0 for r in ordered)
     assert re.search(r"1 stream\s+\([\d,]+\.\.[\d,]+ events stored\)", out)
-    assert re.search(r"onramp, uuid ids\s+accepted [\d,]+ ev/s.*server CPU/event [\d.]+ us.*cores busy", out)
+    assert re.search(r"onramp, uuid ids\s+accepted [\d,]+ ev/s.*server CPU/event [\d.]+ us.*cores busy.*"
+                     r"write lock busy \d+%", out)
     assert re.search(r"onramp, ordered ids\s+accepted [\d,]+ ev/s", out)
     assert "prefill: 2,000 events" in out
+    splits = [r["workers_cpu_split"] for key in res["raw"] for r in res["raw"][key]["onramp"]]
+    if workers == 1:
+        assert not any(splits) and "CPU split" not in out
+    else:  # both workers' shares, busiest first, for every run
+        assert all(len(split) == 2 and split[0] >= split[1] and abs(sum(split) - 1) < 1e-9 for split in splits)
+        assert re.search(r"the workers' CPU split per run \(the kernel spreads connections\): \d+/\d+(, \d+/\d+)*", out)
 
 
 @pytest.mark.timeout(150)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 import sqlite3
+import threading
 from typing import Any
 
 import pytest
@@ -33,6 +34,21 @@ def rows(*events: tuple[str, int], subject: str = "u1") -> list[Any]:
     for eid, ts in events:
         flat.extend((eid, subject, subject, "", "", "feature_used", ts, NOW, "web", "", "", "", "", "{}"))
     return flat
+
+
+def expect(model: dict[str, int], part: list[tuple[str, int]], horizon: int) -> tuple[set[int], set[int]]:
+    """The positions an append of ``part`` ((event_id, event time) pairs) must report as duplicates and as outside
+    the window starting at ``horizon``, by a model of the window (id -> newest event time stored), which it
+    updates with the ids stored."""
+    duplicates, outside = set(), set()
+    for i, (eid, ts) in enumerate(part):
+        if ts < horizon:
+            outside.add(i)
+        elif model.get(eid, horizon - 1) >= horizon:
+            duplicates.add(i)
+        else:
+            model[eid] = ts
+    return duplicates, outside
 
 
 def stored_ids(store: SqliteStore) -> list[str]:
@@ -82,14 +98,7 @@ def test_levels_merge_seal_and_drop_without_losing_an_id_of_the_window(
             clock += hours[k // 3] * HOUR_MS  # the server's clock: runs leave the window within an example
             horizon = clock - WINDOW_H * HOUR_MS
             part = [(f"id{n}", clock - age * HOUR_MS) for n, age in sends[k:k + 3]]
-            want_dup, want_out = set(), set()
-            for i, (eid, ts) in enumerate(part):
-                if ts < horizon:
-                    want_out.add(i)
-                elif model.get(eid, horizon - 1) >= horizon:
-                    want_dup.add(i)
-                else:
-                    model[eid] = ts
+            want_dup, want_out = expect(model, part, horizon)
             s.begin()
             got = s.append_new_events(rows(*part), clock)
             s.commit()
@@ -337,6 +346,145 @@ def test_a_merge_and_a_seal_by_another_process_are_seen_by_the_next_lookup(tmp_p
         mp.undo()
 
 
+SENDS = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 2 * WINDOW_H)), min_size=1, max_size=6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(SENDS, st.lists(SENDS, max_size=8), SENDS, st.integers(0, 6),
+       st.lists(st.one_of(st.tuples(st.just("send"), SENDS), st.tuples(st.just("erase"), st.integers(0, 2)),
+                          st.tuples(st.just("wait"), st.integers(1, WINDOW_H))), max_size=6))
+@example([(1, 0)], [[(2, 0), (3, 0), (4, 0), (5, 0)]], [(1, 0), (2, 0), (6, 0)], 6, [])  # found in a run, ahead
+@example([(1, 0)], [], [(1, 0), (7, 0)], 6, [("send", [(7, 0), (8, 0), (9, 0), (10, 0)])])  # sent by B meanwhile
+@example([(1, 0)], [[(2, 0), (5, 0), (8, 0), (11, 0)]], [(2, 0), (5, 0)], 6, [("erase", 2)])  # erased meanwhile
+@example([(1, 0)], [[(2, 0), (3, 0), (4, 0), (5, 0)]], [(2, 0), (3, 0)], 6, [("wait", WINDOW_H), ("wait", 1)])
+@example([(1, 0)], [[(2, 0), (3, 0), (4, 0), (5, 0)]], [(6, 0), (2, 0), (3, 0)], 1, [])  # in a run, not ahead
+def test_a_look_ahead_before_another_writers_changes_answers_as_asking_everything(
+        tmp_path_factory: pytest.TempPathFactory, first: list[tuple[int, int]], earlier: list[list[tuple[int, int]]],
+        batch: list[tuple[int, int]], ahead_of: int, meanwhile: list[tuple[str, Any]]) -> None:
+    """Writer A looks the first ``ahead_of`` ids of a batch up ahead (outside its transaction; the others join
+    later, as batches queued while the write lock was awaited), then writer B (another connection, as another
+    worker) sends ids, merging, sealing and dropping runs (levels a few rows large), erases a person or lets
+    time pass; A's append of the batch given that look-ahead stores exactly the ids a model of the window says
+    are new. Ids the window held in level 1 or a run at the look-ahead are in it (it looked them up)."""
+    path = tmp_path_factory.mktemp("ahead") / "a.db"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    a, b = SqliteStore(path, dedupe_window_hours=WINDOW_H), SqliteStore(path, dedupe_window_hours=WINDOW_H)
+    model: dict[str, int] = {}  # id -> newest event time stored
+    clock = NOW
+
+    def subject(eid: str) -> str:
+        return f"s{int(eid[2:]) % 3}"
+
+    def send(store: SqliteStore, sends: list[tuple[int, int]], ahead: Any = None) -> None:
+        part = [(f"id{n}", clock - age * HOUR_MS) for n, age in sends]
+        want_dup, want_out = expect(model, part, clock - WINDOW_H * HOUR_MS)
+        flat = [v for eid, ts in part for v in rows((eid, ts), subject=subject(eid))]
+        store.begin()
+        got = store.append_new_events(flat, clock, ahead=ahead)
+        store.commit()
+        assert (got.duplicates, got.outside_window) == (want_dup, want_out)
+
+    try:
+        for sends in [first, *earlier]:
+            send(b, sends)
+        keys = [events_mod.digest(f"id{n}")[0] for n, _ in batch[:ahead_of]]
+        ahead = a.look_ahead(keys)
+        assert not a.conn.in_transaction and not a.write_lock.held
+        level_0 = {h for (h,) in a.conn.execute(f"SELECT h FROM {LEVELS[0]}")}
+        held = {h for t in a.events.id_tables() for (h,) in a.conn.execute(f"SELECT h FROM {t}")} - level_0
+        assert set(keys) & held <= {h for _, hits in ahead.parts.values() for h in hits}
+        for kind, arg in meanwhile:
+            if kind == "send":
+                send(b, arg)
+            elif kind == "erase":
+                b.begin()
+                b.erase(SubjectKeys((f"s{arg}",), (f"s{arg}",), (), (), ()))
+                b.commit()
+                model = {eid: ts for eid, ts in model.items() if subject(eid) != f"s{arg}"}
+            else:
+                clock += arg * HOUR_MS
+        send(a, batch, ahead)
+    finally:
+        a.close()
+        b.close()
+        mp.undo()
+
+
+def test_one_look_ahead_serves_both_appends_of_a_transaction_across_its_own_merge_and_seal(store: SqliteStore) -> None:
+    """As an ingest job with an identify event: its first append merges level 0 into level 1 and seals level 1
+    as a run, and its second append, given the same look-ahead, still finds the ids the first stored and those
+    level 1 held at the look-ahead. With level 1's filter row missing (a database converted from layout 2), the
+    look-ahead leaves level 1 to the append, which finds its ids."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    try:
+        store.append_new_events(rows(("x0", NOW), ("x1", NOW)), NOW)  # merged into level 1
+        ids = ["x0", "x1", "y0", "y1", "y2", "y3"]
+        ahead = store.look_ahead([events_mod.digest(eid)[0] for eid in ids])
+        assert {h for _, hits in ahead.parts.values() for h in hits} == {events_mod.digest(e)[0] for e in ids[:2]}
+        store.begin()
+        first = store.append_new_events(rows(("y0", NOW), ("y1", NOW)), NOW, ahead=ahead)  # merge, then seal
+        assert not store.conn.execute(f"SELECT COUNT(*) FROM {LEVELS[1]}").fetchone()[0]
+        second = store.append_new_events(rows(("x0", NOW), ("y0", NOW), ("y2", NOW), ("y3", NOW)), NOW, ahead=ahead)
+        store.commit()
+        assert (first.duplicates, second.duplicates) == (frozenset(), frozenset({0, 1}))
+
+        store.append_new_events(rows(("z0", NOW), ("z1", NOW)), NOW)  # level 1: z0, z1
+        store.conn.execute("DELETE FROM event_ids_filter WHERE level = 1")
+        ahead = store.look_ahead([events_mod.digest(eid)[0] for eid in ("z0", "z2")])
+        assert LEVELS[1] not in ahead.parts
+        store.begin()
+        again = store.append_new_events(rows(("z0", NOW), ("z2", NOW)), NOW, ahead=ahead)
+        store.commit()
+        assert again.duplicates == frozenset({0})
+    finally:
+        mp.undo()
+
+
+def test_the_union_of_the_runs_is_built_ahead_and_adopted_by_the_first_lookup(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A store opened on runs written earlier builds their union on a thread of its own; its first lookup adopts
+    it (and merges a run sealed since), and finds every id. When the build fails, the lookup builds it and says
+    so."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    path = tmp_path / "preload.db"
+    writer = SqliteStore(path, dedupe_window_hours=WINDOW_H)
+    sent = [f"id{i}" for i in range(26)]
+    try:
+        for k in range(0, 20, 2):  # five runs of 4 ids
+            writer.append_new_events(rows(*((eid, NOW) for eid in sent[k:k + 2])), NOW)
+        store = SqliteStore(path, dedupe_window_hours=WINDOW_H)
+        runs, built = store.preload_id_filters().result(30)
+        assert len(runs) == 5 and built is not None and len(built[0]) == 5 and len(built[1]) == 20
+        for k in range(20, 26, 2):  # another run sealed after the build
+            writer.append_new_events(rows(*((eid, NOW) for eid in sent[k:k + 2])), NOW)
+        merged: list[int] = []  # how many filters each union built here merges
+        union_of = KeyFilter.union_of.__func__
+        mp.setattr(KeyFilter, "union_of", classmethod(lambda cls, fs: merged.append(len(fs)) or union_of(cls, fs)))
+        store.begin()
+        got = store.append_new_events(rows(*((eid, NOW) for eid in [*sent, "new"])), NOW)
+        store.commit()
+        assert got.duplicates == frozenset(range(len(sent)))
+        assert merged == [2]  # the union built ahead, and the run sealed since: not the six runs again
+        store.close()
+
+        failing = SqliteStore(path, dedupe_window_hours=WINDOW_H)
+
+        def broken() -> sqlite3.Connection:
+            raise sqlite3.OperationalError("unable to open database file")
+        with pytest.raises(sqlite3.OperationalError):
+            failing.events.preload(broken).result(30)
+        with caplog.at_level("ERROR", logger="server.store.events"):
+            assert failing.existing_event_ids([*sent, "other"], NOW) == set(sent)
+        assert "reading them when first needed" in caplog.text
+        failing.close()
+    finally:
+        writer.close()
+        mp.undo()
+
+
 def jump_to_epoch(store: SqliteStore, epoch: int) -> None:
     """Make the next appended event the first of ``epoch`` (as if the events between had been stored and erased)."""
     store.conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (epoch * EPOCH_SIZE - 1,))
@@ -436,6 +584,56 @@ def test_a_run_sealed_again_under_a_dropped_runs_number_is_seen_by_another_conne
             b.commit()
         assert b.conn.execute(f"SELECT run FROM {RUNS_TABLE} ORDER BY run").fetchall() == [(1,), (2,)]
         assert a.existing_event_ids(["ann0", "bob3", "cat0", "cat3"], NOW) == {"ann0", "cat0", "cat3"}
+    finally:
+        a.close()
+        b.close()
+        mp.undo()
+
+
+def test_a_large_union_takes_in_a_new_run_on_a_thread_of_its_own_and_lookups_do_not_wait(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Once the union is over MERGE_AHEAD_KEYS, a run B seals is merged into A's union on a thread of its own:
+    A's lookups meanwhile return at once and find the new run's ids (its own filter is asked), and a later
+    lookup adopts the merged union. A merge that fails there is done on the writer's thread at the next
+    lookup."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(events_mod, "LEVEL_ROWS", (2, 4))
+    mp.setattr(events_mod, "MERGE_AHEAD_KEYS", 0)
+    path = tmp_path / "ahead.db"
+    a, b = SqliteStore(path, dedupe_window_hours=WINDOW_H), SqliteStore(path, dedupe_window_hours=WINDOW_H)
+    gate = threading.Event()
+    merged_union = events_mod.merged_union
+    outcomes = ["merge", "fail"]  # of A's merges on a thread of their own, in turn (B's merge as they would)
+
+    def held_back(held: Any, runs: Any) -> Any:
+        if threading.current_thread().name == "onramp-id-union" and held is a.events._union:
+            assert gate.wait(10)
+            if outcomes.pop(0) == "fail":
+                raise MemoryError("no room for the union")
+        return merged_union(held, runs)
+    mp.setattr(events_mod, "merged_union", held_back)
+
+    def seal(store: SqliteStore, who: str) -> None:  # one run of 4 ids, all of ``who``
+        for k in range(0, 4, 2):
+            store.append_new_events(rows(*((f"{who}{i}", NOW) for i in range(k, k + 2)), subject=who), NOW)
+    try:
+        seal(a, "ann")
+        seal(a, "bob")
+        assert a.existing_event_ids(["ann0", "bob3", "cat0"], NOW) == {"ann0", "bob3"}  # built at once: none held
+        seal(b, "cat")
+        assert a.existing_event_ids(["ann0", "cat0", "cat3", "dan0"], NOW) == {"ann0", "cat0", "cat3"}
+        assert len(a.events._union[0]) == 2  # the merge waits behind the gate; the lookup did not
+        gate.set()
+        a.events._merging.result(10)
+        assert a.existing_event_ids(["cat1", "bob0"], NOW) == {"cat1", "bob0"}
+        assert len(a.events._union[0]) == 3 and len(a.events._union[1]) == 12  # adopted
+        seal(b, "dan")
+        assert a.existing_event_ids(["dan0"], NOW) == {"dan0"} and len(a.events._union[0]) == 3
+        with pytest.raises(MemoryError):
+            a.events._merging.result(10)
+        with caplog.at_level("ERROR", logger="server.store.events"):
+            assert a.existing_event_ids(["dan1", "ann1", "eve0"], NOW) == {"dan1", "ann1"}
+        assert len(a.events._union[0]) == 4 and "merging them on the writer's" in caplog.text
     finally:
         a.close()
         b.close()

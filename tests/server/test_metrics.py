@@ -43,7 +43,12 @@ def test_recording_helpers() -> None:
     m.guardrail_blocks_total.labels(guardrail="max_per_day").inc()
     depth = [7]
     m.track_queue("writer", lambda: depth[0])
+    m.record_transaction(0.25, 0.5)
+    m.record_transaction(0.0, 0.25)
     text = m.render().decode()
+    assert sample(text, "onramp_write_lock_wait_seconds_total") == 0.25
+    assert sample(text, "onramp_write_lock_held_seconds_total") == 0.75
+    assert sample(text, "onramp_write_transactions_total") == 2
     assert sample(text, "onramp_events_total", result="accepted") == 3
     assert sample(text, "onramp_events_total", result="duplicate") == 1
     assert sample(text, "onramp_events_total", result="dropped") == 2

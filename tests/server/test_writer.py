@@ -7,6 +7,7 @@ import logging
 import pathlib
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -128,6 +129,135 @@ def test_combined_jobs_next_to_each_other_run_as_one_call_with_their_own_results
     assert calls == [["c0", "c1", "c2"], ["d0", "d1"]]  # a plain job in between splits the run, order kept
     assert committed_ids(store.path) == {"c0", "c1", "c2", "p", "d0", "d1"}
     writer.stop()
+
+
+def test_a_combined_runs_ahead_function_runs_once_before_its_transaction_and_may_fail(
+        store: SqliteStore, caplog: pytest.LogCaptureFixture) -> None:
+    """``ahead`` sees each run of combined jobs once, with the write lock free (outside the transaction), before
+    ``many`` sees the same args; a run whose ``ahead`` raises still runs (the failure is logged, with its
+    traceback the first time only)."""
+    writer = Writer(store)
+    gate, started = threading.Event(), threading.Event()
+    seen: list[tuple[str, list[str], bool]] = []
+
+    def ahead(s: SqliteStore, args: list[str]) -> None:
+        seen.append(("ahead", list(args), s.conn.in_transaction or s.write_lock.held))
+        if "boom" in args:
+            raise RuntimeError("look-ahead failed")
+
+    def many(s: SqliteStore, args: list[str]) -> list[str]:
+        seen.append(("many", list(args), s.conn.in_transaction and s.write_lock.held))
+        return args
+    writer.start()
+    writer.submit(lambda s: started.set() or gate.wait(10))
+    assert started.wait(10)  # the gate's transaction has begun: the jobs below make the next group
+    first = [writer.submit_combined(many, a, ahead=ahead) for a in ("a", "b")]
+    writer.submit(lambda s: None)
+    second = [writer.submit_combined(many, a, ahead=ahead) for a in ("boom", "c")]
+    with caplog.at_level(logging.ERROR, logger="server.store.writer"):
+        gate.set()
+        assert [f.result(10) for f in first + second] == ["a", "b", "boom", "c"]
+        assert writer.submit_combined(many, "boom", ahead=ahead).result(10) == "boom"
+    # one group, one transaction: both runs look ahead before it begins
+    assert seen == [("ahead", ["a", "b"], False), ("ahead", ["boom", "c"], False),
+                    ("many", ["a", "b"], True), ("many", ["boom", "c"], True),
+                    ("ahead", ["boom"], False), ("many", ["boom"], True)]
+    assert caplog.text.count("look-ahead failed (failure 1;") == 1
+    assert "(failure 2;" not in caplog.text  # failing again within the minute: counted, not logged
+    writer.stop()
+
+
+def test_jobs_queued_while_another_process_holds_the_write_lock_join_the_waiting_group(tmp_path: pathlib.Path) -> None:
+    """The writer took one job, looked ahead for it and waits for the write lock another store (another worker)
+    holds; the jobs queued meanwhile run in the same transaction once it has the lock, without looking ahead."""
+    path = tmp_path / "two.db"
+    store, other = SqliteStore(path), SqliteStore(path)
+    writer = Writer(store)
+    looked = threading.Event()
+    calls: list[tuple[str, list[str]]] = []
+
+    def ahead(s: SqliteStore, args: list[str]) -> None:
+        calls.append(("ahead", list(args)))
+        looked.set()
+
+    def many(s: SqliteStore, args: list[str]) -> list[str]:
+        calls.append(("many", list(args)))
+        return args
+    writer.start()
+    other.begin()
+    try:
+        first = writer.submit_combined(many, "a", ahead=ahead)
+        assert looked.wait(10)
+        later = [writer.submit_combined(many, x, ahead=ahead) for x in ("b", "c")]
+        plain = writer.submit(lambda s: "p")
+        assert not first.done() and writer.commits == 0
+    finally:
+        other.commit()
+    assert [f.result(10) for f in [first, *later, plain]] == ["a", "b", "c", "p"]
+    assert calls == [("ahead", ["a"]), ("many", ["a", "b", "c"])]
+    assert writer.commits == 1
+    writer.stop()
+    store.close()
+    other.close()
+
+
+def test_a_topped_up_group_that_fails_reruns_job_by_job_and_a_stop_taken_with_it_ends_the_thread(
+        tmp_path: pathlib.Path) -> None:
+    """While the writer waits for the write lock, a faulty job, a good one and the stop mark are queued: they join
+    the waiting group, which fails and is re-run job by job (only the faulty job fails), and the thread ends after
+    it, every future resolved."""
+    path = tmp_path / "stop.db"
+    store, other = SqliteStore(path), SqliteStore(path)
+    writer = Writer(store)
+    looked = threading.Event()
+    calls: list[list[str]] = []
+
+    def many(s: SqliteStore, args: list[str]) -> list[str]:
+        calls.append(list(args))
+        if "bad" in args:
+            raise ValueError("a faulty job")
+        return args
+    writer.start()
+    other.begin()
+    try:
+        first = writer.submit_combined(many, "a", ahead=lambda s, args: looked.set())
+        assert looked.wait(10)
+        bad, good = (writer.submit_combined(many, x) for x in ("bad", "c"))
+        stopper = threading.Thread(target=writer.stop)
+        stopper.start()
+        deadline = time.monotonic() + 10
+        while writer.qsize() < 3 and time.monotonic() < deadline:  # "bad", "c" and the stop mark
+            time.sleep(0.01)
+    finally:
+        other.commit()
+    stopper.join(10)
+    assert first.result(10) == "a" and good.result(10) == "c"
+    with pytest.raises(ValueError, match="faulty"):
+        bad.result(10)
+    assert calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+    assert not writer.running and writer.commits == 2
+def test_each_transaction_reports_its_wait_for_the_write_lock_and_how_long_it_held_it(tmp_path: pathlib.Path) -> None:
+    """``on_transaction(waited, held)``: the wait behind another store's transaction (another worker), then the
+    time from begin to commit, for committed and rolled-back transactions alike."""
+    path = tmp_path / "timed.db"
+    store, other = SqliteStore(path), SqliteStore(path)
+    timed: list[tuple[float, float]] = []
+    writer = Writer(store, on_transaction=lambda waited, held: timed.append((waited, held)))
+    writer.start()
+    other.begin()
+    slow = writer.submit(lambda s: time.sleep(0.05) or "slow")
+    time.sleep(0.2)
+    other.commit()
+    assert slow.result(10) == "slow"
+    failed = writer.submit(lambda s: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failed.result(10)
+    writer.stop()
+    (waited, held), (waited_again, held_again) = timed
+    assert waited >= 0.15 and held >= 0.05  # behind the other transaction; then the job's own time
+    assert waited_again < 0.15 and 0 <= held_again < 0.05
+    store.close()
+    other.close()
 
 
 def test_a_failing_combined_call_is_rerun_job_by_job_so_only_the_faulty_job_fails(store: SqliteStore) -> None:

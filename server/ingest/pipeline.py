@@ -156,6 +156,11 @@ class Prepared:
     ahead: IdLookahead | None = None
 
 
+# One ingest batch as the writer's combined job gets it: the events, when they were received, and the batch's
+# profile operations, stored events (both filled by the job) and prepared values.
+Batch = tuple[list[EventValues], int, list[ProfileOp], list[StoredEvent], Prepared]
+
+
 def prepare(events: Sequence[EventValues], received_ms: int) -> Prepared:
     """The :class:`Prepared` values of validated events received at ``received_ms``."""
     digests: list[IdKey] = []
@@ -370,8 +375,7 @@ class Pipeline:
         return await asyncio.wrap_future(self.submit_events(events, received_ms))
 
     @staticmethod
-    def _look_ahead(store: Store, batches: list[tuple[list[EventValues], int, list[ProfileOp], list[StoredEvent],
-                                                      Prepared]]) -> None:
+    def _look_ahead(store: Store, batches: list[Batch]) -> None:
         """Look the batches' ids up, before their transaction, in the parts of the dedupe window a job can trust
         without asking again while no writer changes them (:meth:`~server.store.interfaces.EventLog.look_ahead`);
         the job then asks only the rest, holding the write lock."""
@@ -379,9 +383,7 @@ class Pipeline:
         for *_, prepared in batches:
             prepared.ahead = ahead
 
-    def _ingest_many(self, store: Store,
-                     batches: list[tuple[list[EventValues], int, list[ProfileOp], list[StoredEvent], Prepared]]
-                     ) -> list[IngestResult]:
+    def _ingest_many(self, store: Store, batches: list[Batch]) -> list[IngestResult]:
         """Store batches in order, as if one after the other: resolve identities, gate on consent, append
         skipping ids stored within the dedupe window (or earlier in these batches); fill each batch's ``ops``
         and ``stored``.
@@ -431,19 +433,10 @@ class Pipeline:
             for i, (eid, uid, aid, did, name, ts, channel, device_type, feature, step_id, decision_id, props) in \
                     enumerate(events):
                 se = ready_events[i]
-                if se is not None and name != r.IDENTIFY:  # a user's event, built before the lock: gate it
+                if se is not None and name != r.IDENTIFY:  # a user's event, built before the lock: only gated here
+                    subject = uid
                     reason = gate(uid, pseudo)
-                    if reason is not None:
-                        dropped[reason] += 1
-                        continue
-                    add_row(ready_rows[i])  # type: ignore[arg-type]
-                    add_digest(digests[i])
-                    add_pending(se)
-                    keep(se)
-                    run.append(se)
-                    continue
-                ts = ts or received_ms
-                if name == r.IDENTIFY:
+                elif name == r.IDENTIFY:
                     # A re-sent identify must not link again (its alias may be linked to someone else since):
                     # looked up before its links are made, not only when appended (identifies are rare).
                     if eid in identifies or store.existing_event_ids([eid], now):
@@ -453,7 +446,7 @@ class Pipeline:
                     if hints:  # a device linked now brings the visitors seen on it earlier in this job
                         store.note_device_hints(list(hints), MAX_DEVICE_HINTS)
                         hints.clear()
-                    reason = self._identify(store, identity, consent, uid, aid, did, ts, append, ops)
+                    reason = self._identify(store, identity, consent, uid, aid, did, ts or received_ms, append, ops)
                     subject = uid
                     if len(ops) != n_ops:  # profiles merged: later events apply after the merge
                         run = []
@@ -466,9 +459,9 @@ class Pipeline:
                     continue
                 if se is None:  # an anonymous or device id's event: its subject is known only now
                     se, row = stored_event(events[i], subject, received_ms)
-                    add_row(row)
-                else:  # an identify event (its subject is its user id)
-                    add_row(ready_rows[i])  # type: ignore[arg-type]
+                else:  # a user's event or an identify (its subject is its user id): its row is ready
+                    row = ready_rows[i]  # type: ignore[assignment]
+                add_row(row)
                 add_digest(digests[i])
                 add_pending(se)
                 keep(se)
